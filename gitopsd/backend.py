@@ -1,0 +1,70 @@
+"""The backend protocol, and how backends are found.
+
+A backend turns a `Job` into a running training and reports on it. It is batch-first: `status` answers for
+every in-flight job of this backend in one call, so a pass costs one query however many runs are in flight.
+Backends are plugins found through the `gitopsd.backends` entry-point group; the built-in `local` backend
+registers the same way as `slurm` or `nvidia`. A plugin imports only this module, `gitopsd.model` and
+`gitopsd.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from gitopsd.errors import BackendUnavailable
+from gitopsd.model import Job, JobRef, JobStatus
+
+ENTRY_POINT_GROUP = "gitopsd.backends"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend implements. Constructed as `Factory(name=..., settings=..., state_dir=...)`."""
+
+    name: str
+
+    def check(self) -> None:
+        """Raise `BackendUnavailable` with a human reason when the backend cannot be used right now."""
+
+    def submit(self, job: Job) -> str:
+        """Start the job and return its backend job id. The run id must be findable by `find` afterwards."""
+
+    def status(self, refs: Sequence[JobRef]) -> dict[str, JobStatus]:
+        """Report on every given job in one batched call, keyed by run id."""
+
+    def cancel(self, ref: JobRef) -> None:
+        """Stop the job (and all its processes). Cancelling a finished job is not an error."""
+
+    def find(self, run_id: str, run_dir: Path) -> str | None:
+        """Return the job id of a job carrying this run id, if one was ever submitted (crash adoption)."""
+
+    def logs(self, ref: JobRef) -> list[Path]:
+        """Files holding the job's output, most useful first."""
+
+    def describe(self, ref: JobRef) -> dict[str, Any]:
+        """Lineage facts about the job: host, nodes, devices, exit code, anything an auditor wants."""
+
+
+class BackendFactory(Protocol):
+    def __call__(self, *, name: str, settings: Mapping[str, Any], state_dir: Path) -> Backend: ...
+
+
+def available_types() -> dict[str, str]:
+    """Installed backend types and the object each entry point names."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_backend(type_: str, *, name: str, settings: Mapping[str, Any], state_dir: Path) -> Backend:
+    """Instantiate the backend plugin registered under `type_`."""
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_]
+    if not matches:
+        known = ", ".join(sorted(available_types())) or "none"
+        raise BackendUnavailable(f"backend type {type_!r} is not installed (installed: {known})")
+    try:
+        factory: BackendFactory = matches[0].load()
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend type {type_!r} cannot be loaded: {exc}") from exc
+    return factory(name=name, settings=settings, state_dir=state_dir)
