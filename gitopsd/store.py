@@ -1,0 +1,283 @@
+"""The content-addressed artifact store: bytes named by their SHA-256, written once, checked on the way out.
+
+A registered version points at an artifact by digest, so the bytes behind a version can never change without
+the change being detected. `FileStore` keeps objects under `ROOT/sha256/ab/cdef...`, writes them with a
+copy-while-hashing pass into a temporary file, fsyncs, and moves them into place atomically and read-only. A
+directory artifact is packed first into a deterministic tar, so the same tree always yields the same digest.
+`open_store` turns a registry's artifact URI into a store; only `file://` exists so far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from gitopsd.errors import IntegrityError, PermanentError
+
+if TYPE_CHECKING:
+    import tarfile
+
+CHUNK = 1 << 20
+"""Bytes per read when copying while hashing; large reads keep hashing, not syscalls, the bottleneck."""
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactRef:
+    """Where a stored artifact lives and what its bytes must hash to."""
+
+    sha256: str
+    size: int
+    uri: str
+
+
+def _check_digest(sha256: str) -> str:
+    if len(sha256) != 64 or not _HEX.issuperset(sha256):
+        raise ValueError(f"artifact digest {sha256!r} is not a sha256: expected 64 lowercase hex characters")
+    return sha256
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_hashing(src: io.BufferedReader, dst: IO[bytes]) -> tuple[str, int]:
+    """Copy `src` to `dst` in one pass, returning the digest and size of what was copied."""
+    digest = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    size = 0
+    while n := src.readinto(view):
+        chunk = view[:n]
+        digest.update(chunk)
+        dst.write(chunk)
+        size += n
+    return digest.hexdigest(), size
+
+
+def _create_temp(directory: Path, stem: str) -> tuple[Path, IO[bytes]]:
+    """A new, exclusively created file in `directory`; its mode follows the umask like any user file."""
+    while True:
+        tmp = directory / f".{stem}.{secrets.token_hex(8)}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # pragma: no cover - 64 random bits colliding
+            continue
+        return tmp, os.fdopen(fd, "wb")
+
+
+class _HashingWriter:
+    """A write-only file object that hashes what passes through it (tarfile writes the packed tree here)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self._out.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def _tar_entries(root: Path) -> list[Path]:
+    """Every path under `root` (not `root` itself), sorted by their POSIX relative names."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        found.extend(base / name for name in dirnames)
+        found.extend(base / name for name in filenames)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _tar_info(path: Path, name: str) -> tarfile.TarInfo:
+    import tarfile
+
+    st = path.lstat()
+    info = tarfile.TarInfo(name)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if stat.S_ISREG(st.st_mode):
+        info.type, info.size = tarfile.REGTYPE, st.st_size
+    elif stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+    else:
+        raise PermanentError(
+            f"artifact directory entry {path} is neither a file, a directory nor a symlink "
+            f"(mode {stat.filemode(st.st_mode)}); it cannot be stored"
+        )
+    return info
+
+
+def pack_directory(src: Path, out: IO[bytes]) -> tuple[str, int]:
+    """Write `src` as a deterministic uncompressed tar to `out`; return the tar's digest and size.
+
+    Names are sorted and relative to `src`; mtime, uid and gid are 0 and user names empty; permission bits are
+    kept; symlinks are stored as links, never followed. The same tree therefore packs to the same bytes.
+    """
+    import tarfile
+
+    writer = _HashingWriter(out)
+    with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for path in _tar_entries(src):
+            info = _tar_info(path, path.relative_to(src).as_posix())
+            if info.isreg():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return writer.digest.hexdigest(), writer.size
+
+
+class FileStore:
+    """A content-addressed store in a local (or shared, POSIX) directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self._objects = self.root / "sha256"
+        self._tmp = self.root / "tmp"
+        self._objects.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.root)!r})"
+
+    def path(self, sha256: str) -> Path:
+        """Where the object with this digest lives (whether or not it exists)."""
+        _check_digest(sha256)
+        return self._objects / sha256[:2] / sha256[2:]
+
+    def uri(self, sha256: str) -> str:
+        return "file://" + str(self.path(sha256))
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put(self, src: Path) -> ArtifactRef:
+        """Store a file, or a directory packed as a deterministic tar, and return its reference.
+
+        Storing bytes that are already present keeps the existing object after checking it is intact.
+        """
+        src = Path(src)
+        tmp, out = _create_temp(self._tmp, "put")
+        try:
+            with out:
+                if src.is_dir():
+                    digest, size = pack_directory(src, out)
+                else:
+                    try:
+                        with open(src, "rb") as f:
+                            digest, size = _copy_hashing(f, out)
+                    except FileNotFoundError:
+                        raise PermanentError(f"artifact {src} does not exist: nothing to store") from None
+                out.flush()
+                if not self.exists(digest):  # a duplicate's temp copy is dropped, so it needs no fsync
+                    os.fsync(out.fileno())
+            os.chmod(tmp, 0o444)
+            self._place(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ArtifactRef(sha256=digest, size=size, uri=self.uri(digest))
+
+    def _place(self, tmp: Path, digest: str) -> None:
+        """Move a finished temp file to its object path, never replacing an object that is already there."""
+        final = self.path(digest)
+        shard = final.parent
+        if not shard.is_dir():
+            shard.mkdir(exist_ok=True)
+            _fsync_dir(self._objects)
+        if final.exists():
+            self.verify(digest)
+            return
+        try:
+            # A hard link fails if the name exists, so a concurrent put of the same bytes cannot be clobbered.
+            os.link(tmp, final)
+        except FileExistsError:
+            self.verify(digest)
+            return
+        except OSError:  # a filesystem without hard links: rename is still atomic
+            os.replace(tmp, final)
+        _fsync_dir(shard)
+
+    def verify(self, sha256: str, size: int | None = None) -> None:
+        """Re-hash a stored object; raise `IntegrityError` if it is missing, resized or altered."""
+        path = self.path(sha256)
+        try:
+            with open(path, "rb") as f:
+                actual_size = os.fstat(f.fileno()).st_size
+                if size is not None and actual_size != size:
+                    raise IntegrityError(
+                        f"artifact {path}: expected {size} bytes with sha256 {sha256}, "
+                        f"found {actual_size} bytes"
+                    )
+                actual = hashlib.file_digest(f, "sha256").hexdigest()
+        except FileNotFoundError:
+            raise IntegrityError(f"artifact {path}: expected sha256 {sha256}, found missing") from None
+        if actual != sha256:
+            raise IntegrityError(f"artifact {path}: expected sha256 {sha256}, found sha256 {actual}")
+
+    def copy_out(self, sha256: str, dest: Path) -> None:
+        """Copy a stored object to `dest`, hashing as it goes; on a mismatch raise and leave no `dest`."""
+        src = self.path(sha256)
+        dest = Path(dest)
+        tmp, out = _create_temp(dest.parent, dest.name)
+        try:
+            with out:
+                try:
+                    with open(src, "rb") as f:
+                        actual, _ = _copy_hashing(f, out)
+                except FileNotFoundError:
+                    raise IntegrityError(f"artifact {src}: expected sha256 {sha256}, found missing") from None
+                out.flush()
+                os.fsync(out.fileno())
+            if actual != sha256:
+                raise IntegrityError(
+                    f"artifact {src}: expected sha256 {sha256}, found sha256 {actual}; not copied to {dest}"
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def open_store(uri: str | None, default_root: Path) -> FileStore:
+    """The store named by a registry's artifact URI: None -> `default_root`, `file:///abs/dir` -> that dir."""
+    if uri is None:
+        return FileStore(default_root)
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        raise PermanentError("s3 artifact stores arrive with issue 3")
+    if parsed.scheme != "file":
+        raise PermanentError(
+            f"artifact store URI {uri!r} has an unknown scheme {parsed.scheme!r}: expected file:///absolute/dir"
+        )
+    if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+        raise PermanentError(
+            f"artifact store URI {uri!r} does not name an absolute local directory: expected file:///absolute/dir"
+        )
+    return FileStore(Path(unquote(parsed.path)))
