@@ -1,0 +1,323 @@
+"""The `gitopsd` command line: a thin shell over the reconciler, the registry and the status view.
+
+Each command imports only what it needs, so `gitopsd status` stays fast on a login node. Exit codes: 0 ok,
+1 failure (including invalid specs and failed verification), 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from gitopsd.planner import Action
+    from gitopsd.reconciler import Reconciler
+
+DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "gitopsd"
+
+
+def _state_dir(ctx: click.Context) -> Path:
+    path: Path = ctx.obj["state_dir"]
+    return path
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="GITOPSD_STATE_DIR",
+              default=DEFAULT_STATE_DIR, show_default=True,
+              help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].")
+@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+@click.version_option(package_name="gitopsd")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path, verbose: bool) -> None:
+    """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
+    ctx.obj = {"state_dir": state_dir.expanduser().absolute()}
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def init(directory: Path) -> None:
+    """Create a demo GitOps repository in DIRECTORY, with one commit."""
+    from gitopsd.scaffold import init_demo
+
+    try:
+        commit = init_demo(directory)
+    except FileExistsError as exc:
+        _fail(str(exc))
+    click.echo(f"created {directory} at commit {commit[:12]}: one model (blobs), trained in about a second")
+    click.echo(f"next: gitopsd reconcile --repo {directory} --wait && gitopsd status")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default=".")
+def validate(path: Path) -> None:
+    """Check the spec files of a working tree (default: the current directory); exit 1 on any problem."""
+    from gitopsd.errors import SpecError
+    from gitopsd.worktree import load_tree
+
+    try:
+        specs = load_tree(path)
+    except SpecError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        _fail(f"{len(exc.problems)} problem(s) in {path}")
+    names = ", ".join(sorted(m.name for m in specs.models.values())) or "none"
+    click.echo(f"{path}: valid; {len(specs.models)} model(s): {names}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of spec files (for editors and CI)."""
+    from gitopsd.spec import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+def _reconciler(ctx: click.Context, repo: str | None, branch: str | None) -> Reconciler:
+    from gitopsd.errors import PermanentError
+    from gitopsd.reconciler import Reconciler
+    from gitopsd.state import StateStore
+
+    state_dir = _state_dir(ctx)
+    if repo is None:
+        known = None
+        if (state_dir / "state.db").exists():
+            with StateStore(state_dir / "state.db") as store:
+                known = store.source()
+        if known is None:
+            raise click.UsageError(f"no repository is tracked in {state_dir} yet: give --repo URL|PATH")
+        repo, branch = known.url, branch or known.branch
+    try:
+        return Reconciler(state_dir=state_dir, url=repo, branch=branch)
+    except PermanentError as exc:
+        _fail(str(exc))
+        raise
+
+
+@cli.command()
+@click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
+@click.option("--branch", help="Branch to follow (default: the remote's default branch).")
+@click.pass_context
+def plan(ctx: click.Context, repo: str | None, branch: str | None) -> None:
+    """Show what a reconcile would do now, and why, without doing it."""
+    rec = _reconciler(ctx, repo, branch)
+    result = rec.reconcile("plan", dry_run=True)
+    desired = rec.loader.last_good
+    if result.error:
+        click.echo(result.error, err=True)
+    click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
+    for action in result.actions:
+        click.echo("  " + _explain(action, desired))
+    for name, why in sorted(result.unavailable.items()):
+        click.echo(f"  ! backend {name} unavailable: {why}")
+    rec.close()
+    if result.error and desired is None:
+        raise SystemExit(1)
+
+
+def _explain(action: Action, desired: Any) -> str:
+    from gitopsd import planner as p
+
+    if isinstance(action, p.Submit):
+        model = desired.models[action.model] if desired else None
+        res = model.train.resources if model else None
+        cost = f", {res.gpus} GPU(s), {res.cpus} CPU(s)" if res else ""
+        where = f" on {model.train.backend}{cost}" if model else ""
+        return (f"+ train {action.model} (attempt {action.attempt}){where}: no version has run key "
+                f"{action.run_key[:12]}")
+    if isinstance(action, p.Cancel):
+        return f"- stop run {action.run_id} of {action.model}: {action.message}"
+    if isinstance(action, p.Collect):
+        return f"~ validate and register run {action.run_id} of {action.model}"
+    if isinstance(action, p.Fail):
+        return f"! mark run {action.run_id} of {action.model} failed: {action.message}"
+    if isinstance(action, p.Adopt):
+        return f"~ adopt job {action.job_id} of run {action.run_id} ({action.model})"
+    if isinstance(action, p.Resubmit):
+        return f"+ resubmit run {action.run_id} of {action.model}: its job never reached the backend"
+    if isinstance(action, p.SetPhase):
+        return f"~ run {action.run_id} of {action.model} is now {action.phase}"
+    return repr(action)
+
+
+@cli.command()
+@click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
+@click.option("--branch", help="Branch to follow (default: the remote's default branch).")
+@click.option("--once", "mode", flag_value="once", default=True, help="One pass, then exit (default).")
+@click.option("--wait", "mode", flag_value="wait", help="Pass until every run has finished.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds --wait waits at most.")
+@click.pass_context
+def reconcile(ctx: click.Context, repo: str | None, branch: str | None, mode: str, timeout: float) -> None:
+    """Fetch the repository and move actual state towards what it declares."""
+    rec = _reconciler(ctx, repo, branch)
+    try:
+        if mode == "wait":
+            result = rec.reconcile_until_settled(timeout_s=timeout)
+        else:
+            result = rec.reconcile("cli")
+    finally:
+        rec.close()
+    if result.error:
+        click.echo(result.error, err=True)
+    click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), "
+               f"{result.active} run(s) in flight")
+    if result.error or (mode == "wait" and result.active):
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--wide", is_flag=True, help="Do not shorten messages.")
+@click.pass_context
+def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool) -> None:
+    """Per model: what Git wants, what is, and why they differ."""
+    from gitopsd.statusview import read_status, render
+
+    doc = read_status(_state_dir(ctx), model)
+    if model and not doc["models"]:
+        _fail(f"no model {model!r} in the applied commit")
+    click.echo(json.dumps(doc, indent=2) if as_json else render(doc, wide=wide))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--run", "run_id", help="A specific run (default: the model's latest).")
+@click.pass_context
+def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
+    """Print the output of MODEL's latest run."""
+    import sqlite3
+
+    db = _state_dir(ctx) / "state.db"
+    if not db.exists():
+        _fail("nothing reconciled yet")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    where, args = ("id = ? AND model = ?", (run_id, model)) if run_id else ("model = ?", (model,))
+    row = conn.execute(f"SELECT id, run_dir FROM runs WHERE {where} ORDER BY rowid DESC LIMIT 1", args).fetchone()
+    conn.close()
+    if row is None:
+        _fail(f"no run of {model!r}" + (f" with id {run_id}" if run_id else ""))
+    files = sorted((Path(row[1]) / "logs").glob("*"))
+    if not files:
+        _fail(f"run {row[0]} has no logs yet")
+    for path in files:
+        click.echo(f"==> {path} <==")
+        click.echo(path.read_text(errors="replace"), nl=False)
+
+
+@cli.group()
+def registry() -> None:
+    """Registered versions: list, show, verify."""
+
+
+def _open_registry(ctx: click.Context) -> Any:
+    from gitopsd.registry import Registry
+
+    return Registry(_state_dir(ctx) / "registry.db", readonly=True)
+
+
+@registry.command("list")
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def registry_list(ctx: click.Context, model: str | None, as_json: bool) -> None:
+    """List versions (of MODEL, or all)."""
+    with _open_registry(ctx) as reg:
+        versions = reg.list(model)
+    if as_json:
+        click.echo(json.dumps([_version_doc(v) for v in versions], indent=2))
+        return
+    for v in versions:
+        shown = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
+        click.echo(f"{v.label:<24} sha256:{v.artifact.sha256[:12]}  {v.artifact.size:>10} B  "
+                   f"commit {v.lineage.get('commit', '')[:12]}  {shown}")
+
+
+def _version_doc(v: Any) -> dict[str, Any]:
+    return {"model": v.model, "version": v.number, "label": v.label, "run_id": v.run_id, "run_key": v.run_key,
+            "artifact": {"sha256": v.artifact.sha256, "size": v.artifact.size, "uri": v.artifact.uri},
+            "metrics": v.metrics, "gates": v.gates, "lineage": v.lineage, "created_at": v.created_at}
+
+
+def _get_version(ctx: click.Context, label: str) -> Any:
+    from gitopsd.registry import parse_label
+
+    try:
+        name, number = parse_label(label)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    with _open_registry(ctx) as reg:
+        version = reg.get(name, number)
+    if version is None:
+        _fail(f"no version {label}")
+    return version
+
+
+@registry.command("show")
+@click.argument("label")
+@click.pass_context
+def registry_show(ctx: click.Context, label: str) -> None:
+    """Show one version (NAME@N) as JSON."""
+    click.echo(json.dumps(_version_doc(_get_version(ctx, label)), indent=2))
+
+
+@registry.command("verify")
+@click.pass_context
+def registry_verify(ctx: click.Context) -> None:
+    """Re-hash every version's artifact; exit 1 if any is missing or altered."""
+    from gitopsd.store import FileStore
+
+    with _open_registry(ctx) as reg:
+        versions = reg.list()
+        problems = reg.verify(FileStore(_state_dir(ctx) / "artifacts"))
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        _fail(f"{len(problems)} of {len(versions)} version(s) failed verification")
+    click.echo(f"{len(versions)} version(s) verified")
+
+
+@cli.command()
+@click.argument("label")
+@click.pass_context
+def lineage(ctx: click.Context, label: str) -> None:
+    """Where NAME@N came from: commit, code tree, data, job, host, metrics."""
+    v = _get_version(ctx, label)
+    lin = v.lineage
+    job = lin.get("job", {})
+    rows = [
+        ("version", v.label), ("artifact", f"sha256:{v.artifact.sha256} ({v.artifact.size} bytes)"),
+        ("repository", lin.get("repo")), ("commit", lin.get("commit")),
+        ("subject", lin.get("commit_info", {}).get("subject")), ("spec", lin.get("spec_path")),
+        ("run key", lin.get("run_key")), ("code tree", f"{lin.get('code_tree')} ({lin.get('workdir')})"),
+        ("command", lin.get("command")),
+        ("backend", f"{lin.get('backend', {}).get('name')} (type {lin.get('backend', {}).get('type')})"),
+        ("run", f"{lin.get('run_id')} attempt {lin.get('attempt')}"), ("job", lin.get("job_id")),
+        ("host", job.get("host")), ("exit code", lin.get("exit_code")), ("python", lin.get("python")),
+    ]
+    for item in lin.get("data", []):
+        rows.append(("data", f"{item['uri']} sha256:{item['sha256']}"))
+    for gate in v.gates:
+        rows.append(("gate", f"{gate['gate']}: {gate['value']} {'passed' if gate['passed'] else 'FAILED'}"))
+    rows.append(("metrics", ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))))
+    for key, value in rows:
+        click.echo(f"{key:<11} {value}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

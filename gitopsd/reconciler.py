@@ -1,0 +1,452 @@
+"""One reconcile pass, as an ordered list of steps: fetch, load, observe, plan, apply, summarize.
+
+The reconciler owns the I/O around the pure planner and summarizer. It keeps the crash-safety protocol: a run
+row is committed (phase Submitting) before its job is submitted, and a run found in Submitting later is first
+looked up in its backend by run id, so a job is never started twice. A commit with invalid specs is rejected
+whole and the last good commit stays in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitopsd import conditions as summarizer
+from gitopsd.backend import Backend, load_backend
+from gitopsd.collect import collect, write_snapshot
+from gitopsd.convergence import Plateau, Rules, judge
+from gitopsd.desired import DesiredLoader, DesiredModel, DesiredState
+from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError, TransientError
+from gitopsd.metrics import MetricsReader
+from gitopsd.model import Condition, Job, JobRef, JobStatus, Phase, Reason
+from gitopsd.planner import (Action, Actual, Adopt, Cancel, Collect, Fail, Resubmit, RunView, SetPhase,
+                             Submit, Want, plan)
+from gitopsd.registry import Registry
+from gitopsd.source import Source
+from gitopsd.state import ModelRow, RunRecord, SourceRow, StateStore
+from gitopsd.store import open_store, sha256_file
+
+log = logging.getLogger("gitopsd")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PassResult:
+    commit: str | None
+    actions: tuple[Action, ...]
+    active: int
+    error: str = ""
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Paths:
+    root: Path
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def registry_db(self) -> Path:
+        return self.root / "registry.db"
+
+    @property
+    def mirror(self) -> Path:
+        return self.root / "source.git"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+
+@dataclass(kw_only=True)
+class Reconciler:
+    """Reconciles one repository (URL or path, branch) into one state directory."""
+
+    state_dir: Path
+    url: str
+    branch: str | None = None
+    paths: Paths = field(init=False)
+    state: StateStore = field(init=False)
+    registry: Registry = field(init=False)
+    source: Source = field(init=False)
+    loader: DesiredLoader = field(init=False)
+    _backends: dict[str, tuple[Any, Backend]] = field(default_factory=dict)
+    _readers: dict[str, MetricsReader] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.paths = Paths(root=self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = StateStore(self.paths.state_db)
+        self.registry = Registry(self.paths.registry_db)
+        self.source = Source(self.url, self.paths.mirror)
+        self.loader = DesiredLoader(self.source)
+        known = self.state.source()
+        if known is not None and known.url != self.source.url:
+            raise PermanentError(
+                f"state directory {self.state_dir} already tracks {known.url}; use another --state-dir for "
+                f"{self.source.url}")
+
+    def close(self) -> None:
+        self.state.close()
+        self.registry.close()
+
+    # the pass -------------------------------------------------------------------------------------------
+    def reconcile(self, trigger: str = "cli", *, dry_run: bool = False) -> PassResult:
+        """One pass. With `dry_run`, return the plan without applying it or recording anything."""
+        row = self.state.source() or SourceRow(url=self.source.url, branch=self.branch)
+        row = SourceRow(**{**asdict(row), "branch": self.branch, "trigger": trigger})
+        commit, row = self._fetch(row)
+        desired, row = self._load(commit, row)
+        if not dry_run:
+            self.state.set_source(row)
+        if desired is None:
+            return PassResult(commit=commit, actions=(), active=len(self.state.active_runs()), error=row.error)
+        backends, unavailable = self._backends_for(desired)
+        runs = self.state.active_runs()
+        views = self._observe(runs, desired, backends, unavailable, record=not dry_run)
+        wants = {name: _want(m) for name, m in desired.models.items()}
+        actual = Actual(runs=views, registered=self.registry.registered_keys(),
+                        failed_attempts=self.state.attempts(), unavailable=unavailable)
+        actions = plan(wants, actual)
+        if dry_run:
+            return PassResult(commit=desired.commit, actions=tuple(actions), active=len(runs), error=row.error,
+                              unavailable=dict(unavailable))
+        by_id = {r.id: r for r in runs}
+        for action in actions:
+            self._apply(action, desired, backends, by_id)
+        self._summarize(desired, unavailable)
+        return PassResult(commit=commit, actions=tuple(actions), active=len(self.state.active_runs()),
+                          error=row.error)
+
+    def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:
+        try:
+            self.source.fetch()
+            commit = self.source.resolve(self.branch)
+        except SourceUnavailable as exc:
+            log.warning("source unavailable: %s", exc)
+            return row.applied_commit, _with(row, error_reason=Reason.SOURCE_UNAVAILABLE, error=str(exc))
+        return commit, _with(row, fetched_commit=commit, fetched_at=time.time(), error_reason="", error="")
+
+    def _load(self, commit: str | None, row: SourceRow) -> tuple[DesiredState | None, SourceRow]:
+        if commit is None:
+            return None, row
+        try:
+            desired = self.loader.load(commit)
+        except SpecError as exc:
+            if row.fetched_commit == commit and row.error_reason != Reason.SPEC_INVALID:
+                log.error("commit %s rejected:\n%s", commit[:12], exc)
+            row = _with(row, error_reason=Reason.SPEC_INVALID,
+                        error=f"commit {commit[:12]} rejected, {row.applied_commit and row.applied_commit[:12]} "
+                              f"stays in force:\n{exc}")
+            return self._last_good(row), row
+        if row.applied_commit != commit:
+            row = _with(row, applied_commit=commit, applied_at=time.time())
+        return desired, row
+
+    def _last_good(self, row: SourceRow) -> DesiredState | None:
+        if self.loader.last_good is not None:
+            return self.loader.last_good
+        if row.applied_commit is None:
+            return None
+        try:
+            return DesiredLoader(self.source).load(row.applied_commit)
+        except GitopsdError:
+            return None
+
+    def _backends_for(self, desired: DesiredState) -> tuple[dict[str, Backend], dict[str, str]]:
+        backends: dict[str, Backend] = {}
+        unavailable: dict[str, str] = {}
+        needed = {name: cfg for name, cfg in desired.repo.backends.items()}
+        for name in sorted({m.train.backend for m in desired.models.values()} | self._run_backends()):
+            cfg = needed.get(name)
+            type_ = desired.repo.backend_type(name) if cfg else name
+            settings = dict(cfg.settings) if cfg else {}
+            key = (type_, repr(sorted(settings.items())))
+            try:
+                cached = self._backends.get(name)
+                if cached is None or cached[0] != key:
+                    backend = load_backend(type_, name=name, settings=settings, state_dir=self.state_dir)
+                    self._backends[name] = (key, backend)
+                backend = self._backends[name][1]
+                backend.check()
+                backends[name] = backend
+            except TransientError as exc:
+                unavailable[name] = str(exc)
+        return backends, unavailable
+
+    def _run_backends(self) -> set[str]:
+        return {r.backend for r in self.state.active_runs()}
+
+    # observe ----------------------------------------------------------------------------------------------
+    def _observe(self, runs: list[RunRecord], desired: DesiredState, backends: Mapping[str, Backend],
+                 unavailable: dict[str, str], *, record: bool) -> dict[str, RunView]:
+        statuses: dict[str, JobStatus] = {}
+        by_backend: dict[str, list[JobRef]] = {}
+        for run in runs:
+            if run.job_id is not None and run.phase is not Phase.VALIDATING:
+                by_backend.setdefault(run.backend, []).append(_ref(run))
+        for name, refs in sorted(by_backend.items()):
+            if name not in backends:
+                continue
+            try:
+                statuses.update(backends[name].status(refs))
+            except TransientError as exc:
+                unavailable[name] = str(exc)
+        views: dict[str, RunView] = {}
+        for run in runs:
+            found = None
+            if run.phase is Phase.SUBMITTING and run.backend in backends:
+                found = backends[run.backend].find(run.id, Path(run.run_dir))
+            job = statuses.get(run.id)
+            verdict = None
+            if job is not None and not job.state.finished and not run.stop_reason:
+                verdict = self._judge(run, desired.models.get(run.model))
+            views[run.id] = RunView(id=run.id, model=run.model, run_key=run.run_key, spec_digest=run.spec_digest,
+                                    backend=run.backend, phase=run.phase, attempt=run.attempt, job_id=run.job_id,
+                                    job=job, found_job_id=found, stop_reason=run.stop_reason, verdict=verdict)
+            if record:
+                self._record_metrics(run)
+        return views
+
+    def _reader(self, run: RunRecord) -> MetricsReader | None:
+        snapshot_outputs = self._metrics_path(run)
+        if snapshot_outputs is None:
+            return None
+        reader = self._readers.get(run.id)
+        if reader is None:
+            reader = self._readers[run.id] = MetricsReader(path=snapshot_outputs)
+        return reader
+
+    def _metrics_path(self, run: RunRecord) -> Path | None:
+        from gitopsd.collect import read_snapshot
+
+        try:
+            name = read_snapshot(Path(run.run_dir))["outputs"]["metrics"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return Path(run.run_dir) / "out" / name
+
+    def _judge(self, run: RunRecord, model: DesiredModel | None) -> tuple[Reason, str] | None:
+        if model is None or model.run_key != run.run_key:
+            return None
+        rules = _rules(model)
+        reader = self._reader(run)
+        if rules.empty or reader is None:
+            return None
+        return judge(rules, reader.read())
+
+    def _record_metrics(self, run: RunRecord) -> None:
+        reader = self._reader(run)
+        if reader is None:
+            return
+        merged: dict[str, float] = {}
+        for point in reader.read():
+            merged.update(point)
+        if merged != dict(run.metrics):
+            self.state.update_run(run, metrics=merged)
+
+    # apply ------------------------------------------------------------------------------------------------
+    def _apply(self, action: Action, desired: DesiredState, backends: Mapping[str, Backend],
+               runs: dict[str, RunRecord]) -> None:
+        run = self.state.get_run(action.run_id) if hasattr(action, "run_id") else None
+        if isinstance(action, Submit):
+            self._submit(action, desired.models[action.model], backends)
+        elif isinstance(action, Resubmit) and run is not None:
+            model = desired.models.get(run.model)
+            if model is not None:
+                self._launch(run, model, backends[run.backend], resubmitted=True)
+        elif isinstance(action, Adopt) and run is not None:
+            log.info("%s: adopted job %s of run %s after a restart", run.model, action.job_id, run.id)
+            self.state.update_run(run, event="Adopted", message=f"job {action.job_id} found by run id",
+                                  job_id=action.job_id, phase=Phase.QUEUED)
+        elif isinstance(action, SetPhase) and run is not None:
+            started = time.time() if action.phase is Phase.RUNNING and run.started_at is None else run.started_at
+            self.state.update_run(run, event=str(action.phase), message=f"job {run.job_id} is {action.phase}",
+                                  phase=action.phase, started_at=started)
+        elif isinstance(action, Cancel) and run is not None:
+            self._cancel(run, action, backends)
+        elif isinstance(action, Fail) and run is not None:
+            log.warning("%s: run %s failed: %s", run.model, run.id, action.message)
+            self.state.update_run(run, event="Failed", message=action.message, phase=Phase.FAILED,
+                                  reason=str(action.reason), exit_code=action.exit_code, ended_at=time.time())
+        elif isinstance(action, Collect) and run is not None:
+            self._collect(run, backends)
+
+    def _submit(self, action: Submit, model: DesiredModel, backends: Mapping[str, Backend]) -> None:
+        run_id = f"{model.name[:40]}-{secrets.token_hex(4)}"
+        run_dir = self.paths.runs / run_id
+        now = time.time()
+        run = RunRecord(id=run_id, model=model.name, run_key=model.run_key, spec_digest=model.spec_digest,
+                        commit_id=self.loader.last_good.commit if self.loader.last_good else "",
+                        spec_path=model.path, backend=model.train.backend, phase=Phase.SUBMITTING,
+                        attempt=action.attempt, run_dir=str(run_dir), created_at=now, updated_at=now)
+        self._write_snapshot(run, model)
+        self.state.create_run(run, message=f"attempt {action.attempt} for run key {model.run_key[:12]}")
+        self._launch(run, model, backends[model.train.backend], resubmitted=False)
+
+    def _write_snapshot(self, run: RunRecord, model: DesiredModel) -> None:
+        write_snapshot(Path(run.run_dir), {
+            "model": model.name, "spec_path": model.path, "commit": run.commit_id, "repo_url": self.source.url,
+            "commit_info": self.source.commit_info(run.commit_id), "run_key": model.run_key,
+            "spec_digest": model.spec_digest, "code_tree": model.code_tree, "train": asdict(model.train),
+            "outputs": model.spec.spec.outputs.model_dump(mode="json"),
+            "validate": list(model.spec.spec.validate_gates),
+            "data": [d.model_dump(mode="json") for d in model.spec.spec.data],
+        })
+
+    def _launch(self, run: RunRecord, model: DesiredModel, backend: Backend, *, resubmitted: bool) -> None:
+        run_dir = Path(run.run_dir)
+        try:
+            tree = run_dir / "tree"
+            self.source.export(run.commit_id, tree)
+            self._check_data(model, tree)
+            job = Job(run_id=run.id, model=run.model, command=model.train.command, run_dir=run_dir,
+                      tree_dir=tree, workdir=tree / model.train.workdir, output_dir=run_dir / "out",
+                      metrics_file=run_dir / "out" / model.spec.spec.outputs.metrics, log_dir=run_dir / "logs",
+                      env=model.train.env, resources=model.train.resources, timeout_s=model.train.timeout_s,
+                      python_requirements=tree / model.train.requirements if model.train.requirements else None,
+                      settings=model.train.settings)
+            job_id = backend.submit(job)
+        except PermanentError as exc:
+            log.error("%s: run %s cannot be submitted: %s", run.model, run.id, exc)
+            self.state.update_run(run, event="SubmitFailed", message=str(exc), phase=Phase.FAILED,
+                                  reason=str(Reason.SUBMIT_FAILED), ended_at=time.time())
+            return
+        except (TransientError, OSError) as exc:
+            log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc)
+            self.state.update_run(run, event="SubmitDeferred", message=str(exc))
+            return
+        verb = "resubmitted" if resubmitted else "submitted"
+        log.info("%s: %s run %s to %s as job %s (commit %s)", run.model, verb, run.id, run.backend, job_id,
+                 run.commit_id[:12])
+        self.state.update_run(run, event="Submitted", message=f"{verb} to {run.backend} as job {job_id}",
+                              job_id=job_id, phase=Phase.QUEUED)
+
+    def _check_data(self, model: DesiredModel, tree: Path) -> None:
+        """Local data must match its declared digest before any GPU time is spent on it."""
+        for item in model.spec.spec.data:
+            if "://" in item.uri and not item.uri.startswith("file://"):
+                continue
+            path = Path(item.uri.removeprefix("file://")) if item.uri.startswith("file://") else tree / item.uri
+            if not path.is_file():
+                raise PermanentError(f"data {item.uri} not found")
+            actual = sha256_file(path)
+            if actual != item.sha256:
+                raise PermanentError(f"data {item.uri} has sha256 {actual}, spec says {item.sha256}")
+
+    def _cancel(self, run: RunRecord, action: Cancel, backends: Mapping[str, Backend]) -> None:
+        log.info("%s: stopping run %s: %s", run.model, run.id, action.message)
+        backend = backends.get(run.backend)
+        if backend is not None and run.job_id is not None:
+            backend.cancel(_ref(run))
+        if action.reason is Reason.PLATEAUED:
+            self.state.update_run(run, event="EarlyStop", message=action.message, stop_reason=str(action.reason),
+                                  reason=str(action.reason))
+        elif action.reason is Reason.CANCELLED:
+            self.state.update_run(run, event="Cancelled", message=action.message, phase=Phase.CANCELLED,
+                                  reason=str(action.reason), ended_at=time.time())
+        else:
+            self.state.update_run(run, event="Failed", message=action.message, phase=Phase.FAILED,
+                                  reason=str(action.reason), ended_at=time.time())
+
+    def _collect(self, run: RunRecord, backends: Mapping[str, Backend]) -> None:
+        if run.phase is not Phase.VALIDATING:
+            run = self.state.update_run(run, event="Validating", message="job ended; checking gates",
+                                        phase=Phase.VALIDATING)
+        backend = backends.get(run.backend)
+        job: dict[str, Any] = backend.describe(_ref(run)) if backend and run.job_id else {}
+        store = open_store(self.state_registry_uri(), self.paths.artifacts)
+        outcome = collect(run, registry=self.registry, store=store, job=job)
+        common = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
+                  "exit_code": job.get("exit_code")}
+        if outcome.version is None:
+            log.warning("%s: run %s not registered: %s", run.model, run.id, outcome.message)
+            self.state.update_run(run, event="Failed", message=outcome.message, phase=Phase.FAILED,
+                                  reason=str(outcome.reason), **common)
+        else:
+            log.info("%s: %s", run.model, outcome.message)
+            self.state.update_run(run, event="Registered", message=outcome.message, phase=Phase.REGISTERED,
+                                  reason=str(Reason.SUCCEEDED), version=outcome.version.number, **common)
+        self._readers.pop(run.id, None)
+
+    def state_registry_uri(self) -> str | None:
+        good = self.loader.last_good
+        return good.repo.registry.artifacts if good is not None else None
+
+    # summarize -----------------------------------------------------------------------------------------------
+    def _summarize(self, desired: DesiredState, unavailable: Mapping[str, str]) -> None:
+        versions = self.registry.registered_keys()
+        numbers = self._key_numbers()
+        active = {r.model: r for r in self.state.active_runs()}
+        last = self.state.last_finished_runs()
+        wanted: dict[str, Condition] = {}
+        for name, model in desired.models.items():
+            want = _want(model)
+            facts = summarizer.ModelFacts(
+                want=want,
+                version=numbers.get((name, model.run_key)) if model.run_key in versions.get(name, set()) else None,
+                active=_facts(active[name]) if name in active else None,
+                last=_facts(last[name]) if name in last else None,
+                unavailable=unavailable.get(model.train.backend),
+            )
+            wanted[name] = summarizer.summarize(facts)
+        rows = {name: ModelRow(name=name, spec_path=m.path, run_key=m.run_key, spec_digest=m.spec_digest,
+                               backend=m.train.backend, suspend=m.suspend, commit_id=desired.commit)
+                for name, m in desired.models.items()}
+        self.state.sync_models(rows, self.state.models())
+        self.state.set_conditions(wanted, self.state.conditions())
+
+    def _key_numbers(self) -> dict[tuple[str, str], int]:
+        return {(v.model, v.run_key): v.number for v in self.registry.list()}
+
+    # waiting ---------------------------------------------------------------------------------------------------
+    def reconcile_until_settled(self, *, timeout_s: float, trigger: str = "cli") -> PassResult:
+        """Pass again and again until no run is in flight (or the timeout), backing off between passes."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.2
+        result = self.reconcile(trigger)
+        while result.active and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+            result = self.reconcile(trigger)
+        return result
+
+
+def _with(row: SourceRow, **changes: Any) -> SourceRow:
+    return SourceRow(**{**asdict(row), **changes})
+
+
+def _ref(run: RunRecord) -> JobRef:
+    return JobRef(run_id=run.id, job_id=run.job_id or "", run_dir=Path(run.run_dir))
+
+
+def _want(model: DesiredModel) -> Want:
+    return Want(model=model.name, run_key=model.run_key, spec_digest=model.spec_digest,
+                backend=model.train.backend, retries=model.train.retries, suspend=model.suspend)
+
+
+def _facts(run: RunRecord) -> summarizer.RunFacts:
+    return summarizer.RunFacts(id=run.id, run_key=run.run_key, spec_digest=run.spec_digest, phase=run.phase,
+                               backend=run.backend, attempt=run.attempt, job_id=run.job_id, reason=run.reason,
+                               message=run.message, metrics=run.metrics)
+
+
+def _rules(model: DesiredModel) -> Rules:
+    conv = model.spec.spec.convergence
+    plateau = None
+    if conv.plateau is not None:
+        plateau = Plateau(metric=conv.plateau.metric, mode=conv.plateau.mode, patience=conv.plateau.patience,
+                          min_delta=conv.plateau.min_delta)
+    return Rules(finite=tuple(conv.nan), diverge_metric=conv.diverge.metric if conv.diverge else None,
+                 diverge_above=conv.diverge.above if conv.diverge else None, plateau=plateau)
+

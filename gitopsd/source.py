@@ -1,0 +1,179 @@
+"""The Git source: a bare mirror of the tracked repository inside the state directory.
+
+Everything gitopsd knows about desired state comes from here. The mirror is fetched with libgit2 (pygit2), read
+by commit without any checkout, and a commit's tree is exported into a run directory only when a run needs it.
+A fetch first lists the remote heads and skips the transfer when nothing moved, so an idle pass costs one
+round-trip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pygit2
+
+from gitopsd.errors import SourceUnavailable
+
+SPEC_DIR = "models"
+REPO_SPEC = "gitops.yaml"
+_EXECUTABLE = 0o100755
+_LINK = 0o120000
+_TREE = 0o040000
+_COMMIT = 0o160000
+
+
+def is_spec_path(path: str) -> bool:
+    """True for `gitops.yaml` and for model spec files under `models/`."""
+    return path == REPO_SPEC or (path.startswith(SPEC_DIR + "/") and path.endswith((".yaml", ".yml")))
+
+
+def normalise_url(url: str) -> str:
+    """Local paths become absolute so a mirror keeps working from any current directory."""
+    if "://" in url or url.startswith("git@"):
+        return url
+    return str(Path(url).expanduser().resolve())
+
+
+class Source:
+    """A bare mirror of one repository, refreshed by `fetch` and read by commit id."""
+
+    def __init__(self, url: str, mirror_dir: Path) -> None:
+        self.url = normalise_url(url)
+        self.mirror_dir = mirror_dir
+        self._repo: pygit2.Repository | None = None
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        if self._repo is None:
+            if (self.mirror_dir / "HEAD").exists():
+                self._repo = pygit2.Repository(str(self.mirror_dir))
+            else:
+                self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
+                repo = pygit2.init_repository(str(self.mirror_dir), bare=True)
+                repo.remotes.create("origin", self.url, "+refs/heads/*:refs/heads/*")
+                self._repo = repo
+        return self._repo
+
+    def fetch(self) -> None:
+        """Bring the mirror up to date with the remote; skip the transfer when no head moved."""
+        remote = self.repo.remotes["origin"]
+        if remote.url != self.url:
+            self.repo.remotes.set_url("origin", self.url)
+            remote = self.repo.remotes["origin"]
+        try:
+            heads = remote.list_heads()
+            wanted = {h.name: str(h.oid) for h in heads if h.name.startswith("refs/heads/")}
+            have = {name: str(self.repo.references[name].target) for name in self._local_heads()}
+            if wanted != have:
+                remote.fetch(prune=pygit2.enums.FetchPrune.PRUNE)
+            head = next((h for h in heads if h.name == "HEAD"), None)
+            if head is not None and head.symref_target:
+                self.repo.set_head(head.symref_target)
+        except (pygit2.GitError, KeyError, ValueError) as exc:
+            raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
+
+    def _local_heads(self) -> Iterator[str]:
+        return (name for name in self.repo.references if name.startswith("refs/heads/"))
+
+    def resolve(self, branch: str | None) -> str:
+        """The commit id at the tip of `branch` (default: the remote's default branch)."""
+        ref = f"refs/heads/{branch}" if branch else self.repo.references["HEAD"].target
+        try:
+            target = self.repo.references[str(ref)].resolve().target
+        except (KeyError, pygit2.InvalidSpecError) as exc:
+            known = ", ".join(n.removeprefix("refs/heads/") for n in self._local_heads()) or "none"
+            raise SourceUnavailable(f"branch {branch!r} not found in {self.url} (branches: {known})") from exc
+        return str(target)
+
+    def _tree(self, commit: str) -> pygit2.Tree:
+        obj = self.repo.get(commit)
+        if not isinstance(obj, pygit2.Commit):
+            raise SourceUnavailable(f"commit {commit} is not in the mirror of {self.url}")
+        return obj.tree
+
+    def commit_info(self, commit: str) -> dict[str, str | int]:
+        """Author, time and subject of a commit, for lineage and status."""
+        obj = self.repo.get(commit)
+        assert isinstance(obj, pygit2.Commit)
+        return {
+            "commit": commit,
+            "author": f"{obj.author.name} <{obj.author.email}>",
+            "time": obj.commit_time,
+            "subject": obj.message.splitlines()[0] if obj.message else "",
+        }
+
+    def object_id(self, commit: str, path: str) -> str | None:
+        """The Git id of the tree or blob at `path` in `commit` (the root tree for '.'), or None."""
+        tree = self._tree(commit)
+        if path in ("", "."):
+            return str(tree.id)
+        try:
+            return str(tree[path].id)
+        except KeyError:
+            return None
+
+    def read(self, commit: str, path: str) -> bytes | None:
+        tree = self._tree(commit)
+        try:
+            obj = tree[path]
+        except KeyError:
+            return None
+        return obj.data if isinstance(obj, pygit2.Blob) else None
+
+    def spec_files(self, commit: str) -> dict[str, str]:
+        """Spec file path -> blob id for `gitops.yaml` and every `models/**/*.y(a)ml` in the commit."""
+        tree = self._tree(commit)
+        found: dict[str, str] = {}
+        if REPO_SPEC in tree and isinstance(tree[REPO_SPEC], pygit2.Blob):
+            found[REPO_SPEC] = str(tree[REPO_SPEC].id)
+        if SPEC_DIR in tree and isinstance(tree[SPEC_DIR], pygit2.Tree):
+            self._walk(tree[SPEC_DIR], SPEC_DIR, found)
+        return found
+
+    def _walk(self, tree: pygit2.Tree, prefix: str, found: dict[str, str]) -> None:
+        for entry in tree:
+            path = f"{prefix}/{entry.name}"
+            if isinstance(entry, pygit2.Tree):
+                self._walk(entry, path, found)
+            elif is_spec_path(path):
+                found[path] = str(entry.id)
+
+    def changed_spec_files(self, old: str, new: str) -> set[str]:
+        """Spec paths added, modified or deleted between two commits, from a tree diff."""
+        diff = self.repo.diff(self._tree(old), self._tree(new))
+        changed: set[str] = set()
+        for delta in diff.deltas:
+            for path in (delta.old_file.path, delta.new_file.path):
+                if path and is_spec_path(path):
+                    changed.add(path)
+        return changed
+
+    def blob_text(self, blob_id: str) -> str:
+        blob = self.repo.get(blob_id)
+        assert isinstance(blob, pygit2.Blob)
+        return blob.data.decode("utf-8", errors="replace")
+
+    def export(self, commit: str, dest: Path) -> None:
+        """Write the tree of `commit` into `dest` (created; existing files are replaced)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        self._export_tree(self._tree(commit), dest)
+
+    def _export_tree(self, tree: pygit2.Tree, dest: Path) -> None:
+        for entry in tree:
+            target = dest / entry.name
+            if entry.filemode == _TREE:
+                target.mkdir(exist_ok=True)
+                self._export_tree(self.repo[entry.id], target)  # type: ignore[arg-type]
+            elif entry.filemode == _COMMIT:
+                target.mkdir(exist_ok=True)  # submodules are not exported, only their mount point
+            elif entry.filemode == _LINK:
+                if target.is_symlink() or target.exists():
+                    target.unlink()
+                os.symlink(self.repo[entry.id].data, target)  # type: ignore[attr-defined]
+            else:
+                tmp = target.with_name(target.name + ".gitopsd-tmp")
+                tmp.write_bytes(self.repo[entry.id].data)  # type: ignore[attr-defined]
+                tmp.chmod(0o755 if entry.filemode == _EXECUTABLE else 0o644)
+                tmp.replace(target)

@@ -1,0 +1,341 @@
+"""Durable reconciler state in SQLite: runs, the append-only event log, conditions and the applied source.
+
+This is the memory that makes gitopsd crash-safe: a run row is committed before its job is submitted, so after
+any crash the next pass knows every job that might exist. Schema changes are numbered migrations recorded in the
+database. Writes go through sqlite-utils; the read-only status path lives in `statusview` and uses plain sqlite3
+so that `gitopsd status` never pays for this module's imports.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from gitopsd.model import Condition, Phase
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY, model TEXT NOT NULL, run_key TEXT NOT NULL, spec_digest TEXT NOT NULL,
+            commit_id TEXT NOT NULL, spec_path TEXT NOT NULL, backend TEXT NOT NULL, job_id TEXT,
+            phase TEXT NOT NULL, attempt INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '',
+            message TEXT NOT NULL DEFAULT '', exit_code INTEGER, metrics TEXT NOT NULL DEFAULT '{}',
+            stop_reason TEXT NOT NULL DEFAULT '', version INTEGER, run_dir TEXT NOT NULL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL, ended_at REAL
+        );
+        CREATE INDEX runs_active ON runs (phase) WHERE phase NOT IN ('Registered', 'Failed', 'Cancelled');
+        CREATE INDEX runs_model ON runs (model, created_at);
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, model TEXT NOT NULL, run_id TEXT,
+            kind TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
+            commit_id TEXT
+        );
+        CREATE INDEX events_model ON events (model, seq);
+        CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+            BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+        CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+            BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+        CREATE TABLE models (
+            name TEXT PRIMARY KEY, spec_path TEXT NOT NULL, run_key TEXT NOT NULL, spec_digest TEXT NOT NULL,
+            backend TEXT NOT NULL, suspend INTEGER NOT NULL, commit_id TEXT NOT NULL
+        );
+        CREATE TABLE conditions (
+            model TEXT PRIMARY KEY, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE sources (
+            id INTEGER PRIMARY KEY CHECK (id = 1), url TEXT NOT NULL, branch TEXT,
+            fetched_commit TEXT, fetched_at REAL, applied_commit TEXT, applied_at REAL,
+            trigger TEXT NOT NULL DEFAULT '', error_reason TEXT NOT NULL DEFAULT '',
+            error TEXT NOT NULL DEFAULT ''
+        );
+        """,
+    ),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One row of `runs`: one attempt at producing a version for a run key."""
+
+    id: str
+    model: str
+    run_key: str
+    spec_digest: str
+    commit_id: str
+    spec_path: str
+    backend: str
+    phase: Phase
+    attempt: int
+    run_dir: str
+    created_at: float
+    updated_at: float
+    job_id: str | None = None
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    stop_reason: str = ""
+    version: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def row(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["phase"] = str(self.phase)
+        data["metrics"] = json.dumps(dict(self.metrics), sort_keys=True)
+        return data
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
+        data = dict(row)
+        data["phase"] = Phase(data["phase"])
+        data["metrics"] = json.loads(data["metrics"] or "{}")
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRow:
+    """What the last applied commit wants of one model, as `gitopsd status` shows it."""
+
+    name: str
+    spec_path: str
+    run_key: str
+    spec_digest: str
+    backend: str
+    suspend: bool
+    commit_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceRow:
+    url: str
+    branch: str | None = None
+    fetched_commit: str | None = None
+    fetched_at: float | None = None
+    applied_commit: str | None = None
+    applied_at: float | None = None
+    trigger: str = ""
+    error_reason: str = ""
+    error: str = ""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with the pragmas every gitopsd database uses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Iterable[tuple[int, str]]) -> None:
+    """Apply the migrations not yet recorded, each in its own transaction."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL)")
+    done = {row[0] for row in conn.execute("SELECT number FROM migrations")}
+    for number, sql in migrations:
+        if number in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO migrations VALUES (?, ?)", (number, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
+
+class StateStore:
+    """The reconciler's read-write view of `state.db`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = connect(path)
+        migrate(self.conn, MIGRATIONS)
+        self.db = sqlite_utils.Database(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # runs ------------------------------------------------------------------------------------------------
+    def create_run(self, run: RunRecord, *, message: str) -> None:
+        """Commit the run row (and its event) before anything is submitted."""
+        with self.transaction():
+            self.db["runs"].insert(run.row())
+            self._event(run.model, run.id, "RunCreated", "", message, run.commit_id)
+
+    def update_run(self, run: RunRecord, *, event: str = "", message: str = "", **changes: Any) -> RunRecord:
+        """Change a run and, when `event` is given, append the matching event in the same transaction."""
+        updated = replace(run, updated_at=time.time(), **changes)
+        row = updated.row()
+        diff = {k: v for k, v in row.items() if run.row()[k] != v}
+        with self.transaction():
+            self.db["runs"].update(run.id, diff)
+            if event:
+                self._event(run.model, run.id, event, updated.reason, message, run.commit_id)
+        return updated
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return RunRecord.from_row(row) if row else None
+
+    def active_runs(self) -> list[RunRecord]:
+        rows = self.conn.execute(
+            "SELECT * FROM runs WHERE phase NOT IN ('Registered', 'Failed', 'Cancelled') ORDER BY created_at, id"
+        )
+        return [RunRecord.from_row(r) for r in rows]
+
+    def attempts(self) -> dict[tuple[str, str, str], int]:
+        """(model, run key, spec digest) -> how many runs ended Failed for it."""
+        rows = self.conn.execute(
+            "SELECT model, run_key, spec_digest, count(*) FROM runs WHERE phase = 'Failed' "
+            "GROUP BY model, run_key, spec_digest"
+        )
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+    def last_finished_runs(self) -> dict[str, RunRecord]:
+        """The most recent terminal run of each model."""
+        rows = self.conn.execute(
+            "SELECT * FROM runs WHERE rowid IN (SELECT max(rowid) FROM runs "
+            "WHERE phase IN ('Registered', 'Failed', 'Cancelled') GROUP BY model)"
+        )
+        return {r["model"]: RunRecord.from_row(r) for r in rows}
+
+    # events ----------------------------------------------------------------------------------------------
+    def event(
+        self,
+        model: str,
+        kind: str,
+        *,
+        run_id: str | None = None,
+        reason: str = "",
+        message: str = "",
+        commit_id: str | None = None,
+    ) -> None:
+        with self.transaction():
+            self._event(model, run_id, kind, reason, message, commit_id)
+
+    def _event(
+        self, model: str, run_id: str | None, kind: str, reason: str, message: str, commit_id: str | None
+    ) -> None:
+        self.db["events"].insert(
+            {
+                "at": time.time(),
+                "model": model,
+                "run_id": run_id,
+                "kind": kind,
+                "reason": reason,
+                "message": message,
+                "commit_id": commit_id,
+            }
+        )
+
+    def events(self, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        where, args = ("WHERE model = ?", [model]) if model else ("", [])
+        rows = self.conn.execute(f"SELECT * FROM events {where} ORDER BY seq DESC LIMIT ?", [*args, limit])
+        return [dict(r) for r in rows][::-1]
+
+    # desired models and conditions -------------------------------------------------------------------------
+    def models(self) -> dict[str, ModelRow]:
+        rows = self.conn.execute("SELECT * FROM models")
+        return {r["name"]: ModelRow(**{**dict(r), "suspend": bool(r["suspend"])}) for r in rows}
+
+    def sync_models(self, wanted: Mapping[str, ModelRow], known: Mapping[str, ModelRow]) -> None:
+        """Make the `models` table equal `wanted`, writing only the rows that differ from `known`."""
+        changed = [asdict(m) for name, m in wanted.items() if known.get(name) != m]
+        removed = [name for name in known if name not in wanted]
+        if not changed and not removed:
+            return
+        with self.transaction():
+            if changed:
+                self.db["models"].upsert_all(changed, pk="name")
+            for name in removed:
+                self.conn.execute("DELETE FROM models WHERE name = ?", (name,))
+                self.conn.execute("DELETE FROM conditions WHERE model = ?", (name,))
+
+    def conditions(self) -> dict[str, Condition]:
+        from gitopsd.model import ConditionType, Reason
+
+        rows = self.conn.execute("SELECT model, type, reason, message FROM conditions")
+        return {r[0]: Condition(type=ConditionType(r[1]), reason=Reason(r[2]), message=r[3]) for r in rows}
+
+    def set_conditions(self, wanted: Mapping[str, Condition], known: Mapping[str, Condition]) -> None:
+        """Write the conditions that changed; each change of reason is also an event."""
+        changed = {name: c for name, c in wanted.items() if known.get(name) != c}
+        if not changed:
+            return
+        now = time.time()
+        with self.transaction():
+            self.db["conditions"].upsert_all(
+                [
+                    {
+                        "model": n,
+                        "type": str(c.type),
+                        "reason": str(c.reason),
+                        "message": c.message,
+                        "updated_at": now,
+                    }
+                    for n, c in changed.items()
+                ],
+                pk="model",
+            )
+            for name, cond in changed.items():
+                old = known.get(name)
+                if old is None or old.reason != cond.reason:
+                    self._event(name, None, f"Condition{cond.type}", str(cond.reason), cond.message, None)
+
+    # source ----------------------------------------------------------------------------------------------
+    def source(self) -> SourceRow | None:
+        row = self.conn.execute("SELECT * FROM sources WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        data = dict(row)
+        data.pop("id")
+        return SourceRow(**data)
+
+    def set_source(self, source: SourceRow) -> None:
+        with self.transaction():
+            self.db["sources"].upsert({"id": 1, **asdict(source)}, pk="id")

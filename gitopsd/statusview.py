@@ -1,0 +1,111 @@
+"""The read-only view behind `gitopsd status`: what each model wants, what is, and why they differ.
+
+It opens the state and registry databases read-only with plain sqlite3 (no sqlite-utils, pydantic or pygit2
+import), so it is fast, never takes a write lock, and works while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+_MODELS = """
+SELECT m.name, m.spec_path, m.run_key, m.backend, m.suspend, m.commit_id,
+       c.type, c.reason, c.message, c.updated_at,
+       r.id, r.backend, r.job_id, r.phase, r.attempt, r.metrics, r.reason, r.message,
+       v.latest
+FROM models m
+LEFT JOIN conditions c ON c.model = m.name
+LEFT JOIN (SELECT model, max(rowid) AS last FROM runs GROUP BY model) lr ON lr.model = m.name
+LEFT JOIN runs r ON r.rowid = lr.last
+LEFT JOIN (SELECT model, max(number) AS latest FROM reg.versions GROUP BY model) v ON v.model = m.name
+{where}
+ORDER BY m.name
+"""
+
+
+def _open(state_dir: Path) -> sqlite3.Connection | None:
+    db = state_dir / "state.db"
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    registry = state_dir / "registry.db"
+    if registry.exists():
+        conn.execute("ATTACH DATABASE ? AS reg", (f"file:{registry}?mode=ro",))
+    else:
+        conn.execute("ATTACH DATABASE ':memory:' AS reg")
+        conn.execute("CREATE TABLE reg.versions (model TEXT, number INTEGER)")
+    return conn
+
+
+def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
+    """The status document: the repository's source state and one entry per model."""
+    conn = _open(state_dir)
+    if conn is None:
+        return {"repository": None, "models": []}
+    with conn:
+        source = conn.execute(
+            "SELECT url, branch, fetched_commit, fetched_at, applied_commit, applied_at, trigger, "
+            "error_reason, error FROM sources WHERE id = 1"
+        ).fetchone()
+        where, args = ("WHERE m.name = ?", (model,)) if model else ("", ())
+        rows = conn.execute(_MODELS.format(where=where), args).fetchall()
+    conn.close()
+    keys = ("url", "branch", "fetched_commit", "fetched_at", "applied_commit", "applied_at", "trigger",
+            "error_reason", "error")
+    return {"repository": dict(zip(keys, source, strict=True)) if source else None,
+            "models": [_model(r) for r in rows]}
+
+
+def _model(row: tuple[Any, ...]) -> dict[str, Any]:
+    (name, spec_path, run_key, backend, suspend, commit, ctype, reason, message, updated_at,
+     run_id, run_backend, job_id, phase, attempt, metrics, run_reason, run_message, latest) = row
+    run = None
+    if run_id is not None:
+        run = {"id": run_id, "backend": run_backend, "job_id": job_id, "phase": phase, "attempt": attempt,
+               "reason": run_reason, "message": run_message}
+    return {
+        "name": name,
+        "ready": ctype == "Ready",
+        "condition": ctype or "Unknown",
+        "reason": reason or "Unknown",
+        "message": message or "not reconciled yet",
+        "latest_version": latest,
+        "run": run,
+        "metrics": json.loads(metrics) if metrics else {},
+        "spec_path": spec_path,
+        "run_key": run_key,
+        "backend": backend,
+        "suspend": bool(suspend),
+        "commit": commit,
+        "updated_at": updated_at,
+    }
+
+
+def render(doc: dict[str, Any], *, wide: bool = False) -> str:
+    """The human table of a status document."""
+    lines: list[str] = []
+    repo = doc["repository"]
+    if repo is None:
+        return "nothing reconciled yet in this state directory (run `gitopsd reconcile --repo URL|PATH`)"
+    applied = (repo["applied_commit"] or "none")[:12]
+    fetched = (repo["fetched_commit"] or "none")[:12]
+    lines.append(f"repository {repo['url']} branch {repo['branch'] or '(default)'}: "
+                 f"fetched {fetched}, applied {applied} (last trigger: {repo['trigger'] or '-'})")
+    if repo["error"]:
+        lines.append(f"  {repo['error_reason']}: " + repo["error"].replace("\n", "\n    "))
+    header = ("MODEL", "READY", "VERSION", "RUN", "PHASE", "REASON", "MESSAGE")
+    table = [header]
+    for m in doc["models"]:
+        run = m["run"] or {}
+        table.append((m["name"], "True" if m["ready"] else "False",
+                      str(m["latest_version"]) if m["latest_version"] else "-", run.get("id") or "-",
+                      run.get("phase") or "-", m["reason"], m["message"]))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
+    for r in table:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)]
+        message = r[-1] if wide or len(r[-1]) <= 100 else r[-1][:97] + "..."
+        lines.append("  ".join([*cells, message]).rstrip())
+    return "\n".join(lines)
