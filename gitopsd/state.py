@@ -208,7 +208,12 @@ class StateStore:
             self._event(run.model, run.id, "RunCreated", "", message, run.commit_id)
 
     def update_run(self, run: RunRecord, *, event: str = "", message: str = "", **changes: Any) -> RunRecord:
-        """Change a run and, when `event` is given, append the matching event in the same transaction."""
+        """Change a run and, when `event` is given, append the matching event in the same transaction.
+
+        The event's message also becomes the run's latest message.
+        """
+        if event and message:
+            changes.setdefault("message", message)
         updated = replace(run, updated_at=time.time(), **changes)
         row = updated.row()
         diff = {k: v for k, v in row.items() if run.row()[k] != v}

@@ -1,0 +1,5 @@
+"""`python -m gitopsd` runs the command line."""
+
+from gitopsd.cli import main
+
+main()
