@@ -33,17 +33,26 @@ def _fail(message: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="GITOPSD_STATE_DIR",
-              default=DEFAULT_STATE_DIR, show_default=True,
-              help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    envvar="GITOPSD_STATE_DIR",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 @click.version_option(package_name="gitopsd")
 @click.pass_context
 def cli(ctx: click.Context, state_dir: Path, verbose: bool) -> None:
     """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
     ctx.obj = {"state_dir": state_dir.expanduser().absolute()}
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 @cli.command()
@@ -135,8 +144,7 @@ def _explain(action: Action, desired: Any) -> str:
         res = model.train.resources if model else None
         cost = f", {res.gpus} GPU(s), {res.cpus} CPU(s)" if res else ""
         where = f" on {model.train.backend}{cost}" if model else ""
-        return (f"+ train {action.model} (attempt {action.attempt}){where}: no version has run key "
-                f"{action.run_key[:12]}")
+        return f"+ train {action.model} (attempt {action.attempt}){where}: no version has run key {action.run_key[:12]}"
     if isinstance(action, p.Cancel):
         return f"- stop run {action.run_id} of {action.model}: {action.message}"
     if isinstance(action, p.Collect):
@@ -163,16 +171,14 @@ def reconcile(ctx: click.Context, repo: str | None, branch: str | None, mode: st
     """Fetch the repository and move actual state towards what it declares."""
     rec = _reconciler(ctx, repo, branch)
     try:
-        if mode == "wait":
-            result = rec.reconcile_until_settled(timeout_s=timeout)
-        else:
-            result = rec.reconcile("cli")
+        result = rec.reconcile_until_settled(timeout_s=timeout) if mode == "wait" else rec.reconcile("cli")
     finally:
         rec.close()
     if result.error:
         click.echo(result.error, err=True)
-    click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), "
-               f"{result.active} run(s) in flight")
+    click.echo(
+        f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight"
+    )
     if result.error or (mode == "wait" and result.active):
         raise SystemExit(1)
 
@@ -241,14 +247,25 @@ def registry_list(ctx: click.Context, model: str | None, as_json: bool) -> None:
         return
     for v in versions:
         shown = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
-        click.echo(f"{v.label:<24} sha256:{v.artifact.sha256[:12]}  {v.artifact.size:>10} B  "
-                   f"commit {v.lineage.get('commit', '')[:12]}  {shown}")
+        click.echo(
+            f"{v.label:<24} sha256:{v.artifact.sha256[:12]}  {v.artifact.size:>10} B  "
+            f"commit {v.lineage.get('commit', '')[:12]}  {shown}"
+        )
 
 
 def _version_doc(v: Any) -> dict[str, Any]:
-    return {"model": v.model, "version": v.number, "label": v.label, "run_id": v.run_id, "run_key": v.run_key,
-            "artifact": {"sha256": v.artifact.sha256, "size": v.artifact.size, "uri": v.artifact.uri},
-            "metrics": v.metrics, "gates": v.gates, "lineage": v.lineage, "created_at": v.created_at}
+    return {
+        "model": v.model,
+        "version": v.number,
+        "label": v.label,
+        "run_id": v.run_id,
+        "run_key": v.run_key,
+        "artifact": {"sha256": v.artifact.sha256, "size": v.artifact.size, "uri": v.artifact.uri},
+        "metrics": v.metrics,
+        "gates": v.gates,
+        "lineage": v.lineage,
+        "created_at": v.created_at,
+    }
 
 
 def _get_version(ctx: click.Context, label: str) -> Any:
@@ -298,14 +315,21 @@ def lineage(ctx: click.Context, label: str) -> None:
     lin = v.lineage
     job = lin.get("job", {})
     rows = [
-        ("version", v.label), ("artifact", f"sha256:{v.artifact.sha256} ({v.artifact.size} bytes)"),
-        ("repository", lin.get("repo")), ("commit", lin.get("commit")),
-        ("subject", lin.get("commit_info", {}).get("subject")), ("spec", lin.get("spec_path")),
-        ("run key", lin.get("run_key")), ("code tree", f"{lin.get('code_tree')} ({lin.get('workdir')})"),
+        ("version", v.label),
+        ("artifact", f"sha256:{v.artifact.sha256} ({v.artifact.size} bytes)"),
+        ("repository", lin.get("repo")),
+        ("commit", lin.get("commit")),
+        ("subject", lin.get("commit_info", {}).get("subject")),
+        ("spec", lin.get("spec_path")),
+        ("run key", lin.get("run_key")),
+        ("code tree", f"{lin.get('code_tree')} ({lin.get('workdir')})"),
         ("command", lin.get("command")),
         ("backend", f"{lin.get('backend', {}).get('name')} (type {lin.get('backend', {}).get('type')})"),
-        ("run", f"{lin.get('run_id')} attempt {lin.get('attempt')}"), ("job", lin.get("job_id")),
-        ("host", job.get("host")), ("exit code", lin.get("exit_code")), ("python", lin.get("python")),
+        ("run", f"{lin.get('run_id')} attempt {lin.get('attempt')}"),
+        ("job", lin.get("job_id")),
+        ("host", job.get("host")),
+        ("exit code", lin.get("exit_code")),
+        ("python", lin.get("python")),
     ]
     for item in lin.get("data", []):
         rows.append(("data", f"{item['uri']} sha256:{item['sha256']}"))

@@ -9,7 +9,6 @@ registration is idempotent by run id, so a crash anywhere in here is repaired by
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 import time
@@ -81,8 +80,7 @@ def collect(run: RunRecord, *, registry: Registry, store: FileStore, job: dict[s
             version=None,
             metrics=metrics,
             reason=Reason.ARTIFACT_MISSING,
-            message=f"the job ended but wrote no artifact at $GITOPSD_OUTPUT_DIR/"
-            f"{snapshot['outputs']['artifact']}",
+            message=f"the job ended but wrote no artifact at $GITOPSD_OUTPUT_DIR/{snapshot['outputs']['artifact']}",
         )
     artifact = store.put(artifact_path)
     gates = [{"gate": r.gate.text, "value": r.value, "passed": r.passed} for r in results]

@@ -46,8 +46,7 @@ def judge(rules: Rules, history: Sequence[Mapping[str, float]]) -> tuple[Reason,
             if value is not None and (not math.isfinite(value) or value > rules.diverge_above):
                 return (
                     Reason.DIVERGED,
-                    f"{rules.diverge_metric} = {value} exceeds {rules.diverge_above} "
-                    f"at metrics line {index + 1}",
+                    f"{rules.diverge_metric} = {value} exceeds {rules.diverge_above} at metrics line {index + 1}",
                 )
     if rules.plateau is not None:
         return _plateau(rules.plateau, history)
@@ -67,8 +66,7 @@ def _plateau(rule: Plateau, history: Sequence[Mapping[str, float]]) -> tuple[Rea
         if since_best >= rule.patience:
             return (
                 Reason.PLATEAUED,
-                f"{rule.metric} has not improved on {best} for {rule.patience} reports "
-                f"(min_delta {rule.min_delta})",
+                f"{rule.metric} has not improved on {best} for {rule.patience} reports (min_delta {rule.min_delta})",
             )
     return None
 

@@ -72,9 +72,7 @@ def training_identity(model: ModelSpec, train: ResolvedTrain) -> dict[str, Any]:
     }
 
 
-def keys_for(
-    model: ModelSpec, train: ResolvedTrain, code_tree: str, requirements_id: str | None
-) -> tuple[str, str]:
+def keys_for(model: ModelSpec, train: ResolvedTrain, code_tree: str, requirements_id: str | None) -> tuple[str, str]:
     """(run key, spec digest) of one model at one commit."""
     run_key = digest(
         {"v": 1, "train": training_identity(model, train), "code": code_tree, "requirements": requirements_id}

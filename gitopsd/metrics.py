@@ -42,9 +42,7 @@ def parse_line(line: bytes) -> dict[str, float]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {
-        str(k): float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def read_all(path: Path) -> list[dict[str, float]]:

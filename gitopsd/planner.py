@@ -8,7 +8,7 @@ planning again yields nothing: every action changes exactly the facts that made 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from gitopsd.model import JobState, JobStatus, Phase, Reason
@@ -47,7 +47,7 @@ class RunView:
 @dataclass(frozen=True, kw_only=True)
 class Actual:
     runs: Mapping[str, RunView]
-    registered: Mapping[str, frozenset[str]]
+    registered: Mapping[str, Set[str]]
     failed_attempts: Mapping[tuple[str, str, str], int]
     unavailable: Mapping[str, str]
 
@@ -159,9 +159,7 @@ def _plan_run(run: RunView, want: Want | None, actual: Actual) -> tuple[list[Act
         why = _superseded(run, want)
         if why:
             return [
-                Cancel(
-                    model=run.model, run_id=run.id, reason=Reason.CANCELLED, message=f"never submitted: {why}"
-                )
+                Cancel(model=run.model, run_id=run.id, reason=Reason.CANCELLED, message=f"never submitted: {why}")
             ], "ended"
         return [Resubmit(model=run.model, run_id=run.id)], "alive"
     if run.phase is Phase.VALIDATING:

@@ -24,8 +24,20 @@ from gitopsd.desired import DesiredLoader, DesiredModel, DesiredState
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError, TransientError
 from gitopsd.metrics import MetricsReader
 from gitopsd.model import Condition, Job, JobRef, JobStatus, Phase, Reason
-from gitopsd.planner import (Action, Actual, Adopt, Cancel, Collect, Fail, Resubmit, RunView, SetPhase,
-                             Submit, Want, plan)
+from gitopsd.planner import (
+    Action,
+    Actual,
+    Adopt,
+    Cancel,
+    Collect,
+    Fail,
+    Resubmit,
+    RunView,
+    SetPhase,
+    Submit,
+    Want,
+    plan,
+)
 from gitopsd.registry import Registry
 from gitopsd.source import Source
 from gitopsd.state import ModelRow, RunRecord, SourceRow, StateStore
@@ -94,7 +106,8 @@ class Reconciler:
         if known is not None and known.url != self.source.url:
             raise PermanentError(
                 f"state directory {self.state_dir} already tracks {known.url}; use another --state-dir for "
-                f"{self.source.url}")
+                f"{self.source.url}"
+            )
 
     def close(self) -> None:
         self.state.close()
@@ -115,18 +128,26 @@ class Reconciler:
         runs = self.state.active_runs()
         views = self._observe(runs, desired, backends, unavailable, record=not dry_run)
         wants = {name: _want(m) for name, m in desired.models.items()}
-        actual = Actual(runs=views, registered=self.registry.registered_keys(),
-                        failed_attempts=self.state.attempts(), unavailable=unavailable)
+        actual = Actual(
+            runs=views,
+            registered=self.registry.registered_keys(),
+            failed_attempts=self.state.attempts(),
+            unavailable=unavailable,
+        )
         actions = plan(wants, actual)
         if dry_run:
-            return PassResult(commit=desired.commit, actions=tuple(actions), active=len(runs), error=row.error,
-                              unavailable=dict(unavailable))
+            return PassResult(
+                commit=desired.commit,
+                actions=tuple(actions),
+                active=len(runs),
+                error=row.error,
+                unavailable=dict(unavailable),
+            )
         by_id = {r.id: r for r in runs}
         for action in actions:
             self._apply(action, desired, backends, by_id)
         self._summarize(desired, unavailable)
-        return PassResult(commit=commit, actions=tuple(actions), active=len(self.state.active_runs()),
-                          error=row.error)
+        return PassResult(commit=commit, actions=tuple(actions), active=len(self.state.active_runs()), error=row.error)
 
     def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:
         try:
@@ -145,9 +166,12 @@ class Reconciler:
         except SpecError as exc:
             if row.fetched_commit == commit and row.error_reason != Reason.SPEC_INVALID:
                 log.error("commit %s rejected:\n%s", commit[:12], exc)
-            row = _with(row, error_reason=Reason.SPEC_INVALID,
-                        error=f"commit {commit[:12]} rejected, {row.applied_commit and row.applied_commit[:12]} "
-                              f"stays in force:\n{exc}")
+            row = _with(
+                row,
+                error_reason=Reason.SPEC_INVALID,
+                error=f"commit {commit[:12]} rejected, {row.applied_commit and row.applied_commit[:12]} "
+                f"stays in force:\n{exc}",
+            )
             return self._last_good(row), row
         if row.applied_commit != commit:
             row = _with(row, applied_commit=commit, applied_at=time.time())
@@ -166,7 +190,7 @@ class Reconciler:
     def _backends_for(self, desired: DesiredState) -> tuple[dict[str, Backend], dict[str, str]]:
         backends: dict[str, Backend] = {}
         unavailable: dict[str, str] = {}
-        needed = {name: cfg for name, cfg in desired.repo.backends.items()}
+        needed = dict(desired.repo.backends.items())
         for name in sorted({m.train.backend for m in desired.models.values()} | self._run_backends()):
             cfg = needed.get(name)
             type_ = desired.repo.backend_type(name) if cfg else name
@@ -188,8 +212,15 @@ class Reconciler:
         return {r.backend for r in self.state.active_runs()}
 
     # observe ----------------------------------------------------------------------------------------------
-    def _observe(self, runs: list[RunRecord], desired: DesiredState, backends: Mapping[str, Backend],
-                 unavailable: dict[str, str], *, record: bool) -> dict[str, RunView]:
+    def _observe(
+        self,
+        runs: list[RunRecord],
+        desired: DesiredState,
+        backends: Mapping[str, Backend],
+        unavailable: dict[str, str],
+        *,
+        record: bool,
+    ) -> dict[str, RunView]:
         statuses: dict[str, JobStatus] = {}
         by_backend: dict[str, list[JobRef]] = {}
         for run in runs:
@@ -211,9 +242,20 @@ class Reconciler:
             verdict = None
             if job is not None and not job.state.finished and not run.stop_reason:
                 verdict = self._judge(run, desired.models.get(run.model))
-            views[run.id] = RunView(id=run.id, model=run.model, run_key=run.run_key, spec_digest=run.spec_digest,
-                                    backend=run.backend, phase=run.phase, attempt=run.attempt, job_id=run.job_id,
-                                    job=job, found_job_id=found, stop_reason=run.stop_reason, verdict=verdict)
+            views[run.id] = RunView(
+                id=run.id,
+                model=run.model,
+                run_key=run.run_key,
+                spec_digest=run.spec_digest,
+                backend=run.backend,
+                phase=run.phase,
+                attempt=run.attempt,
+                job_id=run.job_id,
+                job=job,
+                found_job_id=found,
+                stop_reason=run.stop_reason,
+                verdict=verdict,
+            )
             if record:
                 self._record_metrics(run)
         return views
@@ -231,7 +273,7 @@ class Reconciler:
         from gitopsd.collect import read_snapshot
 
         try:
-            name = read_snapshot(Path(run.run_dir))["outputs"]["metrics"]
+            name = str(read_snapshot(Path(run.run_dir))["outputs"]["metrics"])
         except (OSError, ValueError, KeyError):
             return None
         return Path(run.run_dir) / "out" / name
@@ -256,8 +298,13 @@ class Reconciler:
             self.state.update_run(run, metrics=merged)
 
     # apply ------------------------------------------------------------------------------------------------
-    def _apply(self, action: Action, desired: DesiredState, backends: Mapping[str, Backend],
-               runs: dict[str, RunRecord]) -> None:
+    def _apply(
+        self,
+        action: Action,
+        desired: DesiredState,
+        backends: Mapping[str, Backend],
+        runs: dict[str, RunRecord],
+    ) -> None:
         run = self.state.get_run(action.run_id) if hasattr(action, "run_id") else None
         if isinstance(action, Submit):
             self._submit(action, desired.models[action.model], backends)
@@ -267,18 +314,35 @@ class Reconciler:
                 self._launch(run, model, backends[run.backend], resubmitted=True)
         elif isinstance(action, Adopt) and run is not None:
             log.info("%s: adopted job %s of run %s after a restart", run.model, action.job_id, run.id)
-            self.state.update_run(run, event="Adopted", message=f"job {action.job_id} found by run id",
-                                  job_id=action.job_id, phase=Phase.QUEUED)
+            self.state.update_run(
+                run,
+                event="Adopted",
+                message=f"job {action.job_id} found by run id",
+                job_id=action.job_id,
+                phase=Phase.QUEUED,
+            )
         elif isinstance(action, SetPhase) and run is not None:
             started = time.time() if action.phase is Phase.RUNNING and run.started_at is None else run.started_at
-            self.state.update_run(run, event=str(action.phase), message=f"job {run.job_id} is {action.phase}",
-                                  phase=action.phase, started_at=started)
+            self.state.update_run(
+                run,
+                event=str(action.phase),
+                message=f"job {run.job_id} is {action.phase}",
+                phase=action.phase,
+                started_at=started,
+            )
         elif isinstance(action, Cancel) and run is not None:
             self._cancel(run, action, backends)
         elif isinstance(action, Fail) and run is not None:
             log.warning("%s: run %s failed: %s", run.model, run.id, action.message)
-            self.state.update_run(run, event="Failed", message=action.message, phase=Phase.FAILED,
-                                  reason=str(action.reason), exit_code=action.exit_code, ended_at=time.time())
+            self.state.update_run(
+                run,
+                event="Failed",
+                message=action.message,
+                phase=Phase.FAILED,
+                reason=str(action.reason),
+                exit_code=action.exit_code,
+                ended_at=time.time(),
+            )
         elif isinstance(action, Collect) and run is not None:
             self._collect(run, backends)
 
@@ -286,23 +350,42 @@ class Reconciler:
         run_id = f"{model.name[:40]}-{secrets.token_hex(4)}"
         run_dir = self.paths.runs / run_id
         now = time.time()
-        run = RunRecord(id=run_id, model=model.name, run_key=model.run_key, spec_digest=model.spec_digest,
-                        commit_id=self.loader.last_good.commit if self.loader.last_good else "",
-                        spec_path=model.path, backend=model.train.backend, phase=Phase.SUBMITTING,
-                        attempt=action.attempt, run_dir=str(run_dir), created_at=now, updated_at=now)
+        run = RunRecord(
+            id=run_id,
+            model=model.name,
+            run_key=model.run_key,
+            spec_digest=model.spec_digest,
+            commit_id=self.loader.last_good.commit if self.loader.last_good else "",
+            spec_path=model.path,
+            backend=model.train.backend,
+            phase=Phase.SUBMITTING,
+            attempt=action.attempt,
+            run_dir=str(run_dir),
+            created_at=now,
+            updated_at=now,
+        )
         self._write_snapshot(run, model)
         self.state.create_run(run, message=f"attempt {action.attempt} for run key {model.run_key[:12]}")
         self._launch(run, model, backends[model.train.backend], resubmitted=False)
 
     def _write_snapshot(self, run: RunRecord, model: DesiredModel) -> None:
-        write_snapshot(Path(run.run_dir), {
-            "model": model.name, "spec_path": model.path, "commit": run.commit_id, "repo_url": self.source.url,
-            "commit_info": self.source.commit_info(run.commit_id), "run_key": model.run_key,
-            "spec_digest": model.spec_digest, "code_tree": model.code_tree, "train": asdict(model.train),
-            "outputs": model.spec.spec.outputs.model_dump(mode="json"),
-            "validate": list(model.spec.spec.validate_gates),
-            "data": [d.model_dump(mode="json") for d in model.spec.spec.data],
-        })
+        write_snapshot(
+            Path(run.run_dir),
+            {
+                "model": model.name,
+                "spec_path": model.path,
+                "commit": run.commit_id,
+                "repo_url": self.source.url,
+                "commit_info": self.source.commit_info(run.commit_id),
+                "run_key": model.run_key,
+                "spec_digest": model.spec_digest,
+                "code_tree": model.code_tree,
+                "train": asdict(model.train),
+                "outputs": model.spec.spec.outputs.model_dump(mode="json"),
+                "validate": list(model.spec.spec.validate_gates),
+                "data": [d.model_dump(mode="json") for d in model.spec.spec.data],
+            },
+        )
 
     def _launch(self, run: RunRecord, model: DesiredModel, backend: Backend, *, resubmitted: bool) -> None:
         run_dir = Path(run.run_dir)
@@ -310,27 +393,55 @@ class Reconciler:
             tree = run_dir / "tree"
             self.source.export(run.commit_id, tree)
             self._check_data(model, tree)
-            job = Job(run_id=run.id, model=run.model, command=model.train.command, run_dir=run_dir,
-                      tree_dir=tree, workdir=tree / model.train.workdir, output_dir=run_dir / "out",
-                      metrics_file=run_dir / "out" / model.spec.spec.outputs.metrics, log_dir=run_dir / "logs",
-                      env=model.train.env, resources=model.train.resources, timeout_s=model.train.timeout_s,
-                      python_requirements=tree / model.train.requirements if model.train.requirements else None,
-                      settings=model.train.settings)
+            job = Job(
+                run_id=run.id,
+                model=run.model,
+                command=model.train.command,
+                run_dir=run_dir,
+                tree_dir=tree,
+                workdir=tree / model.train.workdir,
+                output_dir=run_dir / "out",
+                metrics_file=run_dir / "out" / model.spec.spec.outputs.metrics,
+                log_dir=run_dir / "logs",
+                env=model.train.env,
+                resources=model.train.resources,
+                timeout_s=model.train.timeout_s,
+                python_requirements=tree / model.train.requirements if model.train.requirements else None,
+                settings=model.train.settings,
+            )
             job_id = backend.submit(job)
         except PermanentError as exc:
             log.error("%s: run %s cannot be submitted: %s", run.model, run.id, exc)
-            self.state.update_run(run, event="SubmitFailed", message=str(exc), phase=Phase.FAILED,
-                                  reason=str(Reason.SUBMIT_FAILED), ended_at=time.time())
+            self.state.update_run(
+                run,
+                event="SubmitFailed",
+                message=str(exc),
+                phase=Phase.FAILED,
+                reason=str(Reason.SUBMIT_FAILED),
+                ended_at=time.time(),
+            )
             return
         except (TransientError, OSError) as exc:
             log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc)
             self.state.update_run(run, event="SubmitDeferred", message=str(exc))
             return
         verb = "resubmitted" if resubmitted else "submitted"
-        log.info("%s: %s run %s to %s as job %s (commit %s)", run.model, verb, run.id, run.backend, job_id,
-                 run.commit_id[:12])
-        self.state.update_run(run, event="Submitted", message=f"{verb} to {run.backend} as job {job_id}",
-                              job_id=job_id, phase=Phase.QUEUED)
+        log.info(
+            "%s: %s run %s to %s as job %s (commit %s)",
+            run.model,
+            verb,
+            run.id,
+            run.backend,
+            job_id,
+            run.commit_id[:12],
+        )
+        self.state.update_run(
+            run,
+            event="Submitted",
+            message=f"{verb} to {run.backend} as job {job_id}",
+            job_id=job_id,
+            phase=Phase.QUEUED,
+        )
 
     def _check_data(self, model: DesiredModel, tree: Path) -> None:
         """Local data must match its declared digest before any GPU time is spent on it."""
@@ -350,33 +461,67 @@ class Reconciler:
         if backend is not None and run.job_id is not None:
             backend.cancel(_ref(run))
         if action.reason is Reason.PLATEAUED:
-            self.state.update_run(run, event="EarlyStop", message=action.message, stop_reason=str(action.reason),
-                                  reason=str(action.reason))
+            self.state.update_run(
+                run,
+                event="EarlyStop",
+                message=action.message,
+                stop_reason=str(action.reason),
+                reason=str(action.reason),
+            )
         elif action.reason is Reason.CANCELLED:
-            self.state.update_run(run, event="Cancelled", message=action.message, phase=Phase.CANCELLED,
-                                  reason=str(action.reason), ended_at=time.time())
+            self.state.update_run(
+                run,
+                event="Cancelled",
+                message=action.message,
+                phase=Phase.CANCELLED,
+                reason=str(action.reason),
+                ended_at=time.time(),
+            )
         else:
-            self.state.update_run(run, event="Failed", message=action.message, phase=Phase.FAILED,
-                                  reason=str(action.reason), ended_at=time.time())
+            self.state.update_run(
+                run,
+                event="Failed",
+                message=action.message,
+                phase=Phase.FAILED,
+                reason=str(action.reason),
+                ended_at=time.time(),
+            )
 
     def _collect(self, run: RunRecord, backends: Mapping[str, Backend]) -> None:
         if run.phase is not Phase.VALIDATING:
-            run = self.state.update_run(run, event="Validating", message="job ended; checking gates",
-                                        phase=Phase.VALIDATING)
+            run = self.state.update_run(
+                run, event="Validating", message="job ended; checking gates", phase=Phase.VALIDATING
+            )
         backend = backends.get(run.backend)
         job: dict[str, Any] = backend.describe(_ref(run)) if backend and run.job_id else {}
         store = open_store(self.state_registry_uri(), self.paths.artifacts)
         outcome = collect(run, registry=self.registry, store=store, job=job)
-        common = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
-                  "exit_code": job.get("exit_code")}
+        common = {
+            "metrics": outcome.metrics,
+            "ended_at": job.get("ended_at") or time.time(),
+            "exit_code": job.get("exit_code"),
+        }
         if outcome.version is None:
             log.warning("%s: run %s not registered: %s", run.model, run.id, outcome.message)
-            self.state.update_run(run, event="Failed", message=outcome.message, phase=Phase.FAILED,
-                                  reason=str(outcome.reason), **common)
+            self.state.update_run(
+                run,
+                event="Failed",
+                message=outcome.message,
+                phase=Phase.FAILED,
+                reason=str(outcome.reason),
+                **common,
+            )
         else:
             log.info("%s: %s", run.model, outcome.message)
-            self.state.update_run(run, event="Registered", message=outcome.message, phase=Phase.REGISTERED,
-                                  reason=str(Reason.SUCCEEDED), version=outcome.version.number, **common)
+            self.state.update_run(
+                run,
+                event="Registered",
+                message=outcome.message,
+                phase=Phase.REGISTERED,
+                reason=str(Reason.SUCCEEDED),
+                version=outcome.version.number,
+                **common,
+            )
         self._readers.pop(run.id, None)
 
     def state_registry_uri(self) -> str | None:
@@ -400,9 +545,18 @@ class Reconciler:
                 unavailable=unavailable.get(model.train.backend),
             )
             wanted[name] = summarizer.summarize(facts)
-        rows = {name: ModelRow(name=name, spec_path=m.path, run_key=m.run_key, spec_digest=m.spec_digest,
-                               backend=m.train.backend, suspend=m.suspend, commit_id=desired.commit)
-                for name, m in desired.models.items()}
+        rows = {
+            name: ModelRow(
+                name=name,
+                spec_path=m.path,
+                run_key=m.run_key,
+                spec_digest=m.spec_digest,
+                backend=m.train.backend,
+                suspend=m.suspend,
+                commit_id=desired.commit,
+            )
+            for name, m in desired.models.items()
+        }
         self.state.sync_models(rows, self.state.models())
         self.state.set_conditions(wanted, self.state.conditions())
 
@@ -431,22 +585,44 @@ def _ref(run: RunRecord) -> JobRef:
 
 
 def _want(model: DesiredModel) -> Want:
-    return Want(model=model.name, run_key=model.run_key, spec_digest=model.spec_digest,
-                backend=model.train.backend, retries=model.train.retries, suspend=model.suspend)
+    return Want(
+        model=model.name,
+        run_key=model.run_key,
+        spec_digest=model.spec_digest,
+        backend=model.train.backend,
+        retries=model.train.retries,
+        suspend=model.suspend,
+    )
 
 
 def _facts(run: RunRecord) -> summarizer.RunFacts:
-    return summarizer.RunFacts(id=run.id, run_key=run.run_key, spec_digest=run.spec_digest, phase=run.phase,
-                               backend=run.backend, attempt=run.attempt, job_id=run.job_id, reason=run.reason,
-                               message=run.message, metrics=run.metrics)
+    return summarizer.RunFacts(
+        id=run.id,
+        run_key=run.run_key,
+        spec_digest=run.spec_digest,
+        phase=run.phase,
+        backend=run.backend,
+        attempt=run.attempt,
+        job_id=run.job_id,
+        reason=run.reason,
+        message=run.message,
+        metrics=run.metrics,
+    )
 
 
 def _rules(model: DesiredModel) -> Rules:
     conv = model.spec.spec.convergence
     plateau = None
     if conv.plateau is not None:
-        plateau = Plateau(metric=conv.plateau.metric, mode=conv.plateau.mode, patience=conv.plateau.patience,
-                          min_delta=conv.plateau.min_delta)
-    return Rules(finite=tuple(conv.nan), diverge_metric=conv.diverge.metric if conv.diverge else None,
-                 diverge_above=conv.diverge.above if conv.diverge else None, plateau=plateau)
-
+        plateau = Plateau(
+            metric=conv.plateau.metric,
+            mode=conv.plateau.mode,
+            patience=conv.plateau.patience,
+            min_delta=conv.plateau.min_delta,
+        )
+    return Rules(
+        finite=tuple(conv.nan),
+        diverge_metric=conv.diverge.metric if conv.diverge else None,
+        diverge_above=conv.diverge.above if conv.diverge else None,
+        plateau=plateau,
+    )

@@ -64,7 +64,7 @@ class Source:
             remote = self.repo.remotes["origin"]
         try:
             heads = remote.list_heads()
-            wanted = {h.name: str(h.oid) for h in heads if h.name.startswith("refs/heads/")}
+            wanted = {h.name: str(h.oid) for h in heads if h.name and h.name.startswith("refs/heads/")}
             have = {name: str(self.repo.references[name].target) for name in self._local_heads()}
             if wanted != have:
                 remote.fetch(prune=pygit2.enums.FetchPrune.PRUNE)
@@ -132,7 +132,8 @@ class Source:
             self._walk(tree[SPEC_DIR], SPEC_DIR, found)
         return found
 
-    def _walk(self, tree: pygit2.Tree, prefix: str, found: dict[str, str]) -> None:
+    def _walk(self, tree: pygit2.Object, prefix: str, found: dict[str, str]) -> None:
+        assert isinstance(tree, pygit2.Tree)
         for entry in tree:
             path = f"{prefix}/{entry.name}"
             if isinstance(entry, pygit2.Tree):
@@ -142,7 +143,7 @@ class Source:
 
     def changed_spec_files(self, old: str, new: str) -> set[str]:
         """Spec paths added, modified or deleted between two commits, from a tree diff."""
-        diff = self.repo.diff(self._tree(old), self._tree(new))
+        diff = self._tree(old).diff_to_tree(self._tree(new))
         changed: set[str] = set()
         for delta in diff.deltas:
             for path in (delta.old_file.path, delta.new_file.path):
@@ -162,7 +163,7 @@ class Source:
 
     def _export_tree(self, tree: pygit2.Tree, dest: Path) -> None:
         for entry in tree:
-            target = dest / entry.name
+            target = dest / str(entry.name)
             if entry.filemode == _TREE:
                 target.mkdir(exist_ok=True)
                 self._export_tree(self.repo[entry.id], target)  # type: ignore[arg-type]

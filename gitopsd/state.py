@@ -204,7 +204,7 @@ class StateStore:
     def create_run(self, run: RunRecord, *, message: str) -> None:
         """Commit the run row (and its event) before anything is submitted."""
         with self.transaction():
-            self.db["runs"].insert(run.row())
+            self.db.table("runs").insert(run.row())
             self._event(run.model, run.id, "RunCreated", "", message, run.commit_id)
 
     def update_run(self, run: RunRecord, *, event: str = "", message: str = "", **changes: Any) -> RunRecord:
@@ -218,7 +218,7 @@ class StateStore:
         row = updated.row()
         diff = {k: v for k, v in row.items() if run.row()[k] != v}
         with self.transaction():
-            self.db["runs"].update(run.id, diff)
+            self.db.table("runs").update(run.id, diff)
             if event:
                 self._event(run.model, run.id, event, updated.reason, message, run.commit_id)
         return updated
@@ -266,7 +266,7 @@ class StateStore:
     def _event(
         self, model: str, run_id: str | None, kind: str, reason: str, message: str, commit_id: str | None
     ) -> None:
-        self.db["events"].insert(
+        self.db.table("events").insert(
             {
                 "at": time.time(),
                 "model": model,
@@ -296,7 +296,7 @@ class StateStore:
             return
         with self.transaction():
             if changed:
-                self.db["models"].upsert_all(changed, pk="name")
+                self.db.table("models").upsert_all(changed, pk="name")
             for name in removed:
                 self.conn.execute("DELETE FROM models WHERE name = ?", (name,))
                 self.conn.execute("DELETE FROM conditions WHERE model = ?", (name,))
@@ -314,7 +314,7 @@ class StateStore:
             return
         now = time.time()
         with self.transaction():
-            self.db["conditions"].upsert_all(
+            self.db.table("conditions").upsert_all(
                 [
                     {
                         "model": n,
@@ -343,4 +343,4 @@ class StateStore:
 
     def set_source(self, source: SourceRow) -> None:
         with self.transaction():
-            self.db["sources"].upsert({"id": 1, **asdict(source)}, pk="id")
+            self.db.table("sources").upsert({"id": 1, **asdict(source)}, pk="id")

@@ -53,19 +53,56 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         where, args = ("WHERE m.name = ?", (model,)) if model else ("", ())
         rows = conn.execute(_MODELS.format(where=where), args).fetchall()
     conn.close()
-    keys = ("url", "branch", "fetched_commit", "fetched_at", "applied_commit", "applied_at", "trigger",
-            "error_reason", "error")
-    return {"repository": dict(zip(keys, source, strict=True)) if source else None,
-            "models": [_model(r) for r in rows]}
+    keys = (
+        "url",
+        "branch",
+        "fetched_commit",
+        "fetched_at",
+        "applied_commit",
+        "applied_at",
+        "trigger",
+        "error_reason",
+        "error",
+    )
+    return {
+        "repository": dict(zip(keys, source, strict=True)) if source else None,
+        "models": [_model(r) for r in rows],
+    }
 
 
 def _model(row: tuple[Any, ...]) -> dict[str, Any]:
-    (name, spec_path, run_key, backend, suspend, commit, ctype, reason, message, updated_at,
-     run_id, run_backend, job_id, phase, attempt, metrics, run_reason, run_message, latest) = row
+    (
+        name,
+        spec_path,
+        run_key,
+        backend,
+        suspend,
+        commit,
+        ctype,
+        reason,
+        message,
+        updated_at,
+        run_id,
+        run_backend,
+        job_id,
+        phase,
+        attempt,
+        metrics,
+        run_reason,
+        run_message,
+        latest,
+    ) = row
     run = None
     if run_id is not None:
-        run = {"id": run_id, "backend": run_backend, "job_id": job_id, "phase": phase, "attempt": attempt,
-               "reason": run_reason, "message": run_message}
+        run = {
+            "id": run_id,
+            "backend": run_backend,
+            "job_id": job_id,
+            "phase": phase,
+            "attempt": attempt,
+            "reason": run_reason,
+            "message": run_message,
+        }
     return {
         "name": name,
         "ready": ctype == "Ready",
@@ -92,17 +129,27 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
         return "nothing reconciled yet in this state directory (run `gitopsd reconcile --repo URL|PATH`)"
     applied = (repo["applied_commit"] or "none")[:12]
     fetched = (repo["fetched_commit"] or "none")[:12]
-    lines.append(f"repository {repo['url']} branch {repo['branch'] or '(default)'}: "
-                 f"fetched {fetched}, applied {applied} (last trigger: {repo['trigger'] or '-'})")
+    lines.append(
+        f"repository {repo['url']} branch {repo['branch'] or '(default)'}: "
+        f"fetched {fetched}, applied {applied} (last trigger: {repo['trigger'] or '-'})"
+    )
     if repo["error"]:
         lines.append(f"  {repo['error_reason']}: " + repo["error"].replace("\n", "\n    "))
     header = ("MODEL", "READY", "VERSION", "RUN", "PHASE", "REASON", "MESSAGE")
     table = [header]
     for m in doc["models"]:
         run = m["run"] or {}
-        table.append((m["name"], "True" if m["ready"] else "False",
-                      str(m["latest_version"]) if m["latest_version"] else "-", run.get("id") or "-",
-                      run.get("phase") or "-", m["reason"], m["message"]))
+        table.append(
+            (
+                m["name"],
+                "True" if m["ready"] else "False",
+                str(m["latest_version"]) if m["latest_version"] else "-",
+                run.get("id") or "-",
+                run.get("phase") or "-",
+                m["reason"],
+                m["message"],
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
     for r in table:
         cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)]

@@ -35,8 +35,11 @@ def load_tree(root: Path) -> TreeSpecs:
             problems.extend(exc.problems)
     models: dict[str, ModelSpec] = {}
     spec_dir = root / SPEC_DIR
-    paths = sorted(p for p in spec_dir.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()) \
-        if spec_dir.is_dir() else []
+    paths = (
+        sorted(p for p in spec_dir.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        if spec_dir.is_dir()
+        else []
+    )
     for path in paths:
         rel = path.relative_to(root).as_posix()
         try:
@@ -52,11 +55,23 @@ def load_tree(root: Path) -> TreeSpecs:
         for rel, model in models.items():
             train = resolve_train(model, repo, file=rel)
             if not (root / train.workdir).is_dir():
-                problems.append(SpecProblem(file=rel, line=None, field="spec.train.workdir",
-                                            message=f"directory {train.workdir!r} does not exist"))
+                problems.append(
+                    SpecProblem(
+                        file=rel,
+                        line=None,
+                        field="spec.train.workdir",
+                        message=f"directory {train.workdir!r} does not exist",
+                    )
+                )
             if train.requirements and not (root / train.requirements).is_file():
-                problems.append(SpecProblem(file=rel, line=None, field="spec.train.python.requirements",
-                                            message=f"file {train.requirements!r} does not exist"))
+                problems.append(
+                    SpecProblem(
+                        file=rel,
+                        line=None,
+                        field="spec.train.python.requirements",
+                        message=f"file {train.requirements!r} does not exist",
+                    )
+                )
     if problems:
         raise SpecError(problems)
     return TreeSpecs(repo=repo, models=models)

@@ -74,8 +74,9 @@ def reconciler(demo_repo: GitRepo, state_dir: Path) -> Iterator[Reconciler]:
 def gitopsd(state_dir: Path, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `gitopsd` command line in a subprocess."""
     env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
-    done = subprocess.run([sys.executable, "-m", "gitopsd", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "gitopsd", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"gitopsd {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done

@@ -57,8 +57,9 @@ def test_demo_reaches_version_1_and_a_second_pass_does_nothing(demo_repo: GitRep
     assert [v["label"] for v in versions(state_dir)] == ["blobs@1"]
 
 
-def test_code_change_retrains_and_label_change_does_not(demo_repo: GitRepo, reconciler: Reconciler,
-                                                        state_dir: Path) -> None:
+def test_code_change_retrains_and_label_change_does_not(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
     reconciler.reconcile_until_settled(timeout_s=60)
     demo_repo.edit(MODEL, "description: Separates", "description: Now better documented; separates")
     demo_repo.edit(MODEL, "team: demo", "team: research")
@@ -77,8 +78,9 @@ def test_code_change_retrains_and_label_change_does_not(demo_repo: GitRepo, reco
     assert model_status(state_dir)["latest_version"] == 2
 
 
-def test_failing_gate_registers_nothing_and_says_why(demo_repo: GitRepo, reconciler: Reconciler,
-                                                     state_dir: Path) -> None:
+def test_failing_gate_registers_nothing_and_says_why(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
     demo_repo.edit(MODEL, "accuracy >= 0.9", "accuracy >= 0.999")
     demo_repo.commit("Demand too much")
     reconciler.reconcile_until_settled(timeout_s=60)
@@ -95,12 +97,13 @@ def test_failing_gate_registers_nothing_and_says_why(demo_repo: GitRepo, reconci
     [
         ("  train:\n", "  train:\n    comand: oops\n", "spec.train.comand", "command"),
         ("retries: 0", "retries: lots", "defaults.retries", "retries"),
-        ("      SEED: \"7\"", "      SEED: [unclosed", "", "YAML"),
+        ('      SEED: "7"', "      SEED: [unclosed", "", "YAML"),
     ],
     ids=["unknown-key", "wrong-type", "invalid-yaml"],
 )
-def test_bad_commit_is_rejected_whole(demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path,
-                                      old: str, new: str, field: str, words: str) -> None:
+def test_bad_commit_is_rejected_whole(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path, old: str, new: str, field: str, words: str
+) -> None:
     reconciler.reconcile_until_settled(timeout_s=60)
     good = status(state_dir)["repository"]["applied_commit"]
     target = "gitops.yaml" if "retries" in old else MODEL
@@ -124,8 +127,9 @@ def test_bad_commit_is_rejected_whole(demo_repo: GitRepo, reconciler: Reconciler
     assert words.lower() in checked.stderr.lower()
 
 
-def test_versions_are_immutable_and_tampering_is_detected(demo_repo: GitRepo, reconciler: Reconciler,
-                                                          state_dir: Path) -> None:
+def test_versions_are_immutable_and_tampering_is_detected(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
     reconciler.reconcile_until_settled(timeout_s=60)
     sqlite = shutil.which("sqlite3")
     statements = ["UPDATE versions SET run_key = 'x'", "DELETE FROM versions"]
@@ -149,8 +153,11 @@ def test_versions_are_immutable_and_tampering_is_detected(demo_repo: GitRepo, re
 
 
 def _slow_training(repo: GitRepo, starts: Path, seconds: float) -> None:
-    repo.edit(MODEL, "command: python3 train.py --epochs 40 --lr 0.5",
-              f'command: echo started >> "$STARTS" && sleep {seconds} && python3 train.py --epochs 40 --lr 0.5')
+    repo.edit(
+        MODEL,
+        "command: python3 train.py --epochs 40 --lr 0.5",
+        f'command: echo started >> "$STARTS" && sleep {seconds} && python3 train.py --epochs 40 --lr 0.5',
+    )
     repo.edit(MODEL, '      SEED: "7"', f'      SEED: "7"\n      STARTS: "{starts}"')
     repo.commit("Slow training")
 
@@ -162,14 +169,19 @@ def _wait_for(predicate: Any, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_kill_9_while_training_adopts_the_run_and_never_trains_twice(demo_repo: GitRepo, state_dir: Path,
-                                                                     tmp_path: Path) -> None:
+def test_kill_9_while_training_adopts_the_run_and_never_trains_twice(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
+) -> None:
     starts = tmp_path / "starts.txt"
     _slow_training(demo_repo, starts, 3)
     env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
-    daemon = subprocess.Popen([sys.executable, "-m", "gitopsd", "reconcile", "--repo", str(demo_repo.path),
-                               "--wait"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: starts.exists())
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "gitopsd", "reconcile", "--repo", str(demo_repo.path), "--wait"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for(starts.exists)
     daemon.send_signal(signal.SIGKILL)
     daemon.wait()
     assert [r[1] for r in runs(state_dir)] in (["Queued"], ["Running"])
@@ -180,8 +192,7 @@ def test_kill_9_while_training_adopts_the_run_and_never_trains_twice(demo_repo: 
     assert model_status(state_dir)["latest_version"] == 1
 
 
-def test_crash_between_run_row_and_submit_resubmits_once(demo_repo: GitRepo, state_dir: Path,
-                                                         tmp_path: Path) -> None:
+def test_crash_between_run_row_and_submit_resubmits_once(demo_repo: GitRepo, state_dir: Path, tmp_path: Path) -> None:
     starts = tmp_path / "starts.txt"
     _slow_training(demo_repo, starts, 0)
     rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
@@ -202,8 +213,9 @@ def test_crash_between_run_row_and_submit_resubmits_once(demo_repo: GitRepo, sta
     assert [r[1] for r in runs(state_dir)] == ["Registered"]
 
 
-def test_removed_model_has_its_run_cancelled_and_keeps_its_versions(demo_repo: GitRepo, reconciler: Reconciler,
-                                                                    state_dir: Path, tmp_path: Path) -> None:
+def test_removed_model_has_its_run_cancelled_and_keeps_its_versions(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path, tmp_path: Path
+) -> None:
     reconciler.reconcile_until_settled(timeout_s=60)
     _slow_training(demo_repo, tmp_path / "starts.txt", 30)
     reconciler.reconcile()
@@ -225,10 +237,11 @@ def test_suspended_model_trains_nothing(demo_repo: GitRepo, reconciler: Reconcil
 
 
 def test_divergence_fails_the_run_early(demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path) -> None:
-    demo_repo.write("src/blowup.py", "import os\n"
-                    "open(os.environ['GITOPSD_METRICS_FILE'], 'w').write('{\"loss\": NaN}\\n')\n")
-    demo_repo.edit(MODEL, "command: python3 train.py --epochs 40 --lr 0.5",
-                   "command: python3 blowup.py && sleep 30")
+    demo_repo.write(
+        "src/blowup.py",
+        "import os\nopen(os.environ['GITOPSD_METRICS_FILE'], 'w').write('{\"loss\": NaN}\\n')\n",
+    )
+    demo_repo.edit(MODEL, "command: python3 train.py --epochs 40 --lr 0.5", "command: python3 blowup.py && sleep 30")
     demo_repo.commit("Blow up")
     started = time.monotonic()
     reconciler.reconcile_until_settled(timeout_s=60)
