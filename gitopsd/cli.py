@@ -38,7 +38,7 @@ def _fail(message: str) -> None:
     type=click.Path(path_type=Path),
     envvar="GITOPSD_STATE_DIR",
     default=DEFAULT_STATE_DIR,
-    show_default=True,
+    show_default="$XDG_STATE_HOME/gitopsd, else ~/.local/state/gitopsd",
     help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
