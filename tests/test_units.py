@@ -1,0 +1,178 @@
+"""Durations and memory sizes: every form a spec may use, and a clear refusal of the rest."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gitopsd.units import DURATION_PATTERN, MEMORY_PATTERN, format_duration, parse_duration, parse_memory
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (0, 0),
+        (90, 90),
+        ("0", 0),
+        ("90", 90),
+        (" 7 ", 7),
+        ("90s", 90),
+        ("10m", 600),
+        ("1h30m", 5400),
+        ("1h 5m", 3900),
+        ("2d", 172800),
+        ("1w", 604800),
+        ("1d2h3m4s", 93784),
+        ("1.5h", 5400),
+        (".5m", 30),
+        ("2 hours 3 min", 7380),
+        ("10 seconds", 10),
+        ("01:30:00", 5400),
+        ("0:00:05", 5),
+        ("100:00:00", 360000),
+        ("1-00:00:01", 86401),
+    ],
+)
+def test_duration_forms(value: str | int, seconds: int) -> None:
+    assert parse_duration(value) == seconds
+    assert re.match(DURATION_PATTERN, str(value)), "the JSON Schema pattern must accept every form"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("10x", "unknown unit 'x'"),
+        ("1H", "units are lowercase"),
+        ("-5m", "negative"),
+        (-5, "negative"),
+        ("1m1h", "largest to smallest"),
+        ("1h1h", "largest to smallest"),
+        ("0.5s", "whole number of seconds"),
+        ("1h30", "'30' has no unit"),
+        ("1:3:00", "expected"),
+        ("01:60:00", "expected"),
+        ("h", "expected"),
+        ("²", "expected"),
+        ("1h-5m", "expected"),
+    ],
+)
+def test_bad_durations_say_what_is_wrong_and_what_is_accepted(value: str | int, why: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration") as info:
+        parse_duration(value)
+    assert why in str(info.value)
+    if why not in ("largest to smallest", "whole number of seconds"):
+        assert re.match(DURATION_PATTERN, str(value)) is None
+    if why not in ("negative", "largest to smallest", "whole number of seconds"):
+        assert "HH:MM:SS" in str(info.value)
+        assert "1h30m" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [True, 1.5, None, [1]])
+def test_durations_of_other_types_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(value)  # type: ignore[arg-type]
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_formatted_durations_read_back(seconds: int) -> None:
+    text = format_duration(seconds)
+    assert parse_duration(text) == seconds
+    assert re.match(DURATION_PATTERN, text)
+
+
+@given(
+    st.integers(0, 400),
+    st.integers(0, 23),
+    st.integers(0, 59),
+    st.integers(0, 59),
+    st.sampled_from(["", " "]),
+)
+def test_unit_and_clock_forms_agree(d: int, h: int, m: int, s: int, sep: str) -> None:
+    total = ((d * 24 + h) * 60 + m) * 60 + s
+    parts = [f"{n}{u}" for n, u in ((d, "d"), (h, "h"), (m, "m"), (s, "s")) if n]
+    if parts:
+        assert parse_duration(sep.join(parts)) == total
+    assert parse_duration(f"{d}-{h:02d}:{m:02d}:{s:02d}") == total
+    assert parse_duration(str(total)) == total
+
+
+def test_format_duration_refuses_negative() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        format_duration(-1)
+
+
+@pytest.mark.parametrize(
+    ("value", "mib"),
+    [
+        (0, 0),
+        (512, 512),
+        ("512", 512),
+        ("512Mi", 512),
+        ("512MiB", 512),
+        ("2Gi", 2048),
+        ("1.5Gi", 1536),
+        ("1Ti", 1024 * 1024),
+        ("1Pi", 1024**3),
+        ("1024Ki", 1),
+        ("1Ki", 1),
+        ("2G", 1908),
+        ("2GB", 1908),
+        ("500M", 477),
+        ("1k", 1),
+        ("1T", 953675),
+        ("1048576B", 1),
+        ("1048577B", 2),
+        (" 4 Gi ", 4096),
+    ],
+)
+def test_memory_forms(value: str | int, mib: int) -> None:
+    assert parse_memory(value) == mib
+    assert re.match(MEMORY_PATTERN, str(value)), "the JSON Schema pattern must accept every form"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "empty"),
+        ("2X", "unknown unit 'X'"),
+        ("2gi", "case-sensitive"),
+        ("2m", "milli"),
+        ("-1Gi", "negative"),
+        (-1, "negative"),
+        ("1 2", "expected"),
+        ("Gi", "expected"),
+    ],
+)
+def test_bad_memory_sizes_list_the_accepted_units(value: str | int, why: str) -> None:
+    with pytest.raises(ValueError, match="invalid memory size") as info:
+        parse_memory(value)
+    assert why in str(info.value)
+    assert re.match(MEMORY_PATTERN, str(value)) is None
+    if why != "negative":
+        assert all(unit in str(info.value) for unit in ("Ki", "Mi", "Gi", "Ti", "G"))
+
+
+@pytest.mark.parametrize("value", [True, 2.5, None])
+def test_memory_of_other_types_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="invalid memory size"):
+        parse_memory(value)  # type: ignore[arg-type]
+
+
+@given(st.integers(0, 10**6), st.sampled_from([("Ki", 1 / 1024), ("Mi", 1), ("Gi", 1024), ("Ti", 1024**2)]))
+def test_binary_units_scale_exactly(n: int, unit: tuple[str, float]) -> None:
+    suffix, factor = unit
+    assert parse_memory(f"{n}{suffix}") == math.ceil(n * factor)
+    assert re.match(MEMORY_PATTERN, f"{n}{suffix}")
+
+
+@given(st.integers(0, 10**7), st.sampled_from([("k", 10**3), ("M", 10**6), ("G", 10**9), ("T", 10**12)]))
+def test_decimal_units_round_up_to_whole_mib(n: int, unit: tuple[str, int]) -> None:
+    suffix, factor = unit
+    mib = parse_memory(f"{n}{suffix}")
+    assert (mib - 1) * 2**20 < n * factor <= mib * 2**20 or n == 0 == mib
