@@ -94,6 +94,9 @@ class Reconciler:
     loader: DesiredLoader = field(init=False)
     _backends: dict[str, tuple[Any, Backend]] = field(default_factory=dict)
     _readers: dict[str, MetricsReader] = field(default_factory=dict)
+    _wants_for: tuple[DesiredState, dict[str, Want]] | None = None
+    _known: tuple[dict[str, ModelRow], dict[str, Condition]] | None = None
+    _settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
 
     def __post_init__(self) -> None:
         self.paths = Paths(root=self.state_dir)
@@ -126,15 +129,21 @@ class Reconciler:
             return PassResult(commit=commit, actions=(), active=len(self.state.active_runs()), error=row.error)
         backends, unavailable = self._backends_for(desired)
         runs = self.state.active_runs()
+        settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
+        if not runs and not dry_run and settled == self._settled:
+            return PassResult(commit=commit, actions=(), active=0, error=row.error)
         views = self._observe(runs, desired, backends, unavailable, record=not dry_run)
-        wants = {name: _want(m) for name, m in desired.models.items()}
+        numbers = self.registry.key_numbers()
+        registered: dict[str, set[str]] = {}
+        for model, run_key in numbers:
+            registered.setdefault(model, set()).add(run_key)
         actual = Actual(
             runs=views,
-            registered=self.registry.registered_keys(),
+            registered=registered,
             failed_attempts=self.state.attempts(),
             unavailable=unavailable,
         )
-        actions = plan(wants, actual)
+        actions = plan(self._wants(desired), actual)
         if dry_run:
             return PassResult(
                 commit=desired.commit,
@@ -146,8 +155,19 @@ class Reconciler:
         by_id = {r.id: r for r in runs}
         for action in actions:
             self._apply(action, desired, backends, by_id)
-        self._summarize(desired, unavailable)
-        return PassResult(commit=commit, actions=tuple(actions), active=len(self.state.active_runs()), error=row.error)
+        if actions:
+            numbers = self.registry.key_numbers()
+        active = self.state.active_runs()
+        self._summarize(desired, unavailable, numbers, active)
+        if not actions and not active:
+            self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
+        return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
+
+    def _wants(self, desired: DesiredState) -> dict[str, Want]:
+        """The planner's view of desired state, built once per loaded commit."""
+        if self._wants_for is None or self._wants_for[0] is not desired:
+            self._wants_for = (desired, {name: _want(m) for name, m in desired.models.items()})
+        return self._wants_for[1]
 
     def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:
         try:
@@ -529,17 +549,21 @@ class Reconciler:
         return good.repo.registry.artifacts if good is not None else None
 
     # summarize -----------------------------------------------------------------------------------------------
-    def _summarize(self, desired: DesiredState, unavailable: Mapping[str, str]) -> None:
-        versions = self.registry.registered_keys()
-        numbers = self._key_numbers()
-        active = {r.model: r for r in self.state.active_runs()}
+    def _summarize(
+        self,
+        desired: DesiredState,
+        unavailable: Mapping[str, str],
+        numbers: Mapping[tuple[str, str], int],
+        active_runs: list[RunRecord],
+    ) -> None:
+        active = {r.model: r for r in active_runs}
         last = self.state.last_finished_runs()
         wanted: dict[str, Condition] = {}
+        wants = self._wants(desired)
         for name, model in desired.models.items():
-            want = _want(model)
             facts = summarizer.ModelFacts(
-                want=want,
-                version=numbers.get((name, model.run_key)) if model.run_key in versions.get(name, set()) else None,
+                want=wants[name],
+                version=numbers.get((name, model.run_key)),
                 active=_facts(active[name]) if name in active else None,
                 last=_facts(last[name]) if name in last else None,
                 unavailable=unavailable.get(model.train.backend),
@@ -557,11 +581,11 @@ class Reconciler:
             )
             for name, m in desired.models.items()
         }
-        self.state.sync_models(rows, self.state.models())
-        self.state.set_conditions(wanted, self.state.conditions())
-
-    def _key_numbers(self) -> dict[tuple[str, str], int]:
-        return {(v.model, v.run_key): v.number for v in self.registry.list()}
+        if self._known is None:
+            self._known = (self.state.models(), self.state.conditions())
+        self.state.sync_models(rows, self._known[0])
+        self.state.set_conditions(wanted, self._known[1])
+        self._known = (rows, wanted)
 
     # waiting ---------------------------------------------------------------------------------------------------
     def reconcile_until_settled(self, *, timeout_s: float, trigger: str = "cli") -> PassResult:

@@ -283,6 +283,11 @@ class Registry:
         """Model -> its newest version number, in one query."""
         return dict(self._rows("SELECT model, MAX(number) FROM versions GROUP BY model"))
 
+    def key_numbers(self) -> dict[tuple[str, str], int]:
+        """(model, run key) -> the newest version number trained from that key, in one query."""
+        rows = self._rows("SELECT model, run_key, MAX(number) FROM versions GROUP BY model, run_key")
+        return {(model, run_key): number for model, run_key, number in rows}
+
     def registered_keys(self) -> dict[str, set[str]]:
         """Model -> every run key it has a version for, in one query."""
         keys: dict[str, set[str]] = {}

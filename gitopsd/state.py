@@ -278,6 +278,11 @@ class StateStore:
             }
         )
 
+    def last_event(self) -> int:
+        """The sequence number of the newest event: it moves whenever any run or condition changes."""
+        row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
     def events(self, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         where, args = ("WHERE model = ?", [model]) if model else ("", [])
         rows = self.conn.execute(f"SELECT * FROM events {where} ORDER BY seq DESC LIMIT ?", [*args, limit])

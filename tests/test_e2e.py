@@ -45,7 +45,7 @@ def runs(state_dir: Path) -> list[tuple[str, str, str]]:
 def test_demo_reaches_version_1_and_a_second_pass_does_nothing(demo_repo: GitRepo, state_dir: Path) -> None:
     gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait")
     blobs = model_status(state_dir)
-    assert blobs["ready"] is True
+    assert blobs["ready"] is True, blobs
     assert blobs["latest_version"] == 1
     assert blobs["run"]["phase"] == "Registered"
     assert blobs["run"]["backend"] == "local"
