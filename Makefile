@@ -9,6 +9,7 @@ export GITOPSD_STATE_DIR ?= $(CURDIR)/$(DEMO_DIR)/state
 .PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
+	tools/ensure-debs git=git
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,lint]'
@@ -25,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/gitopsd status
 
 test: $(STAMP)
+	tools/ensure-debs git=git sqlite3=sqlite3
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

@@ -195,7 +195,11 @@ def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool) -> 
     doc = read_status(_state_dir(ctx), model)
     if model and not doc["models"]:
         _fail(f"no model {model!r} in the applied commit")
-    click.echo(json.dumps(doc, indent=2) if as_json else render(doc, wide=wide))
+    if as_json:
+        # Indented for a person; compact (and several times faster on 10,000 models) for a pipe.
+        click.echo(json.dumps(doc, indent=2 if sys.stdout.isatty() else None))
+    else:
+        click.echo(render(doc, wide=wide))
 
 
 @cli.command()

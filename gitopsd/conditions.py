@@ -39,6 +39,15 @@ class ModelFacts:
 
 
 def summarize(facts: ModelFacts) -> Condition:
+    """The model's condition; its message is always one line, whatever the backend said."""
+    condition = _summarize(facts)
+    if "\n" not in condition.message:
+        return condition
+    lines = [line.strip() for line in condition.message.splitlines() if line.strip()]
+    return Condition(type=condition.type, reason=condition.reason, message="; ".join(lines))
+
+
+def _summarize(facts: ModelFacts) -> Condition:
     want = facts.want
     if facts.version is not None:
         ready = Condition(
@@ -60,7 +69,7 @@ def summarize(facts: ModelFacts) -> Condition:
             message="suspended in Git: nothing is trained until `suspend` is removed",
         )
     active = facts.active
-    if active is not None and (active.run_key, active.spec_digest) == (want.run_key, want.spec_digest):
+    if active is not None and active.run_key == want.run_key:
         return Condition(
             type=ConditionType.RECONCILING, reason=Reason.PROGRESSING, message=_progress(active, want.retries)
         )

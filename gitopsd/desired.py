@@ -167,7 +167,9 @@ class DesiredLoader:
         inputs_now: dict[str, tuple[str | None, ...]] = {}
         problems: list[SpecProblem] = []
         for path, spec in specs.items():
-            train = resolve_train(spec, repo)
+            old = by_path.get(path)
+            same_spec = old is not None and self._inputs.get(path, ())[:2] == (files[path], repo_digest)
+            train = old.train if old is not None and same_spec else resolve_train(spec, repo, file=path)
             code_tree = object_id(train.workdir)
             if code_tree is None:
                 problems.append(
@@ -191,7 +193,6 @@ class DesiredLoader:
                 )
                 continue
             inputs = inputs_now[path] = (files[path], repo_digest, code_tree, requirements)
-            old = by_path.get(path)
             if old is not None and self._inputs.get(path) == inputs:
                 models[old.name] = old
                 continue

@@ -18,15 +18,18 @@ class MetricsReader:
     offset: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def read(self) -> list[dict[str, float]]:
-        """Parse lines appended since the last call and return the whole history."""
+    def read(self, *, final: bool = False) -> list[dict[str, float]]:
+        """Parse lines appended since the last call and return the whole history.
+
+        With `final` (the job has ended), a last line without a newline counts too.
+        """
         try:
             with self.path.open("rb") as handle:
                 handle.seek(self.offset)
                 chunk = handle.read()
         except FileNotFoundError:
             return self.history
-        end = chunk.rfind(b"\n") + 1
+        end = len(chunk) if final else chunk.rfind(b"\n") + 1
         for line in chunk[:end].splitlines():
             point = parse_line(line)
             if point:
@@ -42,8 +45,16 @@ def parse_line(line: bytes) -> dict[str, float]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    point: dict[str, float] = {}
+    for key, value in data.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                point[str(key)] = float(value)
+            except OverflowError:
+                continue
+    return point
 
 
 def read_all(path: Path) -> list[dict[str, float]]:
-    return MetricsReader(path=path).read()
+    """The whole history of a finished job's metrics file."""
+    return MetricsReader(path=path).read(final=True)

@@ -141,7 +141,7 @@ def plan(desired: Mapping[str, Want], actual: Actual) -> list[Action]:
 def _superseded(run: RunView, want: Want | None) -> str | None:
     if want is None:
         return "model was removed from Git"
-    if (run.run_key, run.spec_digest) != (want.run_key, want.spec_digest):
+    if run.run_key != want.run_key:
         return "spec changed: a newer run key supersedes this run"
     return None
 
@@ -153,7 +153,11 @@ def _plan_run(run: RunView, want: Want | None, actual: Actual) -> tuple[list[Act
     """
     if run.phase is Phase.SUBMITTING:
         if run.found_job_id is not None:
-            return [Adopt(model=run.model, run_id=run.id, job_id=run.found_job_id)], "alive"
+            adopt = Adopt(model=run.model, run_id=run.id, job_id=run.found_job_id)
+            why = _superseded(run, want)
+            if why:
+                return [adopt, Cancel(model=run.model, run_id=run.id, reason=Reason.CANCELLED, message=why)], "ended"
+            return [adopt], "alive"
         if run.backend in actual.unavailable or run.job_id is not None:
             return [], "alive"
         why = _superseded(run, want)
@@ -202,7 +206,7 @@ def _plan_model(
         return []
     if want.run_key in actual.registered.get(want.model, frozenset()):
         return []
-    if any((r.run_key, r.spec_digest) == (want.run_key, want.spec_digest) for r in live):
+    if any(r.run_key == want.run_key for r in live):
         return []
     target = (want.model, want.run_key, want.spec_digest)
     failed = actual.failed_attempts.get(target, 0) + failed_now.get(target, 0)

@@ -8,13 +8,14 @@ whole and the last good commit stays in force.
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from gitopsd import conditions as summarizer
 from gitopsd.backend import Backend, load_backend
@@ -44,6 +45,7 @@ from gitopsd.state import ModelRow, RunRecord, SourceRow, StateStore
 from gitopsd.store import open_store, sha256_file
 
 log = logging.getLogger("gitopsd")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +82,30 @@ class Paths:
         return self.root / "artifacts"
 
 
+class PerModel(Generic[T]):
+    """A value derived from each desired model, recomputed only for models that changed between commits.
+
+    The desired-state loader keeps the same `DesiredModel` object for a model whose inputs did not change, so
+    identity tells what to recompute: a one-spec commit costs one call, not one per model.
+    """
+
+    def __init__(self, derive: Callable[[DesiredModel], T]) -> None:
+        self._derive = derive
+        self._source: DesiredState | None = None
+        self._values: dict[str, T] = {}
+
+    def of(self, desired: DesiredState) -> dict[str, T]:
+        if self._source is not desired:
+            before = self._source.models if self._source is not None else {}
+            old = self._values
+            self._values = {
+                name: old[name] if before.get(name) is model and name in old else self._derive(model)
+                for name, model in desired.models.items()
+            }
+            self._source = desired
+        return self._values
+
+
 @dataclass(kw_only=True)
 class Reconciler:
     """Reconciles one repository (URL or path, branch) into one state directory."""
@@ -94,9 +120,13 @@ class Reconciler:
     loader: DesiredLoader = field(init=False)
     _backends: dict[str, tuple[Any, Backend]] = field(default_factory=dict)
     _readers: dict[str, MetricsReader] = field(default_factory=dict)
-    _wants_for: tuple[DesiredState, dict[str, Want]] | None = None
+    _want_view: PerModel[Want] = field(default_factory=lambda: PerModel(_want))
+    _row_view: PerModel[ModelRow] = field(default_factory=lambda: PerModel(_row))
+    _backend_view: PerModel[str] = field(default_factory=lambda: PerModel(lambda m: m.train.backend))
     _known: tuple[dict[str, ModelRow], dict[str, Condition]] | None = None
     _settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
+    _frozen: bool = False
+    _summarized: tuple[DesiredState, dict[str, str], set[str]] | None = None
 
     def __post_init__(self) -> None:
         self.paths = Paths(root=self.state_dir)
@@ -123,6 +153,11 @@ class Reconciler:
         row = SourceRow(**{**asdict(row), "branch": self.branch, "trigger": trigger})
         commit, row = self._fetch(row)
         desired, row = self._load(commit, row)
+        if desired is not None and not self._frozen:
+            # The first desired state lives as long as the daemon: move it out of the cyclic collector's
+            # sight, so later passes do not rescan tens of thousands of long-lived spec objects.
+            gc.freeze()
+            self._frozen = True
         if not dry_run:
             self.state.set_source(row)
         if desired is None:
@@ -158,16 +193,14 @@ class Reconciler:
         if actions:
             numbers = self.registry.key_numbers()
         active = self.state.active_runs()
-        self._summarize(desired, unavailable, numbers, active)
+        self._summarize(desired, unavailable, numbers, active, actions)
         if not actions and not active:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
 
     def _wants(self, desired: DesiredState) -> dict[str, Want]:
-        """The planner's view of desired state, built once per loaded commit."""
-        if self._wants_for is None or self._wants_for[0] is not desired:
-            self._wants_for = (desired, {name: _want(m) for name, m in desired.models.items()})
-        return self._wants_for[1]
+        """The planner's view of desired state."""
+        return self._want_view.of(desired)
 
     def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:
         try:
@@ -211,7 +244,8 @@ class Reconciler:
         backends: dict[str, Backend] = {}
         unavailable: dict[str, str] = {}
         needed = dict(desired.repo.backends.items())
-        for name in sorted({m.train.backend for m in desired.models.values()} | self._run_backends()):
+        used = set(self._backend_view.of(desired).values())
+        for name in sorted(used | self._run_backends()):
             cfg = needed.get(name)
             type_ = desired.repo.backend_type(name) if cfg else name
             settings = dict(cfg.settings) if cfg else {}
@@ -411,7 +445,7 @@ class Reconciler:
         run_dir = Path(run.run_dir)
         try:
             tree = run_dir / "tree"
-            self.source.export(run.commit_id, tree)
+            self.source.export(run.commit_id, tree, _exported_paths(model))
             self._check_data(model, tree)
             job = Job(
                 run_id=run.id,
@@ -555,12 +589,20 @@ class Reconciler:
         unavailable: Mapping[str, str],
         numbers: Mapping[tuple[str, str], int],
         active_runs: list[RunRecord],
+        actions: list[Action],
     ) -> None:
+        """Recompute the conditions of the models this pass may have changed, and record what differs."""
+        if self._known is None:
+            self._known = (self.state.models(), self.state.conditions())
+        known_rows, known_conditions = self._known
+        dirty = self._dirty(desired, unavailable, active_runs, actions)
+        rows = self._row_view.of(desired)
         active = {r.model: r for r in active_runs}
         last = self.state.last_finished_runs()
-        wanted: dict[str, Condition] = {}
         wants = self._wants(desired)
-        for name, model in desired.models.items():
+        wanted = {name: c for name, c in known_conditions.items() if name in desired.models}
+        for name in desired.models if dirty is None else dirty & desired.models.keys():
+            model = desired.models[name]
             facts = summarizer.ModelFacts(
                 want=wants[name],
                 version=numbers.get((name, model.run_key)),
@@ -569,23 +611,24 @@ class Reconciler:
                 unavailable=unavailable.get(model.train.backend),
             )
             wanted[name] = summarizer.summarize(facts)
-        rows = {
-            name: ModelRow(
-                name=name,
-                spec_path=m.path,
-                run_key=m.run_key,
-                spec_digest=m.spec_digest,
-                backend=m.train.backend,
-                suspend=m.suspend,
-                commit_id=desired.commit,
-            )
-            for name, m in desired.models.items()
-        }
-        if self._known is None:
-            self._known = (self.state.models(), self.state.conditions())
-        self.state.sync_models(rows, self._known[0])
-        self.state.set_conditions(wanted, self._known[1])
+        self.state.sync_models(rows, known_rows)
+        self.state.set_conditions(wanted, known_conditions)
         self._known = (rows, wanted)
+        self._summarized = (desired, dict(unavailable), set(active))
+
+    def _dirty(
+        self, desired: DesiredState, unavailable: Mapping[str, str], active: list[RunRecord], actions: list[Action]
+    ) -> set[str] | None:
+        """Models whose condition may have changed since the last summary; None means all of them."""
+        if self._summarized is None:
+            return None
+        last_desired, last_unavailable, last_active = self._summarized
+        if dict(unavailable) != last_unavailable:
+            return None
+        dirty = {a.model for a in actions} | {r.model for r in active} | last_active
+        if last_desired is not desired:
+            dirty |= {n for n, m in desired.models.items() if last_desired.models.get(n) is not m}
+        return dirty
 
     # waiting ---------------------------------------------------------------------------------------------------
     def reconcile_until_settled(self, *, timeout_s: float, trigger: str = "cli") -> PassResult:
@@ -632,6 +675,29 @@ def _facts(run: RunRecord) -> summarizer.RunFacts:
         message=run.message,
         metrics=run.metrics,
     )
+
+
+def _row(model: DesiredModel) -> ModelRow:
+    return ModelRow(
+        name=model.name,
+        spec_path=model.path,
+        run_key=model.run_key,
+        spec_digest=model.spec_digest,
+        backend=model.train.backend,
+        suspend=model.suspend,
+    )
+
+
+def _exported_paths(model: DesiredModel) -> list[str]:
+    """What a run sees of its commit: its workdir, its repository data and its requirements file.
+
+    Exactly what its run key covers, so a training cannot depend on a file that does not change its key.
+    """
+    paths = [model.train.workdir]
+    paths += [d.uri for d in model.spec.spec.data if "://" not in d.uri]
+    if model.train.requirements:
+        paths.append(model.train.requirements)
+    return paths
 
 
 def _rules(model: DesiredModel) -> Rules:

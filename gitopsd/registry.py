@@ -65,8 +65,7 @@ MIGRATIONS: list[tuple[int, str]] = [
 """Numbered schema changes, applied in order, each in its own transaction, each recorded in `migrations`."""
 
 _COLUMNS = (
-    "model, number, run_id, run_key, artifact_sha256, artifact_size, artifact_uri, "
-    "metrics, gates, lineage, created_at"
+    "model, number, run_id, run_key, artifact_sha256, artifact_size, artifact_uri, metrics, gates, lineage, created_at"
 )
 
 
@@ -162,9 +161,7 @@ class Registry:
 
     def _migrate(self) -> None:
         conn = self._writable()
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
+        conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
         known = max(number for number, _ in MIGRATIONS)
         (newest,) = conn.execute("SELECT COALESCE(MAX(number), 0) FROM migrations").fetchone()
         if newest > known:
@@ -181,9 +178,7 @@ class Registry:
                 if conn.execute("SELECT 1 FROM migrations WHERE number = ?", (number,)).fetchone() is None:
                     for statement in _split_statements(sql):
                         conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO migrations (number, applied_at) VALUES (?, ?)", (number, time.time())
-                    )
+                    conn.execute("INSERT INTO migrations (number, applied_at) VALUES (?, ?)", (number, time.time()))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -248,8 +243,7 @@ class Registry:
             return _version((*row, *encoded, created_at))
         if existing.model != model:
             raise PermanentError(
-                f"run {run_id} is already registered as {existing.label}; it cannot also become a version of "
-                f"{model!r}"
+                f"run {run_id} is already registered as {existing.label}; it cannot also become a version of {model!r}"
             )
         return existing
 
@@ -257,9 +251,7 @@ class Registry:
         return self._one(f"SELECT {_COLUMNS} FROM versions WHERE model = ? AND number = ?", (model, number))
 
     def latest(self, model: str) -> Version | None:
-        return self._one(
-            f"SELECT {_COLUMNS} FROM versions WHERE model = ? ORDER BY number DESC LIMIT 1", (model,)
-        )
+        return self._one(f"SELECT {_COLUMNS} FROM versions WHERE model = ? ORDER BY number DESC LIMIT 1", (model,))
 
     def list(self, model: str | None = None) -> builtins.list[Version]:
         """All versions (or one model's), ordered by model then number."""

@@ -9,12 +9,12 @@ round-trip.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pygit2
 
-from gitopsd.errors import SourceUnavailable
+from gitopsd.errors import PermanentError, SourceUnavailable
 
 SPEC_DIR = "models"
 REPO_SPEC = "gitops.yaml"
@@ -156,10 +156,28 @@ class Source:
         assert isinstance(blob, pygit2.Blob)
         return blob.data.decode("utf-8", errors="replace")
 
-    def export(self, commit: str, dest: Path) -> None:
-        """Write the tree of `commit` into `dest` (created; existing files are replaced)."""
+    def export(self, commit: str, dest: Path, paths: Iterable[str] = (".",)) -> None:
+        """Write `paths` (directories or files; "." for all) of `commit` into `dest`, at the same relative places.
+
+        Existing files are replaced. A path missing from the commit is an error.
+        """
         dest.mkdir(parents=True, exist_ok=True)
-        self._export_tree(self._tree(commit), dest)
+        root = self._tree(commit)
+        for path in sorted(set(paths)):
+            if path in ("", "."):
+                self._export_tree(root, dest)
+                continue
+            try:
+                obj = root[path]
+            except KeyError:
+                raise PermanentError(f"{path!r} does not exist at commit {commit[:12]}") from None
+            target = dest / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(obj, pygit2.Tree):
+                target.mkdir(exist_ok=True)
+                self._export_tree(obj, target)
+            else:
+                self._write_blob(obj, root[path].filemode, target)
 
     def _export_tree(self, tree: pygit2.Tree, dest: Path) -> None:
         for entry in tree:
@@ -169,12 +187,17 @@ class Source:
                 self._export_tree(self.repo[entry.id], target)  # type: ignore[arg-type]
             elif entry.filemode == _COMMIT:
                 target.mkdir(exist_ok=True)  # submodules are not exported, only their mount point
-            elif entry.filemode == _LINK:
-                if target.is_symlink() or target.exists():
-                    target.unlink()
-                os.symlink(self.repo[entry.id].data, target)  # type: ignore[attr-defined]
             else:
-                tmp = target.with_name(target.name + ".gitopsd-tmp")
-                tmp.write_bytes(self.repo[entry.id].data)  # type: ignore[attr-defined]
-                tmp.chmod(0o755 if entry.filemode == _EXECUTABLE else 0o644)
-                tmp.replace(target)
+                self._write_blob(self.repo[entry.id], entry.filemode, target)
+
+    @staticmethod
+    def _write_blob(blob: pygit2.Object, mode: int, target: Path) -> None:
+        data: bytes = blob.data  # type: ignore[attr-defined]
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if mode == _LINK:
+            os.symlink(data, target)
+            return
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if mode == _EXECUTABLE else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)

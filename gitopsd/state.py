@@ -47,7 +47,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
         CREATE TABLE models (
             name TEXT PRIMARY KEY, spec_path TEXT NOT NULL, run_key TEXT NOT NULL, spec_digest TEXT NOT NULL,
-            backend TEXT NOT NULL, suspend INTEGER NOT NULL, commit_id TEXT NOT NULL
+            backend TEXT NOT NULL, suspend INTEGER NOT NULL
         );
         CREATE TABLE conditions (
             model TEXT PRIMARY KEY, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL,
@@ -114,7 +114,6 @@ class ModelRow:
     spec_digest: str
     backend: str
     suspend: bool
-    commit_id: str
 
 
 @dataclass(frozen=True, kw_only=True)

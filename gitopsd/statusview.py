@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 _MODELS = """
-SELECT m.name, m.spec_path, m.run_key, m.backend, m.suspend, m.commit_id,
+SELECT m.name, m.spec_path, m.run_key, m.backend, m.suspend,
        c.type, c.reason, c.message, c.updated_at,
        r.id, r.backend, r.job_id, r.phase, r.attempt, r.metrics, r.reason, r.message,
        v.latest
@@ -64,20 +64,18 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         "error_reason",
         "error",
     )
-    return {
-        "repository": dict(zip(keys, source, strict=True)) if source else None,
-        "models": [_model(r) for r in rows],
-    }
+    repository = dict(zip(keys, source, strict=True)) if source else None
+    commit = repository["applied_commit"] if repository else None
+    return {"repository": repository, "models": [_model(r, commit) for r in rows]}
 
 
-def _model(row: tuple[Any, ...]) -> dict[str, Any]:
+def _model(row: tuple[Any, ...], commit: str | None) -> dict[str, Any]:
     (
         name,
         spec_path,
         run_key,
         backend,
         suspend,
-        commit,
         ctype,
         reason,
         message,

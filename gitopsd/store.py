@@ -233,8 +233,7 @@ class FileStore:
                 actual_size = os.fstat(f.fileno()).st_size
                 if size is not None and actual_size != size:
                     raise IntegrityError(
-                        f"artifact {path}: expected {size} bytes with sha256 {sha256}, "
-                        f"found {actual_size} bytes"
+                        f"artifact {path}: expected {size} bytes with sha256 {sha256}, found {actual_size} bytes"
                     )
                 actual = hashlib.file_digest(f, "sha256").hexdigest()
         except FileNotFoundError:

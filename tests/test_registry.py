@@ -177,9 +177,7 @@ def test_sqlite_itself_refuses_to_change_a_version(tmp_path: Path, statement: st
 def test_sqlite3_shell_cannot_change_a_version(tmp_path: Path) -> None:
     shell = shutil.which("sqlite3")
     if shell is None:
-        pytest.skip(
-            "the sqlite3 command-line shell is not installed; the plain sqlite3 test covers the triggers"
-        )
+        pytest.skip("the sqlite3 command-line shell is not installed; the plain sqlite3 test covers the triggers")
     path = tmp_path / "registry.db"
     with Registry(path) as reg:
         _register(reg, "iris", "r1")
@@ -219,9 +217,7 @@ def test_readonly_sees_versions_and_cannot_write(tmp_path: Path) -> None:
 def test_readonly_runs_no_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "registry.db"
     Registry(path).close()
-    monkeypatch.setattr(
-        registry_module, "MIGRATIONS", [*registry_module.MIGRATIONS, (2, "CREATE TABLE x (a);")]
-    )
+    monkeypatch.setattr(registry_module, "MIGRATIONS", [*registry_module.MIGRATIONS, (2, "CREATE TABLE x (a);")])
     with Registry(path, readonly=True) as reg:
         assert reg.list() == []
     conn = sqlite3.connect(path)
@@ -283,9 +279,7 @@ def test_a_failing_migration_leaves_no_trace(tmp_path: Path, monkeypatch: pytest
         "MIGRATIONS",
         [*registry_module.MIGRATIONS, (2, "CREATE TABLE half (a); SELECT no_such_function();")],
     )
-    with pytest.raises(
-        PermanentError, match=r"registry .*registry\.db: migration 2 failed: .*no_such_function"
-    ):
+    with pytest.raises(PermanentError, match=r"registry .*registry\.db: migration 2 failed: .*no_such_function"):
         Registry(path)
     conn = sqlite3.connect(path)
     try:

@@ -1,0 +1,171 @@
+"""`gitopsd status` shows one condition per model: these tests pin each branch of the summarizer and its wording.
+
+Each test states what a person reading `status` is told in one situation: a current version, a suspended
+model, a run in progress (with its latest metrics), an unreachable backend, a stalled model with the reason of
+the run that failed, a run about to be submitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gitopsd.conditions import ModelFacts, RunFacts, summarize
+from gitopsd.gates import evaluate, parse_gate
+from gitopsd.model import Condition, ConditionType, Phase, Reason
+from gitopsd.planner import Want
+
+KEY = "3f9a1c2b7d4e5f60718293a4b5c6d7e8"
+WANT = Want(model="iris", run_key=KEY, spec_digest="spec-1", backend="slurm", retries=2)
+ACTIVE = RunFacts(
+    id="iris-1a2b3c4d", run_key=KEY, spec_digest="spec-1", phase=Phase.RUNNING, backend="slurm", attempt=2,
+    job_id="4242",
+)  # fmt: skip
+FAILED = replace(ACTIVE, phase=Phase.FAILED, reason="TrainingFailed", message="job 4242 ended Failed: exit code 3")
+
+
+def test_a_registered_run_key_is_ready_with_its_version() -> None:
+    assert summarize(ModelFacts(want=WANT, version=3)) == Condition(
+        type=ConditionType.READY, reason=Reason.SUCCEEDED, message="iris@3 is current (run key 3f9a1c2b7d4e)"
+    )
+
+
+def test_a_current_version_wins_over_an_old_failure_and_an_unavailable_backend() -> None:
+    facts = ModelFacts(want=WANT, version=3, last=FAILED, unavailable="slurmctld down")
+    assert summarize(facts).reason is Reason.SUCCEEDED
+
+
+def test_a_suspended_model_with_a_version_stays_ready_and_says_it_is_suspended() -> None:
+    condition = summarize(ModelFacts(want=replace(WANT, suspend=True), version=3))
+    assert condition == Condition(
+        type=ConditionType.READY,
+        reason=Reason.SUSPENDED,
+        message="suspended in Git; iris@3 is current (run key 3f9a1c2b7d4e)",
+    )
+    assert condition.ready
+
+
+def test_a_suspended_model_without_a_version_is_stalled_until_suspend_is_removed() -> None:
+    facts = ModelFacts(want=replace(WANT, suspend=True), active=ACTIVE, last=FAILED)
+    assert summarize(facts) == Condition(
+        type=ConditionType.STALLED,
+        reason=Reason.SUSPENDED,
+        message="suspended in Git: nothing is trained until `suspend` is removed",
+    )
+
+
+def test_a_run_in_progress_shows_phase_backend_job_attempt_and_first_four_metrics() -> None:
+    metrics = {"loss": 0.123456, "accuracy": 0.9, "epoch": 7.0, "lr": 0.001, "zeta": 1.0}
+    active = replace(ACTIVE, message="submitted to slurm as job 4242", metrics=metrics)
+    condition = summarize(ModelFacts(want=WANT, active=active, unavailable="slurmctld down"))
+    assert condition == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.PROGRESSING,
+        message="run iris-1a2b3c4d Running on slurm (job 4242), attempt 2 of 3: submitted to slurm as job 4242; "
+        "accuracy=0.9, epoch=7, loss=0.1235, lr=0.001",
+    )
+    assert not condition.ready
+
+
+def test_a_run_in_progress_without_job_retries_message_or_metrics_says_only_where_it_is() -> None:
+    active = replace(ACTIVE, phase=Phase.SUBMITTING, job_id=None)
+    condition = summarize(ModelFacts(want=replace(WANT, retries=0), active=active))
+    assert condition.message == "run iris-1a2b3c4d Submitting on slurm"
+
+
+def test_an_unreachable_backend_is_named_with_the_error() -> None:
+    condition = summarize(ModelFacts(want=WANT, unavailable="sbatch: command not found", last=FAILED))
+    assert condition == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.BACKEND_UNAVAILABLE,
+        message="backend slurm is unavailable: sbatch: command not found",
+    )
+
+
+def test_a_failed_gate_stalls_the_model_with_metric_value_and_threshold() -> None:
+    [result] = evaluate([parse_gate("accuracy >= 0.9")], {"accuracy": 0.85})
+    last = replace(FAILED, reason="GateFailed", message=f"gate failed: {result.describe()}")
+    assert summarize(ModelFacts(want=WANT, last=last)) == Condition(
+        type=ConditionType.STALLED,
+        reason=Reason.GATE_FAILED,
+        message="run iris-1a2b3c4d after 2 attempts: gate failed: accuracy = 0.85, needs >= 0.9; "
+        "push a new commit to retry",
+    )
+
+
+@pytest.mark.parametrize("reason", [r for r in Reason if r not in (Reason.SUCCEEDED, Reason.PROGRESSING)])
+def test_a_failed_run_stalls_the_model_with_its_own_reason(reason: Reason) -> None:
+    condition = summarize(ModelFacts(want=WANT, last=replace(FAILED, attempt=1, reason=str(reason))))
+    assert (condition.type, condition.reason) == (ConditionType.STALLED, reason)
+    assert condition.message.startswith("run iris-1a2b3c4d after 1 attempt: job 4242 ended Failed: exit code 3")
+
+
+@pytest.mark.parametrize("recorded", ["", "OutOfMemory", "gate failed"])
+def test_a_failure_without_a_known_reason_reads_as_training_failed(recorded: str) -> None:
+    condition = summarize(ModelFacts(want=WANT, last=replace(FAILED, reason=recorded)))
+    assert (condition.type, condition.reason) == (ConditionType.STALLED, Reason.TRAINING_FAILED)
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        ModelFacts(want=WANT),
+        ModelFacts(want=WANT, active=replace(ACTIVE, run_key="old-key")),
+        ModelFacts(want=WANT, last=replace(FAILED, spec_digest="spec-0")),
+        ModelFacts(want=WANT, last=replace(FAILED, phase=Phase.CANCELLED, reason="Cancelled")),
+    ],
+    ids=["nothing-yet", "old-run-still-active", "old-spec-failed", "last-run-cancelled"],
+)
+def test_a_spec_with_no_run_of_its_own_is_about_to_be_submitted(facts: ModelFacts) -> None:
+    assert summarize(facts) == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.PROGRESSING,
+        message="a run for this spec is about to be submitted",
+    )
+
+
+def test_a_multi_line_failure_message_is_shown_on_one_line() -> None:
+    last = replace(FAILED, reason="SubmitFailed", message="sbatch: error: Batch job submission failed\nInvalid account")
+    condition = summarize(ModelFacts(want=WANT, last=last))
+    assert "\n" not in condition.message
+    assert "Invalid account" in condition.message
+
+
+PHASES = st.sampled_from(Phase)
+RUNS = st.builds(
+    RunFacts,
+    id=st.just("r1"),
+    run_key=st.sampled_from([KEY, "other"]),
+    spec_digest=st.sampled_from(["spec-1", "spec-0"]),
+    phase=PHASES,
+    backend=st.just("slurm"),
+    attempt=st.integers(1, 3),
+    reason=st.sampled_from(["", "GateFailed", "Diverged", "nonsense"]),
+    message=st.sampled_from(["", "exit code 1"]),
+    metrics=st.dictionaries(st.sampled_from(["loss", "acc"]), st.floats(allow_nan=True)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    want=st.builds(Want, model=st.just("iris"), run_key=st.just(KEY), spec_digest=st.just("spec-1"),
+                   backend=st.just("slurm"), retries=st.integers(0, 2), suspend=st.booleans()),
+    version=st.none() | st.integers(1, 9),
+    active=st.none() | RUNS,
+    last=st.none() | RUNS,
+    unavailable=st.none() | st.just("down"),
+)  # fmt: skip
+def test_every_model_gets_exactly_one_consistent_condition(
+    want: Want, version: int | None, active: RunFacts | None, last: RunFacts | None, unavailable: str | None
+) -> None:
+    condition = summarize(ModelFacts(want=want, version=version, active=active, last=last, unavailable=unavailable))
+    assert condition.ready == (version is not None)
+    assert (condition.reason is Reason.SUSPENDED) == want.suspend
+    assert condition.message
+    if condition.type is ConditionType.STALLED and not want.suspend:
+        assert last is not None
+        assert last.phase is Phase.FAILED
+        assert condition.message.endswith("push a new commit to retry")
