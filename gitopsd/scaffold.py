@@ -47,9 +47,9 @@ def init_demo(target: Path) -> str:
 
 def commit_all(workdir: Path, message: str) -> str:
     """Stage every file of a working tree and commit it on the current branch (creating the repo if needed)."""
-    try:
-        repo = pygit2.Repository(str(workdir))
-    except pygit2.GitError:
+    if (workdir / ".git").exists():
+        repo = pygit2.Repository(str(workdir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    else:  # never discover (and commit into) a repository that merely encloses `workdir`
         repo = pygit2.init_repository(str(workdir), initial_head="main")
     repo.index.add_all()
     repo.index.write()
