@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pwd
 import signal
@@ -88,6 +89,29 @@ def _positive(settings: Mapping[str, Any], key: str, default: float, *, backend:
         expected = "a positive integer" if integer else "a positive number of seconds"
         raise PermanentError(f"backend {backend!r} setting {key}: expected {expected}, got {value!r}")
     return value
+
+
+_LIST_PACKAGES = (
+    "import importlib.metadata as m, json, sys; "
+    "print(json.dumps({'python': sys.version.split()[0], "
+    "'packages': {d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}}))"
+)
+
+
+def python_environment(venv: str | None) -> dict[str, Any]:
+    """The Python a training ran with (its venv's, else `python3` on PATH) and its installed packages.
+
+    Asked of that interpreter itself, once per collected run; an interpreter that cannot answer gives {}.
+    """
+    python = str(Path(venv) / "bin" / "python") if venv else "python3"
+    try:
+        done = subprocess.run(
+            [python, "-I", "-c", _LIST_PACKAGES], capture_output=True, text=True, timeout=20, check=True
+        )
+        data: dict[str, Any] = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+    return {"python": data.get("python"), "packages": dict(sorted(data.get("packages", {}).items()))}
 
 
 class LocalBackend:
@@ -188,6 +212,9 @@ class LocalBackend:
         facts: dict[str, Any] = {"backend": "local", "name": self.name, "job_id": record.get("job_id") or ref.job_id}
         facts.update({key: record.get(key) for key in keys})
         facts.update(python=record.get("python"), venv=record.get("venv"), max_parallel=record.get("max_parallel"))
+        environment = python_environment(record.get("venv"))
+        facts["python"] = facts["python"] or environment.get("python")
+        facts["packages"] = environment.get("packages", {})
         return facts
 
     # -- submit --------------------------------------------------------------------------------------------

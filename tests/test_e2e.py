@@ -250,3 +250,21 @@ def test_divergence_fails_the_run_early(demo_repo: GitRepo, reconciler: Reconcil
     assert blobs["reason"] == "Diverged"
     assert "loss" in blobs["message"]
     assert versions(state_dir) == []
+
+
+def test_lineage_names_code_data_job_host_and_python_packages(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
+    reconciler.reconcile_until_settled(timeout_s=60)
+    version = json.loads(gitopsd(state_dir, "registry", "show", "blobs@1").stdout)
+    lineage = version["lineage"]
+    assert lineage["commit"] == demo_repo.git("rev-parse", "HEAD")
+    assert lineage["code_tree"] == demo_repo.git("rev-parse", "HEAD:src")
+    assert lineage["data"][0]["uri"] == "data/blobs.csv"
+    assert lineage["job"]["host"] and lineage["job_id"]
+    assert lineage["exit_code"] == 0
+    assert lineage["python"].startswith("3.")
+    assert lineage["packages"], "the packages of the training's Python are recorded"
+    assert version["artifact"]["size"] > 0
+    shown = gitopsd(state_dir, "lineage", "blobs@1").stdout
+    assert lineage["run_key"] in shown and "accuracy >= 0.9" in shown
