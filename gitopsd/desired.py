@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.source import REPO_SPEC, Source
 from gitopsd.spec import ModelSpec, RepositorySpec, ResolvedTrain, resolve_train
 from gitopsd.specload import check_models, load_model, load_repository
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,30 @@ def keys_for(model: ModelSpec, train: ResolvedTrain, code_tree: str, requirement
         }
     )
     return run_key, spec_digest
+
+
+class PerModel(Generic[T]):
+    """A value derived from each desired model, recomputed only for models that changed between commits.
+
+    The loader keeps the same `DesiredModel` object for a model whose inputs did not change, so identity tells
+    what to recompute: a one-spec commit costs one call, not one per model.
+    """
+
+    def __init__(self, derive: Callable[[DesiredModel], T]) -> None:
+        self._derive = derive
+        self._source: DesiredState | None = None
+        self._values: dict[str, T] = {}
+
+    def of(self, desired: DesiredState) -> dict[str, T]:
+        if self._source is not desired:
+            before = self._source.models if self._source is not None else {}
+            old = self._values
+            self._values = {
+                name: old[name] if before.get(name) is model and name in old else self._derive(model)
+                for name, model in desired.models.items()
+            }
+            self._source = desired
+        return self._values
 
 
 class DesiredLoader:

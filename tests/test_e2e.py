@@ -196,16 +196,15 @@ def test_crash_between_run_row_and_submit_resubmits_once(demo_repo: GitRepo, sta
     starts = tmp_path / "starts.txt"
     _slow_training(demo_repo, starts, 0)
     rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
-    original = rec._launch
+    launcher = rec.applier.launcher
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt("simulated crash right after the run row was committed")
 
-    rec._launch = crash  # type: ignore[method-assign]
+    launcher.launch = crash  # type: ignore[method-assign,assignment]
     with pytest.raises(KeyboardInterrupt):
         rec.reconcile()
     assert [r[1] for r in runs(state_dir)] == ["Submitting"]
-    rec._launch = original  # type: ignore[method-assign]
     rec.close()
 
     gitopsd(state_dir, "reconcile", "--wait")
@@ -268,3 +267,22 @@ def test_lineage_names_code_data_job_host_and_python_packages(
     assert version["artifact"]["size"] > 0
     shown = gitopsd(state_dir, "lineage", "blobs@1").stdout
     assert lineage["run_key"] in shown and "accuracy >= 0.9" in shown
+
+
+def test_an_unavailable_backend_stalls_only_its_models(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
+    demo_repo.edit("gitops.yaml", "backends:\n", "backends:\n  gpu:\n    type: no-such-plugin\n")
+    gpu_spec = (
+        demo_repo.read(MODEL)
+        .replace("name: blobs", "name: blobs-gpu")
+        .replace("  train:\n", "  train:\n    backend: gpu\n")
+    )
+    demo_repo.write("models/blobs-gpu.yaml", gpu_spec)
+    demo_repo.commit("A model on a backend this host does not have")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    assert model_status(state_dir)["ready"] is True
+    gpu = model_status(state_dir, "blobs-gpu")
+    assert gpu["reason"] == "BackendUnavailable"
+    assert "no-such-plugin" in gpu["message"] and "not installed" in gpu["message"]
+    assert gpu["run"] is None
