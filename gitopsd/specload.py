@@ -22,7 +22,8 @@ from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gitopsd.errors import SpecError, SpecProblem
-from gitopsd.spec import API_VERSION, ModelSpec, RepositorySpec, choose_backend
+from gitopsd.spec import ModelSpec, RepositorySpec, choose_backend
+from gitopsd.spectypes import API_VERSION
 
 __all__ = ["check_models", "load_model", "load_repository"]
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.model import Resources
-from gitopsd.spec import API_VERSION, ModelSpec, RepositorySpec, json_schema, resolve_train
+from gitopsd.spec import ModelSpec, RepositorySpec, json_schema, resolve_train
 from gitopsd.specload import check_models, load_model, load_repository
+from gitopsd.spectypes import API_VERSION
 
 SHA = "0123456789abcdef" * 4
 
