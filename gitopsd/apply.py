@@ -13,16 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gitopsd.audit import tag_version
 from gitopsd.backend import Backend
 from gitopsd.collect import collect
 from gitopsd.desired import DesiredState
-from gitopsd.launch import Launcher
+from gitopsd.launch import Base, Launcher
 from gitopsd.model import Phase, Reason
 from gitopsd.observe import Observer, job_ref
 from gitopsd.planner import Action, Adopt, Cancel, Collect, Fail, Resubmit, SetPhase, Submit
-from gitopsd.registry import Registry
+from gitopsd.registry import Registry, Version
 from gitopsd.state import RunRecord, StateStore
-from gitopsd.store import open_store
+from gitopsd.store import ArtifactStore, open_store
 
 log = logging.getLogger("gitopsd")
 
@@ -43,20 +44,34 @@ class Applier:
         self.observer = observer
         self.artifacts = artifacts
 
-    def apply(self, actions: list[Action], desired: DesiredState, backends: Mapping[str, Backend]) -> None:
+    def apply(
+        self,
+        actions: list[Action],
+        desired: DesiredState,
+        backends: Mapping[str, Backend],
+        bases: Mapping[str, Version] | None = None,
+    ) -> None:
+        """Apply every action; `bases` are the versions fine-tuned models start from (see `spec.base`)."""
         for action in actions:
             try:
-                self._apply(action, desired, backends)
+                self._apply(action, desired, backends, bases or {})
             except Exception as exc:  # one broken action must not stop the others
                 log.exception("%s: %s failed: %s", action.model, type(action).__name__, exc)
                 run_id = getattr(action, "run_id", None)
                 self.state.event(action.model, f"{type(action).__name__}Failed", run_id=run_id, message=str(exc))
 
-    def _apply(self, action: Action, desired: DesiredState, backends: Mapping[str, Backend]) -> None:
+    def _apply(
+        self, action: Action, desired: DesiredState, backends: Mapping[str, Backend], bases: Mapping[str, Version]
+    ) -> None:
         if isinstance(action, Submit):
             model = desired.models[action.model]
             self.launcher.submit(
-                model, commit=desired.commit, attempt=action.attempt, backend=backends[model.train.backend]
+                model,
+                commit=desired.commit,
+                attempt=action.attempt,
+                backend=backends[model.train.backend],
+                keys=(action.run_key, action.spec_digest),
+                base=self._base(model.spec.spec.base, bases.get(model.name), desired),
             )
             return
         run = self.state.get_run(getattr(action, "run_id", ""))
@@ -64,7 +79,8 @@ class Applier:
             return
         if isinstance(action, Resubmit):
             model = desired.models[run.model]
-            self.launcher.launch(run, model, backends[run.backend], resubmitted=True)
+            base = self._base(model.spec.spec.base, bases.get(model.name), desired)
+            self.launcher.launch(run, model, backends[run.backend], resubmitted=True, base=base)
         elif isinstance(action, Adopt):
             log.info("%s: adopted job %s of run %s after a restart", run.model, action.job_id, run.id)
             self.state.update_run(
@@ -85,6 +101,16 @@ class Applier:
             self._end(run, Phase.FAILED, action.reason, action.message, exit_code=action.exit_code)
         elif isinstance(action, Collect):
             self._collect(run, desired, backends)
+
+    def _base(self, ref: str | None, version: Version | None, desired: DesiredState) -> Base | None:
+        if ref is None or version is None:
+            return None
+        return Base(ref=ref, version=version, store=self._store(desired))
+
+    def _store(self, desired: DesiredState) -> ArtifactStore:
+        registry = desired.repo.registry
+        return open_store(registry.artifacts, self.artifacts, endpoint_url=registry.endpoint_url,
+                          object_lock_days=registry.object_lock_days)  # fmt: skip
 
     def _end(self, run: RunRecord, phase: Phase, reason: Reason, message: str, **changes: Any) -> None:
         event = "Cancelled" if phase is Phase.CANCELLED else "Failed"
@@ -117,7 +143,7 @@ class Applier:
             )
         backend = backends.get(run.backend)
         job: dict[str, Any] = backend.describe(job_ref(run)) if backend and run.job_id else {}
-        store = open_store(desired.repo.registry.artifacts, self.artifacts)
+        store = self._store(desired)
         outcome = collect(run, registry=self.registry, store=store, job=job)
         ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
                  "exit_code": job.get("exit_code")}  # fmt: skip
@@ -126,6 +152,9 @@ class Applier:
             self._end(run, Phase.FAILED, outcome.reason, outcome.message, **ended)
             return
         log.info("%s: %s", run.model, outcome.message)
+        tags = desired.repo.registry.tags
+        if tags.enabled:
+            tag_version(self.launcher.source, outcome.version, push=tags.push)
         self.state.update_run(
             run,
             event="Registered",

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -335,6 +336,9 @@ def lineage(ctx: click.Context, label: str) -> None:
         ("exit code", lin.get("exit_code")),
         ("python", lin.get("python")),
     ]
+    if lin.get("base"):
+        rows.append(("base", f"{lin['base']['label']} (from {lin['base']['ref']}, sha256:{lin['base']['sha256']})"))
+        rows.append(("chain", " <- ".join(_base_chain(ctx, v))))
     for item in lin.get("data", []):
         rows.append(("data", f"{item['uri']} sha256:{item['sha256']}"))
     for gate in v.gates:
@@ -342,6 +346,92 @@ def lineage(ctx: click.Context, label: str) -> None:
     rows.append(("metrics", ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))))
     for key, value in rows:
         click.echo(f"{key:<11} {value}")
+
+
+@cli.command()
+@click.argument("label")
+@click.option("--alias", required=True, help="The alias to move, e.g. production.")
+@click.option(
+    "--clone",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=".",
+    show_default=True,
+    help="A local clone of the GitOps repository to commit in.",
+)
+@click.option("--force", is_flag=True, help="Commit even if this state directory has no such version.")
+@click.pass_context
+def promote(ctx: click.Context, label: str, alias: str, clone: Path, force: bool) -> None:
+    """Point ALIAS at LABEL (NAME@N) by a commit in a local clone; review and push it yourself."""
+    from gitopsd.errors import PermanentError, SpecError
+    from gitopsd.promote import promote as do_promote
+    from gitopsd.registry import parse_label
+
+    try:
+        name, number = parse_label(label)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not force:
+        with _open_registry(ctx) as reg:
+            if reg.get(name, number) is None:
+                _fail(f"{label} is not a registered version in {_state_dir(ctx)} (use --force to commit anyway)")
+    try:
+        path, commit = do_promote(clone, name, number, alias)
+    except (PermanentError, SpecError) as exc:
+        _fail(str(exc))
+        raise
+    click.echo(f"{path}: {alias} -> {label}, committed {commit[:12]} (not pushed)")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def history(ctx: click.Context, model: str, as_json: bool) -> None:
+    """MODEL's versions and alias moves, oldest first, with their commits."""
+    from gitopsd.aliases import AliasBook
+
+    with _open_registry(ctx) as reg:
+        versions = reg.list(model)
+        moves = AliasBook(reg.conn).history(model)
+    entries: list[dict[str, Any]] = [
+        {"at": v.created_at, "event": "registered", "version": v.number, "commit": v.lineage.get("commit", ""),
+         "subject": v.lineage.get("commit_info", {}).get("subject", ""), "run_key": v.run_key,
+         "artifact": v.artifact.sha256}
+        for v in versions
+    ]  # fmt: skip
+    entries += [
+        {"at": m.at, "event": f"alias {m.kind}", "alias": m.alias, "version": m.version, "previous": m.previous,
+         "commit": m.commit_id, "subject": m.subject}
+        for m in moves
+    ]  # fmt: skip
+    entries.sort(key=lambda e: e["at"])
+    if not entries:
+        _fail(f"no history for {model!r}")
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+        if e["event"] == "registered":
+            what = f"{model}@{e['version']} registered (sha256:{e['artifact'][:12]})"
+        else:
+            previous = f"{model}@{e['previous']}" if e["previous"] else "-"
+            target = f"{model}@{e['version']}" if e["version"] else "nothing"
+            what = f"{e['alias']} {e['event'].removeprefix('alias ')}: {previous} -> {target}"
+        click.echo(f"{when}  {e['commit'][:12]}  {what}  ({e['subject']})")
+
+
+def _base_chain(ctx: click.Context, version: Any) -> list[str]:
+    """NAME@N, then the version it was fine-tuned from, and so on back to a model trained from scratch."""
+    from gitopsd.registry import parse_label
+
+    chain = [version.label]
+    with _open_registry(ctx) as reg:
+        while version is not None and version.lineage.get("base") and len(chain) < 100:
+            label = version.lineage["base"]["label"]
+            chain.append(label)
+            version = reg.get(*parse_label(label))
+    return chain
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from gitopsd.metrics import read_all
 from gitopsd.model import Reason
 from gitopsd.registry import Registry, Version
 from gitopsd.state import RunRecord
-from gitopsd.store import FileStore
+from gitopsd.store import ArtifactStore
 
 SNAPSHOT = "run.json"
 
@@ -55,7 +55,7 @@ def final_metrics(run_dir: Path, snapshot: dict[str, Any]) -> dict[str, float]:
     return merged
 
 
-def collect(run: RunRecord, *, registry: Registry, store: FileStore, job: dict[str, Any]) -> Outcome:
+def collect(run: RunRecord, *, registry: Registry, store: ArtifactStore, job: dict[str, Any]) -> Outcome:
     """Validate and register one run whose job ended well. `job` is the backend's lineage description."""
     run_dir = Path(run.run_dir)
     snapshot = read_snapshot(run_dir)
@@ -116,6 +116,7 @@ def lineage(run: RunRecord, snapshot: dict[str, Any], job: dict[str, Any]) -> di
         "workdir": snapshot["train"]["workdir"],
         "command": snapshot["train"]["command"],
         "data": snapshot["data"],
+        "base": snapshot.get("base"),
         "backend": {"name": run.backend, "type": snapshot["train"]["backend_type"]},
         "job_id": run.job_id,
         "attempt": run.attempt,

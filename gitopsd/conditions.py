@@ -36,6 +36,7 @@ class ModelFacts:
     active: RunFacts | None = None
     last: RunFacts | None = None
     unavailable: str | None = None
+    alias_problems: tuple[str, ...] = ()
 
 
 def summarize(facts: ModelFacts) -> Condition:
@@ -49,6 +50,12 @@ def summarize(facts: ModelFacts) -> Condition:
 
 def _summarize(facts: ModelFacts) -> Condition:
     want = facts.want
+    if facts.version is not None and facts.alias_problems and not want.suspend:
+        return Condition(
+            type=ConditionType.STALLED,
+            reason=Reason.ALIAS_REFUSED,
+            message=f"{want.model}@{facts.version} is current, but " + "; ".join(facts.alias_problems),
+        )
     if facts.version is not None:
         ready = Condition(
             type=ConditionType.READY,
@@ -73,6 +80,8 @@ def _summarize(facts: ModelFacts) -> Condition:
         return Condition(
             type=ConditionType.RECONCILING, reason=Reason.PROGRESSING, message=_progress(active, want.retries)
         )
+    if want.blocked:
+        return Condition(type=ConditionType.RECONCILING, reason=Reason.BASE_UNAVAILABLE, message=want.blocked)
     if facts.unavailable is not None:
         return Condition(
             type=ConditionType.RECONCILING,

@@ -10,19 +10,35 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from gitopsd.backend import Backend
 from gitopsd.collect import write_snapshot
 from gitopsd.desired import DesiredModel
 from gitopsd.errors import PermanentError
 from gitopsd.model import Job, Phase, Reason
+from gitopsd.registry import Version
 from gitopsd.source import Source
 from gitopsd.state import RunRecord, StateStore
-from gitopsd.store import sha256_file
+from gitopsd.store import ArtifactStore, sha256_file
 
 log = logging.getLogger("gitopsd")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Base:
+    """The version a fine-tuning run starts from, and the store that holds its artifact."""
+
+    ref: str
+    version: Version
+    store: ArtifactStore
+
+    def lineage(self) -> dict[str, Any]:
+        v = self.version
+        return {"ref": self.ref, "label": v.label, "sha256": v.artifact.sha256, "run_key": v.run_key,
+                "run_id": v.run_id}  # fmt: skip
 
 
 class Launcher:
@@ -31,15 +47,24 @@ class Launcher:
         self.source = source
         self.runs_dir = runs_dir
 
-    def submit(self, model: DesiredModel, *, commit: str, attempt: int, backend: Backend) -> RunRecord:
-        """Record a new run for `model` at `commit`, then start its job."""
+    def submit(
+        self,
+        model: DesiredModel,
+        *,
+        commit: str,
+        attempt: int,
+        backend: Backend,
+        keys: tuple[str, str],
+        base: Base | None = None,
+    ) -> RunRecord:
+        """Record a new run for `model` at `commit` (with its (run key, spec digest)), then start its job."""
         run_id = f"{model.name[:40]}-{secrets.token_hex(4)}"
         now = time.time()
         run = RunRecord(
             id=run_id,
             model=model.name,
-            run_key=model.run_key,
-            spec_digest=model.spec_digest,
+            run_key=keys[0],
+            spec_digest=keys[1],
             commit_id=commit,
             spec_path=model.path,
             backend=model.train.backend,
@@ -49,18 +74,27 @@ class Launcher:
             created_at=now,
             updated_at=now,
         )
-        self.state.create_run(run, message=f"attempt {attempt} for run key {model.run_key[:12]}")
-        return self.launch(run, model, backend, resubmitted=False)
+        self.state.create_run(run, message=f"attempt {attempt} for run key {run.run_key[:12]}")
+        return self.launch(run, model, backend, resubmitted=False, base=base)
 
-    def launch(self, run: RunRecord, model: DesiredModel, backend: Backend, *, resubmitted: bool) -> RunRecord:
+    def launch(
+        self, run: RunRecord, model: DesiredModel, backend: Backend, *, resubmitted: bool, base: Base | None = None
+    ) -> RunRecord:
         """Prepare the run directory and hand the job to its backend; record the outcome."""
         run_dir = Path(run.run_dir)
         try:
-            self._write_snapshot(run, model)
+            self._write_snapshot(run, model, base)
             tree = run_dir / "tree"
             self.source.export(run.commit_id, tree, exported_paths(model))
             check_data(model, tree)
-            job_id = backend.submit(self._job(run, model, tree))
+            env = dict(model.train.env)
+            if base is not None:
+                artifact = run_dir / "base" / "artifact"
+                if not artifact.exists():
+                    artifact.parent.mkdir(parents=True, exist_ok=True)
+                    base.store.copy_out(base.version.artifact.sha256, artifact)
+                env.update(GITOPSD_BASE_MODEL=base.version.label, GITOPSD_BASE_ARTIFACT=str(artifact))
+            job_id = backend.submit(self._job(run, model, tree, env))
         except PermanentError as exc:
             log.error("%s: run %s cannot be submitted: %s", run.model, run.id, exc)
             return self.state.update_run(
@@ -86,7 +120,7 @@ class Launcher:
         )
 
     @staticmethod
-    def _job(run: RunRecord, model: DesiredModel, tree: Path) -> Job:
+    def _job(run: RunRecord, model: DesiredModel, tree: Path, env: dict[str, str]) -> Job:
         run_dir = Path(run.run_dir)
         train = model.train
         return Job(
@@ -99,14 +133,14 @@ class Launcher:
             output_dir=run_dir / "out",
             metrics_file=run_dir / "out" / model.spec.spec.outputs.metrics,
             log_dir=run_dir / "logs",
-            env=train.env,
+            env=env,
             resources=train.resources,
             timeout_s=train.timeout_s,
             python_requirements=tree / train.requirements if train.requirements else None,
             settings=train.settings,
         )
 
-    def _write_snapshot(self, run: RunRecord, model: DesiredModel) -> None:
+    def _write_snapshot(self, run: RunRecord, model: DesiredModel, base: Base | None) -> None:
         """What collecting the run will need, fixed at submit time: gates, outputs, lineage inputs."""
         body = model.spec.spec
         write_snapshot(
@@ -124,6 +158,7 @@ class Launcher:
                 "outputs": body.outputs.model_dump(mode="json"),
                 "validate": list(body.validate_gates),
                 "data": [d.model_dump(mode="json") for d in body.data],
+                "base": base.lineage() if base else None,
             },
         )
 

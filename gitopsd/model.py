@@ -50,6 +50,8 @@ class Reason(StrEnum):
     ARTIFACT_MISSING = "ArtifactMissing"
     GATE_FAILED = "GateFailed"
     REGISTRY_FAILED = "RegistryFailed"
+    ALIAS_REFUSED = "AliasRefused"
+    BASE_UNAVAILABLE = "BaseUnavailable"
 
 
 class ConditionType(StrEnum):

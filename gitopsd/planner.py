@@ -24,6 +24,8 @@ class Want:
     backend: str
     retries: int = 0
     suspend: bool = False
+    blocked: str = ""
+    """Why nothing may be submitted for this model yet (e.g. its base model has no version); empty if nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +204,7 @@ def _plan_model(
     want: Want, actual: Actual, live: list[RunView], failed_now: Mapping[tuple[str, str, str], int]
 ) -> list[Action]:
     """Submit a run for the wanted key when nothing registered, running or exhausted stands for it."""
-    if want.suspend or want.backend in actual.unavailable:
+    if want.suspend or want.blocked or want.backend in actual.unavailable:
         return []
     if want.run_key in actual.registered.get(want.model, frozenset()):
         return []

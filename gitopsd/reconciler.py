@@ -12,18 +12,19 @@ import gc
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gitopsd.aliases import AliasBook, plan_aliases
 from gitopsd.apply import Applier
-from gitopsd.desired import DesiredLoader, DesiredState
+from gitopsd.desired import DesiredLoader, DesiredState, PerModel, digest
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
 from gitopsd.launch import Launcher
 from gitopsd.model import Reason
 from gitopsd.observe import Observer
-from gitopsd.planner import Action, Actual, plan
-from gitopsd.registry import Registry
+from gitopsd.planner import Action, Actual, Want, plan
+from gitopsd.registry import Registry, Version
 from gitopsd.source import Source
 from gitopsd.state import SourceRow, StateStore
 from gitopsd.summarize import Summary
@@ -95,6 +96,13 @@ class Reconciler:
             observer=self.observer,
             artifacts=self.paths.artifacts,
         )
+        self.aliases = AliasBook(self.registry.conn)
+        self._alias_view = PerModel(lambda m: dict(m.spec.spec.aliases))
+        self._base_view = PerModel(lambda m: m.spec.spec.base)
+        self._last_based: dict[str, Want] = {}
+        self._alias_state = self.aliases.current()
+        self._alias_seen: dict[str, tuple[tuple[tuple[str, str], ...], int]] = {}
+        self._alias_problems: dict[str, tuple[str, ...]] = {}
         self._frozen = False
         self._settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
 
@@ -130,20 +138,95 @@ class Reconciler:
         actual = Actual(
             runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable
         )
-        actions = plan(self.summary.wants.of(desired), actual)
+        wants, bases, rebased = self._effective_wants(desired)
+        actions = plan(wants, actual)
         if dry_run:
             return PassResult(
                 commit=desired.commit, actions=tuple(actions), active=len(runs), error=row.error,
                 unavailable=dict(unavailable),
             )  # fmt: skip
-        self.applier.apply(actions, desired, backends)
+        self.applier.apply(actions, desired, backends, bases)
         if actions:
             versions = self.registry.key_numbers()
+        touched = self._sync_aliases(desired, versions) | rebased
         active = self.state.active_runs()
-        self.summary.record(desired, unavailable, versions, active, actions)
-        if not actions and not active:
+        self.summary.record(desired, unavailable, versions, active, actions, self._alias_problems, wants, touched)
+        if not actions and not active and not touched:  # an alias move can unblock a fine-tuned model
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
+
+    def _effective_wants(self, desired: DesiredState) -> tuple[dict[str, Want], dict[str, Version], set[str]]:
+        """Wants with each fine-tuned model's key bound to the base version it would start from now.
+
+        A model with `base: NAME@N|ALIAS` trains again when its base resolves to another artifact, and waits
+        (blocked) while the base has no such version. Returns the wants, the resolved bases, and the models
+        whose want changed since the last pass.
+        """
+        wants = self.summary.wants.of(desired)
+        refs = {name: ref for name, ref in self._base_view.of(desired).items() if ref}
+        if not refs:
+            return wants, {}, set()
+        wants = dict(wants)
+        bases: dict[str, Version] = {}
+        for name, ref in refs.items():
+            base = self._resolve_base(ref)
+            want = wants[name]
+            if base is None:
+                wants[name] = replace(want, blocked=f"waiting for base model {ref}: no such registered version yet")
+                continue
+            bases[name] = base
+            tie = {"base": base.artifact.sha256}
+            wants[name] = replace(
+                want,
+                run_key=digest({"run_key": want.run_key, **tie}),
+                spec_digest=digest({"spec_digest": want.spec_digest, **tie}),
+            )
+        changed = {name for name in refs if self._last_based.get(name) != wants[name]}
+        self._last_based = {name: wants[name] for name in refs}
+        return wants, bases, changed
+
+    def _resolve_base(self, ref: str) -> Version | None:
+        model, _, which = ref.partition("@")
+        number = int(which) if which.isdigit() else self._alias_state.get((model, which))
+        return self.registry.get(model, number) if number is not None else None
+
+    def _sync_aliases(self, desired: DesiredState, versions: Mapping[tuple[str, str], int]) -> set[str]:
+        """Move aliases to where the applied commit declares them; return the models whose aliases changed."""
+        numbers: dict[str, set[int]] = {}
+        for (model, _), number in versions.items():
+            numbers.setdefault(model, set()).add(number)
+        declared = self._alias_view.of(desired)
+        touched: set[str] = set()
+        for name in sorted(set(declared) | {m for m, _ in self._alias_state}):
+            wanted = declared.get(name, {})
+            have = numbers.get(name, set())
+            key = (tuple(sorted((a, str(t)) for a, t in wanted.items())), max(have, default=0))
+            if self._alias_seen.get(name) == key:
+                continue
+            current = {a: v for (m, a), v in self._alias_state.items() if m == name}
+            moves, refused = plan_aliases(name, wanted, have, current)
+            if moves:
+                subject = str(self.source.commit_info(desired.commit)["subject"])
+                for record in self.aliases.record(moves, commit=desired.commit, subject=subject):
+                    target = f"{name}@{record.version}" if record.version is not None else "nothing"
+                    before = f"{name}@{record.previous}" if record.previous is not None else "nothing"
+                    message = f"alias {record.alias} {record.kind}: {before} -> {target}"
+                    log.info("%s: %s (commit %s)", name, message, desired.commit[:12])
+                    self.state.event(name, "AliasMoved", reason=record.kind, message=message, commit_id=desired.commit)
+                    if record.version is None:
+                        self._alias_state.pop((name, record.alias), None)
+                    else:
+                        self._alias_state[(name, record.alias)] = record.version
+            if tuple(refused) != self._alias_problems.get(name, ()):
+                touched.add(name)
+            if refused:
+                self._alias_problems[name] = tuple(refused)
+            else:
+                self._alias_problems.pop(name, None)
+            if moves:
+                touched.add(name)
+            self._alias_seen[name] = key
+        return touched
 
     def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:
         try:

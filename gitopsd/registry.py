@@ -61,6 +61,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         END;
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE alias_moves (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            model TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version INTEGER,
+            previous INTEGER,
+            kind TEXT NOT NULL,
+            commit_id TEXT NOT NULL,
+            subject TEXT NOT NULL DEFAULT '',
+            at REAL NOT NULL
+        );
+        CREATE INDEX alias_moves_model ON alias_moves (model, alias, seq);
+        CREATE TRIGGER alias_moves_no_update BEFORE UPDATE ON alias_moves
+        BEGIN
+            SELECT RAISE(ABORT, 'alias moves are append-only: move the alias again instead');
+        END;
+        CREATE TRIGGER alias_moves_no_delete BEFORE DELETE ON alias_moves
+        BEGIN
+            SELECT RAISE(ABORT, 'alias moves are append-only: move the alias again instead');
+        END;
+        """,
+    ),
 ]
 """Numbered schema changes, applied in order, each in its own transaction, each recorded in `migrations`."""
 
@@ -184,6 +209,12 @@ class Registry:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise PermanentError(f"registry {self.path}: migration {number} failed: {exc}") from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection | None:
+        """The open connection (None for a read-only registry that does not exist yet), for modules that keep
+        their own tables in the registry database (aliases)."""
+        return self._conn
 
     def _writable(self) -> sqlite3.Connection:
         if self._closed:

@@ -9,6 +9,7 @@ round-trip.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -150,6 +151,40 @@ class Source:
                 if path and is_spec_path(path):
                     changed.add(path)
         return changed
+
+    def tag(self, name: str, commit: str, message: str) -> bool:
+        """Create the annotated tag `refs/tags/NAME` on `commit` in the mirror; False if it already exists."""
+        ref = f"refs/tags/{name}"
+        if ref in self.repo.references:
+            return False
+        tagger = pygit2.Signature("gitopsd", "gitopsd@localhost")
+        self.repo.create_tag(name, pygit2.Oid(hex=commit), pygit2.enums.ObjectType.COMMIT, tagger, message)
+        return True
+
+    def push_tags(self, names: Iterable[str]) -> None:
+        """Push tags to the remote the mirror was cloned from."""
+        specs = [f"refs/tags/{n}:refs/tags/{n}" for n in names]
+        if not specs:
+            return
+        try:
+            self.repo.remotes["origin"].push(specs)
+        except pygit2.GitError as exc:
+            if "non-bare" not in str(exc):
+                raise SourceUnavailable(f"cannot push tags to {self.url}: {exc}") from exc
+            # libgit2 cannot push into a local non-bare repository (a working clone); git can, for tags.
+            done = subprocess.run(
+                ["git", "--git-dir", str(self.mirror_dir), "push", "--quiet", "origin", *specs],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise SourceUnavailable(f"cannot push tags to {self.url}: {done.stderr.strip()}") from exc
+        except (KeyError, ValueError) as exc:
+            raise SourceUnavailable(f"cannot push tags to {self.url}: {exc}") from exc
+
+    def tags(self, prefix: str = "") -> list[str]:
+        return sorted(r.removeprefix("refs/tags/") for r in self.repo.references if r.startswith(f"refs/tags/{prefix}"))
 
     def blob_text(self, blob_id: str) -> str:
         blob = self.repo.get(blob_id)

@@ -30,6 +30,7 @@ from gitopsd.spectypes import (
     AliasTarget,
     Amount,
     ApiVersion,
+    BaseRef,
     CommandText,
     Count,
     DataUri,
@@ -74,8 +75,22 @@ class BackendConfig(_Spec):
     settings: dict[str, Any] = Field(default={}, description="Passed to the backend plugin as is.")
 
 
+class TagsConfig(_Spec):
+    """Audit tags `models/NAME/vN` on the commit each version was trained from."""
+
+    enabled: bool = Field(default=True, description="Create an annotated tag for every registered version.")
+    push: bool = Field(default=False, description="Push the tags to the tracked repository's remote.")
+
+
 class RegistryConfig(_Spec):
     artifacts: StoreUri | None = Field(default=None, description="file:///abs/path or s3://bucket/prefix.")
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://")] | None = Field(
+        default=None, description="Endpoint of an S3-compatible store (MinIO, Ceph, ...); credentials never go here."
+    )
+    object_lock_days: Count | None = Field(
+        default=None, description="Object Lock retention (GOVERNANCE) for artifacts, when the bucket has it."
+    )
+    tags: TagsConfig = Field(default_factory=TagsConfig)
 
 
 class Defaults(_Spec):
@@ -185,6 +200,10 @@ class ModelBody(_Spec):
 
     suspend: bool = Field(default=False, description="When true, nothing is trained or moved for this model.")
     aliases: dict[Name, AliasTarget] = Field(default={}, description="Alias name -> version number or 'latest'.")
+    base: BaseRef | None = Field(
+        default=None,
+        description="Fine-tune from this version: NAME@N or NAME@ALIAS; its artifact is handed to the run.",
+    )
     train: TrainSpec
     data: list[DataSpec] = Field(default=[], description="Inputs, each pinned by its SHA-256.")
     outputs: OutputsSpec

@@ -96,8 +96,30 @@ def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
         backend, why = choose_backend(model, repo)
         if backend is None:
             problems.append(SpecProblem(file=path, line=None, field="spec.train.backend", message=why))
+        problems.extend(_base_problems(path, model, models, by_name))
     if problems:
         raise SpecError(problems)
+
+
+def _base_problems(
+    path: str, model: ModelSpec, models: Mapping[str, ModelSpec], by_name: Mapping[str, list[str]]
+) -> list[SpecProblem]:
+    """A base model must be declared in the repository, and following bases must never come back around."""
+    if model.spec.base is None:
+        return []
+    bases = {m.name: m.spec.base.split("@")[0] for m in models.values() if m.spec.base}
+    name = bases[model.name]
+    if name not in by_name:
+        return [SpecProblem(file=path, line=None, field="spec.base",
+                            message=f"base model {name!r} is not declared in this repository")]  # fmt: skip
+    seen = [model.name]
+    while name in bases and name not in seen:
+        seen.append(name)
+        name = bases[name]
+    if name in seen:
+        chain = " -> ".join([*seen, name])
+        return [SpecProblem(file=path, line=None, field="spec.base", message=f"base models form a cycle: {chain}")]
+    return []
 
 
 # ---- the two paths --------------------------------------------------------------------------------

@@ -217,3 +217,10 @@ Count = Annotated[int, Field(ge=1)]
 PluginType = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Entry point in 'gitopsd.backends'.")]
 Amount = Annotated[int, Field(ge=0)]
 CommandText = Annotated[str, AfterValidator(_command)]
+
+BASE_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?@([1-9][0-9]*|[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?)$"
+BaseRef = Annotated[
+    str,
+    _matching(BASE_PATTERN, "base model", "NAME@N (a version) or NAME@ALIAS (e.g. blobs@production)"),
+    WithJsonSchema({"type": "string", "pattern": BASE_PATTERN}),
+]

@@ -37,6 +37,7 @@ def _open(state_dir: Path) -> sqlite3.Connection | None:
     else:
         conn.execute("ATTACH DATABASE ':memory:' AS reg")
         conn.execute("CREATE TABLE reg.versions (model TEXT, number INTEGER)")
+        conn.execute("CREATE TABLE reg.alias_moves (seq INTEGER, model TEXT, alias TEXT, version INTEGER)")
     return conn
 
 
@@ -52,7 +53,14 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         ).fetchone()
         where, args = ("WHERE m.name = ?", (model,)) if model else ("", ())
         rows = conn.execute(_MODELS.format(where=where), args).fetchall()
+        alias_rows = conn.execute(
+            "SELECT model, alias, version FROM reg.alias_moves WHERE seq IN "
+            "(SELECT max(seq) FROM reg.alias_moves GROUP BY model, alias) AND version IS NOT NULL"
+        ).fetchall()
     conn.close()
+    aliases: dict[str, dict[str, int]] = {}
+    for name, alias, version in alias_rows:
+        aliases.setdefault(name, {})[alias] = version
     keys = (
         "url",
         "branch",
@@ -66,7 +74,10 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
     )
     repository = dict(zip(keys, source, strict=True)) if source else None
     commit = repository["applied_commit"] if repository else None
-    return {"repository": repository, "models": [_model(r, commit) for r in rows]}
+    models = [_model(r, commit) for r in rows]
+    for entry in models:
+        entry["aliases"] = aliases.get(entry["name"], {})
+    return {"repository": repository, "models": models}
 
 
 def _model(row: tuple[Any, ...], commit: str | None) -> dict[str, Any]:
@@ -133,7 +144,7 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
     )
     if repo["error"]:
         lines.append(f"  {repo['error_reason']}: " + repo["error"].replace("\n", "\n    "))
-    header = ("MODEL", "READY", "VERSION", "RUN", "PHASE", "REASON", "MESSAGE")
+    header = ("MODEL", "READY", "VERSION", "ALIASES", "RUN", "PHASE", "REASON", "MESSAGE")
     table = [header]
     for m in doc["models"]:
         run = m["run"] or {}
@@ -142,6 +153,7 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
                 m["name"],
                 "True" if m["ready"] else "False",
                 str(m["latest_version"]) if m["latest_version"] else "-",
+                ",".join(f"{a}={v}" for a, v in sorted(m.get("aliases", {}).items())) or "-",
                 run.get("id") or "-",
                 run.get("phase") or "-",
                 m["reason"],

@@ -7,7 +7,7 @@ touched one model of ten thousand costs one model's work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 from gitopsd import conditions
 from gitopsd.desired import DesiredModel, DesiredState, PerModel
@@ -68,25 +68,33 @@ class Summary:
         versions: Mapping[tuple[str, str], int],
         active_runs: list[RunRecord],
         actions: list[Action],
+        alias_problems: Mapping[str, tuple[str, ...]],
+        wants: Mapping[str, Want],
+        touched: Set[str] = frozenset(),
     ) -> None:
-        """Recompute the conditions of the models this pass may have changed, and record what differs."""
+        """Recompute the conditions of the models this pass may have changed, and record what differs.
+
+        `touched` names models changed by something other than the plan (an alias moved or was refused).
+        """
         if self._known is None:
             self._known = (self.state.models(), self.state.conditions())
         known_rows, known_conditions = self._known
         dirty = self._dirty(desired, unavailable, active_runs, actions)
+        if dirty is not None:
+            dirty |= touched
         rows = self._rows.of(desired)
         active = {r.model: r for r in active_runs}
         last = self.state.last_finished_runs()
-        wants = self.wants.of(desired)
         wanted = {name: c for name, c in known_conditions.items() if name in desired.models}
         for name in desired.models if dirty is None else dirty & desired.models.keys():
             model = desired.models[name]
             facts = conditions.ModelFacts(
                 want=wants[name],
-                version=versions.get((name, model.run_key)),
+                version=versions.get((name, wants[name].run_key)),
                 active=facts_of(active[name]) if name in active else None,
                 last=facts_of(last[name]) if name in last else None,
                 unavailable=unavailable.get(model.train.backend),
+                alias_problems=alias_problems.get(name, ()),
             )
             wanted[name] = conditions.summarize(facts)
         self.state.sync_models(rows, known_rows)

@@ -16,6 +16,9 @@ from gitopsd.errors import PermanentError
 from gitopsd.registry import Registry, Version, parse_label
 from gitopsd.store import ArtifactRef, FileStore
 
+NEXT = len(registry_module.MIGRATIONS) + 1
+"""The number a test migration gets: one past the real ones."""
+
 
 def _artifact(n: int = 0) -> ArtifactRef:
     digest = f"{n:064x}"
@@ -217,11 +220,13 @@ def test_readonly_sees_versions_and_cannot_write(tmp_path: Path) -> None:
 def test_readonly_runs_no_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "registry.db"
     Registry(path).close()
-    monkeypatch.setattr(registry_module, "MIGRATIONS", [*registry_module.MIGRATIONS, (2, "CREATE TABLE x (a);")])
+    applied = [(number,) for number, _ in registry_module.MIGRATIONS]
+    newer = (len(applied) + 1, "CREATE TABLE x (a);")
+    monkeypatch.setattr(registry_module, "MIGRATIONS", [*registry_module.MIGRATIONS, newer])
     with Registry(path, readonly=True) as reg:
         assert reg.list() == []
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT number FROM migrations").fetchall() == [(1,)]
+    assert conn.execute("SELECT number FROM migrations").fetchall() == applied
     conn.close()
 
 
@@ -257,7 +262,7 @@ def test_reopening_applies_only_new_migrations(tmp_path: Path, monkeypatch: pyte
         "MIGRATIONS",
         [
             *registry_module.MIGRATIONS,
-            (2, "CREATE TABLE notes (label TEXT); INSERT INTO notes VALUES ('x');"),
+            (NEXT, "CREATE TABLE notes (label TEXT); INSERT INTO notes VALUES ('x');"),
         ],
     )
     for _ in range(2):
@@ -265,7 +270,9 @@ def test_reopening_applies_only_new_migrations(tmp_path: Path, monkeypatch: pyte
             assert [v.label for v in reg.list()] == ["iris@1"]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT number FROM migrations ORDER BY number").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT number FROM migrations ORDER BY number").fetchall() == [
+            (n,) for n in range(1, NEXT + 1)
+        ]
         assert conn.execute("SELECT label FROM notes").fetchall() == [("x",)]
     finally:
         conn.close()
@@ -277,13 +284,13 @@ def test_a_failing_migration_leaves_no_trace(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(
         registry_module,
         "MIGRATIONS",
-        [*registry_module.MIGRATIONS, (2, "CREATE TABLE half (a); SELECT no_such_function();")],
+        [*registry_module.MIGRATIONS, (NEXT, "CREATE TABLE half (a); SELECT no_such_function();")],
     )
-    with pytest.raises(PermanentError, match=r"registry .*registry\.db: migration 2 failed: .*no_such_function"):
+    with pytest.raises(PermanentError, match=rf"registry .*registry\.db: migration {NEXT} failed: .*no_such_function"):
         Registry(path)
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT number FROM migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT number FROM migrations").fetchall() == [(n,) for n in range(1, NEXT)]
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall() == []
     finally:
         conn.close()

@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -232,16 +234,97 @@ def test_object_paths_only_accept_sha256_digests(tmp_path: Path, bad: str) -> No
         store.path(bad)
 
 
+def _root(store: object) -> Path:
+    assert isinstance(store, FileStore)
+    return store.root
+
+
 def test_open_store_resolves_uris(tmp_path: Path) -> None:
-    assert open_store(None, tmp_path / "default").root == tmp_path / "default"
-    assert open_store(f"file://{tmp_path}/shared%20store", tmp_path / "d").root == tmp_path / "shared store"
-    assert open_store(f"file://localhost{tmp_path}/s", tmp_path / "d").root == tmp_path / "s"
+    assert _root(open_store(None, tmp_path / "default")) == tmp_path / "default"
+    assert _root(open_store(f"file://{tmp_path}/shared%20store", tmp_path / "d")) == tmp_path / "shared store"
+    assert _root(open_store(f"file://localhost{tmp_path}/s", tmp_path / "d")) == tmp_path / "s"
+
+
+def test_a_file_store_uri_opens_the_same_store(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "shared store")
+    assert store.uri == f"file://{tmp_path}/shared%20store"
+    assert _root(open_store(store.uri, tmp_path / "elsewhere")) == store.root
 
 
 def test_open_store_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
-    with pytest.raises(PermanentError, match="s3 artifact stores arrive with issue 3"):
-        open_store("s3://bucket/models", tmp_path)
-    with pytest.raises(PermanentError, match=r"'https://example\.org/x' has an unknown scheme 'https'"):
+    with pytest.raises(PermanentError, match=r"'https://example\.org/x' has an unknown scheme 'https': expected file"):
         open_store("https://example.org/x", tmp_path)
     with pytest.raises(PermanentError, match="absolute local directory"):
         open_store("file://relative/dir", tmp_path)
+
+
+def test_file_stores_never_import_boto3(tmp_path: Path) -> None:
+    """`gitopsd status` and every file:// registry must not pay boto3's import time."""
+    code = (
+        "import sys; from pathlib import Path; from gitopsd.store import open_store; "
+        f"open_store(None, Path({str(tmp_path / 'a')!r})); open_store('file://{tmp_path}/b', Path('.')); "
+        "print('boto3' in sys.modules, 'botocore' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_records_are_read_only_files_beside_the_objects(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    store.put_record("iris", 7, b'{"model": "iris", "number": 7}')
+    path = tmp_path / "store" / "records" / "iris" / "00000007.json"
+    assert store.record_path("iris", 7) == path
+    assert path.read_bytes() == b'{"model": "iris", "number": 7}'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
+def test_a_different_record_never_replaces_the_first(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    store.put_record("iris", 1, b"first")
+    path = store.record_path("iris", 1)
+    before = path.stat()
+    with pytest.raises(IntegrityError, match=f"record {path}: iris@1 is already stored with other bytes"):
+        store.put_record("iris", 1, b"second")
+    assert path.read_bytes() == b"first"
+    assert path.stat().st_ino == before.st_ino
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
+def test_a_record_lost_race_to_other_bytes_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer's record lands between our check and our link: ours must not replace it."""
+    store = FileStore(tmp_path / "store")
+    path = store.record_path("iris", 1)
+    real_link = os.link
+
+    def link_after_rival(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst) == path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"rival")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_after_rival)
+    with pytest.raises(IntegrityError, match="already stored with other bytes"):
+        store.put_record("iris", 1, b"mine")
+    assert path.read_bytes() == b"rival"
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
+def test_file_store_records_ignore_other_files(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    store.put_record("iris", 2, b"two")
+    records = tmp_path / "store" / "records"
+    _write(records / "iris" / "notes.txt", b"x")
+    _write(records / "iris" / ".00000003.json.tmp", b"x")
+    _write(records / "iris" / "00000000.json", b"x")
+    _write(records / ".hidden" / "00000001.json", b"x")
+    _write(records / "README", b"x")
+    assert list(store.records()) == [("iris", 2, b"two")]
+
+
+def test_records_survive_reopening_the_store(tmp_path: Path) -> None:
+    FileStore(tmp_path / "store").put_record("iris", 1, b"{}")
+    reopened = open_store(f"file://{tmp_path}/store", tmp_path / "other")
+    assert list(reopened.records()) == [("iris", 1, b"{}")]
+    assert reopened.get_record("iris", 1) == b"{}"
+    assert reopened.get_record("iris", 2) is None

@@ -1,0 +1,131 @@
+"""Aliases (`production`, `staging`, …) declared in Git, moved by the daemon, remembered forever.
+
+A model spec says where each alias should point: a version number or `latest`. The daemon moves an alias only
+onto a registered version (a version exists only if it passed its gates) and refuses anything else with a
+reason. Every move is an append-only row in the registry with the commit that asked for it, so rolling back is
+a `git revert` and the history shows both moves. Planning the moves is pure; `AliasBook` stores them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+
+LATEST = "latest"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AliasMove:
+    model: str
+    alias: str
+    version: int | None
+    previous: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AliasRecord:
+    """One row of the alias history."""
+
+    model: str
+    alias: str
+    version: int | None
+    previous: int | None
+    kind: str
+    commit_id: str
+    subject: str
+    at: float
+
+
+def plan_aliases(
+    model: str, declared: Mapping[str, int | str], versions: Set[int], current: Mapping[str, int]
+) -> tuple[list[AliasMove], list[str]]:
+    """The moves that make `current` what Git declares, and a reason for each alias that cannot move now."""
+    moves: list[AliasMove] = []
+    refused: list[str] = []
+    latest = max(versions) if versions else None
+    for alias, target in sorted(declared.items()):
+        wanted = latest if target == LATEST else int(target)
+        if wanted is None:
+            refused.append(f"alias {alias}: {model} has no version yet")
+            continue
+        if wanted not in versions:
+            known = f"latest is {model}@{latest}" if latest else "none is registered yet"
+            refused.append(
+                f"alias {alias} -> {model}@{wanted} refused: no such registered version "
+                f"(a version exists only once its run passed its gates; {known})"
+            )
+            continue
+        if current.get(alias) != wanted:
+            moves.append(AliasMove(model=model, alias=alias, version=wanted, previous=current.get(alias)))
+    for alias in sorted(set(current) - set(declared)):
+        moves.append(AliasMove(model=model, alias=alias, version=None, previous=current[alias]))
+    return moves, refused
+
+
+def kind_of(move: AliasMove, subject: str) -> str:
+    if move.version is None:
+        return "removed"
+    if move.previous is None:
+        return "set"
+    if move.version < move.previous or subject.startswith("Revert"):
+        return "rolled back"
+    return "moved"
+
+
+class AliasBook:
+    """Alias positions and their history, in the registry database."""
+
+    def __init__(self, conn: sqlite3.Connection | None) -> None:
+        self.conn = conn
+
+    def current(self, model: str | None = None) -> dict[tuple[str, str], int]:
+        """(model, alias) -> version, for every alias that points somewhere now."""
+        if self.conn is None:
+            return {}
+        where, args = ("WHERE model = ?", (model,)) if model else ("", ())
+        rows = self.conn.execute(
+            "SELECT model, alias, version FROM alias_moves WHERE seq IN "
+            f"(SELECT max(seq) FROM alias_moves {where} GROUP BY model, alias)",
+            args,
+        )
+        return {(m, a): v for m, a, v in rows if v is not None}
+
+    def record(self, moves: list[AliasMove], *, commit: str, subject: str) -> list[AliasRecord]:
+        """Append the moves, in one transaction."""
+        if not moves or self.conn is None:
+            return []
+        now = time.time()
+        records = [
+            AliasRecord(model=m.model, alias=m.alias, version=m.version, previous=m.previous,
+                        kind=kind_of(m, subject), commit_id=commit, subject=subject, at=now)
+            for m in moves
+        ]  # fmt: skip
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany(
+                "INSERT INTO alias_moves (model, alias, version, previous, kind, commit_id, subject, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.model, r.alias, r.version, r.previous, r.kind, r.commit_id, r.subject, r.at) for r in records],
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return records
+
+    def history(self, model: str | None = None) -> list[AliasRecord]:
+        if self.conn is None:
+            return []
+        where, args = ("WHERE model = ?", (model,)) if model else ("", ())
+        rows = self.conn.execute(
+            "SELECT model, alias, version, previous, kind, commit_id, subject, at FROM alias_moves "
+            f"{where} ORDER BY seq",
+            args,
+        )
+        return [
+            AliasRecord(model=r[0], alias=r[1], version=r[2], previous=r[3], kind=r[4], commit_id=r[5],
+                        subject=r[6], at=r[7])
+            for r in rows
+        ]  # fmt: skip

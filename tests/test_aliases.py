@@ -1,0 +1,195 @@
+"""Aliases declared in Git: moved only onto registered versions, every move recorded, rollback by revert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gitopsd.aliases import AliasMove, kind_of, plan_aliases
+from gitopsd.reconciler import Reconciler
+from tests.conftest import GitRepo, gitopsd
+
+MODEL = "models/blobs.yaml"
+
+
+def test_plan_moves_onto_registered_versions_only() -> None:
+    moves, refused = plan_aliases("m", {"production": 2, "staging": "latest"}, {1, 2, 3}, {"production": 1})
+    assert moves == [
+        AliasMove(model="m", alias="production", version=2, previous=1),
+        AliasMove(model="m", alias="staging", version=3, previous=None),
+    ]
+    assert refused == []
+
+
+def test_plan_refuses_a_version_that_does_not_exist_and_says_why() -> None:
+    moves, refused = plan_aliases("m", {"production": 5}, {1, 2}, {"production": 1})
+    assert moves == []
+    assert "production -> m@5 refused" in refused[0] and "latest is m@2" in refused[0]
+    _, none_yet = plan_aliases("m", {"staging": "latest"}, set(), {})
+    assert none_yet == ["alias staging: m has no version yet"]
+
+
+def test_an_alias_dropped_from_git_is_removed() -> None:
+    moves, _ = plan_aliases("m", {}, {1}, {"production": 1})
+    assert moves == [AliasMove(model="m", alias="production", version=None, previous=1)]
+
+
+def test_kinds_of_moves() -> None:
+    assert kind_of(AliasMove(model="m", alias="p", version=1, previous=None), "x") == "set"
+    assert kind_of(AliasMove(model="m", alias="p", version=2, previous=1), "x") == "moved"
+    assert kind_of(AliasMove(model="m", alias="p", version=1, previous=2), "x") == "rolled back"
+    assert kind_of(AliasMove(model="m", alias="p", version=3, previous=2), 'Revert "y"') == "rolled back"
+    assert kind_of(AliasMove(model="m", alias="p", version=None, previous=2), "x") == "removed"
+
+
+@given(
+    declared=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.one_of(st.integers(1, 6), st.just("latest"))),
+    versions=st.sets(st.integers(1, 5)),
+    current=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 5)),
+)
+def test_applying_the_moves_converges(
+    declared: dict[str, int | str], versions: set[int], current: dict[str, int]
+) -> None:
+    moves, refused = plan_aliases("m", declared, versions, current)
+    after = dict(current)
+    for move in moves:
+        assert move.version is None or move.version in versions
+        if move.version is None:
+            after.pop(move.alias)
+        else:
+            after[move.alias] = move.version
+    again, refused_again = plan_aliases("m", declared, versions, after)
+    assert again == []
+    assert refused_again == refused
+
+
+def _aliases(state_dir: Path) -> dict[str, Any]:
+    doc = json.loads(gitopsd(state_dir, "status", "--json").stdout)
+    entry: dict[str, Any] = next(m for m in doc["models"] if m["name"] == "blobs")
+    return entry
+
+
+def test_promote_then_revert_moves_production_back_and_history_shows_both(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
+    demo_repo.edit(MODEL, "spec:\n  train:", "spec:\n  aliases:\n    production: 1\n  train:")
+    demo_repo.commit("Production is v1")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    demo_repo.edit("src/train.py", "random.shuffle(rows)", "random.shuffle(rows)  # v2")
+    demo_repo.commit("Train v2")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    assert _aliases(state_dir)["aliases"] == {"production": 1}
+
+    demo_repo.edit(MODEL, "production: 1", "production: 2")
+    promote = demo_repo.commit("Promote v2")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    assert _aliases(state_dir)["aliases"] == {"production": 2}
+
+    demo_repo.git("revert", "--no-edit", "HEAD")
+    revert = demo_repo.git("rev-parse", "HEAD")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    assert _aliases(state_dir)["aliases"] == {"production": 1}
+
+    moves = [e for e in json.loads(gitopsd(state_dir, "history", "blobs", "--json").stdout) if "alias" in e]
+    assert [(m["event"], m["previous"], m["version"], m["commit"]) for m in moves][-2:] == [
+        ("alias moved", 1, 2, promote),
+        ("alias rolled back", 2, 1, revert),
+    ]
+    shown = gitopsd(state_dir, "history", "blobs").stdout
+    assert "production rolled back: blobs@2 -> blobs@1" in shown and 'Revert "Promote v2"' in shown
+
+
+def test_an_alias_to_a_missing_version_is_refused_with_a_reason(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
+    demo_repo.edit(MODEL, "spec:\n  train:", "spec:\n  aliases:\n    production: 7\n  train:")
+    demo_repo.commit("Point production at a version that does not exist")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    blobs = _aliases(state_dir)
+    assert blobs["aliases"] == {}
+    assert blobs["reason"] == "AliasRefused"
+    assert "blobs@7" in blobs["message"] and "no such registered version" in blobs["message"]
+
+
+def test_every_version_gets_an_annotated_tag_in_the_tracked_repository(
+    demo_repo: GitRepo, reconciler: Reconciler
+) -> None:
+    reconciler.reconcile_until_settled(timeout_s=60)
+    demo_repo.edit("src/train.py", "random.shuffle(rows)", "random.shuffle(rows)  # v2")
+    second = demo_repo.commit("Train v2")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    assert demo_repo.git("tag", "-l", "models/*").split() == ["models/blobs/v1", "models/blobs/v2"]
+    assert demo_repo.git("cat-file", "-t", "models/blobs/v2") == "tag", "annotated, not lightweight"
+    assert demo_repo.git("rev-parse", "models/blobs/v2^{commit}") == second
+    message = demo_repo.git("tag", "-l", "--format=%(contents)", "models/blobs/v2")
+    assert "run key:" in message and "artifact: sha256:" in message and "accuracy=" in message
+
+
+def test_promote_commits_the_alias_in_a_local_clone_and_keeps_comments(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
+    reconciler.reconcile_until_settled(timeout_s=60)
+    before = demo_repo.git("rev-parse", "HEAD")
+    refused = gitopsd(state_dir, "promote", "blobs@9", "--alias", "production", "--clone", str(demo_repo.path),
+                      check=False)  # fmt: skip
+    assert refused.returncode == 1 and "blobs@9 is not a registered version" in refused.stderr
+
+    done = gitopsd(state_dir, "promote", "blobs@1", "--alias", "production", "--clone", str(demo_repo.path))
+    assert "not pushed" in done.stdout
+    assert demo_repo.git("rev-parse", "HEAD^") == before
+    assert demo_repo.git("log", "-1", "--format=%s") == "Promote blobs@1 to production"
+    spec = demo_repo.read(MODEL)
+    assert "# One model: a logistic-regression classifier" in spec, "comments survive the edit"
+    assert "production: 1" in spec
+    assert demo_repo.git("status", "--porcelain") == ""
+
+    reconciler.reconcile_until_settled(timeout_s=60)
+    assert _aliases(state_dir)["aliases"] == {"production": 1}
+
+
+def test_a_fine_tuned_model_records_its_base_and_retrains_when_the_base_alias_moves(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
+    demo_repo.edit(MODEL, "spec:\n  train:", "spec:\n  aliases:\n    production: 1\n  train:")
+    tuned = (
+        demo_repo.read(MODEL)
+        .replace("name: blobs", "name: blobs-tuned")
+        .replace("  aliases:\n    production: 1\n", "  base: blobs@production\n")
+        .replace("command: python3 train.py", 'command: test -s "$GITOPSD_BASE_ARTIFACT" && python3 train.py')
+    )
+    demo_repo.write("models/blobs-tuned.yaml", tuned)
+    demo_repo.commit("Fine-tune from production")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    reconciler.reconcile_until_settled(timeout_s=60)  # the base registered in the first pass; now the tuned one
+    version = json.loads(gitopsd(state_dir, "registry", "show", "blobs-tuned@1").stdout)
+    assert version["lineage"]["base"]["label"] == "blobs@1"
+    assert "blobs-tuned@1 <- blobs@1" in gitopsd(state_dir, "lineage", "blobs-tuned@1").stdout
+
+    demo_repo.edit("src/train.py", '"epoch": epoch}', '"epoch": epoch, "version": 2}')  # new bytes
+    demo_repo.commit("Train blobs v2 (which also retrains the tuned model: same code dir)")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    demo_repo.edit(MODEL, "production: 1", "production: 2")
+    demo_repo.commit("Promote blobs v2")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    reconciler.reconcile_until_settled(timeout_s=60)
+    latest = json.loads(gitopsd(state_dir, "registry", "list", "blobs-tuned", "--json").stdout)[-1]
+    assert latest["lineage"]["base"]["label"] == "blobs@2"
+
+
+def test_a_model_waits_for_its_base(demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path) -> None:
+    tuned = (
+        demo_repo.read(MODEL)
+        .replace("name: blobs", "name: tuned")
+        .replace("spec:\n  train:", "spec:\n  base: blobs@production\n  train:")
+    )
+    demo_repo.write("models/tuned.yaml", tuned)
+    demo_repo.commit("tuned fine-tunes from a production alias nobody set")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    doc = json.loads(gitopsd(state_dir, "status", "--json").stdout)
+    waiting = next(m for m in doc["models"] if m["name"] == "tuned")
+    assert waiting["reason"] == "BaseUnavailable" and "blobs@production" in waiting["message"]
+    assert waiting["run"] is None
