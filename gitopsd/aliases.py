@@ -129,3 +129,19 @@ class AliasBook:
                         subject=r[6], at=r[7])
             for r in rows
         ]  # fmt: skip
+
+    def restore(self, records: list[AliasRecord]) -> None:
+        """Replay recorded moves into an empty alias history (disaster recovery)."""
+        if not records or self.conn is None:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany(
+                "INSERT INTO alias_moves (model, alias, version, previous, kind, commit_id, subject, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.model, r.alias, r.version, r.previous, r.kind, r.commit_id, r.subject, r.at) for r in records],
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise

@@ -105,9 +105,10 @@ class Applier:
     def _base(self, ref: str | None, version: Version | None, desired: DesiredState) -> Base | None:
         if ref is None or version is None:
             return None
-        return Base(ref=ref, version=version, store=self._store(desired))
+        return Base(ref=ref, version=version, store=self.store_for(desired))
 
-    def _store(self, desired: DesiredState) -> ArtifactStore:
+    def store_for(self, desired: DesiredState) -> ArtifactStore:
+        """The artifact store the applied commit's gitops.yaml names (default: STATE_DIR/artifacts)."""
         registry = desired.repo.registry
         return open_store(registry.artifacts, self.artifacts, endpoint_url=registry.endpoint_url,
                           object_lock_days=registry.object_lock_days)  # fmt: skip
@@ -143,7 +144,7 @@ class Applier:
             )
         backend = backends.get(run.backend)
         job: dict[str, Any] = backend.describe(job_ref(run)) if backend and run.job_id else {}
-        store = self._store(desired)
+        store = self.store_for(desired)
         outcome = collect(run, registry=self.registry, store=store, job=job)
         ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
                  "exit_code": job.get("exit_code")}  # fmt: skip

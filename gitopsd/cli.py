@@ -295,20 +295,91 @@ def registry_show(ctx: click.Context, label: str) -> None:
     click.echo(json.dumps(_version_doc(_get_version(ctx, label)), indent=2))
 
 
-@registry.command("verify")
-@click.pass_context
-def registry_verify(ctx: click.Context) -> None:
-    """Re-hash every version's artifact; exit 1 if any is missing or altered."""
-    from gitopsd.store import FileStore
+def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | None) -> Any:
+    """The store named on the command line, else the one the applied commit's gitops.yaml names."""
+    from gitopsd.store import open_store
 
+    state_dir = _state_dir(ctx)
+    lock_days = None
+    if uri is None:
+        config = _applied_registry_config(state_dir)
+        if config is not None:
+            uri, endpoint_url, lock_days = (
+                config.artifacts,
+                endpoint_url or config.endpoint_url,
+                config.object_lock_days,
+            )
+    return open_store(uri, state_dir / "artifacts", endpoint_url=endpoint_url, object_lock_days=lock_days)
+
+
+def _applied_registry_config(state_dir: Path) -> Any:
+    import sqlite3
+
+    from gitopsd.source import REPO_SPEC, Source
+    from gitopsd.specload import load_repository
+
+    db = state_dir / "state.db"
+    if not db.exists() or not (state_dir / "source.git").exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    row = conn.execute("SELECT url, applied_commit FROM sources WHERE id = 1").fetchone()
+    conn.close()
+    if row is None or row[1] is None:
+        return None
+    text = Source(row[0], state_dir / "source.git").read(row[1], REPO_SPEC)
+    return load_repository(text.decode(), REPO_SPEC).registry if text else None
+
+
+_store_options = [
+    click.option("--store", "store_uri", help="Artifact store URI (default: the one gitops.yaml names)."),
+    click.option("--endpoint-url", help="Endpoint of an S3-compatible store."),
+]
+
+
+def _with_store_options(func: Any) -> Any:
+    for option in reversed(_store_options):
+        func = option(func)
+    return func
+
+
+@registry.command("verify")
+@_with_store_options
+@click.pass_context
+def registry_verify(ctx: click.Context, store_uri: str | None, endpoint_url: str | None) -> None:
+    """Re-hash every version's artifact and check its record; exit 1 if anything is missing or altered."""
+    from gitopsd.recovery import version_record
+
+    store = _artifact_store(ctx, store_uri, endpoint_url)
     with _open_registry(ctx) as reg:
         versions = reg.list()
-        problems = reg.verify(FileStore(_state_dir(ctx) / "artifacts"))
+        problems = reg.verify(store)
+    for version in versions:
+        if store.get_record(version.model, version.number) != version_record(version):
+            problems.append(f"{version.label}: its record in {store.uri} is missing or differs from the registry")
     for line in problems:
         click.echo(line, err=True)
     if problems:
-        _fail(f"{len(problems)} of {len(versions)} version(s) failed verification")
-    click.echo(f"{len(versions)} version(s) verified")
+        _fail(f"{len(problems)} problem(s) in {len(versions)} version(s)")
+    click.echo(f"{len(versions)} version(s) verified: artifacts and records intact in {store.uri}")
+
+
+@registry.command("rebuild")
+@_with_store_options
+@click.pass_context
+def registry_rebuild(ctx: click.Context, store_uri: str | None, endpoint_url: str | None) -> None:
+    """Recreate registry.db from the artifact store's records alone (disaster recovery)."""
+    from gitopsd.errors import GitopsdError
+    from gitopsd.recovery import rebuild
+
+    store = _artifact_store(ctx, store_uri, endpoint_url)
+    try:
+        versions, moves = rebuild(store, _state_dir(ctx) / "registry.db")
+    except GitopsdError as exc:
+        _fail(str(exc))
+        raise
+    click.echo(
+        f"rebuilt {_state_dir(ctx) / 'registry.db'} from {store.uri}: {versions} version(s), {moves} alias move(s)"
+    )
 
 
 @cli.command()

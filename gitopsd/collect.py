@@ -9,6 +9,7 @@ registration is idempotent by run id, so a crash anywhere in here is repaired by
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from gitopsd.gates import evaluate, parse_gate
 from gitopsd.metrics import read_all
 from gitopsd.model import Reason
+from gitopsd.recovery import save_version
 from gitopsd.registry import Registry, Version
 from gitopsd.state import RunRecord
 from gitopsd.store import ArtifactStore
@@ -62,6 +64,7 @@ def collect(run: RunRecord, *, registry: Registry, store: ArtifactStore, job: di
     metrics = final_metrics(run_dir, snapshot)
     existing = registry.by_run_id(run.id)
     if existing is not None:
+        save_version(store, existing)  # a crash may have come between the row and its record
         return Outcome(
             version=existing, metrics=metrics, reason=Reason.SUCCEEDED, message=f"registered {existing.label}"
         )
@@ -89,11 +92,12 @@ def collect(run: RunRecord, *, registry: Registry, store: ArtifactStore, job: di
         run_id=run.id,
         run_key=run.run_key,
         artifact=artifact,
-        metrics=metrics,
+        metrics={k: v for k, v in metrics.items() if math.isfinite(v)},  # JSON has no NaN; gates saw them
         gates=gates,
         lineage=lineage(run, snapshot, job),
         created_at=time.time(),
     )
+    save_version(store, version)
     return Outcome(
         version=version,
         metrics=metrics,

@@ -24,6 +24,7 @@ from gitopsd.launch import Launcher
 from gitopsd.model import Reason
 from gitopsd.observe import Observer
 from gitopsd.planner import Action, Actual, Want, plan
+from gitopsd.recovery import save_alias_moves
 from gitopsd.registry import Registry, Version
 from gitopsd.source import Source
 from gitopsd.state import SourceRow, StateStore
@@ -207,7 +208,12 @@ class Reconciler:
             moves, refused = plan_aliases(name, wanted, have, current)
             if moves:
                 subject = str(self.source.commit_info(desired.commit)["subject"])
-                for record in self.aliases.record(moves, commit=desired.commit, subject=subject):
+                records = self.aliases.record(moves, commit=desired.commit, subject=subject)
+                try:
+                    save_alias_moves(self.applier.store_for(desired), self.aliases, records)
+                except GitopsdError as exc:  # the registry has them; the store catches up at the next move
+                    log.warning("%s: alias moves not yet in the artifact store: %s", name, exc)
+                for record in records:
                     target = f"{name}@{record.version}" if record.version is not None else "nothing"
                     before = f"{name}@{record.previous}" if record.previous is not None else "nothing"
                     message = f"alias {record.alias} {record.kind}: {before} -> {target}"

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from gitopsd.errors import IntegrityError, PermanentError
-from gitopsd.store import ArtifactRef, FileStore
+from gitopsd.store import ArtifactRef, ArtifactStore
 
 _IMMUTABLE = "versions are immutable: register a new version instead"
 
@@ -318,7 +318,7 @@ class Registry:
             keys.setdefault(model, set()).add(run_key)
         return keys
 
-    def verify(self, store: FileStore) -> builtins.list[str]:
+    def verify(self, store: ArtifactStore) -> builtins.list[str]:
         """Re-hash every version's artifact in `store`; one line per missing or tampered artifact."""
         problems: builtins.list[str] = []
         for version in self.list():
