@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from gitopsd.errors import BackendUnavailable
-from gitopsd.model import Job, JobRef, JobStatus
+from gitopsd.model import Job, JobRef, JobStatus, Resources
 
 ENTRY_POINT_GROUP = "gitopsd.backends"
 
@@ -28,6 +28,10 @@ class Backend(Protocol):
 
     def check(self) -> None:
         """Raise `BackendUnavailable` with a human reason when the backend cannot be used right now."""
+
+    def admit(self, resources: Resources) -> str | None:
+        """None if this backend could ever run a job asking for `resources`; else why not (checked at plan time,
+        e.g. "asks for 8 GPUs, the largest node has 4"). Must be cheap: no job is submitted."""
 
     def submit(self, job: Job) -> str:
         """Start the job and return its backend job id. The run id must be findable by `find` afterwards."""

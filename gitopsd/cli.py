@@ -132,6 +132,8 @@ def plan(ctx: click.Context, repo: str | None, branch: str | None) -> None:
         click.echo("  " + _explain(action, desired))
     for name, why in sorted(result.unavailable.items()):
         click.echo(f"  ! backend {name} unavailable: {why}")
+    for name, why in sorted(result.blocked.items()):
+        click.echo(f"  ! {name}: {why}")
     rec.close()
     if result.error and desired is None:
         raise SystemExit(1)

@@ -76,17 +76,23 @@ def _summarize(facts: ModelFacts) -> Condition:
             message="suspended in Git: nothing is trained until `suspend` is removed",
         )
     active = facts.active
+    if facts.unavailable is not None:
+        waiting = f"; run {active.id} (job {active.job_id}) is kept and checked again" if active else ""
+        return Condition(
+            type=ConditionType.RECONCILING,
+            reason=Reason.BACKEND_UNAVAILABLE,
+            message=f"backend {want.backend} is unavailable: {facts.unavailable}{waiting}",
+        )
     if active is not None and active.run_key == want.run_key:
         return Condition(
             type=ConditionType.RECONCILING, reason=Reason.PROGRESSING, message=_progress(active, want.retries)
         )
     if want.blocked:
-        return Condition(type=ConditionType.RECONCILING, reason=Reason.BASE_UNAVAILABLE, message=want.blocked)
-    if facts.unavailable is not None:
+        stalled = want.blocked_reason is not Reason.BASE_UNAVAILABLE
         return Condition(
-            type=ConditionType.RECONCILING,
-            reason=Reason.BACKEND_UNAVAILABLE,
-            message=f"backend {want.backend} is unavailable: {facts.unavailable}",
+            type=ConditionType.STALLED if stalled else ConditionType.RECONCILING,
+            reason=want.blocked_reason,
+            message=want.blocked,
         )
     last = facts.last
     if (

@@ -38,7 +38,7 @@ from gitopsd.local_supervisor import (
     read_json,
     write_json_atomic,
 )
-from gitopsd.model import Job, JobRef, JobState, JobStatus
+from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
 
 LOST_MESSAGE = "supervisor vanished without an exit record (killed or host rebooted)"
 STARTUP_WAIT_S = 5.0
@@ -132,6 +132,10 @@ class LocalBackend:
             raise BackendUnavailable(f"backend {self.name!r}: /bin/sh is missing or not executable")
         if not Path("/proc/self/stat").is_file():
             raise BackendUnavailable(f"backend {self.name!r}: /proc is not mounted; it is needed to track jobs")
+
+    def admit(self, resources: Resources) -> str | None:
+        """The local backend runs anything; it places no GPUs (the nvidia backend does)."""
+        return None
 
     def submit(self, job: Job) -> str:
         files = RunFiles(run_dir=job.run_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from gitopsd.backend import Backend, load_backend
 from gitopsd.collect import read_snapshot
@@ -98,7 +99,7 @@ class Observer:
                 verdict=verdict,
             )
             if record:
-                self._record_metrics(run)
+                self._record(run, job)
         return views
 
     def forget(self, run_id: str) -> None:
@@ -141,15 +142,20 @@ class Observer:
             return None
         return judge(rules, reader.read())
 
-    def _record_metrics(self, run: RunRecord) -> None:
+    def _record(self, run: RunRecord, job: JobStatus | None) -> None:
+        """Keep what status shows fresh: the latest metrics, and what the backend says (e.g. a pending reason)."""
+        changes: dict[str, Any] = {}
         reader = self._reader(run)
-        if reader is None:
-            return
-        merged: dict[str, float] = {}
-        for point in reader.read():
-            merged.update(point)
-        if merged != dict(run.metrics):
-            self.state.update_run(run, metrics=merged)
+        if reader is not None:
+            merged: dict[str, float] = {}
+            for point in reader.read():
+                merged.update(point)
+            if merged != dict(run.metrics):
+                changes["metrics"] = merged
+        if job is not None and job.message and not job.state.finished and job.message != run.message:
+            changes["message"] = job.message
+        if changes:
+            self.state.update_run(run, **changes)
 
 
 def convergence_rules(model: DesiredModel) -> Rules:

@@ -25,7 +25,9 @@ class Want:
     retries: int = 0
     suspend: bool = False
     blocked: str = ""
-    """Why nothing may be submitted for this model yet (e.g. its base model has no version); empty if nothing."""
+    """Why nothing may be submitted for this model now (its base has no version, its backend refuses its
+    resources); empty if nothing blocks it."""
+    blocked_reason: Reason = Reason.BASE_UNAVAILABLE
 
 
 @dataclass(frozen=True, kw_only=True)

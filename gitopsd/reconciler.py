@@ -18,10 +18,11 @@ from typing import Any
 
 from gitopsd.aliases import AliasBook, plan_aliases
 from gitopsd.apply import Applier
+from gitopsd.backend import Backend
 from gitopsd.desired import DesiredLoader, DesiredState, PerModel, digest
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
 from gitopsd.launch import Launcher
-from gitopsd.model import Reason
+from gitopsd.model import Reason, Resources
 from gitopsd.observe import Observer
 from gitopsd.planner import Action, Actual, Want, plan
 from gitopsd.recovery import save_alias_moves
@@ -40,6 +41,7 @@ class PassResult:
     active: int
     error: str = ""
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    blocked: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +102,9 @@ class Reconciler:
         self.aliases = AliasBook(self.registry.conn)
         self._alias_view = PerModel(lambda m: dict(m.spec.spec.aliases))
         self._base_view = PerModel(lambda m: m.spec.spec.base)
+        self._resource_view = PerModel(lambda m: (m.train.backend, m.train.resources))
+        self._admitted: dict[tuple[str, Resources], tuple[Backend | None, str | None]] = {}
+        self._refused_for: tuple[DesiredState, dict[str, str]] | None = None
         self._last_based: dict[str, Want] = {}
         self._alias_state = self.aliases.current()
         self._alias_seen: dict[str, tuple[tuple[tuple[str, str], ...], int]] = {}
@@ -139,12 +144,13 @@ class Reconciler:
         actual = Actual(
             runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable
         )
-        wants, bases, rebased = self._effective_wants(desired)
+        wants, bases, rebased = self._effective_wants(desired, backends)
         actions = plan(wants, actual)
         if dry_run:
             return PassResult(
                 commit=desired.commit, actions=tuple(actions), active=len(runs), error=row.error,
                 unavailable=dict(unavailable),
+                blocked={name: want.blocked for name, want in wants.items() if want.blocked},
             )  # fmt: skip
         self.applier.apply(actions, desired, backends, bases)
         if actions:
@@ -156,18 +162,45 @@ class Reconciler:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
 
-    def _effective_wants(self, desired: DesiredState) -> tuple[dict[str, Want], dict[str, Version], set[str]]:
-        """Wants with each fine-tuned model's key bound to the base version it would start from now.
+    def _refused(self, desired: DesiredState, backends: Mapping[str, Backend]) -> dict[str, str]:
+        """Models whose backend says it can never run their resources (asked once per backend and resources)."""
+        asks = self._resource_view.of(desired)
+        fresh = {
+            key
+            for key in set(asks.values())
+            if key[0] in backends and self._admitted.get(key, (None, None))[0] is not backends[key[0]]
+        }
+        for key in fresh:
+            backend = backends[key[0]]
+            try:
+                self._admitted[key] = (backend, backend.admit(key[1]))
+            except Exception as exc:  # a plugin bug must not stop the pass; ask again next time
+                log.warning("backend %s: admit failed: %s", key[0], exc)
+        if fresh or self._refused_for is None or self._refused_for[0] is not desired:
+            refused = {name: why for name, key in asks.items() if (why := self._admitted.get(key, (None, None))[1])}
+            self._refused_for = (desired, refused)
+        return self._refused_for[1]
+
+    def _effective_wants(
+        self, desired: DesiredState, backends: Mapping[str, Backend]
+    ) -> tuple[dict[str, Want], dict[str, Version], set[str]]:
+        """Wants as the planner must see them now: refused resources block a model, and each fine-tuned
+        model's key is bound to the base version it would start from.
 
         A model with `base: NAME@N|ALIAS` trains again when its base resolves to another artifact, and waits
         (blocked) while the base has no such version. Returns the wants, the resolved bases, and the models
         whose want changed since the last pass.
         """
         wants = self.summary.wants.of(desired)
+        refused = self._refused(desired, backends)
         refs = {name: ref for name, ref in self._base_view.of(desired).items() if ref}
-        if not refs:
+        if not refs and not refused:
             return wants, {}, set()
         wants = dict(wants)
+        for name, why in refused.items():
+            wants[name] = replace(
+                wants[name], blocked=f"refused at plan time: {why}", blocked_reason=Reason.POLICY_DENIED
+            )
         bases: dict[str, Version] = {}
         for name, ref in refs.items():
             base = self._resolve_base(ref)
@@ -182,8 +215,9 @@ class Reconciler:
                 run_key=digest({"run_key": want.run_key, **tie}),
                 spec_digest=digest({"spec_digest": want.spec_digest, **tie}),
             )
-        changed = {name for name in refs if self._last_based.get(name) != wants[name]}
-        self._last_based = {name: wants[name] for name in refs}
+        special = refs.keys() | refused.keys()
+        changed = {name for name in special | self._last_based.keys() if self._last_based.get(name) != wants.get(name)}
+        self._last_based = {name: wants[name] for name in special}
         return wants, bases, changed
 
     def _resolve_base(self, ref: str) -> Version | None:

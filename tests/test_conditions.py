@@ -60,7 +60,7 @@ def test_a_suspended_model_without_a_version_is_stalled_until_suspend_is_removed
 def test_a_run_in_progress_shows_phase_backend_job_attempt_and_first_four_metrics() -> None:
     metrics = {"loss": 0.123456, "accuracy": 0.9, "epoch": 7.0, "lr": 0.001, "zeta": 1.0}
     active = replace(ACTIVE, message="submitted to slurm as job 4242", metrics=metrics)
-    condition = summarize(ModelFacts(want=WANT, active=active, unavailable="slurmctld down"))
+    condition = summarize(ModelFacts(want=WANT, active=active))
     assert condition == Condition(
         type=ConditionType.RECONCILING,
         reason=Reason.PROGRESSING,
@@ -68,6 +68,22 @@ def test_a_run_in_progress_shows_phase_backend_job_attempt_and_first_four_metric
         "accuracy=0.9, epoch=7, loss=0.1235, lr=0.001",
     )
     assert not condition.ready
+
+
+def test_an_unavailable_backend_is_named_even_while_a_run_is_in_flight() -> None:
+    condition = summarize(ModelFacts(want=WANT, active=ACTIVE, unavailable="slurmctld down"))
+    assert condition.reason is Reason.BACKEND_UNAVAILABLE
+    assert condition.message == (
+        "backend slurm is unavailable: slurmctld down; run iris-1a2b3c4d (job 4242) is kept and checked again"
+    )
+
+
+def test_a_model_its_backend_refuses_is_stalled_with_the_backends_reason() -> None:
+    want = replace(WANT, blocked="asks for 8 GPUs; the largest node has 4", blocked_reason=Reason.POLICY_DENIED)
+    condition = summarize(ModelFacts(want=want))
+    assert condition == Condition(
+        type=ConditionType.STALLED, reason=Reason.POLICY_DENIED, message="asks for 8 GPUs; the largest node has 4"
+    )
 
 
 def test_a_run_in_progress_without_job_retries_message_or_metrics_says_only_where_it_is() -> None:
