@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 export GITOPSD_STATE_DIR ?= $(CURDIR)/$(DEMO_DIR)/state
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean install-service
 
 $(STAMP): pyproject.toml
 	tools/ensure-debs git=git
@@ -38,6 +38,21 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/artifacts.py
+
+# Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
+PREFIX ?= /opt/gitopsd
+install-service:
+	$(PY) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q . $(patsubst %/pyproject.toml,./%,$(wildcard backends/*/pyproject.toml))
+	ln -sf $(PREFIX)/bin/gitopsd /usr/local/bin/gitopsd
+	install -D -m 0644 systemd/gitopsd.service /etc/systemd/system/gitopsd.service
+	install -D -m 0644 systemd/gitopsd.sysusers /usr/lib/sysusers.d/gitopsd.conf
+	install -D -m 0644 systemd/gitopsd.tmpfiles /usr/lib/tmpfiles.d/gitopsd.conf
+	systemd-sysusers /usr/lib/sysusers.d/gitopsd.conf
+	systemd-tmpfiles --create /usr/lib/tmpfiles.d/gitopsd.conf
+	test -e /etc/gitopsd/gitopsd.toml || install -m 0640 -g gitopsd config/gitopsd.example.toml /etc/gitopsd/gitopsd.toml
+	systemctl daemon-reload
+	@echo "edit /etc/gitopsd/gitopsd.toml, then: systemctl enable --now gitopsd"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

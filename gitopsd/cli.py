@@ -190,18 +190,39 @@ def reconcile(ctx: click.Context, repo: str | None, branch: str | None, mode: st
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--wide", is_flag=True, help="Do not shorten messages.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Show every repository of this daemon configuration (read-only, while it runs).",
+)
 @click.pass_context
-def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool) -> None:
+def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, config_path: Path | None) -> None:
     """Per model: what Git wants, what is, and why they differ."""
     from gitopsd.statusview import read_status, render
 
-    doc = read_status(_state_dir(ctx), model)
-    if model and not doc["models"]:
+    if config_path is None:
+        docs = {"": read_status(_state_dir(ctx), model)}
+    else:
+        from gitopsd.config import load_config
+        from gitopsd.errors import GitopsdError
+
+        try:
+            config = load_config(config_path)
+        except GitopsdError as exc:
+            _fail(str(exc))
+            raise
+        docs = {r.name: read_status(config.state_dir_of(r), model) for r in config.repositories}
+    if model and not any(doc["models"] for doc in docs.values()):
         _fail(f"no model {model!r} in the applied commit")
     if as_json:
         # Indented for a person; compact (and several times faster on 10,000 models) for a pipe.
-        click.echo(json.dumps(doc, indent=2 if sys.stdout.isatty() else None))
-    else:
+        out: Any = next(iter(docs.values())) if len(docs) == 1 else {"repositories": docs}
+        click.echo(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
+        return
+    for name, doc in docs.items():
+        if name:
+            click.echo(f"== {name} ==")
         click.echo(render(doc, wide=wide))
 
 
@@ -505,6 +526,70 @@ def _base_chain(ctx: click.Context, version: Any) -> list[str]:
             chain.append(label)
             version = reg.get(*parse_label(label))
     return chain
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    envvar="GITOPSD_CONFIG",
+    help="The daemon's TOML configuration [env: GITOPSD_CONFIG].",
+)
+@click.option("--listen", help="Override http.listen, e.g. 127.0.0.1:0 for any free port.")
+def run(config_path: Path, listen: str | None) -> None:
+    """Run the daemon: poll, watch and webhooks trigger reconcile passes; systemd notify; HTTP API."""
+    from gitopsd.daemon import Daemon
+    from gitopsd.errors import GitopsdError
+
+    try:
+        daemon = Daemon(config_path, listen=listen)
+    except GitopsdError as exc:
+        _fail(str(exc))
+        raise
+    raise SystemExit(daemon.run())
+
+
+@cli.command()
+@click.option("--repo", "repo_name", help="Only this repository (default: all).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="GITOPSD_CONFIG",
+    help="Find the daemon's address in this configuration [env: GITOPSD_CONFIG].",
+)
+@click.option("--url", help="The daemon's base URL (default: from --config, else http://127.0.0.1:9090).")
+def trigger(repo_name: str | None, config_path: Path | None, url: str | None) -> None:
+    """Ask the running daemon for a reconcile pass now."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    if url is None:
+        url = "http://127.0.0.1:9090"
+        if config_path is not None:
+            from gitopsd.config import load_config
+            from gitopsd.errors import GitopsdError
+
+            try:
+                host, port = load_config(config_path).http.address()
+            except GitopsdError as exc:
+                _fail(str(exc))
+                raise
+            url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    target = f"{url.rstrip('/')}/api/v1/trigger" + (f"?repo={quote(repo_name)}" if repo_name else "")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=10) as answer:
+            doc = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        _fail(f"{target}: {exc.code} {exc.read().decode(errors='replace').strip()}")
+        raise
+    except OSError as exc:
+        _fail(f"cannot reach the daemon at {url}: {exc}")
+        raise
+    click.echo("triggered: " + ", ".join(doc["triggered"]))
 
 
 def main() -> None:

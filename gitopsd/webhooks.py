@@ -1,0 +1,161 @@
+"""Forge webhooks: verify a delivery, parse it, and say whether it should trigger a pass. Pure.
+
+GitHub (`X-Hub-Signature-256`), Gitea/Forgejo (`X-Gitea-Signature` / `X-Forgejo-Signature`), Bitbucket Server
+(`X-Hub-Signature`, sha256) and a generic HMAC (`X-Gitopsd-Signature`) sign the body; GitLab sends a token
+(`X-Gitlab-Token`). Every comparison is constant-time. Only a push to the tracked branch triggers; pings are
+answered, tags, deletions and other branches are acknowledged and ignored. This module never reconciles: the
+HTTP layer enqueues a trigger and answers at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+PROVIDERS = ("github", "gitlab", "gitea", "bitbucket", "generic")
+ZERO = "0" * 40
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """What to answer and whether to trigger a pass."""
+
+    status: int
+    result: str
+    message: str
+    trigger: bool = False
+    delivery: str = ""
+    commit: str = ""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), "")
+
+
+def _hmac_ok(secret: bytes, body: bytes, signature: str, *, prefix: str) -> bool:
+    if prefix:
+        if not signature.startswith(prefix):
+            return False
+        signature = signature[len(prefix) :]
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.strip().lower())
+
+
+def authentic(provider: str, secret: bytes, headers: Mapping[str, str], body: bytes) -> bool:
+    """Whether the delivery carries a valid signature (or token) for `secret`."""
+    if provider == "github":
+        return _hmac_ok(secret, body, _header(headers, "X-Hub-Signature-256"), prefix="sha256=")
+    if provider == "gitlab":
+        return hmac.compare_digest(_header(headers, "X-Gitlab-Token").encode(), secret)
+    if provider == "gitea":
+        signature = _header(headers, "X-Gitea-Signature") or _header(headers, "X-Forgejo-Signature")
+        return _hmac_ok(secret, body, signature, prefix="")
+    if provider == "bitbucket":
+        return _hmac_ok(secret, body, _header(headers, "X-Hub-Signature"), prefix="sha256=")
+    if provider == "generic":
+        return _hmac_ok(secret, body, _header(headers, "X-Gitopsd-Signature"), prefix="sha256=")
+    return False
+
+
+def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
+    """The JSON payload, sent as JSON or form-encoded (`payload=...`)."""
+    try:
+        if "application/x-www-form-urlencoded" in _header(headers, "Content-Type"):
+            values = parse_qs(body.decode(), strict_parsing=False).get("payload")
+            data = json.loads(values[0]) if values else None
+        else:
+            data = json.loads(body) if body.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _event(provider: str, headers: Mapping[str, str]) -> str:
+    names = {
+        "github": "X-GitHub-Event",
+        "gitlab": "X-Gitlab-Event",
+        "gitea": "X-Gitea-Event",
+        "bitbucket": "X-Event-Key",
+        "generic": "X-Gitopsd-Event",
+    }
+    event = _header(headers, names[provider])
+    if provider == "gitea" and not event:
+        event = _header(headers, "X-Forgejo-Event")
+    return event.strip()
+
+
+def delivery_id(provider: str, headers: Mapping[str, str]) -> str:
+    names = {
+        "github": ("X-GitHub-Delivery",),
+        "gitlab": ("X-Gitlab-Event-UUID", "Idempotency-Key"),
+        "gitea": ("X-Gitea-Delivery", "X-Forgejo-Delivery"),
+        "bitbucket": ("X-Request-Id",),
+        "generic": ("X-Gitopsd-Delivery",),
+    }
+    return next((value for name in names[provider] if (value := _header(headers, name))), "")
+
+
+def _pushed(provider: str, event: str, payload: Mapping[str, Any]) -> tuple[str, str, bool] | str:
+    """(ref, new commit, deleted) of a push, or the reason the event is not one."""
+    if provider == "bitbucket":
+        if event != "repo:refs_changed":
+            return f"event {event or '(none)'} is not a push"
+        changes = payload.get("changes") or []
+        change = changes[0] if changes and isinstance(changes[0], dict) else {}
+        ref = change.get("ref", {}) if isinstance(change.get("ref"), dict) else {}
+        return (
+            str(ref.get("id", change.get("refId", ""))),
+            str(change.get("toHash", "")),
+            change.get("type") == "DELETE",
+        )
+    push_events = {"github": ("push",), "gitlab": ("Push Hook",), "gitea": ("push",), "generic": ("push", "")}
+    if event not in push_events[provider]:
+        return f"event {event or '(none)'} is not a push"
+    after = str(payload.get("after", "") or payload.get("checkout_sha", "") or "")
+    deleted = bool(payload.get("deleted")) or after == ZERO
+    return str(payload.get("ref", "")), after, deleted
+
+
+def _default_branch(payload: Mapping[str, Any]) -> str | None:
+    """The default branch a forge names in its payload (GitHub/Gitea `repository`, GitLab `project`)."""
+    for key in ("repository", "project"):
+        section = payload.get(key)
+        if isinstance(section, dict) and isinstance(section.get("default_branch"), str):
+            return str(section["default_branch"])
+    return None
+
+
+def judge(provider: str, secrets: list[bytes], headers: Mapping[str, str], body: bytes, branch: str | None) -> Verdict:
+    """Decide what a delivery means for a repository that tracks `branch` (None: any default branch push)."""
+    if provider not in PROVIDERS:
+        return Verdict(status=404, result="unknown_provider", message=f"no webhook provider {provider!r}")
+    if not secrets:
+        return Verdict(status=404, result="not_configured", message=f"no {provider} webhook is configured")
+    if not any(authentic(provider, secret, headers, body) for secret in secrets):
+        return Verdict(status=401, result="bad_signature", message="signature or token does not match")
+    event = _event(provider, headers)
+    delivery = delivery_id(provider, headers)
+    if event in ("ping", "diagnostics:ping") or (provider == "gitlab" and event == "System Hook"):
+        return Verdict(status=200, result="ping", message="pong", delivery=delivery)
+    payload = _payload(headers, body)
+    if payload is None:
+        return Verdict(status=400, result="bad_payload", message="body is not a JSON object", delivery=delivery)
+    pushed = _pushed(provider, event, payload)
+    if isinstance(pushed, str):
+        return Verdict(status=202, result="ignored", message=pushed, delivery=delivery)
+    ref, commit, deleted = pushed
+    if not ref.startswith("refs/heads/"):
+        return Verdict(status=202, result="ignored", message=f"{ref or 'no ref'} is not a branch", delivery=delivery)
+    if deleted:
+        return Verdict(status=202, result="ignored", message=f"{ref} was deleted", delivery=delivery)
+    tracked = branch or _default_branch(payload)
+    if tracked and ref != f"refs/heads/{tracked}":
+        return Verdict(status=202, result="ignored", message=f"{ref} is not the tracked branch", delivery=delivery)
+    return Verdict(status=202, result="accepted", message=f"push to {ref}", trigger=True, delivery=delivery,
+                   commit=commit)  # fmt: skip

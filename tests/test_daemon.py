@@ -1,0 +1,200 @@
+"""`gitopsd run` as a real process: systemd notify on a real socket, signals, pushes to a bare repo, HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitopsd.scaffold import init_demo
+from tests.conftest import GIT_ENV, GitRepo
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningDaemon:
+    process: subprocess.Popen[bytes]
+    url: str
+    state_dir: Path
+    notify: socket.socket
+    work: GitRepo
+    config: Path
+    log: Path
+    messages: list[str] = field(default_factory=list)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def read_notify(self, until: str, timeout: float = 20) -> list[str]:
+        """Collect notify datagrams until one contains `until`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                datagram = self.notify.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append(datagram)
+            if until in datagram:
+                return self.messages
+        raise AssertionError(f"no {until!r} from the daemon in {timeout} s; got {self.messages}")
+
+    def passes(self, trigger: str) -> float:
+        _, text = self.get("/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("gitopsd_reconcile_passes_total{") and f'trigger="{trigger}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def source(self) -> dict[str, Any]:
+        conn = sqlite3.connect(f"file:{self.state_dir / 'demo' / 'state.db'}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM sources WHERE id = 1").fetchone()
+        conn.close()
+        return dict(row) if row else {}
+
+    def push(self, message: str) -> str:
+        self.work.write("NOTES.md", f"{message}\n")
+        commit = self.work.commit(message)
+        self.work.git("push", "-q", "origin", "HEAD:main")
+        return commit
+
+
+SECRETS = {"github": "gh-secret", "gitlab": "gl-token", "gitea": "gt-secret", "bitbucket": "bb-secret",
+           "generic": "gn-secret"}  # fmt: skip
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
+    work = GitRepo(tmp_path / "work")
+    init_demo(work.path)
+    bare = tmp_path / "demo.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work.path), str(bare)], check=True)
+    work.git("remote", "add", "origin", str(bare))
+    port = _free_port()
+    hooks = "\n".join(f'{name} = "env:HOOK_{name.upper()}"' for name in SECRETS)
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\nlog_format = "json"\n[http]\nlisten = "127.0.0.1:{port}"\n'
+        f'max_body_bytes = 4096\n[[repositories]]\nname = "demo"\nurl = "{bare}"\nbranch = "main"\n'
+        f'poll_interval = "1h"\n[repositories.webhooks]\n{hooks}\n'
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = tmp_path / "notify.sock"
+    notify.bind(str(notify_path))
+    env = {**os.environ, **GIT_ENV, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "600000"}
+    env.update({f"HOOK_{name.upper()}": secret for name, secret in SECRETS.items()})
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "gitopsd", "run", "--config", str(config)], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    running = RunningDaemon(process=process, url=f"http://127.0.0.1:{port}", state_dir=tmp_path / "state",
+                            notify=notify, work=work, config=config, log=log)  # fmt: skip
+    try:
+        running.read_notify("READY=1", timeout=30)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        notify.close()
+
+
+def test_ready_watchdog_reload_and_graceful_stop_over_the_notify_socket(daemon: RunningDaemon) -> None:
+    assert any("READY=1" in m and "STATUS=demo: " in m and "ready at" in m for m in daemon.messages)
+    daemon.read_notify("WATCHDOG=1", timeout=5)
+    assert daemon.get("/readyz")[0] == 200 and daemon.get("/healthz") == (200, "ok\n")
+
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.read_notify("RELOADING=1")
+    daemon.read_notify("READY=1")
+    assert daemon.process.poll() is None, "SIGHUP reloads; it does not stop the daemon"
+
+    started = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.read_notify("STOPPING=1")
+    assert daemon.process.wait(timeout=10) == 0
+    assert time.monotonic() - started < 10
+
+
+def test_an_invalid_configuration_on_reload_keeps_the_running_one(daemon: RunningDaemon) -> None:
+    daemon.config.write_text(daemon.config.read_text().replace('poll_interval = "1h"', 'poll_interval = "soon"'))
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.read_notify("READY=1")
+    assert daemon.get("/readyz")[0] == 200
+    assert "reload refused" in daemon.log.read_text() and "poll_interval" in daemon.log.read_text()
+
+
+def test_a_git_push_to_the_bare_repository_starts_a_pass_within_a_second(daemon: RunningDaemon) -> None:
+    before = time.time()
+    commit = daemon.push("A push the daemon must see at once")
+    deadline = time.monotonic() + 5
+    while daemon.source().get("fetched_commit") != commit:
+        assert time.monotonic() < deadline, "the push was never seen"
+        time.sleep(0.02)
+    row = daemon.source()
+    assert row["trigger"] == "push"
+    assert row["fetched_at"] - before < 1.0, f"pass started {row['fetched_at'] - before:.2f} s after the push"
+
+
+def test_ten_pushes_in_a_second_lead_to_one_or_two_passes_ending_at_the_newest(daemon: RunningDaemon) -> None:
+    before = daemon.passes("push")
+    started = time.monotonic()
+    commits = [daemon.push(f"burst {i}") for i in range(10)]
+    assert time.monotonic() - started < 2.0
+    deadline = time.monotonic() + 10
+    while daemon.source().get("fetched_commit") != commits[-1]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert 1 <= daemon.passes("push") - before <= 2
+
+
+def test_status_api_is_the_status_json_and_the_cli_reads_it_while_the_daemon_runs(daemon: RunningDaemon) -> None:
+    code, text = daemon.get("/api/v1/status")
+    doc = json.loads(text)
+    assert code == 200 and doc["models"][0]["name"] == "blobs" and doc["repository"]["trigger"] == "startup"
+    cli = subprocess.run([sys.executable, "-m", "gitopsd", "status", "--config", str(daemon.config), "--json"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert json.loads(cli.stdout)["models"][0]["name"] == "blobs"
+    manual = subprocess.run([sys.executable, "-m", "gitopsd", "trigger", "--config", str(daemon.config)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert "triggered: demo" in manual.stdout
+    _, metrics = daemon.get("/metrics")
+    for name in ("gitopsd_reconcile_duration_seconds_bucket", "gitopsd_runs{", "gitopsd_versions_registered",
+                 "gitopsd_last_applied_commit_timestamp_seconds"):  # fmt: skip
+        assert name in metrics
+    log = daemon.log.read_text()
+    assert all(secret not in log for secret in SECRETS.values()), "secrets never reach the log"
+    assert json.loads(log.splitlines()[0])["level"] == "info"
