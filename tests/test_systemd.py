@@ -1,0 +1,46 @@
+"""The service unit: valid for systemd, hardened, and still usable for Slurm (munge) and NVIDIA devices."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "gitopsd.service"
+
+
+@pytest.fixture
+def unit(tmp_path: Path) -> Path:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed (apt-get install systemd)")
+    copy = tmp_path / "gitopsd.service"  # verify checks that ExecStart exists: point it at this gitopsd
+    gitopsd = Path(sys.executable).parent / "gitopsd"
+    copy.write_text(UNIT.read_text().replace("/usr/local/bin/gitopsd", str(gitopsd)))
+    return copy
+
+
+def test_systemd_analyze_verify_has_nothing_to_say(unit: Path) -> None:
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr
+
+
+def test_security_exposure_is_2_or_better(unit: Path) -> None:
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
+                          text=True)  # fmt: skip
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    assert float(match.group(1)) <= 2.0
+
+
+def test_the_unit_keeps_munge_and_nvidia_usable() -> None:
+    text = UNIT.read_text()
+    families = re.search(r"^RestrictAddressFamilies=(.*)$", text, re.M)
+    assert families and "AF_UNIX" in families.group(1).split()
+    assert "/run/munge" in text and "PrivateDevices=yes" not in text
+    assert "DeviceAllow=/dev/nvidiactl rw" in text and "DeviceAllow=char-nvidia-frontend rw" in text
+    assert re.search(r"^Type=notify$", text, re.M) and re.search(r"^WatchdogSec=", text, re.M)
