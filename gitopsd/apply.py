@@ -22,7 +22,7 @@ from gitopsd.model import Phase, Reason
 from gitopsd.observe import Observer, job_ref
 from gitopsd.planner import Action, Adopt, Cancel, Collect, Fail, Resubmit, SetPhase, Submit
 from gitopsd.registry import Registry, Version
-from gitopsd.state import RunRecord, StateStore
+from gitopsd.state import RunRecord, StateStore, run_fields
 from gitopsd.store import ArtifactStore, open_store
 
 log = logging.getLogger("gitopsd")
@@ -82,7 +82,9 @@ class Applier:
             base = self._base(model.spec.spec.base, bases.get(model.name), desired)
             self.launcher.launch(run, model, backends[run.backend], resubmitted=True, base=base)
         elif isinstance(action, Adopt):
-            log.info("%s: adopted job %s of run %s after a restart", run.model, action.job_id, run.id)
+            log.info(
+                "%s: adopted job %s of run %s after a restart", run.model, action.job_id, run.id, extra=run_fields(run)
+            )
             self.state.update_run(
                 run,
                 event="Adopted",
@@ -97,7 +99,7 @@ class Applier:
         elif isinstance(action, Cancel):
             self._cancel(run, action, backends)
         elif isinstance(action, Fail):
-            log.warning("%s: run %s failed: %s", run.model, run.id, action.message)
+            log.warning("%s: run %s failed: %s", run.model, run.id, action.message, extra=run_fields(run))
             self._end(run, Phase.FAILED, action.reason, action.message, exit_code=action.exit_code)
         elif isinstance(action, Collect):
             self._collect(run, desired, backends)
@@ -120,7 +122,7 @@ class Applier:
         self.observer.forget(run.id)
 
     def _cancel(self, run: RunRecord, action: Cancel, backends: Mapping[str, Backend]) -> None:
-        log.info("%s: stopping run %s: %s", run.model, run.id, action.message)
+        log.info("%s: stopping run %s: %s", run.model, run.id, action.message, extra=run_fields(run))
         backend = backends.get(run.backend)
         if backend is not None and run.job_id is not None:
             backend.cancel(job_ref(run))
@@ -149,10 +151,10 @@ class Applier:
         ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
                  "exit_code": job.get("exit_code")}  # fmt: skip
         if outcome.version is None:
-            log.warning("%s: run %s not registered: %s", run.model, run.id, outcome.message)
+            log.warning("%s: run %s not registered: %s", run.model, run.id, outcome.message, extra=run_fields(run))
             self._end(run, Phase.FAILED, outcome.reason, outcome.message, **ended)
             return
-        log.info("%s: %s", run.model, outcome.message)
+        log.info("%s: %s", run.model, outcome.message, extra=run_fields(run))
         tags = desired.repo.registry.tags
         if tags.enabled:
             tag_version(self.launcher.source, outcome.version, push=tags.push)

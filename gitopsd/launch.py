@@ -21,7 +21,7 @@ from gitopsd.errors import PermanentError
 from gitopsd.model import Job, Phase, Reason
 from gitopsd.registry import Version
 from gitopsd.source import Source
-from gitopsd.state import RunRecord, StateStore
+from gitopsd.state import RunRecord, StateStore, run_fields
 from gitopsd.store import ArtifactStore, sha256_file
 
 log = logging.getLogger("gitopsd")
@@ -96,7 +96,7 @@ class Launcher:
                 env.update(GITOPSD_BASE_MODEL=base.version.label, GITOPSD_BASE_ARTIFACT=str(artifact))
             job_id = backend.submit(self._job(run, model, tree, env))
         except PermanentError as exc:
-            log.error("%s: run %s cannot be submitted: %s", run.model, run.id, exc)
+            log.error("%s: run %s cannot be submitted: %s", run.model, run.id, exc, extra=run_fields(run))
             return self.state.update_run(
                 run,
                 event="SubmitFailed",
@@ -106,11 +106,11 @@ class Launcher:
                 ended_at=time.time(),
             )
         except Exception as exc:  # transient by default: the run stays Submitting and is retried by run id
-            log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc)
+            log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc, extra=run_fields(run))
             return self.state.update_run(run, event="SubmitDeferred", message=str(exc) or type(exc).__name__)
         verb = "resubmitted" if resubmitted else "submitted"
         log.info("%s: %s run %s to %s as job %s (commit %s)", run.model, verb, run.id, run.backend, job_id,
-                 run.commit_id[:12])  # fmt: skip
+                 run.commit_id[:12], extra=run_fields(run))  # fmt: skip
         return self.state.update_run(
             run,
             event="Submitted",

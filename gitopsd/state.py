@@ -104,6 +104,11 @@ class RunRecord:
         return cls(**data)
 
 
+def run_fields(run: RunRecord) -> dict[str, str]:
+    """What a log line about a run carries as structured fields (JSON logs)."""
+    return {"model": run.model, "run_id": run.id, "commit": run.commit_id[:12], "reason": run.reason}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelRow:
     """What the last applied commit wants of one model, as `gitopsd status` shows it."""

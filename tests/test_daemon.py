@@ -197,4 +197,7 @@ def test_status_api_is_the_status_json_and_the_cli_reads_it_while_the_daemon_run
         assert name in metrics
     log = daemon.log.read_text()
     assert all(secret not in log for secret in SECRETS.values()), "secrets never reach the log"
-    assert json.loads(log.splitlines()[0])["level"] == "info"
+    lines = [json.loads(line) for line in log.splitlines()]
+    assert lines[0]["level"] == "info"
+    submitted = next(line for line in lines if "submitted run" in line["message"])
+    assert submitted["model"] == "blobs" and submitted["run_id"].startswith("blobs-") and len(submitted["commit"]) == 12
