@@ -102,17 +102,7 @@ class AliasBook:
                         kind=kind_of(m, subject), commit_id=commit, subject=subject, at=now)
             for m in moves
         ]  # fmt: skip
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.executemany(
-                "INSERT INTO alias_moves (model, alias, version, previous, kind, commit_id, subject, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.model, r.alias, r.version, r.previous, r.kind, r.commit_id, r.subject, r.at) for r in records],
-            )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+        self._insert(records)
         return records
 
     def history(self, model: str | None = None) -> list[AliasRecord]:
@@ -132,8 +122,11 @@ class AliasBook:
 
     def restore(self, records: list[AliasRecord]) -> None:
         """Replay recorded moves into an empty alias history (disaster recovery)."""
-        if not records or self.conn is None:
-            return
+        if records and self.conn is not None:
+            self._insert(records)
+
+    def _insert(self, records: list[AliasRecord]) -> None:
+        assert self.conn is not None
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.executemany(
