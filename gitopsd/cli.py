@@ -592,6 +592,26 @@ def trigger(repo_name: str | None, config_path: Path | None, url: str | None) ->
     click.echo("triggered: " + ", ".join(doc["triggered"]))
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def gpus(as_json: bool) -> None:
+    """This host's NVIDIA GPUs and MIG instances, as the nvidia backend sees them (NVML)."""
+    from gitopsd.errors import GitopsdError
+
+    try:
+        from gitopsd_nvidia.inventory import as_json as inventory_json
+        from gitopsd_nvidia.inventory import read_inventory, render_table
+    except ImportError:
+        _fail("the nvidia backend is not installed (pip install -e backends/nvidia)")
+        raise
+    try:
+        inventory = read_inventory()
+    except GitopsdError as exc:
+        _fail(str(exc))
+        raise
+    click.echo(json.dumps(inventory_json(inventory), indent=2) if as_json else render_table(inventory))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

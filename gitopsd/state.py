@@ -214,9 +214,9 @@ class StateStore:
     def update_run(self, run: RunRecord, *, event: str = "", message: str = "", **changes: Any) -> RunRecord:
         """Change a run and, when `event` is given, append the matching event in the same transaction.
 
-        The event's message also becomes the run's latest message.
+        A message (with or without an event) becomes the run's latest message.
         """
-        if event and message:
+        if message:
             changes.setdefault("message", message)
         updated = replace(run, updated_at=time.time(), **changes)
         row = updated.row()

@@ -205,10 +205,7 @@ def _cell(value: float | None, unit: str = "") -> str:
 
 def _row(device: Device, mig: str) -> list[str]:
     memory = f"{_cell(device.memory_used_mb)} / {_cell(device.memory_total_mb)} MiB"
-    if device.processes is None:
-        procs = "?"
-    else:
-        procs = ",".join(str(p.pid) for p in device.processes) or "-"
+    procs = "?" if device.processes is None else (",".join(str(p.pid) for p in device.processes) or "-")
     return [device.label, device.uuid, device.name, memory, _cell(device.utilization_pct, "%"), procs, mig]
 
 

@@ -29,6 +29,7 @@ NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_RESET_REQUIRED = 16
 NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
@@ -64,7 +65,7 @@ class NvmlFailure(Exception):
     @property
     def unsupported(self) -> bool:
         """This GPU (or MIG instance, or driver) does not offer the query: a missing value, not a fault."""
-        return self.code == NVML_ERROR_NOT_SUPPORTED
+        return self.code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,7 +213,9 @@ class Nvml:
             self._watched.add(uuid)
             try:
                 handle = self.find(uuid)
-                self._call("register events", lib.nvmlDeviceRegisterEvents, handle, XID_CRITICAL_ERROR_EVENT, self._events)
+                self._call(
+                    "register events", lib.nvmlDeviceRegisterEvents, handle, XID_CRITICAL_ERROR_EVENT, self._events
+                )
             except NvmlFailure:
                 continue
         events: list[tuple[str, int]] = []
@@ -229,4 +232,3 @@ class Nvml:
                 continue
             events.append((uuid, int(data.eventData)))
         return events
-

@@ -48,7 +48,7 @@ class Placement:
 
 
 def short(device: Device) -> str:
-    """"GPU 0 (GPU-1a2b3c4d)": enough of the UUID to tell devices apart in a one-line message."""
+    """ "GPU 0 (GPU-1a2b3c4d)": enough of the UUID to tell devices apart in a one-line message."""
     return f"{device.label} ({device.uuid[:12]})"
 
 
@@ -97,10 +97,7 @@ def admit(request: GpuRequest, devices: Sequence[Device]) -> str | None:
         (d.memory_total_mb or 0) >= request.min_memory_mb for d in devices if d.error is None
     ):
         largest = max((d.memory_total_mb or 0 for d in devices), default=0)
-        return (
-            f"asks for {request.describe()}; the largest device here has {largest:.0f} MiB "
-            f"(this host has {have})"
-        )
+        return f"asks for {request.describe()}; the largest device here has {largest:.0f} MiB (this host has {have})"
     return f"asks for {request.describe()}; only {len(fitting)} device(s) here could serve it (this host has {have})"
 
 
@@ -125,7 +122,7 @@ def place(request: GpuRequest, devices: Sequence[Device], leased: Mapping[str, s
 
 
 def _summary(devices: Sequence[Device]) -> str:
-    """"2x 'NVIDIA H100 80GB HBM3', 1x 'NVIDIA A100 MIG 1g.5gb'" in order of first appearance."""
+    """ "2x 'NVIDIA H100 80GB HBM3', 1x 'NVIDIA A100 MIG 1g.5gb'" in order of first appearance."""
     counts: dict[str, int] = {}
     for device in devices:
         counts[device.name] = counts.get(device.name, 0) + 1

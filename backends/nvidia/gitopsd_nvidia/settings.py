@@ -1,0 +1,76 @@
+"""The nvidia backend's settings from gitops.yaml, checked once, with errors that name the setting and value.
+
+    backends:
+      gpu:
+        type: nvidia
+        settings: {model: H100, min_memory: 40Gi, exclusive: true, telemetry_interval_s: 5, max_parallel: 8}
+
+`model`, `min_memory` and `exclusive` shape every GPU request of the models that use this backend (the number
+of GPUs comes from each model's `resources.gpus`); a model that needs other GPU options uses another nvidia
+backend declared with them. `max_parallel` and `grace_s` go to the local process supervision underneath.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gitopsd.errors import PermanentError
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
+_BYTES = {"": 1024**2, "k": 1000, "ki": 1024, "m": 1000**2, "mi": 1024**2, "g": 1000**3, "gi": 1024**3}
+_BYTES.update({"t": 1000**4, "ti": 1024**4})
+LOCAL_KEYS = ("max_parallel", "grace_s")
+KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", *LOCAL_KEYS)
+DEFAULT_TELEMETRY_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class NvidiaSettings:
+    model: str | None
+    min_memory_mb: int | None
+    exclusive: bool
+    telemetry_interval_s: float
+    local: Mapping[str, Any]
+
+
+def _fail(backend: str, key: str, value: Any, expected: str) -> PermanentError:
+    return PermanentError(f"backend {backend!r} setting {key}: expected {expected}, got {value!r}")
+
+
+def memory_mb(value: Any, *, backend: str, key: str) -> int:
+    """MiB from "20Gi", "80GB", "512Mi" or a plain number (MiB)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    match = _MEMORY.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise _fail(backend, key, value, "a memory size such as 20Gi, 80GB or 512Mi (a plain number is MiB)")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    return int(float(match.group(1)) * _BYTES[unit] // 1024**2)
+
+
+def parse_settings(settings: Mapping[str, Any], *, backend: str) -> NvidiaSettings:
+    unknown = sorted(set(settings) - set(KNOWN))
+    if unknown:
+        raise PermanentError(
+            f"backend {backend!r}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(KNOWN)})"
+        )
+    model = settings.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise _fail(backend, "model", model, "part of a GPU name, e.g. H100 or A100-SXM4-80GB")
+    exclusive = settings.get("exclusive", True)
+    if not isinstance(exclusive, bool):
+        raise _fail(backend, "exclusive", exclusive, "true or false")
+    interval = settings.get("telemetry_interval_s", DEFAULT_TELEMETRY_INTERVAL_S)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+        raise _fail(backend, "telemetry_interval_s", interval, "a number of seconds >= 0")
+    raw_memory = settings.get("min_memory")
+    return NvidiaSettings(
+        model=model.strip() if isinstance(model, str) else None,
+        min_memory_mb=None if raw_memory is None else memory_mb(raw_memory, backend=backend, key="min_memory"),
+        exclusive=exclusive,
+        telemetry_interval_s=float(interval),
+        local={key: settings[key] for key in LOCAL_KEYS if key in settings},
+    )
