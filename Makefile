@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	tools/ensure-debs git=git
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,lint]'
+	$(BIN)/pip install -q -e '.[test,lint]' -e backends/nvidia -e backends/slurm
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,17 +27,21 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	tools/ensure-debs git=git sqlite3=sqlite3
-	$(BIN)/pytest -q
+	# A real single-node Slurm for tests/slurm (root; see tools/slurm/up.sh), stopped whatever pytest's result.
+	if tools/slurm/up.sh >/dev/null; then set -a && . $${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}/env.sh && set +a; fi; \
+	$(BIN)/pytest -q; rc=$$?; tools/slurm/down.sh; exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check gitopsd tests bench
-	$(BIN)/ruff format --check gitopsd tests bench
+	$(BIN)/ruff check gitopsd tests bench backends
+	$(BIN)/ruff format --check gitopsd tests bench backends
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/artifacts.py
+	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/slurm.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
 PREFIX ?= /opt/gitopsd

@@ -1,0 +1,73 @@
+"""The files a Slurm run keeps in its run directory, on the filesystem the login and compute nodes share.
+
+They make the backend's answers survive what Slurm forgets and what gitopsd forgets: `submitted.json` records
+the job id as soon as sbatch returns; the job itself writes `started.json` and, from its wrapper, `exit.json`
+with the command's real exit code, so a job that left squeue (MinJobAge) without accounting is still resolved;
+`final.json` keeps what Slurm said when the job was last seen finished; `cancel.json` says gitopsd cancelled it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFiles:
+    run_dir: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / "slurm"
+
+    @property
+    def script(self) -> Path:
+        return self.dir / "job.sh"
+
+    @property
+    def submitted(self) -> Path:
+        return self.dir / "submitted.json"
+
+    @property
+    def started(self) -> Path:
+        return self.dir / "started.json"
+
+    @property
+    def exit(self) -> Path:
+        return self.dir / "exit.json"
+
+    @property
+    def final(self) -> Path:
+        return self.dir / "final.json"
+
+    @property
+    def cancel(self) -> Path:
+        return self.dir / "cancel.json"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or not (yet) a complete JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` so that a reader sees the old file or the whole new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def of_job(path: Path, job_id: str) -> dict[str, Any] | None:
+    """The record in `path` if it is about job `job_id` (a run directory holds one job, but never trust that)."""
+    record = read_json(path)
+    if record is None or str(record.get("job_id")) != job_id:
+        return None
+    return record

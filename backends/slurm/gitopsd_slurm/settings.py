@@ -1,0 +1,215 @@
+"""The Slurm backend's settings, read once from `gitops.yaml` and checked before anything is submitted.
+
+`backends: {NAME: {type: slurm, settings: {...}}}` is passed to the plugin as plain YAML values. This module
+turns them into frozen dataclasses, with cluster-wide defaults (partition, account, qos, time, ...) and limits,
+and refuses a wrong or unknown key with a message that names the backend, the key, the value and what is
+expected, so that a typo in Git stalls the model with a reason instead of submitting the wrong job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitopsd.errors import PermanentError
+
+TRANSPORTS = ("cli", "rest")
+ACCOUNTING = ("auto", "slurmdbd", "jobcomp", "none")
+DEFAULT_API_VERSION = "v0.0.38"
+_TOP_KEYS = (
+    "transport", "cluster", "partition", "account", "qos", "constraint", "exclusive", "time", "slurm_conf",
+    "rest", "limits", "accounting", "poll_min_s", "poll_max_s", "check_interval_s", "command_timeout_s", "grace_s",
+)  # fmt: skip
+_REST_KEYS = ("url", "api_version", "user", "token_file", "token_env", "token_lifespan_s")
+_LIMIT_KEYS = ("max_gpus_per_node", "max_cpus_per_node", "max_memory_mb_per_node", "max_nodes")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestSettings:
+    """How to reach slurmrestd: base URL, OpenAPI plugin version, and where the JWT comes from."""
+
+    url: str
+    api_version: str = DEFAULT_API_VERSION
+    user: str | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    token_lifespan_s: int = 3600
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Caps set in gitops.yaml; each one left out comes from the cluster's own nodes."""
+
+    max_gpus_per_node: int | None = None
+    max_cpus_per_node: int | None = None
+    max_memory_mb_per_node: int | None = None
+    max_nodes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmSettings:
+    """Everything the backend was configured with; see the module docstring and README's "Slurm backend"."""
+
+    transport: str = "cli"
+    cluster: str = ""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclusive: bool = False
+    time_min: int | None = None
+    slurm_conf: Path | None = None
+    rest: RestSettings | None = None
+    limits: Limits = field(default_factory=Limits)
+    accounting: str = "auto"
+    poll_min_s: float = 1.0
+    poll_max_s: float = 15.0
+    check_interval_s: float = 30.0
+    command_timeout_s: float = 30.0
+    grace_s: int = 10
+
+
+class _Reader:
+    """Reads one mapping of settings, naming `where` (e.g. "backend 'hpc' setting rest.url") in every error."""
+
+    def __init__(self, backend: str, prefix: str, values: Mapping[str, Any], known: tuple[str, ...]) -> None:
+        self.backend, self.prefix, self.values = backend, prefix, values
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+                raise self.error(str(key), values[key], "no such setting" + hint)
+
+    def error(self, key: str, value: Any, expected: str) -> PermanentError:
+        return PermanentError(f"backend {self.backend!r} setting {self.prefix}{key}: {expected}, got {value!r}")
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self.values.get(key, default)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise self.error(key, value, "expected a non-empty string")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.values.get(key, choices[0])
+        if value not in choices:
+            raise self.error(key, value, f"expected one of {', '.join(choices)}")
+        return str(value)
+
+    def flag(self, key: str) -> bool:
+        value = self.values.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(key, value, "expected true or false")
+        return value
+
+    def count(self, key: str, default: int | None = None) -> int | None:
+        value = self.values.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise self.error(key, value, "expected a positive integer")
+        return value
+
+    def seconds(self, key: str, default: float, *, zero_ok: bool) -> float:
+        value = self.values.get(key, default)
+        bad = isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not zero_ok)
+        if bad:
+            raise self.error(key, value, "expected a number of seconds" + (" (0 or more)" if zero_ok else " above 0"))
+        return float(value)
+
+    def section(self, key: str) -> Mapping[str, Any]:
+        value = self.values.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.error(key, value, "expected a mapping")
+        return value
+
+
+def parse_time_minutes(value: Any) -> int:
+    """Minutes of a Slurm time limit: an integer of minutes, Slurm's "[D-]HH:MM:SS" / "MM:SS", or "90m", "2h".
+
+    Raises ValueError on anything else. Slurm counts whole minutes, so seconds are rounded up.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a time")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected minutes or a duration text")
+    text = value.strip()
+    if match := re.fullmatch(r"(\d+)\s*([smhd])", text):
+        seconds = int(match[1]) * _UNIT_S[match[2]]
+    elif match := re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text):
+        days = int(match[1] or 0)
+        parts = [int(p) for p in match.groups()[1:] if p is not None]
+        if match[1] is not None:  # D-HH[:MM[:SS]]
+            parts += [0] * (3 - len(parts))
+            hours, minutes, secs = parts
+        elif len(parts) == 3:  # HH:MM:SS
+            hours, minutes, secs = parts
+        elif len(parts) == 2:  # MM:SS
+            hours, minutes, secs = 0, parts[0], parts[1]
+        else:  # MM
+            hours, minutes, secs = 0, parts[0], 0
+        seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    else:
+        raise ValueError("expected minutes (e.g. 90), Slurm's [D-]HH:MM:SS, or a number with s, m, h or d")
+    if seconds <= 0:
+        raise ValueError("must be positive")
+    return -(-seconds // 60)
+
+
+def parse_settings(backend: str, values: Mapping[str, Any]) -> SlurmSettings:
+    """Check and convert the settings of Slurm backend `backend`; PermanentError names what is wrong."""
+    top = _Reader(backend, "", values, _TOP_KEYS)
+    transport = top.choice("transport", TRANSPORTS)
+    time_min = None
+    if values.get("time") is not None:
+        try:
+            time_min = parse_time_minutes(values["time"])
+        except ValueError as exc:
+            raise top.error("time", values["time"], str(exc)) from None
+    rest = None
+    section = top.section("rest")
+    if section or transport == "rest":
+        rest_reader = _Reader(backend, "rest.", section, _REST_KEYS)
+        url = rest_reader.text("url")
+        if url is None or not re.match(r"^https?://", url):
+            raise rest_reader.error("url", url, "expected the http(s):// URL of slurmrestd")
+        token_file = rest_reader.text("token_file")
+        rest = RestSettings(
+            url=url.rstrip("/"),
+            api_version=rest_reader.text("api_version", DEFAULT_API_VERSION) or DEFAULT_API_VERSION,
+            user=rest_reader.text("user"),
+            token_file=Path(token_file) if token_file else None,
+            token_env=rest_reader.text("token_env"),
+            token_lifespan_s=rest_reader.count("token_lifespan_s", 3600) or 3600,
+        )
+    limits = _Reader(backend, "limits.", top.section("limits"), _LIMIT_KEYS)
+    slurm_conf = top.text("slurm_conf")
+    poll_min = top.seconds("poll_min_s", 1.0, zero_ok=True)
+    poll_max = top.seconds("poll_max_s", 15.0, zero_ok=True)
+    if poll_max < poll_min:
+        raise top.error("poll_max_s", poll_max, f"expected at least poll_min_s ({poll_min:g})")
+    return SlurmSettings(
+        transport=transport,
+        cluster=top.text("cluster", backend) or backend,
+        partition=top.text("partition"),
+        account=top.text("account"),
+        qos=top.text("qos"),
+        constraint=top.text("constraint"),
+        exclusive=top.flag("exclusive"),
+        time_min=time_min,
+        slurm_conf=Path(slurm_conf) if slurm_conf else None,
+        rest=rest,
+        limits=Limits(**{key: limits.count(key) for key in _LIMIT_KEYS}),
+        accounting=top.choice("accounting", ACCOUNTING),
+        poll_min_s=poll_min,
+        poll_max_s=poll_max,
+        check_interval_s=top.seconds("check_interval_s", 30.0, zero_ok=True),
+        command_timeout_s=top.seconds("command_timeout_s", 30.0, zero_ok=False),
+        grace_s=top.count("grace_s", 10) or 10,
+    )

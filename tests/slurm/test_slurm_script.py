@@ -1,0 +1,187 @@
+"""The job script and the settings, without a cluster: directives from the spec, and the wrapper run by bash.
+
+The wrapper is what resolves a job after Slurm has forgotten it, so it is executed here for real (bash, date,
+timeout), with the variables slurmd would set, and its exit record is read back the way the backend reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gitopsd_slurm.runfiles import RunFiles, read_json
+from gitopsd_slurm.script import build_request, directives, options_for, run_id_of
+from gitopsd_slurm.settings import SlurmSettings, parse_settings, parse_time_minutes
+
+from gitopsd.errors import PermanentError
+from gitopsd.model import Job, Resources
+from tests.slurm.conftest import new_job
+
+
+def settings(**values: Any) -> SlurmSettings:
+    return parse_settings("hpc", values)
+
+
+def script_of(job: Job, **values: Any) -> str:
+    return build_request(job, settings(**values), {"PATH": "/usr/bin:/bin"}).script
+
+
+def test_directives_carry_run_id_resources_and_cluster_defaults(tmp_path: Path) -> None:
+    job = replace(
+        new_job(tmp_path, "python train.py"),
+        resources=Resources(cpus=4, memory_mb=2048, gpus=2, nodes=1),
+        timeout_s=3600,
+    )
+    lines = directives(options_for(job, settings(partition="gpu", account="ml", qos="high", constraint="a100",
+                                                 exclusive=True)))  # fmt: skip
+    assert lines[:2] == [f"#SBATCH --job-name=gitopsd-{job.run_id}", f"#SBATCH --comment=gitopsd-run={job.run_id}"]
+    for expected in (
+        f"--chdir={job.workdir}", f"--output={job.log_dir}/slurm-%j.out", "--export=NONE", "--partition=gpu",
+        "--account=ml", "--qos=high", "--time=62", "--nodes=1", "--ntasks=1", "--cpus-per-task=4", "--mem=2048M",
+        "--gpus=2", "--constraint=a100", "--exclusive", "--no-requeue",
+    ):  # fmt: skip
+        assert f"#SBATCH {expected}" in lines, expected
+
+
+def test_cluster_defaults_are_left_to_slurm_when_not_set(tmp_path: Path) -> None:
+    lines = directives(options_for(new_job(tmp_path, "true"), settings()))
+    joined = "\n".join(lines)
+    for absent in ("--partition", "--account", "--qos", "--time", "--mem", "--gpus", "--constraint", "--exclusive"):
+        assert absent not in joined
+
+
+def test_the_backend_time_setting_is_the_limit_of_runs_without_a_timeout(tmp_path: Path) -> None:
+    job = new_job(tmp_path, "true")
+    assert "#SBATCH --time=90" in directives(options_for(job, settings(time="1:30:00")))
+    assert "#SBATCH --time=3" in directives(options_for(replace(job, timeout_s=60), settings(time="1:30:00")))
+
+
+def test_multi_node_runs_ask_one_task_per_node(tmp_path: Path) -> None:
+    job = replace(new_job(tmp_path, "true"), resources=Resources(cpus=8, gpus=8, nodes=4))
+    lines = directives(options_for(job, settings()))
+    assert {"#SBATCH --nodes=4", "#SBATCH --ntasks=4", "#SBATCH --cpus-per-task=8", "#SBATCH --gpus=8"} <= set(lines)
+
+
+def test_an_array_is_one_directive_and_a_rest_field(tmp_path: Path) -> None:
+    # A gitopsd run is one job, so the backend never sets `array`; the builder renders it for callers that do.
+    options = replace(options_for(new_job(tmp_path, "true"), settings()), array="0-3%2")
+    assert "#SBATCH --array=0-3%2" in directives(options)
+
+
+def test_paths_with_spaces_stay_one_directive_value(tmp_path: Path) -> None:
+    job = new_job(tmp_path / "my runs", "true")
+    assert f'#SBATCH --chdir="{job.workdir}"' in directives(options_for(job, settings()))
+
+
+@pytest.mark.parametrize(
+    ("name", "comment", "run_id"),
+    [("gitopsd-blobs-1a2b", "gitopsd-run=blobs-1a2b", "blobs-1a2b"), ("renamed", "gitopsd-run=x-1", "x-1"),
+     ("gitopsd-y-2", "", "y-2"), ("train", "someone else's", None)],
+)  # fmt: skip
+def test_the_run_id_is_read_back_from_comment_or_name(name: str, comment: str, run_id: str | None) -> None:
+    assert run_id_of(name, comment) == run_id
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [(90, 90), ("90", 90), ("1:30:00", 90), ("2-00:00:00", 2880), ("45:30", 46), ("2h", 120), ("30s", 1)],
+)
+def test_slurm_time_formats(text: object, minutes: int) -> None:
+    assert parse_time_minutes(text) == minutes
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"transport": "ssh"}, "setting transport: expected one of cli, rest, got 'ssh'"),
+        ({"partiton": "gpu"}, "setting partiton: no such setting (did you mean 'partition'?)"),
+        ({"time": "soon"}, "setting time: expected minutes"),
+        ({"exclusive": "yes"}, "setting exclusive: expected true or false, got 'yes'"),
+        ({"transport": "rest"}, "setting rest.url: expected the http(s):// URL of slurmrestd, got None"),
+        ({"rest": {"url": "http://x", "tokn_file": "/t"}}, "rest.tokn_file: no such setting (did you mean"),
+        ({"limits": {"max_gpus_per_node": 0}}, "limits.max_gpus_per_node: expected a positive integer, got 0"),
+        ({"poll_min_s": 5, "poll_max_s": 1}, "poll_max_s: expected at least poll_min_s (5)"),
+        ({"accounting": "sometimes"}, "accounting: expected one of auto, slurmdbd, jobcomp, none"),
+    ],
+)
+def test_bad_settings_are_refused_naming_backend_key_value(values: dict[str, Any], words: str) -> None:
+    with pytest.raises(PermanentError, match="backend 'hpc' setting ") as caught:
+        parse_settings("hpc", values)
+    assert words in str(caught.value)
+
+
+# -- the wrapper, run by bash -------------------------------------------------------------------------------
+
+
+def run_script(job: Job, **values: Any) -> subprocess.CompletedProcess[str]:
+    """Run the job script as slurmd would start it (job id and node list in the environment)."""
+    RunFiles(run_dir=job.run_dir).dir.mkdir(parents=True, exist_ok=True)
+    script = job.run_dir / "job.sh"
+    script.write_text(script_of(job, **values))
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[01-02]"}
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_wrapper_records_the_real_exit_code_host_and_times(tmp_path: Path) -> None:
+    job = new_job(tmp_path, "echo training; exit 3")
+    done = run_script(job)
+    assert done.returncode == 3
+    assert done.stdout == "training\n"
+    files = RunFiles(run_dir=job.run_dir)
+    record = read_json(files.exit)
+    assert record is not None
+    assert (record["job_id"], record["exit_code"], record["timed_out"]) == ("4242", 3, False)
+    assert record["host"] == os.uname().nodename
+    assert record["ended_at"] >= record["started_at"] > 0
+    started = read_json(files.started)
+    assert started is not None and started["nodes"] == "node[01-02]"
+    assert not list(files.dir.glob(".*.tmp")), "records are written atomically, no temp file is left"
+
+
+def test_the_declared_environment_reaches_the_command_verbatim(tmp_path: Path) -> None:
+    tricky = {"GREETING": 'it\'s "$HOME" & `date`; $(rm -rf /)', "EMPTY": ""}
+    job = replace(new_job(tmp_path, 'printf "%s|%s|%s|%s" "$GREETING" "$EMPTY" "$GITOPSD_RUN_ID" "$PWD"'),
+                  env=tricky)  # fmt: skip
+    done = run_script(job)
+    assert done.stdout == f"{tricky['GREETING']}||{job.run_id}|{job.workdir}"
+
+
+def test_the_wrapper_enforces_the_timeout_to_the_second(tmp_path: Path) -> None:
+    job = replace(new_job(tmp_path, "sleep 30"), timeout_s=1)
+    done = run_script(job, grace_s=1)
+    assert done.returncode == 124
+    record = read_json(RunFiles(run_dir=job.run_dir).exit)
+    assert record is not None and record["timed_out"] is True and record["timeout_s"] == 1
+
+
+def test_a_command_that_itself_exits_124_is_not_a_timeout(tmp_path: Path) -> None:
+    job = replace(new_job(tmp_path, "exit 124"), timeout_s=30)
+    assert run_script(job).returncode == 124
+    record = read_json(RunFiles(run_dir=job.run_dir).exit)
+    assert record is not None and record["timed_out"] is False and record["exit_code"] == 124
+
+
+def test_a_missing_workdir_ends_the_job_with_exit_code_1_and_a_record(tmp_path: Path) -> None:
+    job = replace(new_job(tmp_path, "true"), workdir=tmp_path / "gone")
+    done = run_script(job)
+    assert done.returncode == 1
+    assert "gone" in done.stderr
+    record = read_json(RunFiles(run_dir=job.run_dir).exit)
+    assert record is not None and record["exit_code"] == 1
+
+
+def test_rest_environment_is_clean_and_complete(tmp_path: Path) -> None:
+    job = replace(new_job(tmp_path, "true"), env={"SEED": "7"})
+    daemon = {"PATH": "/opt/bin:/usr/bin", "HOME": "/home/ml", "AWS_SECRET_ACCESS_KEY": "x", "SLURMRESTD_TOKEN": "t"}
+    env = build_request(job, settings(), daemon).environment
+    assert env == {
+        "PATH": "/opt/bin:/usr/bin", "HOME": "/home/ml", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1", "SEED": "7", "GITOPSD_RUN_ID": job.run_id,
+        "GITOPSD_OUTPUT_DIR": str(job.output_dir), "GITOPSD_METRICS_FILE": str(job.metrics_file),
+    }  # fmt: skip
+    assert json.dumps(env)  # slurmrestd wants a JSON object of strings

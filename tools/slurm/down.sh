@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Stop the test cluster that tools/slurm/up.sh started: its jobs first, then its daemons, by the pids it wrote.
+#
+# Why: `make test` starts Slurm before pytest and must leave nothing running after it, whatever pytest's result.
+# Only processes named in DIR's pid files are stopped (never by name), so another cluster on the machine is safe.
+#
+# Usage: tools/slurm/down.sh [DIR] [--purge]    DIR: $GITOPSD_SLURM_DIR, else /tmp/gitopsd-slurm
+#        --purge also deletes DIR (keys, state, logs), so the next up.sh starts from nothing.
+# Safe to run when nothing is running.
+set -uo pipefail
+
+DIR="" PURGE=0
+for arg in "$@"; do
+  case $arg in
+    --purge) PURGE=1 ;;
+    -*) echo "usage: $0 [DIR] [--purge]" >&2; exit 2 ;;
+    *) DIR=$arg ;;
+  esac
+done
+DIR=${DIR:-${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}}
+[[ $DIR == /* ]] || DIR=$PWD/$DIR
+DIR=${DIR%/}
+export SLURM_CONF=$DIR/slurm.conf
+unset SLURM_JWT
+
+say() { printf '[slurm-down %s] %s\n' "$(date +%T)" "$*" >&2; }
+running() {  # running PID NAME
+  local stat
+  [[ $1 =~ ^[0-9]+$ && -r /proc/$1/comm ]] || return 1
+  [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] || return 1
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+pid_of() { [[ -s $1 ]] && tr -dc 0-9 <"$1"; }
+stop() {  # stop PIDFILE NAME: TERM, wait up to 15 s (daemons drop their pid file before they exit), then KILL
+  local pid
+  pid=$(pid_of "$1") || true
+  if running "$pid" "$2"; then
+    say "stopping $2 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 75); do running "$pid" "$2" || break; sleep 0.2; done
+    if running "$pid" "$2"; then
+      say "$2 (pid $pid) ignored SIGTERM; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 25); do running "$pid" "$2" || break; sleep 0.2; done
+    fi
+  fi
+  rm -f "$1"
+}
+
+if [[ ! -f $SLURM_CONF ]]; then
+  say "no cluster in $DIR: nothing to stop"
+else
+  if running "$(pid_of "$DIR/run/slurmctld.pid")" slurmctld; then
+    # Jobs first, so that no training outlives the daemons that would account for it.
+    jobs=$(squeue -h -t PD,R,S,CG,CF -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+    if [[ -n ${jobs// /} ]]; then
+      say "cancelling jobs $jobs"
+      # shellcheck disable=SC2086
+      scancel $jobs 2>/dev/null || true
+      for _ in $(seq 50); do [[ -z $(squeue -h -t R,S,CG,CF -o %A 2>/dev/null) ]] && break; sleep 0.2; done
+    fi
+  fi
+  if running "$(pid_of "$DIR/run/slurmd.pid")" slurmd; then
+    left=$(scontrol listpids 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' | tr '\n' ' ')
+    if [[ -n ${left// /} ]]; then
+      say "killing job processes left behind: $left"
+      # shellcheck disable=SC2086
+      kill -KILL $left 2>/dev/null || true
+    fi
+  fi
+  stop "$DIR/run/slurmrestd.pid" slurmrestd
+  stop "$DIR/run/slurmd.pid" slurmd
+  stop "$DIR/run/slurmctld.pid" slurmctld
+  stop "$DIR/munge/munged.pid" munged
+fi
+
+if ((PURGE)); then
+  if [[ -f $DIR/.gitopsd-slurm ]]; then
+    rm -rf -- "$DIR" && say "deleted $DIR"
+  elif [[ -e $DIR ]]; then
+    say "not deleting $DIR: it has no .gitopsd-slurm mark, so up.sh did not make it"
+  fi
+fi
+say "stopped"
