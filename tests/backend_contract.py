@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from gitopsd.backend import Backend
 from gitopsd.model import Job, JobRef, JobState, JobStatus
@@ -26,6 +28,25 @@ from gitopsd.model import Job, JobRef, JobState, JobStatus
 
 class MakeJob(Protocol):
     def __call__(self, command: str, *, timeout_s: int | None = None, env: dict[str, str] | None = None) -> Job: ...
+
+
+def new_job(root: Path, command: str, **fields: Any) -> Job:
+    """A Job with a fresh run directory and an exported (empty) tree under `root`, as the reconciler makes it."""
+    run_id = f"run-{uuid.uuid4().hex[:12]}"
+    run_dir = root / "runs" / run_id
+    (run_dir / "tree").mkdir(parents=True)
+    return Job(
+        run_id=run_id,
+        model="demo",
+        command=command,
+        run_dir=run_dir,
+        tree_dir=run_dir / "tree",
+        workdir=run_dir / "tree",
+        output_dir=run_dir / "out",
+        metrics_file=run_dir / "out" / "metrics.jsonl",
+        log_dir=run_dir / "logs",
+        **fields,
+    )
 
 
 def wait_for(backend: Backend, ref: JobRef, states: Iterable[JobState], *, timeout: float = 30.0) -> JobStatus:

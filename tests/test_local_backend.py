@@ -14,11 +14,9 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,28 +26,10 @@ from gitopsd.local_backend import LOST_MESSAGE, LocalBackend
 from gitopsd.local_supervisor import group_members
 from gitopsd.local_venv import venv_key
 from gitopsd.model import Job, JobRef, JobState
-from tests.backend_contract import BackendContract, MakeJob, log_text, submit, wait_finished, wait_for
+from tests.backend_contract import BackendContract, MakeJob, log_text, new_job, submit, wait_finished, wait_for
 
 GRACE_S = 1.0
 WAIT_FOR_GO = 'while [ ! -e "$GITOPSD_OUTPUT_DIR/go" ]; do sleep 0.05; done'
-
-
-def new_job(root: Path, command: str, **fields: Any) -> Job:
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
-    run_dir = root / "runs" / run_id
-    (run_dir / "tree").mkdir(parents=True)
-    return Job(
-        run_id=run_id,
-        model="demo",
-        command=command,
-        run_dir=run_dir,
-        tree_dir=run_dir / "tree",
-        workdir=run_dir / "tree",
-        output_dir=run_dir / "output",
-        metrics_file=run_dir / "output" / "metrics.json",
-        log_dir=run_dir / "logs",
-        **fields,
-    )
 
 
 def cancel_everything(backend: LocalBackend, root: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +11,7 @@ import pytest
 from gitopsd_nvidia.backend import NvidiaBackend
 
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
+from tests.backend_contract import new_job as contract_job
 from tests.nvidia.fake_nvml import FakeMachine, FakeNvmlLib, h100, install, uninstall
 
 GRACE_S = 1.0
@@ -26,22 +26,7 @@ class GpuJob(Protocol):
 
 
 def new_job(root: Path, command: str, *, gpus: int = 1, **fields: Any) -> Job:
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
-    run_dir = root / "runs" / run_id
-    (run_dir / "tree").mkdir(parents=True)
-    return Job(
-        run_id=run_id,
-        model="demo",
-        command=command,
-        run_dir=run_dir,
-        tree_dir=run_dir / "tree",
-        workdir=run_dir / "tree",
-        output_dir=run_dir / "out",
-        metrics_file=run_dir / "out" / "metrics.jsonl",
-        log_dir=run_dir / "logs",
-        resources=Resources(gpus=gpus),
-        **fields,
-    )
+    return contract_job(root, command, resources=Resources(gpus=gpus), **fields)
 
 
 def cancel_everything(backend: NvidiaBackend, root: Path) -> None:

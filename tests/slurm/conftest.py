@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from gitopsd_slurm.backend import SlurmBackend
 from gitopsd_slurm.runfiles import RunFiles, read_json
 
-from gitopsd.model import Job, JobRef
+from gitopsd.model import JobRef
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 DEFAULT_DIR = Path(os.environ.get("GITOPSD_SLURM_DIR", "/tmp/gitopsd-slurm"))
@@ -92,25 +91,6 @@ def cluster() -> Cluster:
         dir=Path(env.get("GITOPSD_SLURM_DIR", str(DEFAULT_DIR))),
         slurm_conf=conf,
         rest_url=env.get("SLURMRESTD_URL", "http://127.0.0.1:6820"),
-    )
-
-
-def new_job(root: Path, command: str, **fields: Any) -> Job:
-    """A Job with a fresh run directory and exported (empty) tree under `root`."""
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
-    run_dir = root / "runs" / run_id
-    (run_dir / "tree").mkdir(parents=True)
-    return Job(
-        run_id=run_id,
-        model="demo",
-        command=command,
-        run_dir=run_dir,
-        tree_dir=run_dir / "tree",
-        workdir=run_dir / "tree",
-        output_dir=run_dir / "output",
-        metrics_file=run_dir / "output" / "metrics.json",
-        log_dir=run_dir / "logs",
-        **fields,
     )
 
 

@@ -22,8 +22,8 @@ from gitopsd_slurm.rest_transport import HttpResponse, urllib_http
 from gitopsd_slurm.transport import CommandResult, SubprocessRunner
 
 from gitopsd.model import JobState, Resources
-from tests.backend_contract import log_text, submit, wait_finished, wait_for
-from tests.slurm.conftest import Cluster, cancel_everything, new_job
+from tests.backend_contract import log_text, new_job, submit, wait_finished, wait_for
+from tests.slurm.conftest import Cluster, cancel_everything
 
 
 @dataclass

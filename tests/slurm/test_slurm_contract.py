@@ -8,8 +8,7 @@ import pytest
 from gitopsd_slurm.backend import SlurmBackend
 
 from gitopsd.model import Job
-from tests.backend_contract import BackendContract, MakeJob
-from tests.slurm.conftest import new_job
+from tests.backend_contract import BackendContract, MakeJob, new_job
 
 
 @pytest.fixture

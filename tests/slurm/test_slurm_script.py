@@ -20,7 +20,7 @@ from gitopsd_slurm.settings import SlurmSettings, parse_settings, parse_time_min
 
 from gitopsd.errors import PermanentError
 from gitopsd.model import Job, Resources
-from tests.slurm.conftest import new_job
+from tests.backend_contract import new_job
 
 
 def settings(**values: Any) -> SlurmSettings:

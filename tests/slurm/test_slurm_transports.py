@@ -26,7 +26,8 @@ from gitopsd_slurm.transport import CommandResult
 
 from gitopsd.errors import BackendUnavailable, PermanentError
 from gitopsd.model import JobRef, JobState, Resources
-from tests.slurm.conftest import new_job, recorded
+from tests.backend_contract import new_job
+from tests.slurm.conftest import recorded
 
 Reply = CommandResult | Callable[[Sequence[str]], CommandResult]
 
