@@ -230,9 +230,9 @@ class Reconciler:
         numbers: dict[str, set[int]] = {}
         for (model, _), number in versions.items():
             numbers.setdefault(model, set()).add(number)
-        declared = self._alias_view.of(desired)
+        declared = {name: aliases for name, aliases in self._alias_view.of(desired).items() if aliases}
         touched: set[str] = set()
-        for name in sorted(set(declared) | {m for m, _ in self._alias_state}):
+        for name in sorted(set(declared) | {m for m, _ in self._alias_state} | set(self._alias_seen)):
             wanted = declared.get(name, {})
             have = numbers.get(name, set())
             key = (tuple(sorted((a, str(t)) for a, t in wanted.items())), max(have, default=0))
