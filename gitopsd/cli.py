@@ -124,9 +124,30 @@ def plan(ctx: click.Context, repo: str | None, branch: str | None) -> None:
         click.echo(f"  ! backend {name} unavailable: {why}")
     for name, why in sorted(result.blocked.items()):
         click.echo(f"  ! {name}: {why}")
+    gpus, hours = _gpu_cost(result.actions, desired)
+    if gpus:
+        bound = f", at most {hours:.1f} GPU-hours by their timeouts" if hours is not None else ""
+        click.echo(f"cost: {gpus} GPU(s) for the new trainings{bound}")
     rec.close()
-    if result.error and desired is None:
-        raise SystemExit(1)
+    if result.error:
+        raise SystemExit(1)  # a review gate must not pass a commit it could not load
+
+
+def _gpu_cost(actions: tuple[Action, ...], desired: Any) -> tuple[int, float | None]:
+    """GPUs the planned trainings ask for, and the GPU-hours their timeouts allow (None if one has none)."""
+    from gitopsd.planner import Submit
+
+    gpus, hours = 0, 0.0
+    bounded = True
+    for action in actions:
+        if isinstance(action, Submit) and desired is not None:
+            train = desired.models[action.model].train
+            count = train.resources.gpus * train.resources.nodes
+            gpus += count
+            if count and train.timeout_s is None:
+                bounded = False
+            hours += count * (train.timeout_s or 0) / 3600
+    return gpus, hours if bounded else None
 
 
 def _explain(action: Action, desired: Any) -> str:
@@ -135,7 +156,8 @@ def _explain(action: Action, desired: Any) -> str:
     if isinstance(action, p.Submit):
         model = desired.models[action.model] if desired else None
         res = model.train.resources if model else None
-        cost = f", {res.gpus} GPU(s), {res.cpus} CPU(s)" if res else ""
+        limit = f", up to {model.train.timeout_s / 3600:.2g} h" if model and model.train.timeout_s else ""
+        cost = f", {res.gpus} GPU(s), {res.cpus} CPU(s){limit}" if res else ""
         where = f" on {model.train.backend}{cost}" if model else ""
         return f"+ train {action.model} (attempt {action.attempt}){where}: no version has run key {action.run_key[:12]}"
     if isinstance(action, p.Cancel):

@@ -286,3 +286,19 @@ def test_an_unavailable_backend_stalls_only_its_models(
     assert gpu["reason"] == "BackendUnavailable"
     assert "no-such-plugin" in gpu["message"] and "not installed" in gpu["message"]
     assert gpu["run"] is None
+
+
+def test_plan_reviews_a_branch_with_its_gpu_cost_and_fails_on_a_bad_one(demo_repo: GitRepo, state_dir: Path) -> None:
+    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait")
+    demo_repo.git("checkout", "-q", "-b", "bigger")
+    demo_repo.edit("gitops.yaml", "    cpus: 1\n", "    cpus: 1\n    gpus: 2\n")
+    demo_repo.commit("Train on two GPUs")
+    shown = gitopsd(state_dir, "plan", "--branch", "bigger").stdout
+    assert "+ train blobs (attempt 1) on local, 2 GPU(s)" in shown
+    assert "cost: 2 GPU(s) for the new trainings, at most 0.3 GPU-hours" in shown
+    assert len(runs(state_dir)) == 1, "plan changes nothing"
+
+    demo_repo.edit(MODEL, "  train:\n", "  train:\n    gpu: 1\n")
+    demo_repo.commit("A typo")
+    refused = gitopsd(state_dir, "plan", "--branch", "bigger", check=False)
+    assert refused.returncode == 1 and "spec.train.gpu" in refused.stderr
