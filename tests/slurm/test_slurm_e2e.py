@@ -31,6 +31,9 @@ from tests.slurm.conftest import Cluster
 MODEL = "models/blobs.yaml"
 UP = Path(__file__).resolve().parents[2] / "tools" / "slurm" / "up.sh"
 
+OUTAGE_S = 60
+"""How long slurmctld stays down in the outage test: the issue asks for a minute."""
+
 
 def use_slurm(repo: GitRepo, cluster: Cluster, *, default: str = "hpc-cli", retries: int = 0) -> None:
     """Point the demo at the two Slurm backends (JSON is YAML too) and give it a second model on the other one."""
@@ -234,7 +237,7 @@ def test_slurmctld_down_is_backend_unavailable_and_the_run_finishes_when_it_is_b
     try:
         while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
             time.sleep(0.1)
-        down_until = time.monotonic() + 12
+        down_until = time.monotonic() + OUTAGE_S
         while time.monotonic() < down_until:
             result = rec.reconcile()
             assert result.actions == (), "nothing is submitted, failed or cancelled while Slurm is away"
