@@ -1,0 +1,84 @@
+"""The daemon configuration: strict TOML, errors that name the TOML path, secrets only by reference."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from gitopsd.config import apply_environment, load_config, resolve_secret
+from gitopsd.errors import PermanentError
+
+BASE = """
+state_dir = "/var/lib/gitopsd"
+[[repositories]]
+name = "ml"
+url = "https://git.example.org/ml.git"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gitopsd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, BASE))
+    repo = config.repositories[0]
+    assert (repo.poll_interval, repo.branch, config.http.address()) == (60, None, ("127.0.0.1", 9090))
+    assert config.state_dir_of(repo) == Path("/var/lib/gitopsd/ml")
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ('poll_interval = "soon"', "repositories[0].poll_interval"),
+        ('pol_interval = "5m"', "repositories[0].pol_interval"),
+        ('[repositories.webhooks]\ngithub = "hunter2"', "repositories[0].webhooks.github"),
+    ],
+)
+def test_errors_name_the_toml_path(tmp_path: Path, extra: str, where: str) -> None:
+    with pytest.raises(PermanentError, match=f"gitopsd.toml: {re.escape(where)}"):
+        load_config(_write(tmp_path, BASE + extra + "\n"))
+
+
+def test_a_plain_secret_is_refused_and_never_echoed(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError) as raised:
+        load_config(_write(tmp_path, BASE + '[repositories.webhooks]\ngithub = "hunter2"\n'))
+    assert "hunter2" not in str(raised.value)
+
+
+def test_duplicate_repository_names_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match="used twice"):
+        load_config(_write(tmp_path, BASE + BASE.split("\n", 2)[2]))
+    with pytest.raises(PermanentError, match="invalid TOML"):
+        load_config(_write(tmp_path, "state_dir = \n"))
+
+
+def test_secret_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "secret").write_text("from-file\n")
+    monkeypatch.setenv("HOOK", "from-env")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "hook").write_text("from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert resolve_secret(f"file:{tmp_path / 'secret'}") == b"from-file"
+    assert resolve_secret("env:HOOK") == b"from-env"
+    assert resolve_secret("credential:hook") == b"from-credential"
+    with pytest.raises(PermanentError, match="env:MISSING: the variable is not set"):
+        resolve_secret("env:MISSING")
+    with pytest.raises(PermanentError, match="not a credential name"):
+        resolve_secret("credential:../etc/passwd")
+
+
+def test_environment_for_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "aws").write_text("[default]\n")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    text = BASE + f'[environment]\nSLURM_CONF = "/etc/slurm/slurm.conf"\nAWS_TOKEN = "file:{tmp_path / "aws"}"\n'
+    apply_environment(load_config(_write(tmp_path, text)))
+    assert os.environ["SLURM_CONF"] == "/etc/slurm/slurm.conf"
+    assert os.environ["AWS_TOKEN"] == "[default]"
+    monkeypatch.delenv("AWS_TOKEN")
