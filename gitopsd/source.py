@@ -16,6 +16,7 @@ from pathlib import Path
 import pygit2
 
 from gitopsd.errors import PermanentError, SourceUnavailable
+from gitopsd.gitauth import EnvCredentials
 
 SPEC_DIR = "models"
 REPO_SPEC = "gitops.yaml"
@@ -64,11 +65,11 @@ class Source:
             self.repo.remotes.set_url("origin", self.url)
             remote = self.repo.remotes["origin"]
         try:
-            heads = remote.list_heads()
+            heads = remote.list_heads(callbacks=EnvCredentials())
             wanted = {h.name: str(h.oid) for h in heads if h.name and h.name.startswith("refs/heads/")}
             have = {name: str(self.repo.references[name].target) for name in self._local_heads()}
             if wanted != have:
-                remote.fetch(prune=pygit2.enums.FetchPrune.PRUNE)
+                remote.fetch(prune=pygit2.enums.FetchPrune.PRUNE, callbacks=EnvCredentials())
             head = next((h for h in heads if h.name == "HEAD"), None)
             if head is not None and head.symref_target:
                 self.repo.set_head(head.symref_target)
@@ -167,7 +168,7 @@ class Source:
         if not specs:
             return
         try:
-            self.repo.remotes["origin"].push(specs)
+            self.repo.remotes["origin"].push(specs, callbacks=EnvCredentials())
         except pygit2.GitError as exc:
             if "non-bare" not in str(exc):
                 raise SourceUnavailable(f"cannot push tags to {self.url}: {exc}") from exc
