@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as `python bench/artifacts.py`: the repository's tests package is a sibling
     sys.path.insert(0, str(REPO))
 
+from report import render  # noqa: E402
+
 from gitopsd.store import sha256_file  # noqa: E402
 from tests.s3server import TEST_ENV, MotoServer, moto_server_command, new_bucket, s3_client  # noqa: E402
 
@@ -67,6 +69,7 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000
 
 from gitopsd.s3store import S3Store
+
 
 bucket, endpoint, src = sys.argv[1:]
 store = S3Store(bucket, "bench", endpoint_url=endpoint)
@@ -211,19 +214,12 @@ def run(size: int, work: Path) -> tuple[list[Result], dict[str, Any]]:
 
 
 def table(results: list[Result]) -> str:
-    rows = [("benchmark", "measured", "target", "result")]
-    for r in results:
-        target = "-" if r.target == "-" else f"{r.target} {r.unit}"
-        rows.append((r.name, f"{r.measured:,.2f} {r.unit}", target, r.verdict))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render(
+        [
+            (r.name, f"{r.measured:,.2f} {r.unit}", "-" if r.target == "-" else f"{r.target} {r.unit}", r.verdict)
+            for r in results
+        ]
+    )
 
 
 def document(size: int, results: list[Result], child: dict[str, Any], elapsed_s: float) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
+from report import render
 
 from gitopsd.model import ConditionType
 from gitopsd.planner import Submit
@@ -69,6 +70,7 @@ defaults:
 
 TRAIN_PY = """\
 import json, os, pathlib
+
 
 out = pathlib.Path(os.environ["GITOPSD_OUTPUT_DIR"])
 out.mkdir(parents=True, exist_ok=True)
@@ -309,19 +311,12 @@ def run(opts: Options, work: Path) -> tuple[list[Result], dict[str, str]]:
 
 
 def table(results: list[Result]) -> str:
-    rows = [("benchmark", "measured", "target", "result")]
-    for r in results:
-        target = "-" if r.target_ms is None else f"< {r.target_ms:g} ms"
-        rows.append((r.name, f"{r.measured_ms:,.1f} ms", target, r.verdict))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render(
+        [
+            (r.name, f"{r.measured_ms:,.1f} ms", "-" if r.target_ms is None else f"< {r.target_ms:g} ms", r.verdict)
+            for r in results
+        ]
+    )
 
 
 def code_version() -> dict[str, Any]:

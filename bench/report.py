@@ -1,0 +1,16 @@
+"""The table every benchmark prints: name, measured, target, verdict; first column left, the rest right."""
+
+from __future__ import annotations
+
+
+def render(rows: list[tuple[str, str, str, str]]) -> str:
+    rows = [("benchmark", "measured", "target", "result"), *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
