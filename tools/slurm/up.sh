@@ -47,28 +47,8 @@ CONF=$DIR/slurm.conf
 export SLURM_CONF=$CONF
 unset SLURM_JWT  # with it set, the CLIs would authenticate by JWT instead of munge
 
-# A daemon is ours and alive when the pid in its pid file runs the expected program and is not a zombie.
-running() {  # running PID NAME
-  local stat
-  [[ $1 =~ ^[0-9]+$ && -r /proc/$1/comm ]] || return 1
-  [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] || return 1
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z ]]
-}
-pid_of() { [[ -s $1 ]] && tr -dc 0-9 <"$1"; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 up() { running "$(pid_of "$1")" "$2"; }
-stop() {  # stop PIDFILE NAME: TERM, wait up to 15 s, then KILL
-  local pid
-  pid=$(pid_of "$1") || true
-  if running "$pid" "$2"; then
-    say "stopping $2 (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 75); do running "$pid" "$2" || break; sleep 0.2; done
-    running "$pid" "$2" && { kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; }
-  fi
-  rm -f "$1"
-}
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_for() {  # wait_for TRIES COMMAND...: retry every 0.2 s
   local tries=$1
