@@ -42,11 +42,11 @@ from gitopsd.store import (
     check_digest,
     copy_chunks_hashing,
     create_temp,
-    pack_directory,
     parse_record_name,
     record_conflict,
     record_name,
 )
+from gitopsd.tarpack import pack_directory
 
 MIN_PART_SIZE = 5 << 20
 """S3's smallest part (all but the last) of a multipart upload."""
