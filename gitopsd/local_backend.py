@@ -8,8 +8,9 @@ any number of jobs costs a few file checks and no subprocess. Crash safety rests
 submitter takes it before spawning and hands it to the supervisor, so while a run's lock is held or its exit
 record exists, no second process is ever started for it.
 
-Settings: `max_parallel` (how many trainings of this backend run at once, default: the number of CPUs) and
-`grace_s` (seconds between SIGTERM and SIGKILL on cancel or timeout, default 5).
+Settings: `max_parallel` (how many trainings of this backend run at once, default: the number of CPUs),
+`grace_s` (seconds between SIGTERM and SIGKILL on cancel, timeout or memory limit, default 5) and
+`memory_poll_s` (how often a training with `resources.memory` has its memory sampled, default 1).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.errors import BackendUnavailable, PermanentError, TransientError
+from gitopsd.local_memory import MIB, format_mib, host_memory_mb
 from gitopsd.local_supervisor import (
     LaunchSpec,
     RunFiles,
@@ -44,6 +46,18 @@ LOST_MESSAGE = "supervisor vanished without an exit record (killed or host reboo
 STARTUP_WAIT_S = 5.0
 CANCEL_MARGIN_S = 5.0
 POLL_S = 0.02
+_EXIT_FACTS = [
+    "host",
+    "pid",
+    "exit_code",
+    "signal",
+    "started_at",
+    "ended_at",
+    "timed_out",
+    "cancelled",
+    "out_of_memory",
+    "peak_memory_mb",
+]
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -122,6 +136,7 @@ class LocalBackend:
         self.state_dir = Path(state_dir)
         self.max_parallel: int = _positive(settings, "max_parallel", os.cpu_count() or 1, backend=name, integer=True)
         self.grace_s: float = float(_positive(settings, "grace_s", 5.0, backend=name, integer=False))
+        self.memory_poll_s = float(_positive(settings, "memory_poll_s", 1.0, backend=name, integer=False))
         self.host = socket.gethostname()
         self._children: list[subprocess.Popen[bytes]] = []
 
@@ -134,7 +149,14 @@ class LocalBackend:
             raise BackendUnavailable(f"backend {self.name!r}: /proc is not mounted; it is needed to track jobs")
 
     def admit(self, resources: Resources) -> str | None:
-        """The local backend runs anything; it places no GPUs (the nvidia backend does)."""
+        """Refuse what this host can never give: more memory than it has. GPUs are the nvidia backend's."""
+        if resources.memory_mb is not None:
+            total_mb = host_memory_mb()
+            if total_mb is not None and resources.memory_mb > total_mb:
+                return (
+                    f"asks for {format_mib(resources.memory_mb * MIB)} of host memory; "
+                    f"this host has {format_mib(total_mb * MIB)}"
+                )
         return None
 
     def submit(self, job: Job) -> str:
@@ -212,9 +234,8 @@ class LocalBackend:
     def describe(self, ref: JobRef) -> dict[str, Any]:
         files = RunFiles(run_dir=ref.run_dir)
         record = self._read(files.exit) or self._read(files.state) or {}
-        keys = ("host", "pid", "exit_code", "signal", "started_at", "ended_at", "timed_out", "cancelled")
         facts: dict[str, Any] = {"backend": "local", "name": self.name, "job_id": record.get("job_id") or ref.job_id}
-        facts.update({key: record.get(key) for key in keys})
+        facts.update({key: record.get(key) for key in _EXIT_FACTS})
         facts.update(python=record.get("python"), venv=record.get("venv"), max_parallel=record.get("max_parallel"))
         environment = python_environment(record.get("venv"))
         facts["python"] = facts["python"] or environment.get("python")
@@ -258,6 +279,8 @@ class LocalBackend:
             requirements=None if job.python_requirements is None else str(job.python_requirements),
             venvs_dir=str(self.state_dir / "local" / "venvs"),
             python=sys.executable,
+            memory_mb=job.resources.memory_mb,
+            memory_poll_s=self.memory_poll_s,
         )
         write_json_atomic(files.spec, asdict(spec))
         supervisor_env = dict(os.environ)
@@ -328,6 +351,8 @@ class LocalBackend:
             return JobStatus(state=JobState.LOST, message=LOST_MESSAGE, started_at=state.get("started_at"))
         if record.get("cancelled"):
             job_state = JobState.CANCELLED
+        elif record.get("out_of_memory"):
+            job_state = JobState.FAILED  # even if the training caught SIGTERM and exited 0
         elif record.get("timed_out"):
             job_state = JobState.TIMEOUT
         elif record.get("exit_code") == 0:

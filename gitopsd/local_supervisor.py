@@ -12,8 +12,11 @@ timeout, honours a cancel, and finally writes an exit record. The daemon learns 
     run_dir/local/cancel     present once a cancel was asked for
     run_dir/local/exit.json  how it ended (written atomically, before the lock is released)
 
-Only the standard library and the sibling `local_venv` module are used, so the supervisor starts in a blink
-and needs nothing that the daemon's environment might lack.
+With `resources.memory` set, the supervisor also samples the memory of the command's process tree (see
+`local_memory`) and stops the group once it goes over the limit.
+
+Only the standard library and the sibling `local_venv` and `local_memory` modules are used, so the
+supervisor starts in a blink and needs nothing that the daemon's environment might lack.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
+from gitopsd.local_memory import MIB, become_subreaper, format_mib, over_limit_message, tree_memory
 from gitopsd.local_venv import VenvBuildError, ensure_venv
 
 SLOT_POLL_S = 0.2
@@ -90,6 +94,8 @@ class LaunchSpec:
     requirements: str | None
     venvs_dir: str
     python: str
+    memory_mb: int | None = None
+    memory_poll_s: float = 1.0
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -218,6 +224,7 @@ class Supervisor:
             "venv": None,
         }
         self.stopped_on_request = False
+        self.command_max_rss = 0  # bytes: the largest RSS any process of the command reached (from wait4)
 
     def say(self, message: str) -> None:
         self.log.write(f"[gitopsd local] {message}\n".encode())
@@ -312,6 +319,9 @@ class Supervisor:
             self.signals.sleep(SLOT_POLL_S)
 
     def _run_command(self, env: dict[str, str]) -> dict[str, Any]:
+        limit_mb = self.spec.memory_mb
+        if limit_mb is not None and not become_subreaper():
+            self.say("cannot become a child subreaper: processes that detach escape the memory limit")
         self.log.flush()
         proc = subprocess.Popen(
             ["/bin/sh", "-c", self.spec.command],
@@ -324,7 +334,9 @@ class Supervisor:
         )
         deadline = time.monotonic() + self.spec.timeout_s if self.spec.timeout_s is not None else None
         timed_out = False
-        while proc.poll() is None:
+        out_of_memory: str | None = None
+        peak = 0
+        while self._reap(proc, block=False) is None:
             if self.stop_requested():
                 self.stopped_on_request = True
                 self.say("stop requested: terminating the process group")
@@ -335,19 +347,53 @@ class Supervisor:
                 self.say(f"timeout of {self.spec.timeout_s} s exceeded: terminating the process group")
                 self._terminate_group(proc)
                 break
-            self.signals.sleep(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        returncode = proc.wait()
+            if limit_mb is not None:
+                used = tree_memory(self.pid)
+                peak = max(peak, used.bytes)
+                if used.bytes > limit_mb * MIB:
+                    out_of_memory = over_limit_message(used, limit_mb)
+                    self.say(out_of_memory)
+                    self._terminate_group(proc)
+                    break
+            self.signals.sleep(self._next_wake(deadline))
+        returncode = self._reap(proc, block=True)
+        assert returncode is not None
         self._reap_stragglers()
         exit_code, signum = exit_fields(returncode)
         if timed_out:
             message = f"timed out after {self.spec.timeout_s} s; the process group was terminated"
+        elif out_of_memory is not None:
+            message = out_of_memory
         elif signum is not None:
             message = f"command killed by {_signal_name(signum)} (exit code {exit_code})"
         else:
             message = f"command exited with code {exit_code}"
-        if exit_code != 0 and not timed_out:
+        if exit_code != 0 and not timed_out and out_of_memory is None:
             self.say(message)
-        return {"exit_code": exit_code, "signal": signum, "timed_out": timed_out, "message": message}
+        peak = max(peak, self.command_max_rss)
+        record: dict[str, Any] = {"exit_code": exit_code, "signal": signum, "timed_out": timed_out, "message": message}
+        record.update(peak_memory_mb=round(peak / MIB), out_of_memory=out_of_memory is not None)
+        if limit_mb is not None and out_of_memory is None:
+            self.say(f"peak memory {format_mib(peak)} of its limit {format_mib(limit_mb * MIB)}")
+        return record
+
+    def _reap(self, proc: subprocess.Popen[bytes], *, block: bool) -> int | None:
+        """The command's return code once it has exited, else None. Reaped with wait4 rather than Popen's
+        waitpid, to learn the largest RSS that the command or any descendant it waited for ever reached."""
+        if proc.returncode is None:
+            pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+            if pid == 0:
+                return None
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            self.command_max_rss = usage.ru_maxrss * 1024  # kilobytes on Linux
+        return proc.returncode
+
+    def _next_wake(self, deadline: float | None) -> float | None:
+        """Seconds until the supervisor must look again: the timeout, or the next memory sample."""
+        waits = [max(0.0, deadline - time.monotonic())] if deadline is not None else []
+        if self.spec.memory_mb is not None:
+            waits.append(self.spec.memory_poll_s)
+        return min(waits) if waits else None
 
     def _terminate_group(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM the whole group (not this process), then SIGKILL whatever outlives the grace period."""
@@ -364,7 +410,7 @@ class Supervisor:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             if proc is not None:
-                proc.poll()
+                self._reap(proc, block=False)
             if not group_members(self.pid, exclude=self.pid):
                 return
             self.signals.sleep(0.05)
@@ -373,7 +419,7 @@ class Supervisor:
             if not kill_members(self.pid, signal.SIGKILL, exclude=self.pid):
                 return
             if proc is not None:
-                proc.poll()
+                self._reap(proc, block=False)
             time.sleep(0.01)
 
 

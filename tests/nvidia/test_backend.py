@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -189,6 +191,23 @@ def test_cancel_of_a_queued_run_means_it_never_starts(
     again = make_job("true")
     ref3 = ref_of(again, backend.submit(again))
     poll(backend, [ref3], state_is(ref3, JobState.SUCCEEDED))
+
+
+def test_a_gpu_run_over_its_host_memory_limit_fails_and_frees_its_gpu(
+    machine: FakeMachine, make_backend: MakeBackend, make_job: GpuJob
+) -> None:
+    machine.gpus[:] = [h100(0)]
+    backend = make_backend(memory_poll_s=0.1)
+    hog = f"{sys.executable} -c 'import time; held = bytearray(b\"x\") * (300 << 20); time.sleep(60)'"
+    job = replace(make_job(hog), resources=Resources(gpus=1, memory_mb=128))
+    ref = ref_of(job, backend.submit(job))
+    status = poll(backend, [ref], state_is(ref, JobState.FAILED, JobState.SUCCEEDED))[job.run_id]
+    assert status.state is JobState.FAILED
+    assert "out of memory" in status.message and "over its limit of 128 MiB" in status.message
+    assert backend.leases.all() == [], "the GPU is free for the next run"
+    assert backend.describe(ref)["peak_memory_mb"] > 128
+    too_much = backend.admit(Resources(gpus=1, memory_mb=1 << 40))
+    assert too_much is not None and "host memory" in too_much
 
 
 @pytest.mark.parametrize(

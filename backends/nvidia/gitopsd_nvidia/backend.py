@@ -110,6 +110,9 @@ class NvidiaBackend:
     def admit(self, resources: Resources) -> str | None:
         if resources.nodes > 1:
             return f"asks for {resources.nodes} nodes; the nvidia backend runs trainings on this host only"
+        refused = self.local.admit(resources)
+        if refused is not None:
+            return refused
         if resources.gpus <= 0:
             return None
         try:

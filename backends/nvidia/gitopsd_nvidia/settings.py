@@ -7,7 +7,8 @@
 
 `model`, `min_memory` and `exclusive` shape every GPU request of the models that use this backend (the number
 of GPUs comes from each model's `resources.gpus`); a model that needs other GPU options uses another nvidia
-backend declared with them. `max_parallel` and `grace_s` go to the local process supervision underneath.
+backend declared with them. `max_parallel`, `grace_s` and `memory_poll_s` go to the local process
+supervision underneath.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gitopsd.errors import PermanentError
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 _BYTES = {"": 1024**2, "k": 1000, "ki": 1024, "m": 1000**2, "mi": 1024**2, "g": 1000**3, "gi": 1024**3}
 _BYTES.update({"t": 1000**4, "ti": 1024**4})
-LOCAL_KEYS = ("max_parallel", "grace_s")
+LOCAL_KEYS = ("max_parallel", "grace_s", "memory_poll_s")
 KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", *LOCAL_KEYS)
 DEFAULT_TELEMETRY_INTERVAL_S = 5.0
 
