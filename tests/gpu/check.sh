@@ -7,7 +7,8 @@
 # It creates the demo repository (gitopsd init), switches its model to an nvidia backend with `gpus: 1` and a
 # small PyTorch training on cuda that writes metrics and a model artifact, runs `gitopsd reconcile --wait`,
 # and checks that version blobs@1 was registered and that its lineage names the GPU it ran on (name and UUID,
-# as nvidia-smi reports them) and the driver version. Prints PASS or FAIL; exits non-zero on failure.
+# as nvidia-smi reports them) and the driver version, and that a CUDA training runs under a host memory limit.
+# Prints PASS or FAIL; exits non-zero on failure.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -72,6 +73,7 @@ spec:
     workdir: src
     resources:
       gpus: 1
+      memory: 8Gi   # sampled, not an rlimit: a CUDA process must train under it
   data:
     - uri: data/blobs.csv
       sha256: "$SHA"
@@ -146,6 +148,8 @@ gpus = job.get("gpus") or []
 print("backend:", job.get("backend"), "job:", version["lineage"].get("job_id"))
 print("gpus:", json.dumps(gpus))
 print("driver:", job.get("driver_version"), "CUDA:", job.get("cuda_version"))
+print("peak host memory:", job.get("peak_memory_mb"), "MiB of the 8 GiB limit")
+assert job.get("peak_memory_mb"), "the run's peak host memory was not recorded"
 assert job.get("backend") == "nvidia", f"job backend is {job.get('backend')!r}, not nvidia"
 assert len(gpus) == 1, f"expected one GPU in the lineage, found {gpus}"
 by_uuid = {uuid: (name, driver) for name, uuid, driver in smi}
