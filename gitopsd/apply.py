@@ -21,9 +21,11 @@ from gitopsd.launch import Base, Launcher
 from gitopsd.model import Phase, Reason
 from gitopsd.observe import Observer, job_ref
 from gitopsd.planner import Action, Adopt, Cancel, Collect, Fail, Resubmit, SetPhase, Submit
+from gitopsd.prune import prune_model_runs
 from gitopsd.registry import Registry, Version
 from gitopsd.state import RunRecord, StateStore, run_fields
 from gitopsd.store import ArtifactStore, open_store
+from gitopsd.units import format_size
 
 log = logging.getLogger("gitopsd")
 
@@ -59,6 +61,10 @@ class Applier:
                 log.exception("%s: %s failed: %s", action.model, type(action).__name__, exc)
                 run_id = getattr(action, "run_id", None)
                 self.state.event(action.model, f"{type(action).__name__}Failed", run_id=run_id, message=str(exc))
+        for model in sorted({action.model for action in actions if isinstance(action, Cancel | Fail | Collect)}):
+            freed = prune_model_runs(self.state, model, keep=desired.repo.runs.keep)
+            if freed:
+                log.info("%s: pruned old run directories (%s freed)", model, format_size(freed))
 
     def _apply(
         self, action: Action, desired: DesiredState, backends: Mapping[str, Backend], bases: Mapping[str, Version]

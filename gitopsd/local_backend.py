@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.errors import BackendUnavailable, PermanentError, TransientError
-from gitopsd.local_memory import MIB, format_mib, host_memory_mb
+from gitopsd.local_memory import MIB, host_memory_mb
 from gitopsd.local_supervisor import (
     LaunchSpec,
     RunFiles,
@@ -41,6 +41,7 @@ from gitopsd.local_supervisor import (
     write_json_atomic,
 )
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
+from gitopsd.units import format_size
 
 LOST_MESSAGE = "supervisor vanished without an exit record (killed or host rebooted)"
 STARTUP_WAIT_S = 5.0
@@ -154,8 +155,8 @@ class LocalBackend:
             total_mb = host_memory_mb()
             if total_mb is not None and resources.memory_mb > total_mb:
                 return (
-                    f"asks for {format_mib(resources.memory_mb * MIB)} of host memory; "
-                    f"this host has {format_mib(total_mb * MIB)}"
+                    f"asks for {format_size(resources.memory_mb * MIB)} of host memory; "
+                    f"this host has {format_size(total_mb * MIB)}"
                 )
         return None
 

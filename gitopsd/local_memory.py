@@ -11,7 +11,7 @@ trainer and its forked data-loader workers count once, not once per worker; wher
 `/proc/PID/task/TID/children` lists, which costs a handful of small reads however many processes the host
 runs. The supervisor makes itself a child subreaper, so a grandchild that double-forks stays in its tree.
 
-Standard library only: the supervisor imports it.
+Standard library and `gitopsd.units` only: the supervisor imports it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from gitopsd.units import format_size
 
 PR_SET_CHILD_SUBREAPER = 36
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -104,18 +106,12 @@ def tree_memory(root: int) -> TreeMemory:
     return TreeMemory(bytes=total, processes=count, measure="RSS" if "RSS" in measures else "PSS")
 
 
-def format_mib(value_bytes: int) -> str:
-    """A size for people: MiB below 1 GiB, GiB with one decimal above."""
-    mib = value_bytes / MIB
-    return f"{mib:.0f} MiB" if mib < 1024 else f"{mib / 1024:.1f} GiB"
-
-
 def over_limit_message(used: TreeMemory, limit_mb: int) -> str:
     """Why the training was stopped, with the remedy, in the words `gitopsd status` shows."""
     plural = "es" if used.processes != 1 else ""
     return (
-        f"out of memory: the training used {format_mib(used.bytes)} of host memory ({used.measure} of "
-        f"{used.processes} process{plural}), over its limit of {format_mib(limit_mb * MIB)}; the process group "
+        f"out of memory: the training used {format_size(used.bytes)} of host memory ({used.measure} of "
+        f"{used.processes} process{plural}), over its limit of {format_size(limit_mb * MIB)}; the process group "
         "was terminated (raise spec.train.resources.memory)"
     )
 

@@ -37,8 +37,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
-from gitopsd.local_memory import MIB, become_subreaper, format_mib, over_limit_message, tree_memory
+from gitopsd.local_memory import MIB, become_subreaper, over_limit_message, tree_memory
 from gitopsd.local_venv import VenvBuildError, ensure_venv
+from gitopsd.units import format_size
 
 SLOT_POLL_S = 0.2
 STRAGGLER_GRACE_S = 2.0
@@ -374,7 +375,7 @@ class Supervisor:
         record: dict[str, Any] = {"exit_code": exit_code, "signal": signum, "timed_out": timed_out, "message": message}
         record.update(peak_memory_mb=round(peak / MIB), out_of_memory=out_of_memory is not None)
         if limit_mb is not None and out_of_memory is None:
-            self.say(f"peak memory {format_mib(peak)} of its limit {format_mib(limit_mb * MIB)}")
+            self.say(f"peak memory {format_size(peak)} of its limit {format_size(limit_mb * MIB)}")
         return record
 
     def _reap(self, proc: subprocess.Popen[bytes], *, block: bool) -> int | None:

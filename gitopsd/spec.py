@@ -93,6 +93,15 @@ class RegistryConfig(_Spec):
     tags: TagsConfig = Field(default_factory=TagsConfig)
 
 
+class RunsConfig(_Spec):
+    """What gitopsd keeps of ended runs in STATE_DIR/runs."""
+
+    keep: Amount = Field(
+        default=3,
+        description="Ended runs per model that keep their whole directory; older ones keep only logs and records.",
+    )
+
+
 class Defaults(_Spec):
     """Applied to every model's train section where the model leaves a field out."""
 
@@ -111,6 +120,7 @@ class RepositorySpec(_Spec):
         default={"local": BackendConfig(type="local")}, description="Backends by name; models refer to this name."
     )
     registry: RegistryConfig = RegistryConfig()
+    runs: RunsConfig = RunsConfig()
     defaults: Defaults = Defaults()
 
     @model_validator(mode="after")

@@ -245,6 +245,15 @@ class StateStore:
         )
         return {(r[0], r[1], r[2]): r[3] for r in rows}
 
+    def ended_runs(self, model: str, *, skip: int = 0) -> list[RunRecord]:
+        """Ended runs of `model`, newest first, leaving out the newest `skip`."""
+        rows = self.conn.execute(
+            "SELECT * FROM runs WHERE model = ? AND phase IN ('Registered', 'Failed', 'Cancelled') "
+            "ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?",
+            (model, skip),
+        )
+        return [RunRecord.from_row(r) for r in rows]
+
     def last_finished_runs(self) -> dict[str, RunRecord]:
         """The most recent terminal run of each model."""
         rows = self.conn.execute(

@@ -168,6 +168,15 @@ def format_duration(seconds: int) -> str:
     return "".join(parts)
 
 
+def format_size(size_bytes: int) -> str:
+    """A size for people: KiB below 1 MiB, MiB below 1 GiB, GiB with one decimal above."""
+    if size_bytes < 1024**2:
+        return f"{size_bytes / 1024:.0f} KiB"
+    if size_bytes < 1024**3:
+        return f"{size_bytes / 1024**2:.0f} MiB"
+    return f"{size_bytes / 1024**3:.1f} GiB"
+
+
 def parse_memory(value: str | int) -> int:
     """MiB in `value`: an int (MiB) or a string such as '512Mi', '2Gi' or '2G', rounded up to whole MiB."""
     if isinstance(value, bool) or not isinstance(value, int | str):

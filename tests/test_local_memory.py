@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from gitopsd.local_backend import LocalBackend
-from gitopsd.local_memory import MIB, TreeMemory, descendants, format_mib, host_memory_mb, over_limit_message
+from gitopsd.local_memory import MIB, TreeMemory, descendants, host_memory_mb, over_limit_message
 from gitopsd.model import Job, JobRef, JobState, Resources
+from gitopsd.units import format_size
 from tests.backend_contract import log_text, new_job, submit, wait_finished
 
 PY = shlex.quote(sys.executable)
@@ -144,7 +145,7 @@ def test_more_memory_than_the_host_has_is_refused_at_plan_time(backend: LocalBac
     reason = backend.admit(Resources(memory_mb=total + 1024))
     assert reason is not None
     assert "host memory" in reason
-    assert format_mib(total * MIB) in reason
+    assert format_size(total * MIB) in reason
     assert backend.admit(Resources(memory_mb=min(1024, total))) is None
     assert backend.admit(Resources()) is None
 

@@ -677,7 +677,9 @@ def test_json_schema_describes_both_kinds() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     defs = schema["$defs"]
     assert {"RepositorySpec", "ModelSpec"} <= set(defs)
-    assert {"apiVersion", "kind", "backends", "registry", "defaults"} == set(defs["RepositorySpec"]["properties"])
+    assert {"apiVersion", "kind", "backends", "registry", "runs", "defaults"} == set(
+        defs["RepositorySpec"]["properties"]
+    )
     assert {"apiVersion", "kind", "metadata", "spec"} == set(defs["ModelSpec"]["properties"])
     assert "validate" in defs["ModelBody"]["properties"]
     objects = [d for d in defs.values() if d.get("type") == "object" and "properties" in d]
