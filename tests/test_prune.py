@@ -70,8 +70,10 @@ def record(state: StateStore, root: Path, run_id: str, model: str, phase: Phase,
     for name in (*PRUNED, "logs"):
         (run_dir / name).mkdir(parents=True)
         (run_dir / name / "file").write_bytes(b"x" * 1000)
-    run = RunRecord(id=run_id, model=model, run_key="k", spec_digest="d", commit_id="c", spec_path="m.yaml",
-                    backend="local", phase=phase, attempt=1, run_dir=str(run_dir), created_at=at, updated_at=at)  # fmt: skip
+    run = RunRecord(
+        id=run_id, model=model, phase=phase, attempt=1, run_dir=str(run_dir), created_at=at, updated_at=at,
+        run_key="k", spec_digest="d", commit_id="c", spec_path="m.yaml", backend="local",
+    )  # fmt: skip
     state.create_run(run, message="test")
     return run_dir
 
