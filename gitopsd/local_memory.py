@@ -5,9 +5,11 @@ answer: CUDA reserves far more virtual memory than it touches, so `RLIMIT_AS` ki
 The supervisor therefore does what Slurm's `OverMemoryKill` does: it samples the memory of the training's
 process tree every few seconds and stops the tree once it is over the limit.
 
-Memory is counted as PSS (proportional set size, from `/proc/PID/smaps_rollup`), so pages shared between a
-trainer and its forked data-loader workers count once, not once per worker; where the kernel lacks
-`smaps_rollup` the resident set size from `/proc/PID/statm` stands in. The tree is found through the kernel's
+Each sample sums the resident set size (RSS, from `/proc/PID/statm`: a counter, so a read costs the same
+for a 100 MB and a 100 GB training). RSS counts a page shared between a trainer and its forked data-loader
+workers once per worker, so a sum over the limit is confirmed with PSS (proportional set size, from
+`/proc/PID/smaps_rollup`) before anything is stopped: PSS counts shared pages once, but the kernel walks every
+page table to compute it (milliseconds per GB), which is why it is asked only near the limit. The tree is found through the kernel's
 `/proc/PID/task/TID/children` lists, which costs a handful of small reads however many processes the host
 runs. The supervisor makes itself a child subreaper, so a grandchild that double-forks stays in its tree.
 
@@ -74,36 +76,39 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def process_memory(pid: int) -> tuple[int, str] | None:
-    """(bytes, "PSS"|"RSS") of one process, or None when it is gone or unreadable (a zombie has none)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024, "PSS"
-        return None  # an exited process has an empty rollup
-    except FileNotFoundError:
-        pass  # no such process, or a kernel before 4.14: fall back on statm
-    except (OSError, ValueError):
-        return None
+def resident_bytes(pid: int) -> int | None:
+    """RSS of one process, or None when it is gone (a zombie has none)."""
     try:
         resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         return None
-    return resident * _PAGE_BYTES, "RSS"
+    return resident * _PAGE_BYTES or None
 
 
-def tree_memory(root: int) -> TreeMemory:
-    """The summed memory of the descendants of `root` (the supervisor itself is not the training's)."""
-    total, count, measures = 0, 0, set()
+def proportional_bytes(pid: int) -> int | None:
+    """PSS of one process; its RSS where the kernel has no smaps_rollup (before 4.14); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+        return None  # an exited process has an empty rollup
+    except FileNotFoundError:
+        return resident_bytes(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def tree_memory(root: int, *, proportional: bool = False) -> TreeMemory:
+    """The summed RSS (or PSS) of the descendants of `root` (the supervisor itself is not the training's)."""
+    measure = proportional_bytes if proportional else resident_bytes
+    total, count = 0, 0
     for pid in descendants(root):
-        sample = process_memory(pid)
-        if sample is None:
-            continue
-        total += sample[0]
-        count += 1
-        measures.add(sample[1])
-    return TreeMemory(bytes=total, processes=count, measure="RSS" if "RSS" in measures else "PSS")
+        size = measure(pid)
+        if size is not None:
+            total += size
+            count += 1
+    return TreeMemory(bytes=total, processes=count, measure="PSS" if proportional else "RSS")
 
 
 def over_limit_message(used: TreeMemory, limit_mb: int) -> str:

@@ -351,6 +351,8 @@ class Supervisor:
             if limit_mb is not None:
                 used = tree_memory(self.pid)
                 peak = max(peak, used.bytes)
+                if used.bytes > limit_mb * MIB:  # RSS over: confirm with PSS, which counts shared pages once
+                    used = tree_memory(self.pid, proportional=True)
                 if used.bytes > limit_mb * MIB:
                     out_of_memory = over_limit_message(used, limit_mb)
                     self.say(out_of_memory)
