@@ -11,7 +11,8 @@ workers once per worker, so a sum over the limit is confirmed with PSS (proporti
 `/proc/PID/smaps_rollup`) before anything is stopped: PSS counts shared pages once, but the kernel walks every
 page table to compute it (milliseconds per GB), which is why it is asked only near the limit. The tree is
 found through the kernel's `/proc/PID/task/TID/children` lists, which costs a handful of small reads however
-many processes the host runs. The supervisor makes itself a child subreaper, so a grandchild that double-forks stays in its tree.
+many processes the host runs. The supervisor makes itself a child subreaper, so a grandchild that
+double-forks stays in its tree.
 
 Standard library and `gitopsd.units` only: the supervisor imports it.
 """
