@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/artifacts.py
 	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/supervisor.py
 	$(BIN)/python bench/slurm.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
