@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/gitopsd status
 
 test: $(STAMP)
-	tools/ensure-debs git=git sqlite3=sqlite3 systemd-analyze=systemd
+	tools/ensure-debs git=git sqlite3=sqlite3 systemd-analyze=systemd sshd=openssh-server ssh-keygen=openssh-client
 	# A real single-node Slurm for tests/slurm (root; see tools/slurm/up.sh), stopped whatever pytest's result.
 	if tools/slurm/up.sh >/dev/null; then set -a && . $${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}/env.sh && set +a; fi; \
 	$(BIN)/pytest -q; rc=$$?; tools/slurm/down.sh; exit $$rc

@@ -1,7 +1,8 @@
 """The Git source: a bare mirror of the tracked repository inside the state directory.
 
-Everything gitopsd knows about desired state comes from here. The mirror is fetched with libgit2 (pygit2), read
-by commit without any checkout, and a commit's tree is exported into a run directory only when a run needs it.
+Everything gitopsd knows about desired state comes from here. The mirror is fetched with libgit2 (pygit2), or
+with git and OpenSSH for SSH remotes (see `gitssh`: libgit2 would not check the host key), read by commit
+without any checkout, and a commit's tree is exported into a run directory only when a run needs it.
 A fetch first lists the remote heads and skips the transfer when nothing moved, so an idle pass costs one
 round-trip.
 """
@@ -17,6 +18,7 @@ import pygit2
 
 from gitopsd.errors import PermanentError, SourceUnavailable
 from gitopsd.gitauth import EnvCredentials
+from gitopsd.gitssh import SshGitError, is_ssh_url, list_heads, run_git
 
 SPEC_DIR = "models"
 REPO_SPEC = "gitops.yaml"
@@ -33,7 +35,7 @@ def is_spec_path(path: str) -> bool:
 
 def normalise_url(url: str) -> str:
     """Local paths become absolute so a mirror keeps working from any current directory."""
-    if "://" in url or url.startswith("git@"):
+    if "://" in url or is_ssh_url(url):
         return url
     return str(Path(url).expanduser().resolve())
 
@@ -64,6 +66,9 @@ class Source:
         if remote.url != self.url:
             self.repo.remotes.set_url("origin", self.url)
             remote = self.repo.remotes["origin"]
+        if is_ssh_url(self.url):
+            self._fetch_over_ssh()
+            return
         try:
             heads = remote.list_heads(callbacks=EnvCredentials())
             wanted = {h.name: str(h.oid) for h in heads if h.name and h.name.startswith("refs/heads/")}
@@ -73,6 +78,20 @@ class Source:
             head = next((h for h in heads if h.name == "HEAD"), None)
             if head is not None and head.symref_target:
                 self.repo.set_head(head.symref_target)
+        except (pygit2.GitError, KeyError, ValueError) as exc:
+            raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
+
+    def _fetch_over_ssh(self) -> None:
+        """The same, through git and OpenSSH, which check the server's host key (see `gitssh`)."""
+        try:
+            remote = list_heads(self.url)
+            have = {name: str(self.repo.references[name].target) for name in self._local_heads()}
+            if remote.heads != have:
+                run_git(["--git-dir", str(self.mirror_dir), "fetch", "--quiet", "--prune", "origin"], url=self.url)
+            if remote.head is not None:
+                self.repo.set_head(remote.head)
+        except SshGitError as exc:
+            raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
         except (pygit2.GitError, KeyError, ValueError) as exc:
             raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
 
@@ -166,6 +185,12 @@ class Source:
         """Push tags to the remote the mirror was cloned from."""
         specs = [f"refs/tags/{n}:refs/tags/{n}" for n in names]
         if not specs:
+            return
+        if is_ssh_url(self.url):
+            try:
+                run_git(["--git-dir", str(self.mirror_dir), "push", "--quiet", "origin", *specs], url=self.url)
+            except SshGitError as exc:
+                raise SourceUnavailable(f"cannot push tags to {self.url}: {exc}") from exc
             return
         try:
             self.repo.remotes["origin"].push(specs, callbacks=EnvCredentials())
