@@ -145,7 +145,12 @@ def resolve_secret(ref: str) -> bytes:
     raise PermanentError(f"secret {ref}: expected file:, env: or credential:")
 
 
+SHARED_STATE_ENV = "GITOPSD_SHARED_STATE_DIR"
+
+
 def apply_environment(config: DaemonConfig) -> None:
-    """Export the configured variables for backends (secret references resolved)."""
+    """Export the configured variables for backends (secret references resolved), and the state directory
+    every repository shares, where backends keep what must be host-wide (the nvidia backend's GPU leases)."""
+    os.environ[SHARED_STATE_ENV] = str(config.state_dir)
     for name, value in config.environment.items():
         os.environ[name] = resolve_secret(value).decode() if re.match(SECRET_REF, value) else value

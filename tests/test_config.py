@@ -77,8 +77,11 @@ def test_secret_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_environment_for_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "aws").write_text("[default]\n")
     monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.setenv("GITOPSD_SHARED_STATE_DIR", "restored after the test")
     text = BASE + f'[environment]\nSLURM_CONF = "/etc/slurm/slurm.conf"\nAWS_TOKEN = "file:{tmp_path / "aws"}"\n'
     apply_environment(load_config(_write(tmp_path, text)))
     assert os.environ["SLURM_CONF"] == "/etc/slurm/slurm.conf"
     assert os.environ["AWS_TOKEN"] == "[default]"
+    shared = os.environ["GITOPSD_SHARED_STATE_DIR"]
+    assert shared == str(load_config(_write(tmp_path, text)).state_dir), "one lease book for all repositories"
     monkeypatch.delenv("AWS_TOKEN")

@@ -63,6 +63,12 @@ def state_is(ref: JobRef, *states: JobState) -> Callable[[dict[str, JobStatus]],
     return lambda statuses: statuses[ref.run_id].state in states
 
 
+@pytest.fixture(autouse=True)
+def own_lease_book(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's backends lease in their own state directory, whatever the developer's environment says."""
+    monkeypatch.delenv("GITOPSD_SHARED_STATE_DIR", raising=False)
+
+
 @pytest.fixture
 def machine() -> FakeMachine:
     return FakeMachine(gpus=[h100(0), h100(1)])

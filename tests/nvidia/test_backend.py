@@ -23,7 +23,7 @@ from gitopsd.local_supervisor import RunFiles, group_members
 from gitopsd.metrics import read_all
 from gitopsd.model import JobState, Resources
 from tests.backend_contract import log_text
-from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, poll, ref_of, state_is
+from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, cancel_everything, go, new_job, poll, ref_of, state_is
 from tests.nvidia.fake_nvml import FakeGpu, FakeMachine, FakeNvmlLib, FakeProcess, a100_mig, gpu_uuid, h100, mig_uuid
 
 MakeBackend = Callable[..., NvidiaBackend]
@@ -81,6 +81,36 @@ def test_a_queued_run_says_why_and_starts_when_a_gpu_frees_up(
     assert done[second.run_id].state is JobState.SUCCEEDED
     assert visible_devices(backend, ref2) == [gpu_uuid(0)]
     assert backend.leases.all() == [], "finished runs free their leases"
+
+
+@pytest.mark.parametrize("shared_by", ["daemon", "setting"])
+def test_two_repositories_of_one_host_never_lease_the_same_gpu(
+    machine: FakeMachine, fake: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_by: str
+) -> None:
+    # Two state directories, as the daemon gives two repositories: one lease book between them, either the
+    # one in the daemon's shared state directory or one named by the `leases` setting.
+    machine.gpus[:] = [h100(0)]
+    settings: dict[str, object] = {"grace_s": 0.5}
+    if shared_by == "daemon":
+        monkeypatch.setenv("GITOPSD_SHARED_STATE_DIR", str(tmp_path / "state"))
+    else:
+        monkeypatch.delenv("GITOPSD_SHARED_STATE_DIR", raising=False)
+        settings["leases"] = str(tmp_path / "host-leases.db")
+    team_a = NvidiaBackend(name="gpu", settings=settings, state_dir=tmp_path / "state" / "team-a")
+    team_b = NvidiaBackend(name="gpu", settings=settings, state_dir=tmp_path / "state" / "team-b")
+    first, second = new_job(tmp_path / "a", WAIT_FOR_GO), new_job(tmp_path / "b", SHOW_GPUS)
+    ref1, ref2 = ref_of(first, team_a.submit(first)), ref_of(second, team_b.submit(second))
+    try:
+        waiting = team_b.status([ref2])[second.run_id]
+        assert waiting.state is JobState.PENDING
+        assert f"leased by run {first.run_id}" in waiting.message, waiting.message
+        go(first)
+        poll(team_a, [ref1], state_is(ref1, JobState.SUCCEEDED))
+        poll(team_b, [ref2], state_is(ref2, JobState.SUCCEEDED))
+        assert visible_devices(team_b, ref2) == [gpu_uuid(0)]
+    finally:
+        cancel_everything(team_a, tmp_path / "a")
+        cancel_everything(team_b, tmp_path / "b")
 
 
 def test_queued_runs_start_oldest_first(machine: FakeMachine, backend: NvidiaBackend, make_job: GpuJob) -> None:
@@ -373,6 +403,7 @@ def test_a_run_submitted_twice_is_started_once(backend: NvidiaBackend, make_job:
         ({"model": 100}, "setting model: expected part of a GPU name"),
         ({"min_memmory": "20Gi"}, "unknown setting(s) min_memmory (known: model, min_memory"),
         ({"max_parallel": 0}, "setting max_parallel: expected a positive integer, got 0"),
+        ({"leases": "leases.db"}, "setting leases: expected an absolute path"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting_and_value(

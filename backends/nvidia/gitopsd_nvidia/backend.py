@@ -11,6 +11,9 @@ instances). What this class adds:
   queued in its run directory and reported PENDING "Waiting for GPU: ..." (which devices are busy and why); each
   `status` call tries the queued runs again, oldest first. The job id, `nvidia:<run_id>`, is the same before
   and after the run starts, and `find` recognises it from `run_dir/nvidia/job.json`.
+- sharing: the lease book is one file for every gitopsd on the host that must not share GPUs: the `leases`
+  setting, else `$GITOPSD_SHARED_STATE_DIR/nvidia/leases.db` (the daemon exports its state directory, so all
+  its repositories lease from one book), else `state_dir/nvidia/leases.db`.
 - release: a finished, cancelled or failed run frees its leases; leases of runs whose supervisor is gone are
   dropped whenever devices are leased, which is how leases are recovered after a restart or a crash.
 - health and telemetry: each `status` call asks NVML about the devices of every running job; a device lost
@@ -35,7 +38,7 @@ from gitopsd.local_supervisor import RunFiles
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
 from gitopsd_nvidia import placement
 from gitopsd_nvidia.inventory import Device, Inventory, read_inventory
-from gitopsd_nvidia.leases import Lease, LeaseBook
+from gitopsd_nvidia.leases import Lease, LeaseBook, lease_file
 from gitopsd_nvidia.nvml import Nvml, NvmlFailure
 from gitopsd_nvidia.runfiles import NvidiaFiles, job_from_json, job_id_of, job_to_json, read, write
 from gitopsd_nvidia.settings import parse_settings
@@ -84,7 +87,7 @@ class NvidiaBackend:
     @property
     def leases(self) -> LeaseBook:
         if self._leases is None:
-            self._leases = LeaseBook(self.state_dir / "nvidia" / "leases.db")
+            self._leases = LeaseBook(lease_file(self.state_dir, self.settings.leases))
         return self._leases
 
     def request(self, resources: Resources) -> placement.GpuRequest:

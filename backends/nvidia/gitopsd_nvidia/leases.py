@@ -7,11 +7,13 @@ other's leases. Leases are recovered rather than trusted after a crash: every `a
 whether each holder's run is still alive (the backend checks the run's supervisor) and drops the leases of
 runs that are not. Plain `sqlite3`, one short-lived connection per operation, WAL journal.
 
-The file lives at `state_dir/nvidia/leases.db`, shared by every nvidia backend of one state directory.
+Every gitopsd that places on the same GPUs must use one file (`lease_file`): by default the daemon's shared state
+directory, so that two repositories of one daemon never lease the same device.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 30_000
+SHARED_STATE_ENV = "GITOPSD_SHARED_STATE_DIR"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     uuid      TEXT PRIMARY KEY,
@@ -30,6 +33,15 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_by_run ON leases (run_id);
 """
+
+
+def lease_file(state_dir: Path, configured: str | None) -> Path:
+    """The `leases` setting; else the lease book in the state directory shared by every repository of this
+    gitopsd (`$GITOPSD_SHARED_STATE_DIR`, which the daemon exports); else the backend's own state directory."""
+    if configured:
+        return Path(configured)
+    shared = os.environ.get(SHARED_STATE_ENV)
+    return (Path(shared) if shared else state_dir) / "nvidia" / "leases.db"
 
 
 @dataclass(frozen=True, kw_only=True)

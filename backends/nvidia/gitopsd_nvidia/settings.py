@@ -5,6 +5,7 @@
         type: nvidia
         settings: {model: H100, min_memory: 40Gi, exclusive: true, telemetry_interval_s: 5, max_parallel: 8}
 
+`leases` is the lease file to share with other gitopsd instances on this host (see `leases.lease_file`).
 `model`, `min_memory` and `exclusive` shape every GPU request of the models that use this backend (the number
 of GPUs comes from each model's `resources.gpus`); a model that needs other GPU options uses another nvidia
 backend declared with them. `max_parallel`, `grace_s` and `memory_poll_s` go to the local process
@@ -24,7 +25,7 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 _BYTES = {"": 1024**2, "k": 1000, "ki": 1024, "m": 1000**2, "mi": 1024**2, "g": 1000**3, "gi": 1024**3}
 _BYTES.update({"t": 1000**4, "ti": 1024**4})
 LOCAL_KEYS = ("max_parallel", "grace_s", "memory_poll_s")
-KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", *LOCAL_KEYS)
+KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", "leases", *LOCAL_KEYS)
 DEFAULT_TELEMETRY_INTERVAL_S = 5.0
 
 
@@ -34,6 +35,7 @@ class NvidiaSettings:
     min_memory_mb: int | None
     exclusive: bool
     telemetry_interval_s: float
+    leases: str | None
     local: Mapping[str, Any]
 
 
@@ -67,11 +69,17 @@ def parse_settings(settings: Mapping[str, Any], *, backend: str) -> NvidiaSettin
     interval = settings.get("telemetry_interval_s", DEFAULT_TELEMETRY_INTERVAL_S)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
         raise _fail(backend, "telemetry_interval_s", interval, "a number of seconds >= 0")
+    leases = settings.get("leases")
+    if leases is not None and (not isinstance(leases, str) or not leases.startswith("/")):
+        raise _fail(
+            backend, "leases", leases, "an absolute path to the lease file shared by every gitopsd on this host"
+        )
     raw_memory = settings.get("min_memory")
     return NvidiaSettings(
         model=model.strip() if isinstance(model, str) else None,
         min_memory_mb=None if raw_memory is None else memory_mb(raw_memory, backend=backend, key="min_memory"),
         exclusive=exclusive,
         telemetry_interval_s=float(interval),
+        leases=leases,
         local={key: settings[key] for key in LOCAL_KEYS if key in settings},
     )
