@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import click
 
-from gitopsd.cli_common import fail
+from gitopsd.cli_common import fail, state_dir
 
 
 @click.command()
@@ -76,19 +77,41 @@ def trigger(repo_name: str | None, config_path: Path | None, url: str | None) ->
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def gpus(as_json: bool) -> None:
-    """This host's NVIDIA GPUs and MIG instances, as the nvidia backend sees them (NVML)."""
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Show the GPU leases of this daemon configuration's runs (default: those of GITOPSD_STATE_DIR).",
+)
+@click.pass_context
+def gpus(ctx: click.Context, as_json: bool, config_path: Path | None) -> None:
+    """This host's NVIDIA GPUs and MIG instances as the nvidia backend sees them (NVML), and the run that
+    holds each one."""
     from gitopsd.errors import GitopsdError
 
     try:
         from gitopsd_nvidia.inventory import as_json as inventory_json
         from gitopsd_nvidia.inventory import read_inventory, render_table
+        from gitopsd_nvidia.leases import lease_file, leased_devices
     except ImportError:
         fail("the nvidia backend is not installed (pip install -e backends/nvidia)")
         raise
     try:
+        if config_path is not None:
+            from gitopsd.config import load_config
+
+            book = load_config(config_path).state_dir / "nvidia" / "leases.db"
+        else:
+            book = lease_file(state_dir(ctx), None)
         inventory = read_inventory()
+        leased = leased_devices(book)
     except GitopsdError as exc:
         fail(str(exc))
         raise
-    click.echo(json.dumps(inventory_json(inventory), indent=2) if as_json else render_table(inventory))
+    except sqlite3.Error as exc:
+        fail(f"cannot read the GPU leases in {book}: {exc}")
+        raise
+    if as_json:
+        click.echo(json.dumps(inventory_json(inventory, leased), indent=2))
+    else:
+        click.echo(render_table(inventory, leased), nl=False)

@@ -9,12 +9,18 @@ from __future__ import annotations
 import ctypes.util
 import json
 import sys
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from gitopsd_nvidia.backend import NvidiaBackend
 from gitopsd_nvidia.inventory import as_json, read_inventory, render_table
 from gitopsd_nvidia.nvml import Nvml
 
+from gitopsd.cli import cli
 from gitopsd.errors import BackendUnavailable
+from gitopsd.model import JobState
+from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, poll, ref_of, state_is
 from tests.nvidia.fake_nvml import (
     PYNVML_VERSION,
     FakeGpu,
@@ -86,7 +92,7 @@ def test_json_and_table_show_every_device(machine: FakeMachine, fake: FakeNvmlLi
     assert [m["uuid"] for m in doc["gpus"][1]["mig_devices"]] == [mig_uuid(1, 0), mig_uuid(1, 1)]
     lines = render_table(inventory).splitlines()
     assert lines[0] == "NVIDIA driver 550.54.15, CUDA 12.4, 2 GPU(s)"
-    assert lines[1].split() == ["DEVICE", "UUID", "NAME", "MEMORY", "USED", "UTIL", "PROCESSES", "MIG"]
+    assert lines[1].split() == ["DEVICE", "UUID", "NAME", "MEMORY", "USED", "UTIL", "PROCESSES", "LEASED", "BY", "MIG"]
     assert gpu_uuid(0) in lines[2] and "4242" in lines[2]
     assert "enabled" in lines[3] and mig_uuid(1, 1) in lines[5] and "instance" in lines[5]
 
@@ -129,3 +135,35 @@ def test_a_function_missing_from_an_older_driver_is_a_missing_value(machine: Fak
     inventory = read_inventory()
     assert [gpu.mig_enabled for gpu in inventory.gpus] == [None, None]
     assert [gpu.error for gpu in inventory.gpus] == [None, None]
+
+
+def test_gitopsd_gpus_names_the_run_that_holds_each_device(
+    machine: FakeMachine, backend: NvidiaBackend, make_job: GpuJob, tmp_path: Path
+) -> None:
+    machine.gpus[:] = [h100(0), h100(1)]
+    job = make_job(WAIT_FOR_GO)
+    ref = ref_of(job, backend.submit(job))
+    [lease] = backend.leases.all()
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--state-dir", str(tmp_path / "state"), "gpus"])
+    assert shown.exit_code == 0, shown.output
+    rows = {uuid: line for line in shown.output.splitlines() for uuid in (gpu_uuid(0), gpu_uuid(1)) if uuid in line}
+    assert job.run_id in rows[lease.uuid]
+    assert job.run_id not in "".join(row for uuid, row in rows.items() if uuid != lease.uuid)
+    doc = json.loads(runner.invoke(cli, ["--state-dir", str(tmp_path / "state"), "gpus", "--json"]).output)
+    assert {g["uuid"]: g["leased_by"] for g in doc["gpus"]} == {
+        gpu_uuid(0): job.run_id if lease.uuid == gpu_uuid(0) else None,
+        gpu_uuid(1): job.run_id if lease.uuid == gpu_uuid(1) else None,
+    }
+    go(job)
+    poll(backend, [ref], state_is(ref, JobState.SUCCEEDED))
+    freed = runner.invoke(cli, ["--state-dir", str(tmp_path / "state"), "gpus"]).output
+    assert job.run_id not in freed
+
+
+def test_gitopsd_gpus_without_any_lease_book_shows_none(
+    machine: FakeMachine, fake: FakeNvmlLib, tmp_path: Path
+) -> None:
+    shown = CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "nowhere"), "gpus"])
+    assert shown.exit_code == 0, shown.output
+    assert "LEASED BY" in shown.output and not (tmp_path / "nowhere").exists()

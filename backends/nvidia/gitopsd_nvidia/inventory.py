@@ -11,6 +11,7 @@ that `gitopsd gpus` shows it and placement never picks it. `as_json` and `render
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,13 +184,18 @@ def _device_json(device: Device) -> dict[str, Any]:
     }
 
 
-def as_json(inventory: Inventory) -> dict[str, Any]:
-    """The inventory as a JSON-ready dict (what `gitopsd gpus --json` prints)."""
+def as_json(inventory: Inventory, leased: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The inventory as a JSON-ready dict (what `gitopsd gpus --json` prints); `leased` maps a device UUID to
+    the run that holds it."""
+    leased = leased or {}
     gpus = []
     for gpu in inventory.gpus:
-        entry = _device_json(gpu)
+        entry = {**_device_json(gpu), "leased_by": leased.get(gpu.uuid)}
         entry["mig_enabled"] = gpu.mig_enabled
-        entry["mig_devices"] = [{**_device_json(mig), "mig_slot": mig.mig_slot} for mig in gpu.mig_devices]
+        entry["mig_devices"] = [
+            {**_device_json(mig), "leased_by": leased.get(mig.uuid), "mig_slot": mig.mig_slot}
+            for mig in gpu.mig_devices
+        ]
         gpus.append(entry)
     return {
         "driver_version": inventory.driver_version,
@@ -203,23 +209,28 @@ def _cell(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.0f}{unit}"
 
 
-def _row(device: Device, mig: str) -> list[str]:
+def _row(device: Device, mig: str, leased: Mapping[str, str]) -> list[str]:
     memory = f"{_cell(device.memory_used_mb)} / {_cell(device.memory_total_mb)} MiB"
     procs = "?" if device.processes is None else (",".join(str(p.pid) for p in device.processes) or "-")
-    return [device.label, device.uuid, device.name, memory, _cell(device.utilization_pct, "%"), procs, mig]
+    util = _cell(device.utilization_pct, "%")
+    return [device.label, device.uuid, device.name, memory, util, procs, leased.get(device.uuid, "-"), mig]
 
 
-def render_table(inventory: Inventory) -> str:
-    """A fixed-width table of every GPU and MIG instance (what `gitopsd gpus` prints)."""
-    header = ["DEVICE", "UUID", "NAME", "MEMORY USED", "UTIL", "PROCESSES", "MIG"]
+def render_table(inventory: Inventory, leased: Mapping[str, str] | None = None) -> str:
+    """A fixed-width table of every GPU and MIG instance (what `gitopsd gpus` prints); `leased` maps a device
+    UUID to the run that holds it."""
+    leased = leased or {}
+    header = ["DEVICE", "UUID", "NAME", "MEMORY USED", "UTIL", "PROCESSES", "LEASED BY", "MIG"]
     rows = []
     for gpu in inventory.gpus:
         if gpu.error is not None:
-            rows.append([gpu.label, gpu.uuid, gpu.name, "-", "-", "-", f"ERROR: {gpu.error}"])
+            rows.append(
+                [gpu.label, gpu.uuid, gpu.name, "-", "-", "-", leased.get(gpu.uuid, "-"), f"ERROR: {gpu.error}"]
+            )
             continue
         mig = "n/a" if gpu.mig_enabled is None else ("enabled" if gpu.mig_enabled else "disabled")
-        rows.append(_row(gpu, mig))
-        rows.extend(_row(instance, "instance") for instance in gpu.mig_devices)
+        rows.append(_row(gpu, mig, leased))
+        rows.extend(_row(instance, "instance", leased) for instance in gpu.mig_devices)
     widths = [max(len(row[col]) for row in [header, *rows]) for col in range(len(header))]
     lines = [f"NVIDIA driver {inventory.driver_version}, CUDA {inventory.cuda_version}, {len(inventory.gpus)} GPU(s)"]
     for row in [header, *rows]:

@@ -44,6 +44,13 @@ def lease_file(state_dir: Path, configured: str | None) -> Path:
     return (Path(shared) if shared else state_dir) / "nvidia" / "leases.db"
 
 
+def leased_devices(path: Path) -> dict[str, str]:
+    """Device UUID -> run id of every lease in the book at `path`, for reading only ({} if there is none)."""
+    if not path.is_file():
+        return {}
+    return {lease.uuid: lease.run_id for lease in LeaseBook(path).all()}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Lease:
     uuid: str
