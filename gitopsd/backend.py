@@ -20,6 +20,13 @@ from gitopsd.model import Job, JobRef, JobStatus, Resources
 ENTRY_POINT_GROUP = "gitopsd.backends"
 
 
+def thread_env(resources: Resources) -> dict[str, str]:
+    """What every backend exports so that math libraries (OpenMP, MKL, OpenBLAS; PyTorch and NumPy through
+    them) start `resources.cpus` threads rather than one per core of a shared host. A model's own `env` wins."""
+    count = str(resources.cpus)
+    return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count}
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What every backend implements. Constructed as `Factory(name=..., settings=..., state_dir=...)`."""

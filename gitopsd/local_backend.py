@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gitopsd.backend import thread_env
 from gitopsd.errors import BackendUnavailable, PermanentError, TransientError
 from gitopsd.local_memory import MIB, host_memory_mb
 from gitopsd.local_supervisor import (
@@ -87,6 +88,7 @@ def clean_env(job: Job) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     }
     env.update({key: os.environ[key] for key in ("USER", "LOGNAME", "TMPDIR") if key in os.environ})
+    env.update(thread_env(job.resources))
     env.update(job.env)
     env.update(
         GITOPSD_RUN_ID=job.run_id,
@@ -150,7 +152,10 @@ class LocalBackend:
             raise BackendUnavailable(f"backend {self.name!r}: /proc is not mounted; it is needed to track jobs")
 
     def admit(self, resources: Resources) -> str | None:
-        """Refuse what this host can never give: more memory than it has. GPUs are the nvidia backend's."""
+        """Refuse what this host can never give: more CPUs or memory than it has. GPUs are the nvidia backend's."""
+        cores = os.cpu_count()
+        if cores is not None and resources.cpus > cores:
+            return f"asks for {resources.cpus} CPUs; this host has {cores}"
         if resources.memory_mb is not None:
             total_mb = host_memory_mb()
             if total_mb is not None and resources.memory_mb > total_mb:

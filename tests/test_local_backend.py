@@ -25,7 +25,7 @@ from gitopsd.errors import PermanentError
 from gitopsd.local_backend import LOST_MESSAGE, LocalBackend
 from gitopsd.local_supervisor import group_members
 from gitopsd.local_venv import venv_key
-from gitopsd.model import Job, JobRef, JobState
+from gitopsd.model import Job, JobRef, JobState, Resources
 from tests.backend_contract import BackendContract, MakeJob, log_text, new_job, submit, wait_finished, wait_for
 
 GRACE_S = 1.0
@@ -93,11 +93,26 @@ def test_training_gets_a_clean_environment(
     expected = {"PATH", "HOME", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "DECLARED"}
     expected |= {"GITOPSD_RUN_ID", "GITOPSD_OUTPUT_DIR", "GITOPSD_METRICS_FILE"}
     expected |= {name for name in ("USER", "LOGNAME", "TMPDIR") if name in os.environ}
+    expected |= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
     shell_own = {"PWD", "OLDPWD", "SHLVL", "_"}
     assert set(env) - shell_own == expected
     assert env["PATH"] == os.environ["PATH"]
     assert (env["LANG"], env["LC_ALL"], env["PYTHONUNBUFFERED"]) == ("C.UTF-8", "C.UTF-8", "1")
     assert env["GITOPSD_RUN_ID"] == job.run_id
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1", "resources.cpus"
+
+
+def test_math_libraries_get_as_many_threads_as_the_training_asked_cpus_unless_it_says_otherwise(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    dump = f"{shlex.quote(sys.executable)} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
+    job = new_job(tmp_path, f'{dump} > "$GITOPSD_OUTPUT_DIR/env.json"', resources=Resources(cpus=2),
+                  env={"MKL_NUM_THREADS": "1"})  # fmt: skip
+    assert wait_finished(backend, submit(backend, job)).state is JobState.SUCCEEDED
+    env = json.loads((job.output_dir / "env.json").read_text())
+    assert (env["OMP_NUM_THREADS"], env["OPENBLAS_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("2", "2", "1")
+    too_many = backend.admit(Resources(cpus=(os.cpu_count() or 1) + 1))
+    assert too_many is not None and f"this host has {os.cpu_count()}" in too_many
 
 
 def test_cancel_kills_the_whole_process_group_grandchildren_included(backend: LocalBackend, make_job: MakeJob) -> None:

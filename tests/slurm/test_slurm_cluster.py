@@ -152,9 +152,11 @@ def test_the_daemons_environment_does_not_reach_the_job(
     monkeypatch.setenv("SLURM_JWT", "would-break-the-cli")
     dump = f"{sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'"
     job = replace(new_job(tmp_path, f'{dump} > "$GITOPSD_OUTPUT_DIR/env.json"'), env={"DECLARED": "yes"})
+    job = replace(job, resources=replace(job.resources, cpus=1), env={**job.env, "MKL_NUM_THREADS": "4"})
     ref = submit(slurm_backend, job)
     assert wait_finished(slurm_backend, ref).state is JobState.SUCCEEDED
     env = json.loads((job.output_dir / "env.json").read_text())
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("1", "4"), "resources.cpus, unless env says"
     assert "must-not-leak" not in json.dumps(env)
     assert "SLURM_JWT" not in env
     assert (env["DECLARED"], env["GITOPSD_RUN_ID"], env["PYTHONUNBUFFERED"]) == ("yes", job.run_id, "1")

@@ -183,5 +183,6 @@ def test_rest_environment_is_clean_and_complete(tmp_path: Path) -> None:
         "PATH": "/opt/bin:/usr/bin", "HOME": "/home/ml", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1", "SEED": "7", "GITOPSD_RUN_ID": job.run_id,
         "GITOPSD_OUTPUT_DIR": str(job.output_dir), "GITOPSD_METRICS_FILE": str(job.metrics_file),
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
     }  # fmt: skip
     assert json.dumps(env)  # slurmrestd wants a JSON object of strings

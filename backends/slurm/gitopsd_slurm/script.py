@@ -17,6 +17,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gitopsd.backend import thread_env
 from gitopsd.model import Job
 from gitopsd_slurm.runfiles import RunFiles
 from gitopsd_slurm.settings import SlurmSettings
@@ -112,8 +113,8 @@ def directives(options: SubmitOptions) -> list[str]:
 
 
 def exported_env(job: Job) -> dict[str, str]:
-    """What the wrapper exports for the training: the declared env and gitopsd's own variables."""
-    env = {"PYTHONUNBUFFERED": "1", **job.env}
+    """What the wrapper exports for the training: thread counts, the declared env and gitopsd's own variables."""
+    env = {"PYTHONUNBUFFERED": "1", **thread_env(job.resources), **job.env}
     env.update(
         GITOPSD_RUN_ID=job.run_id,
         GITOPSD_OUTPUT_DIR=str(job.output_dir),
