@@ -165,7 +165,8 @@ class LocalBackend:
                 )
         return None
 
-    def submit(self, job: Job) -> str:
+    def submit(self, job: Job, *, cpus: Sequence[int] | None = None) -> str:
+        """Start the job's supervisor. `cpus`, for backends built on this one: the CPUs to bind the job to."""
         files = RunFiles(run_dir=job.run_dir)
         existing = self._recorded_job_id(files)
         if existing is not None:
@@ -179,7 +180,7 @@ class LocalBackend:
             existing = self._take_lock(lock_fd, files)
             if existing is not None:
                 return existing
-            return self._spawn(job, files, lock_fd)
+            return self._spawn(job, files, lock_fd, cpus)
         finally:
             os.close(lock_fd)  # the supervisor holds its own copy; the lock lives as long as it does
 
@@ -270,7 +271,7 @@ class LocalBackend:
             time.sleep(POLL_S)
         return self._recorded_job_id(files)  # it may have finished between our first look and the lock
 
-    def _spawn(self, job: Job, files: RunFiles, lock_fd: int) -> str:
+    def _spawn(self, job: Job, files: RunFiles, lock_fd: int, cpus: Sequence[int] | None) -> str:
         for directory in (job.output_dir, job.log_dir, job.metrics_file.parent):
             directory.mkdir(parents=True, exist_ok=True)
         spec = LaunchSpec(
@@ -287,6 +288,7 @@ class LocalBackend:
             python=sys.executable,
             memory_mb=job.resources.memory_mb,
             memory_poll_s=self.memory_poll_s,
+            cpus=sorted(cpus) if cpus else None,
         )
         write_json_atomic(files.spec, asdict(spec))
         supervisor_env = dict(os.environ)

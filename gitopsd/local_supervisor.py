@@ -97,6 +97,7 @@ class LaunchSpec:
     python: str
     memory_mb: int | None = None
     memory_poll_s: float = 1.0
+    cpus: list[int] | None = None  # CPU affinity of the command (the nvidia backend: the CPUs near its GPUs)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -226,6 +227,7 @@ class Supervisor:
         }
         self.stopped_on_request = False
         self.command_max_rss = 0  # bytes: the largest RSS any process of the command reached (from wait4)
+        self.sampled_peak = 0  # bytes: the largest RSS sum of the command's tree seen by the memory limit
 
     def say(self, message: str) -> None:
         self.log.write(f"[gitopsd local] {message}\n".encode())
@@ -320,23 +322,10 @@ class Supervisor:
             self.signals.sleep(SLOT_POLL_S)
 
     def _run_command(self, env: dict[str, str]) -> dict[str, Any]:
-        limit_mb = self.spec.memory_mb
-        if limit_mb is not None and not become_subreaper():
-            self.say("cannot become a child subreaper: processes that detach escape the memory limit")
-        self.log.flush()
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", self.spec.command],
-            cwd=self.spec.workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            close_fds=True,
-        )
+        proc = self._start_command(env)
         deadline = time.monotonic() + self.spec.timeout_s if self.spec.timeout_s is not None else None
         timed_out = False
         out_of_memory: str | None = None
-        peak = 0
         while self._reap(proc, block=False) is None:
             if self.stop_requested():
                 self.stopped_on_request = True
@@ -348,20 +337,48 @@ class Supervisor:
                 self.say(f"timeout of {self.spec.timeout_s} s exceeded: terminating the process group")
                 self._terminate_group(proc)
                 break
-            if limit_mb is not None:
-                used = tree_memory(self.pid)
-                peak = max(peak, used.bytes)
-                if used.bytes > limit_mb * MIB:  # RSS over: confirm with PSS, which counts shared pages once
-                    used = tree_memory(self.pid, proportional=True)
-                if used.bytes > limit_mb * MIB:
-                    out_of_memory = over_limit_message(used, limit_mb)
-                    self.say(out_of_memory)
-                    self._terminate_group(proc)
-                    break
+            out_of_memory = self._over_memory_limit()
+            if out_of_memory is not None:
+                self.say(out_of_memory)
+                self._terminate_group(proc)
+                break
             self.signals.sleep(self._next_wake(deadline))
         returncode = self._reap(proc, block=True)
         assert returncode is not None
         self._reap_stragglers()
+        return self._exit_record(returncode, timed_out=timed_out, out_of_memory=out_of_memory)
+
+    def _start_command(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        if self.spec.memory_mb is not None and not become_subreaper():
+            self.say("cannot become a child subreaper: processes that detach escape the memory limit")
+        if self.spec.cpus:
+            try:
+                os.sched_setaffinity(0, self.spec.cpus)  # the command inherits it
+            except OSError as exc:
+                self.say(f"cannot bind to CPUs {self.spec.cpus}: {exc}; running unbound")
+        self.log.flush()
+        return subprocess.Popen(
+            ["/bin/sh", "-c", self.spec.command],
+            cwd=self.spec.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+        )
+
+    def _over_memory_limit(self) -> str | None:
+        """Why the command must stop for its memory, or None; samples only when there is a limit."""
+        limit_mb = self.spec.memory_mb
+        if limit_mb is None:
+            return None
+        used = tree_memory(self.pid)
+        self.sampled_peak = max(self.sampled_peak, used.bytes)
+        if used.bytes > limit_mb * MIB:  # RSS over: confirm with PSS, which counts shared pages once
+            used = tree_memory(self.pid, proportional=True)
+        return over_limit_message(used, limit_mb) if used.bytes > limit_mb * MIB else None
+
+    def _exit_record(self, returncode: int, *, timed_out: bool, out_of_memory: str | None) -> dict[str, Any]:
         exit_code, signum = exit_fields(returncode)
         if timed_out:
             message = f"timed out after {self.spec.timeout_s} s; the process group was terminated"
@@ -373,12 +390,18 @@ class Supervisor:
             message = f"command exited with code {exit_code}"
         if exit_code != 0 and not timed_out and out_of_memory is None:
             self.say(message)
-        peak = max(peak, self.command_max_rss)
-        record: dict[str, Any] = {"exit_code": exit_code, "signal": signum, "timed_out": timed_out, "message": message}
-        record.update(peak_memory_mb=round(peak / MIB), out_of_memory=out_of_memory is not None)
+        peak = max(self.sampled_peak, self.command_max_rss)
+        limit_mb = self.spec.memory_mb
         if limit_mb is not None and out_of_memory is None:
             self.say(f"peak memory {format_size(peak)} of its limit {format_size(limit_mb * MIB)}")
-        return record
+        return {
+            "exit_code": exit_code,
+            "signal": signum,
+            "timed_out": timed_out,
+            "message": message,
+            "out_of_memory": out_of_memory is not None,
+            "peak_memory_mb": round(peak / MIB),
+        }
 
     def _reap(self, proc: subprocess.Popen[bytes], *, block: bool) -> int | None:
         """The command's return code once it has exited, else None. Reaped with wait4 rather than Popen's

@@ -149,6 +149,7 @@ print("backend:", job.get("backend"), "job:", version["lineage"].get("job_id"))
 print("gpus:", json.dumps(gpus))
 print("driver:", job.get("driver_version"), "CUDA:", job.get("cuda_version"))
 print("peak host memory:", job.get("peak_memory_mb"), "MiB of the 8 GiB limit")
+print("CPUs bound to:", job.get("cpus") or "none (one NUMA node, or NVML cannot tell)")
 assert job.get("peak_memory_mb"), "the run's peak host memory was not recorded"
 assert job.get("backend") == "nvidia", f"job backend is {job.get('backend')!r}, not nvidia"
 assert len(gpus) == 1, f"expected one GPU in the lineage, found {gpus}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class FakeGpu:
     lost: bool = False  # NVML_ERROR_GPU_IS_LOST from every query (fallen off the bus)
     gone: bool = False  # no longer enumerated; its UUID is NOT_FOUND
     unsupported: list[str] = field(default_factory=list)  # C function names answering NOT_SUPPORTED
+    cpus: list[int] | None = None  # CPUs of its NUMA node; None: every CPU (one socket)
 
 
 @dataclass
@@ -305,6 +307,20 @@ class FakeNvmlLib:
             return NOT_SUPPORTED  # as on real MIG instances
         rates = _target(utilization)
         rates.gpu, rates.memory = gpu.utilization, gpu.utilization // 2
+        return SUCCESS
+
+    def _c_nvmlDeviceGetCpuAffinity(self, handle: Any, words: int, mask: Any) -> int:
+        found = self._device(handle, "nvmlDeviceGetCpuAffinity")
+        if isinstance(found, int):
+            return found
+        gpu, mig = found
+        if mig is not None:
+            return NOT_SUPPORTED  # asked of the parent GPU, which owns the PCIe link
+        cpus = range(os.cpu_count() or 1) if gpu.cpus is None else gpu.cpus
+        array = _target(mask)
+        for cpu in cpus:
+            if cpu < 64 * words:
+                array[cpu // 64] |= 1 << (cpu % 64)
         return SUCCESS
 
     def _c_nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:

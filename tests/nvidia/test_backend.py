@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from gitopsd_nvidia.backend import NvidiaBackend
+from gitopsd_nvidia.backend import NvidiaBackend, format_cpus
 
 from gitopsd.backend import load_backend
 from gitopsd.errors import BackendUnavailable, PermanentError
@@ -111,6 +111,53 @@ def test_two_repositories_of_one_host_never_lease_the_same_gpu(
     finally:
         cancel_everything(team_a, tmp_path / "a")
         cancel_everything(team_b, tmp_path / "b")
+
+
+SHOW_CPUS = 'echo "cpus=$(python3 -c "import os; print(sorted(os.sched_getaffinity(0)))")"'
+
+
+def shown_cpus(backend: NvidiaBackend, ref: object) -> list[int]:
+    line = next(line for line in log_text(backend, ref).splitlines() if line.startswith("cpus="))  # type: ignore[arg-type]
+    return [int(cpu) for cpu in line.removeprefix("cpus=").strip("[]").split(",") if cpu.strip()]
+
+
+@pytest.mark.parametrize(
+    ("gpu_cpus", "settings", "bound"),
+    [
+        ("far", {}, True),
+        ("far", {"cpu_binding": False}, False),
+        ("all", {}, False),  # one NUMA node holds every CPU we may use: nothing to bind
+        ("unsupported", {}, False),  # NVML cannot say: run unbound rather than not at all
+    ],
+)
+def test_a_run_is_bound_to_the_cpus_of_its_gpus_numa_node(
+    machine: FakeMachine,
+    make_backend: MakeBackend,
+    make_job: GpuJob,
+    gpu_cpus: str,
+    settings: dict[str, object],
+    bound: bool,
+) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two usable CPUs to tell a GPU's NUMA node from the rest")
+    far = allowed[1:]
+    gpu = h100(0, cpus=far if gpu_cpus == "far" else None)
+    if gpu_cpus == "unsupported":
+        gpu.unsupported.append("nvmlDeviceGetCpuAffinity")
+    machine.gpus[:] = [gpu]
+    backend = make_backend(**settings)
+    job = make_job(SHOW_CPUS)
+    ref = ref_of(job, backend.submit(job))
+    assert poll(backend, [ref], state_is(ref, JobState.SUCCEEDED, JobState.FAILED))[job.run_id].exit_code == 0
+    assert shown_cpus(backend, ref) == (far if bound else allowed)
+    assert backend.describe(ref)["cpus"] == (far if bound else None), "lineage says where it ran"
+    assert ("bound to CPUs" in log_text(backend, ref)) is bound
+
+
+@pytest.mark.parametrize(("cpus", "text"), [([0], "0"), ([0, 1, 2, 3], "0-3"), ([3, 0, 1, 8, 10, 11], "0-1,3,8,10-11")])
+def test_cpu_lists_read_as_linux_writes_them(cpus: list[int], text: str) -> None:
+    assert format_cpus(cpus) == text
 
 
 def test_queued_runs_start_oldest_first(machine: FakeMachine, backend: NvidiaBackend, make_job: GpuJob) -> None:
@@ -404,6 +451,7 @@ def test_a_run_submitted_twice_is_started_once(backend: NvidiaBackend, make_job:
         ({"min_memmory": "20Gi"}, "unknown setting(s) min_memmory (known: model, min_memory"),
         ({"max_parallel": 0}, "setting max_parallel: expected a positive integer, got 0"),
         ({"leases": "leases.db"}, "setting leases: expected an absolute path"),
+        ({"cpu_binding": "closest"}, "setting cpu_binding: expected true or false, got 'closest'"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting_and_value(

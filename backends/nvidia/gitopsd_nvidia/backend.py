@@ -26,6 +26,7 @@ Without NVML (no driver, no library, no GPU), `check` raises BackendUnavailable 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -57,6 +58,17 @@ def _device_record(device: Device) -> dict[str, Any]:
         "parent_uuid": device.parent_uuid,
         "memory_total_mb": device.memory_total_mb,
     }
+
+
+def format_cpus(cpus: Sequence[int]) -> str:
+    """CPU numbers as a Linux CPU list: [0, 1, 2, 3, 8] -> "0-3,8"."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def _live(_lease: Lease) -> bool:
@@ -212,6 +224,7 @@ class NvidiaBackend:
             host=facts.get("host") or placed.get("host"),
             gpus=placed.get("devices", []),
             cuda_visible_devices=placed.get("cuda_visible_devices"),
+            cpus=placed.get("cpus"),
             driver_version=placed.get("driver_version"),
             cuda_version=placed.get("cuda_version"),
             failure=None if failure is None else failure.get("message"),
@@ -272,19 +285,22 @@ class NvidiaBackend:
                     "placed_at": time.time(),
                     "devices": devices,
                     "cuda_visible_devices": uuids,
+                    "cpus": self._cpus_near(devices),
                     "driver_version": inventory.driver_version if inventory else None,
                     "cuda_version": inventory.cuda_version if inventory else None,
                 },
             )
+        cpus = (read(files.placement) or {}).get("cpus")
         if files.cancelled.exists():
             self.leases.release(job.run_id)
             return "cancelled before it got a GPU"
         env = {**job.env, "CUDA_VISIBLE_DEVICES": uuids, "NVIDIA_VISIBLE_DEVICES": uuids or "void"}
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         on = ", ".join(describe_device(device) for device in devices) or "no GPU (gpus: 0)"
-        _say(job.run_dir, f"placed on {on}: CUDA_VISIBLE_DEVICES={uuids}")
+        bound = f", bound to CPUs {format_cpus(cpus)} (the GPUs' NUMA node)" if cpus else ""
+        _say(job.run_dir, f"placed on {on}: CUDA_VISIBLE_DEVICES={uuids}{bound}")
         try:
-            self.local.submit(replace(job, env=env))
+            self.local.submit(replace(job, env=env), cpus=cpus)
             if files.cancelled.exists():  # cancelled while it was being started (see cancel)
                 self.local.cancel(JobRef(run_id=job.run_id, job_id=job_id_of(job.run_id), run_dir=job.run_dir))
         except TransientError as exc:
@@ -294,6 +310,21 @@ class NvidiaBackend:
         except PermanentError as exc:  # reported by status as the run's failure
             self._record_failure(job.run_dir, job.run_id, f"could not start: {exc}")
         return ""
+
+    def _cpus_near(self, devices: Sequence[Mapping[str, Any]]) -> list[int] | None:
+        """The CPUs this process may use that are close to the run's GPUs (for a MIG instance, its parent's),
+        like Slurm's --gpu-bind=closest; None (no binding) when switched off, unknown, or not a subset."""
+        if not self.settings.cpu_binding or not devices:
+            return None
+        allowed = os.sched_getaffinity(0)
+        near: set[int] = set()
+        try:
+            for uuid in sorted({device.get("parent_uuid") or device["uuid"] for device in devices}):
+                near |= self.nvml.cpu_affinity(self.nvml.find(uuid))
+        except NvmlFailure:
+            return None
+        chosen = near & allowed
+        return sorted(chosen) if chosen and chosen != allowed else None
 
     def _placed_message(self, ref: JobRef) -> str:
         placed = read(NvidiaFiles(run_dir=ref.run_dir).placement) or {}

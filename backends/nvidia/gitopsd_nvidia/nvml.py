@@ -12,6 +12,7 @@ its narrowest boundary: the C-function lookup of the loaded library.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +177,12 @@ class Nvml:
             )
             for proc in found
         )
+
+    def cpu_affinity(self, handle: Any) -> frozenset[int]:
+        """The CPUs close to a GPU (its NUMA node), from NVML's affinity bitmask of 64-bit words."""
+        words = -(-(os.cpu_count() or 1) // 64)
+        mask = self._call("CPU affinity", self.lib.nvmlDeviceGetCpuAffinity, handle, words)
+        return frozenset(64 * i + bit for i, word in enumerate(mask) for bit in range(64) if int(word) >> bit & 1)
 
     def mig_enabled(self, handle: Any) -> bool:
         current, _pending = self._call("MIG mode", self.lib.nvmlDeviceGetMigMode, handle)

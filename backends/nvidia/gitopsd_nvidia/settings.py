@@ -5,11 +5,11 @@
         type: nvidia
         settings: {model: H100, min_memory: 40Gi, exclusive: true, telemetry_interval_s: 5, max_parallel: 8}
 
-`leases` is the lease file to share with other gitopsd instances on this host (see `leases.lease_file`).
 `model`, `min_memory` and `exclusive` shape every GPU request of the models that use this backend (the number
 of GPUs comes from each model's `resources.gpus`); a model that needs other GPU options uses another nvidia
-backend declared with them. `max_parallel`, `grace_s` and `memory_poll_s` go to the local process
-supervision underneath.
+backend declared with them. `cpu_binding` (default true) binds a run to the CPUs of its GPUs' NUMA node.
+`leases` is the lease file to share with other gitopsd instances on this host (see `leases.lease_file`).
+`max_parallel`, `grace_s` and `memory_poll_s` go to the local process supervision underneath.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 _BYTES = {"": 1024**2, "k": 1000, "ki": 1024, "m": 1000**2, "mi": 1024**2, "g": 1000**3, "gi": 1024**3}
 _BYTES.update({"t": 1000**4, "ti": 1024**4})
 LOCAL_KEYS = ("max_parallel", "grace_s", "memory_poll_s")
-KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", "leases", *LOCAL_KEYS)
+KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", "leases", "cpu_binding", *LOCAL_KEYS)
 DEFAULT_TELEMETRY_INTERVAL_S = 5.0
 
 
@@ -36,6 +36,7 @@ class NvidiaSettings:
     exclusive: bool
     telemetry_interval_s: float
     leases: str | None
+    cpu_binding: bool
     local: Mapping[str, Any]
 
 
@@ -69,6 +70,9 @@ def parse_settings(settings: Mapping[str, Any], *, backend: str) -> NvidiaSettin
     interval = settings.get("telemetry_interval_s", DEFAULT_TELEMETRY_INTERVAL_S)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
         raise _fail(backend, "telemetry_interval_s", interval, "a number of seconds >= 0")
+    cpu_binding = settings.get("cpu_binding", True)
+    if not isinstance(cpu_binding, bool):
+        raise _fail(backend, "cpu_binding", cpu_binding, "true or false")
     leases = settings.get("leases")
     if leases is not None and (not isinstance(leases, str) or not leases.startswith("/")):
         raise _fail(
@@ -81,5 +85,6 @@ def parse_settings(settings: Mapping[str, Any], *, backend: str) -> NvidiaSettin
         exclusive=exclusive,
         telemetry_interval_s=float(interval),
         leases=leases,
+        cpu_binding=cpu_binding,
         local={key: settings[key] for key in LOCAL_KEYS if key in settings},
     )
