@@ -42,6 +42,7 @@ from gitopsd.local_venv import VenvBuildError, ensure_venv
 from gitopsd.units import format_size
 
 SLOT_POLL_S = 0.2
+FIRST_SAMPLE_S = 0.05
 STRAGGLER_GRACE_S = 2.0
 
 
@@ -228,6 +229,7 @@ class Supervisor:
         self.stopped_on_request = False
         self.command_max_rss = 0  # bytes: the largest RSS any process of the command reached (from wait4)
         self.sampled_peak = 0  # bytes: the largest RSS sum of the command's tree seen by the memory limit
+        self.samples = 0
 
     def say(self, message: str) -> None:
         self.log.write(f"[gitopsd local] {message}\n".encode())
@@ -393,7 +395,14 @@ class Supervisor:
         peak = max(self.sampled_peak, self.command_max_rss)
         limit_mb = self.spec.memory_mb
         if limit_mb is not None and out_of_memory is None:
-            self.say(f"peak memory {format_size(peak)} of its limit {format_size(limit_mb * MIB)}")
+            limit = format_size(limit_mb * MIB)
+            if peak > limit_mb * MIB:
+                self.say(
+                    f"peak resident memory {format_size(peak)} is above its limit of {limit}, but no sample of the "
+                    "training (PSS, while it ran) was: it was not stopped"
+                )
+            else:
+                self.say(f"peak memory {format_size(peak)} of its limit {limit}")
         return {
             "exit_code": exit_code,
             "signal": signum,
@@ -415,10 +424,12 @@ class Supervisor:
         return proc.returncode
 
     def _next_wake(self, deadline: float | None) -> float | None:
-        """Seconds until the supervisor must look again: the timeout, or the next memory sample."""
+        """Seconds until the supervisor must look again: the timeout, or the next memory sample. Samples start
+        50 ms apart and double up to `memory_poll_s`, so a short training that allocates at once is seen too."""
         waits = [max(0.0, deadline - time.monotonic())] if deadline is not None else []
         if self.spec.memory_mb is not None:
-            waits.append(self.spec.memory_poll_s)
+            self.samples += 1
+            waits.append(min(self.spec.memory_poll_s, FIRST_SAMPLE_S * 2 ** min(self.samples - 1, 16)))
         return min(waits) if waits else None
 
     def _terminate_group(self, proc: subprocess.Popen[bytes]) -> None:

@@ -67,6 +67,16 @@ def test_a_training_over_its_memory_limit_is_stopped_and_failed_with_the_remedy(
     assert "out of memory" in log_text(backend, ref)
 
 
+def test_a_short_training_that_allocates_at_once_is_still_stopped(tmp_path: Path) -> None:
+    # With the default poll of one second, the first samples come 50 ms apart and double: a training that
+    # allocates at start and lives half a second is seen over its limit.
+    default_poll = LocalBackend(name="local", settings={"grace_s": 1.0}, state_dir=tmp_path / "state")
+    job = python_job(tmp_path, ALLOCATE.format(mib=300, sleep=0.5), memory_mb=128)
+    status = wait_finished(default_poll, submit(default_poll, job), timeout=30)
+    assert status.state is JobState.FAILED
+    assert "out of memory" in status.message
+
+
 def test_a_training_under_its_limit_succeeds_and_its_peak_is_recorded(backend: LocalBackend, tmp_path: Path) -> None:
     job = python_job(tmp_path, ALLOCATE.format(mib=100, sleep=1), memory_mb=512)
     status = wait_finished(backend, submit(backend, job), timeout=30)
