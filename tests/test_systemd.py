@@ -48,3 +48,13 @@ def test_the_unit_keeps_munge_and_nvidia_usable() -> None:
     assert "/run/munge" in text and "PrivateDevices=yes" not in text
     assert "DeviceAllow=/dev/nvidiactl rw" in text and "DeviceAllow=char-nvidia-frontend rw" in text
     assert re.search(r"^Type=notify$", text, re.M) and re.search(r"^WatchdogSec=", text, re.M)
+
+
+def test_trainings_under_the_unit_may_bind_cpus_and_set_rlimits(unit: Path) -> None:
+    # The nvidia backend's NUMA binding (sched_setaffinity), OpenMP affinity and rlimit changes in trainings all
+    # need @resources: the unit's system-call filter must not take it away.
+    allowed = subprocess.run(["systemd-analyze", "syscall-filter", "@resources"], capture_output=True, text=True)
+    resources = {line.strip() for line in allowed.stdout.splitlines()[1:] if line.strip() and "#" not in line}
+    assert {"sched_setaffinity", "setrlimit", "set_mempolicy"} <= resources
+    denied = " ".join(re.findall(r"^SystemCallFilter=~(.*)$", unit.read_text(), re.M)).split()
+    assert "@resources" not in denied and not resources & set(denied)
