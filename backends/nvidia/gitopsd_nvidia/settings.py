@@ -14,16 +14,13 @@ backend declared with them. `cpu_binding` (default true) binds a run to the CPUs
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gitopsd.errors import PermanentError
+from gitopsd.units import parse_memory
 
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
-_BYTES = {"": 1024**2, "k": 1000, "ki": 1024, "m": 1000**2, "mi": 1024**2, "g": 1000**3, "gi": 1024**3}
-_BYTES.update({"t": 1000**4, "ti": 1024**4})
 LOCAL_KEYS = ("max_parallel", "grace_s", "memory_poll_s")
 KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", "leases", "cpu_binding", *LOCAL_KEYS)
 DEFAULT_TELEMETRY_INTERVAL_S = 5.0
@@ -45,14 +42,14 @@ def _fail(backend: str, key: str, value: Any, expected: str) -> PermanentError:
 
 
 def memory_mb(value: Any, *, backend: str, key: str) -> int:
-    """MiB from "20Gi", "80GB", "512Mi" or a plain number (MiB)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    match = _MEMORY.match(value) if isinstance(value, str) else None
-    if match is None or float(match.group(1)) <= 0:
+    """MiB from "20Gi", "80GB", "512Mi" or a plain number (MiB), as spec files write sizes (`parse_memory`)."""
+    try:
+        mib = parse_memory(value)
+    except ValueError:
+        mib = 0
+    if mib <= 0:
         raise _fail(backend, key, value, "a memory size such as 20Gi, 80GB or 512Mi (a plain number is MiB)")
-    unit = (match.group(2) or "").lower().removesuffix("b")
-    return int(float(match.group(1)) * _BYTES[unit] // 1024**2)
+    return mib
 
 
 def parse_settings(settings: Mapping[str, Any], *, backend: str) -> NvidiaSettings:
