@@ -49,6 +49,14 @@ def new_job(root: Path, command: str, **fields: Any) -> Job:
     )
 
 
+def cancel_everything(backend: Backend, root: Path) -> None:
+    """Teardown for host-process backends (their cancel needs only the run directory): no test leaves a
+    supervisor or training behind, even when it fails half-way."""
+    runs = root / "runs"
+    for run_dir in runs.iterdir() if runs.is_dir() else []:
+        backend.cancel(JobRef(run_id=run_dir.name, job_id="", run_dir=run_dir))
+
+
 def wait_for(backend: Backend, ref: JobRef, states: Iterable[JobState], *, timeout: float = 30.0) -> JobStatus:
     """Poll `status` until the job is in one of `states`; fail with the last status seen after `timeout`."""
     wanted = frozenset(states)

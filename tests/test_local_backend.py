@@ -26,17 +26,19 @@ from gitopsd.local_backend import LOST_MESSAGE, LocalBackend
 from gitopsd.local_supervisor import group_members
 from gitopsd.local_venv import venv_key
 from gitopsd.model import Job, JobRef, JobState, Resources
-from tests.backend_contract import BackendContract, MakeJob, log_text, new_job, submit, wait_finished, wait_for
+from tests.backend_contract import (
+    BackendContract,
+    MakeJob,
+    cancel_everything,
+    log_text,
+    new_job,
+    submit,
+    wait_finished,
+    wait_for,
+)
 
 GRACE_S = 1.0
 WAIT_FOR_GO = 'while [ ! -e "$GITOPSD_OUTPUT_DIR/go" ]; do sleep 0.05; done'
-
-
-def cancel_everything(backend: LocalBackend, root: Path) -> None:
-    """Teardown: no test leaves a supervisor or training behind, even when it fails half-way."""
-    runs = root / "runs"
-    for run_dir in runs.iterdir() if runs.is_dir() else []:
-        backend.cancel(JobRef(run_id=run_dir.name, job_id="", run_dir=run_dir))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from gitopsd.local_backend import LocalBackend
 from gitopsd.local_memory import MIB, TreeMemory, descendants, host_memory_mb, over_limit_message
 from gitopsd.model import Job, JobRef, JobState, Resources
 from gitopsd.units import format_size
-from tests.backend_contract import log_text, new_job, submit, wait_finished
+from tests.backend_contract import cancel_everything, log_text, new_job, submit, wait_finished
 
 PY = shlex.quote(sys.executable)
 
@@ -32,8 +32,7 @@ def backend(tmp_path: Path) -> Iterator[LocalBackend]:
     settings = {"max_parallel": 4, "grace_s": 1.0, "memory_poll_s": 0.1}
     local = LocalBackend(name="local", settings=settings, state_dir=tmp_path / "state")
     yield local
-    for run_dir in (tmp_path / "runs").iterdir() if (tmp_path / "runs").is_dir() else []:
-        local.cancel(JobRef(run_id=run_dir.name, job_id="", run_dir=run_dir))
+    cancel_everything(local, tmp_path)
 
 
 def python_job(root: Path, script: str, *, memory_mb: int | None) -> Job:

@@ -11,6 +11,7 @@ import pytest
 from gitopsd_nvidia.backend import NvidiaBackend
 
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
+from tests.backend_contract import cancel_everything
 from tests.backend_contract import new_job as contract_job
 from tests.nvidia.fake_nvml import FakeMachine, FakeNvmlLib, h100, install, uninstall
 
@@ -27,13 +28,6 @@ class GpuJob(Protocol):
 
 def new_job(root: Path, command: str, *, gpus: int = 1, **fields: Any) -> Job:
     return contract_job(root, command, resources=Resources(gpus=gpus), **fields)
-
-
-def cancel_everything(backend: NvidiaBackend, root: Path) -> None:
-    """Teardown: no test leaves a supervisor or training behind, even when it fails half-way."""
-    runs = root / "runs"
-    for run_dir in runs.iterdir() if runs.is_dir() else []:
-        backend.cancel(JobRef(run_id=run_dir.name, job_id="", run_dir=run_dir))
 
 
 def ref_of(job: Job, job_id: str) -> JobRef:

@@ -22,8 +22,8 @@ from gitopsd.errors import BackendUnavailable, PermanentError
 from gitopsd.local_supervisor import RunFiles, group_members
 from gitopsd.metrics import read_all
 from gitopsd.model import JobState, Resources
-from tests.backend_contract import log_text
-from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, cancel_everything, go, new_job, poll, ref_of, state_is
+from tests.backend_contract import cancel_everything, log_text
+from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, new_job, poll, ref_of, state_is
 from tests.nvidia.fake_nvml import FakeGpu, FakeMachine, FakeNvmlLib, FakeProcess, a100_mig, gpu_uuid, h100, mig_uuid
 
 MakeBackend = Callable[..., NvidiaBackend]
