@@ -15,16 +15,18 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from report import render
-
-from gitopsd.local_backend import LocalBackend
-from gitopsd.model import Job, JobRef, Resources
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/supervisor.py`: the repository's tests package is a sibling
+    sys.path.insert(0, str(ROOT))
+
+from report import render  # noqa: E402
+
+from gitopsd.local_backend import LocalBackend  # noqa: E402
+from gitopsd.model import JobRef, Resources  # noqa: E402
+from tests.backend_contract import new_job  # noqa: E402
 
 TRAINING = "import time; held = bytearray(b'x') * ({mib} << 20); open('ready', 'w').close(); time.sleep(3600)"
 
@@ -35,15 +37,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(backend: LocalBackend, root: Path, *, mib: int, limit_mb: int | None, window: float) -> float:
-    run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    run_dir = root / "runs" / run_id
-    (run_dir / "tree").mkdir(parents=True)
-    job = Job(
-        run_id=run_id, model="bench", command=f'{sys.executable} -c "{TRAINING.format(mib=mib)}"', run_dir=run_dir,
-        tree_dir=run_dir / "tree", workdir=run_dir / "tree", output_dir=run_dir / "out",
-        metrics_file=run_dir / "out" / "metrics.jsonl", log_dir=run_dir / "logs",
-        resources=Resources(memory_mb=limit_mb),
-    )  # fmt: skip
+    command = f'{sys.executable} -c "{TRAINING.format(mib=mib)}"'
+    job = new_job(root, command, resources=Resources(memory_mb=limit_mb))
+    run_dir = job.run_dir
     backend.submit(job)
     try:
         deadline = time.monotonic() + 60
@@ -56,7 +52,7 @@ def measure(backend: LocalBackend, root: Path, *, mib: int, limit_mb: int | None
         time.sleep(window)
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
     finally:
-        backend.cancel(JobRef(run_id=run_id, job_id="", run_dir=run_dir))
+        backend.cancel(JobRef(run_id=job.run_id, job_id="", run_dir=run_dir))
     return (cpu1 - cpu0) / (t1 - t0) * 3600
 
 
