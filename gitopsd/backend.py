@@ -18,6 +18,9 @@ from gitopsd.errors import BackendUnavailable
 from gitopsd.model import Job, JobRef, JobStatus, Resources
 
 ENTRY_POINT_GROUP = "gitopsd.backends"
+#: The state directory every repository of one daemon shares (the daemon exports it); backends keep what must
+#: be host-wide there, such as the nvidia backend's GPU leases. Unset for a one-off CLI reconcile.
+SHARED_STATE_ENV = "GITOPSD_SHARED_STATE_DIR"
 
 
 def thread_env(resources: Resources) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from gitopsd.backend import SHARED_STATE_ENV
 from gitopsd.errors import PermanentError
 from gitopsd.units import parse_duration
 
@@ -143,9 +144,6 @@ def resolve_secret(ref: str) -> bytes:
     except KeyError:
         raise PermanentError(f"secret {ref}: the variable is not set") from None
     raise PermanentError(f"secret {ref}: expected file:, env: or credential:")
-
-
-SHARED_STATE_ENV = "GITOPSD_SHARED_STATE_DIR"
 
 
 def apply_environment(config: DaemonConfig) -> None:

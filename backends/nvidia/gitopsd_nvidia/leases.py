@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitopsd.backend import SHARED_STATE_ENV
+
 BUSY_TIMEOUT_MS = 30_000
-SHARED_STATE_ENV = "GITOPSD_SHARED_STATE_DIR"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     uuid      TEXT PRIMARY KEY,
