@@ -229,7 +229,7 @@ class Supervisor:
         self.stopped_on_request = False
         self.command_max_rss = 0  # bytes: the largest RSS any process of the command reached (from wait4)
         self.sampled_peak = 0  # bytes: the largest RSS sum of the command's tree seen by the memory limit
-        self.samples = 0
+        self.samples = 0  # memory samples taken so far; they start close together (see _next_wake)
 
     def say(self, message: str) -> None:
         self.log.write(f"[gitopsd local] {message}\n".encode())
@@ -375,6 +375,7 @@ class Supervisor:
         if limit_mb is None:
             return None
         used = tree_memory(self.pid)
+        self.samples += 1
         self.sampled_peak = max(self.sampled_peak, used.bytes)
         if used.bytes > limit_mb * MIB:  # RSS over: confirm with PSS, which counts shared pages once
             used = tree_memory(self.pid, proportional=True)
@@ -428,8 +429,7 @@ class Supervisor:
         50 ms apart and double up to `memory_poll_s`, so a short training that allocates at once is seen too."""
         waits = [max(0.0, deadline - time.monotonic())] if deadline is not None else []
         if self.spec.memory_mb is not None:
-            self.samples += 1
-            waits.append(min(self.spec.memory_poll_s, FIRST_SAMPLE_S * 2 ** min(self.samples - 1, 16)))
+            waits.append(min(self.spec.memory_poll_s, FIRST_SAMPLE_S * 2 ** min(max(self.samples - 1, 0), 16)))
         return min(waits) if waits else None
 
     def _terminate_group(self, proc: subprocess.Popen[bytes]) -> None:
