@@ -97,12 +97,12 @@ def gpus(ctx: click.Context, as_json: bool, config_path: Path | None) -> None:
         fail("the nvidia backend is not installed (pip install -e backends/nvidia)")
         raise
     try:
+        shared = None
         if config_path is not None:
             from gitopsd.config import load_config
 
-            book = load_config(config_path).state_dir / "nvidia" / "leases.db"
-        else:
-            book = lease_file(state_dir(ctx), None)
+            shared = load_config(config_path).state_dir
+        book = lease_file(state_dir(ctx), None, shared)
         inventory = read_inventory()
         leased = leased_devices(book)
     except GitopsdError as exc:

@@ -20,7 +20,7 @@ from gitopsd_nvidia.nvml import Nvml
 from gitopsd.cli import cli
 from gitopsd.errors import BackendUnavailable
 from gitopsd.model import JobState
-from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, poll, ref_of, state_is
+from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, new_job, poll, ref_of, state_is
 from tests.nvidia.fake_nvml import (
     PYNVML_VERSION,
     FakeGpu,
@@ -167,3 +167,23 @@ def test_gitopsd_gpus_without_any_lease_book_shows_none(
     shown = CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "nowhere"), "gpus"])
     assert shown.exit_code == 0, shown.output
     assert "LEASED BY" in shown.output and not (tmp_path / "nowhere").exists()
+
+
+def test_gitopsd_gpus_with_a_daemon_config_reads_the_daemons_lease_book(
+    machine: FakeMachine, fake: FakeNvmlLib, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon_state = tmp_path / "daemon"
+    monkeypatch.setenv("GITOPSD_SHARED_STATE_DIR", str(daemon_state))  # as `gitopsd run` exports it
+    backend = NvidiaBackend(name="gpu", settings={"grace_s": 0.5}, state_dir=daemon_state / "team-a")
+    job = new_job(tmp_path, WAIT_FOR_GO)
+    ref = ref_of(job, backend.submit(job))
+    monkeypatch.delenv("GITOPSD_SHARED_STATE_DIR")  # a user's shell, later
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(f'state_dir = "{daemon_state}"\n[[repositories]]\nname = "team-a"\nurl = "/srv/git/a.git"\n')
+    try:
+        shown = CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "mine"), "gpus", "--config", str(config)])
+        assert shown.exit_code == 0, shown.output
+        assert job.run_id in shown.output
+    finally:
+        go(job)
+        poll(backend, [ref], state_is(ref, JobState.SUCCEEDED))

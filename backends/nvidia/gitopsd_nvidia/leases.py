@@ -36,12 +36,13 @@ CREATE INDEX IF NOT EXISTS leases_by_run ON leases (run_id);
 """
 
 
-def lease_file(state_dir: Path, configured: str | None) -> Path:
+def lease_file(state_dir: Path, configured: str | None, shared: str | Path | None = None) -> Path:
     """The `leases` setting; else the lease book in the state directory shared by every repository of this
-    gitopsd (`$GITOPSD_SHARED_STATE_DIR`, which the daemon exports); else the backend's own state directory."""
+    gitopsd (`shared`, by default `$GITOPSD_SHARED_STATE_DIR`, which the daemon exports); else the backend's
+    own state directory."""
     if configured:
         return Path(configured)
-    shared = os.environ.get(SHARED_STATE_ENV)
+    shared = shared or os.environ.get(SHARED_STATE_ENV)
     return (Path(shared) if shared else state_dir) / "nvidia" / "leases.db"
 
 
