@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.ports import free_port
 
 START_TIMEOUT_S = 30.0
 
@@ -42,13 +43,6 @@ def moto_server_command() -> list[str] | None:
     return [found] if found else None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/moto-api/", timeout=1) as response:
@@ -65,7 +59,7 @@ class MotoServer:
         if command is None:
             raise FileNotFoundError("moto_server")
         self.log = log
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         with open(log, "wb") as out:
             self.process = subprocess.Popen(

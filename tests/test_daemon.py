@@ -21,12 +21,7 @@ import pytest
 
 from gitopsd.scaffold import init_demo
 from tests.conftest import GIT_ENV, GitRepo
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ports import free_port
 
 
 @dataclass
@@ -102,7 +97,7 @@ def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
     bare = tmp_path / "demo.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(work.path), str(bare)], check=True)
     work.git("remote", "add", "origin", str(bare))
-    port = _free_port()
+    port = free_port()
     hooks = "\n".join(f'{name} = "env:HOOK_{name.upper()}"' for name in SECRETS)
     config = tmp_path / "gitopsd.toml"
     config.write_text(

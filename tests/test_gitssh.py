@@ -25,6 +25,7 @@ from gitopsd.gitssh import is_ssh_url
 from gitopsd.scaffold import init_demo
 from gitopsd.source import Source
 from tests.conftest import GIT_ENV, gitopsd
+from tests.ports import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PASSPHRASE = "correct horse battery staple"
@@ -47,12 +48,6 @@ def _keygen(path: Path, passphrase: str = "") -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     if not os.path.exists(SSHD) or not shutil.which("ssh-keygen"):
@@ -64,7 +59,7 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     host_key = _keygen(root / "host_key")
     key, encrypted = _keygen(root / "deploy_key"), _keygen(root / "encrypted_key", PASSPHRASE)
     (root / "authorized_keys").write_text(Path(f"{key}.pub").read_text() + Path(f"{encrypted}.pub").read_text())
-    port = _free_port()
+    port = free_port()
     config = root / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {root}/authorized_keys\n"
