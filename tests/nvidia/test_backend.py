@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from gitopsd_nvidia.backend import NvidiaBackend, format_cpus
+from gitopsd_nvidia.affinity import format_cpus
+from gitopsd_nvidia.backend import NvidiaBackend
 
 from gitopsd.backend import load_backend
 from gitopsd.errors import BackendUnavailable, PermanentError

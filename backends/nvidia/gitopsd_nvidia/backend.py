@@ -14,6 +14,7 @@ instances). What this class adds:
 - sharing: the lease book is one file for every gitopsd on the host that must not share GPUs: the `leases`
   setting, else `$GITOPSD_SHARED_STATE_DIR/nvidia/leases.db` (the daemon exports its state directory, so all
   its repositories lease from one book), else `state_dir/nvidia/leases.db`.
+- binding: a started run is bound to the CPUs of its GPUs' NUMA node (`affinity`), unless `cpu_binding` is off.
 - release: a finished, cancelled or failed run frees its leases; leases of runs whose supervisor is gone are
   dropped whenever devices are leased, which is how leases are recovered after a restart or a crash.
 - health and telemetry: each `status` call asks NVML about the devices of every running job; a device lost
@@ -26,7 +27,6 @@ Without NVML (no driver, no library, no GPU), `check` raises BackendUnavailable 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -38,6 +38,7 @@ from gitopsd.local_backend import LocalBackend, lock_held
 from gitopsd.local_supervisor import RunFiles
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
 from gitopsd_nvidia import placement
+from gitopsd_nvidia.affinity import cpus_near, format_cpus
 from gitopsd_nvidia.inventory import Device, Inventory, read_inventory
 from gitopsd_nvidia.leases import Lease, LeaseBook, lease_file
 from gitopsd_nvidia.nvml import Nvml, NvmlFailure
@@ -58,17 +59,6 @@ def _device_record(device: Device) -> dict[str, Any]:
         "parent_uuid": device.parent_uuid,
         "memory_total_mb": device.memory_total_mb,
     }
-
-
-def format_cpus(cpus: Sequence[int]) -> str:
-    """CPU numbers as a Linux CPU list: [0, 1, 2, 3, 8] -> "0-3,8"."""
-    ranges: list[list[int]] = []
-    for cpu in sorted(cpus):
-        if ranges and cpu == ranges[-1][1] + 1:
-            ranges[-1][1] = cpu
-        else:
-            ranges.append([cpu, cpu])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def _live(_lease: Lease) -> bool:
@@ -285,7 +275,7 @@ class NvidiaBackend:
                     "placed_at": time.time(),
                     "devices": devices,
                     "cuda_visible_devices": uuids,
-                    "cpus": self._cpus_near(devices),
+                    "cpus": cpus_near(self.nvml, devices) if self.settings.cpu_binding else None,
                     "driver_version": inventory.driver_version if inventory else None,
                     "cuda_version": inventory.cuda_version if inventory else None,
                 },
@@ -310,21 +300,6 @@ class NvidiaBackend:
         except PermanentError as exc:  # reported by status as the run's failure
             self._record_failure(job.run_dir, job.run_id, f"could not start: {exc}")
         return ""
-
-    def _cpus_near(self, devices: Sequence[Mapping[str, Any]]) -> list[int] | None:
-        """The CPUs this process may use that are close to the run's GPUs (for a MIG instance, its parent's),
-        like Slurm's --gpu-bind=closest; None (no binding) when switched off, unknown, or not a subset."""
-        if not self.settings.cpu_binding or not devices:
-            return None
-        allowed = os.sched_getaffinity(0)
-        near: set[int] = set()
-        try:
-            for uuid in sorted({device.get("parent_uuid") or device["uuid"] for device in devices}):
-                near |= self.nvml.cpu_affinity(self.nvml.find(uuid))
-        except NvmlFailure:
-            return None
-        chosen = near & allowed
-        return sorted(chosen) if chosen and chosen != allowed else None
 
     def _placed_message(self, ref: JobRef) -> str:
         placed = read(NvidiaFiles(run_dir=ref.run_dir).placement) or {}
