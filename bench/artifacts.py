@@ -4,7 +4,7 @@ A model artifact can be many GiB and the daemon runs on a shared login node, so 
 script writes a real (not sparse) file of `--size` bytes (default 2 GiB) into a temporary directory, starts a
 real S3 server (`moto_server` on 127.0.0.1), and stores the file with `S3Store.put` in a child process (hash,
 streamed multipart upload, read-back verification). It reports the child's peak RSS and the end-to-end put
-throughput, and times `gitopsd.store.sha256_file` against `hashlib.file_digest` on the same cached file.
+throughput, and times `gitopsd.registry.store.sha256_file` against `hashlib.file_digest` on the same cached file.
 
 The peak RSS is the child's `VmHWM` (Linux: the high-water mark of its own memory since exec). Its
 `ru_maxrss` is recorded too but is not the measurement: Linux carries the parent's high-water mark across
@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:  # run as `python bench/artifacts.py`: the reposit
 
 from report import render  # noqa: E402
 
-from gitopsd.store import sha256_file  # noqa: E402
+from gitopsd.registry.store import sha256_file  # noqa: E402
 from tests.s3server import TEST_ENV, MotoServer, moto_server_command, new_bucket, s3_client  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -68,7 +68,7 @@ def peak_mb():
                 return int(line.split()[1]) * 1024 / 1e6
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000
 
-from gitopsd.s3store import S3Store
+from gitopsd.registry.s3store import S3Store
 
 
 bucket, endpoint, src = sys.argv[1:]

@@ -42,8 +42,8 @@ import pygit2
 from report import render
 
 from gitopsd.model import ConditionType
-from gitopsd.planner import Submit
-from gitopsd.reconciler import PassResult, Reconciler
+from gitopsd.reconcile.planner import Submit
+from gitopsd.reconcile.reconciler import PassResult, Reconciler
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 BRANCH = "main"

@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/supervisor.py`: the reposi
 
 from report import render  # noqa: E402
 
-from gitopsd.local_backend import LocalBackend  # noqa: E402
+from gitopsd.backends.local.backend import LocalBackend  # noqa: E402
 from gitopsd.model import JobRef, Resources  # noqa: E402
 from tests.backend_contract import new_job  # noqa: E402
 

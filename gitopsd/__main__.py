@@ -1,5 +1,5 @@
 """`python -m gitopsd` runs the command line."""
 
-from gitopsd.cli import main
+from gitopsd.cli.main import main
 
 main()

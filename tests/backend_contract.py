@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from gitopsd.backend import Backend
+from gitopsd.backends.protocol import Backend
 from gitopsd.model import Job, JobRef, JobState, JobStatus
 
 

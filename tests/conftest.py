@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gitopsd.reconciler import Reconciler
-from gitopsd.scaffold import init_demo
+from gitopsd.cli.scaffold import init_demo
+from gitopsd.reconcile.reconciler import Reconciler
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test User",

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitopsd.aliases import AliasMove, kind_of, plan_aliases
-from gitopsd.reconciler import Reconciler
+from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.registry.aliases import AliasMove, kind_of, plan_aliases
 from tests.conftest import GitRepo, gitopsd
 
 MODEL = "models/blobs.yaml"

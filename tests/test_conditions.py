@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitopsd.conditions import ModelFacts, RunFacts, summarize
-from gitopsd.gates import evaluate, parse_gate
 from gitopsd.model import Condition, ConditionType, Phase, Reason
-from gitopsd.planner import Want
+from gitopsd.reconcile.conditions import ModelFacts, RunFacts, summarize
+from gitopsd.reconcile.planner import Want
+from gitopsd.spec.gates import evaluate, parse_gate
 
 KEY = "3f9a1c2b7d4e5f60718293a4b5c6d7e8"
 WANT = Want(model="iris", run_key=KEY, spec_digest="spec-1", backend="slurm", retries=2)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gitopsd.config import apply_environment, load_config, resolve_secret
+from gitopsd.daemon.config import apply_environment, load_config, resolve_secret
 from gitopsd.errors import PermanentError
 
 BASE = """

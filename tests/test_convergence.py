@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitopsd.convergence import Plateau, Rules, judge, latest
 from gitopsd.model import Reason
+from gitopsd.reconcile.convergence import Plateau, Rules, judge, latest
 
 NAN, INF = float("nan"), float("inf")
 FINITE = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gitopsd.scaffold import init_demo
+from gitopsd.cli.scaffold import init_demo
 from tests.conftest import GIT_ENV, GitRepo
 from tests.ports import free_port
 

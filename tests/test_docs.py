@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from gitopsd.cli import cli
+from gitopsd.cli.main import cli
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -38,7 +38,7 @@ def test_every_command_has_help_with_a_summary() -> None:
 
 
 def test_the_example_daemon_configuration_is_valid() -> None:
-    from gitopsd.config import load_config
+    from gitopsd.daemon.config import load_config
 
     config = load_config(Path(__file__).resolve().parent.parent / "config" / "gitopsd.example.toml")
     assert config.repositories[0].name == "ml-models"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gitopsd.reconciler import Reconciler
+from gitopsd.reconcile.reconciler import Reconciler
 from tests.conftest import GitRepo, gitopsd
 
 MODEL = "models/blobs.yaml"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitopsd.gates import OPERATORS, Gate, evaluate, parse_gate
+from gitopsd.spec.gates import OPERATORS, Gate, evaluate, parse_gate
 
 
 @pytest.mark.parametrize(

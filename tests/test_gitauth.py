@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from gitopsd.cli.scaffold import init_demo
 from gitopsd.errors import SourceUnavailable
-from gitopsd.scaffold import init_demo
-from gitopsd.source import Source
+from gitopsd.source.mirror import Source
 
 TOKEN = "glpat-test-token"
 BACKEND = Path(subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip())

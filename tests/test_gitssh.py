@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from gitopsd.cli.scaffold import init_demo
 from gitopsd.errors import SourceUnavailable
-from gitopsd.gitssh import is_ssh_url
-from gitopsd.scaffold import init_demo
-from gitopsd.source import Source
+from gitopsd.source.mirror import Source
+from gitopsd.source.ssh import is_ssh_url
 from tests.conftest import GIT_ENV, gitopsd
 from tests.ports import free_port
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from gitopsd.backend import Backend, load_backend
+from gitopsd.backends.local.backend import LOST_MESSAGE, LocalBackend
+from gitopsd.backends.local.supervisor import group_members
+from gitopsd.backends.local.venv import venv_key
+from gitopsd.backends.protocol import Backend, load_backend
 from gitopsd.errors import PermanentError
-from gitopsd.local_backend import LOST_MESSAGE, LocalBackend
-from gitopsd.local_supervisor import group_members
-from gitopsd.local_venv import venv_key
 from gitopsd.model import Job, JobRef, JobState, Resources
 from tests.backend_contract import (
     BackendContract,
@@ -147,7 +147,7 @@ def test_death_by_signal_is_recorded_as_128_plus_the_signal(backend: LocalBacken
 ADOPT_SCRIPT = """
 import json, os, signal, sys
 from pathlib import Path
-from gitopsd.local_backend import LocalBackend
+from gitopsd.backends.local.backend import LocalBackend
 from gitopsd.model import Job
 spec = json.loads(sys.argv[1])
 state_dir = Path(spec.pop("state_dir"))

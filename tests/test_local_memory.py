@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gitopsd.local_backend import LocalBackend
-from gitopsd.local_memory import MIB, TreeMemory, descendants, host_memory_mb, over_limit_message
+from gitopsd.backends.local.backend import LocalBackend
+from gitopsd.backends.local.memory import MIB, TreeMemory, descendants, host_memory_mb, over_limit_message
 from gitopsd.model import Job, JobRef, JobState, Resources
 from gitopsd.units import format_size
 from tests.backend_contract import cancel_everything, log_text, new_job, submit, wait_finished

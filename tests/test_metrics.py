@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gitopsd.metrics import MetricsReader, parse_line, read_all
+from gitopsd.reconcile.metrics import MetricsReader, parse_line, read_all
 
 
 def _append(path: Path, text: str | bytes) -> None:

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitopsd.model import JobState, JobStatus, Phase, Reason
-from gitopsd.planner import (
+from gitopsd.reconcile.planner import (
     Action,
     Actual,
     Adopt,

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from gitopsd.model import Phase
-from gitopsd.prune import PRUNED, prune_model_runs, prune_run_dir
-from gitopsd.reconciler import Reconciler
-from gitopsd.state import RunRecord, StateStore
+from gitopsd.reconcile.prune import PRUNED, prune_model_runs, prune_run_dir
+from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.reconcile.state import RunRecord, StateStore
 from tests.conftest import GitRepo, gitopsd
 
 MODEL = "models/blobs.yaml"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gitopsd.reconciler import Reconciler
+from gitopsd.reconcile.reconciler import Reconciler
 from tests.conftest import GitRepo, gitopsd
 from tests.s3server import new_bucket, s3_client, s3_server  # noqa: F401
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gitopsd import registry as registry_module
 from gitopsd.errors import PermanentError
-from gitopsd.registry import Registry, Version, parse_label
-from gitopsd.store import ArtifactRef, FileStore
+from gitopsd.registry import versions as registry_module
+from gitopsd.registry.store import ArtifactRef, FileStore
+from gitopsd.registry.versions import Registry, Version, parse_label
 
 NEXT = len(registry_module.MIGRATIONS) + 1
 """The number a test migration gets: one past the real ones."""

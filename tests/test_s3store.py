@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from gitopsd.errors import IntegrityError, PermanentError, TransientError
-from gitopsd.store import ArtifactStore, FileStore, open_store
+from gitopsd.registry.store import ArtifactStore, FileStore, open_store
 from tests.s3server import s3_client, s3_server  # noqa: F401
 
 MiB = 1 << 20
@@ -48,7 +48,7 @@ def bucket(client: Any) -> str:
 
 
 def _s3store(endpoint: str, bucket: str, **kwargs: Any) -> Any:
-    from gitopsd.s3store import MIN_PART_SIZE, S3Store
+    from gitopsd.registry.s3store import MIN_PART_SIZE, S3Store
 
     return S3Store(bucket, "team/models", endpoint_url=endpoint, part_size=MIN_PART_SIZE, **kwargs)
 
@@ -218,7 +218,7 @@ def test_s3_layout_is_prefix_sha256_and_records(s3store: Any, client: Any, bucke
 
 
 def test_s3_store_without_prefix_uses_the_bucket_root(s3_server: str, client: Any, bucket: str, tmp_path: Path) -> None:  # noqa: F811
-    from gitopsd.s3store import S3Store
+    from gitopsd.registry.s3store import S3Store
 
     store = S3Store(bucket, endpoint_url=s3_server)
     ref = store.put(_write(tmp_path / "m.bin", b"x"))
@@ -282,7 +282,7 @@ _UPLOAD_CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from gitopsd.s3store import S3Store
+    from gitopsd.registry.s3store import S3Store
 
     def peak_kib():  # this process's own high-water mark (ru_maxrss would include the parent's since exec)
         with open("/proc/self/status") as status:
@@ -382,7 +382,7 @@ def test_open_store_refuses_an_s3_uri_without_bucket(tmp_path: Path) -> None:
 
 
 def test_a_missing_bucket_is_a_permanent_error_naming_it(s3_server: str, tmp_path: Path) -> None:  # noqa: F811
-    from gitopsd.s3store import S3Store
+    from gitopsd.registry.s3store import S3Store
 
     store = S3Store("no-such-bucket-here", endpoint_url=s3_server)
     with pytest.raises(PermanentError, match=r"S3 bucket 'no-such-bucket-here' does not exist at http://127\.0\.0\.1"):
@@ -392,7 +392,7 @@ def test_a_missing_bucket_is_a_permanent_error_naming_it(s3_server: str, tmp_pat
 
 
 def test_an_unreachable_endpoint_is_transient_and_names_endpoint_and_bucket(s3_server: str) -> None:  # noqa: F811
-    from gitopsd.s3store import S3Store
+    from gitopsd.registry.s3store import S3Store
 
     store = S3Store("models", endpoint_url="http://127.0.0.1:9")
     with pytest.raises(TransientError, match=r"s3://models/sha256/ab/.* at http://127\.0\.0\.1:9 .*will retry"):
@@ -403,7 +403,7 @@ def test_missing_credentials_are_permanent_and_say_where_they_come_from(
     s3_server: str,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gitopsd.s3store import S3Store
+    from gitopsd.registry.s3store import S3Store
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -430,7 +430,7 @@ def test_s3_error_responses_become_transient_or_permanent(
 ) -> None:
     from botocore.stub import Stubber
 
-    from gitopsd.s3store import S3Store
+    from gitopsd.registry.s3store import S3Store
 
     raw = s3_client(s3_server)
     store = S3Store("models", client=raw)
@@ -441,7 +441,7 @@ def test_s3_error_responses_become_transient_or_permanent(
 
 
 def test_part_size_below_the_s3_minimum_is_refused() -> None:
-    from gitopsd.s3store import S3Store
+    from gitopsd.registry.s3store import S3Store
 
     with pytest.raises(ValueError, match="at least 5242880"):
         S3Store("models", client=object(), part_size=MiB)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gitopsd.cli.scaffold import blobs_csv, init_demo
 from gitopsd.errors import SpecError
-from gitopsd.scaffold import blobs_csv, init_demo
-from gitopsd.worktree import load_tree
+from gitopsd.spec.worktree import load_tree
 from tests.conftest import GIT_ENV, gitopsd
 
 

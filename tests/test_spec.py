@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.model import Resources
-from gitopsd.spec import ModelSpec, RepositorySpec, json_schema, resolve_train
-from gitopsd.specload import check_models, load_model, load_repository
-from gitopsd.spectypes import API_VERSION
+from gitopsd.spec.fields import API_VERSION
+from gitopsd.spec.load import check_models, load_model, load_repository
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, json_schema, resolve_train
 
 SHA = "0123456789abcdef" * 4
 

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from gitopsd.webhooks import judge
+from gitopsd.daemon.webhooks import judge
 from tests.test_daemon import SECRETS, RunningDaemon, daemon  # noqa: F401
 
 SHA = "4f2a9c0e1b7d3a5c6e8f0a1b2c3d4e5f6a7b8c9d"

@@ -128,7 +128,7 @@ for epoch in range(1, args.epochs + 1):
 torch.save(model.state_dict(), out / "model.pt")
 print(f"done: loss {loss.item():.4f} accuracy {accuracy:.3f}", flush=True)
 EOF
-"$PY" -c "import sys; from pathlib import Path; from gitopsd.scaffold import commit_all; commit_all(Path(sys.argv[1]), 'Train on the GPU with PyTorch')" "$REPO"
+"$PY" -c "import sys; from pathlib import Path; from gitopsd.cli.scaffold import commit_all; commit_all(Path(sys.argv[1]), 'Train on the GPU with PyTorch')" "$REPO"
 gitopsd validate "$REPO" || fail "the switched demo does not validate"
 
 echo "== gitopsd reconcile --wait"

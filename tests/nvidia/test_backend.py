@@ -18,11 +18,11 @@ import pytest
 from gitopsd_nvidia.affinity import format_cpus
 from gitopsd_nvidia.backend import NvidiaBackend
 
-from gitopsd.backend import load_backend
+from gitopsd.backends.local.supervisor import RunFiles, group_members
+from gitopsd.backends.protocol import load_backend
 from gitopsd.errors import BackendUnavailable, PermanentError
-from gitopsd.local_supervisor import RunFiles, group_members
-from gitopsd.metrics import read_all
 from gitopsd.model import JobState, Resources
+from gitopsd.reconcile.metrics import read_all
 from tests.backend_contract import cancel_everything, log_text
 from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, new_job, poll, ref_of, state_is
 from tests.nvidia.fake_nvml import FakeGpu, FakeMachine, FakeNvmlLib, FakeProcess, a100_mig, gpu_uuid, h100, mig_uuid

@@ -17,7 +17,7 @@ from gitopsd_nvidia.backend import NvidiaBackend
 from gitopsd_nvidia.inventory import as_json, read_inventory, render_table
 from gitopsd_nvidia.nvml import Nvml
 
-from gitopsd.cli import cli
+from gitopsd.cli.main import cli
 from gitopsd.errors import BackendUnavailable
 from gitopsd.model import JobState
 from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, new_job, poll, ref_of, state_is

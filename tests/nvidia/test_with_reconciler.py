@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gitopsd.reconciler import Reconciler
+from gitopsd.reconcile.reconciler import Reconciler
 from tests.conftest import GitRepo, gitopsd
 from tests.nvidia.fake_nvml import FakeMachine, FakeNvmlLib, FakeProcess, gpu_uuid, h100, uninstall
 

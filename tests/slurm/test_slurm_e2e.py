@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from gitopsd.model import Phase
-from gitopsd.reconciler import Reconciler
-from gitopsd.statusview import read_status
+from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.reconcile.statusview import read_status
 from tests.conftest import GitRepo
 from tests.slurm.conftest import Cluster
 
@@ -143,7 +143,7 @@ def test_more_gpus_than_any_node_has_is_refused_at_plan_time(
 CRASH = """
 import os, signal, sys
 from pathlib import Path
-from gitopsd.reconciler import Reconciler
+from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd_slurm.cli_transport import CliTransport
 from gitopsd_slurm.rest_transport import RestTransport
 transport = {"cli": CliTransport, "rest": RestTransport}[sys.argv[3]]

@@ -1,7 +1,7 @@
 """The `nvidia` backend: trainings on this host's NVIDIA GPUs, each given its own GPUs by UUID.
 
 It adds GPUs to the local backend rather than re-implementing process supervision: a run that has its GPUs is
-handed to `gitopsd.local_backend.LocalBackend` (its own session and process group, flock-proven adoption after
+handed to `gitopsd.backends.local.backend.LocalBackend` (its own session and process group, flock-proven adoption after
 a daemon restart, clean environment, logs, exit record, timeout, cancel of the whole group) with
 `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES` set to the UUIDs of its devices (`MIG-...` UUIDs for MIG
 instances). What this class adds:
@@ -33,9 +33,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gitopsd.backends.local.backend import LocalBackend, lock_held
+from gitopsd.backends.local.supervisor import RunFiles
 from gitopsd.errors import BackendUnavailable, PermanentError, TransientError
-from gitopsd.local_backend import LocalBackend, lock_held
-from gitopsd.local_supervisor import RunFiles
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
 from gitopsd_nvidia import placement
 from gitopsd_nvidia.affinity import cpus_near, format_cpus

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitopsd.backend import SHARED_STATE_ENV
+from gitopsd.backends.protocol import SHARED_STATE_ENV
 
 BUSY_TIMEOUT_MS = 30_000
 SCHEMA = """

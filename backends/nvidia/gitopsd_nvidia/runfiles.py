@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gitopsd.local_supervisor import read_json, write_json_atomic
+from gitopsd.backends.local.supervisor import read_json, write_json_atomic
 from gitopsd.model import Job, Resources
 
 JOB_ID_PREFIX = "nvidia:"

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gitopsd.backend import thread_env
+from gitopsd.backends.protocol import thread_env
 from gitopsd.model import Job
 from gitopsd_slurm.runfiles import RunFiles
 from gitopsd_slurm.settings import SlurmSettings

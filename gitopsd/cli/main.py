@@ -1,0 +1,274 @@
+"""The `gitopsd` command line: a thin shell over the reconciler, the registry and the status view.
+
+Each command imports only what it needs, so `gitopsd status` stays fast on a login node. Exit codes: 0 ok,
+1 failure (including invalid specs and failed verification), 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, state_dir
+from gitopsd.cli.daemon import gpus, run, trigger
+from gitopsd.cli.registry import history, lineage, promote, registry
+
+if TYPE_CHECKING:
+    from gitopsd.reconcile.planner import Action
+    from gitopsd.reconcile.reconciler import Reconciler
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    envvar="GITOPSD_STATE_DIR",
+    default=DEFAULT_STATE_DIR,
+    show_default="$XDG_STATE_HOME/gitopsd, else ~/.local/state/gitopsd",
+    help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+@click.version_option(package_name="gitopsd")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path, verbose: bool) -> None:
+    """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
+    ctx.obj = {"state_dir": state_dir.expanduser().absolute()}
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def init(directory: Path) -> None:
+    """Create a demo GitOps repository in DIRECTORY, with one commit."""
+    from gitopsd.cli.scaffold import init_demo
+
+    try:
+        commit = init_demo(directory)
+    except FileExistsError as exc:
+        fail(str(exc))
+    click.echo(f"created {directory} at commit {commit[:12]}: one model (blobs), trained in about a second")
+    click.echo(f"next: gitopsd reconcile --repo {directory} --wait && gitopsd status")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default=".")
+def validate(path: Path) -> None:
+    """Check the spec files of a working tree (default: the current directory); exit 1 on any problem."""
+    from gitopsd.errors import SpecError
+    from gitopsd.spec.worktree import load_tree
+
+    try:
+        specs = load_tree(path)
+    except SpecError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        fail(f"{len(exc.problems)} problem(s) in {path}")
+    names = ", ".join(sorted(m.name for m in specs.models.values())) or "none"
+    click.echo(f"{path}: valid; {len(specs.models)} model(s): {names}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of spec files (for editors and CI)."""
+    from gitopsd.spec.schema import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+def _reconciler(ctx: click.Context, repo: str | None, branch: str | None) -> Reconciler:
+    from gitopsd.errors import PermanentError
+    from gitopsd.reconcile.reconciler import Reconciler
+    from gitopsd.reconcile.state import StateStore
+
+    directory = state_dir(ctx)
+    if repo is None:
+        known = None
+        if (directory / "state.db").exists():
+            with StateStore(directory / "state.db") as store:
+                known = store.source()
+        if known is None:
+            raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
+        repo, branch = known.url, branch or known.branch
+    try:
+        return Reconciler(state_dir=directory, url=repo, branch=branch)
+    except PermanentError as exc:
+        fail(str(exc))
+        raise
+
+
+@cli.command()
+@click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
+@click.option("--branch", help="Branch to follow (default: the remote's default branch).")
+@click.pass_context
+def plan(ctx: click.Context, repo: str | None, branch: str | None) -> None:
+    """Show what a reconcile would do now, and why, without doing it."""
+    rec = _reconciler(ctx, repo, branch)
+    result = rec.reconcile("plan", dry_run=True)
+    desired = rec.loader.last_good
+    if result.error:
+        click.echo(result.error, err=True)
+    click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
+    for action in result.actions:
+        click.echo("  " + _explain(action, desired))
+    for name, why in sorted(result.unavailable.items()):
+        click.echo(f"  ! backend {name} unavailable: {why}")
+    for name, why in sorted(result.blocked.items()):
+        click.echo(f"  ! {name}: {why}")
+    gpus, hours = _gpu_cost(result.actions, desired)
+    if gpus:
+        bound = f", at most {hours:.1f} GPU-hours by their timeouts" if hours is not None else ""
+        click.echo(f"cost: {gpus} GPU(s) for the new trainings{bound}")
+    rec.close()
+    if result.error:
+        raise SystemExit(1)  # a review gate must not pass a commit it could not load
+
+
+def _gpu_cost(actions: tuple[Action, ...], desired: Any) -> tuple[int, float | None]:
+    """GPUs the planned trainings ask for, and the GPU-hours their timeouts allow (None if one has none)."""
+    from gitopsd.reconcile.planner import Submit
+
+    gpus, hours = 0, 0.0
+    bounded = True
+    for action in actions:
+        if isinstance(action, Submit) and desired is not None:
+            train = desired.models[action.model].train
+            count = train.resources.gpus * train.resources.nodes
+            gpus += count
+            if count and train.timeout_s is None:
+                bounded = False
+            hours += count * (train.timeout_s or 0) / 3600
+    return gpus, hours if bounded else None
+
+
+def _explain(action: Action, desired: Any) -> str:
+    from gitopsd.reconcile import planner as p
+
+    if isinstance(action, p.Submit):
+        model = desired.models[action.model] if desired else None
+        res = model.train.resources if model else None
+        limit = f", up to {model.train.timeout_s / 3600:.2g} h" if model and model.train.timeout_s else ""
+        cost = f", {res.gpus} GPU(s), {res.cpus} CPU(s){limit}" if res else ""
+        where = f" on {model.train.backend}{cost}" if model else ""
+        return f"+ train {action.model} (attempt {action.attempt}){where}: no version has run key {action.run_key[:12]}"
+    if isinstance(action, p.Cancel):
+        return f"- stop run {action.run_id} of {action.model}: {action.message}"
+    if isinstance(action, p.Collect):
+        return f"~ validate and register run {action.run_id} of {action.model}"
+    if isinstance(action, p.Fail):
+        return f"! mark run {action.run_id} of {action.model} failed: {action.message}"
+    if isinstance(action, p.Adopt):
+        return f"~ adopt job {action.job_id} of run {action.run_id} ({action.model})"
+    if isinstance(action, p.Resubmit):
+        return f"+ resubmit run {action.run_id} of {action.model}: its job never reached the backend"
+    if isinstance(action, p.SetPhase):
+        return f"~ run {action.run_id} of {action.model} is now {action.phase}"
+    return repr(action)
+
+
+@cli.command()
+@click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
+@click.option("--branch", help="Branch to follow (default: the remote's default branch).")
+@click.option("--once", "mode", flag_value="once", default=True, help="One pass, then exit (default).")
+@click.option("--wait", "mode", flag_value="wait", help="Pass until every run has finished.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds --wait waits at most.")
+@click.pass_context
+def reconcile(ctx: click.Context, repo: str | None, branch: str | None, mode: str, timeout: float) -> None:
+    """Fetch the repository and move actual state towards what it declares."""
+    rec = _reconciler(ctx, repo, branch)
+    try:
+        result = rec.reconcile_until_settled(timeout_s=timeout) if mode == "wait" else rec.reconcile("cli")
+    finally:
+        rec.close()
+    if result.error:
+        click.echo(result.error, err=True)
+    click.echo(
+        f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight"
+    )
+    if result.error or (mode == "wait" and result.active):
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--wide", is_flag=True, help="Do not shorten messages.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Show every repository of this daemon configuration (read-only, while it runs).",
+)
+@click.pass_context
+def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, config_path: Path | None) -> None:
+    """Per model: what Git wants, what is, and why they differ."""
+    from gitopsd.reconcile.statusview import read_status, render
+
+    if config_path is None:
+        docs = {"": read_status(state_dir(ctx), model)}
+    else:
+        from gitopsd.daemon.config import load_config
+        from gitopsd.errors import GitopsdError
+
+        try:
+            config = load_config(config_path)
+        except GitopsdError as exc:
+            fail(str(exc))
+            raise
+        docs = {r.name: read_status(config.state_dir_of(r), model) for r in config.repositories}
+    if model and not any(doc["models"] for doc in docs.values()):
+        fail(f"no model {model!r} in the applied commit")
+    if as_json:
+        # Indented for a person; compact (and several times faster on 10,000 models) for a pipe.
+        out: Any = next(iter(docs.values())) if len(docs) == 1 else {"repositories": docs}
+        click.echo(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
+        return
+    for name, doc in docs.items():
+        if name:
+            click.echo(f"== {name} ==")
+        click.echo(render(doc, wide=wide))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--run", "run_id", help="A specific run (default: the model's latest).")
+@click.pass_context
+def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
+    """Print the output of MODEL's latest run."""
+    import sqlite3
+
+    db = state_dir(ctx) / "state.db"
+    if not db.exists():
+        fail("nothing reconciled yet")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    where, args = ("id = ? AND model = ?", (run_id, model)) if run_id else ("model = ?", (model,))
+    row = conn.execute(f"SELECT id, run_dir FROM runs WHERE {where} ORDER BY rowid DESC LIMIT 1", args).fetchone()
+    conn.close()
+    if row is None:
+        fail(f"no run of {model!r}" + (f" with id {run_id}" if run_id else ""))
+    files = sorted((Path(row[1]) / "logs").glob("*"))
+    if not files:
+        fail(f"run {row[0]} has no logs yet")
+    for path in files:
+        click.echo(f"==> {path} <==")
+        click.echo(path.read_text(errors="replace"), nl=False)
+
+
+for command in (registry, lineage, history, promote, run, trigger, gpus):
+    cli.add_command(command)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,283 @@
+"""`gitopsd registry`, `lineage`, `history` and `promote`: reading and moving the registry's versions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gitopsd.cli.common import fail, open_registry, state_dir
+
+
+@click.group()
+def registry() -> None:
+    """Registered versions: list, show, verify, rebuild."""
+
+
+@registry.command("list")
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def registry_list(ctx: click.Context, model: str | None, as_json: bool) -> None:
+    """List versions (of MODEL, or all)."""
+    with open_registry(ctx) as reg:
+        versions = reg.list(model)
+    if as_json:
+        click.echo(json.dumps([_version_doc(v) for v in versions], indent=2))
+        return
+    for v in versions:
+        shown = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
+        click.echo(
+            f"{v.label:<24} sha256:{v.artifact.sha256[:12]}  {v.artifact.size:>10} B  "
+            f"commit {v.lineage.get('commit', '')[:12]}  {shown}"
+        )
+
+
+def _version_doc(v: Any) -> dict[str, Any]:
+    return {
+        "model": v.model,
+        "version": v.number,
+        "label": v.label,
+        "run_id": v.run_id,
+        "run_key": v.run_key,
+        "artifact": {"sha256": v.artifact.sha256, "size": v.artifact.size, "uri": v.artifact.uri},
+        "metrics": v.metrics,
+        "gates": v.gates,
+        "lineage": v.lineage,
+        "created_at": v.created_at,
+    }
+
+
+def _get_version(ctx: click.Context, label: str) -> Any:
+    from gitopsd.registry.versions import parse_label
+
+    try:
+        name, number = parse_label(label)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    with open_registry(ctx) as reg:
+        version = reg.get(name, number)
+    if version is None:
+        fail(f"no version {label}")
+    return version
+
+
+@registry.command("show")
+@click.argument("label")
+@click.pass_context
+def registry_show(ctx: click.Context, label: str) -> None:
+    """Show one version (NAME@N) as JSON."""
+    click.echo(json.dumps(_version_doc(_get_version(ctx, label)), indent=2))
+
+
+def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | None) -> Any:
+    """The store named on the command line, else the one the applied commit's gitops.yaml names."""
+    from gitopsd.registry.store import open_store
+
+    directory = state_dir(ctx)
+    lock_days = None
+    if uri is None:
+        config = _applied_registry_config(directory)
+        if config is not None:
+            uri, endpoint_url, lock_days = (
+                config.artifacts,
+                endpoint_url or config.endpoint_url,
+                config.object_lock_days,
+            )
+    return open_store(uri, directory / "artifacts", endpoint_url=endpoint_url, object_lock_days=lock_days)
+
+
+def _applied_registry_config(directory: Path) -> Any:
+    import sqlite3
+
+    from gitopsd.source.mirror import REPO_SPEC, Source
+    from gitopsd.spec.load import load_repository
+
+    db = directory / "state.db"
+    if not db.exists() or not (directory / "source.git").exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    row = conn.execute("SELECT url, applied_commit FROM sources WHERE id = 1").fetchone()
+    conn.close()
+    if row is None or row[1] is None:
+        return None
+    text = Source(row[0], directory / "source.git").read(row[1], REPO_SPEC)
+    return load_repository(text.decode(), REPO_SPEC).registry if text else None
+
+
+_store_options = [
+    click.option("--store", "store_uri", help="Artifact store URI (default: the one gitops.yaml names)."),
+    click.option("--endpoint-url", help="Endpoint of an S3-compatible store."),
+]
+
+
+def _with_store_options(func: Any) -> Any:
+    for option in reversed(_store_options):
+        func = option(func)
+    return func
+
+
+@registry.command("verify")
+@_with_store_options
+@click.pass_context
+def registry_verify(ctx: click.Context, store_uri: str | None, endpoint_url: str | None) -> None:
+    """Re-hash every version's artifact and check its record; exit 1 if anything is missing or altered."""
+    from gitopsd.registry.recovery import version_record
+
+    store = _artifact_store(ctx, store_uri, endpoint_url)
+    with open_registry(ctx) as reg:
+        versions = reg.list()
+        problems = reg.verify(store)
+    for version in versions:
+        if store.get_record(version.model, version.number) != version_record(version):
+            problems.append(f"{version.label}: its record in {store.uri} is missing or differs from the registry")
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        fail(f"{len(problems)} problem(s) in {len(versions)} version(s)")
+    click.echo(f"{len(versions)} version(s) verified: artifacts and records intact in {store.uri}")
+
+
+@registry.command("rebuild")
+@_with_store_options
+@click.pass_context
+def registry_rebuild(ctx: click.Context, store_uri: str | None, endpoint_url: str | None) -> None:
+    """Recreate registry.db from the artifact store's records alone (disaster recovery)."""
+    from gitopsd.errors import GitopsdError
+    from gitopsd.registry.recovery import rebuild
+
+    store = _artifact_store(ctx, store_uri, endpoint_url)
+    try:
+        versions, moves = rebuild(store, state_dir(ctx) / "registry.db")
+    except GitopsdError as exc:
+        fail(str(exc))
+        raise
+    click.echo(
+        f"rebuilt {state_dir(ctx) / 'registry.db'} from {store.uri}: {versions} version(s), {moves} alias move(s)"
+    )
+
+
+@click.command()
+@click.argument("label")
+@click.pass_context
+def lineage(ctx: click.Context, label: str) -> None:
+    """Where NAME@N came from: commit, code tree, data, job, host, metrics."""
+    v = _get_version(ctx, label)
+    lin = v.lineage
+    job = lin.get("job", {})
+    rows = [
+        ("version", v.label),
+        ("artifact", f"sha256:{v.artifact.sha256} ({v.artifact.size} bytes)"),
+        ("repository", lin.get("repo")),
+        ("commit", lin.get("commit")),
+        ("subject", lin.get("commit_info", {}).get("subject")),
+        ("spec", lin.get("spec_path")),
+        ("run key", lin.get("run_key")),
+        ("code tree", f"{lin.get('code_tree')} ({lin.get('workdir')})"),
+        ("command", lin.get("command")),
+        ("backend", f"{lin.get('backend', {}).get('name')} (type {lin.get('backend', {}).get('type')})"),
+        ("run", f"{lin.get('run_id')} attempt {lin.get('attempt')}"),
+        ("job", lin.get("job_id")),
+        ("host", job.get("host")),
+        ("exit code", lin.get("exit_code")),
+        ("python", lin.get("python")),
+    ]
+    if lin.get("base"):
+        rows.append(("base", f"{lin['base']['label']} (from {lin['base']['ref']}, sha256:{lin['base']['sha256']})"))
+        rows.append(("chain", " <- ".join(_base_chain(ctx, v))))
+    for item in lin.get("data", []):
+        rows.append(("data", f"{item['uri']} sha256:{item['sha256']}"))
+    for gate in v.gates:
+        rows.append(("gate", f"{gate['gate']}: {gate['value']} {'passed' if gate['passed'] else 'FAILED'}"))
+    rows.append(("metrics", ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))))
+    for key, value in rows:
+        click.echo(f"{key:<11} {value}")
+
+
+@click.command()
+@click.argument("label")
+@click.option("--alias", required=True, help="The alias to move, e.g. production.")
+@click.option(
+    "--clone",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=".",
+    show_default=True,
+    help="A local clone of the GitOps repository to commit in.",
+)
+@click.option("--force", is_flag=True, help="Commit even if this state directory has no such version.")
+@click.pass_context
+def promote(ctx: click.Context, label: str, alias: str, clone: Path, force: bool) -> None:
+    """Point ALIAS at LABEL (NAME@N) by a commit in a local clone; review and push it yourself."""
+    from gitopsd.errors import PermanentError, SpecError
+    from gitopsd.registry.promote import promote as do_promote
+    from gitopsd.registry.versions import parse_label
+
+    try:
+        name, number = parse_label(label)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not force:
+        with open_registry(ctx) as reg:
+            if reg.get(name, number) is None:
+                fail(f"{label} is not a registered version in {state_dir(ctx)} (use --force to commit anyway)")
+    try:
+        path, commit = do_promote(clone, name, number, alias)
+    except (PermanentError, SpecError) as exc:
+        fail(str(exc))
+        raise
+    click.echo(f"{path}: {alias} -> {label}, committed {commit[:12]} (not pushed)")
+
+
+@click.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def history(ctx: click.Context, model: str, as_json: bool) -> None:
+    """MODEL's versions and alias moves, oldest first, with their commits."""
+    from gitopsd.registry.aliases import AliasBook
+
+    with open_registry(ctx) as reg:
+        versions = reg.list(model)
+        moves = AliasBook(reg.conn).history(model)
+    entries: list[dict[str, Any]] = [
+        {"at": v.created_at, "event": "registered", "version": v.number, "commit": v.lineage.get("commit", ""),
+         "subject": v.lineage.get("commit_info", {}).get("subject", ""), "run_key": v.run_key,
+         "artifact": v.artifact.sha256}
+        for v in versions
+    ]  # fmt: skip
+    entries += [
+        {"at": m.at, "event": f"alias {m.kind}", "alias": m.alias, "version": m.version, "previous": m.previous,
+         "commit": m.commit_id, "subject": m.subject}
+        for m in moves
+    ]  # fmt: skip
+    entries.sort(key=lambda e: e["at"])
+    if not entries:
+        fail(f"no history for {model!r}")
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+        if e["event"] == "registered":
+            what = f"{model}@{e['version']} registered (sha256:{e['artifact'][:12]})"
+        else:
+            previous = f"{model}@{e['previous']}" if e["previous"] else "-"
+            target = f"{model}@{e['version']}" if e["version"] else "nothing"
+            what = f"{e['alias']} {e['event'].removeprefix('alias ')}: {previous} -> {target}"
+        click.echo(f"{when}  {e['commit'][:12]}  {what}  ({e['subject']})")
+
+
+def _base_chain(ctx: click.Context, version: Any) -> list[str]:
+    """NAME@N, then the version it was fine-tuned from, and so on back to a model trained from scratch."""
+    from gitopsd.registry.versions import parse_label
+
+    chain = [version.label]
+    with open_registry(ctx) as reg:
+        while version is not None and version.lineage.get("base") and len(chain) < 100:
+            label = version.lineage["base"]["label"]
+            chain.append(label)
+            version = reg.get(*parse_label(label))
+    return chain

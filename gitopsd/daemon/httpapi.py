@@ -1,0 +1,161 @@
+"""The daemon's HTTP face: health, readiness, Prometheus metrics, status, manual triggers and forge webhooks.
+
+A small WSGI application served by waitress (a well-kept pure-Python production server) on a loopback address
+by default. Handlers answer at once: a webhook is verified, deduplicated and turned into a trigger on the
+repository's queue; the pass itself runs in the repository's worker. Bodies are capped before they are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from gitopsd.daemon.webhooks import PROVIDERS, Verdict, judge
+
+log = logging.getLogger("gitopsd")
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large",
+            503: "Service Unavailable"}  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class HookTarget:
+    """A repository as the webhook endpoint sees it."""
+
+    name: str
+    branch: str | None
+    secrets: dict[str, list[bytes]]
+    trigger: Callable[[str], None]
+
+
+class Api:
+    """Everything the HTTP layer needs from the daemon, behind callables so it stays a thin shell."""
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry,
+        targets: Callable[[], list[HookTarget]],
+        ready: Callable[[], bool],
+        status: Callable[[str | None], Any],
+        max_body: Callable[[], int],
+        on_delivery: Callable[[str, str], None],
+    ) -> None:
+        self.registry = registry
+        self.targets = targets
+        self.ready = ready
+        self.status = status
+        self.max_body = max_body
+        self.on_delivery = on_delivery
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen_lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/")
+        query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        try:
+            status, content_type, body = self._route(method, path, query, environ)
+        except Exception:
+            log.exception("HTTP %s %s failed", method, path)
+            status, content_type, body = 500, "text/plain", b"internal error\n"
+        reason = _REASONS.get(status, "Internal Server Error")
+        start_response(f"{status} {reason}", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _route(self, method: str, path: str, query: dict[str, str], environ: dict[str, Any]) -> tuple[int, str, bytes]:
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            return (200, "text/plain", b"ready\n") if self.ready() else (503, "text/plain", b"first pass pending\n")
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/api/v1/status":
+            doc = self.status(query.get("repo"))
+            return (404, *_json({"error": "no such repository"})) if doc is None else (200, *_json(doc))
+        if path == "/api/v1/trigger":
+            if method != "POST":
+                return 405, *_json({"error": "POST to trigger a pass"})
+            chosen = [t for t in self.targets() if query.get("repo") in (None, t.name)]
+            if not chosen:
+                return 404, *_json({"error": "no such repository"})
+            for target in chosen:
+                target.trigger("manual")
+            return 202, *_json({"triggered": [t.name for t in chosen]})
+        if path.startswith("/hooks/"):
+            if method != "POST":
+                return 405, *_json({"error": "webhooks are POSTed"})
+            return self._hook(path.removeprefix("/hooks/").strip("/"), environ)
+        return 404, *_json({"error": f"no route {path}"})
+
+    def _hook(self, provider: str, environ: dict[str, Any]) -> tuple[int, str, bytes]:
+        limit = self.max_body()
+        length = environ.get("CONTENT_LENGTH") or ""
+        if length.isdigit() and int(length) > limit:
+            return self._answer(provider, Verdict(status=413, result="too_large", message=f"body over {limit} bytes"))
+        body = environ["wsgi.input"].read(min(int(length), limit + 1) if length.isdigit() else limit + 1)
+        if len(body) > limit:
+            return self._answer(provider, Verdict(status=413, result="too_large", message=f"body over {limit} bytes"))
+        headers = {k[5:].replace("_", "-"): v for k, v in environ.items() if k.startswith("HTTP_")}
+        headers["Content-Type"] = environ.get("CONTENT_TYPE", "")
+        if provider not in PROVIDERS:
+            return self._answer(provider, Verdict(status=404, result="unknown_provider", message=provider))
+        best: Verdict | None = None
+        for target in self.targets():
+            verdict = judge(provider, target.secrets.get(provider, []), headers, body, target.branch)
+            if verdict.status == 401 or verdict.result == "not_configured":
+                best = best or verdict
+                continue
+            if verdict.delivery and self._duplicate(provider, verdict.delivery):
+                return self._answer(provider, Verdict(status=200, result="duplicate", message="already delivered"))
+            if verdict.trigger:
+                log.info("webhook %s: %s for repository %s", provider, verdict.message, target.name)
+                target.trigger(f"webhook:{provider}")
+            return self._answer(provider, verdict)
+        return self._answer(provider, best or Verdict(status=404, result="not_configured", message="no repository"))
+
+    def _duplicate(self, provider: str, delivery: str) -> bool:
+        key = (provider, delivery)
+        with self._seen_lock:
+            if key in self._seen:
+                return True
+            self._seen[key] = None
+            while len(self._seen) > 10_000:
+                self._seen.popitem(last=False)
+        return False
+
+    def _answer(self, provider: str, verdict: Verdict) -> tuple[int, str, bytes]:
+        self.on_delivery(provider, verdict.result)
+        return verdict.status, *_json({"result": verdict.result, "message": verdict.message})
+
+
+def _json(doc: Any) -> tuple[str, bytes]:
+    return "application/json", json.dumps(doc).encode() + b"\n"
+
+
+class HttpServer:
+    """waitress in a thread."""
+
+    def __init__(self, app: Api, host: str, port: int) -> None:
+        from waitress.server import create_server
+
+        self._server = create_server(app, host=host, port=port, threads=4, ident="gitopsd", _start=True)
+        self.port = int(self._server.effective_port)
+        self.thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._server.close()

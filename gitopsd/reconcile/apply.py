@@ -1,0 +1,176 @@
+"""Applying a plan: each planner action becomes backend calls and state changes, one action at a time.
+
+An action that fails is logged and recorded as an event on its run; the rest of the plan still runs, and the
+next pass plans again from what is then true (level-triggered). Nothing here decides what to do: that was the
+planner's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gitopsd.backends.protocol import Backend
+from gitopsd.model import Phase, Reason
+from gitopsd.reconcile.collect import collect
+from gitopsd.reconcile.desired import DesiredState
+from gitopsd.reconcile.launch import Base, Launcher
+from gitopsd.reconcile.observe import Observer, job_ref
+from gitopsd.reconcile.planner import Action, Adopt, Cancel, Collect, Fail, Resubmit, SetPhase, Submit
+from gitopsd.reconcile.prune import prune_model_runs
+from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
+from gitopsd.registry.audit import tag_version
+from gitopsd.registry.store import ArtifactStore, open_store
+from gitopsd.registry.versions import Registry, Version
+from gitopsd.units import format_size
+
+log = logging.getLogger("gitopsd")
+
+
+class Applier:
+    def __init__(
+        self,
+        *,
+        state: StateStore,
+        registry: Registry,
+        launcher: Launcher,
+        observer: Observer,
+        artifacts: Path,
+    ) -> None:
+        self.state = state
+        self.registry = registry
+        self.launcher = launcher
+        self.observer = observer
+        self.artifacts = artifacts
+
+    def apply(
+        self,
+        actions: list[Action],
+        desired: DesiredState,
+        backends: Mapping[str, Backend],
+        bases: Mapping[str, Version] | None = None,
+    ) -> None:
+        """Apply every action; `bases` are the versions fine-tuned models start from (see `spec.base`)."""
+        for action in actions:
+            try:
+                self._apply(action, desired, backends, bases or {})
+            except Exception as exc:  # one broken action must not stop the others
+                log.exception("%s: %s failed: %s", action.model, type(action).__name__, exc)
+                run_id = getattr(action, "run_id", None)
+                self.state.event(action.model, f"{type(action).__name__}Failed", run_id=run_id, message=str(exc))
+        for model in sorted({action.model for action in actions if isinstance(action, Cancel | Fail | Collect)}):
+            freed = prune_model_runs(self.state, model, keep=desired.repo.runs.keep)
+            if freed:
+                log.info("%s: pruned old run directories (%s freed)", model, format_size(freed))
+
+    def _apply(
+        self, action: Action, desired: DesiredState, backends: Mapping[str, Backend], bases: Mapping[str, Version]
+    ) -> None:
+        if isinstance(action, Submit):
+            model = desired.models[action.model]
+            self.launcher.submit(
+                model,
+                commit=desired.commit,
+                attempt=action.attempt,
+                backend=backends[model.train.backend],
+                keys=(action.run_key, action.spec_digest),
+                base=self._base(model.spec.spec.base, bases.get(model.name), desired),
+            )
+            return
+        run = self.state.get_run(getattr(action, "run_id", ""))
+        if run is None:
+            return
+        if isinstance(action, Resubmit):
+            model = desired.models[run.model]
+            base = self._base(model.spec.spec.base, bases.get(model.name), desired)
+            self.launcher.launch(run, model, backends[run.backend], resubmitted=True, base=base)
+        elif isinstance(action, Adopt):
+            log.info(
+                "%s: adopted job %s of run %s after a restart", run.model, action.job_id, run.id, extra=run_fields(run)
+            )
+            self.state.update_run(
+                run,
+                event="Adopted",
+                message=f"job {action.job_id} found by run id",
+                job_id=action.job_id,
+                phase=Phase.QUEUED,
+            )
+        elif isinstance(action, SetPhase):
+            started = time.time() if action.phase is Phase.RUNNING and run.started_at is None else run.started_at
+            message = f"job {run.job_id} is {action.phase}"
+            self.state.update_run(run, event=str(action.phase), message=message, phase=action.phase, started_at=started)
+        elif isinstance(action, Cancel):
+            self._cancel(run, action, backends)
+        elif isinstance(action, Fail):
+            log.warning("%s: run %s failed: %s", run.model, run.id, action.message, extra=run_fields(run))
+            self._end(run, Phase.FAILED, action.reason, action.message, exit_code=action.exit_code)
+        elif isinstance(action, Collect):
+            self._collect(run, desired, backends)
+
+    def _base(self, ref: str | None, version: Version | None, desired: DesiredState) -> Base | None:
+        if ref is None or version is None:
+            return None
+        return Base(ref=ref, version=version, store=self.store_for(desired))
+
+    def store_for(self, desired: DesiredState) -> ArtifactStore:
+        """The artifact store the applied commit's gitops.yaml names (default: STATE_DIR/artifacts)."""
+        registry = desired.repo.registry
+        return open_store(registry.artifacts, self.artifacts, endpoint_url=registry.endpoint_url,
+                          object_lock_days=registry.object_lock_days)  # fmt: skip
+
+    def _end(self, run: RunRecord, phase: Phase, reason: Reason, message: str, **changes: Any) -> None:
+        event = "Cancelled" if phase is Phase.CANCELLED else "Failed"
+        changes.setdefault("ended_at", time.time())
+        self.state.update_run(run, event=event, message=message, phase=phase, reason=str(reason), **changes)
+        self.observer.forget(run.id)
+
+    def _cancel(self, run: RunRecord, action: Cancel, backends: Mapping[str, Backend]) -> None:
+        log.info("%s: stopping run %s: %s", run.model, run.id, action.message, extra=run_fields(run))
+        backend = backends.get(run.backend)
+        if backend is not None and run.job_id is not None:
+            backend.cancel(job_ref(run))
+        if action.reason is Reason.PLATEAUED:  # not a failure: collected once the job is gone
+            self.state.update_run(
+                run,
+                event="EarlyStop",
+                message=action.message,
+                stop_reason=str(action.reason),
+                reason=str(action.reason),
+            )
+        elif action.reason is Reason.CANCELLED:
+            self._end(run, Phase.CANCELLED, action.reason, action.message)
+        else:
+            self._end(run, Phase.FAILED, action.reason, action.message)
+
+    def _collect(self, run: RunRecord, desired: DesiredState, backends: Mapping[str, Backend]) -> None:
+        if run.phase is not Phase.VALIDATING:
+            run = self.state.update_run(
+                run, event="Validating", message="job ended; checking gates", phase=Phase.VALIDATING
+            )
+        backend = backends.get(run.backend)
+        job: dict[str, Any] = backend.describe(job_ref(run)) if backend and run.job_id else {}
+        store = self.store_for(desired)
+        outcome = collect(run, registry=self.registry, store=store, job=job)
+        ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
+                 "exit_code": job.get("exit_code")}  # fmt: skip
+        if outcome.version is None:
+            log.warning("%s: run %s not registered: %s", run.model, run.id, outcome.message, extra=run_fields(run))
+            self._end(run, Phase.FAILED, outcome.reason, outcome.message, **ended)
+            return
+        log.info("%s: %s", run.model, outcome.message, extra=run_fields(run))
+        tags = desired.repo.registry.tags
+        if tags.enabled:
+            tag_version(self.launcher.source, outcome.version, push=tags.push)
+        self.state.update_run(
+            run,
+            event="Registered",
+            message=outcome.message,
+            phase=Phase.REGISTERED,
+            reason=str(Reason.SUCCEEDED),
+            version=outcome.version.number,
+            **ended,
+        )
+        self.observer.forget(run.id)

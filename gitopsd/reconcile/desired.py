@@ -1,0 +1,238 @@
+"""Desired state at a commit: every model spec parsed, resolved against `gitops.yaml`, and given its run key.
+
+Loading is incremental: the loader remembers the last commit it loaded and, for a new commit, re-parses only the
+spec files a tree diff says changed. Run keys are recomputed only for models whose inputs moved. A commit with
+any invalid spec is rejected whole (`SpecError` listing every problem) and the last good state stays cached.
+
+The run key is the content identity of one training: the canonical fields that affect training, the Git tree
+id of the code it runs, its data digests, its Python requirements and the resolved backend settings. Labels,
+descriptions, aliases, suspension, retries, timeouts and gates do not change it; those that decide whether a
+failed key deserves another attempt (retries, timeout, gates) go into the spec digest instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.source.mirror import REPO_SPEC, Source
+from gitopsd.spec.load import check_models, load_model, load_repository
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, resolve_train
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DesiredModel:
+    name: str
+    path: str
+    spec: ModelSpec
+    train: ResolvedTrain
+    code_tree: str
+    run_key: str
+    spec_digest: str
+
+    @property
+    def suspend(self) -> bool:
+        return bool(self.spec.spec.suspend)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DesiredState:
+    commit: str
+    repo: RepositorySpec
+    models: Mapping[str, DesiredModel]
+
+
+def digest(value: Any) -> str:
+    """sha256 of the canonical JSON of `value`."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def training_identity(model: ModelSpec, train: ResolvedTrain) -> dict[str, Any]:
+    """The spec fields that change what a training produces (not whether we keep it)."""
+    body = model.spec
+    return {
+        "backend": {"name": train.backend, "type": train.backend_type, "settings": dict(train.settings)},
+        "command": train.command,
+        "workdir": train.workdir,
+        "env": dict(sorted(train.env.items())),
+        "resources": {
+            "cpus": train.resources.cpus,
+            "memory_mb": train.resources.memory_mb,
+            "gpus": train.resources.gpus,
+            "nodes": train.resources.nodes,
+        },
+        "data": [{"uri": d.uri, "sha256": d.sha256} for d in body.data],
+        "outputs": body.outputs.model_dump(mode="json"),
+        "convergence": body.convergence.model_dump(mode="json"),
+    }
+
+
+def keys_for(model: ModelSpec, train: ResolvedTrain, code_tree: str, requirements_id: str | None) -> tuple[str, str]:
+    """(run key, spec digest) of one model at one commit."""
+    run_key = digest(
+        {"v": 1, "train": training_identity(model, train), "code": code_tree, "requirements": requirements_id}
+    )
+    spec_digest = digest(
+        {
+            "run_key": run_key,
+            "retries": train.retries,
+            "timeout": train.timeout_s,
+            "validate": list(model.spec.validate_gates),
+        }
+    )
+    return run_key, spec_digest
+
+
+class PerModel(Generic[T]):
+    """A value derived from each desired model, recomputed only for models that changed between commits.
+
+    The loader keeps the same `DesiredModel` object for a model whose inputs did not change, so identity tells
+    what to recompute: a one-spec commit costs one call, not one per model.
+    """
+
+    def __init__(self, derive: Callable[[DesiredModel], T]) -> None:
+        self._derive = derive
+        self._source: DesiredState | None = None
+        self._values: dict[str, T] = {}
+
+    def of(self, desired: DesiredState) -> dict[str, T]:
+        if self._source is not desired:
+            before = self._source.models if self._source is not None else {}
+            old = self._values
+            self._values = {
+                name: old[name] if before.get(name) is model and name in old else self._derive(model)
+                for name, model in desired.models.items()
+            }
+            self._source = desired
+        return self._values
+
+
+class DesiredLoader:
+    """Loads desired state from a `Source`, caching the last good commit and re-parsing only what changed."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._state: DesiredState | None = None
+        self._files: dict[str, str] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        self._inputs: dict[str, tuple[str | None, ...]] = {}
+
+    @property
+    def last_good(self) -> DesiredState | None:
+        return self._state
+
+    def load(self, commit: str) -> DesiredState:
+        if self._state is not None and self._state.commit == commit:
+            return self._state
+        files, specs, repo = self._parse(commit)
+        models = self._resolve(commit, repo, specs, files)
+        self._files, self._specs = files, specs
+        self._state = DesiredState(commit=commit, repo=repo, models=models)
+        return self._state
+
+    def _parse(self, commit: str) -> tuple[dict[str, str], dict[str, ModelSpec], RepositorySpec]:
+        if self._state is None:
+            files = self.source.spec_files(commit)
+            changed = set(files)
+        else:
+            changed = self.source.changed_spec_files(self._state.commit, commit)
+            files = dict(self._files)
+            for path in changed:
+                blob = self.source.object_id(commit, path)
+                if blob is None:
+                    files.pop(path, None)
+                else:
+                    files[path] = blob
+        problems: list[SpecProblem] = []
+        repo = self._state.repo if self._state is not None and REPO_SPEC not in changed else None
+        if repo is None:
+            repo = RepositorySpec.default()
+            if REPO_SPEC in files:
+                try:
+                    repo = load_repository(self.source.blob_text(files[REPO_SPEC]), REPO_SPEC)
+                except SpecError as exc:
+                    problems.extend(exc.problems)
+        specs = {p: s for p, s in self._specs.items() if p in files}
+        for path in sorted(changed):
+            if path == REPO_SPEC or path not in files:
+                continue
+            try:
+                specs[path] = load_model(self.source.blob_text(files[path]), path)
+            except SpecError as exc:
+                problems.extend(exc.problems)
+        if not problems:
+            try:
+                check_models(specs, repo)
+            except SpecError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise SpecError(problems)
+        return files, specs, repo
+
+    def _resolve(
+        self, commit: str, repo: RepositorySpec, specs: Mapping[str, ModelSpec], files: Mapping[str, str]
+    ) -> dict[str, DesiredModel]:
+        previous = self._state.models if self._state is not None else {}
+        by_path = {m.path: m for m in previous.values()}
+        tree_ids: dict[str, str | None] = {}
+
+        def object_id(path: str) -> str | None:
+            if path not in tree_ids:
+                tree_ids[path] = self.source.object_id(commit, path)
+            return tree_ids[path]
+
+        repo_digest = digest(repo.model_dump(mode="json"))
+        models: dict[str, DesiredModel] = {}
+        inputs_now: dict[str, tuple[str | None, ...]] = {}
+        problems: list[SpecProblem] = []
+        for path, spec in specs.items():
+            old = by_path.get(path)
+            same_spec = old is not None and self._inputs.get(path, ())[:2] == (files[path], repo_digest)
+            train = old.train if old is not None and same_spec else resolve_train(spec, repo, file=path)
+            code_tree = object_id(train.workdir)
+            if code_tree is None:
+                problems.append(
+                    SpecProblem(
+                        file=path,
+                        line=None,
+                        field="spec.train.workdir",
+                        message=f"directory {train.workdir!r} does not exist at this commit",
+                    )
+                )
+                continue
+            requirements = object_id(train.requirements) if train.requirements else None
+            if train.requirements and requirements is None:
+                problems.append(
+                    SpecProblem(
+                        file=path,
+                        line=None,
+                        field="spec.train.python.requirements",
+                        message=f"file {train.requirements!r} does not exist at this commit",
+                    )
+                )
+                continue
+            inputs = inputs_now[path] = (files[path], repo_digest, code_tree, requirements)
+            if old is not None and self._inputs.get(path) == inputs:
+                models[old.name] = old
+                continue
+            run_key, spec_digest = keys_for(spec, train, code_tree, requirements)
+            models[spec.name] = DesiredModel(
+                name=spec.name,
+                path=path,
+                spec=spec,
+                train=train,
+                code_tree=code_tree,
+                run_key=run_key,
+                spec_digest=spec_digest,
+            )
+        if problems:
+            raise SpecError(problems)
+        self._inputs = inputs_now
+        return models

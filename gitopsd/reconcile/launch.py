@@ -1,0 +1,188 @@
+"""Starting a run: the run row first, then its snapshot and tree, then the backend's job.
+
+This is step 1 of the crash-safety protocol. The run row (phase Submitting) is committed before anything else,
+so that after a crash at any later point the next pass knows the run and asks its backend for it by run id
+instead of starting a second job.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gitopsd.backends.protocol import Backend
+from gitopsd.errors import PermanentError
+from gitopsd.model import Job, Phase, Reason
+from gitopsd.reconcile.collect import write_snapshot
+from gitopsd.reconcile.desired import DesiredModel
+from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
+from gitopsd.registry.store import ArtifactStore, sha256_file
+from gitopsd.registry.versions import Version
+from gitopsd.source.mirror import Source
+
+log = logging.getLogger("gitopsd")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Base:
+    """The version a fine-tuning run starts from, and the store that holds its artifact."""
+
+    ref: str
+    version: Version
+    store: ArtifactStore
+
+    def lineage(self) -> dict[str, Any]:
+        v = self.version
+        return {"ref": self.ref, "label": v.label, "sha256": v.artifact.sha256, "run_key": v.run_key,
+                "run_id": v.run_id}  # fmt: skip
+
+
+class Launcher:
+    def __init__(self, state: StateStore, source: Source, runs_dir: Path) -> None:
+        self.state = state
+        self.source = source
+        self.runs_dir = runs_dir
+
+    def submit(
+        self,
+        model: DesiredModel,
+        *,
+        commit: str,
+        attempt: int,
+        backend: Backend,
+        keys: tuple[str, str],
+        base: Base | None = None,
+    ) -> RunRecord:
+        """Record a new run for `model` at `commit` (with its (run key, spec digest)), then start its job."""
+        run_id = f"{model.name[:40]}-{secrets.token_hex(4)}"
+        now = time.time()
+        run = RunRecord(
+            id=run_id,
+            model=model.name,
+            run_key=keys[0],
+            spec_digest=keys[1],
+            commit_id=commit,
+            spec_path=model.path,
+            backend=model.train.backend,
+            phase=Phase.SUBMITTING,
+            attempt=attempt,
+            run_dir=str(self.runs_dir / run_id),
+            created_at=now,
+            updated_at=now,
+        )
+        self.state.create_run(run, message=f"attempt {attempt} for run key {run.run_key[:12]}")
+        return self.launch(run, model, backend, resubmitted=False, base=base)
+
+    def launch(
+        self, run: RunRecord, model: DesiredModel, backend: Backend, *, resubmitted: bool, base: Base | None = None
+    ) -> RunRecord:
+        """Prepare the run directory and hand the job to its backend; record the outcome."""
+        run_dir = Path(run.run_dir)
+        try:
+            self._write_snapshot(run, model, base)
+            tree = run_dir / "tree"
+            self.source.export(run.commit_id, tree, exported_paths(model))
+            check_data(model, tree)
+            env = dict(model.train.env)
+            if base is not None:
+                artifact = run_dir / "base" / "artifact"
+                if not artifact.exists():
+                    artifact.parent.mkdir(parents=True, exist_ok=True)
+                    base.store.copy_out(base.version.artifact.sha256, artifact)
+                env.update(GITOPSD_BASE_MODEL=base.version.label, GITOPSD_BASE_ARTIFACT=str(artifact))
+            job_id = backend.submit(self._job(run, model, tree, env))
+        except PermanentError as exc:
+            log.error("%s: run %s cannot be submitted: %s", run.model, run.id, exc, extra=run_fields(run))
+            return self.state.update_run(
+                run,
+                event="SubmitFailed",
+                message=str(exc),
+                phase=Phase.FAILED,
+                reason=str(Reason.SUBMIT_FAILED),
+                ended_at=time.time(),
+            )
+        except Exception as exc:  # transient by default: the run stays Submitting and is retried by run id
+            log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc, extra=run_fields(run))
+            return self.state.update_run(run, event="SubmitDeferred", message=str(exc) or type(exc).__name__)
+        verb = "resubmitted" if resubmitted else "submitted"
+        log.info("%s: %s run %s to %s as job %s (commit %s)", run.model, verb, run.id, run.backend, job_id,
+                 run.commit_id[:12], extra=run_fields(run))  # fmt: skip
+        return self.state.update_run(
+            run,
+            event="Submitted",
+            message=f"{verb} to {run.backend} as job {job_id}",
+            job_id=job_id,
+            phase=Phase.QUEUED,
+        )
+
+    @staticmethod
+    def _job(run: RunRecord, model: DesiredModel, tree: Path, env: dict[str, str]) -> Job:
+        run_dir = Path(run.run_dir)
+        train = model.train
+        return Job(
+            run_id=run.id,
+            model=run.model,
+            command=train.command,
+            run_dir=run_dir,
+            tree_dir=tree,
+            workdir=tree / train.workdir,
+            output_dir=run_dir / "out",
+            metrics_file=run_dir / "out" / model.spec.spec.outputs.metrics,
+            log_dir=run_dir / "logs",
+            env=env,
+            resources=train.resources,
+            timeout_s=train.timeout_s,
+            python_requirements=tree / train.requirements if train.requirements else None,
+            settings=train.settings,
+        )
+
+    def _write_snapshot(self, run: RunRecord, model: DesiredModel, base: Base | None) -> None:
+        """What collecting the run will need, fixed at submit time: gates, outputs, lineage inputs."""
+        body = model.spec.spec
+        write_snapshot(
+            Path(run.run_dir),
+            {
+                "model": model.name,
+                "spec_path": model.path,
+                "commit": run.commit_id,
+                "repo_url": self.source.url,
+                "commit_info": self.source.commit_info(run.commit_id),
+                "run_key": model.run_key,
+                "spec_digest": model.spec_digest,
+                "code_tree": model.code_tree,
+                "train": asdict(model.train),
+                "outputs": body.outputs.model_dump(mode="json"),
+                "validate": list(body.validate_gates),
+                "data": [d.model_dump(mode="json") for d in body.data],
+                "base": base.lineage() if base else None,
+            },
+        )
+
+
+def exported_paths(model: DesiredModel) -> list[str]:
+    """What a run sees of its commit: its workdir, its repository data and its requirements file.
+
+    Exactly what its run key covers, so a training cannot depend on a file whose change would not retrain it.
+    """
+    paths = [model.train.workdir]
+    paths += [d.uri for d in model.spec.spec.data if "://" not in d.uri]
+    if model.train.requirements:
+        paths.append(model.train.requirements)
+    return paths
+
+
+def check_data(model: DesiredModel, tree: Path) -> None:
+    """Local data must match its declared digest before any GPU time is spent on it."""
+    for item in model.spec.spec.data:
+        if "://" in item.uri and not item.uri.startswith("file://"):
+            continue
+        path = Path(item.uri.removeprefix("file://")) if item.uri.startswith("file://") else tree / item.uri
+        if not path.is_file():
+            raise PermanentError(f"data {item.uri} not found")
+        actual = sha256_file(path)
+        if actual != item.sha256:
+            raise PermanentError(f"data {item.uri} has sha256 {actual}, but the spec says {item.sha256}")

@@ -1,0 +1,319 @@
+"""One reconcile pass, as an ordered list of steps: fetch, load, observe, plan, apply, summarize.
+
+The reconciler owns the I/O around the pure planner and summarizer. It keeps the crash-safety protocol: a run
+row is committed (phase Submitting) before its job is submitted, and a run found in Submitting later is first
+looked up in its backend by run id, so a job is never started twice. A commit with invalid specs is rejected
+whole and the last good commit stays in force.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gitopsd.backends.protocol import Backend
+from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
+from gitopsd.model import Reason, Resources
+from gitopsd.reconcile.apply import Applier
+from gitopsd.reconcile.desired import DesiredLoader, DesiredState, PerModel, digest
+from gitopsd.reconcile.launch import Launcher
+from gitopsd.reconcile.observe import Observer
+from gitopsd.reconcile.planner import Action, Actual, Want, plan
+from gitopsd.reconcile.state import SourceRow, StateStore
+from gitopsd.reconcile.summarize import Summary
+from gitopsd.registry.aliases import AliasBook, plan_aliases
+from gitopsd.registry.recovery import save_alias_moves
+from gitopsd.registry.versions import Registry, Version
+from gitopsd.source.mirror import Source
+
+log = logging.getLogger("gitopsd")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PassResult:
+    commit: str | None
+    actions: tuple[Action, ...]
+    active: int
+    error: str = ""
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+    blocked: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Paths:
+    """Where everything lives inside a state directory."""
+
+    root: Path
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def registry_db(self) -> Path:
+        return self.root / "registry.db"
+
+    @property
+    def mirror(self) -> Path:
+        return self.root / "source.git"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+
+class Reconciler:
+    """Reconciles one repository (URL or path, branch) into one state directory."""
+
+    def __init__(self, *, state_dir: Path, url: str, branch: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.branch = branch
+        self.paths = Paths(root=state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = StateStore(self.paths.state_db)
+        self.registry = Registry(self.paths.registry_db)
+        self.source = Source(url, self.paths.mirror)
+        self.url = self.source.url
+        known = self.state.source()
+        if known is not None and known.url != self.source.url:
+            self.close()
+            raise PermanentError(
+                f"state directory {state_dir} already tracks {known.url}; use another --state-dir for {self.source.url}"
+            )
+        self.loader = DesiredLoader(self.source)
+        self.observer = Observer(self.state, state_dir)
+        self.summary = Summary(self.state)
+        self.applier = Applier(
+            state=self.state,
+            registry=self.registry,
+            launcher=Launcher(self.state, self.source, self.paths.runs),
+            observer=self.observer,
+            artifacts=self.paths.artifacts,
+        )
+        self.aliases = AliasBook(self.registry.conn)
+        self._alias_view = PerModel(lambda m: dict(m.spec.spec.aliases))
+        self._base_view = PerModel(lambda m: m.spec.spec.base)
+        self._resource_view = PerModel(lambda m: (m.train.backend, m.train.resources))
+        self._admitted: dict[tuple[str, Resources], tuple[Backend | None, str | None]] = {}
+        self._refused_for: tuple[DesiredState, dict[str, str]] | None = None
+        self._last_based: dict[str, Want] = {}
+        self._alias_state = self.aliases.current()
+        self._alias_seen: dict[str, tuple[tuple[tuple[str, str], ...], int]] = {}
+        self._alias_problems: dict[str, tuple[str, ...]] = {}
+        self._frozen = False
+        self._settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
+
+    def close(self) -> None:
+        self.state.close()
+        self.registry.close()
+
+    def reconcile(self, trigger: str = "cli", *, dry_run: bool = False) -> PassResult:
+        """One pass. With `dry_run`, return the plan without applying it or recording anything."""
+        row = self.state.source() or SourceRow(url=self.source.url, branch=self.branch)
+        row = _with(row, branch=self.branch, trigger=trigger)
+        commit, row = self._fetch(row)
+        desired, row = self._load(commit, row)
+        if desired is not None and not self._frozen:
+            # The first desired state lives as long as the daemon: move it out of the cyclic collector's
+            # sight, so later passes do not rescan tens of thousands of long-lived spec objects.
+            gc.freeze()
+            self._frozen = True
+        if not dry_run:
+            self.state.set_source(row)
+        runs = self.state.active_runs()
+        if desired is None:
+            return PassResult(commit=commit, actions=(), active=len(runs), error=row.error)
+        backends, unavailable = self.observer.backends(desired, runs)
+        settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
+        if not runs and not dry_run and settled == self._settled:
+            return PassResult(commit=commit, actions=(), active=0, error=row.error)
+        views = self.observer.observe(runs, desired, backends, unavailable, record=not dry_run)
+        versions = self.registry.key_numbers()
+        registered: dict[str, set[str]] = {}
+        for model, run_key in versions:
+            registered.setdefault(model, set()).add(run_key)
+        actual = Actual(
+            runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable
+        )
+        wants, bases, rebased = self._effective_wants(desired, backends)
+        actions = plan(wants, actual)
+        if dry_run:
+            return PassResult(
+                commit=desired.commit, actions=tuple(actions), active=len(runs), error=row.error,
+                unavailable=dict(unavailable),
+                blocked={name: want.blocked for name, want in wants.items() if want.blocked},
+            )  # fmt: skip
+        self.applier.apply(actions, desired, backends, bases)
+        if actions:
+            versions = self.registry.key_numbers()
+        touched = self._sync_aliases(desired, versions) | rebased
+        active = self.state.active_runs()
+        self.summary.record(desired, unavailable, versions, active, actions, self._alias_problems, wants, touched)
+        if not actions and not active and not touched:  # an alias move can unblock a fine-tuned model
+            self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
+        return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
+
+    def _refused(self, desired: DesiredState, backends: Mapping[str, Backend]) -> dict[str, str]:
+        """Models whose backend says it can never run their resources (asked once per backend and resources)."""
+        asks = self._resource_view.of(desired)
+        fresh = {
+            key
+            for key in set(asks.values())
+            if key[0] in backends and self._admitted.get(key, (None, None))[0] is not backends[key[0]]
+        }
+        for key in fresh:
+            backend = backends[key[0]]
+            try:
+                self._admitted[key] = (backend, backend.admit(key[1]))
+            except Exception as exc:  # a plugin bug must not stop the pass; ask again next time
+                log.warning("backend %s: admit failed: %s", key[0], exc)
+        if fresh or self._refused_for is None or self._refused_for[0] is not desired:
+            refused = {name: why for name, key in asks.items() if (why := self._admitted.get(key, (None, None))[1])}
+            self._refused_for = (desired, refused)
+        return self._refused_for[1]
+
+    def _effective_wants(
+        self, desired: DesiredState, backends: Mapping[str, Backend]
+    ) -> tuple[dict[str, Want], dict[str, Version], set[str]]:
+        """Wants as the planner must see them now: refused resources block a model, and each fine-tuned
+        model's key is bound to the base version it would start from.
+
+        A model with `base: NAME@N|ALIAS` trains again when its base resolves to another artifact, and waits
+        (blocked) while the base has no such version. Returns the wants, the resolved bases, and the models
+        whose want changed since the last pass.
+        """
+        wants = self.summary.wants.of(desired)
+        refused = self._refused(desired, backends)
+        refs = {name: ref for name, ref in self._base_view.of(desired).items() if ref}
+        if not refs and not refused:
+            return wants, {}, set()
+        wants = dict(wants)
+        for name, why in refused.items():
+            wants[name] = replace(
+                wants[name], blocked=f"refused at plan time: {why}", blocked_reason=Reason.POLICY_DENIED
+            )
+        bases: dict[str, Version] = {}
+        for name, ref in refs.items():
+            base = self._resolve_base(ref)
+            want = wants[name]
+            if base is None:
+                wants[name] = replace(want, blocked=f"waiting for base model {ref}: no such registered version yet")
+                continue
+            bases[name] = base
+            tie = {"base": base.artifact.sha256}
+            wants[name] = replace(
+                want,
+                run_key=digest({"run_key": want.run_key, **tie}),
+                spec_digest=digest({"spec_digest": want.spec_digest, **tie}),
+            )
+        special = refs.keys() | refused.keys()
+        changed = {name for name in special | self._last_based.keys() if self._last_based.get(name) != wants.get(name)}
+        self._last_based = {name: wants[name] for name in special}
+        return wants, bases, changed
+
+    def _resolve_base(self, ref: str) -> Version | None:
+        model, _, which = ref.partition("@")
+        number = int(which) if which.isdigit() else self._alias_state.get((model, which))
+        return self.registry.get(model, number) if number is not None else None
+
+    def _sync_aliases(self, desired: DesiredState, versions: Mapping[tuple[str, str], int]) -> set[str]:
+        """Move aliases to where the applied commit declares them; return the models whose aliases changed."""
+        numbers: dict[str, set[int]] = {}
+        for (model, _), number in versions.items():
+            numbers.setdefault(model, set()).add(number)
+        declared = {name: aliases for name, aliases in self._alias_view.of(desired).items() if aliases}
+        touched: set[str] = set()
+        for name in sorted(set(declared) | {m for m, _ in self._alias_state} | set(self._alias_seen)):
+            wanted = declared.get(name, {})
+            have = numbers.get(name, set())
+            key = (tuple(sorted((a, str(t)) for a, t in wanted.items())), max(have, default=0))
+            if self._alias_seen.get(name) == key:
+                continue
+            current = {a: v for (m, a), v in self._alias_state.items() if m == name}
+            moves, refused = plan_aliases(name, wanted, have, current)
+            if moves:
+                subject = str(self.source.commit_info(desired.commit)["subject"])
+                records = self.aliases.record(moves, commit=desired.commit, subject=subject)
+                try:
+                    save_alias_moves(self.applier.store_for(desired), self.aliases, records)
+                except GitopsdError as exc:  # the registry has them; the store catches up at the next move
+                    log.warning("%s: alias moves not yet in the artifact store: %s", name, exc)
+                for record in records:
+                    target = f"{name}@{record.version}" if record.version is not None else "nothing"
+                    before = f"{name}@{record.previous}" if record.previous is not None else "nothing"
+                    message = f"alias {record.alias} {record.kind}: {before} -> {target}"
+                    log.info("%s: %s (commit %s)", name, message, desired.commit[:12])
+                    self.state.event(name, "AliasMoved", reason=record.kind, message=message, commit_id=desired.commit)
+                    if record.version is None:
+                        self._alias_state.pop((name, record.alias), None)
+                    else:
+                        self._alias_state[(name, record.alias)] = record.version
+            if tuple(refused) != self._alias_problems.get(name, ()):
+                touched.add(name)
+            if refused:
+                self._alias_problems[name] = tuple(refused)
+            else:
+                self._alias_problems.pop(name, None)
+            if moves:
+                touched.add(name)
+            self._alias_seen[name] = key
+        return touched
+
+    def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:
+        try:
+            self.source.fetch()
+            commit = self.source.resolve(self.branch)
+        except SourceUnavailable as exc:
+            log.warning("source unavailable: %s", exc)
+            return row.applied_commit, _with(row, error_reason=Reason.SOURCE_UNAVAILABLE, error=str(exc))
+        return commit, _with(row, fetched_commit=commit, fetched_at=time.time(), error_reason="", error="")
+
+    def _load(self, commit: str | None, row: SourceRow) -> tuple[DesiredState | None, SourceRow]:
+        """Desired state at `commit`; for a bad commit, the last good one and the reason it stays in force."""
+        if commit is None:
+            return None, row
+        try:
+            desired = self.loader.load(commit)
+        except SpecError as exc:
+            if row.fetched_commit == commit and row.error_reason != Reason.SPEC_INVALID:
+                log.error("commit %s rejected:\n%s", commit[:12], exc)
+            good = row.applied_commit[:12] if row.applied_commit else "no earlier commit"
+            error = f"commit {commit[:12]} rejected, {good} stays in force:\n{exc}"
+            return self._last_good(row), _with(row, error_reason=Reason.SPEC_INVALID, error=error)
+        if row.applied_commit != commit:
+            row = _with(row, applied_commit=commit, applied_at=time.time())
+        return desired, row
+
+    def _last_good(self, row: SourceRow) -> DesiredState | None:
+        if self.loader.last_good is not None:
+            return self.loader.last_good
+        if row.applied_commit is None:
+            return None
+        try:
+            return self.loader.load(row.applied_commit)
+        except GitopsdError:
+            return None
+
+    def reconcile_until_settled(self, *, timeout_s: float, trigger: str = "cli") -> PassResult:
+        """Pass again and again until no run is in flight (or the timeout), backing off between passes."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.2
+        result = self.reconcile(trigger)
+        while result.active and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+            result = self.reconcile(trigger)
+        return result
+
+
+def _with(row: SourceRow, **changes: Any) -> SourceRow:
+    return SourceRow(**{**asdict(row), **changes})

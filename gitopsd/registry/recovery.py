@@ -1,0 +1,93 @@
+"""The self-describing store: every version and alias move also lives as an immutable JSON record next to the
+artifacts, so the registry can be rebuilt from the store alone after a disaster.
+
+Version `NAME@N` is the record `records/NAME/N`. The alias moves of model NAME are the records
+`records/ALIASES.NAME/1, 2, …` in the order they happened (model names are lowercase, so the upper-case prefix
+can never collide with a model). `rebuild` replays both into an empty registry database.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gitopsd.errors import IntegrityError, PermanentError
+from gitopsd.registry.aliases import AliasBook, AliasRecord
+from gitopsd.registry.store import ArtifactRef, ArtifactStore
+from gitopsd.registry.versions import Registry, Version
+
+ALIASES_PREFIX = "ALIASES."
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, indent=1, allow_nan=False).encode() + b"\n"
+
+
+def version_record(version: Version) -> bytes:
+    return _encode({"record": "version", **asdict(version)})
+
+
+def parse_version(raw: bytes, where: str) -> Version:
+    try:
+        data = json.loads(raw)
+        data.pop("record", None)
+        data["artifact"] = ArtifactRef(**data["artifact"])
+        return Version(**data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise IntegrityError(f"version record {where} is not readable: {exc}") from exc
+
+
+def save_version(store: ArtifactStore, version: Version) -> None:
+    """Write the version's record (idempotent: the same version always gives the same bytes)."""
+    store.put_record(version.model, version.number, version_record(version))
+
+
+def save_alias_moves(store: ArtifactStore, book: AliasBook, records: list[AliasRecord]) -> None:
+    """Append the alias moves of each model to its journal in the store, numbered in order."""
+    for model in sorted({r.model for r in records}):
+        history = book.history(model)
+        for index, record in enumerate(history, start=1):
+            store.put_record(ALIASES_PREFIX + model, index, _encode({"record": "alias-move", **asdict(record)}))
+
+
+def rebuild(store: ArtifactStore, registry_path: Path) -> tuple[int, int]:
+    """Create `registry_path` from the store's records; returns (versions, alias moves) restored."""
+    if registry_path.exists():
+        raise PermanentError(f"{registry_path} exists: move it away first; rebuild never overwrites a registry")
+    versions: list[Version] = []
+    moves: list[AliasRecord] = []
+    for name, number, raw in store.records():
+        where = f"{name}@{number}"
+        if name.startswith(ALIASES_PREFIX):
+            data = json.loads(raw)
+            data.pop("record", None)
+            moves.append(AliasRecord(**data))
+        else:
+            version = parse_version(raw, where)
+            if (version.model, version.number) != (name, number):
+                raise IntegrityError(f"record {where} describes {version.label}")
+            versions.append(version)
+    with Registry(registry_path) as registry:
+        conn = registry.conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO versions (model, number, run_id, run_key, artifact_sha256, artifact_size, "
+                "artifact_uri, metrics, gates, lineage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (v.model, v.number, v.run_id, v.run_key, v.artifact.sha256, v.artifact.size, v.artifact.uri,
+                     json.dumps(v.metrics, sort_keys=True), json.dumps(v.gates, sort_keys=True),
+                     json.dumps(v.lineage, sort_keys=True), v.created_at)
+                    for v in versions
+                ],
+            )  # fmt: skip
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        moves.sort(key=lambda m: m.at)
+        AliasBook(conn).restore(moves)
+    return len(versions), len(moves)

@@ -1,0 +1,346 @@
+"""The model registry: numbered, immutable versions in their own SQLite file.
+
+Every model that passes its gates becomes `name@N` (N = 1, 2, 3 ... per model) with its artifact digest,
+metrics, gate results and lineage. A version is never changed or removed, and SQLite itself enforces that with
+triggers, so no code path (ours, a script, the `sqlite3` shell) can quietly rewrite history. Registering is
+idempotent by run id, so a crash between "registered" and "recorded in the state DB" is harmless. The read
+path (`gitopsd status`) opens the file read-only, runs no migrations and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gitopsd.errors import IntegrityError, PermanentError
+from gitopsd.registry.store import ArtifactRef, ArtifactStore
+
+_IMMUTABLE = "versions are immutable: register a new version instead"
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        f"""
+        CREATE TABLE versions (
+            model TEXT NOT NULL,
+            number INTEGER NOT NULL CHECK (number >= 1),
+            run_id TEXT NOT NULL UNIQUE,
+            run_key TEXT NOT NULL,
+            artifact_sha256 TEXT NOT NULL,
+            artifact_size INTEGER NOT NULL,
+            artifact_uri TEXT NOT NULL,
+            metrics TEXT NOT NULL,
+            gates TEXT NOT NULL,
+            lineage TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (model, number)
+        );
+        CREATE INDEX versions_model_run_key ON versions (model, run_key);
+        CREATE TRIGGER versions_no_update BEFORE UPDATE ON versions
+        BEGIN
+            SELECT RAISE(ABORT, '{_IMMUTABLE} (UPDATE refused)');
+        END;
+        CREATE TRIGGER versions_no_delete BEFORE DELETE ON versions
+        BEGIN
+            SELECT RAISE(ABORT, '{_IMMUTABLE} (DELETE refused)');
+        END;
+        -- INSERT OR REPLACE deletes the old row without firing the DELETE trigger: refuse it up front.
+        CREATE TRIGGER versions_no_replace BEFORE INSERT ON versions
+        WHEN EXISTS (
+            SELECT 1 FROM versions
+            WHERE (model = NEW.model AND number = NEW.number) OR run_id = NEW.run_id
+        )
+        BEGIN
+            SELECT RAISE(ABORT, '{_IMMUTABLE} (this model@number or run_id already exists)');
+        END;
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE alias_moves (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            model TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version INTEGER,
+            previous INTEGER,
+            kind TEXT NOT NULL,
+            commit_id TEXT NOT NULL,
+            subject TEXT NOT NULL DEFAULT '',
+            at REAL NOT NULL
+        );
+        CREATE INDEX alias_moves_model ON alias_moves (model, alias, seq);
+        CREATE TRIGGER alias_moves_no_update BEFORE UPDATE ON alias_moves
+        BEGIN
+            SELECT RAISE(ABORT, 'alias moves are append-only: move the alias again instead');
+        END;
+        CREATE TRIGGER alias_moves_no_delete BEFORE DELETE ON alias_moves
+        BEGIN
+            SELECT RAISE(ABORT, 'alias moves are append-only: move the alias again instead');
+        END;
+        """,
+    ),
+]
+"""Numbered schema changes, applied in order, each in its own transaction, each recorded in `migrations`."""
+
+_COLUMNS = (
+    "model, number, run_id, run_key, artifact_sha256, artifact_size, artifact_uri, metrics, gates, lineage, created_at"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Version:
+    """One registered, immutable model version."""
+
+    model: str
+    number: int
+    run_id: str
+    run_key: str
+    artifact: ArtifactRef
+    metrics: dict[str, float]
+    gates: list[dict[str, Any]]
+    lineage: dict[str, Any]
+    created_at: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.number}"
+
+
+def parse_label(label: str) -> tuple[str, int]:
+    """Split `"iris@3"` into `("iris", 3)`."""
+    model, sep, number = label.rpartition("@")
+    if not sep or not model or not number.isdigit() or int(number) < 1:
+        raise ValueError(f"version label {label!r} is not of the form MODEL@N with N a whole number >= 1")
+    return model, int(number)
+
+
+def _split_statements(sql: str) -> list[str]:
+    """Cut a script into complete statements (trigger bodies keep their inner semicolons)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
+
+
+def _to_json(value: object, what: str, model: str, run_id: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(
+            f"cannot register {model} (run {run_id}): {what} must be JSON with finite numbers: {exc}"
+        ) from exc
+
+
+def _version(row: tuple[Any, ...]) -> Version:
+    model, number, run_id, run_key, sha, size, uri, metrics, gates, lineage, created_at = row
+    return Version(
+        model=model,
+        number=number,
+        run_id=run_id,
+        run_key=run_key,
+        artifact=ArtifactRef(sha256=sha, size=size, uri=uri),
+        metrics=json.loads(metrics),
+        gates=json.loads(gates),
+        lineage=json.loads(lineage),
+        created_at=created_at,
+    )
+
+
+class Registry:
+    """Versions of every model, in `STATE_DIR/registry.db`."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        if readonly:
+            if not self.path.exists():
+                return  # nothing registered yet: behave as an empty registry
+            uri = self.path.absolute().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'versions'")
+            if exists.fetchone() is None:
+                conn.close()
+                return
+            self._conn = conn
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn = conn
+        self._migrate()
+
+    def _migrate(self) -> None:
+        conn = self._writable()
+        conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+        known = max(number for number, _ in MIGRATIONS)
+        (newest,) = conn.execute("SELECT COALESCE(MAX(number), 0) FROM migrations").fetchone()
+        if newest > known:
+            raise PermanentError(
+                f"registry {self.path} has schema migration {newest} but this gitopsd knows only up to "
+                f"{known}: upgrade gitopsd"
+            )
+        for number, sql in MIGRATIONS:
+            if number <= newest:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have applied it while we waited for the write lock.
+                if conn.execute("SELECT 1 FROM migrations WHERE number = ?", (number,)).fetchone() is None:
+                    for statement in _split_statements(sql):
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO migrations (number, applied_at) VALUES (?, ?)", (number, time.time()))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise PermanentError(f"registry {self.path}: migration {number} failed: {exc}") from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection | None:
+        """The open connection (None for a read-only registry that does not exist yet), for modules that keep
+        their own tables in the registry database (aliases)."""
+        return self._conn
+
+    def _writable(self) -> sqlite3.Connection:
+        if self._closed:
+            raise PermanentError(f"registry {self.path} is closed")
+        if self.readonly or self._conn is None:
+            raise PermanentError(f"registry {self.path} is open read-only: cannot write to it")
+        return self._conn
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
+        if self._closed:
+            raise PermanentError(f"registry {self.path} is closed")
+        if self._conn is None:
+            return []
+        return self._conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> Version | None:
+        rows = self._rows(sql, params)
+        return _version(rows[0]) if rows else None
+
+    def register(
+        self,
+        *,
+        model: str,
+        run_id: str,
+        run_key: str,
+        artifact: ArtifactRef,
+        metrics: dict[str, float],
+        gates: builtins.list[dict[str, Any]],
+        lineage: dict[str, Any],
+        created_at: float,
+    ) -> Version:
+        """Record a new version (number = previous + 1), or return the one already recorded for `run_id`."""
+        conn = self._writable()
+        encoded = (
+            _to_json(metrics, "metrics", model, run_id),
+            _to_json(gates, "gates", model, run_id),
+            _to_json(lineage, "lineage", model, run_id),
+        )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            existing = self.by_run_id(run_id)
+            if existing is None:
+                (number,) = conn.execute(
+                    "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE model = ?", (model,)
+                ).fetchone()
+                row = (model, number, run_id, run_key, artifact.sha256, artifact.size, artifact.uri)
+                conn.execute(
+                    f"INSERT INTO versions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, *encoded, created_at),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if existing is None:
+            return _version((*row, *encoded, created_at))
+        if existing.model != model:
+            raise PermanentError(
+                f"run {run_id} is already registered as {existing.label}; it cannot also become a version of {model!r}"
+            )
+        return existing
+
+    def get(self, model: str, number: int) -> Version | None:
+        return self._one(f"SELECT {_COLUMNS} FROM versions WHERE model = ? AND number = ?", (model, number))
+
+    def latest(self, model: str) -> Version | None:
+        return self._one(f"SELECT {_COLUMNS} FROM versions WHERE model = ? ORDER BY number DESC LIMIT 1", (model,))
+
+    def list(self, model: str | None = None) -> builtins.list[Version]:
+        """All versions (or one model's), ordered by model then number."""
+        if model is None:
+            rows = self._rows(f"SELECT {_COLUMNS} FROM versions ORDER BY model, number")
+        else:
+            rows = self._rows(f"SELECT {_COLUMNS} FROM versions WHERE model = ? ORDER BY number", (model,))
+        return [_version(row) for row in rows]
+
+    def by_run_id(self, run_id: str) -> Version | None:
+        return self._one(f"SELECT {_COLUMNS} FROM versions WHERE run_id = ?", (run_id,))
+
+    def by_run_key(self, model: str, run_key: str) -> Version | None:
+        """The newest version of `model` trained with this run key (same key = same training)."""
+        return self._one(
+            f"SELECT {_COLUMNS} FROM versions WHERE model = ? AND run_key = ? ORDER BY number DESC LIMIT 1",
+            (model, run_key),
+        )
+
+    def latest_numbers(self) -> dict[str, int]:
+        """Model -> its newest version number, in one query."""
+        return dict(self._rows("SELECT model, MAX(number) FROM versions GROUP BY model"))
+
+    def key_numbers(self) -> dict[tuple[str, str], int]:
+        """(model, run key) -> the newest version number trained from that key, in one query."""
+        rows = self._rows("SELECT model, run_key, MAX(number) FROM versions GROUP BY model, run_key")
+        return {(model, run_key): number for model, run_key, number in rows}
+
+    def registered_keys(self) -> dict[str, set[str]]:
+        """Model -> every run key it has a version for, in one query."""
+        keys: dict[str, set[str]] = {}
+        for model, run_key in self._rows("SELECT DISTINCT model, run_key FROM versions"):
+            keys.setdefault(model, set()).add(run_key)
+        return keys
+
+    def verify(self, store: ArtifactStore) -> builtins.list[str]:
+        """Re-hash every version's artifact in `store`; one line per missing or tampered artifact."""
+        problems: builtins.list[str] = []
+        for version in self.list():
+            try:
+                store.verify(version.artifact.sha256, version.artifact.size)
+            except IntegrityError as exc:
+                problems.append(f"{version.label}: {exc}")
+        return problems
+
+    def close(self) -> None:
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

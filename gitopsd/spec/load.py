@@ -1,0 +1,383 @@
+"""YAML text -> validated spec, or a SpecError that lists every problem with its file, line and field.
+
+A bad commit is rejected whole and `gitopsd status` shows why, so errors must point at the exact line a person
+has to fix, and list all problems at once rather than one per push. Loading must also stay cheap for
+repositories with thousands of models, so there are two paths: the fast one parses with libyaml and validates
+with pydantic, and only when that fails (or a mapping repeats a key, which YAML would silently accept) is the
+YAML node tree composed to find line numbers and to explain each problem in words.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.spec.fields import API_VERSION
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, choose_backend
+
+__all__ = ["check_models", "load_model", "load_repository"]
+
+Spec = TypeVar("Spec", bound=BaseModel)
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+#: A document whose aliases expand to more nodes than this is refused (the "billion laughs" attack).
+MAX_EXPANDED_NODES = 100_000
+_MAYBE_ALIAS = re.compile(r"(?:^|[\s\[{,])\*[^\s,\[\]{}]")
+
+_EXPECTED = {
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "list_type": "expected a list",
+    "finite_number": "expected a finite number",
+    "literal_error": "expected {expected}",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "string_pattern_mismatch": "must match the pattern {pattern}",
+}
+
+
+class _DuplicateKey(Exception):
+    """Raised by the fast loader so that the careful path can report every duplicate with its line."""
+
+
+class _FastLoader(yaml.CSafeLoader):
+    """libyaml's safe loader, refusing mappings that repeat a key instead of keeping the last value."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, ScalarNode) and key_node.tag != _MERGE_TAG:
+                    key = key_node.value if key_node.tag == _STR_TAG else self.construct_object(key_node)
+                    if key in seen:
+                        raise _DuplicateKey
+                    seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_repository(text: str, file: str = "gitops.yaml") -> RepositorySpec:
+    """Parse and validate the root gitops.yaml (kind Repository)."""
+    return _load(text, file, RepositorySpec)
+
+
+def load_model(text: str, file: str) -> ModelSpec:
+    """Parse and validate one model file (kind Model)."""
+    return _load(text, file, ModelSpec)
+
+
+def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
+    """Check what no single file can: unique model names and declared backends. One SpecError for all."""
+    problems: list[SpecProblem] = []
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(models):
+        by_name[models[path].name].append(path)
+    for path in sorted(models):
+        model = models[path]
+        others = [p for p in by_name[model.name] if p != path]
+        if others:
+            message = f"model name {model.name!r} is also used by {', '.join(others)}; names must be unique"
+            problems.append(SpecProblem(file=path, line=None, field="metadata.name", message=message))
+        backend, why = choose_backend(model, repo)
+        if backend is None:
+            problems.append(SpecProblem(file=path, line=None, field="spec.train.backend", message=why))
+        problems.extend(_base_problems(path, model, models, by_name))
+    if problems:
+        raise SpecError(problems)
+
+
+def _base_problems(
+    path: str, model: ModelSpec, models: Mapping[str, ModelSpec], by_name: Mapping[str, list[str]]
+) -> list[SpecProblem]:
+    """A base model must be declared in the repository, and following bases must never come back around."""
+    if model.spec.base is None:
+        return []
+    bases = {m.name: m.spec.base.split("@")[0] for m in models.values() if m.spec.base}
+    name = bases[model.name]
+    if name not in by_name:
+        return [SpecProblem(file=path, line=None, field="spec.base",
+                            message=f"base model {name!r} is not declared in this repository")]  # fmt: skip
+    seen = [model.name]
+    while name in bases and name not in seen:
+        seen.append(name)
+        name = bases[name]
+    if name in seen:
+        chain = " -> ".join([*seen, name])
+        return [SpecProblem(file=path, line=None, field="spec.base", message=f"base models form a cycle: {chain}")]
+    return []
+
+
+# ---- the two paths --------------------------------------------------------------------------------
+
+
+def _load(text: str, file: str, cls: type[Spec]) -> Spec:
+    kind = _kind_of(cls)
+    duplicates = False
+    try:
+        data = yaml.load(text, Loader=_FastLoader)
+    except _DuplicateKey:
+        duplicates = True
+    except yaml.YAMLError as exc:
+        raise SpecError([_syntax_problem(exc, file)]) from None
+    if not duplicates and isinstance(data, dict) and data.get("kind") == kind:
+        if _MAYBE_ALIAS.search(text):  # only aliases can make a small document expand into a huge one
+            _check_expansion(yaml.compose(text, Loader=yaml.CSafeLoader), file)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+    else:
+        data = yaml.load(text, Loader=yaml.CSafeLoader) if duplicates else data
+        errors = []
+    root = yaml.compose(text, Loader=yaml.CSafeLoader)
+    if _MAYBE_ALIAS.search(text):
+        _check_expansion(root, file)
+    problems = list(_duplicate_keys(root, file))
+    problems.extend(_document_problems(root, data, file=file, cls=cls, errors=errors))
+    if not problems:  # duplicates were the only doubt and there are none after all
+        return cls.model_validate(data)
+    problems.sort(key=lambda p: (p.line is None, p.line or 0, p.field))
+    raise SpecError(list(dict.fromkeys(problems)))
+
+
+def _document_problems(
+    root: Node | None, data: Any, *, file: str, cls: type[Spec], errors: list[ErrorDetails]
+) -> list[SpecProblem]:
+    """Everything wrong with a document: its top level, its kind, and each validation error, located."""
+    kind = _kind_of(cls)
+    start = f"start it with 'apiVersion: {API_VERSION}' and 'kind: {kind}'"
+    if root is None or data is None:
+        return [SpecProblem(file=file, line=None, field="", message=f"the file is empty: {start}")]
+    if not isinstance(data, dict) or not isinstance(root, MappingNode):
+        found = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
+        message = f"expected a mapping of keys (apiVersion, kind, ...) at the top level, found {found}"
+        return [SpecProblem(file=file, line=_line(root), field="", message=message)]
+    if "kind" in data and data["kind"] != kind:
+        line, field = _locate(root, ("kind",))
+        problems = [SpecProblem(file=file, line=line, field=field, message=_wrong_kind(data["kind"], kind))]
+        if data.get("apiVersion", API_VERSION) != API_VERSION:
+            line, field = _locate(root, ("apiVersion",))
+            message = f"unsupported apiVersion {data['apiVersion']!r}: this gitopsd reads {API_VERSION!r}"
+            problems.insert(0, SpecProblem(file=file, line=line, field=field, message=message))
+        return problems
+    if not errors:
+        try:
+            cls.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+    # "unknown key 'comand'; did you mean 'command'?" already says that 'command' is missing
+    typos = {(*e["loc"][:-1], _suggestion(cls, tuple(e["loc"]))) for e in errors if e["type"] == "extra_forbidden"}
+    return [_problem(e, root, file, cls) for e in errors if e["type"] != "missing" or tuple(e["loc"]) not in typos]
+
+
+def _wrong_kind(found: object, kind: str) -> str:
+    if found == "Repository":
+        return "kind 'Repository' belongs in gitops.yaml at the repository root; model files need kind 'Model'"
+    if found == "Model":
+        return "kind 'Model' belongs in a file under models/; gitops.yaml needs kind 'Repository'"
+    return f"unknown kind {found!r}: expected {kind!r}"
+
+
+# ---- locating and explaining problems -------------------------------------------------------------
+
+
+def _syntax_problem(exc: yaml.YAMLError, file: str) -> SpecProblem:
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return SpecProblem(file=file, line=None, field="", message=f"invalid YAML: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    message = f"invalid YAML: {exc.problem or exc.context}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        message += f" ({exc.context} on line {exc.context_mark.line + 1})"
+    return SpecProblem(file=file, line=mark.line + 1 if mark else None, field="", message=message)
+
+
+def _line(node: Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _key_text(key: object) -> str:
+    text = str(key)
+    if not text or any(c in text for c in ".[] ") or text != text.strip():
+        return f"[{text!r}]"
+    return f".{text}"
+
+
+def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
+    """The 1-based line of the deepest node `loc` reaches (a key's own line), and loc as a dotted field."""
+    node: Node | None = root
+    line = _line(root)
+    field = ""
+    for part in loc:
+        if isinstance(node, MappingNode):
+            match = [(k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == str(part)]
+            node = match[-1][1] if match else None
+            line = _line(match[-1][0]) if match else line
+            field += _key_text(part)
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = _line(node)
+            field += f"[{part}]"
+        else:
+            node = None
+            field += f"[{part}]" if isinstance(part, int) else _key_text(part)
+    return line, field.lstrip(".")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null (nothing)"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _problem(err: ErrorDetails, root: Node, file: str, cls: type[BaseModel]) -> SpecProblem:
+    loc = tuple(err["loc"])
+    ctx = err.get("ctx") or {}
+    if err["type"] == "spec" and ctx.get("at"):
+        loc += tuple(int(p) if p.isdigit() else p for p in str(ctx["at"]).split("."))
+    is_key = bool(loc) and loc[-1] == "[key]"
+    loc = loc[:-1] if is_key else loc
+    kind = err["type"]
+    if kind == "missing":
+        line, field = _locate(root, loc[:-1])
+        extra = f" (expected 'kind: {_kind_of(cls)}')" if loc == ("kind",) else ""
+        field = (field + _key_text(loc[-1])).lstrip(".")
+        return SpecProblem(file=file, line=line, field=field, message=f"required field {loc[-1]!r} is missing{extra}")
+    line, field = _locate(root, loc)
+    if kind == "extra_forbidden":
+        return SpecProblem(file=file, line=line, field=field, message=_unknown_key(cls, loc))
+    if kind == "spec":
+        return SpecProblem(file=file, line=line, field=field, message=err["msg"])
+    template = _EXPECTED.get(kind)
+    expected = template.format(**ctx) if template else err["msg"]
+    if is_key:
+        expected = (
+            "keys here must be strings: quote the key in YAML" if kind == "string_type" else f"bad key: {expected}"
+        )
+    return SpecProblem(file=file, line=line, field=field, message=f"{expected}, got {_shown(err['input'])}")
+
+
+def _kind_of(cls: type[BaseModel]) -> str:
+    return "Model" if cls is ModelSpec else "Repository"
+
+
+def _suggestion(cls: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The valid key closest to the unknown key at the end of `loc`, if one is close enough."""
+    close = difflib.get_close_matches(str(loc[-1]), _keys_at(cls, loc[:-1]), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key(cls: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    key, valid, close = str(loc[-1]), _keys_at(cls, loc[:-1]), _suggestion(cls, loc)
+    if close:
+        return f"unknown key {key!r}; did you mean {close!r}?"
+    if valid:
+        return f"unknown key {key!r}; expected one of: {', '.join(valid)}"
+    return f"unknown key {key!r}"
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _keys_at(cls: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys a mapping at `loc` may hold, following the model's field types."""
+    tp: Any = cls
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = {f.alias or name: f for name, f in tp.model_fields.items()}
+            if part not in fields:
+                return []
+            tp = fields[str(part)].annotation
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1]
+        else:
+            return []
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [f.alias or name for name, f in tp.model_fields.items()]
+    return []
+
+
+def _walk(root: Node, path: str = "") -> Iterator[tuple[str, MappingNode]]:
+    """Every mapping node of the tree with its dotted path, each node once even when aliases repeat it."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Node]] = [(path, root)]
+    while stack:
+        where, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            yield where, node
+            stack.extend((where + _key_text(k.value), v) for k, v in node.value if isinstance(k, ScalarNode))
+        elif isinstance(node, SequenceNode):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node.value))
+
+
+def _duplicate_keys(root: Node | None, file: str) -> Iterator[SpecProblem]:
+    if root is None:
+        return
+    constructor = yaml.CSafeLoader("")
+    for where, node in _walk(root):
+        first: dict[object, int | None] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = key_node.value if key_node.tag == _STR_TAG else constructor.construct_object(key_node)
+            if key in first:
+                message = (
+                    f"duplicate key {key_node.value!r}: already set on line {first[key]}; "
+                    "YAML would silently keep only the last value, so remove one"
+                )
+                field = (where + _key_text(key_node.value)).lstrip(".")
+                yield SpecProblem(file=file, line=_line(key_node), field=field, message=message)
+            else:
+                first[key] = _line(key_node)
+
+
+def _check_expansion(root: Node | None, file: str) -> None:
+    """Refuse documents whose aliases multiply into more nodes than any spec needs."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1  # guards against cycles
+            children: list[Node] = []
+            if isinstance(node, MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, SequenceNode):
+                children = list(node.value)
+            sizes[id(node)] = 1 + sum(min(size(c), MAX_EXPANDED_NODES) for c in children)
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_EXPANDED_NODES:
+        message = f"YAML aliases expand this document to more than {MAX_EXPANDED_NODES} values; refusing it"
+        raise SpecError([SpecProblem(file=file, line=None, field="", message=message)])

@@ -1,0 +1,341 @@
+"""The two kinds of spec file (Repository and Model) as pydantic models, and what the reconciler asks of them.
+
+These models are the contract between a team's Git repository and gitopsd: every field a user may write is
+declared here with its type, its default and a description (which `json_schema()` hands to editors). After
+validation durations are int seconds, sizes are int MiB and paths are normalised, so lower layers never parse
+text. `resolve_train` merges a model's train section with the repository defaults into one flat value.
+Turning YAML text into these models, with file and line in every error, is `gitopsd.spec.load`'s job.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    model_validator,
+)
+
+from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.model import Resources
+from gitopsd.spec.fields import (
+    API_VERSION,
+    AliasTarget,
+    Amount,
+    ApiVersion,
+    BaseRef,
+    CommandText,
+    Count,
+    DataUri,
+    Duration,
+    EnvKey,
+    EnvValue,
+    GateText,
+    LabelValue,
+    Memory,
+    Metric,
+    Name,
+    OutputPath,
+    PluginType,
+    RepoPath,
+    Sha256,
+    StoreUri,
+    problem,
+)
+from gitopsd.spec.gates import Gate, parse_gate
+
+# ---- models ---------------------------------------------------------------------------------------
+
+
+class _Spec(BaseModel):
+    """Strict: YAML has already typed each value, so '2' never silently becomes 2, nor 1 the string '1'."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ResourcesSpec(_Spec):
+    """What one run asks for. A field left out comes from the repository defaults, then the backend."""
+
+    cpus: Count | None = Field(default=None, description="CPU cores for the training process.")
+    memory: Memory | None = Field(default=None, description="Memory, e.g. '16Gi'; stored as MiB.")
+    gpus: Amount | None = Field(default=None, description="GPUs for the training process.")
+    nodes: Count | None = Field(default=None, description="Nodes; more than 1 only for distributed training.")
+
+
+class BackendConfig(_Spec):
+    """One backend models may train on."""
+
+    type: PluginType | None = Field(default=None, description="Plugin type; the backend's name if left out.")
+    settings: dict[str, Any] = Field(default={}, description="Passed to the backend plugin as is.")
+
+
+class TagsConfig(_Spec):
+    """Audit tags `models/NAME/vN` on the commit each version was trained from."""
+
+    enabled: bool = Field(default=True, description="Create an annotated tag for every registered version.")
+    push: bool = Field(default=False, description="Push the tags to the tracked repository's remote.")
+
+
+class RegistryConfig(_Spec):
+    artifacts: StoreUri | None = Field(default=None, description="file:///abs/path or s3://bucket/prefix.")
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://")] | None = Field(
+        default=None, description="Endpoint of an S3-compatible store (MinIO, Ceph, ...); credentials never go here."
+    )
+    object_lock_days: Count | None = Field(
+        default=None, description="Object Lock retention (GOVERNANCE) for artifacts, when the bucket has it."
+    )
+    tags: TagsConfig = Field(default_factory=TagsConfig)
+
+
+class RunsConfig(_Spec):
+    """What gitopsd keeps of ended runs in STATE_DIR/runs."""
+
+    keep: Amount = Field(
+        default=3,
+        description="Ended runs per model that keep their whole directory; older ones keep only logs and records.",
+    )
+
+
+class Defaults(_Spec):
+    """Applied to every model's train section where the model leaves a field out."""
+
+    backend: Name | None = Field(default=None, description="Backend of models that name none.")
+    retries: Amount = Field(default=0, description="Times a failed training is retried.")
+    timeout: Duration | None = Field(default=None, description="Time limit of one training.")
+    resources: ResourcesSpec = ResourcesSpec()
+
+
+class RepositorySpec(_Spec):
+    """The root gitops.yaml: backends, registry and defaults of the whole repository."""
+
+    api_version: ApiVersion = Field(alias="apiVersion")
+    kind: Literal["Repository"]
+    backends: dict[Name, BackendConfig] = Field(
+        default={"local": BackendConfig(type="local")}, description="Backends by name; models refer to this name."
+    )
+    registry: RegistryConfig = RegistryConfig()
+    runs: RunsConfig = RunsConfig()
+    defaults: Defaults = Defaults()
+
+    @model_validator(mode="after")
+    def _backends_declared(self) -> RepositorySpec:
+        if not self.backends:
+            raise problem("declare at least one backend (or leave 'backends' out to get 'local')", "backends")
+        chosen, declared = self.defaults.backend, ", ".join(sorted(self.backends))
+        if chosen is not None and chosen not in self.backends:
+            raise problem(f"backend {chosen!r} is not declared (declared: {declared})", "defaults.backend")
+        return self
+
+    @classmethod
+    def default(cls) -> RepositorySpec:
+        """The configuration used when a repository has no gitops.yaml: one local backend, no defaults."""
+        return cls.model_validate({"apiVersion": API_VERSION, "kind": "Repository"})
+
+    def backend_type(self, name: str) -> str:
+        """The plugin type of a declared backend (its name unless `type` says otherwise)."""
+        return self.backends[name].type or name
+
+
+class Metadata(_Spec):
+    name: Name = Field(description="Unique in the repository; versions are named name@N.")
+    description: str | None = Field(default=None, description="Free text; never affects training.")
+    labels: dict[str, LabelValue] = Field(default={}, description="Free string labels; never affect training.")
+
+
+class PythonSpec(_Spec):
+    requirements: RepoPath = Field(description="requirements.txt (repository-relative) installed first.")
+
+
+class TrainSpec(_Spec):
+    """How to train: the command, where it runs, its environment and what it asks of the backend."""
+
+    backend: Name | None = Field(default=None, description="A backend of gitops.yaml; else defaults.backend.")
+    command: CommandText = Field(description="Shell command that trains the model.")
+    workdir: RepoPath = Field(default=".", description="Repository-relative directory the command runs in.")
+    env: dict[EnvKey, EnvValue] = Field(default={}, description="Environment variables; values are strings.")
+    python: PythonSpec | None = None
+    resources: ResourcesSpec = ResourcesSpec()
+    retries: Amount | None = Field(default=None, description="Times a failed training is retried.")
+    timeout: Duration | None = Field(default=None, description="Time limit of one training, e.g. '30m'.")
+
+
+class DataSpec(_Spec):
+    """One input, pinned by digest: a changed digest is a different training."""
+
+    uri: DataUri = Field(description="Repository-relative path, file:///abs/path, s3://bucket/key or https://...")
+    sha256: Sha256 = Field(description="SHA-256 of the data, 64 lowercase hex characters.")
+
+
+class OutputsSpec(_Spec):
+    """What the training writes under $GITOPSD_OUTPUT_DIR."""
+
+    artifact: OutputPath = Field(description="The trained model, relative to the run's output directory.")
+    metrics: OutputPath = Field(default="metrics.jsonl", description="JSON-lines metrics, in the output directory.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> OutputsSpec:
+        if self.artifact == self.metrics:
+            raise problem(f"the metrics file cannot be the artifact ({self.metrics!r})", "metrics")
+        return self
+
+
+class DivergeSpec(_Spec):
+    metric: Metric
+    above: float = Field(allow_inf_nan=False, description="Stop the run when the metric goes above this.")
+
+
+class PlateauSpec(_Spec):
+    metric: Metric
+    mode: Literal["min", "max"] = Field(default="min", description="min: lower is better; max: higher is better.")
+    patience: Count = Field(description="Reports without improvement before the run is stopped.")
+    min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="Smallest change that counts.")
+
+
+class ConvergenceSpec(_Spec):
+    """Rules checked on the metrics while the training runs, to stop a hopeless run early."""
+
+    nan: list[Metric] = Field(default=[], description="Metrics that must stay finite.")
+    diverge: DivergeSpec | None = None
+    plateau: PlateauSpec | None = None
+
+
+class ModelBody(_Spec):
+    """The `spec` of a model file."""
+
+    suspend: bool = Field(default=False, description="When true, nothing is trained or moved for this model.")
+    aliases: dict[Name, AliasTarget] = Field(default={}, description="Alias name -> version number or 'latest'.")
+    base: BaseRef | None = Field(
+        default=None,
+        description="Fine-tune from this version: NAME@N or NAME@ALIAS; its artifact is handed to the run.",
+    )
+    train: TrainSpec
+    data: list[DataSpec] = Field(default=[], description="Inputs, each pinned by its SHA-256.")
+    outputs: OutputsSpec
+    validate_gates: list[GateText] = Field(default=[], alias="validate", description="Gates, e.g. 'accuracy >= 0.9'.")
+    convergence: ConvergenceSpec = ConvergenceSpec()
+
+    @model_validator(mode="after")
+    def _unique_data(self) -> ModelBody:
+        seen: set[str] = set()
+        for index, item in enumerate(self.data):
+            if item.uri in seen:
+                raise problem(f"data {item.uri!r} is listed twice", f"data.{index}.uri")
+            seen.add(item.uri)
+        return self
+
+    @property
+    def gates(self) -> tuple[Gate, ...]:
+        return tuple(parse_gate(text) for text in self.validate_gates)
+
+
+class ModelSpec(_Spec):
+    """One file under models/: what to train, on what data, and what a good result is."""
+
+    api_version: ApiVersion = Field(alias="apiVersion")
+    kind: Literal["Model"]
+    metadata: Metadata
+    spec: ModelBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+# ---- what the reconciler needs --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedTrain:
+    """A model's train section with every default filled in from the repository spec."""
+
+    backend: str
+    backend_type: str
+    settings: dict[str, Any]
+    command: str
+    workdir: str
+    env: dict[str, str]
+    requirements: str | None
+    resources: Resources
+    retries: int
+    timeout_s: int | None
+
+
+def _first(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
+def choose_backend(model: ModelSpec, repo: RepositorySpec) -> tuple[str | None, str]:
+    """The backend a model trains on, or None and the reason why there is none."""
+    declared = ", ".join(sorted(repo.backends))
+    name = model.spec.train.backend or repo.defaults.backend
+    if name is None:
+        if len(repo.backends) == 1:
+            return next(iter(repo.backends)), ""
+        why = "no backend chosen: set spec.train.backend, or defaults.backend in gitops.yaml"
+        return None, f"{why} (declared: {declared})"
+    if name not in repo.backends:
+        return None, f"backend {name!r} is not declared in gitops.yaml (declared: {declared})"
+    return name, ""
+
+
+def resolve_train(model: ModelSpec, repo: RepositorySpec, *, file: str | None = None) -> ResolvedTrain:
+    """Merge the model's train section with the repository defaults; SpecError if its backend is unknown."""
+    backend, why = choose_backend(model, repo)
+    if backend is None:
+        where = file or f"model {model.name}"
+        raise SpecError([SpecProblem(file=where, line=None, field="spec.train.backend", message=why)])
+    train, defaults = model.spec.train, repo.defaults
+    mine, theirs = train.resources, defaults.resources
+    resources = Resources(
+        cpus=_first(mine.cpus, theirs.cpus) or 1,
+        memory_mb=_first(mine.memory, theirs.memory),
+        gpus=_first(mine.gpus, theirs.gpus) or 0,
+        nodes=_first(mine.nodes, theirs.nodes) or 1,
+    )
+    return ResolvedTrain(
+        backend=backend,
+        backend_type=repo.backend_type(backend),
+        settings=copy.deepcopy(repo.backends[backend].settings),
+        command=train.command,
+        workdir=train.workdir,
+        env=dict(train.env),
+        requirements=train.python.requirements if train.python else None,
+        resources=resources,
+        retries=_first(train.retries, defaults.retries) or 0,
+        timeout_s=_first(train.timeout, defaults.timeout),
+    )
+
+
+@functools.cache
+def _either() -> TypeAdapter[RepositorySpec | ModelSpec]:
+    return TypeAdapter(Annotated[RepositorySpec | ModelSpec, Field(discriminator="kind")])
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) for both kinds of spec file, chosen by `kind`; for editors and CI."""
+    schema = copy.deepcopy(_either().json_schema(by_alias=True, mode="validation"))
+    _close_keyed_mappings(schema)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "gitopsd spec file",
+        "description": "A gitopsd Repository (gitops.yaml) or Model (models/**/*.yaml) document.",
+        **schema,
+    }
+
+
+def _close_keyed_mappings(schema: Any) -> None:
+    """Mappings whose keys follow a pattern (env, aliases, backends) accept no other keys either."""
+    if isinstance(schema, dict):
+        if "patternProperties" in schema:
+            schema.setdefault("additionalProperties", False)
+        for value in schema.values():
+            _close_keyed_mappings(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _close_keyed_mappings(value)
