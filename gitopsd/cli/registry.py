@@ -93,7 +93,8 @@ def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | Non
 def _applied_registry_config(directory: Path) -> Any:
     import sqlite3
 
-    from gitopsd.source.mirror import REPO_SPEC, Source
+    from gitopsd.source.mirror import Source
+    from gitopsd.spec.layout import REPO_SPEC
     from gitopsd.spec.load import load_repository
 
     db = directory / "state.db"

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gitopsd.errors import SpecError, SpecProblem
-from gitopsd.source.mirror import REPO_SPEC, Source
+from gitopsd.source.mirror import Source
+from gitopsd.spec.layout import REPO_SPEC
 from gitopsd.spec.load import check_models, load_model, load_repository
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, resolve_train
 

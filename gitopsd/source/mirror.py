@@ -19,18 +19,12 @@ import pygit2
 from gitopsd.errors import PermanentError, SourceUnavailable
 from gitopsd.source.credentials import EnvCredentials
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
+from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
 
-SPEC_DIR = "models"
-REPO_SPEC = "gitops.yaml"
 _EXECUTABLE = 0o100755
 _LINK = 0o120000
 _TREE = 0o040000
 _COMMIT = 0o160000
-
-
-def is_spec_path(path: str) -> bool:
-    """True for `gitops.yaml` and for model spec files under `models/`."""
-    return path == REPO_SPEC or (path.startswith(SPEC_DIR + "/") and path.endswith((".yaml", ".yml")))
 
 
 def normalise_url(url: str) -> str:

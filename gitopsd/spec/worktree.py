@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitopsd.errors import SpecError, SpecProblem
-from gitopsd.source.mirror import REPO_SPEC, SPEC_DIR
+from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
 from gitopsd.spec.load import check_models, load_model, load_repository
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, resolve_train
 
