@@ -13,7 +13,8 @@ import pytest
 
 from gitopsd.errors import PermanentError
 from gitopsd.registry import versions as registry_module
-from gitopsd.registry.store import ArtifactRef, FileStore
+from gitopsd.registry.filestore import FileStore
+from gitopsd.registry.store import ArtifactRef
 from gitopsd.registry.versions import Registry, Version, parse_label
 
 NEXT = len(registry_module.MIGRATIONS) + 1

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 from gitopsd.errors import IntegrityError, PermanentError, TransientError
-from gitopsd.registry.store import ArtifactStore, FileStore, open_store
+from gitopsd.registry.filestore import FileStore
+from gitopsd.registry.store import ArtifactStore
+from gitopsd.registry.stores import open_store
 from tests.s3server import s3_client, s3_server  # noqa: F401
 
 MiB = 1 << 20

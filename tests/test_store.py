@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from gitopsd.errors import IntegrityError, PermanentError
-from gitopsd.registry.store import FileStore, open_store, sha256_file
+from gitopsd.registry.filestore import FileStore
+from gitopsd.registry.store import sha256_file
+from gitopsd.registry.stores import open_store
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -261,7 +263,7 @@ def test_open_store_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
 def test_file_stores_never_import_boto3(tmp_path: Path) -> None:
     """`gitopsd status` and every file:// registry must not pay boto3's import time."""
     code = (
-        "import sys; from pathlib import Path; from gitopsd.registry.store import open_store; "
+        "import sys; from pathlib import Path; from gitopsd.registry.stores import open_store; "
         f"open_store(None, Path({str(tmp_path / 'a')!r})); open_store('file://{tmp_path}/b', Path('.')); "
         "print('boto3' in sys.modules, 'botocore' in sys.modules)"
     )

@@ -75,7 +75,7 @@ def registry_show(ctx: click.Context, label: str) -> None:
 
 def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | None) -> Any:
     """The store named on the command line, else the one the applied commit's gitops.yaml names."""
-    from gitopsd.registry.store import open_store
+    from gitopsd.registry.stores import open_store
 
     directory = state_dir(ctx)
     lock_days = None

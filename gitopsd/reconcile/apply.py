@@ -23,7 +23,8 @@ from gitopsd.reconcile.planner import Action, Adopt, Cancel, Collect, Fail, Resu
 from gitopsd.reconcile.prune import prune_model_runs
 from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
 from gitopsd.registry.audit import tag_version
-from gitopsd.registry.store import ArtifactStore, open_store
+from gitopsd.registry.store import ArtifactStore
+from gitopsd.registry.stores import open_store
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.units import format_size
 

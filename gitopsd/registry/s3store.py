@@ -6,7 +6,7 @@ check before each write for servers that ignore it), bytes are hashed before the
 land, memory stays bounded whatever the artifact's size (streamed multipart upload, chunked reads), and errors
 arrive as the two kinds the reconciler understands: transient (network, throttling, 5xx) or permanent (denied,
 no such bucket, altered bytes). Credentials come only from the standard AWS chain, never from the repository.
-This module imports boto3, so `gitopsd.registry.store.open_store` imports it only for `s3://` URIs.
+This module imports boto3, so `gitopsd.registry.stores.open_store` imports it only for `s3://` URIs.
 """
 
 from __future__ import annotations
