@@ -44,6 +44,7 @@ from report import render
 from gitopsd.model import ConditionType
 from gitopsd.reconcile.planner import Submit
 from gitopsd.reconcile.reconciler import PassResult, Reconciler
+from gitopsd.spec.operator import Operator, OperatorBackend
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 BRANCH = "main"
@@ -54,14 +55,11 @@ SETTLE_TIMEOUT_S = 120.0
 _BLOB = pygit2.enums.FileMode.BLOB
 _TREE = pygit2.enums.FileMode.TREE
 
+#: The operator's one local backend, two trainings at a time.
+OPERATOR = Operator(backends={"local": OperatorBackend(type="local", settings={"max_parallel": 2})})
 REPO_YAML = """\
 apiVersion: gitopsd/v1
 kind: Repository
-backends:
-  local:
-    type: local
-    settings:
-      max_parallel: 2
 defaults:
   backend: local
   retries: 0
@@ -261,7 +259,7 @@ def run(opts: Options, work: Path) -> tuple[list[Result], dict[str, str]]:
     say(f"generated and committed {opts.models} specs in {time.perf_counter() - start:.1f} s")
 
     state_dir = work / "state"
-    rec = Reconciler(state_dir=state_dir, url=str(repo.path))
+    rec = Reconciler(state_dir=state_dir, url=str(repo.path), operator=OPERATOR)
     try:
         cold_ms, cold = timed_pass(rec)
         expect(cold, "cold pass", submits=0)

@@ -42,3 +42,14 @@ def test_the_example_daemon_configuration_is_valid() -> None:
 
     config = load_config(Path(__file__).resolve().parent.parent / "config" / "gitopsd.example.toml")
     assert config.repositories[0].name == "ml-models"
+
+
+def test_every_toml_example_in_the_readme_is_a_valid_configuration(tmp_path: Path) -> None:
+    from gitopsd.daemon.config import load_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example-{i}.toml"
+        path.write_text(block)
+        load_config(path)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.spec.operator import Operator, OperatorBackend
 from tests.conftest import GitRepo, gitopsd
 
 MODEL = "models/blobs.yaml"
@@ -269,10 +270,9 @@ def test_lineage_names_code_data_job_host_and_python_packages(
     assert lineage["run_key"] in shown and "accuracy >= 0.9" in shown
 
 
-def test_an_unavailable_backend_stalls_only_its_models(
-    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
-) -> None:
-    demo_repo.edit("gitops.yaml", "backends:\n", "backends:\n  gpu:\n    type: no-such-plugin\n")
+def test_an_unavailable_backend_stalls_only_its_models(demo_repo: GitRepo, state_dir: Path) -> None:
+    operator = Operator(backends={"local": OperatorBackend(), "gpu": OperatorBackend(type="no-such-plugin")})
+    reconciler = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=operator)
     gpu_spec = (
         demo_repo.read(MODEL)
         .replace("name: blobs", "name: blobs-gpu")
@@ -280,7 +280,10 @@ def test_an_unavailable_backend_stalls_only_its_models(
     )
     demo_repo.write("models/blobs-gpu.yaml", gpu_spec)
     demo_repo.commit("A model on a backend this host does not have")
-    reconciler.reconcile_until_settled(timeout_s=60)
+    try:
+        reconciler.reconcile_until_settled(timeout_s=60)
+    finally:
+        reconciler.close()
     assert model_status(state_dir)["ready"] is True
     gpu = model_status(state_dir, "blobs-gpu")
     assert gpu["reason"] == "BackendUnavailable"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.spec.operator import Operator, OperatorRegistry
 from tests.conftest import GitRepo, gitopsd
 from tests.s3server import new_bucket, s3_client, s3_server  # noqa: F401
 
@@ -62,11 +63,11 @@ def test_s3_store_holds_artifacts_by_digest_and_rebuilds(
 ) -> None:
     client = s3_client(s3_server)
     bucket = new_bucket(client)
-    demo_repo.edit(
-        "gitops.yaml", "registry:\n", f"registry:\n  artifacts: s3://{bucket}/models\n  endpoint_url: {s3_server}\n"
-    )
-    demo_repo.commit("Artifacts go to S3")
-    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    # The operator puts artifacts in S3; the command line finds the same store through the same file.
+    config = state_dir.parent / "config.toml"
+    config.write_text(f'[registry]\nartifacts = "s3://{bucket}/models"\nendpoint_url = "{s3_server}"\n')
+    store = OperatorRegistry(artifacts=f"s3://{bucket}/models", endpoint_url=s3_server)
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=Operator(registry=store))
     _train_twice_with_aliases(demo_repo, rec)
     rec.close()
 
@@ -81,12 +82,12 @@ def test_s3_store_holds_artifacts_by_digest_and_rebuilds(
     before = _registry_dump(state_dir)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{state_dir / 'registry.db'}{suffix}").unlink(missing_ok=True)
-    gitopsd(state_dir, "registry", "rebuild")
+    gitopsd(state_dir, "--config", str(config), "registry", "rebuild")
     assert _registry_dump(state_dir) == before
 
     sha = versions[0]["artifact"]["sha256"]
     client.put_object(Bucket=bucket, Key=f"models/sha256/{sha[:2]}/{sha[2:]}", Body=b"tampered")
-    tampered = gitopsd(state_dir, "registry", "verify", check=False)
+    tampered = gitopsd(state_dir, "--config", str(config), "registry", "verify", check=False)
     assert tampered.returncode == 1 and "blobs@1" in tampered.stderr
 
 

@@ -17,19 +17,29 @@ from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.model import Resources
 from gitopsd.spec.fields import API_VERSION
 from gitopsd.spec.load import check_models, load_model, load_repository
+from gitopsd.spec.operator import Operator, OperatorBackend
+from gitopsd.spec.resolve import load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, json_schema, resolve_train
 
 SHA = "0123456789abcdef" * 4
+#: An operator that offers the documented example's backend, with a setting of its own.
+OPERATOR = Operator(backends={"local": OperatorBackend(type="local", settings={"max_parallel": 2})})
+
+
+def default_repository() -> RepositorySpec:
+    """A repository without gitops.yaml, under the built-in operator configuration (one local backend)."""
+    return load_repository_for(Operator(), None)
+
 
 REPOSITORY_EXAMPLE = """\
 apiVersion: gitopsd/v1
 kind: Repository
-backends:                 # optional; default {"local": {type: local}}
-  local:                  # backend name (a model refers to it by this name)
-    type: local           # plugin type (entry point name); default = the backend name
-    settings: {max_parallel: 2}   # free-form mapping passed to the plugin; default {}
+backends:                 # optional; default: every backend the operator offers this repository
+  local:                  # the operator's backend name (a model refers to it by this name)
+    type: local           # optional; if given, must be the operator's type for it
+    settings: {}          # only settings the operator allows (`allow` in its configuration); default {}
 registry:
-  artifacts: file:///srv/models   # optional; "file://ABS" or "s3://bucket/prefix"
+  tags: {enabled: true, push: false}
 defaults:                 # applied to every model's train section where the model leaves the field out
   backend: local
   retries: 0
@@ -118,8 +128,8 @@ def test_documented_examples_load_with_units_converted(tmp_path: Path) -> None:
 
     assert repo.defaults.timeout == 3600
     assert repo.defaults.resources.memory == 1024
-    assert repo.registry.artifacts == "file:///srv/models"
-    assert repo.backends["local"].settings == {"max_parallel": 2}
+    assert repo.registry.tags.enabled
+    assert repo.backends["local"].settings == {}
     assert model.name == "iris"
     assert model.api_version == API_VERSION
     assert model.spec.aliases == {"production": 1, "staging": "latest"}
@@ -185,7 +195,7 @@ def test_yaml_anchors_aliases_and_merge_keys_work() -> None:
 
 
 def test_resolve_train_fills_defaults_from_the_repository() -> None:
-    repo = load_repository(REPOSITORY_EXAMPLE)
+    repo = load_repository_for(OPERATOR, REPOSITORY_EXAMPLE)
     model = load_model(model_text(resources="{gpus: 2}"), "models/m.yaml")
     train = resolve_train(model, repo)
     assert train.backend == "local"
@@ -210,7 +220,7 @@ def test_the_model_wins_over_the_defaults() -> None:
 
 
 def test_without_gitops_yaml_models_run_locally_with_backend_defaults() -> None:
-    repo = RepositorySpec.default()
+    repo = default_repository()
     assert list(repo.backends) == ["local"]
     train = resolve_train(load_model(MINIMAL_MODEL.format(name="m"), "m.yaml"), repo)
     assert (train.backend, train.backend_type) == ("local", "local")
@@ -219,15 +229,16 @@ def test_without_gitops_yaml_models_run_locally_with_backend_defaults() -> None:
 
 
 def test_backend_type_defaults_to_the_backend_name() -> None:
-    repo = load_repository(
-        "apiVersion: gitopsd/v1\nkind: Repository\nbackends: {slurm: {settings: {partition: gpu}}}\n"
+    operator = Operator(backends={"slurm": OperatorBackend(allow={"partition": ["gpu"]})})
+    repo = load_repository_for(
+        operator, "apiVersion: gitopsd/v1\nkind: Repository\nbackends: {slurm: {settings: {partition: gpu}}}\n"
     )
     train = resolve_train(load_model(MINIMAL_MODEL.format(name="m"), "m.yaml"), repo)
     assert (train.backend, train.backend_type, train.settings) == ("slurm", "slurm", {"partition": "gpu"})
 
 
 def test_resolved_settings_are_a_copy() -> None:
-    repo = load_repository(REPOSITORY_EXAMPLE)
+    repo = load_repository_for(OPERATOR, REPOSITORY_EXAMPLE)
     train = resolve_train(load_model(MINIMAL_MODEL.format(name="m"), "m.yaml"), repo)
     train.settings["max_parallel"] = 99
     assert repo.backends["local"].settings == {"max_parallel": 2}
@@ -236,11 +247,11 @@ def test_resolved_settings_are_a_copy() -> None:
 def test_resolve_train_refuses_an_undeclared_backend() -> None:
     model = load_model(model_text(backend="slurm"), "models/m.yaml")
     with pytest.raises(SpecError) as info:
-        resolve_train(model, RepositorySpec.default(), file="models/m.yaml")
+        resolve_train(model, default_repository(), file="models/m.yaml")
     problem = only(info.value.problems)
     assert (problem.file, problem.field) == ("models/m.yaml", "spec.train.backend")
-    assert "'slurm' is not declared" in problem.message
-    assert "declared: local" in problem.message
+    assert "'slurm' is not available to this repository" in problem.message
+    assert "available: local" in problem.message
 
 
 def test_with_several_backends_and_no_default_a_model_must_choose() -> None:
@@ -259,7 +270,7 @@ def test_duplicate_names_across_files_name_both_files(tmp_path: Path) -> None:
         file, text = write(tmp_path, rel, MINIMAL_MODEL.format(name=name))
         models[file] = load_model(text, file)
     with pytest.raises(SpecError) as info:
-        check_models(models, RepositorySpec.default())
+        check_models(models, default_repository())
     problems = info.value.problems
     assert [(p.file, p.field) for p in problems] == [
         ("models/a.yaml", "metadata.name"),
@@ -276,7 +287,7 @@ def test_check_models_lists_every_cross_file_problem_at_once() -> None:
         "models/c.yaml": load_model(model_text(backend="gpu"), "models/c.yaml"),
     }
     with pytest.raises(SpecError) as info:
-        check_models(models, RepositorySpec.default())
+        check_models(models, default_repository())
     fields = [(p.file, p.field) for p in info.value.problems]
     assert ("models/a.yaml", "spec.train.backend") in fields
     assert ("models/c.yaml", "spec.train.backend") in fields
@@ -569,16 +580,20 @@ def test_wrong_or_missing_api_version_and_kind() -> None:
 @pytest.mark.parametrize(
     ("text", "field", "expected"),
     [
-        ("apiVersion: gitopsd/v1\nkind: Repository\nbackends: {}\n", "backends", "at least one backend"),
         (
-            "apiVersion: gitopsd/v1\nkind: Repository\ndefaults: {backend: slurm}\n",
+            "apiVersion: gitopsd/v1\nkind: Repository\ndefaults: {backend: slurm}\nbackends: {local: {}}\n",
             "defaults.backend",
             "'slurm' is not declared (declared: local)",
         ),
         (
-            "apiVersion: gitopsd/v1\nkind: Repository\nregistry: {artifacts: /srv/models}\n",
+            "apiVersion: gitopsd/v1\nkind: Repository\nregistry: {artifacts: 's3://theirs/models'}\n",
             "registry.artifacts",
-            "expected file:///absolute/path or s3://bucket/prefix",
+            "'artifacts' belongs in the operator's configuration ([registry] artifacts",
+        ),
+        (
+            "apiVersion: gitopsd/v1\nkind: Repository\nregistry: {endpoint_url: 'http://127.0.0.1:9'}\n",
+            "registry.endpoint_url",
+            "belongs in the operator's configuration",
         ),
         (
             "apiVersion: gitopsd/v1\nkind: Repository\ndefaults: {resources: {memory: 0}}\n",
@@ -593,12 +608,6 @@ def test_repository_problems(text: str, field: str, expected: str) -> None:
     problem = only(info.value.problems)
     assert (problem.file, problem.line, problem.field) == ("gitops.yaml", 3, field)
     assert expected in problem.message
-
-
-def test_artifact_stores() -> None:
-    for uri in ("s3://models-bucket", "s3://models-bucket/team/a", "file:///srv/models"):
-        text = f"apiVersion: gitopsd/v1\nkind: Repository\nregistry: {{artifacts: '{uri}'}}\n"
-        assert load_repository(text).registry.artifacts == uri
 
 
 def test_wrong_types_name_the_value_and_what_is_expected() -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, state_dir
+from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, state_dir
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.registry import history, lineage, promote, registry
 
@@ -32,12 +32,20 @@ if TYPE_CHECKING:
     show_default="$XDG_STATE_HOME/gitopsd, else ~/.local/state/gitopsd",
     help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].",
 )
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="GITOPSD_CONFIG",
+    help="The operator's configuration: backends, artifact store, limits (default: "
+    "$XDG_CONFIG_HOME/gitopsd/config.toml if it exists, else one local backend) [env: GITOPSD_CONFIG].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 @click.version_option(package_name="gitopsd")
 @click.pass_context
-def cli(ctx: click.Context, state_dir: Path, verbose: bool) -> None:
+def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool) -> None:
     """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
-    ctx.obj = {"state_dir": state_dir.expanduser().absolute()}
+    ctx.obj = {"state_dir": state_dir.expanduser().absolute(), "config": config}
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         stream=sys.stderr,
@@ -62,13 +70,14 @@ def init(directory: Path) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path), default=".")
-def validate(path: Path) -> None:
+@click.pass_context
+def validate(ctx: click.Context, path: Path) -> None:
     """Check the spec files of a working tree (default: the current directory); exit 1 on any problem."""
     from gitopsd.errors import SpecError
     from gitopsd.spec.worktree import load_tree
 
     try:
-        specs = load_tree(path)
+        specs = load_tree(path, operator(ctx))
     except SpecError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -100,7 +109,7 @@ def _reconciler(ctx: click.Context, repo: str | None, branch: str | None) -> Rec
             raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo, branch = known.url, branch or known.branch
     try:
-        return Reconciler(state_dir=directory, url=repo, branch=branch)
+        return Reconciler(state_dir=directory, url=repo, branch=branch, operator=operator(ctx))
     except PermanentError as exc:
         fail(str(exc))
         raise

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from gitopsd.cli.common import fail, open_registry, state_dir
+from gitopsd.cli.common import fail, open_registry, operator, state_dir
 
 
 @click.group()
@@ -74,43 +74,20 @@ def registry_show(ctx: click.Context, label: str) -> None:
 
 
 def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | None) -> Any:
-    """The store named on the command line, else the one the applied commit's gitops.yaml names."""
+    """The store named on the command line, else the one the operator's configuration gives this state dir."""
     from gitopsd.registry.stores import open_store
 
-    directory = state_dir(ctx)
-    lock_days = None
+    config = operator(ctx).registry
     if uri is None:
-        config = _applied_registry_config(directory)
-        if config is not None:
-            uri, endpoint_url, lock_days = (
-                config.artifacts,
-                endpoint_url or config.endpoint_url,
-                config.object_lock_days,
-            )
-    return open_store(uri, directory / "artifacts", endpoint_url=endpoint_url, object_lock_days=lock_days)
-
-
-def _applied_registry_config(directory: Path) -> Any:
-    import sqlite3
-
-    from gitopsd.source.mirror import Source
-    from gitopsd.spec.layout import REPO_SPEC
-    from gitopsd.spec.load import load_repository
-
-    db = directory / "state.db"
-    if not db.exists() or not (directory / "source.git").exists():
-        return None
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    row = conn.execute("SELECT url, applied_commit FROM sources WHERE id = 1").fetchone()
-    conn.close()
-    if row is None or row[1] is None:
-        return None
-    text = Source(row[0], directory / "source.git").read(row[1], REPO_SPEC)
-    return load_repository(text.decode(), REPO_SPEC).registry if text else None
+        uri, endpoint_url = config.artifacts, endpoint_url or config.endpoint_url
+    lock_days = config.object_lock_days if uri == config.artifacts else None
+    return open_store(uri, state_dir(ctx) / "artifacts", endpoint_url=endpoint_url, object_lock_days=lock_days)
 
 
 _store_options = [
-    click.option("--store", "store_uri", help="Artifact store URI (default: the one gitops.yaml names)."),
+    click.option(
+        "--store", "store_uri", help="Artifact store URI (default: the one the operator's configuration names)."
+    ),
     click.option("--endpoint-url", help="Endpoint of an S3-compatible store."),
 ]
 

@@ -1,6 +1,11 @@
-"""The daemon's own configuration: a TOML file, validated strictly, with secrets only by reference.
+"""The operator's configuration: a TOML file, validated strictly, with secrets only by reference.
 
-`gitopsd run --config FILE` reads it; SIGHUP reads it again. Secrets (webhook secrets, backend credentials)
+`gitopsd run --config FILE` reads it; SIGHUP reads it again. The command line reads the same schema from
+`--config FILE`, `$GITOPSD_CONFIG` or `$XDG_CONFIG_HOME/gitopsd/config.toml` (`state_dir` and `repositories` are
+then optional). Everything that carries or reaches a credential, a host or a path outside a repository lives
+here and never in a repository: backends and their connections (`[backends.NAME]`, with what a repository may
+set under `allow` and the caps on what it may ask for), the artifact store (`[registry]`), and for each repository
+the backends it may use and its own store. Secrets (webhook secrets, backend credentials)
 never appear in the file itself: a value is `file:/path`, `env:NAME` or `credential:NAME` (a systemd
 credential in `$CREDENTIALS_DIRECTORY`), resolved when the daemon needs it and never logged.
 """
@@ -17,6 +22,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from gitopsd.backends.protocol import SHARED_STATE_ENV
 from gitopsd.errors import PermanentError
+from gitopsd.spec.fields import StoreUri
+from gitopsd.spec.operator import Operator, OperatorBackend, OperatorRegistry
 from gitopsd.units import parse_duration
 
 SECRET_REF = r"^(file:|env:|credential:).+"
@@ -59,6 +66,12 @@ class RepositoryConfig(_Config):
         default=None, description="A local bare repository whose refs to watch (default: `url` if it is one)."
     )
     webhooks: Webhooks = Webhooks()
+    backends: list[str] | None = Field(
+        default=None, description="The operator's backends this repository may use (default: all of them)."
+    )
+    artifacts: StoreUri | None = Field(
+        default=None, description="This repository's own artifact store (default: [registry] artifacts/<name>)."
+    )
 
     def watched(self) -> Path | None:
         """The bare repository to watch for pushes, if any."""
@@ -78,11 +91,16 @@ class HttpConfig(_Config):
 
 
 class DaemonConfig(_Config):
-    state_dir: Path
+    state_dir: Path | None = Field(default=None, description="Required by `gitopsd run`.")
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http: HttpConfig = HttpConfig()
-    repositories: list[RepositoryConfig] = Field(min_length=1)
+    repositories: list[RepositoryConfig] = Field(default=[], description="At least one for `gitopsd run`.")
+    backends: dict[Annotated[str, Field(pattern=NAME)], OperatorBackend] = Field(
+        default_factory=lambda: Operator().backends,
+        description="The backends repositories may train on (default: one `local` backend).",
+    )
+    registry: OperatorRegistry = OperatorRegistry()
     environment: dict[str, SecretRef | str] = Field(
         default={},
         description="Variables for backends (e.g. AWS_SHARED_CREDENTIALS_FILE, SLURM_CONF); secrets by reference.",
@@ -94,10 +112,50 @@ class DaemonConfig(_Config):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"repository names must be unique: {', '.join(duplicates)} used twice")
+        for repo in self.repositories:
+            unknown = sorted(set(repo.backends or ()) - set(self.backends))
+            if unknown:
+                offered = ", ".join(sorted(self.backends)) or "none"
+                raise ValueError(f"repository {repo.name!r} names backends not in [backends]: {', '.join(unknown)} "
+                                 f"(declared: {offered})")  # fmt: skip
+        stores = [(r.name, uri) for r in self.repositories if (uri := self.operator_for(r).registry.artifacts)]
+        for i, (name, uri) in enumerate(stores):
+            for other, theirs in stores[i + 1 :]:
+                if _nested(uri, theirs):
+                    raise ValueError(f"repositories {name!r} and {other!r} would share the artifact store {uri}: "
+                                     "each repository needs its own (versions are numbered per store)")  # fmt: skip
         return self
 
     def state_dir_of(self, repo: RepositoryConfig) -> Path:
+        if self.state_dir is None:
+            raise PermanentError("state_dir is not set in the configuration")
         return self.state_dir / repo.name
+
+    def operator(self) -> Operator:
+        """The backends and store for command-line use without a repository of this file."""
+        return Operator(backends=self.backends, registry=self.registry)
+
+    def operator_for(self, repo: RepositoryConfig) -> Operator:
+        """The backends repository `repo` may use and its own artifact store."""
+        backends = {n: b for n, b in self.backends.items() if repo.backends is None or n in repo.backends}
+        artifacts = repo.artifacts
+        if artifacts is None and self.registry.artifacts is not None:
+            artifacts = self.registry.artifacts.rstrip("/") + "/" + repo.name
+        return Operator(backends=backends, registry=self.registry.model_copy(update={"artifacts": artifacts}))
+
+    def for_daemon(self, path: Path) -> DaemonConfig:
+        """This configuration, if `gitopsd run` can serve it; PermanentError naming what is missing."""
+        if self.state_dir is None:
+            raise PermanentError(f"{path}: state_dir: required by `gitopsd run`")
+        if not self.repositories:
+            raise PermanentError(f"{path}: repositories: `gitopsd run` needs at least one [[repositories]]")
+        return self
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether one store URI is the other or lies inside it."""
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
 
 
 def load_config(path: Path) -> DaemonConfig:
@@ -149,6 +207,7 @@ def resolve_secret(ref: str) -> bytes:
 def apply_environment(config: DaemonConfig) -> None:
     """Export the configured variables for backends (secret references resolved), and the state directory
     every repository shares, where backends keep what must be host-wide (the nvidia backend's GPU leases)."""
-    os.environ[SHARED_STATE_ENV] = str(config.state_dir)
+    if config.state_dir is not None:
+        os.environ[SHARED_STATE_ENV] = str(config.state_dir)
     for name, value in config.environment.items():
         os.environ[name] = resolve_secret(value).decode() if re.match(SECRET_REF, value) else value

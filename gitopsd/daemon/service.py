@@ -44,7 +44,7 @@ class RepoRuntime:
 class Daemon:
     def __init__(self, config_path: Path, *, listen: str | None = None) -> None:
         self.config_path = config_path
-        self.config: DaemonConfig = load_config(config_path)
+        self.config: DaemonConfig = load_config(config_path).for_daemon(config_path)
         self._listen = listen
         self.notifier = Notifier()
         self.repos: dict[str, RepoRuntime] = {}
@@ -122,9 +122,10 @@ class Daemon:
     # repositories -------------------------------------------------------------------------------------------
     def _start(self, repo: RepositoryConfig) -> None:
         state_dir = self.config.state_dir_of(repo)
+        operator = self.config.operator_for(repo)
         worker = Worker(
             repo.name,
-            lambda: Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch),
+            lambda: Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator),
             on_pass=self._passed,
             beat_s=min(30.0, self.notifier.watchdog_s / 3) if self.notifier.watchdog_s else 30.0,
         )
@@ -160,20 +161,20 @@ class Daemon:
     def _reconfigure(self) -> None:
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path).for_daemon(self.config_path)
         except GitopsdError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             self.notifier.ready(self._summary())
             return
         with self._lock:
-            old = {r.name: r for r in self.config.repositories}
+            old = {r.name: (r, self.config.operator_for(r)) for r in self.config.repositories}
             self.config = new
             logs.setup(new.log_level, new.log_format)
             apply_environment(new)
-            wanted = {r.name: r for r in new.repositories}
-            for name in [n for n in self.repos if n not in wanted or wanted[n] != old.get(n)]:
+            wanted = {r.name: (r, new.operator_for(r)) for r in new.repositories}
+            for name in [n for n in self.repos if wanted.get(n) != old.get(n)]:
                 self._stop_repo(name)
-            for name, repo in wanted.items():
+            for name, (repo, _) in wanted.items():
                 if name not in self.repos:
                     self._start(repo)
         log.info("configuration reloaded: %d repositories", len(new.repositories))

@@ -26,6 +26,7 @@ from gitopsd.registry.audit import tag_version
 from gitopsd.registry.store import ArtifactStore
 from gitopsd.registry.stores import open_store
 from gitopsd.registry.versions import Registry, Version
+from gitopsd.spec.operator import OperatorRegistry
 from gitopsd.units import format_size
 
 log = logging.getLogger("gitopsd")
@@ -40,12 +41,14 @@ class Applier:
         launcher: Launcher,
         observer: Observer,
         artifacts: Path,
+        store: OperatorRegistry | None = None,
     ) -> None:
         self.state = state
         self.registry = registry
         self.launcher = launcher
         self.observer = observer
         self.artifacts = artifacts
+        self.store_config = store or OperatorRegistry()
 
     def apply(
         self,
@@ -78,7 +81,7 @@ class Applier:
                 attempt=action.attempt,
                 backend=backends[model.train.backend],
                 keys=(action.run_key, action.spec_digest),
-                base=self._base(model.spec.spec.base, bases.get(model.name), desired),
+                base=self._base(model.spec.spec.base, bases.get(model.name)),
             )
             return
         run = self.state.get_run(getattr(action, "run_id", ""))
@@ -86,7 +89,7 @@ class Applier:
             return
         if isinstance(action, Resubmit):
             model = desired.models[run.model]
-            base = self._base(model.spec.spec.base, bases.get(model.name), desired)
+            base = self._base(model.spec.spec.base, bases.get(model.name))
             self.launcher.launch(run, model, backends[run.backend], resubmitted=True, base=base)
         elif isinstance(action, Adopt):
             log.info(
@@ -111,16 +114,16 @@ class Applier:
         elif isinstance(action, Collect):
             self._collect(run, desired, backends)
 
-    def _base(self, ref: str | None, version: Version | None, desired: DesiredState) -> Base | None:
+    def _base(self, ref: str | None, version: Version | None) -> Base | None:
         if ref is None or version is None:
             return None
-        return Base(ref=ref, version=version, store=self.store_for(desired))
+        return Base(ref=ref, version=version, store=self.store())
 
-    def store_for(self, desired: DesiredState) -> ArtifactStore:
-        """The artifact store the applied commit's gitops.yaml names (default: STATE_DIR/artifacts)."""
-        registry = desired.repo.registry
-        return open_store(registry.artifacts, self.artifacts, endpoint_url=registry.endpoint_url,
-                          object_lock_days=registry.object_lock_days)  # fmt: skip
+    def store(self) -> ArtifactStore:
+        """The artifact store the operator configured for this repository (default: STATE_DIR/artifacts)."""
+        config = self.store_config
+        return open_store(config.artifacts, self.artifacts, endpoint_url=config.endpoint_url,
+                          object_lock_days=config.object_lock_days)  # fmt: skip
 
     def _end(self, run: RunRecord, phase: Phase, reason: Reason, message: str, **changes: Any) -> None:
         event = "Cancelled" if phase is Phase.CANCELLED else "Failed"
@@ -153,7 +156,7 @@ class Applier:
             )
         backend = backends.get(run.backend)
         job: dict[str, Any] = backend.describe(job_ref(run)) if backend and run.job_id else {}
-        store = self.store_for(desired)
+        store = self.store()
         outcome = collect(run, registry=self.registry, store=store, job=job)
         ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
                  "exit_code": job.get("exit_code")}  # fmt: skip

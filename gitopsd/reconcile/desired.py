@@ -21,7 +21,9 @@ from typing import Any, Generic, TypeVar
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.source.mirror import Source
 from gitopsd.spec.layout import REPO_SPEC
-from gitopsd.spec.load import check_models, load_model, load_repository
+from gitopsd.spec.load import check_models, load_model
+from gitopsd.spec.operator import Operator
+from gitopsd.spec.resolve import load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, resolve_train
 
 T = TypeVar("T")
@@ -59,7 +61,7 @@ def training_identity(model: ModelSpec, train: ResolvedTrain) -> dict[str, Any]:
     """The spec fields that change what a training produces (not whether we keep it)."""
     body = model.spec
     return {
-        "backend": {"name": train.backend, "type": train.backend_type, "settings": dict(train.settings)},
+        "backend": {"name": train.backend, "type": train.backend_type, "settings": train.keyed_settings},
         "command": train.command,
         "workdir": train.workdir,
         "env": dict(sorted(train.env.items())),
@@ -118,8 +120,9 @@ class PerModel(Generic[T]):
 class DesiredLoader:
     """Loads desired state from a `Source`, caching the last good commit and re-parsing only what changed."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, operator: Operator | None = None) -> None:
         self.source = source
+        self.operator = operator or Operator()
         self._state: DesiredState | None = None
         self._files: dict[str, str] = {}
         self._specs: dict[str, ModelSpec] = {}
@@ -155,11 +158,11 @@ class DesiredLoader:
         repo = self._state.repo if self._state is not None and REPO_SPEC not in changed else None
         if repo is None:
             repo = RepositorySpec.default()
-            if REPO_SPEC in files:
-                try:
-                    repo = load_repository(self.source.blob_text(files[REPO_SPEC]), REPO_SPEC)
-                except SpecError as exc:
-                    problems.extend(exc.problems)
+            text = self.source.blob_text(files[REPO_SPEC]) if REPO_SPEC in files else None
+            try:
+                repo = load_repository_for(self.operator, text, REPO_SPEC)
+            except SpecError as exc:
+                problems.extend(exc.problems)
         specs = {p: s for p, s in self._specs.items() if p in files}
         for path in sorted(changed):
             if path == REPO_SPEC or path not in files:

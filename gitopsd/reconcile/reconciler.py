@@ -20,7 +20,7 @@ from gitopsd.backends.protocol import Backend
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
 from gitopsd.model import Reason, Resources
 from gitopsd.reconcile.apply import Applier
-from gitopsd.reconcile.desired import DesiredLoader, DesiredState, PerModel, digest
+from gitopsd.reconcile.desired import DesiredLoader, DesiredModel, DesiredState, PerModel, digest
 from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.planner import Action, Actual, Want, plan
@@ -30,6 +30,7 @@ from gitopsd.registry.aliases import AliasBook, plan_aliases
 from gitopsd.registry.recovery import save_alias_moves
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.source.mirror import Source
+from gitopsd.spec.operator import Operator, over_caps
 
 log = logging.getLogger("gitopsd")
 
@@ -74,8 +75,11 @@ class Paths:
 class Reconciler:
     """Reconciles one repository (URL or path, branch) into one state directory."""
 
-    def __init__(self, *, state_dir: Path, url: str, branch: str | None = None) -> None:
+    def __init__(
+        self, *, state_dir: Path, url: str, branch: str | None = None, operator: Operator | None = None
+    ) -> None:
         self.state_dir = state_dir
+        self.operator = operator or Operator()
         self.branch = branch
         self.paths = Paths(root=state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,7 @@ class Reconciler:
             raise PermanentError(
                 f"state directory {state_dir} already tracks {known.url}; use another --state-dir for {self.source.url}"
             )
-        self.loader = DesiredLoader(self.source)
+        self.loader = DesiredLoader(self.source, self.operator)
         self.observer = Observer(self.state, state_dir)
         self.summary = Summary(self.state)
         self.applier = Applier(
@@ -98,11 +102,13 @@ class Reconciler:
             launcher=Launcher(self.state, self.source, self.paths.runs),
             observer=self.observer,
             artifacts=self.paths.artifacts,
+            store=self.operator.registry,
         )
         self.aliases = AliasBook(self.registry.conn)
         self._alias_view = PerModel(lambda m: dict(m.spec.spec.aliases))
         self._base_view = PerModel(lambda m: m.spec.spec.base)
         self._resource_view = PerModel(lambda m: (m.train.backend, m.train.resources))
+        self._caps_view = PerModel(self._over_caps)
         self._admitted: dict[tuple[str, Resources], tuple[Backend | None, str | None]] = {}
         self._refused_for: tuple[DesiredState, dict[str, str]] | None = None
         self._last_based: dict[str, Want] = {}
@@ -178,8 +184,14 @@ class Reconciler:
                 log.warning("backend %s: admit failed: %s", key[0], exc)
         if fresh or self._refused_for is None or self._refused_for[0] is not desired:
             refused = {name: why for name, key in asks.items() if (why := self._admitted.get(key, (None, None))[1])}
+            refused.update({name: why for name, why in self._caps_view.of(desired).items() if why})
             self._refused_for = (desired, refused)
         return self._refused_for[1]
+
+    def _over_caps(self, model: DesiredModel) -> str | None:
+        """Why a model asks for more than the operator's caps on its backend allow, or None."""
+        backend = self.operator.backends.get(model.train.backend)
+        return over_caps(model.train.resources, model.train.timeout_s, backend.caps) if backend else None
 
     def _effective_wants(
         self, desired: DesiredState, backends: Mapping[str, Backend]
@@ -244,7 +256,7 @@ class Reconciler:
                 subject = str(self.source.commit_info(desired.commit)["subject"])
                 records = self.aliases.record(moves, commit=desired.commit, subject=subject)
                 try:
-                    save_alias_moves(self.applier.store_for(desired), self.aliases, records)
+                    save_alias_moves(self.applier.store(), self.aliases, records)
                 except GitopsdError as exc:  # the registry has them; the store catches up at the next move
                     log.warning("%s: alias moves not yet in the artifact store: %s", name, exc)
                 for record in records:

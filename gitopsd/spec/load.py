@@ -122,6 +122,17 @@ def _base_problems(
     return []
 
 
+def line_of(text: str | None, field: str) -> int | None:
+    """The line of `field` (dotted, as in SpecProblem.field) in a document that has already loaded cleanly."""
+    if text is None:
+        return None
+    root = yaml.compose(text, Loader=yaml.CSafeLoader)
+    if root is None:
+        return None
+    line, _ = _locate(root, tuple(field.split(".")))
+    return line
+
+
 # ---- the two paths --------------------------------------------------------------------------------
 
 
@@ -286,7 +297,20 @@ def _suggestion(cls: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
     return close[0] if close else None
 
 
+#: Fields that moved from gitops.yaml to the operator's configuration, and where they live there.
+_OPERATOR_FIELDS: dict[tuple[int | str, ...], str] = {
+    ("registry", "artifacts"): "[registry] artifacts",
+    ("registry", "endpoint_url"): "[registry] endpoint_url",
+    ("registry", "object_lock_days"): "[registry] object_lock_days",
+}
+
+
 def _unknown_key(cls: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    if cls is RepositorySpec and (where := _OPERATOR_FIELDS.get(tuple(loc))):
+        return (
+            f"{loc[-1]!r} belongs in the operator's configuration ({where} in the daemon's TOML, or in "
+            "~/.config/gitopsd/config.toml), not in the repository"
+        )
     key, valid, close = str(loc[-1]), _keys_at(cls, loc[:-1]), _suggestion(cls, loc)
     if close:
         return f"unknown key {key!r}; did you mean {close!r}?"

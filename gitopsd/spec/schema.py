@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     model_validator,
 )
@@ -45,7 +46,6 @@ from gitopsd.spec.fields import (
     PluginType,
     RepoPath,
     Sha256,
-    StoreUri,
     problem,
 )
 from gitopsd.spec.gates import Gate, parse_gate
@@ -69,10 +69,12 @@ class ResourcesSpec(_Spec):
 
 
 class BackendConfig(_Spec):
-    """One backend models may train on."""
+    """One backend of the operator's that models may train on, and the settings this repository chooses."""
 
-    type: PluginType | None = Field(default=None, description="Plugin type; the backend's name if left out.")
-    settings: dict[str, Any] = Field(default={}, description="Passed to the backend plugin as is.")
+    type: PluginType | None = Field(default=None, description="Plugin type; if given, must be the operator's.")
+    settings: dict[str, Any] = Field(
+        default={}, description="Only the settings the operator allows (e.g. partition, qos), from its allow-list."
+    )
 
 
 class TagsConfig(_Spec):
@@ -83,13 +85,8 @@ class TagsConfig(_Spec):
 
 
 class RegistryConfig(_Spec):
-    artifacts: StoreUri | None = Field(default=None, description="file:///abs/path or s3://bucket/prefix.")
-    endpoint_url: Annotated[str, Field(pattern=r"^https?://")] | None = Field(
-        default=None, description="Endpoint of an S3-compatible store (MinIO, Ceph, ...); credentials never go here."
-    )
-    object_lock_days: Count | None = Field(
-        default=None, description="Object Lock retention (GOVERNANCE) for artifacts, when the bucket has it."
-    )
+    """The registry as the repository sees it; where artifacts are stored is the operator's choice."""
+
     tags: TagsConfig = Field(default_factory=TagsConfig)
 
 
@@ -117,18 +114,20 @@ class RepositorySpec(_Spec):
     api_version: ApiVersion = Field(alias="apiVersion")
     kind: Literal["Repository"]
     backends: dict[Name, BackendConfig] = Field(
-        default={"local": BackendConfig(type="local")}, description="Backends by name; models refer to this name."
+        default={},
+        description="The operator's backends this repository uses, by name (default: every one offered).",
     )
     registry: RegistryConfig = RegistryConfig()
     runs: RunsConfig = RunsConfig()
     defaults: Defaults = Defaults()
 
+    #: Per backend, the settings that enter the run key; filled in by `gitopsd.spec.resolve`.
+    _keyed: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _backends_declared(self) -> RepositorySpec:
-        if not self.backends:
-            raise problem("declare at least one backend (or leave 'backends' out to get 'local')", "backends")
         chosen, declared = self.defaults.backend, ", ".join(sorted(self.backends))
-        if chosen is not None and chosen not in self.backends:
+        if chosen is not None and self.backends and chosen not in self.backends:
             raise problem(f"backend {chosen!r} is not declared (declared: {declared})", "defaults.backend")
         return self
 
@@ -136,6 +135,10 @@ class RepositorySpec(_Spec):
     def default(cls) -> RepositorySpec:
         """The configuration used when a repository has no gitops.yaml: one local backend, no defaults."""
         return cls.model_validate({"apiVersion": API_VERSION, "kind": "Repository"})
+
+    def keyed_settings(self, name: str) -> dict[str, Any]:
+        """The settings of backend `name` that a repository may choose, and so enter the run key."""
+        return copy.deepcopy(self._keyed.get(name, {}))
 
     def backend_type(self, name: str) -> str:
         """The plugin type of a declared backend (its name unless `type` says otherwise)."""
@@ -257,6 +260,7 @@ class ResolvedTrain:
     backend: str
     backend_type: str
     settings: dict[str, Any]
+    keyed_settings: dict[str, Any]
     command: str
     workdir: str
     env: dict[str, str]
@@ -278,9 +282,9 @@ def choose_backend(model: ModelSpec, repo: RepositorySpec) -> tuple[str | None, 
         if len(repo.backends) == 1:
             return next(iter(repo.backends)), ""
         why = "no backend chosen: set spec.train.backend, or defaults.backend in gitops.yaml"
-        return None, f"{why} (declared: {declared})"
+        return None, f"{why} (available: {declared})"
     if name not in repo.backends:
-        return None, f"backend {name!r} is not declared in gitops.yaml (declared: {declared})"
+        return None, f"backend {name!r} is not available to this repository (available: {declared})"
     return name, ""
 
 
@@ -302,6 +306,7 @@ def resolve_train(model: ModelSpec, repo: RepositorySpec, *, file: str | None = 
         backend=backend,
         backend_type=repo.backend_type(backend),
         settings=copy.deepcopy(repo.backends[backend].settings),
+        keyed_settings=repo.keyed_settings(backend),
         command=train.command,
         workdir=train.workdir,
         env=dict(train.env),

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
-from gitopsd.spec.load import check_models, load_model, load_repository
+from gitopsd.spec.load import check_models, load_model
+from gitopsd.spec.operator import Operator
+from gitopsd.spec.resolve import load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, resolve_train
 
 
@@ -21,18 +23,19 @@ class TreeSpecs:
     models: dict[str, ModelSpec]
 
 
-def load_tree(root: Path) -> TreeSpecs:
-    """Parse and check every spec file under `root`; raise one SpecError naming every problem."""
+def load_tree(root: Path, operator: Operator | None = None) -> TreeSpecs:
+    """Parse and check every spec file under `root` against the operator's configuration (default: one local
+    backend); raise one SpecError naming every problem."""
+    operator = operator or Operator()
     if not root.is_dir():
         raise SpecError([SpecProblem(file=str(root), line=None, field="", message="not a directory")])
     problems: list[SpecProblem] = []
-    repo = RepositorySpec.default()
     repo_file = root / REPO_SPEC
-    if repo_file.is_file():
-        try:
-            repo = load_repository(repo_file.read_text(), REPO_SPEC)
-        except SpecError as exc:
-            problems.extend(exc.problems)
+    try:
+        repo = load_repository_for(operator, repo_file.read_text() if repo_file.is_file() else None, REPO_SPEC)
+    except SpecError as exc:
+        problems.extend(exc.problems)
+        repo = RepositorySpec.default()
     models: dict[str, ModelSpec] = {}
     spec_dir = root / SPEC_DIR
     paths = (

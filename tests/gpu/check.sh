@@ -47,16 +47,19 @@ echo "== the demo, switched to the nvidia backend"
 gitopsd init "$REPO" >/dev/null
 SHA=$(sed -n 's/^ *sha256: "\(.*\)"$/\1/p' "$REPO/models/blobs.yaml")
 [ -n "$SHA" ] || fail "could not read the data digest from the demo model"
+# The operator offers the GPUs: backends are the operator's configuration, never the repository's.
+export GITOPSD_CONFIG="$WORK/config.toml"
+cat >"$GITOPSD_CONFIG" <<EOF
+[backends.local]
+type = "local"
+
+[backends.gpu]
+type = "nvidia"
+settings = { telemetry_interval_s = 1 }
+EOF
 cat >"$REPO/gitops.yaml" <<EOF
 apiVersion: gitopsd/v1
 kind: Repository
-backends:
-  local:
-    type: local
-  gpu:
-    type: nvidia
-    settings:
-      telemetry_interval_s: 1
 defaults:
   backend: gpu
   timeout: 15m

@@ -11,15 +11,21 @@ from typing import Any
 import pytest
 
 from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.spec.operator import Operator, OperatorBackend
 from tests.conftest import GitRepo, gitopsd
 from tests.nvidia.fake_nvml import FakeMachine, FakeNvmlLib, FakeProcess, gpu_uuid, h100, uninstall
 
-GPU_BACKEND = "backends:\n  gpu:\n    type: nvidia\n    settings:\n      model: H100\n      telemetry_interval_s: 0\n"
+#: The operator offers the host's GPUs next to the local backend.
+OPERATOR = Operator(
+    backends={
+        "local": OperatorBackend(type="local"),
+        "gpu": OperatorBackend(type="nvidia", settings={"model": "H100", "telemetry_interval_s": 0}),
+    }
+)
 
 
 def on_gpu_backend(repo: GitRepo, name: str) -> None:
-    """Declare an nvidia backend and a copy of the demo model that trains on it with one GPU."""
-    repo.edit("gitops.yaml", "backends:\n", GPU_BACKEND)
+    """A copy of the demo model that trains on the operator's nvidia backend with one GPU."""
     spec = (
         repo.read("models/blobs.yaml")
         .replace("name: blobs", f"name: {name}")
@@ -40,7 +46,7 @@ def test_the_demo_trains_on_a_gpu_and_lineage_names_it(
 ) -> None:
     machine.gpus[:] = [h100(0, utilization=55, memory_used_mb=900)]
     on_gpu_backend(demo_repo, "blobs-gpu")
-    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=OPERATOR)
     try:
         rec.reconcile_until_settled(timeout_s=120)
     finally:
@@ -59,7 +65,7 @@ def test_without_nvml_models_on_nvidia_are_unavailable_and_the_others_train(
 ) -> None:
     uninstall()  # the real NVML lookup of this host
     on_gpu_backend(demo_repo, "blobs-gpu")
-    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=OPERATOR)
     try:
         rec.reconcile_until_settled(timeout_s=120)
     finally:
@@ -78,7 +84,7 @@ def test_status_says_why_a_run_waits_for_a_gpu_and_it_trains_once_one_is_free(
 ) -> None:
     machine.gpus[:] = [h100(0, processes=[FakeProcess(pid=4242, used_mb=60000)], memory_used_mb=60000)]
     on_gpu_backend(demo_repo, "blobs-gpu")
-    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=OPERATOR)
     try:
         rec.reconcile()
         rec.reconcile()

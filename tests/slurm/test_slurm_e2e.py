@@ -1,15 +1,15 @@
 """End to end on the real cluster: the demo repository switched to Slurm, reconciled by the real Reconciler.
 
-One gitops.yaml declares two Slurm backends, `hpc-cli` (cluster "alpha", sbatch/squeue) and `hpc-rest` (cluster
-"beta", slurmrestd), so every test here also shows several clusters side by side, each model picking one by
-name. Covered: training to a registered version whose lineage names the Slurm job and node; a job refused at
-plan time; adoption after a crash right after sbatch; an outside scancel retried by the retry policy; a removed
-model's job cancelled; and slurmctld stopped for a while: BackendUnavailable, nothing resubmitted, then done.
+The operator's configuration offers two Slurm backends, `hpc-cli` (cluster "alpha", sbatch/squeue) and
+`hpc-rest` (cluster "beta", slurmrestd), so every test here also shows several clusters side by side, each model
+picking one by name. Covered: training to a registered version whose lineage names the Slurm job and node; a job
+refused at plan time; adoption after a crash right after sbatch; an outside scancel retried by the retry policy; a
+removed model's job cancelled; and slurmctld stopped for a while: BackendUnavailable, nothing resubmitted, then
+done.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -25,6 +25,7 @@ import pytest
 from gitopsd.model import Phase
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.reconcile.statusview import read_status
+from gitopsd.spec.operator import Operator, OperatorBackend
 from tests.conftest import GitRepo
 from tests.slurm.conftest import Cluster
 
@@ -35,15 +36,19 @@ OUTAGE_S = 60
 """How long slurmctld stays down in the outage test: the issue asks for a minute."""
 
 
+def slurm_operator(cluster: Cluster) -> Operator:
+    """The operator's two Slurm backends, each a transport to the test cluster under its own cluster name."""
+    return Operator(
+        backends={
+            "hpc-cli": OperatorBackend(type="slurm", settings=cluster.settings("cli", cluster="alpha")),
+            "hpc-rest": OperatorBackend(type="slurm", settings=cluster.settings("rest", cluster="beta")),
+        }
+    )
+
+
 def use_slurm(repo: GitRepo, cluster: Cluster, *, default: str = "hpc-cli", retries: int = 0) -> None:
-    """Point the demo at the two Slurm backends (JSON is YAML too) and give it a second model on the other one."""
-    backends = {
-        "hpc-cli": {"type": "slurm", "settings": cluster.settings("cli", cluster="alpha")},
-        "hpc-rest": {"type": "slurm", "settings": cluster.settings("rest", cluster="beta")},
-    }
+    """Point the demo at the operator's Slurm backends and give it a second model on the other one."""
     text = repo.read("gitops.yaml")
-    start, end = text.index("backends:\n"), text.index("registry:\n")
-    text = text[:start] + f"backends: {json.dumps(backends)}\n" + text[end:]
     repo.write(
         "gitops.yaml",
         text.replace("backend: local", f"backend: {default}").replace("retries: 0", f"retries: {retries}"),
@@ -89,7 +94,7 @@ def wait_phase(rec: Reconciler, state_dir: Path, phase: Phase, timeout: float = 
 
 @pytest.fixture
 def rec(demo_repo: GitRepo, state_dir: Path, cluster: Cluster) -> Iterator[Reconciler]:
-    reconciler = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    reconciler = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=slurm_operator(cluster))
     yield reconciler
     reconciler.close()
     for run_id, *_ in runs(state_dir) if (state_dir / "state.db").exists() else []:
@@ -144,6 +149,7 @@ CRASH = """
 import os, signal, sys
 from pathlib import Path
 from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.spec.operator import Operator
 from gitopsd_slurm.cli_transport import CliTransport
 from gitopsd_slurm.rest_transport import RestTransport
 transport = {"cli": CliTransport, "rest": RestTransport}[sys.argv[3]]
@@ -152,7 +158,8 @@ def submit_then_die(self, request):
     real_submit(self, request)            # sbatch (or POST /job/submit) has answered with the job id ...
     os.kill(os.getpid(), signal.SIGKILL)  # ... and gitopsd is killed before anything records it
 transport.submit = submit_then_die
-Reconciler(state_dir=Path(sys.argv[1]), url=sys.argv[2]).reconcile()
+operator = Operator.model_validate_json(sys.argv[4])
+Reconciler(state_dir=Path(sys.argv[1]), url=sys.argv[2], operator=operator).reconcile()
 """
 
 
@@ -163,14 +170,16 @@ def test_gitopsd_killed_right_after_sbatch_adopts_the_job_never_submits_twice(
     use_slurm(demo_repo, cluster, default=f"hpc-{transport}")
     (demo_repo.path / "models" / "blobs-b.yaml").unlink()
     demo_repo.commit("Train on Slurm")
-    child = subprocess.run([sys.executable, "-c", CRASH, str(state_dir), str(demo_repo.path), transport],
+    operator = slurm_operator(cluster)
+    child = subprocess.run([sys.executable, "-c", CRASH, str(state_dir), str(demo_repo.path), transport,
+                            operator.model_dump_json()],
                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert child.returncode == -signal.SIGKILL, child.stderr
     ((run_id, _, phase, _),) = runs(state_dir)
     assert phase == "Submitting"
     assert len(cluster.jobs_named(f"gitopsd-{run_id}")) == 1, "the job reached Slurm"
 
-    again = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    again = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=operator)
     try:
         again.reconcile_until_settled(timeout_s=90)
     finally:

@@ -1,0 +1,165 @@
+"""The operator's side of the trust boundary: which backends exist, how they are reached, and what a repository may
+set on them; where artifacts go; and the caps on what one training may ask for.
+
+A repository is untrusted input: any branch may be hostile, and `gitopsd plan` runs on pull requests. So
+everything that carries or reaches a credential, a host or a path outside the repository (a Slurm REST URL and
+its token source, `slurm_conf`, GPU lease files, the artifact store and its endpoint) is set here, by the
+operator, in the daemon's TOML (or the same schema in the CLI's config.toml). A repository's `gitops.yaml` names
+backends the operator declared and may set only the settings the operator lists under `allow`, each from its
+allow-list of values. This module is the schema of that part of the configuration and the pure check of a
+repository against it; reading the TOML and resolving secrets stay in `gitopsd.daemon.config`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gitopsd.model import Resources
+from gitopsd.spec.fields import Count, Duration, Memory, Name, PluginType, StoreUri
+
+ANY = "*"
+#: Where the operator's settings live, for error messages that tell a repository author whom to ask.
+OPERATOR_FILE = "the operator's configuration (the daemon's TOML, or ~/.config/gitopsd/config.toml)"
+
+
+class _Operator(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Caps(_Operator):
+    """The most one training on this backend may ask for; a model over a cap is refused (PolicyDenied)."""
+
+    cpus: Count | None = Field(default=None, description="CPU cores per training.")
+    memory: Memory | None = Field(default=None, description="Host memory per training, e.g. '256Gi'.")
+    gpus: Count | None = Field(default=None, description="GPUs per training.")
+    nodes: Count | None = Field(default=None, description="Nodes per training.")
+    timeout: Duration | None = Field(default=None, description="Time limit of one training, e.g. '48h'.")
+
+
+AllowList = Literal["*"] | list[str | int | float | bool]
+
+
+class OperatorBackend(_Operator):
+    """One backend the operator offers: its plugin, its settings, and what a repository may change of them."""
+
+    type: PluginType | None = Field(default=None, description="Plugin type; the backend's name if left out.")
+    settings: dict[str, Any] = Field(default={}, description="Passed to the backend plugin (connections too).")
+    allow: dict[str, AllowList] = Field(
+        default={},
+        description="Settings a repository's gitops.yaml may set, each with its allowed values, or '*' for any "
+        "value the plugin accepts; nothing else may be set by a repository.",
+    )
+    caps: Caps = Caps()
+
+    def plugin(self, name: str) -> str:
+        return self.type or name
+
+
+class OperatorRegistry(_Operator):
+    """Where versions' artifacts and records are stored; each repository of a daemon gets its own store."""
+
+    artifacts: StoreUri | None = Field(
+        default=None, description="file:///abs/dir or s3://bucket/prefix; default: STATE_DIR/artifacts."
+    )
+    endpoint_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Endpoint of an S3-compatible store (MinIO, Ceph, ...)."
+    )
+    object_lock_days: Count | None = Field(
+        default=None, description="Object Lock retention (GOVERNANCE) for artifacts, when the bucket has it."
+    )
+
+
+def _local_only() -> dict[str, OperatorBackend]:
+    return {"local": OperatorBackend(type="local")}
+
+
+class Operator(_Operator):
+    """What the reconciler needs of the operator's configuration for one repository."""
+
+    backends: dict[Name, OperatorBackend] = Field(default_factory=_local_only)
+    registry: OperatorRegistry = OperatorRegistry()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refusal:
+    """One thing a repository set that the operator does not allow, at `field` of gitops.yaml."""
+
+    field: str
+    message: str
+
+
+def refusals(backends: Mapping[str, Any], operator: Operator) -> list[Refusal]:
+    """What a repository's `backends:` section sets beyond what the operator allows. Pure.
+
+    `backends` maps a backend name to its `type` and `settings` as written in gitops.yaml.
+    """
+    found: list[Refusal] = []
+    for name, declared in backends.items():
+        at = f"backends.{name}"
+        mine = operator.backends.get(name)
+        if mine is None:
+            offered = ", ".join(sorted(operator.backends)) or "none"
+            found.append(Refusal(field=at, message=f"backend {name!r} is not offered by {OPERATOR_FILE} ({offered})"))
+            continue
+        if declared.type is not None and declared.type != mine.plugin(name):
+            why = f"backend {name!r} is of type {mine.plugin(name)!r} in {OPERATOR_FILE}, not {declared.type!r}"
+            found.append(Refusal(field=f"{at}.type", message=why))
+        for key, value in declared.settings.items():
+            if refused := _refused_setting(name, key, value, mine.allow):
+                found.append(Refusal(field=f"{at}.settings.{key}", message=refused))
+    return found
+
+
+def _refused_setting(backend: str, key: str, value: object, allow: Mapping[str, AllowList]) -> str | None:
+    allowed = allow.get(key)
+    if allowed is None:
+        may = ", ".join(sorted(allow)) or "nothing"
+        return f"{key!r} belongs in {OPERATOR_FILE}, not in the repository (a repository may set: {may})"
+    if isinstance(allowed, list) and not _listed(value, allowed):
+        shown = ", ".join(str(v) for v in allowed)
+        return f"{value!r} is not allowed for backend {backend!r} (allowed: {shown})"
+    return None
+
+
+def _listed(value: object, allowed: list[str | int | float | bool]) -> bool:
+    return any(type(value) is type(a) and value == a for a in allowed)
+
+
+def effective_backends(backends: Mapping[str, Any], operator: Operator) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Backend name -> (plugin type, settings) as the repository may use them: the operator's settings, with the
+    repository's allowed values on top. A repository that declares no backends may use every one offered.
+
+    Call only after `refusals` found nothing.
+    """
+    names = list(backends) or list(operator.backends)
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name in names:
+        mine = operator.backends[name]
+        settings = copy.deepcopy(mine.settings)
+        declared = backends.get(name)
+        if declared is not None:
+            settings.update(copy.deepcopy(declared.settings))
+        out[name] = (mine.plugin(name), settings)
+    return out
+
+
+def over_caps(resources: Resources, timeout_s: int | None, caps: Caps) -> str | None:
+    """Why a training with these resources and time limit is over the operator's caps, or None. Pure."""
+    asks = [
+        ("cpus", resources.cpus, caps.cpus, ""),
+        ("memory", resources.memory_mb, caps.memory, " MiB"),
+        ("gpus", resources.gpus, caps.gpus, ""),
+        ("nodes", resources.nodes, caps.nodes, ""),
+        ("timeout", timeout_s, caps.timeout, " s"),
+    ]
+    for what, asked, cap, unit in asks:
+        if cap is not None and asked is not None and asked > cap:
+            return f"{what} {asked}{unit} is over the operator's cap of {cap}{unit} for this backend"
+    if caps.timeout is not None and timeout_s is None:
+        return f"no timeout set, and the operator caps trainings on this backend at {caps.timeout} s: set one"
+    return None

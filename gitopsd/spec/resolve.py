@@ -1,0 +1,56 @@
+"""A repository's gitops.yaml resolved against the operator's configuration: the backends it may use, with the
+settings the operator gave them and the few values the repository may choose on top.
+
+Everything downstream (the run key, the planner, the backends) sees only the resolved repository, so a value the
+operator did not allow can never reach a backend. A refusal is a SpecError with the line of gitops.yaml that
+set the value, like any other problem in the file, and the whole commit is rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.spec.load import line_of, load_repository
+from gitopsd.spec.operator import OPERATOR_FILE, Operator, effective_backends, refusals
+from gitopsd.spec.schema import BackendConfig, RepositorySpec
+
+
+def load_repository_for(operator: Operator, text: str | None, file: str = "gitops.yaml") -> RepositorySpec:
+    """Parse gitops.yaml (None: the repository has none) and resolve it against the operator's configuration."""
+    repo = RepositorySpec.default() if text is None else load_repository(text, file)
+    return resolve_repository(repo, operator, file=file, text=text)
+
+
+def resolve_repository(
+    repo: RepositorySpec, operator: Operator, *, file: str = "gitops.yaml", text: str | None = None
+) -> RepositorySpec:
+    """`repo` with its backends replaced by the ones the operator lets it use; SpecError naming each refusal."""
+    problems = [
+        SpecProblem(file=file, line=line_of(text, r.field), field=r.field, message=r.message)
+        for r in refusals(repo.backends, operator)
+    ]
+    backends = {} if problems else effective_backends(repo.backends, operator)
+    chosen = repo.defaults.backend
+    if chosen is not None and not problems and chosen not in backends:
+        offered = ", ".join(sorted(backends)) or "none"
+        where = "declared in gitops.yaml" if repo.backends else f"offered by {OPERATOR_FILE}"
+        problems.append(SpecProblem(file=file, line=line_of(text, "defaults.backend"), field="defaults.backend",
+                                    message=f"backend {chosen!r} is not {where} (available: {offered})"))  # fmt: skip
+    if not backends and not problems:
+        problems.append(SpecProblem(file=file, line=None, field="backends",
+                                    message=f"no backend is available: {OPERATOR_FILE} offers none"))  # fmt: skip
+    if problems:
+        raise SpecError(problems)
+    resolved = repo.model_copy(
+        update={"backends": {name: BackendConfig(type=t, settings=s) for name, (t, s) in backends.items()}}
+    )
+    resolved._keyed = {name: _keyed(name, settings, operator) for name, (_, settings) in backends.items()}
+    return resolved
+
+
+def _keyed(name: str, settings: dict[str, Any], operator: Operator) -> dict[str, Any]:
+    """The settings that enter the run key: those a repository may choose. The operator's own (hosts, token
+    sources, lease files) do not, so rotating a credential or moving slurmrestd retrains nothing."""
+    allowed = operator.backends[name].allow
+    return {key: value for key, value in settings.items() if key in allowed}
