@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from gitopsd.backends.protocol import SHARED_STATE_ENV
 from gitopsd.errors import PermanentError
 from gitopsd.spec.fields import StoreUri
-from gitopsd.spec.operator import Operator, OperatorBackend, OperatorRegistry
+from gitopsd.spec.operator import AbsolutePath, Operator, OperatorBackend, OperatorRegistry
 from gitopsd.units import parse_duration
 
 SECRET_REF = r"^(file:|env:|credential:).+"
@@ -101,6 +101,9 @@ class DaemonConfig(_Config):
         description="The backends repositories may train on (default: one `local` backend).",
     )
     registry: OperatorRegistry = OperatorRegistry()
+    data_roots: list[AbsolutePath] = Field(
+        default=[], description="Absolute directories under which models may name file:// data (default: none)."
+    )
     environment: dict[str, SecretRef | str] = Field(
         default={},
         description="Variables for backends (e.g. AWS_SHARED_CREDENTIALS_FILE, SLURM_CONF); secrets by reference.",
@@ -133,7 +136,7 @@ class DaemonConfig(_Config):
 
     def operator(self) -> Operator:
         """The backends and store for command-line use without a repository of this file."""
-        return Operator(backends=self.backends, registry=self.registry)
+        return Operator(backends=self.backends, registry=self.registry, data_roots=self.data_roots)
 
     def operator_for(self, repo: RepositoryConfig) -> Operator:
         """The backends repository `repo` may use and its own artifact store."""
@@ -141,7 +144,8 @@ class DaemonConfig(_Config):
         artifacts = repo.artifacts
         if artifacts is None and self.registry.artifacts is not None:
             artifacts = self.registry.artifacts.rstrip("/") + "/" + repo.name
-        return Operator(backends=backends, registry=self.registry.model_copy(update={"artifacts": artifacts}))
+        registry = self.registry.model_copy(update={"artifacts": artifacts})
+        return Operator(backends=backends, registry=registry, data_roots=self.data_roots)
 
     def for_daemon(self, path: Path) -> DaemonConfig:
         """This configuration, if `gitopsd run` can serve it; PermanentError naming what is missing."""

@@ -23,7 +23,7 @@ from gitopsd.source.mirror import Source
 from gitopsd.spec.layout import REPO_SPEC
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
-from gitopsd.spec.resolve import load_repository_for
+from gitopsd.spec.resolve import data_problems, load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, resolve_train
 
 T = TypeVar("T")
@@ -176,9 +176,22 @@ class DesiredLoader:
                 check_models(specs, repo)
             except SpecError as exc:
                 problems.extend(exc.problems)
+            problems.extend(data_problems(specs, self.operator))
         if problems:
             raise SpecError(problems)
         return files, specs, repo
+
+    def _escapes(self, commit: str, path: str, spec: ModelSpec, train: ResolvedTrain) -> list[SpecProblem]:
+        """The model's workdir, requirements and repository data must not lead outside the repository."""
+        paths = [("spec.train.workdir", train.workdir)]
+        if train.requirements:
+            paths.append(("spec.train.python.requirements", train.requirements))
+        paths += [(f"spec.data[{i}].uri", d.uri) for i, d in enumerate(spec.spec.data) if "://" not in d.uri]
+        return [
+            SpecProblem(file=path, line=None, field=field, message=f"{why}: refused")
+            for field, rel in paths
+            if (why := self.source.escape(commit, rel))
+        ]
 
     def _resolve(
         self, commit: str, repo: RepositorySpec, specs: Mapping[str, ModelSpec], files: Mapping[str, str]
@@ -225,6 +238,10 @@ class DesiredLoader:
             inputs = inputs_now[path] = (files[path], repo_digest, code_tree, requirements)
             if old is not None and self._inputs.get(path) == inputs:
                 models[old.name] = old
+                continue
+            escapes = self._escapes(commit, path, spec, train)
+            if escapes:
+                problems.extend(escapes)
                 continue
             run_key, spec_digest = keys_for(spec, train, code_tree, requirements)
             models[spec.name] = DesiredModel(

@@ -8,8 +8,10 @@ instead of starting a second job.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,11 @@ class Base:
 
 
 class Launcher:
-    def __init__(self, state: StateStore, source: Source, runs_dir: Path) -> None:
+    def __init__(self, state: StateStore, source: Source, runs_dir: Path, data_roots: Sequence[str] = ()) -> None:
         self.state = state
         self.source = source
         self.runs_dir = runs_dir
+        self.data_roots = tuple(data_roots)
 
     def submit(
         self,
@@ -86,7 +89,7 @@ class Launcher:
             self._write_snapshot(run, model, base)
             tree = run_dir / "tree"
             self.source.export(run.commit_id, tree, exported_paths(model))
-            check_data(model, tree)
+            check_data(model, tree, self.data_roots)
             env = dict(model.train.env)
             if base is not None:
                 artifact = run_dir / "base" / "artifact"
@@ -163,6 +166,11 @@ class Launcher:
         )
 
 
+def _within(path: Path, roots: Sequence[Path]) -> bool:
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(root) for root in roots)
+
+
 def exported_paths(model: DesiredModel) -> list[str]:
     """What a run sees of its commit: its workdir, its repository data and its requirements file.
 
@@ -175,12 +183,21 @@ def exported_paths(model: DesiredModel) -> list[str]:
     return paths
 
 
-def check_data(model: DesiredModel, tree: Path) -> None:
-    """Local data must match its declared digest before any GPU time is spent on it."""
+def check_data(model: DesiredModel, tree: Path, data_roots: Sequence[str] = ()) -> None:
+    """Local data must match its declared digest before any GPU time is spent on it, and must be where it is
+    allowed to be: inside the run's tree, or under a data root of the operator's, once symbolic links are
+    followed (the same holds for the requirements file). Nothing outside is ever hashed."""
+    inside = [Path(os.path.realpath(tree))]
+    if model.train.requirements and not _within(tree / model.train.requirements, inside):
+        raise PermanentError(f"requirements {model.train.requirements} lead outside the repository: refused")
     for item in model.spec.spec.data:
         if "://" in item.uri and not item.uri.startswith("file://"):
             continue
-        path = Path(item.uri.removeprefix("file://")) if item.uri.startswith("file://") else tree / item.uri
+        local = item.uri.startswith("file://")
+        path = Path(item.uri.removeprefix("file://")) if local else tree / item.uri
+        if not _within(path, [Path(os.path.realpath(r)) for r in data_roots] if local else inside):
+            where = "the operator's data_roots" if local else "the repository"
+            raise PermanentError(f"data {item.uri} leads outside {where}: refused")
         if not path.is_file():
             raise PermanentError(f"data {item.uri} not found")
         actual = sha256_file(path)

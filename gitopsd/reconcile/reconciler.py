@@ -99,7 +99,7 @@ class Reconciler:
         self.applier = Applier(
             state=self.state,
             registry=self.registry,
-            launcher=Launcher(self.state, self.source, self.paths.runs),
+            launcher=Launcher(self.state, self.source, self.paths.runs, self.operator.data_roots),
             observer=self.observer,
             artifacts=self.paths.artifacts,
             store=self.operator.registry,

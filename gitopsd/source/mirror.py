@@ -19,6 +19,7 @@ import pygit2
 from gitopsd.errors import PermanentError, SourceUnavailable
 from gitopsd.source.credentials import EnvCredentials
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
+from gitopsd.source.treepath import escape
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
 
 _EXECUTABLE = 0o100755
@@ -73,6 +74,8 @@ class Source:
             if head is not None and head.symref_target:
                 self.repo.set_head(head.symref_target)
         except (pygit2.GitError, KeyError, ValueError) as exc:
+            if self.url.startswith("/") and not Path(self.url).exists():
+                raise SourceUnavailable(f"cannot fetch {self.url}: no such directory") from exc
             raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
 
     def _fetch_over_ssh(self) -> None:
@@ -128,6 +131,21 @@ class Source:
             return str(tree[path].id)
         except KeyError:
             return None
+
+    def escape(self, commit: str, path: str) -> str | None:
+        """Why `path` of `commit` leads outside the repository through a symbolic link, or None."""
+        tree = self._tree(commit)
+
+        def link_target(rel: str) -> str | None:
+            try:
+                entry = tree[rel]
+            except KeyError:
+                return None
+            if entry.filemode != _LINK or not isinstance(entry, pygit2.Blob):
+                return ""
+            return entry.data.decode("utf-8", errors="replace")
+
+        return escape(path, link_target)
 
     def read(self, commit: str, path: str) -> bytes | None:
         tree = self._tree(commit)

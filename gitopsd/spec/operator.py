@@ -13,11 +13,12 @@ repository against it; reading the TOML and resolving secrets stay in `gitopsd.d
 from __future__ import annotations
 
 import copy
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gitopsd.model import Resources
 from gitopsd.spec.fields import Count, Duration, Memory, Name, PluginType, StoreUri
@@ -78,11 +79,27 @@ def _local_only() -> dict[str, OperatorBackend]:
     return {"local": OperatorBackend(type="local")}
 
 
+def _absolute(value: str) -> str:
+    if not value.startswith("/") or "\x00" in value:
+        raise ValueError(f"{value!r}: expected an absolute path")
+    return posixpath.normpath(value)
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+
+
 class Operator(_Operator):
     """What the reconciler needs of the operator's configuration for one repository."""
 
     backends: dict[Name, OperatorBackend] = Field(default_factory=_local_only)
     registry: OperatorRegistry = OperatorRegistry()
+    data_roots: list[AbsolutePath] = Field(
+        default=[], description="Directories under which models may name file:// data (default: none)."
+    )
+
+    def allows_data(self, path: str) -> bool:
+        """Whether an absolute, normalised path lies under one of the data roots."""
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.data_roots)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,12 +8,13 @@ set the value, like any other problem in the file, and the whole commit is rejec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.spec.load import line_of, load_repository
 from gitopsd.spec.operator import OPERATOR_FILE, Operator, effective_backends, refusals
-from gitopsd.spec.schema import BackendConfig, RepositorySpec
+from gitopsd.spec.schema import BackendConfig, ModelSpec, RepositorySpec
 
 
 def load_repository_for(operator: Operator, text: str | None, file: str = "gitops.yaml") -> RepositorySpec:
@@ -47,6 +48,21 @@ def resolve_repository(
     )
     resolved._keyed = {name: _keyed(name, settings, operator) for name, (_, settings) in backends.items()}
     return resolved
+
+
+def data_problems(models: Mapping[str, ModelSpec], operator: Operator) -> list[SpecProblem]:
+    """file:// data outside the directories the operator allows: reading it would hash, and hand a training, any
+    file the daemon's account can read (its own state database, a credential)."""
+    roots = ", ".join(operator.data_roots) or "none"
+    problems = []
+    for path in sorted(models):
+        for i, item in enumerate(models[path].spec.data):
+            location = item.uri.removeprefix("file://")
+            if item.uri.startswith("file://") and not operator.allows_data(location):
+                problems.append(SpecProblem(file=path, line=None, field=f"spec.data[{i}].uri", message=(
+                    f"{item.uri} is outside the data directories the operator allows ({roots}): set data_roots "
+                    "in the operator's configuration, or keep the file in the repository")))  # fmt: skip
+    return problems
 
 
 def _keyed(name: str, settings: dict[str, Any], operator: Operator) -> dict[str, Any]:

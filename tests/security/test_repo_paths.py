@@ -1,0 +1,132 @@
+"""Repository paths stay in the repository: a data file, requirements file, workdir or spec file that is a
+symbolic link out of the tree, and file:// data outside the operator's data roots, are refused before anything
+outside is read, hashed or shown.
+
+Each case is a real repository with the link committed, run through `gitopsd validate` (the working tree),
+`gitopsd plan` and `gitopsd reconcile` (the commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GitRepo, gitopsd
+from tests.security.conftest import Canary
+
+MODEL = "models/blobs.yaml"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _link(repo: GitRepo, rel: str, target: str) -> None:
+    path = repo.path / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    os.symlink(target, path)
+
+
+def _gates(repo: GitRepo, state_dir: Path, *config: str) -> list[str]:
+    """Every output of validate, plan and reconcile on the repository, asserting that each refused."""
+    validate = gitopsd(state_dir, *config, "validate", str(repo.path), check=False)
+    plan = gitopsd(state_dir, *config, "plan", "--repo", str(repo.path), check=False)
+    reconcile = gitopsd(state_dir, *config, "reconcile", "--repo", str(repo.path), check=False)
+    status = gitopsd(state_dir, "status", "--json", check=False)
+    assert validate.returncode == 1 and plan.returncode == 1, (validate.stderr, plan.stderr)
+    repository = json.loads(status.stdout)["repository"]
+    assert repository["applied_commit"] is None, "the commit was rejected whole"
+    return [validate.stdout, validate.stderr, plan.stdout, plan.stderr, reconcile.stdout, reconcile.stderr,
+            status.stdout]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_a_data_file_linked_out_of_the_tree_is_refused_and_never_hashed(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary, how: str
+) -> None:
+    target = str(canary.file) if how == "absolute" else os.path.relpath(canary.file, demo_repo.path / "data")
+    _link(demo_repo, "data/blobs.csv", target)
+    demo_repo.commit("Data, of a sort")
+    outputs = _gates(demo_repo, state_dir)
+    assert "spec.data[0].uri" in outputs[1] and "outside the repository" in outputs[1]
+    assert "spec.data[0].uri" in outputs[3] and "outside the repository" in outputs[3]
+    canary.assert_not_in(*outputs)
+    assert not any(_digest(canary.file) in text for text in outputs), "the outside file was never hashed"
+    assert not (state_dir / "runs").exists() or not list((state_dir / "runs").iterdir())
+
+
+def test_a_requirements_file_or_workdir_linked_out_is_refused(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary
+) -> None:
+    _link(demo_repo, "src/requirements.txt", str(canary.file))
+    demo_repo.edit(MODEL, "    workdir: src\n", "    workdir: src\n    python: {requirements: src/requirements.txt}\n")
+    _link(demo_repo, "tools", str(canary.file.parent))
+    demo_repo.commit("Requirements from elsewhere")
+    outputs = _gates(demo_repo, state_dir)
+    assert "spec.train.python.requirements" in outputs[1] and "spec.train.python.requirements" in outputs[3]
+    canary.assert_not_in(*outputs)
+
+    demo_repo.edit(MODEL, "    python: {requirements: src/requirements.txt}\n", "")
+    demo_repo.edit(MODEL, "    workdir: src\n", "    workdir: tools\n")
+    demo_repo.commit("Train in a directory outside")
+    outputs = _gates(demo_repo, state_dir)
+    assert "spec.train.workdir" in outputs[1] and "spec.train.workdir" in outputs[3]
+
+
+def test_a_spec_file_linked_out_of_the_working_tree_is_never_read(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary
+) -> None:
+    for spec in ("gitops.yaml", "models/other.yaml"):
+        _link(demo_repo, spec, str(canary.file))
+        done = gitopsd(state_dir, "validate", str(demo_repo.path), check=False)
+        assert done.returncode == 1 and f"{spec}: a symbolic link that leads outside the repository" in done.stderr
+        canary.assert_not_in(done.stdout, done.stderr)
+        (demo_repo.path / spec).unlink()
+
+
+def test_a_link_that_stays_inside_the_repository_is_fine(demo_repo: GitRepo, state_dir: Path) -> None:
+    (demo_repo.path / "data" / "blobs.csv").rename(demo_repo.path / "data" / "blobs-v1.csv")
+    _link(demo_repo, "data/blobs.csv", "blobs-v1.csv")
+    demo_repo.commit("Versioned data behind a link")
+    gitopsd(state_dir, "validate", str(demo_repo.path))
+    shown = gitopsd(state_dir, "plan", "--repo", str(demo_repo.path)).stdout
+    assert "+ train blobs" in shown
+
+
+def test_file_data_must_lie_under_the_operators_data_roots(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary, tmp_path: Path
+) -> None:
+    state_db = state_dir / "state.db"
+    demo_repo.edit(MODEL, "    - uri: data/blobs.csv\n", f"    - uri: file://{state_db}\n")
+    demo_repo.commit("Train on the daemon's own database")
+    outputs = _gates(demo_repo, state_dir)
+    assert f"file://{state_db} is outside the data directories the operator allows (none)" in outputs[1]
+    assert "spec.data[0].uri" in outputs[3]
+
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    (datasets / "blobs.csv").write_text((demo_repo.path / "data" / "blobs.csv").read_text())
+    os.symlink(canary.file, datasets / "sneaky.csv")
+    config = tmp_path / "operator.toml"
+    config.write_text(f'data_roots = ["{datasets}"]\n')
+    demo_repo.edit(MODEL, f"    - uri: file://{state_db}\n", f"    - uri: file://{datasets}/blobs.csv\n")
+    demo_repo.edit(MODEL, "train.py --epochs", f"train.py --data {datasets}/blobs.csv --epochs")
+    demo_repo.commit("Data from the shared datasets")
+    gitopsd(state_dir, "--config", str(config), "validate", str(demo_repo.path))
+    gitopsd(state_dir, "--config", str(config), "reconcile", "--repo", str(demo_repo.path), "--wait")
+    assert json.loads(gitopsd(state_dir, "status", "blobs", "--json").stdout)["models"][0]["latest_version"] == 1
+
+    # A link under a data root that leads out of it is refused when the run starts, before hashing.
+    demo_repo.edit(MODEL, f"file://{datasets}/blobs.csv", f"file://{datasets}/sneaky.csv")
+    demo_repo.commit("Data through a link")
+    gitopsd(state_dir, "--config", str(config), "reconcile", "--wait", "--timeout", "60", check=False)
+    status = json.loads(gitopsd(state_dir, "status", "blobs", "--json").stdout)["models"][0]
+    assert "leads outside the operator's data_roots: refused" in json.dumps(status), status
+    canary.assert_not_in(json.dumps(status))
+    assert _digest(canary.file) not in json.dumps(status)
