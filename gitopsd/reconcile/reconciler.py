@@ -3,7 +3,8 @@
 The reconciler owns the I/O around the pure planner and summarizer. It keeps the crash-safety protocol: a run
 row is committed (phase Submitting) before its job is submitted, and a run found in Submitting later is first
 looked up in its backend by run id, so a job is never started twice. A commit with invalid specs is rejected
-whole and the last good commit stays in force.
+whole and the last good commit stays in force; so is a new tip when the operator asks for signed commits and a
+commit between the applied one and the tip is not signed by an allowed key (`source/verify.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gitopsd.registry.aliases import AliasBook, plan_aliases
 from gitopsd.registry.recovery import save_alias_moves
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.source.mirror import Source
+from gitopsd.source.verify import CommitVerifier, VerifyPolicy
 from gitopsd.spec.operator import Operator, over_caps
 
 log = logging.getLogger("gitopsd")
@@ -76,8 +78,16 @@ class Reconciler:
     """Reconciles one repository (URL or path, branch) into one state directory."""
 
     def __init__(
-        self, *, state_dir: Path, url: str, branch: str | None = None, operator: Operator | None = None
+        self,
+        *,
+        state_dir: Path,
+        url: str,
+        branch: str | None = None,
+        operator: Operator | None = None,
+        verify: VerifyPolicy | None = None,
     ) -> None:
+        """`operator`: the operator's backends and store (default: one local backend, a file store here).
+        `verify`: the operator's signed-commit policy; None applies commits without checking signatures."""
         self.state_dir = state_dir
         self.operator = operator or Operator()
         self.branch = branch
@@ -94,6 +104,8 @@ class Reconciler:
                 f"state directory {state_dir} already tracks {known.url}; use another --state-dir for {self.source.url}"
             )
         self.loader = DesiredLoader(self.source, self.operator)
+        self.verifier = CommitVerifier(verify) if verify is not None else None
+        self._refusal_logged = ""
         self.observer = Observer(self.state, state_dir)
         self.summary = Summary(self.state)
         self.applier = Applier(
@@ -127,7 +139,11 @@ class Reconciler:
         row = self.state.source() or SourceRow(url=self.source.url, branch=self.branch)
         row = _with(row, branch=self.branch, trigger=trigger)
         commit, row = self._fetch(row)
-        desired, row = self._load(commit, row)
+        refusal = self._verify(commit, row)
+        if refusal:
+            desired, row = self._last_good(row), _with(row, error_reason=Reason.SIGNATURE_INVALID, error=refusal)
+        else:
+            desired, row = self._load(commit, row)
         if desired is not None and not self._frozen:
             # The first desired state lives as long as the daemon: move it out of the cyclic collector's
             # sight, so later passes do not rescan tens of thousands of long-lived spec objects.
@@ -288,6 +304,21 @@ class Reconciler:
             log.warning("source unavailable: %s", exc)
             return row.applied_commit, _with(row, error_reason=Reason.SOURCE_UNAVAILABLE, error=str(exc))
         return commit, _with(row, fetched_commit=commit, fetched_at=time.time(), error_reason="", error="")
+
+    def _verify(self, commit: str | None, row: SourceRow) -> str:
+        """Why `commit` may not be applied under the signature policy ("" when it may, or when there is none)."""
+        if self.verifier is None or commit is None:
+            return ""
+        verdict = self.verifier.verify(self.source.repo, row.applied_commit, commit)
+        if verdict.ok:
+            self._refusal_logged = ""
+            return ""
+        good = row.applied_commit[:12] if row.applied_commit else "no earlier commit"
+        error = f"commit {commit[:12]} refused, {good} stays in force: {verdict.message}"
+        if error != self._refusal_logged:
+            log.error("%s", error)
+            self._refusal_logged = error
+        return error
 
     def _load(self, commit: str | None, row: SourceRow) -> tuple[DesiredState | None, SourceRow]:
         """Desired state at `commit`; for a bad commit, the last good one and the reason it stays in force."""
