@@ -10,8 +10,9 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,6 +23,9 @@ from gitopsd.cli.registry import history, lineage, promote, registry
 if TYPE_CHECKING:
     from gitopsd.reconcile.planner import Action
     from gitopsd.reconcile.reconciler import Reconciler
+    from gitopsd.source.verify import VerifyPolicy
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -95,7 +99,43 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-def _reconciler(ctx: click.Context, repo: str | None, branch: str | None) -> Reconciler:
+def _verify_options(command: _F) -> _F:
+    """--verify-allowed-signers, --verify-gpg-keyring, --verify-since: refuse commits not signed by allowed keys."""
+    path = click.Path(exists=True, path_type=Path)
+    command = click.option(
+        "--verify-since",
+        metavar="COMMIT",
+        help="With --verify-*: a trusted commit; commits it reaches are not checked.",
+    )(command)
+    command = click.option(
+        "--verify-gpg-keyring",
+        type=path,
+        help="Refuse commits not signed by a key of this OpenPGP keyring or GnuPG home.",
+    )(command)
+    command = click.option(
+        "--verify-allowed-signers",
+        type=path,
+        help="Refuse commits not signed by a key of this SSH allowed-signers file.",
+    )(command)
+    return command
+
+
+def _policy(allowed_signers: Path | None, gpg_keyring: Path | None, since: str | None) -> VerifyPolicy | None:
+    from gitopsd.source.verify import VerifyPolicy
+
+    if allowed_signers is None and gpg_keyring is None:
+        if since is not None:
+            raise click.UsageError("--verify-since needs --verify-allowed-signers or --verify-gpg-keyring")
+        return None
+    try:
+        return VerifyPolicy(allowed_signers=allowed_signers, gpg_keyring=gpg_keyring, since=since)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _reconciler(
+    ctx: click.Context, repo: str | None, branch: str | None, verify: VerifyPolicy | None = None
+) -> Reconciler:
     from gitopsd.errors import PermanentError
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.reconcile.state import StateStore
@@ -110,7 +150,7 @@ def _reconciler(ctx: click.Context, repo: str | None, branch: str | None) -> Rec
             raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo, branch = known.url, branch or known.branch
     try:
-        return Reconciler(state_dir=directory, url=repo, branch=branch, operator=operator(ctx))
+        return Reconciler(state_dir=directory, url=repo, branch=branch, operator=operator(ctx), verify=verify)
     except PermanentError as exc:
         fail(str(exc))
         raise
@@ -119,10 +159,19 @@ def _reconciler(ctx: click.Context, repo: str | None, branch: str | None) -> Rec
 @cli.command()
 @click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
 @click.option("--branch", help="Branch to follow (default: the remote's default branch).")
+@_verify_options
 @click.pass_context
-def plan(ctx: click.Context, repo: str | None, branch: str | None) -> None:
+def plan(
+    ctx: click.Context,
+    repo: str | None,
+    branch: str | None,
+    verify_allowed_signers: Path | None,
+    verify_gpg_keyring: Path | None,
+    verify_since: str | None,
+) -> None:
     """Show what a reconcile would do now, and why, without doing it."""
-    rec = _reconciler(ctx, repo, branch)
+    policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
+    rec = _reconciler(ctx, repo, branch, policy)
     result = rec.reconcile("plan", dry_run=True)
     desired = rec.loader.last_good
     if result.error:
@@ -191,10 +240,21 @@ def _explain(action: Action, desired: Any) -> str:
 @click.option("--once", "mode", flag_value="once", default=True, help="One pass, then exit (default).")
 @click.option("--wait", "mode", flag_value="wait", help="Pass until every run has finished.")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds --wait waits at most.")
+@_verify_options
 @click.pass_context
-def reconcile(ctx: click.Context, repo: str | None, branch: str | None, mode: str, timeout: float) -> None:
+def reconcile(
+    ctx: click.Context,
+    repo: str | None,
+    branch: str | None,
+    mode: str,
+    timeout: float,
+    verify_allowed_signers: Path | None,
+    verify_gpg_keyring: Path | None,
+    verify_since: str | None,
+) -> None:
     """Fetch the repository and move actual state towards what it declares."""
-    rec = _reconciler(ctx, repo, branch)
+    policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
+    rec = _reconciler(ctx, repo, branch, policy)
     try:
         result = rec.reconcile_until_settled(timeout_s=timeout) if mode == "wait" else rec.reconcile("cli")
     finally:
