@@ -85,3 +85,15 @@ def test_environment_for_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     shared = os.environ["GITOPSD_SHARED_STATE_DIR"]
     assert shared == str(load_config(_write(tmp_path, text)).state_dir), "one lease book for all repositories"
     monkeypatch.delenv("AWS_TOKEN")
+
+
+def test_signed_commits_are_an_operator_setting_per_repository(tmp_path: Path) -> None:
+    signers = tmp_path / "allowed_signers"
+    config = load_config(_write(tmp_path, BASE + f'[repositories.verify]\nallowed_signers = "{signers}"\n'))
+    verify = config.repositories[0].verify
+    assert verify is not None and verify.policy().allowed_signers == signers
+    assert load_config(_write(tmp_path, BASE)).repositories[0].verify is None, "no check unless the operator asks"
+    with pytest.raises(PermanentError, match="needs allowed_signers, gpg_keyring or both"):
+        load_config(_write(tmp_path, BASE + "[repositories.verify]\nmax_commits = 5\n"))
+    with pytest.raises(PermanentError, match="is not a full commit id"):
+        load_config(_write(tmp_path, BASE + f'[repositories.verify]\ngpg_keyring = "{signers}"\nsince = "HEAD"\n'))

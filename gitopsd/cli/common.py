@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 if TYPE_CHECKING:
+    from gitopsd.daemon.config import DaemonConfig, RepositoryConfig
     from gitopsd.registry.versions import Registry
+    from gitopsd.source.verify import VerifyPolicy
     from gitopsd.spec.operator import Operator
 
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "gitopsd"
@@ -27,25 +29,44 @@ def operator(ctx: click.Context) -> Operator:
     $XDG_CONFIG_HOME/gitopsd/config.toml if it exists), else the built-in default (one `local` backend, a file
     store in the state directory). A daemon configuration whose repository lives in this state directory gives
     that repository's backends and store. The file's `[environment]` is exported for the backends."""
-    from gitopsd.daemon.config import apply_environment, load_config
-    from gitopsd.errors import GitopsdError
     from gitopsd.spec.operator import Operator
 
+    config, repo = _configuration(ctx)
+    if config is None:
+        return Operator()
+    return config.operator_for(repo) if repo is not None else config.operator()
+
+
+def verify_policy(ctx: click.Context) -> VerifyPolicy | None:
+    """The signed-commit policy the operator's configuration sets for the repository of this state directory."""
+    _, repo = _configuration(ctx)
+    return repo.verify.policy() if repo is not None and repo.verify is not None else None
+
+
+def _configuration(ctx: click.Context) -> tuple[DaemonConfig | None, RepositoryConfig | None]:
+    """The operator's configuration file (loaded once, its [environment] exported), and its repository whose
+    state directory this is, if any."""
+    from gitopsd.daemon.config import apply_environment, load_config
+    from gitopsd.errors import GitopsdError
+
+    if "loaded_config" in ctx.obj:
+        loaded: tuple[DaemonConfig | None, RepositoryConfig | None] = ctx.obj["loaded_config"]
+        return loaded
     path: Path | None = ctx.obj.get("config")
-    if path is None:
-        if not DEFAULT_CONFIG.is_file():
-            return Operator()
+    if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
-    try:
-        config = load_config(path)
-        apply_environment(config)
-    except GitopsdError as exc:
-        fail(str(exc))
-    here = state_dir(ctx)
-    for repo in config.repositories:
-        if config.state_dir is not None and config.state_dir_of(repo).absolute() == here:
-            return config.operator_for(repo)
-    return config.operator()
+    found: tuple[DaemonConfig | None, RepositoryConfig | None] = (None, None)
+    if path is not None:
+        try:
+            config = load_config(path)
+            apply_environment(config)
+        except GitopsdError as exc:
+            fail(str(exc))
+        here = state_dir(ctx)
+        mine = [r for r in config.repositories if config.state_dir and config.state_dir_of(r).absolute() == here]
+        found = (config, mine[0] if mine else None)
+    ctx.obj["loaded_config"] = found
+    return found
 
 
 def fail(message: str) -> NoReturn:

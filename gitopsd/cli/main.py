@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, state_dir
+from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, state_dir, verify_policy
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.registry import history, lineage, promote, registry
 
@@ -150,6 +150,7 @@ def _reconciler(
             raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo, branch = known.url, branch or known.branch
     try:
+        verify = verify or verify_policy(ctx)
         return Reconciler(state_dir=directory, url=repo, branch=branch, operator=operator(ctx), verify=verify)
     except PermanentError as exc:
         fail(str(exc))

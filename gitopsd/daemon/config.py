@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from gitopsd.backends.protocol import SHARED_STATE_ENV
 from gitopsd.errors import PermanentError
+from gitopsd.source.verify import VerifyPolicy
 from gitopsd.spec.fields import StoreUri
 from gitopsd.spec.operator import AbsolutePath, Operator, OperatorBackend, OperatorRegistry
 from gitopsd.units import parse_duration
@@ -57,6 +58,24 @@ class Webhooks(_Config):
     generic: SecretRef | None = None
 
 
+class VerifyConfig(_Config):
+    """Signed commits: every commit between the applied one and a new tip must be signed by an allowed key."""
+
+    allowed_signers: Path | None = Field(default=None, description="SSH allowed-signers file (git's format).")
+    gpg_keyring: Path | None = Field(default=None, description="OpenPGP keyring file or GnuPG home directory.")
+    since: str | None = Field(default=None, description="A trusted commit; commits it reaches are not checked.")
+    max_commits: int = Field(default=10_000, ge=1, description="The most new commits one pass checks.")
+
+    @model_validator(mode="after")
+    def _valid(self) -> VerifyConfig:
+        self.policy()  # ValueError names what is wrong
+        return self
+
+    def policy(self) -> VerifyPolicy:
+        return VerifyPolicy(allowed_signers=self.allowed_signers, gpg_keyring=self.gpg_keyring, since=self.since,
+                            max_commits=self.max_commits)  # fmt: skip
+
+
 class RepositoryConfig(_Config):
     name: Annotated[str, Field(pattern=NAME)]
     url: str = Field(min_length=1, description="Git URL or local path of the GitOps repository.")
@@ -72,6 +91,7 @@ class RepositoryConfig(_Config):
     artifacts: StoreUri | None = Field(
         default=None, description="This repository's own artifact store (default: [registry] artifacts/<name>)."
     )
+    verify: VerifyConfig | None = Field(default=None, description="Require signed commits (default: no check).")
 
     def watched(self) -> Path | None:
         """The bare repository to watch for pushes, if any."""

@@ -123,9 +123,10 @@ class Daemon:
     def _start(self, repo: RepositoryConfig) -> None:
         state_dir = self.config.state_dir_of(repo)
         operator = self.config.operator_for(repo)
+        verify = repo.verify.policy() if repo.verify else None
         worker = Worker(
             repo.name,
-            lambda: Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator),
+            lambda: Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator, verify=verify),
             on_pass=self._passed,
             beat_s=min(30.0, self.notifier.watchdog_s / 3) if self.notifier.watchdog_s else 30.0,
         )
