@@ -1,8 +1,10 @@
 """The field types of spec files: each one parses, normalises and explains its own errors.
 
 Durations become int seconds, sizes int MiB, paths normalised relative POSIX paths that cannot escape their
-root; a wrong value gets a message that says what is accepted. `gitopsd.spec.schema` builds the two kinds of spec file
-from these types.
+root; a wrong value gets a message that says what is accepted. Every number has an upper bound (the `MAX_`
+constants below: generous for any real training, finite so that no spec asks for the absurd), and names are
+safe as Git ref components, since versions are tagged `models/NAME/vN`. `gitopsd.spec.schema` builds the two
+kinds of spec file from these types.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, Wit
 from pydantic_core import PydanticCustomError
 
 from gitopsd.spec.gates import METRIC_PATTERN, parse_gate
-from gitopsd.units import DURATION_PATTERN, MEMORY_PATTERN, parse_duration, parse_memory
+from gitopsd.spec.text import forbidden_char
+from gitopsd.units import DURATION_PATTERN, MEMORY_PATTERN, format_duration, parse_duration, parse_memory
 
 API_VERSION = "gitopsd/v1"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
@@ -25,48 +28,77 @@ ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 RESERVED_ENV_PREFIX = "GITOPSD_"
 
+# ---- upper bounds ---------------------------------------------------------------------------------------
+MAX_CPUS = 10_000
+MAX_GPUS = 10_000
+MAX_NODES = 10_000
+MAX_MEMORY_MIB = 64 * 1024 * 1024  # 64Ti
+MAX_TIMEOUT_S = 366 * 86_400
+MAX_RETRIES = 100
+MAX_RUNS_KEEP = 10_000
+MAX_PATIENCE = 1_000_000
+MAX_OBJECT_LOCK_DAYS = 36_500
+MAX_VERSION = 1_000_000_000
+
 
 def problem(message: str, at: str = "") -> PydanticCustomError:
     """A validation error whose text is exactly `message`; `at` is a dotted path below the failing value."""
     return PydanticCustomError("spec", "{message}", {"message": message, "at": at})
 
 
+def _short(value: object) -> str:
+    """repr(value), cut to a length that fits one line of an error message."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"<{value.bit_length()}-bit integer>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _shown(value: object) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"
+    return "null" if value is None else f"{type(value).__name__} {_short(value)}"
 
 
 # ---- field types: each one parses, normalises and explains its own errors -------------------------
 
 
-def _parsed(parse: Callable[[str | int], int], what: str) -> Callable[[object], int]:
+def _parsed(parse: Callable[[str | int], int], what: str, most: int, most_text: str) -> Callable[[object], int]:
     def convert(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise problem(f"expected {what}, got {_shown(value)}")
         try:
             parsed = parse(value)
         except ValueError as exc:
-            raise problem(str(exc)) from None
+            raise problem(str(exc) if len(str(exc)) <= 400 else f"expected {what}, got {_shown(value)}") from None
         if parsed <= 0:
-            raise problem(f"must be more than zero, got {value!r}")
+            raise problem(f"must be more than zero, got {_short(value)}")
+        if parsed > most:
+            raise problem(f"must be at most {most_text}, got {_short(value)}")
         return parsed
 
     return convert
 
 
-def _units_schema(pattern: str, description: str) -> WithJsonSchema:
-    either = [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": pattern}]
+def _units_schema(pattern: str, description: str, most: int) -> WithJsonSchema:
+    either = [{"type": "integer", "minimum": 1, "maximum": most}, {"type": "string", "pattern": pattern}]
     return WithJsonSchema({"anyOf": either, "description": description})
 
 
 Duration = Annotated[
     int,
-    BeforeValidator(_parsed(parse_duration, "a duration such as '30m' or an integer number of seconds")),
-    _units_schema(DURATION_PATTERN, "Seconds, or a duration such as '90s', '30m', '1h30m' or '01:30:00'."),
+    BeforeValidator(
+        _parsed(
+            parse_duration,
+            "a duration such as '30m' or an integer number of seconds",
+            MAX_TIMEOUT_S,
+            f"{format_duration(MAX_TIMEOUT_S)} ({MAX_TIMEOUT_S} seconds)",
+        )
+    ),
+    _units_schema(
+        DURATION_PATTERN, "Seconds, or a duration such as '90s', '30m', '1h30m' or '01:30:00'.", MAX_TIMEOUT_S
+    ),
 ]
 Memory = Annotated[
     int,
-    BeforeValidator(_parsed(parse_memory, "a size such as '2Gi' or an integer number of MiB")),
-    _units_schema(MEMORY_PATTERN, "MiB, or a size such as '512Mi', '2Gi' (binary) or '2G' (decimal)."),
+    BeforeValidator(_parsed(parse_memory, "a size such as '2Gi' or an integer number of MiB", MAX_MEMORY_MIB, "64Ti")),
+    _units_schema(MEMORY_PATTERN, "MiB, or a size such as '512Mi', '2Gi' (binary) or '2G' (decimal).", MAX_MEMORY_MIB),
 ]
 
 
@@ -74,8 +106,8 @@ def _matching(pattern: str, what: str, rule: str) -> AfterValidator:
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:
-        if not compiled.match(value):
-            raise problem(f"invalid {what} {value!r}: {rule}")
+        if not compiled.fullmatch(value):  # fullmatch: `$` alone would let a trailing newline through
+            raise problem(f"invalid {what} {_short(value)}: {rule}")
         if what == "environment variable name" and value.upper().startswith(RESERVED_ENV_PREFIX):
             raise problem(f"invalid {what} {value!r}: the prefix {RESERVED_ENV_PREFIX} is reserved for gitopsd")
         return value
@@ -83,11 +115,22 @@ def _matching(pattern: str, what: str, rule: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _ref_safe(value: str) -> str:
+    """What `git check-ref-format` refuses in a component of `models/NAME/vN` that NAME_PATTERN lets through."""
+    if ".." in value:
+        raise problem(f"invalid name {value!r}: '..' is not allowed (names become Git tags models/NAME/vN)")
+    if value.endswith(".lock"):
+        raise problem(f"invalid name {value!r}: a name cannot end with '.lock' (names become Git tags models/NAME/vN)")
+    return value
+
+
 _NAME_RULE = "use lowercase letters, digits, '.', '_', '-', start and end with a letter or digit, at most 64"
+NAME_SCHEMA_PATTERN = r"^(?!.*\.\.)(?!.*\.lock$)[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
 Name = Annotated[
     str,
     _matching(NAME_PATTERN, "name", _NAME_RULE),
-    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN}),
+    AfterValidator(_ref_safe),
+    WithJsonSchema({"type": "string", "pattern": NAME_SCHEMA_PATTERN}),
 ]
 _METRIC = f"^{METRIC_PATTERN}$"
 Metric = Annotated[
@@ -131,7 +174,10 @@ def _relative(value: str, root: str) -> str:
     if not value:
         raise problem(f"empty path: give a path relative to the {root}")
     if "\\" in value or "\x00" in value:
-        raise problem(f"invalid path {value!r}: use '/' as the separator; no backslashes or NUL characters")
+        raise problem(f"invalid path {_short(value)}: use '/' as the separator; no backslashes or NUL characters")
+    char = forbidden_char(value)
+    if char is not None:  # the run's workdir is written into job scripts (`#SBATCH --chdir`, `cd`)
+        raise problem(f"invalid path {_short(value)}: {char} is not allowed in a path")
     if value.startswith("/"):
         raise problem(f"absolute path {value!r} is not allowed: give a path relative to the {root}")
     normal = posixpath.normpath(value)
@@ -187,6 +233,9 @@ StoreUri = Annotated[str, AfterValidator(lambda value: _uri(value, data=False))]
 
 
 def _gate_text(value: str) -> str:
+    char = forbidden_char(value)
+    if char is not None:  # `\s` in the gate grammar would accept a newline
+        raise problem(f"invalid gate {_short(value)}: {char} is not allowed in a gate")
     try:
         parse_gate(value)
     except ValueError as exc:
@@ -195,9 +244,10 @@ def _gate_text(value: str) -> str:
 
 
 def _alias_target(value: object) -> int | str:
-    if value == "latest" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+    if value == "latest" or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_VERSION):
         return value  # an int or "latest"
-    raise problem(f"an alias points at a version number (1, 2, ...) or 'latest', got {_shown(value)}")
+    expected = f"a version number (1, 2, ... at most {MAX_VERSION}) or 'latest'"
+    raise problem(f"an alias points at {expected}, got {_shown(value)}")
 
 
 def _api_version(value: object) -> object:
@@ -210,12 +260,17 @@ GateText = Annotated[str, AfterValidator(_gate_text)]
 AliasTarget = Annotated[
     int | str,
     PlainValidator(_alias_target),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "latest"}]}),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_VERSION}, {"const": "latest"}]}),
 ]
 ApiVersion = Annotated[Literal["gitopsd/v1"], BeforeValidator(_api_version)]
-Count = Annotated[int, Field(ge=1)]
 PluginType = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Entry point in 'gitopsd.backends'.")]
-Amount = Annotated[int, Field(ge=0)]
+Cpus = Annotated[int, Field(ge=1, le=MAX_CPUS)]
+Gpus = Annotated[int, Field(ge=0, le=MAX_GPUS)]
+Nodes = Annotated[int, Field(ge=1, le=MAX_NODES)]
+Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES)]
+RunsKeep = Annotated[int, Field(ge=0, le=MAX_RUNS_KEEP)]
+Patience = Annotated[int, Field(ge=1, le=MAX_PATIENCE)]
+LockDays = Annotated[int, Field(ge=1, le=MAX_OBJECT_LOCK_DAYS)]
 CommandText = Annotated[str, AfterValidator(_command)]
 
 BASE_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?@([1-9][0-9]*|[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?)$"

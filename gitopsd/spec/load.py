@@ -4,13 +4,14 @@ A bad commit is rejected whole and `gitopsd status` shows why, so errors must po
 has to fix, and list all problems at once rather than one per push. Loading must also stay cheap for
 repositories with thousands of models, so there are two paths: the fast one parses with libyaml and validates
 with pydantic, and only when that fails (or a mapping repeats a key, which YAML would silently accept) is the
-YAML node tree composed to find line numbers and to explain each problem in words.
+YAML node tree composed to find line numbers and to explain each problem in words. Both paths parse with the
+bounded loader of `gitopsd.spec.yamlbound` and check every string with `gitopsd.spec.text`, so no spelling of
+YAML makes a document expand beyond its bounds or smuggles a control character into a value.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 import types
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.spec.fields import API_VERSION
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, choose_backend
+from gitopsd.spec.text import unsafe_values
+from gitopsd.spec.yamlbound import BoundedLoader, Refused
 
 __all__ = ["check_models", "load_model", "load_repository"]
 
@@ -31,9 +34,6 @@ Spec = TypeVar("Spec", bound=BaseModel)
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-#: A document whose aliases expand to more nodes than this is refused (the "billion laughs" attack).
-MAX_EXPANDED_NODES = 100_000
-_MAYBE_ALIAS = re.compile(r"(?:^|[\s\[{,])\*[^\s,\[\]{}]")
 
 _EXPECTED = {
     "string_type": "expected a string",
@@ -48,6 +48,7 @@ _EXPECTED = {
     "literal_error": "expected {expected}",
     "greater_than_equal": "must be at least {ge}",
     "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
     "string_pattern_mismatch": "must match the pattern {pattern}",
 }
 
@@ -56,8 +57,8 @@ class _DuplicateKey(Exception):
     """Raised by the fast loader so that the careful path can report every duplicate with its line."""
 
 
-class _FastLoader(yaml.CSafeLoader):
-    """libyaml's safe loader, refusing mappings that repeat a key instead of keeping the last value."""
+class _FastLoader(BoundedLoader):
+    """The bounded loader, refusing mappings that repeat a key instead of keeping the last value."""
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, MappingNode):
@@ -137,6 +138,13 @@ def line_of(text: str | None, field: str) -> int | None:
 
 
 def _load(text: str, file: str, cls: type[Spec]) -> Spec:
+    try:
+        return _load_bounded(text, file, cls)
+    except Refused as exc:
+        raise SpecError([SpecProblem(file=file, line=exc.line, field="", message=exc.message)]) from None
+
+
+def _load_bounded(text: str, file: str, cls: type[Spec]) -> Spec:
     kind = _kind_of(cls)
     duplicates = False
     try:
@@ -145,25 +153,36 @@ def _load(text: str, file: str, cls: type[Spec]) -> Spec:
         duplicates = True
     except yaml.YAMLError as exc:
         raise SpecError([_syntax_problem(exc, file)]) from None
+    unsafe: list[tuple[tuple[int | str, ...], str]] = []
+    errors: list[ErrorDetails] = []
     if not duplicates and isinstance(data, dict) and data.get("kind") == kind:
-        if _MAYBE_ALIAS.search(text):  # only aliases can make a small document expand into a huge one
-            _check_expansion(yaml.compose(text, Loader=yaml.CSafeLoader), file)
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            errors = exc.errors()
+        unsafe = list(unsafe_values(data, kind))
+        if not unsafe:
+            try:
+                return cls.model_validate(data)
+            except ValidationError as exc:
+                errors = exc.errors()
     else:
-        data = yaml.load(text, Loader=yaml.CSafeLoader) if duplicates else data
-        errors = []
-    root = yaml.compose(text, Loader=yaml.CSafeLoader)
-    if _MAYBE_ALIAS.search(text):
-        _check_expansion(root, file)
+        data = yaml.load(text, Loader=BoundedLoader) if duplicates else data
+        if isinstance(data, dict) and data.get("kind") == kind:
+            unsafe = list(unsafe_values(data, kind))
+    root = yaml.compose(text, Loader=BoundedLoader)
     problems = list(_duplicate_keys(root, file))
-    problems.extend(_document_problems(root, data, file=file, cls=cls, errors=errors))
+    located = [_unsafe_problem(root, file, loc, message) for loc, message in unsafe]
+    problems.extend(located)
+    covered = {p.field for p in located}
+    problems.extend(
+        p for p in _document_problems(root, data, file=file, cls=cls, errors=errors) if p.field not in covered
+    )
     if not problems:  # duplicates were the only doubt and there are none after all
         return cls.model_validate(data)
     problems.sort(key=lambda p: (p.line is None, p.line or 0, p.field))
     raise SpecError(list(dict.fromkeys(problems)))
+
+
+def _unsafe_problem(root: Node | None, file: str, loc: tuple[int | str, ...], message: str) -> SpecProblem:
+    line, field = _locate(root, loc) if root is not None else (None, "")
+    return SpecProblem(file=file, line=line, field=field, message=message)
 
 
 def _document_problems(
@@ -369,7 +388,7 @@ def _walk(root: Node, path: str = "") -> Iterator[tuple[str, MappingNode]]:
 def _duplicate_keys(root: Node | None, file: str) -> Iterator[SpecProblem]:
     if root is None:
         return
-    constructor = yaml.CSafeLoader("")
+    constructor = BoundedLoader("")
     for where, node in _walk(root):
         first: dict[object, int | None] = {}
         for key_node, _ in node.value:
@@ -385,23 +404,3 @@ def _duplicate_keys(root: Node | None, file: str) -> Iterator[SpecProblem]:
                 yield SpecProblem(file=file, line=_line(key_node), field=field, message=message)
             else:
                 first[key] = _line(key_node)
-
-
-def _check_expansion(root: Node | None, file: str) -> None:
-    """Refuse documents whose aliases multiply into more nodes than any spec needs."""
-    sizes: dict[int, int] = {}
-
-    def size(node: Node) -> int:
-        if id(node) not in sizes:
-            sizes[id(node)] = 1  # guards against cycles
-            children: list[Node] = []
-            if isinstance(node, MappingNode):
-                children = [n for pair in node.value for n in pair]
-            elif isinstance(node, SequenceNode):
-                children = list(node.value)
-            sizes[id(node)] = 1 + sum(min(size(c), MAX_EXPANDED_NODES) for c in children)
-        return sizes[id(node)]
-
-    if root is not None and size(root) > MAX_EXPANDED_NODES:
-        message = f"YAML aliases expand this document to more than {MAX_EXPANDED_NODES} values; refusing it"
-        raise SpecError([SpecProblem(file=file, line=None, field="", message=message)])

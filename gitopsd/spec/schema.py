@@ -28,23 +28,28 @@ from gitopsd.model import Resources
 from gitopsd.spec.fields import (
     API_VERSION,
     AliasTarget,
-    Amount,
     ApiVersion,
     BaseRef,
     CommandText,
-    Count,
+    Cpus,
     DataUri,
     Duration,
     EnvKey,
     EnvValue,
     GateText,
+    Gpus,
     LabelValue,
+    LockDays,
     Memory,
     Metric,
     Name,
+    Nodes,
     OutputPath,
+    Patience,
     PluginType,
     RepoPath,
+    Retries,
+    RunsKeep,
     Sha256,
     problem,
 )
@@ -62,10 +67,10 @@ class _Spec(BaseModel):
 class ResourcesSpec(_Spec):
     """What one run asks for. A field left out comes from the repository defaults, then the backend."""
 
-    cpus: Count | None = Field(default=None, description="CPU cores for the training process.")
+    cpus: Cpus | None = Field(default=None, description="CPU cores for the training process.")
     memory: Memory | None = Field(default=None, description="Memory, e.g. '16Gi'; stored as MiB.")
-    gpus: Amount | None = Field(default=None, description="GPUs for the training process.")
-    nodes: Count | None = Field(default=None, description="Nodes; more than 1 only for distributed training.")
+    gpus: Gpus | None = Field(default=None, description="GPUs for the training process.")
+    nodes: Nodes | None = Field(default=None, description="Nodes; more than 1 only for distributed training.")
 
 
 class BackendConfig(_Spec):
@@ -93,7 +98,7 @@ class RegistryConfig(_Spec):
 class RunsConfig(_Spec):
     """What gitopsd keeps of ended runs in STATE_DIR/runs."""
 
-    keep: Amount = Field(
+    keep: RunsKeep = Field(
         default=3,
         description="Ended runs per model that keep their whole directory; older ones keep only logs and records.",
     )
@@ -103,7 +108,7 @@ class Defaults(_Spec):
     """Applied to every model's train section where the model leaves a field out."""
 
     backend: Name | None = Field(default=None, description="Backend of models that name none.")
-    retries: Amount = Field(default=0, description="Times a failed training is retried.")
+    retries: Retries = Field(default=0, description="Times a failed training is retried.")
     timeout: Duration | None = Field(default=None, description="Time limit of one training.")
     resources: ResourcesSpec = ResourcesSpec()
 
@@ -147,8 +152,12 @@ class RepositorySpec(_Spec):
 
 class Metadata(_Spec):
     name: Name = Field(description="Unique in the repository; versions are named name@N.")
-    description: str | None = Field(default=None, description="Free text; never affects training.")
-    labels: dict[str, LabelValue] = Field(default={}, description="Free string labels; never affect training.")
+    description: str | None = Field(
+        default=None, description="Free text; never affects training. May span lines; no other control characters."
+    )
+    labels: dict[str, LabelValue] = Field(
+        default={}, description="Free string labels, one line each; never affect training."
+    )
 
 
 class PythonSpec(_Spec):
@@ -164,7 +173,7 @@ class TrainSpec(_Spec):
     env: dict[EnvKey, EnvValue] = Field(default={}, description="Environment variables; values are strings.")
     python: PythonSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
-    retries: Amount | None = Field(default=None, description="Times a failed training is retried.")
+    retries: Retries | None = Field(default=None, description="Times a failed training is retried.")
     timeout: Duration | None = Field(default=None, description="Time limit of one training, e.g. '30m'.")
 
 
@@ -196,7 +205,7 @@ class DivergeSpec(_Spec):
 class PlateauSpec(_Spec):
     metric: Metric
     mode: Literal["min", "max"] = Field(default="min", description="min: lower is better; max: higher is better.")
-    patience: Count = Field(description="Reports without improvement before the run is stopped.")
+    patience: Patience = Field(description="Reports without improvement before the run is stopped.")
     min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="Smallest change that counts.")
 
 
