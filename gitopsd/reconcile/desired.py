@@ -2,7 +2,11 @@
 
 Loading is incremental: the loader remembers the last commit it loaded and, for a new commit, re-parses only the
 spec files a tree diff says changed. Run keys are recomputed only for models whose inputs moved. A commit with
-any invalid spec is rejected whole (`SpecError` listing every problem) and the last good state stays cached.
+any invalid spec is rejected whole (`SpecError` listing every problem) and the last good state stays cached;
+the rejection is remembered too, so a bad commit costs one parse however many passes see it. Reading is bounded
+(`gitopsd.spec.bounds`): sizes come from the blobs' headers and files over a bound are refused unread. The
+settings of each declared backend are checked by its plugin when `gitops.yaml` changes, so a bad setting is a
+spec problem of the commit rather than a surprise at submit time.
 
 The run key is the content identity of one training: the canonical fields that affect training, the Git tree
 id of the code it runs, its data digests, its Python requirements and the resolved backend settings. Labels,
@@ -14,12 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.backends.protocol import check_settings
+from gitopsd.errors import PermanentError, SpecError, SpecProblem
 from gitopsd.source.mirror import Source
+from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems
 from gitopsd.spec.layout import REPO_SPEC
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
@@ -27,6 +34,7 @@ from gitopsd.spec.resolve import data_problems, load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, resolve_train
 
 T = TypeVar("T")
+log = logging.getLogger("gitopsd")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,16 +125,33 @@ class PerModel(Generic[T]):
         return self._values
 
 
+def backend_setting_problems(repo: RepositorySpec, file: str = REPO_SPEC) -> list[SpecProblem]:
+    """What each installed backend plugin says is wrong with its settings in `repo` (nothing for plugins that
+    are not installed here or have no settings check)."""
+    problems: list[SpecProblem] = []
+    for name, config in sorted(repo.backends.items()):
+        try:
+            check_settings(repo.backend_type(name), name=name, settings=config.settings)
+        except PermanentError as exc:
+            problems.append(SpecProblem(file=file, line=None, field=f"backends.{name}.settings", message=str(exc)))
+        except Exception as exc:  # a plugin's bug must not reject a commit; constructing it will say more
+            log.warning("backend %s: settings check failed: %s", name, exc)
+    return problems
+
+
 class DesiredLoader:
     """Loads desired state from a `Source`, caching the last good commit and re-parsing only what changed."""
 
-    def __init__(self, source: Source, operator: Operator | None = None) -> None:
+    def __init__(self, source: Source, operator: Operator | None = None, limits: SpecLimits | None = None) -> None:
         self.source = source
         self.operator = operator or Operator()
+        self.limits = limits or SpecLimits()
         self._state: DesiredState | None = None
         self._files: dict[str, str] = {}
+        self._sizes: dict[str, int] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._inputs: dict[str, tuple[str | None, ...]] = {}
+        self._rejected: tuple[str, SpecError] | None = None
 
     @property
     def last_good(self) -> DesiredState | None:
@@ -135,40 +160,58 @@ class DesiredLoader:
     def load(self, commit: str) -> DesiredState:
         if self._state is not None and self._state.commit == commit:
             return self._state
-        files, specs, repo = self._parse(commit)
-        models = self._resolve(commit, repo, specs, files)
-        self._files, self._specs = files, specs
+        if self._rejected is not None and self._rejected[0] == commit:
+            raise self._rejected[1]
+        try:
+            files, sizes, specs, repo = self._parse(commit)
+            models = self._resolve(commit, repo, specs, files)
+        except SpecError as exc:
+            self._rejected = (commit, exc)
+            raise
+        self._files, self._sizes, self._specs = files, sizes, specs
         self._state = DesiredState(commit=commit, repo=repo, models=models)
         return self._state
 
-    def _parse(self, commit: str) -> tuple[dict[str, str], dict[str, ModelSpec], RepositorySpec]:
+    def _read(self, files: Mapping[str, str], path: str) -> str:
+        return decode_spec(self.source.blob_bytes(files[path]), path)
+
+    def _parse(self, commit: str) -> tuple[dict[str, str], dict[str, int], dict[str, ModelSpec], RepositorySpec]:
         if self._state is None:
-            files = self.source.spec_files(commit)
+            files = self.source.spec_files(commit, self.limits)
             changed = set(files)
+            sizes: dict[str, int] = {}
         else:
             changed = self.source.changed_spec_files(self._state.commit, commit)
             files = dict(self._files)
+            sizes = dict(self._sizes)
             for path in changed:
                 blob = self.source.object_id(commit, path)
                 if blob is None:
                     files.pop(path, None)
+                    sizes.pop(path, None)
                 else:
                     files[path] = blob
-        problems: list[SpecProblem] = []
+        for path in changed & files.keys():
+            sizes[path] = self.source.blob_size(files[path])
+        problems = size_problems(sizes, self.limits)
+        if any(p.file not in files for p in problems):  # the whole set is over a bound: read none of it
+            raise SpecError(problems)
+        unread = {p.file for p in problems}
         repo = self._state.repo if self._state is not None and REPO_SPEC not in changed else None
         if repo is None:
             repo = RepositorySpec.default()
-            text = self.source.blob_text(files[REPO_SPEC]) if REPO_SPEC in files else None
-            try:
-                repo = load_repository_for(self.operator, text, REPO_SPEC)
-            except SpecError as exc:
-                problems.extend(exc.problems)
+            if REPO_SPEC not in unread:
+                try:
+                    text = self._read(files, REPO_SPEC) if REPO_SPEC in files else None
+                    repo = load_repository_for(self.operator, text, REPO_SPEC)
+                except SpecError as exc:
+                    problems.extend(exc.problems)
         specs = {p: s for p, s in self._specs.items() if p in files}
         for path in sorted(changed):
-            if path == REPO_SPEC or path not in files:
+            if path == REPO_SPEC or path not in files or path in unread:
                 continue
             try:
-                specs[path] = load_model(self.source.blob_text(files[path]), path)
+                specs[path] = load_model(self._read(files, path), path)
             except SpecError as exc:
                 problems.extend(exc.problems)
         if not problems:
@@ -179,7 +222,7 @@ class DesiredLoader:
             problems.extend(data_problems(specs, self.operator))
         if problems:
             raise SpecError(problems)
-        return files, specs, repo
+        return files, sizes, specs, repo
 
     def _escapes(self, commit: str, path: str, spec: ModelSpec, train: ResolvedTrain) -> list[SpecProblem]:
         """The model's workdir, requirements and repository data must not lead outside the repository."""

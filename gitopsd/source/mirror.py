@@ -5,6 +5,12 @@ with git and OpenSSH for SSH remotes (see `gitssh`: libgit2 would not check the 
 without any checkout, and a commit's tree is exported into a run directory only when a run needs it.
 A fetch first lists the remote heads and skips the transfer when nothing moved, so an idle pass costs one
 round-trip.
+
+The repository's content is untrusted, so reading it is bounded: spec files are listed with their sizes (from
+the object header, without reading them) so that the loader can refuse oversized ones unread, and an export
+streams every blob larger than `STREAM_ABOVE` bytes from `git cat-file` straight into its file, so a 1 GiB file
+in a workdir costs the daemon no more memory than a small one. Tree entries that could leave the export's
+directory (`..`, `.`, names with `/`) are refused.
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ from gitopsd.errors import PermanentError, SourceUnavailable
 from gitopsd.source.credentials import EnvCredentials
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
 from gitopsd.source.treepath import escape
+from gitopsd.spec.bounds import SpecLimits, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
 
 _EXECUTABLE = 0o100755
 _LINK = 0o120000
 _TREE = 0o040000
 _COMMIT = 0o160000
+#: Blobs larger than this are streamed into their file by `git cat-file`, never held in memory.
+STREAM_ABOVE = 1024 * 1024
+#: The longest symbolic link target exported (PATH_MAX).
+_MAX_LINK = 4096
 
 
 def normalise_url(url: str) -> str:
@@ -155,24 +166,42 @@ class Source:
             return None
         return obj.data if isinstance(obj, pygit2.Blob) else None
 
-    def spec_files(self, commit: str) -> dict[str, str]:
-        """Spec file path -> blob id for `gitops.yaml` and every `models/**/*.y(a)ml` in the commit."""
+    def spec_files(self, commit: str, limits: SpecLimits | None = None) -> dict[str, str]:
+        """Spec file path -> blob id for `gitops.yaml` and every `models/**/*.y(a)ml` blob in the commit.
+
+        A SpecError as soon as there are more than `limits.max_files` (the walk stops there).
+        """
+        most = (limits or SpecLimits()).max_files
         tree = self._tree(commit)
         found: dict[str, str] = {}
         if REPO_SPEC in tree and isinstance(tree[REPO_SPEC], pygit2.Blob):
             found[REPO_SPEC] = str(tree[REPO_SPEC].id)
-        if SPEC_DIR in tree and isinstance(tree[SPEC_DIR], pygit2.Tree):
-            self._walk(tree[SPEC_DIR], SPEC_DIR, found)
+        if SPEC_DIR not in tree or not isinstance(tree[SPEC_DIR], pygit2.Tree):
+            return found
+        stack: list[tuple[pygit2.Tree, str]] = [(tree[SPEC_DIR], SPEC_DIR)]  # type: ignore[list-item]
+        while stack:
+            current, prefix = stack.pop()
+            for entry in current:
+                path = f"{prefix}/{entry.name}"
+                if entry.filemode == _TREE:
+                    stack.append((self.repo[entry.id], path))  # type: ignore[arg-type]
+                elif entry.filemode != _COMMIT and is_spec_path(path):
+                    found[path] = str(entry.id)
+                    if len(found) > most:
+                        raise too_many_files(limits or SpecLimits())
         return found
 
-    def _walk(self, tree: pygit2.Object, prefix: str, found: dict[str, str]) -> None:
-        assert isinstance(tree, pygit2.Tree)
-        for entry in tree:
-            path = f"{prefix}/{entry.name}"
-            if isinstance(entry, pygit2.Tree):
-                self._walk(entry, path, found)
-            elif is_spec_path(path):
-                found[path] = str(entry.id)
+    def blob_size(self, blob_id: str) -> int:
+        """The size of a blob in bytes, from its header: the content is not read."""
+        _, size = self.repo.odb.read_header(pygit2.Oid(hex=blob_id))
+        return int(size)
+
+    def blob_bytes(self, blob_id: str) -> bytes:
+        """The whole content of a blob (check `blob_size` first: this reads it all into memory)."""
+        blob = self.repo.get(blob_id)
+        if not isinstance(blob, pygit2.Blob):
+            raise SourceUnavailable(f"object {blob_id} is not a blob in the mirror of {self.url}")
+        return blob.data
 
     def changed_spec_files(self, old: str, new: str) -> set[str]:
         """Spec paths added, modified or deleted between two commits, from a tree diff."""
@@ -224,21 +253,17 @@ class Source:
     def tags(self, prefix: str = "") -> list[str]:
         return sorted(r.removeprefix("refs/tags/") for r in self.repo.references if r.startswith(f"refs/tags/{prefix}"))
 
-    def blob_text(self, blob_id: str) -> str:
-        blob = self.repo.get(blob_id)
-        assert isinstance(blob, pygit2.Blob)
-        return blob.data.decode("utf-8", errors="replace")
-
     def export(self, commit: str, dest: Path, paths: Iterable[str] = (".",)) -> None:
         """Write `paths` (directories or files; "." for all) of `commit` into `dest`, at the same relative places.
 
-        Existing files are replaced. A path missing from the commit is an error.
+        Existing files are replaced. A path missing from the commit is an error, and so is a tree entry whose
+        name could lead outside `dest`. Large blobs are streamed (see the module docstring).
         """
         dest.mkdir(parents=True, exist_ok=True)
         root = self._tree(commit)
         for path in sorted(set(paths)):
             if path in ("", "."):
-                self._export_tree(root, dest)
+                self._export_tree(root, dest, commit)
                 continue
             try:
                 obj = root[path]
@@ -248,29 +273,55 @@ class Source:
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(obj, pygit2.Tree):
                 target.mkdir(exist_ok=True)
-                self._export_tree(obj, target)
+                self._export_tree(obj, target, commit)
             else:
-                self._write_blob(obj, root[path].filemode, target)
+                self._write_blob(obj.id, root[path].filemode, target)
 
-    def _export_tree(self, tree: pygit2.Tree, dest: Path) -> None:
-        for entry in tree:
-            target = dest / str(entry.name)
-            if entry.filemode == _TREE:
-                target.mkdir(exist_ok=True)
-                self._export_tree(self.repo[entry.id], target)  # type: ignore[arg-type]
-            elif entry.filemode == _COMMIT:
-                target.mkdir(exist_ok=True)  # submodules are not exported, only their mount point
-            else:
-                self._write_blob(self.repo[entry.id], entry.filemode, target)
+    def _export_tree(self, tree: pygit2.Tree, dest: Path, commit: str) -> None:
+        stack: list[tuple[pygit2.Tree, Path]] = [(tree, dest)]
+        while stack:
+            current, where = stack.pop()
+            for entry in current:
+                name = str(entry.name)
+                if name in ("", ".", "..") or "/" in name or "\0" in name:
+                    raise PermanentError(
+                        f"commit {commit[:12]} holds a tree entry named {name!r}; refusing to export it"
+                    )
+                target = where / name
+                if entry.filemode == _TREE:
+                    target.mkdir(exist_ok=True)
+                    stack.append((self.repo[entry.id], target))  # type: ignore[arg-type]
+                elif entry.filemode == _COMMIT:
+                    target.mkdir(exist_ok=True)  # submodules are not exported, only their mount point
+                else:
+                    self._write_blob(entry.id, entry.filemode, target)
 
-    @staticmethod
-    def _write_blob(blob: pygit2.Object, mode: int, target: Path) -> None:
-        data: bytes = blob.data  # type: ignore[attr-defined]
+    def _write_blob(self, oid: pygit2.Oid, mode: int, target: Path) -> None:
+        _, size = self.repo.odb.read_header(oid)
         if target.is_symlink() or target.exists():
             target.unlink()
         if mode == _LINK:
-            os.symlink(data, target)
+            if size > _MAX_LINK:
+                raise PermanentError(f"symbolic link {target.name!r} has a {size}-byte target; the most is {_MAX_LINK}")
+            os.symlink(self.blob_bytes(str(oid)), target)
             return
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if mode == _EXECUTABLE else 0o644)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if size <= STREAM_ABOVE:
+                handle.write(self.blob_bytes(str(oid)))
+            else:
+                self._stream_blob(str(oid), handle.fileno())
+
+    def _stream_blob(self, blob_id: str, fd: int) -> None:
+        """Copy a blob into the open file `fd` through `git cat-file`, which streams it (it has no filters)."""
+        try:
+            done = subprocess.run(
+                ["git", "-c", f"core.bigFileThreshold={STREAM_ABOVE}", "--git-dir", str(self.mirror_dir),
+                 "cat-file", "blob", blob_id],
+                stdout=fd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot export blob {blob_id}: git cannot be started: {exc}") from exc
+        if done.returncode != 0:
+            error = done.stderr.decode(errors="replace").strip()[:400]
+            raise SourceUnavailable(f"cannot export blob {blob_id} from the mirror of {self.url}: {error}")

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gitopsd.model import Resources
-from gitopsd.spec.fields import Count, Duration, Memory, Name, PluginType, StoreUri
+from gitopsd.spec.fields import Cpus, Duration, Gpus, LockDays, Memory, Name, Nodes, PluginType, StoreUri
 
 ANY = "*"
 #: Where the operator's settings live, for error messages that tell a repository author whom to ask.
@@ -35,10 +35,10 @@ class _Operator(BaseModel):
 class Caps(_Operator):
     """The most one training on this backend may ask for; a model over a cap is refused (PolicyDenied)."""
 
-    cpus: Count | None = Field(default=None, description="CPU cores per training.")
+    cpus: Cpus | None = Field(default=None, description="CPU cores per training.")
     memory: Memory | None = Field(default=None, description="Host memory per training, e.g. '256Gi'.")
-    gpus: Count | None = Field(default=None, description="GPUs per training.")
-    nodes: Count | None = Field(default=None, description="Nodes per training.")
+    gpus: Gpus | None = Field(default=None, description="GPUs per training.")
+    nodes: Nodes | None = Field(default=None, description="Nodes per training.")
     timeout: Duration | None = Field(default=None, description="Time limit of one training, e.g. '48h'.")
 
 
@@ -70,7 +70,7 @@ class OperatorRegistry(_Operator):
     endpoint_url: str | None = Field(
         default=None, pattern=r"^https?://", description="Endpoint of an S3-compatible store (MinIO, Ceph, ...)."
     )
-    object_lock_days: Count | None = Field(
+    object_lock_days: LockDays | None = Field(
         default=None, description="Object Lock retention (GOVERNANCE) for artifacts, when the bucket has it."
     )
 

@@ -39,7 +39,6 @@ from gitopsd.spec.fields import (
     GateText,
     Gpus,
     LabelValue,
-    LockDays,
     Memory,
     Metric,
     Name,

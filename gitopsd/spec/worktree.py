@@ -1,16 +1,19 @@
 """Validating a working tree on disk, the way `gitopsd validate` does in a pull request's CI.
 
-It applies the same parsers and cross-file checks as the reconciler does to a commit, plus the checks that need
-the files themselves (the workdir and requirements a spec names must exist), and reports every problem at once.
+It applies the same parsers, bounds and cross-file checks as the reconciler does to a commit, plus the checks
+that need the files themselves (the workdir and requirements a spec names must exist), and reports every
+problem at once. Sizes are taken from the file system before a file is read, and no file is read past its bound.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
@@ -24,12 +27,34 @@ def _leaves(root: Path, rel: str) -> bool:
     return not real.is_relative_to(Path(os.path.realpath(root)))
 
 
-def _read(root: Path, rel: str) -> str:
-    """A spec file's text; a spec file that is a symbolic link out of the tree is refused, never read."""
+def _spec_paths(root: Path, limits: SpecLimits) -> Iterator[Path]:
+    """gitops.yaml and the model files, in order; stops with a SpecError past `limits.max_files`."""
+    if (root / REPO_SPEC).is_file():
+        yield root / REPO_SPEC
+    spec_dir = root / SPEC_DIR
+    if not spec_dir.is_dir():
+        return
+    found: list[Path] = []
+    for path in spec_dir.rglob("*"):
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            found.append(path)
+            if len(found) >= limits.max_files:
+                raise too_many_files(limits)
+    yield from sorted(found)
+
+
+def _read(root: Path, rel: str, limits: SpecLimits) -> str:
+    """A spec file's text, never read past its bound; one that is a symbolic link out of the tree is refused
+    and never read."""
     if _leaves(root, rel):
         raise SpecError([SpecProblem(file=rel, line=None, field="", message=(
             "a symbolic link that leads outside the repository: refused, not read"))])  # fmt: skip
-    return (root / rel).read_text()
+    with (root / rel).open("rb") as handle:  # never more than the bound, even if the file grows meanwhile
+        data = handle.read(limits.max_file_bytes + 1)
+    problems = size_problems({rel: len(data)}, limits)
+    if problems:
+        raise SpecError(problems)
+    return decode_spec(data, rel)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,30 +63,37 @@ class TreeSpecs:
     models: dict[str, ModelSpec]
 
 
-def load_tree(root: Path, operator: Operator | None = None) -> TreeSpecs:
+def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits | None = None) -> TreeSpecs:
     """Parse and check every spec file under `root` against the operator's configuration (default: one local
     backend); raise one SpecError naming every problem."""
     operator = operator or Operator()
+    limits = limits or SpecLimits()
     if not root.is_dir():
         raise SpecError([SpecProblem(file=str(root), line=None, field="", message="not a directory")])
-    problems: list[SpecProblem] = []
-    repo_file = root / REPO_SPEC
-    try:
-        repo = load_repository_for(operator, _read(root, REPO_SPEC) if repo_file.is_file() else None, REPO_SPEC)
-    except SpecError as exc:
-        problems.extend(exc.problems)
-        repo = RepositorySpec.default()
+    paths = list(_spec_paths(root, limits))
+    sizes = {path.relative_to(root).as_posix(): path.stat().st_size for path in paths}
+    problems = size_problems(sizes, limits)
+    refused = {p.file for p in problems}
+    if any(p.file not in sizes for p in problems):  # the whole set is over a bound: read none of it
+        raise SpecError(problems)
+    repo = RepositorySpec.default()
+    repo_text: str | None = None
     models: dict[str, ModelSpec] = {}
-    spec_dir = root / SPEC_DIR
-    paths = (
-        sorted(p for p in spec_dir.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-        if spec_dir.is_dir()
-        else []
-    )
     for path in paths:
         rel = path.relative_to(root).as_posix()
+        if rel in refused:
+            continue
         try:
-            models[rel] = load_model(_read(root, rel), rel)
+            text = _read(root, rel, limits)
+            if rel == REPO_SPEC:
+                repo_text = text
+            else:
+                models[rel] = load_model(text, rel)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if REPO_SPEC not in refused and not any(p.file == REPO_SPEC for p in problems):
+        try:
+            repo = load_repository_for(operator, repo_text, REPO_SPEC)
         except SpecError as exc:
             problems.extend(exc.problems)
     if not problems:
