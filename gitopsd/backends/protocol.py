@@ -63,12 +63,33 @@ class Backend(Protocol):
 
 
 class BackendFactory(Protocol):
+    """Builds a backend. It may also have `check_settings(*, name, settings) -> None`, raising PermanentError
+    naming the backend, setting and value, so that bad settings are refused when a commit is loaded (see
+    `check_settings` below) rather than when a job is submitted."""
+
     def __call__(self, *, name: str, settings: Mapping[str, Any], state_dir: Path) -> Backend: ...
 
 
 def available_types() -> dict[str, str]:
     """Installed backend types and the object each entry point names."""
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def check_settings(type_: str, *, name: str, settings: Mapping[str, Any]) -> None:
+    """Let the plugin registered under `type_` refuse `settings` (PermanentError) without building a backend.
+
+    Nothing happens for a type that is not installed here (using it reports that) or a plugin without a check.
+    """
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_]
+    if not matches:
+        return
+    try:
+        factory = matches[0].load()
+    except ImportError:
+        return
+    check = getattr(factory, "check_settings", None)
+    if callable(check):
+        check(name=name, settings=settings)
 
 
 def load_backend(type_: str, *, name: str, settings: Mapping[str, Any], state_dir: Path) -> Backend:

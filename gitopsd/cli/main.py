@@ -79,10 +79,14 @@ def init(directory: Path) -> None:
 def validate(ctx: click.Context, path: Path) -> None:
     """Check the spec files of a working tree (default: the current directory); exit 1 on any problem."""
     from gitopsd.errors import SpecError
+    from gitopsd.reconcile.desired import backend_setting_problems
     from gitopsd.spec.worktree import load_tree
 
     try:
         specs = load_tree(path, operator(ctx))
+        problems = backend_setting_problems(specs.repo)
+        if problems:
+            raise SpecError(problems)
     except SpecError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

@@ -206,6 +206,8 @@ class DesiredLoader:
                     repo = load_repository_for(self.operator, text, REPO_SPEC)
                 except SpecError as exc:
                     problems.extend(exc.problems)
+                else:
+                    problems.extend(backend_setting_problems(repo))
         specs = {p: s for p, s in self._specs.items() if p in files}
         for path in sorted(changed):
             if path == REPO_SPEC or path not in files or path in unread:

@@ -86,6 +86,11 @@ class NvidiaBackend:
         self._leases: LeaseBook | None = None
         self._sampled: dict[str, float] = {}
 
+    @staticmethod
+    def check_settings(*, name: str, settings: Mapping[str, Any]) -> None:
+        """Refuse bad settings when the commit that declares them is loaded, without building a backend."""
+        LocalBackend.check_settings(name=name, settings=parse_settings(settings, backend=name).local)
+
     @property
     def leases(self) -> LeaseBook:
         if self._leases is None:

@@ -14,6 +14,7 @@ backend declared with them. `cpu_binding` (default true) binds a run to the CPUs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from gitopsd.units import parse_memory
 LOCAL_KEYS = ("max_parallel", "grace_s", "memory_poll_s")
 KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", "leases", "cpu_binding", *LOCAL_KEYS)
 DEFAULT_TELEMETRY_INTERVAL_S = 5.0
+MAX_TELEMETRY_INTERVAL_S = 3600
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +67,15 @@ def parse_settings(settings: Mapping[str, Any], *, backend: str) -> NvidiaSettin
     if not isinstance(exclusive, bool):
         raise _fail(backend, "exclusive", exclusive, "true or false")
     interval = settings.get("telemetry_interval_s", DEFAULT_TELEMETRY_INTERVAL_S)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
-        raise _fail(backend, "telemetry_interval_s", interval, "a number of seconds >= 0")
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, int | float)
+        or not math.isfinite(interval)
+        or not 0 <= interval <= MAX_TELEMETRY_INTERVAL_S
+    ):
+        raise _fail(
+            backend, "telemetry_interval_s", interval, f"a number of seconds from 0 to {MAX_TELEMETRY_INTERVAL_S}"
+        )
     cpu_binding = settings.get("cpu_binding", True)
     if not isinstance(cpu_binding, bool):
         raise _fail(backend, "cpu_binding", cpu_binding, "true or false")

@@ -76,6 +76,11 @@ class SlurmBackend:
         self._nodes: list[NodeInfo] | None = None
         self._nodes_at = float("-inf")
 
+    @staticmethod
+    def check_settings(*, name: str, settings: Mapping[str, Any]) -> None:
+        """Refuse bad settings when the commit that declares them is loaded (see `gitopsd_slurm.settings`)."""
+        parse_settings(name, settings)
+
     # -- protocol -------------------------------------------------------------------------------------------
 
     def check(self) -> None:

@@ -9,15 +9,23 @@ just before gitopsd died is found and adopted, never submitted twice. The wrappe
 environment, `cd`s into the workdir, enforces the run's timeout to the second (Slurm counts whole minutes; its
 own limit stays as a backstop), and writes the command's real exit code to `exit.json` in the run directory,
 so a finished job is resolved even after it has left squeue and there is no accounting.
+
+Every `#SBATCH` value is written so that sbatch reads back exactly that value on that one line, whatever it
+holds: sbatch splits a directive line at blanks outside quotes, reads a backslash as an escape and an unescaped `#`
+as the start of a comment, and blanks out the words `packjob` and `hetjob`, so those are escaped;
+a value with a control character (a newline would start another `#SBATCH` line) is refused outright. The
+settings are checked for the same when they are loaded (`gitopsd_slurm.settings`); this is the second wall.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gitopsd.backends.protocol import thread_env
+from gitopsd.errors import PermanentError
 from gitopsd.model import Job
 from gitopsd_slurm.runfiles import RunFiles
 from gitopsd_slurm.settings import SlurmSettings
@@ -81,8 +89,19 @@ class JobRequest:
     environment: Mapping[str, str] = field(default_factory=dict)
 
 
-def _quoted(value: str) -> str:
-    return f'"{value}"' if any(c.isspace() for c in value) else value
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SBATCH_SPECIAL = re.compile(r"""([\\"'#])""")
+_SBATCH_WORDS = re.compile(r"(pack|het)(job)", re.IGNORECASE)
+
+
+def directive_value(key: str, value: str) -> str:
+    """`value` written for `#SBATCH --key=...` so that sbatch reads back exactly `value`; PermanentError for a
+    value that no escaping keeps on one line (a control character)."""
+    if _LINE_BREAKING.search(value):
+        raise PermanentError(f"refusing to write #SBATCH --{key}={value!r}: a control character would break the line")
+    text = _SBATCH_SPECIAL.sub(r"\\\1", value)
+    text = _SBATCH_WORDS.sub(r"\1\\\2", text)
+    return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
 def directives(options: SubmitOptions) -> list[str]:
@@ -105,7 +124,7 @@ def directives(options: SubmitOptions) -> list[str]:
         ("constraint", options.constraint),
         ("array", options.array),
     ]
-    lines = [f"#SBATCH --{key}={_quoted(str(value))}" for key, value in pairs if value is not None]
+    lines = [f"#SBATCH --{key}={directive_value(key, str(value))}" for key, value in pairs if value is not None]
     if options.exclusive:
         lines.append("#SBATCH --exclusive")
     lines.append("#SBATCH --requeue" if options.requeue else "#SBATCH --no-requeue")
@@ -200,11 +219,10 @@ def render_script(job: Job, options: SubmitOptions, *, grace_s: int) -> str:
         timeout_check=check,
         timeout_json="null" if job.timeout_s is None else job.timeout_s,
     )
-    header = [
-        "#!/bin/bash",
-        *directives(options),
-        f"# gitopsd run {job.run_id} of model {job.model}, written by the Slurm backend at submit time.",
-    ]
+    comment = f"# gitopsd run {job.run_id} of model {job.model}, written by the Slurm backend at submit time."
+    if _LINE_BREAKING.search(comment):
+        raise PermanentError(f"refusing to write a job script for run {job.run_id!r} of model {job.model!r}")
+    header = ["#!/bin/bash", *directives(options), comment]
     return "\n".join([*header, *exports, wrapper])
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import pwd
 import signal
@@ -98,13 +99,19 @@ def clean_env(job: Job) -> dict[str, str]:
     return env
 
 
+#: The largest value of each numeric setting: far above any real need, finite so no repository asks for more.
+_MOST = {"max_parallel": 10_000, "grace_s": 3_600, "memory_poll_s": 3_600}
+
+
 def _positive(settings: Mapping[str, Any], key: str, default: float, *, backend: str, integer: bool) -> Any:
     """A positive number from the backend's settings, or a PermanentError that names the setting and value."""
     value = settings.get(key, default)
     allowed = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value) or value <= 0:
         expected = "a positive integer" if integer else "a positive number of seconds"
         raise PermanentError(f"backend {backend!r} setting {key}: expected {expected}, got {value!r}")
+    if value > _MOST[key]:
+        raise PermanentError(f"backend {backend!r} setting {key}: expected at most {_MOST[key]}, got {value!r}")
     return value
 
 
@@ -142,6 +149,13 @@ class LocalBackend:
         self.memory_poll_s = float(_positive(settings, "memory_poll_s", 1.0, backend=name, integer=False))
         self.host = socket.gethostname()
         self._children: list[subprocess.Popen[bytes]] = []
+
+    @staticmethod
+    def check_settings(*, name: str, settings: Mapping[str, Any]) -> None:
+        """Refuse bad settings when the commit that declares them is loaded, without building a backend."""
+        _positive(settings, "max_parallel", 1, backend=name, integer=True)
+        _positive(settings, "grace_s", 5.0, backend=name, integer=False)
+        _positive(settings, "memory_poll_s", 1.0, backend=name, integer=False)
 
     # -- protocol -------------------------------------------------------------------------------------------
 
