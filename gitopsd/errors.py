@@ -7,7 +7,16 @@ unexpected outage and is treated as transient. Spec errors carry the file, line 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: Characters that would break or forge a line of a log, a terminal or a status page.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str) -> str:
+    """`text` with every control character written as its Python escape (a newline as \\n)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class GitopsdError(Exception):
@@ -44,9 +53,10 @@ class SpecProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        field = f" {self.field}:" if self.field else ""
-        return f"{where}:{field} {self.message}"
+        """One line, whatever the file, field or message hold: a hostile spec cannot forge a log line."""
+        where = f"{_printable(self.file)}:{self.line}" if self.line else _printable(self.file)
+        field = f" {_printable(self.field)}:" if self.field else ""
+        return f"{where}:{field} {_printable(self.message)}"
 
 
 class SpecError(PermanentError):

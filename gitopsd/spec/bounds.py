@@ -5,8 +5,9 @@ starts: a spec file larger than `max_file_bytes`, more than `max_files` spec fil
 `max_total_bytes` of spec files in one commit are refused from their sizes alone (Git and the file system know
 a file's size without reading it), so no file is read whole only to be refused. A spec file must be UTF-8 text:
 binary content and undecodable bytes are refused with the file named and the place of the first bad byte, so
-a reviewer can find it. Every refusal is a `SpecError`: the commit is rejected whole and the last good commit
-stays in force.
+a reviewer can find it. A spec file whose path holds a control character is refused too (the path is in every
+error message, event and log line about its model). Every refusal is a `SpecError`: the commit is rejected
+whole and the last good commit stays in force.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.spec.layout import SPEC_DIR
+from gitopsd.spec.text import forbidden_char
 
 __all__ = ["SpecLimits", "decode_spec", "size_problems", "too_many_files"]
 
@@ -48,8 +50,14 @@ def too_many_files(limits: SpecLimits) -> SpecError:
 
 
 def size_problems(sizes: Mapping[str, int], limits: SpecLimits) -> list[SpecProblem]:
-    """Each spec file over the per-file bound, then the whole set over the count or total bound."""
+    """Each spec file with an unprintable path or over the per-file bound, then the whole set over the count or
+    total bound. The files named here must not be read."""
     problems = [
+        SpecProblem(file=path, line=None, field="", message=f"{char} in the file's path; rename the file")
+        for path in sorted(sizes)
+        if (char := forbidden_char(path))
+    ]
+    problems += [
         SpecProblem(
             file=path,
             line=None,

@@ -25,7 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.spec.fields import API_VERSION
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, choose_backend
-from gitopsd.spec.text import unsafe_values
+from gitopsd.spec.text import forbidden_char, unsafe_values
 from gitopsd.spec.yamlbound import BoundedLoader, Refused
 
 __all__ = ["check_models", "load_model", "load_repository"]
@@ -242,7 +242,7 @@ def _line(node: Node | None) -> int | None:
 
 def _key_text(key: object) -> str:
     text = str(key)
-    if not text or any(c in text for c in ".[] ") or text != text.strip():
+    if not text or any(c in text for c in ".[] ") or text != text.strip() or forbidden_char(text):
         return f"[{text!r}]"
     return f".{text}"
 
