@@ -9,7 +9,8 @@ round-trip.
 The repository's content is untrusted, so reading it is bounded: spec files are listed with their sizes (from
 the object header, without reading them) so that the loader can refuse oversized ones unread, and an export
 streams every blob larger than `STREAM_ABOVE` bytes from `git cat-file` straight into its file, so a 1 GiB file
-in a workdir costs the daemon no more memory than a small one. Tree entries that could leave the export's
+in a workdir costs the daemon no more memory than a small one (a local repository is fetched by git for the
+same reason). Tree entries that could leave the export's
 directory (`..`, `.`, names with `/`) are refused.
 """
 
@@ -37,6 +38,11 @@ _COMMIT = 0o160000
 STREAM_ABOVE = 1024 * 1024
 #: The longest symbolic link target exported (PATH_MAX).
 _MAX_LINK = 4096
+
+
+def is_local_url(url: str) -> bool:
+    """A path or file:// URL: a repository on this host's file systems."""
+    return url.startswith("file://") or ("://" not in url and not is_ssh_url(url))
 
 
 def normalise_url(url: str) -> str:
@@ -79,7 +85,9 @@ class Source:
             heads = remote.list_heads(callbacks=EnvCredentials())
             wanted = {h.name: str(h.oid) for h in heads if h.name and h.name.startswith("refs/heads/")}
             have = {name: str(self.repo.references[name].target) for name in self._local_heads()}
-            if wanted != have:
+            if wanted != have and is_local_url(self.url):
+                self._fetch_local()
+            elif wanted != have:
                 remote.fetch(prune=pygit2.enums.FetchPrune.PRUNE, callbacks=EnvCredentials())
             head = next((h for h in heads if h.name == "HEAD"), None)
             if head is not None and head.symref_target:
@@ -88,6 +96,19 @@ class Source:
             if self.url.startswith("/") and not Path(self.url).exists():
                 raise SourceUnavailable(f"cannot fetch {self.url}: no such directory") from exc
             raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
+
+    def _fetch_local(self) -> None:
+        """A local repository is fetched by git: libgit2's local transport packs every new object in memory
+        first, so a 1 GiB file pushed to the repository would cost the daemon more than 1 GiB."""
+        try:
+            done = subprocess.run(
+                ["git", "--git-dir", str(self.mirror_dir), "fetch", "--quiet", "--prune", "origin"],
+                capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot fetch {self.url}: git cannot be started: {exc}") from exc
+        if done.returncode != 0:
+            raise SourceUnavailable(f"cannot fetch {self.url}: {done.stderr.strip()[:400]}")
 
     def _fetch_over_ssh(self) -> None:
         """The same, through git and OpenSSH, which check the server's host key (see `gitssh`)."""
