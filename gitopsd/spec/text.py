@@ -87,25 +87,24 @@ def unsafe_values(data: Any, kind: str) -> Iterator[tuple[tuple[int | str, ...],
     key. The document must be bounded (see `gitopsd.spec.yamlbound`); shared nodes are visited once each
     time they are referenced, as the validator will.
     """
+    suspect = _ONE_LINE.search  # every forbidden character is one of these: clean text costs one search
     stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
     while stack:
         loc, value = stack.pop()
         if isinstance(value, str):
-            message = _text_problem(value, multiline=_multiline(kind, loc), key=False)
-            if message:
-                yield loc, message
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int):
-            if abs(value) > MAX_INTEGER:
-                yield loc, f"this {value.bit_length()}-bit integer is too large: integers in a spec stay within 2**53"
+            if len(value) > MAX_TEXT_CHARS or suspect(value):
+                message = _text_problem(value, multiline=_multiline(kind, loc), key=False)
+                if message:
+                    yield loc, message
         elif isinstance(value, dict):
-            for key, item in reversed(list(value.items())):
-                if isinstance(key, str):
+            for key, item in value.items():
+                if isinstance(key, str) and (len(key) > MAX_TEXT_CHARS or suspect(key)):
                     message = _text_problem(key, multiline=False, key=True)
                     if message:
                         yield (*loc, key), message
                         continue
                 stack.append(((*loc, key if isinstance(key, str) else str(key)), item))
         elif isinstance(value, list):
-            stack.extend(((*loc, index), item) for index, item in reversed(list(enumerate(value))))
+            stack.extend(((*loc, index), item) for index, item in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            yield loc, f"this {value.bit_length()}-bit integer is too large: integers in a spec stay within 2**53"

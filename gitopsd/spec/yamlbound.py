@@ -53,6 +53,36 @@ def _children(node: Node) -> list[Node]:
 
 def check_bounds(root: Node) -> None:
     """Raise `Refused` if the document under `root` breaks a bound; cost: one visit of each distinct node."""
+    if not _check_tree(root):
+        _check_graph(root)
+
+
+def _check_tree(root: Node) -> bool:
+    """Bounds of a document without shared nodes (the usual case, checked cheaply); False when a node is
+    shared (an alias), which needs `_check_graph`."""
+    seen: set[int] = set()
+    stack: list[tuple[Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            return False
+        seen.add(id(node))
+        if len(seen) > MAX_EXPANDED_NODES:
+            message = f"this document has more than {MAX_EXPANDED_NODES} values; a spec file may have at most that many"
+            raise Refused(message, _line(node))
+        value = node.value
+        if isinstance(value, list) and value:
+            if depth >= MAX_DEPTH:
+                raise Refused(f"lists and mappings are nested more than {MAX_DEPTH} levels deep", _line(node))
+            if isinstance(node, MappingNode):
+                stack.extend((child, depth + 1) for pair in value for child in pair)
+            else:
+                stack.extend((child, depth + 1) for child in value)
+    return True  # no alias: the text is no larger than the file, which is bounded before parsing
+
+
+def _check_graph(root: Node) -> None:
+    """Bounds of a document with aliases, each alias counted as a copy of the node it refers to."""
     done: dict[int, tuple[int, int, int]] = {}  # id -> (expanded nodes, expanded chars, depth), each capped
     open_: set[int] = set()  # nodes whose children are being measured: meeting one again is a cycle
     stack: list[tuple[Node, bool]] = [(root, False)]
