@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -313,6 +314,39 @@ def test_multiline_commands_and_env_values_stay_in_their_quotes(tmp_path: Path) 
     assert arguments.count("--export=NONE") == 1
 
 
+QUOTED_ESCAPE = 'src" --export=ALL --get-user-env "x'  # no control character: a legal Git path and spec path
+
+
+def test_quotes_in_a_workdir_cannot_add_sbatch_options(tmp_path: Path) -> None:
+    job = new_job(tmp_path, "true")
+    job = replace(job, workdir=job.tree_dir / QUOTED_ESCAPE)
+    arguments = sbatch_arguments(build_request(job, slurm_settings(), {}).script)
+    assert f"--chdir={job.workdir}" in arguments
+    assert "--export=ALL" not in arguments and "--get-user-env" not in arguments
+
+
+def test_the_real_sbatch_reads_every_value_back_exactly(tmp_path: Path) -> None:
+    """sbatch lists the options it found in a script before it contacts the controller; --test-only makes sure
+    that nothing is submitted even where a controller answers."""
+    conf = Path(os.environ.get("GITOPSD_SLURM_DIR", "/tmp/gitopsd-slurm")) / "slurm.conf"
+    if not shutil.which("sbatch") or not (os.environ.get("SLURM_CONF") or conf.is_file()):
+        pytest.skip("no sbatch and Slurm configuration on this host")
+    job = new_job(tmp_path, "echo one\n#SBATCH --export=ALL")
+    job = replace(job, workdir=job.tree_dir / (QUOTED_ESCAPE + " #hash 'single' packjob\\ hetjob"))
+    request = build_request(job, slurm_settings(partition="gpu", constraint="a100&(ib|roce)"), {})
+    script = tmp_path / "job.sh"
+    script.write_text(request.script)
+    env = {"SLURM_CONF": str(conf), **os.environ}
+    done = subprocess.run(["sbatch", "--test-only", "-vvv", str(script)], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    found = re.findall(r'Found in script, argument "(.*)"$', done.stderr, flags=re.M)
+    if not found:
+        pytest.skip(f"sbatch did not read the script here: {done.stderr[-300:]}")
+    assert found == sbatch_arguments(request.script)
+    assert f"--chdir={job.workdir}" in found
+    assert not any(a.startswith(("--export=ALL", "--get-user-env")) for a in found)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cs", "Zl", "Zp"]), min_size=1, max_size=40))
 def test_any_printable_value_is_read_back_by_sbatch_exactly(value: str) -> None:
@@ -320,10 +354,13 @@ def test_any_printable_value_is_read_back_by_sbatch_exactly(value: str) -> None:
     assert sbatch_arguments(line + "\nexit 0\n") == [f"--chdir={value}"]
 
 
-@given(st.text(min_size=1, max_size=20).filter(lambda v: re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", v)))
-def test_any_value_with_a_control_character_is_refused(value: str) -> None:
+LINE_BREAKING = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]]
+
+
+@given(st.text(max_size=10), st.sampled_from(LINE_BREAKING), st.text(max_size=10))
+def test_any_value_with_a_control_character_is_refused(before: str, char: str, after: str) -> None:
     with pytest.raises(PermanentError):
-        directive_value("partition", value)
+        directive_value("partition", before + char + after)
 
 
 # ---- the workdir's directory name -------------------------------------------------------------------------
