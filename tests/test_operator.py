@@ -185,3 +185,10 @@ def _gitopsd_env(state_dir: Path, env: dict[str, Any], *args: str) -> Any:
     )
     assert done.returncode == 0, done.stderr
     return done
+
+
+def test_operator_numbers_are_bounded_too(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match=r"registry.object_lock_days: .*36500"):
+        load_config(config(tmp_path, "[registry]\nobject_lock_days = 36501\n"))
+    with pytest.raises(PermanentError, match=r"backends.hpc.caps.gpus: .*10000"):
+        load_config(config(tmp_path, '[backends.hpc]\ntype = "slurm"\ncaps = { gpus = 10001 }\n'))

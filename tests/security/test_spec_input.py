@@ -37,6 +37,7 @@ from gitopsd.source.mirror import Source
 from gitopsd.spec.bounds import SpecLimits
 from gitopsd.spec.fields import NAME_PATTERN
 from gitopsd.spec.load import load_model, load_repository
+from gitopsd.spec.operator import Operator, OperatorBackend
 from gitopsd.spec.worktree import load_tree
 from tests.backend_contract import new_job
 from tests.conftest import GIT_ENV, GitRepo, gitopsd
@@ -44,6 +45,28 @@ from tests.security.conftest import Canary
 
 MODEL = "models/blobs.yaml"
 MIB = 1024 * 1024
+#: The operator lets repositories choose these settings (with any value the plugin accepts), so that what is
+#: tested here is the plugin's grammar and bounds, not the operator's allow-list.
+ANY = ["partition", "account", "qos", "constraint", "time", "exclusive", "limits"]
+OPERATOR = Operator(
+    backends={
+        "local": OperatorBackend(type="local", settings={"max_parallel": 2}, allow={"max_parallel": "*"}),
+        "hpc": OperatorBackend(type="slurm", allow=dict.fromkeys(ANY, "*")),
+    }
+)
+
+
+@pytest.fixture(autouse=True)
+def operator_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The same operator configuration for every `gitopsd` command these tests run."""
+    path = tmp_path / "operator.toml"
+    allow = ", ".join(f'{key} = "*"' for key in ANY)
+    path.write_text(
+        '[backends.local]\ntype = "local"\nsettings = { max_parallel = 2 }\nallow = { max_parallel = "*" }\n'
+        f'[backends.hpc]\ntype = "slurm"\nallow = {{ {allow} }}\n'
+    )
+    monkeypatch.setenv("GITOPSD_CONFIG", str(path))
+    return path
 
 
 # ---- the daemon under attack ------------------------------------------------------------------------------
@@ -59,7 +82,7 @@ class Tracked:
 
 
 def one_pass(state: Path, url: Path) -> PassResult:
-    rec = Reconciler(state_dir=state, url=str(url))
+    rec = Reconciler(state_dir=state, url=str(url), operator=OPERATOR)
     try:
         return rec.reconcile("test")
     finally:
@@ -157,7 +180,10 @@ INJECTION = "\n#SBATCH --export=ALL\n#SBATCH --output=$HOME/.bashrc\n#SBATCH --g
 
 def use_slurm(repo: GitRepo, settings_yaml: str) -> None:
     """Declare backend `hpc` (Slurm) with the given settings and move the demo model onto it, unsuspended."""
-    repo.edit("gitops.yaml", "backends:\n", f"backends:\n  hpc:\n    type: slurm\n    settings: {settings_yaml}\n")
+    repo.edit(
+        "gitops.yaml", "registry:\n", f"backends:\n  hpc:\n    type: slurm\n    settings: {settings_yaml}\nregistry:\n"
+    )
+    repo.edit("gitops.yaml", "  backend: local\n", "  backend: hpc\n")
     repo.edit(MODEL, "  suspend: true\n", "")
     repo.edit(MODEL, "    command:", "    backend: hpc\n    command:")
 
@@ -460,7 +486,7 @@ def test_an_oversized_spec_file_is_refused_without_being_read(
         return original(self, blob_id)
 
     monkeypatch.setattr(Source, "blob_bytes", spy)
-    rec = Reconciler(state_dir=tracked.state.parent / "fresh", url=str(tracked.repo.path))
+    rec = Reconciler(state_dir=tracked.state.parent / "fresh", url=str(tracked.repo.path), operator=OPERATOR)
     try:
         assert "a spec file may have at most 256 KiB" in rec.reconcile("test").error
     finally:
@@ -478,11 +504,11 @@ def test_a_repository_over_the_count_or_total_bound_is_refused_before_any_file_i
     source = Source(str(demo_repo.path), tmp_path / "mirror.git")
     source.fetch()
     with pytest.raises(SpecError, match="more than 3 spec files; a repository may have at most 3"):
-        DesiredLoader(source, SpecLimits(max_files=3)).load(commit)
+        DesiredLoader(source, limits=SpecLimits(max_files=3)).load(commit)
     with pytest.raises(SpecError, match=r"spec files total \d+ bytes; .* at most 4 KiB together"):
-        DesiredLoader(source, SpecLimits(max_total_bytes=4096)).load(commit)
+        DesiredLoader(source, limits=SpecLimits(max_total_bytes=4096)).load(commit)
     with pytest.raises(SpecError, match="more than 3 spec files"):
-        load_tree(demo_repo.path, SpecLimits(max_files=3))
+        load_tree(demo_repo.path, limits=SpecLimits(max_files=3))
 
 
 def test_a_spec_that_is_not_utf8_is_refused_naming_the_byte_and_line(tracked: Tracked) -> None:
@@ -536,7 +562,6 @@ def test_alias_names_are_refused_like_model_names() -> None:
 def test_numbers_over_their_bounds_are_all_named_at_once(tracked: Tracked) -> None:
     repo = tracked.repo
     repo.edit("gitops.yaml", "  keep: 3", "  keep: 10001")
-    repo.edit("gitops.yaml", "registry:\n", "registry:\n  object_lock_days: 36501\n")
     repo.edit("gitops.yaml", "    cpus: 1", "    cpus: 10001")
     repo.edit(MODEL, "    workdir: src", "    workdir: src\n    timeout: 400d\n    retries: 101\n"
               "    resources: {gpus: 10001, nodes: 10001, memory: 65Ti}")  # fmt: skip
@@ -546,7 +571,6 @@ def test_numbers_over_their_bounds_are_all_named_at_once(tracked: Tracked) -> No
     refused(
         tracked,
         "runs.keep: must be at most 10000, got int 10001",
-        "registry.object_lock_days: must be at most 36500",
         "defaults.resources.cpus: must be at most 10000",
         "spec.train.timeout: must be at most 366d (31622400 seconds), got '400d'",
         "spec.train.retries: must be at most 100",
@@ -559,7 +583,9 @@ def test_numbers_over_their_bounds_are_all_named_at_once(tracked: Tracked) -> No
 
 
 def test_backend_setting_numbers_are_bounded_at_load_time(tracked: Tracked) -> None:
-    tracked.repo.edit("gitops.yaml", "max_parallel: 2", "max_parallel: 100000")
+    tracked.repo.edit(
+        "gitops.yaml", "registry:\n", "backends: {local: {settings: {max_parallel: 100000}}}\nregistry:\n"
+    )
     tracked.repo.commit("max_parallel 100000")
     refused(tracked, "backends.local.settings: backend 'local' setting max_parallel: expected at most 10000")
 
@@ -648,7 +674,7 @@ def test_a_256_mib_workdir_file_is_exported_with_bounded_memory(demo_repo: GitRe
         while chunk := handle.read(MIB):
             digest.update(chunk)
     assert digest.hexdigest() == hashlib.sha256(bytes(size)).hexdigest()
-    rec = Reconciler(state_dir=state, url=str(demo_repo.path))
+    rec = Reconciler(state_dir=state, url=str(demo_repo.path), operator=OPERATOR)
     try:
         assert rec.reconcile_until_settled(timeout_s=300, trigger="test").error == ""
         assert [v.label for v in rec.registry.list("blobs")] == ["blobs@1"]
