@@ -154,6 +154,10 @@ def test_versions_are_immutable_and_tampering_is_detected(
 
 
 def _slow_training(repo: GitRepo, starts: Path, seconds: float) -> None:
+    """The training appends to `starts` (outside its run, so in a directory its backend lets it write)."""
+    starts.parent.mkdir(parents=True, exist_ok=True)
+    grant = f'      max_parallel: 2\n      confine_write: ["{starts.parent}"]'
+    repo.edit("gitops.yaml", "      max_parallel: 2", grant)
     repo.edit(
         MODEL,
         "command: python3 train.py --epochs 40 --lr 0.5",
@@ -173,7 +177,7 @@ def _wait_for(predicate: Any, timeout: float = 30) -> None:
 def test_kill_9_while_training_adopts_the_run_and_never_trains_twice(
     demo_repo: GitRepo, state_dir: Path, tmp_path: Path
 ) -> None:
-    starts = tmp_path / "starts.txt"
+    starts = tmp_path / "shared" / "starts.txt"
     _slow_training(demo_repo, starts, 3)
     env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
     daemon = subprocess.Popen(
@@ -194,7 +198,7 @@ def test_kill_9_while_training_adopts_the_run_and_never_trains_twice(
 
 
 def test_crash_between_run_row_and_submit_resubmits_once(demo_repo: GitRepo, state_dir: Path, tmp_path: Path) -> None:
-    starts = tmp_path / "starts.txt"
+    starts = tmp_path / "shared" / "starts.txt"
     _slow_training(demo_repo, starts, 0)
     rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
     launcher = rec.applier.launcher

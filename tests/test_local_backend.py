@@ -94,11 +94,12 @@ def test_training_gets_a_clean_environment(
     env = json.loads((job.output_dir / "env.json").read_text())
     expected = {"PATH", "HOME", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "DECLARED"}
     expected |= {"GITOPSD_RUN_ID", "GITOPSD_OUTPUT_DIR", "GITOPSD_METRICS_FILE"}
-    expected |= {name for name in ("USER", "LOGNAME", "TMPDIR") if name in os.environ}
-    expected |= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
+    expected |= {name for name in ("USER", "LOGNAME") if name in os.environ}
+    expected |= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TMPDIR"}
     shell_own = {"PWD", "OLDPWD", "SHLVL", "_"}
     assert set(env) - shell_own == expected
     assert env["PATH"] == os.environ["PATH"]
+    assert env["TMPDIR"] == str(job.run_dir / "tmp"), "a confined training gets a temporary directory it may write"
     assert (env["LANG"], env["LC_ALL"], env["PYTHONUNBUFFERED"]) == ("C.UTF-8", "C.UTF-8", "1")
     assert env["GITOPSD_RUN_ID"] == job.run_id
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1", "resources.cpus"

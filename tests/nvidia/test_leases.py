@@ -112,7 +112,7 @@ install(FakeMachine.from_json(Path(machine_file).read_text()))
 backend = NvidiaBackend(name="gpu", settings=__import__("json").loads(settings), state_dir=Path(state_dir))
 run = Path(run_dir)
 (run / "tree").mkdir(parents=True)
-record = run.parent.parent / "held.log"
+record = run.parent.parent / "shared" / "held.log"  # outside the run: confine_write lets the training write it
 command = (f'echo "$CUDA_VISIBLE_DEVICES $(date +%s.%N) start" >> {record}; sleep 0.3; '
            f'echo "$CUDA_VISIBLE_DEVICES $(date +%s.%N) end" >> {record}')
 job = Job(run_id=run.name, model="demo", command=command, run_dir=run, tree_dir=run / "tree", workdir=run / "tree",
@@ -131,7 +131,9 @@ def test_backends_in_many_processes_never_run_two_jobs_on_one_gpu(
     machine_file = tmp_path / "machine.json"
     machine_file.write_text(machine.to_json())
     state_dir = tmp_path / "state"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    (tmp_path / "shared").mkdir()
+    settings = {**FAST, "confine_write": [str(tmp_path / "shared")]}
     start = time.time() + 2.0
     run_dirs = [tmp_path / "runs" / f"run-{n}" for n in range(6)]
     procs = [
@@ -144,7 +146,7 @@ def test_backends_in_many_processes_never_run_two_jobs_on_one_gpu(
                 str(state_dir),
                 str(run_dir),
                 str(start),
-                json.dumps(FAST),
+                json.dumps(settings),
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -154,13 +156,13 @@ def test_backends_in_many_processes_never_run_two_jobs_on_one_gpu(
     ]
     job_ids = [proc.communicate(timeout=60)[0].decode().strip() for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), job_ids
-    backend = NvidiaBackend(name="gpu", settings=FAST, state_dir=state_dir)  # the daemon, after all of them
+    backend = NvidiaBackend(name="gpu", settings=settings, state_dir=state_dir)  # the daemon, after all of them
     refs = [JobRef(run_id=d.name, job_id=j, run_dir=d) for d, j in zip(run_dirs, job_ids, strict=True)]
     statuses = poll(backend, refs, lambda s: all(st.state.finished for st in s.values()))
     assert all(st.state is JobState.SUCCEEDED for st in statuses.values()), statuses
 
     held: dict[str, list[tuple[float, str]]] = {}
-    for line in (tmp_path / "held.log").read_text().splitlines():
+    for line in (tmp_path / "shared" / "held.log").read_text().splitlines():
         uuid, at, what = line.split()
         held.setdefault(uuid, []).append((float(at), what))
     assert sorted(held) == sorted(gpu.uuid for gpu in machine.gpus)

@@ -80,7 +80,12 @@ class NvidiaBackend:
         self.name = name
         self.state_dir = Path(state_dir)
         self.settings = parse_settings(settings, backend=name)
-        self.local = LocalBackend(name=name, settings=self.settings.local, state_dir=self.state_dir / "nvidia")
+        self.local = LocalBackend(
+            name=name,
+            settings=self.settings.local,
+            state_dir=self.state_dir / "nvidia",
+            protect=(self.state_dir, lease_file(self.state_dir, self.settings.leases).parent),  # SQLite: -wal too
+        )
         self.host = self.local.host
         self.nvml = Nvml()
         self._leases: LeaseBook | None = None

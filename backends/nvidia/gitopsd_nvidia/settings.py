@@ -9,7 +9,8 @@
 of GPUs comes from each model's `resources.gpus`); a model that needs other GPU options uses another nvidia
 backend declared with them. `cpu_binding` (default true) binds a run to the CPUs of its GPUs' NUMA node.
 `leases` is the lease file to share with other gitopsd instances on this host (see `leases.lease_file`).
-`max_parallel`, `grace_s` and `memory_poll_s` go to the local process supervision underneath.
+`max_parallel`, `grace_s`, `memory_poll_s` and the confinement settings (`confine`, `confine_read`,
+`confine_write`, `confine_deny`, `confine_network`) go to the local process supervision underneath.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gitopsd.backends.local.confine import KEYS as CONFINE_KEYS
 from gitopsd.errors import PermanentError
 from gitopsd.units import parse_memory
 
-LOCAL_KEYS = ("max_parallel", "grace_s", "memory_poll_s")
+LOCAL_KEYS = ("max_parallel", "grace_s", "memory_poll_s", *CONFINE_KEYS)
 KNOWN = ("model", "min_memory", "exclusive", "telemetry_interval_s", "leases", "cpu_binding", *LOCAL_KEYS)
 DEFAULT_TELEMETRY_INTERVAL_S = 5.0
 MAX_TELEMETRY_INTERVAL_S = 3600

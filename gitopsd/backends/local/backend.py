@@ -8,9 +8,14 @@ any number of jobs costs a few file checks and no subprocess. Crash safety rests
 submitter takes it before spawning and hands it to the supervisor, so while a run's lock is held or its exit
 record exists, no second process is ever started for it.
 
+Every training runs confined by Landlock to its run directory, the system and its Python (see `confine`); a
+host whose kernel cannot confine it makes the backend unavailable, with the reason, rather than run it free.
+
 Settings: `max_parallel` (how many trainings of this backend run at once, default: the number of CPUs),
-`grace_s` (seconds between SIGTERM and SIGKILL on cancel, timeout or memory limit, default 5) and
-`memory_poll_s` (how often a training with `resources.memory` has its memory sampled, default 1).
+`grace_s` (seconds between SIGTERM and SIGKILL on cancel, timeout or memory limit, default 5),
+`memory_poll_s` (how often a training with `resources.memory` has its memory sampled, default 1), and the
+confinement settings `confine` (default true), `confine_read`, `confine_write`, `confine_deny` (lists of
+absolute paths, default none) and `confine_network` (also refuse TCP bind and connect, default false).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gitopsd.backends.local import landlock
+from gitopsd.backends.local.confine import Policy, Probe, RunPaths, build_policy, parse_settings, refusal
+from gitopsd.backends.local.hostfacts import RealFs, host_facts
 from gitopsd.backends.local.memory import MIB, host_memory_mb
 from gitopsd.backends.local.supervisor import (
     LaunchSpec,
@@ -60,6 +68,8 @@ _EXIT_FACTS = [
     "cancelled",
     "out_of_memory",
     "peak_memory_mb",
+    "confined",
+    "landlock_abi",
 ]
 _PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder that holds the gitopsd package
 
@@ -141,9 +151,22 @@ def python_environment(venv: str | None) -> dict[str, Any]:
 class LocalBackend:
     """Runs jobs as supervised process groups on this host. See the module docstring."""
 
-    def __init__(self, *, name: str, settings: Mapping[str, Any], state_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: Mapping[str, Any],
+        state_dir: Path,
+        probe: Callable[[], Probe] = landlock.probe,
+        protect: Sequence[Path] = (),
+    ) -> None:
+        """`probe` asks the kernel for Landlock; `protect`: more paths no training may reach (backends built on
+        this one name their own state there)."""
         self.name = name
         self.state_dir = Path(state_dir)
+        self.confinement = parse_settings(settings, backend=name)
+        self.probe = probe
+        self.protect = (self.state_dir, *protect)
         self.max_parallel: int = _positive(settings, "max_parallel", os.cpu_count() or 1, backend=name, integer=True)
         self.grace_s: float = float(_positive(settings, "grace_s", 5.0, backend=name, integer=False))
         self.memory_poll_s = float(_positive(settings, "memory_poll_s", 1.0, backend=name, integer=False))
@@ -164,6 +187,13 @@ class LocalBackend:
             raise BackendUnavailable(f"backend {self.name!r}: /bin/sh is missing or not executable")
         if not Path("/proc/self/stat").is_file():
             raise BackendUnavailable(f"backend {self.name!r}: /proc is not mounted; it is needed to track jobs")
+        self._check_confinement()
+
+    def _check_confinement(self) -> None:
+        """Refuse to run trainings unconfined on a kernel without (a recent enough) Landlock, unless told to."""
+        refused = refusal(self.confinement, self.probe(), backend=self.name)
+        if refused is not None:
+            raise BackendUnavailable(refused)
 
     def admit(self, resources: Resources) -> str | None:
         """Refuse what this host can never give: more CPUs or memory than it has. GPUs are the nvidia backend's."""
@@ -187,6 +217,8 @@ class LocalBackend:
             return existing
         if not job.workdir.is_dir():
             raise PermanentError(f"run {job.run_id}: workdir {job.workdir} does not exist or is not a directory")
+        self._check_confinement()
+        policy = self._policy(job, files) if self.confinement.enabled else None  # its errors come first
         self._reap()
         files.local_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -194,7 +226,7 @@ class LocalBackend:
             existing = self._take_lock(lock_fd, files)
             if existing is not None:
                 return existing
-            return self._spawn(job, files, lock_fd, cpus)
+            return self._spawn(job, files, lock_fd, cpus, policy)
         finally:
             os.close(lock_fd)  # the supervisor holds its own copy; the lock lives as long as it does
 
@@ -285,7 +317,21 @@ class LocalBackend:
             time.sleep(POLL_S)
         return self._recorded_job_id(files)  # it may have finished between our first look and the lock
 
-    def _spawn(self, job: Job, files: RunFiles, lock_fd: int, cpus: Sequence[int] | None) -> str:
+    def _policy(self, job: Job, files: RunFiles) -> Policy:
+        """What the job's training may read and write (see `confine`), from the facts of the run and host."""
+        real = os.path.realpath
+        run = RunPaths(
+            run_dir=real(job.run_dir),
+            tree_dir=real(job.tree_dir),
+            output_dir=real(job.output_dir),
+            metrics_dir=real(job.metrics_file.parent),
+            log_file=real(files.log),
+            tmp_dir=real(job.run_dir / "tmp"),
+        )
+        facts = host_facts(protected=self.protect)
+        return build_policy(self.confinement, run, facts, RealFs(), backend=self.name)
+
+    def _spawn(self, job: Job, files: RunFiles, lock_fd: int, cpus: Sequence[int] | None, policy: Policy | None) -> str:
         for directory in (job.output_dir, job.log_dir, job.metrics_file.parent):
             directory.mkdir(parents=True, exist_ok=True)
         spec = LaunchSpec(
@@ -303,6 +349,9 @@ class LocalBackend:
             memory_mb=job.resources.memory_mb,
             memory_poll_s=self.memory_poll_s,
             cpus=sorted(cpus) if cpus else None,
+            backend=self.name,
+            confine=self.confinement.enabled,
+            policy=None if policy is None else policy.to_json(),
         )
         write_json_atomic(files.spec, asdict(spec))
         supervisor_env = dict(os.environ)

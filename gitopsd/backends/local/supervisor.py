@@ -15,8 +15,14 @@ timeout, honours a cancel, and finally writes an exit record. The daemon learns 
 With `resources.memory` set, the supervisor also samples the memory of the command's process tree (see
 `local_memory`) and stops the group once it goes over the limit.
 
-Only the standard library and the sibling `local_venv` and `local_memory` modules are used, so the
-supervisor starts in a blink and needs nothing that the daemon's environment might lack.
+The command runs confined (see `confine` and `landlock`): just before it is executed, its process gives up its
+capabilities and restricts itself to the Landlock ruleset the supervisor built from the run's policy, so it
+reads and writes only what the policy grants and gets `EACCES` elsewhere. Only the command is confined: the
+supervisor, the virtualenv build (pip needs the network and its cache) and the memory sampler are not. A
+kernel without Landlock stops the run before anything starts, unless the operator turned confinement off.
+
+Only the standard library and the sibling `memory`, `venv`, `confine` and `landlock` modules are used, so
+the supervisor starts in a blink and needs nothing that the daemon's environment might lack.
 """
 
 from __future__ import annotations
@@ -31,12 +37,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
+from gitopsd.backends.local import landlock
+from gitopsd.backends.local.confine import (
+    UNCONFINED_NOTICE,
+    ConfinementError,
+    ConfineSettings,
+    Policy,
+    Probe,
+    refusal,
+    training_tmpdir,
+)
 from gitopsd.backends.local.memory import MIB, become_subreaper, over_limit_message, tree_memory
 from gitopsd.backends.local.venv import VenvBuildError, ensure_venv
 from gitopsd.units import format_size
@@ -99,6 +115,9 @@ class LaunchSpec:
     memory_mb: int | None = None
     memory_poll_s: float = 1.0
     cpus: list[int] | None = None  # CPU affinity of the command (the nvidia backend: the CPUs near its GPUs)
+    backend: str = "local"  # the backend's name, for messages that name its settings
+    confine: bool = True  # False only when the operator turned confinement off (setting `confine: false`)
+    policy: dict[str, Any] | None = None  # what the command may read and write (`confine.Policy.to_json`)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -206,8 +225,17 @@ class Signals:
 class Supervisor:
     """Runs one job to its end and records how it ended. One instance per supervisor process."""
 
-    def __init__(self, *, files: RunFiles, spec: LaunchSpec, log: BinaryIO, signals: Signals) -> None:
+    def __init__(
+        self,
+        *,
+        files: RunFiles,
+        spec: LaunchSpec,
+        log: BinaryIO,
+        signals: Signals,
+        probe: Callable[[], Probe] = landlock.probe,
+    ) -> None:
         self.files = files
+        self.probe = probe
         self.signals = signals
         self.spec = spec
         self.log = log
@@ -225,6 +253,8 @@ class Supervisor:
             "max_parallel": spec.max_parallel,
             "python": None,
             "venv": None,
+            "confined": None,
+            "landlock_abi": None,
         }
         self.stopped_on_request = False
         self.command_max_rss = 0  # bytes: the largest RSS any process of the command reached (from wait4)
@@ -248,7 +278,7 @@ class Supervisor:
         try:
             self.set_state()
             record.update(self._run())
-        except VenvBuildError as exc:
+        except (VenvBuildError, ConfinementError) as exc:
             record["message"] = str(exc)
             self.say(str(exc))
         except Exception as exc:
@@ -272,6 +302,8 @@ class Supervisor:
             "python": self.state["python"],
             "venv": self.state["venv"],
             "max_parallel": self.spec.max_parallel,
+            "confined": self.state["confined"],
+            "landlock_abi": self.state["landlock_abi"],
         }
 
     def _run(self) -> dict[str, Any]:
@@ -283,6 +315,7 @@ class Supervisor:
         try:
             self.set_state(phase="running", started_at=time.time())
             env = dict(self.spec.env)
+            venv_dir: str | None = None
             if self.spec.requirements:
                 venv = ensure_venv(
                     Path(self.spec.requirements),
@@ -293,11 +326,12 @@ class Supervisor:
                     should_stop=self.stop_requested,
                 )
                 self.set_state(python=venv.python_version, venv=str(venv.path))
+                venv_dir = os.path.realpath(venv.path)
                 env["VIRTUAL_ENV"] = str(venv.path)
                 env["PATH"] = os.pathsep.join(p for p in (str(venv.bin_dir), env.get("PATH", "")) if p)
             if self.stop_requested():
                 return {}
-            return self._run_command(env)
+            return self._run_command(env, venv_dir)
         finally:
             os.close(slot)
 
@@ -323,8 +357,8 @@ class Supervisor:
                 return None
             self.signals.sleep(SLOT_POLL_S)
 
-    def _run_command(self, env: dict[str, str]) -> dict[str, Any]:
-        proc = self._start_command(env)
+    def _run_command(self, env: dict[str, str], venv_dir: str | None) -> dict[str, Any]:
+        proc = self._start_command(env, venv_dir)
         deadline = time.monotonic() + self.spec.timeout_s if self.spec.timeout_s is not None else None
         timed_out = False
         out_of_memory: str | None = None
@@ -350,7 +384,43 @@ class Supervisor:
         self._reap_stragglers()
         return self._exit_record(returncode, timed_out=timed_out, out_of_memory=out_of_memory)
 
-    def _start_command(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _confinement(self, env: dict[str, str], venv_dir: str | None) -> int | None:
+        """Build the command's Landlock ruleset and return its descriptor; None when the operator turned
+        confinement off. Sets the command's TMPDIR to one it may write. Raises ConfinementError when the
+        kernel cannot confine it: the command is then never started."""
+        if not self.spec.confine:
+            self.set_state(confined=False, landlock_abi=None)
+            self.say(UNCONFINED_NOTICE)
+            return None
+        if self.spec.policy is None:
+            raise ConfinementError(f"run {self.spec.run_id}: no confinement policy was handed to the supervisor")
+        policy = Policy.from_json(self.spec.policy)
+        if venv_dir is not None:
+            policy = policy.with_read(venv_dir)
+        probe = self.probe()
+        refused = refusal(ConfineSettings(network=policy.deny_tcp), probe, backend=self.spec.backend)
+        if refused is not None:
+            raise ConfinementError(refused)
+        os.makedirs(policy.tmp_dir, exist_ok=True)
+        env["TMPDIR"] = training_tmpdir(policy, env.get("TMPDIR"))
+        ruleset, skipped = landlock.build_ruleset(policy, probe.abi)
+        self.set_state(confined=True, landlock_abi=probe.abi)
+        self.say(f"confined by Landlock (ABI {probe.abi}): {policy.summary()}")
+        if skipped:
+            self.say(f"not granted, because they are gone or moved since the run was submitted: {', '.join(skipped)}")
+        return ruleset
+
+    def _start_command(self, env: dict[str, str], venv_dir: str | None) -> subprocess.Popen[bytes]:
+        ruleset = self._confinement(env, venv_dir)
+        try:
+            return self._popen(env, None if ruleset is None else landlock.restrictor(ruleset))
+        except subprocess.SubprocessError as exc:  # raised in the child by the restrictor, before exec
+            raise ConfinementError(f"the command could not be confined, so it was not run: {exc}") from exc
+        finally:
+            if ruleset is not None:
+                os.close(ruleset)
+
+    def _popen(self, env: dict[str, str], restrict: Callable[[], None] | None) -> subprocess.Popen[bytes]:
         if self.spec.memory_mb is not None and not become_subreaper():
             self.say("cannot become a child subreaper: processes that detach escape the memory limit")
         if self.spec.cpus:
@@ -367,6 +437,7 @@ class Supervisor:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             close_fds=True,
+            preexec_fn=restrict,  # noqa: PLW1509 -- the supervisor has a single thread
         )
 
     def _over_memory_limit(self) -> str | None:
