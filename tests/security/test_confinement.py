@@ -567,3 +567,15 @@ def test_landlock_rights_follow_the_abi_and_never_handle_device_ioctls() -> None
     assert on_file == landlock.FS_EXECUTE | landlock.FS_READ_FILE | landlock.FS_WRITE_FILE | landlock.FS_TRUNCATE
     assert not landlock.rights(Access.READ, 7, directory=True) & landlock.FS_WRITE_FILE
     assert landlock.rights(Access.LIST, 7, directory=True) == landlock.FS_READ_DIR
+
+
+def test_the_service_unit_lets_trainings_confine_themselves() -> None:
+    # @system-service lacks the Landlock calls and the unit answers others with EPERM: the probe would then say
+    # "blocked by a seccomp filter" and every training would be refused.
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "gitopsd.service").read_text()
+    filters = re.findall(r"^SystemCallFilter=(.*)$", unit, re.M)
+    allowed = {name for line in filters if not line.startswith("~") for name in line.split()}
+    denied = {name for line in filters if line.startswith("~") for name in line[1:].split()}
+    calls = {"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"}
+    assert calls <= allowed and not calls & denied
+    assert re.search(r"^NoNewPrivileges=yes$", unit, re.M), "PR_SET_NO_NEW_PRIVS is what Landlock asks for anyway"
