@@ -40,6 +40,7 @@ from gitopsd.backends.local.confine import (
 )
 from gitopsd.errors import BackendUnavailable
 from gitopsd.model import Job, JobRef, JobState
+from gitopsd.reconcile.reconciler import Reconciler
 from tests.backend_contract import cancel_everything, log_text, new_job, submit, wait_finished
 from tests.conftest import GitRepo, gitopsd
 from tests.security.conftest import Canary
@@ -64,6 +65,8 @@ def act(op, target):
         return open(f"/proc/{target}/environ", "rb").read()
     if op == "signal":
         os.kill(int(target), 0)
+    if op == "link":
+        os.link(*target.split("|"))
 
 for name, op, target in json.load(open("attempts.json")):
     try:
@@ -110,9 +113,9 @@ def run_to_end(backend: LocalBackend, job: Job) -> tuple[JobRef, str]:
     return ref, log
 
 
-def assert_refused(log: str, *names: str) -> None:
+def assert_refused(log: str, *names: str, errors: str = "EACCES|EPERM") -> None:
     for name in names:
-        assert re.search(rf"^{re.escape(name)}: refused (EACCES|EPERM)$", log, re.M), f"{name} was not refused:\n{log}"
+        assert re.search(rf"^{re.escape(name)}: refused ({errors})$", log, re.M), f"{name} was not refused:\n{log}"
     assert "ALLOWED" not in log, log
 
 
@@ -226,6 +229,38 @@ def test_a_training_cannot_read_the_secrets_in_the_environment_of_its_supervisor
     canary.assert_not_in(log)
 
 
+ESCAPEE = """
+import os, subprocess, sys
+out = os.environ["GITOPSD_OUTPUT_DIR"]
+os.symlink(sys.argv[1], os.path.join(out, "model.json"))
+late = "import os, sys, time; time.sleep(30); os.symlink(sys.argv[1], os.path.join(sys.argv[2], 'late.json'))"
+escapee = subprocess.Popen([sys.executable, "-c", late, sys.argv[1], out], start_new_session=True)
+open(os.path.join(out, "escapee.pid"), "w").write(str(escapee.pid))
+print("left a link and an escapee behind", flush=True)
+"""
+
+
+@needs_landlock
+def test_a_training_cannot_smuggle_a_daemon_file_into_its_output_for_the_daemon_to_collect(
+    backend: LocalBackend, tmp_path: Path, daemon_state: Path
+) -> None:
+    # The daemon copies the artifact with its own rights: a link to registry.db would be registered as the model.
+    registry = daemon_state / "registry.db"
+    hard = hostile_job(tmp_path, [("hard link", "link", f"{registry}|{{run}}/out/model.json")])
+    _, log = run_to_end(backend, hard)
+    assert_refused(log, "hard link", errors="EXDEV")  # Landlock's answer to a link across its rules
+
+    job = new_job(tmp_path, f"{sys.executable} escape.py {registry}")
+    (job.tree_dir / "escape.py").write_text(ESCAPEE)
+    ref = submit(backend, job)
+    status = wait_finished(backend, ref)
+    assert status.state is JobState.FAILED
+    assert "symbolic links in its output that lead outside its run" in status.message
+    assert f"{job.output_dir / 'model.json'} -> {registry}" in status.message
+    escapee = int((job.output_dir / "escapee.pid").read_text())
+    assert not Path(f"/proc/{escapee}").exists(), "a process that left the group must not outlive the check"
+
+
 @pytest.mark.skipif(KERNEL.abi < 6, reason="signal scoping needs Landlock ABI 6")
 def test_a_training_cannot_signal_its_supervisor_or_the_daemon(backend: LocalBackend, tmp_path: Path) -> None:
     job = hostile_job(
@@ -250,6 +285,7 @@ with open(os.environ["GITOPSD_METRICS_FILE"], "a") as metrics:
     metrics.write(json.dumps({"accuracy": 1.0}) + "\\n")
 out = os.environ["GITOPSD_OUTPUT_DIR"]
 os.replace(scratch.name, os.path.join(out, "model.bin"))  # a rename from TMPDIR into the output directory
+os.symlink("model.bin", os.path.join(out, "latest"))  # a link inside the run is fine
 print("trained on", len(data), "bytes; scratch in", os.path.dirname(scratch.name))
 """
 
@@ -265,7 +301,7 @@ def test_a_healthy_training_reads_its_inputs_and_writes_its_artifact_and_says_it
     (job.tree_dir / "data").mkdir()
     (job.tree_dir / "data" / "train.csv").write_text("x,y\n1,2\n")
     ref, log = run_to_end(backend, job)
-    assert (job.output_dir / "model.bin").read_text() == "x,y\n1,2\n"
+    assert (job.output_dir / "latest").read_text() == "x,y\n1,2\n"
     assert f"scratch in {job.run_dir / 'tmp'}" in log
     assert "child" in log
     assert f"confined by Landlock (ABI {KERNEL.abi})" in log
@@ -390,6 +426,36 @@ def test_a_hostile_repository_training_in_a_real_pass_reads_nothing_of_the_daemo
     assert "ALLOWED" not in log
     assert not (state_dir / "planted").exists()
     canary.assert_not_in(log)
+    canary.assert_untouched()
+
+
+LINK_ARTIFACT = """
+
+def main() -> None:  # the real training, then its artifact swapped for a link to the daemon's registry
+    train()
+    out = os.environ["GITOPSD_OUTPUT_DIR"]
+    os.remove(os.path.join(out, "model.json"))
+    os.symlink(os.path.join(out, "..", "..", "..", "registry.db"), os.path.join(out, "model.json"))
+"""
+
+
+@needs_landlock
+def test_a_hostile_repository_cannot_have_the_daemon_register_its_registry_database_as_the_model(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path, canary: Canary
+) -> None:
+    train = demo_repo.read("src/train.py").replace("def main() -> None:", "def train() -> None:")
+    demo_repo.write(
+        "src/train.py", train.replace('if __name__ == "__main__":', LINK_ARTIFACT + '\nif __name__ == "__main__":')
+    )
+    demo_repo.commit("Hand in the registry as the model")
+    reconciler.reconcile_until_settled(timeout_s=60)
+    blobs = next(m for m in json.loads(gitopsd(state_dir, "status", "--json").stdout)["models"] if m["name"] == "blobs")
+    assert "symbolic links in its output that lead outside its run" in blobs["message"], blobs
+    assert json.loads(gitopsd(state_dir, "registry", "list", "--json").stdout) == []
+    stored = (
+        [p for p in (state_dir / "artifacts").rglob("*") if p.is_file()] if (state_dir / "artifacts").exists() else []
+    )
+    assert not any(p.read_bytes().startswith(b"SQLite format 3") for p in stored)
     canary.assert_untouched()
 
 

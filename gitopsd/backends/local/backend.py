@@ -352,6 +352,7 @@ class LocalBackend:
             backend=self.name,
             confine=self.confinement.enabled,
             policy=None if policy is None else policy.to_json(),
+            collected=sorted({str(job.output_dir), str(job.metrics_file.parent)}),
         )
         write_json_atomic(files.spec, asdict(spec))
         supervisor_env = dict(os.environ)
@@ -422,8 +423,8 @@ class LocalBackend:
             return JobStatus(state=JobState.LOST, message=LOST_MESSAGE, started_at=state.get("started_at"))
         if record.get("cancelled"):
             job_state = JobState.CANCELLED
-        elif record.get("out_of_memory"):
-            job_state = JobState.FAILED  # even if the training caught SIGTERM and exited 0
+        elif record.get("out_of_memory") or record.get("unsafe_outputs"):
+            job_state = JobState.FAILED  # even if the training exited 0
         elif record.get("timed_out"):
             job_state = JobState.TIMEOUT
         elif record.get("exit_code") == 0:

@@ -20,6 +20,10 @@ capabilities and restricts itself to the Landlock ruleset the supervisor built f
 reads and writes only what the policy grants and gets `EACCES` elsewhere. Only the command is confined: the
 supervisor, the virtualenv build (pip needs the network and its cache) and the memory sampler are not. A
 kernel without Landlock stops the run before anything starts, unless the operator turned confinement off.
+The daemon later reads the output directory with all of its own rights, so a confined run also ends with
+every process below the supervisor stopped (it is their subreaper: `setsid` does not get one away) and then
+fails if its output holds a symbolic link that leads outside the run, which would have the daemon store
+`registry.db` as the model.
 
 Only the standard library and the sibling `memory`, `venv`, `confine` and `landlock` modules are used, so
 the supervisor starts in a blink and needs nothing that the daemon's environment might lack.
@@ -37,8 +41,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
@@ -53,7 +57,7 @@ from gitopsd.backends.local.confine import (
     refusal,
     training_tmpdir,
 )
-from gitopsd.backends.local.memory import MIB, become_subreaper, over_limit_message, tree_memory
+from gitopsd.backends.local.memory import MIB, become_subreaper, descendants, over_limit_message, tree_memory
 from gitopsd.backends.local.venv import VenvBuildError, ensure_venv
 from gitopsd.units import format_size
 
@@ -118,6 +122,7 @@ class LaunchSpec:
     backend: str = "local"  # the backend's name, for messages that name its settings
     confine: bool = True  # False only when the operator turned confinement off (setting `confine: false`)
     policy: dict[str, Any] | None = None  # what the command may read and write (`confine.Policy.to_json`)
+    collected: list[str] = field(default_factory=list)  # what the daemon reads after the run (output, metrics)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -179,11 +184,33 @@ def kill_members(pgid: int, sig: int, *, exclude: int | None = None) -> int:
     return len(members)
 
 
+def unsafe_outputs_message(links: list[str]) -> str:
+    shown = "; ".join(links[:5]) + (f"; and {len(links) - 5} more" if len(links) > 5 else "")
+    return (
+        f"the training left symbolic links in its output that lead outside its run ({shown}): the daemon would "
+        "read the files they name with its own rights, so the run failed and nothing of it is collected"
+    )
+
+
 def exit_fields(returncode: int) -> tuple[int, int | None]:
     """(exit_code, signal) of a Popen return code; death by signal N reads as exit code 128+N."""
     if returncode < 0:
         return 128 - returncode, -returncode
     return returncode, None
+
+
+def links_leaving(directories: Iterable[str], root: Path) -> list[str]:
+    """`path -> target` of every symbolic link under `directories` whose target lies outside `root`."""
+    inside = os.path.realpath(root)
+    found = []
+    for directory in directories:
+        for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+            for name in (*dirnames, *filenames):
+                path = os.path.join(dirpath, name)
+                target = os.path.realpath(path)
+                if os.path.islink(path) and not (target == inside or target.startswith(inside + os.sep)):
+                    found.append(f"{path} -> {os.readlink(path)}")
+    return sorted(found)
 
 
 def _signal_name(signum: int) -> str:
@@ -382,7 +409,14 @@ class Supervisor:
         returncode = self._reap(proc, block=True)
         assert returncode is not None
         self._reap_stragglers()
-        return self._exit_record(returncode, timed_out=timed_out, out_of_memory=out_of_memory)
+        record = self._exit_record(returncode, timed_out=timed_out, out_of_memory=out_of_memory)
+        if self.state["confined"]:
+            self._stop_descendants()
+            leaving = links_leaving(self.spec.collected, self.files.run_dir)
+            if leaving:
+                record.update(unsafe_outputs=True, message=unsafe_outputs_message(leaving))
+                self.say(record["message"])
+        return record
 
     def _confinement(self, env: dict[str, str], venv_dir: str | None) -> int | None:
         """Build the command's Landlock ruleset and return its descriptor; None when the operator turned
@@ -421,7 +455,7 @@ class Supervisor:
                 os.close(ruleset)
 
     def _popen(self, env: dict[str, str], restrict: Callable[[], None] | None) -> subprocess.Popen[bytes]:
-        if self.spec.memory_mb is not None and not become_subreaper():
+        if (self.spec.memory_mb is not None or restrict is not None) and not become_subreaper():
             self.say("cannot become a child subreaper: processes that detach escape the memory limit")
         if self.spec.cpus:
             try:
@@ -508,6 +542,22 @@ class Supervisor:
         self.signals.expect_own_term()
         os.killpg(self.pid, signal.SIGTERM)
         self._wait_group_gone(proc, self.spec.grace_s)
+
+    def _stop_descendants(self) -> None:
+        """Kill what is left below this subreaper (processes that left the command's process group), so that
+        nothing of the training can change its output once it has been checked."""
+        for _ in range(200):
+            left = descendants(self.pid)
+            if not left:
+                return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            time.sleep(0.01)
+        self.say(f"processes {descendants(self.pid)} of the training outlived SIGKILL")
 
     def _reap_stragglers(self) -> None:
         """Processes the command left behind in the group die with it (they may hold GPUs or files)."""
