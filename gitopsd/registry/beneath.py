@@ -87,6 +87,8 @@ def open_child(dir_fd: int, name: str, shown: str, *, directory: bool | None = N
         raise OutputRefused(f"{shown} is {describe_mode(st.st_mode)}, not {want}")
     try:
         fd = os.open(name, _DIR_FLAGS if is_dir else _FILE_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        raise OutputRefused(f"{shown} cannot be read: permission denied") from None
     except OSError as exc:
         if exc.errno in _REFUSED_ON_OPEN:
             raise OutputRefused(f"{shown} was replaced while it was being opened; it is not read") from None
