@@ -48,6 +48,7 @@ class Reason(StrEnum):
     TIMED_OUT = "TimedOut"
     CANCELLED = "Cancelled"
     ARTIFACT_MISSING = "ArtifactMissing"
+    OUTPUT_REFUSED = "OutputRefused"
     GATE_FAILED = "GateFailed"
     REGISTRY_FAILED = "RegistryFailed"
     ALIAS_REFUSED = "AliasRefused"

@@ -19,8 +19,10 @@ from gitopsd.reconcile.collect import collect
 from gitopsd.reconcile.desired import DesiredState
 from gitopsd.reconcile.launch import Base, Launcher
 from gitopsd.reconcile.observe import Observer, job_ref
+from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import Action, Adopt, Cancel, Collect, Fail, Resubmit, SetPhase, Submit
 from gitopsd.reconcile.prune import prune_model_runs
+from gitopsd.reconcile.snapshot import SnapshotMissing, load_snapshot
 from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
 from gitopsd.registry.audit import tag_version
 from gitopsd.registry.store import ArtifactStore
@@ -42,6 +44,7 @@ class Applier:
         observer: Observer,
         artifacts: Path,
         store: OperatorRegistry | None = None,
+        limits: OutputLimits | None = None,
     ) -> None:
         self.state = state
         self.registry = registry
@@ -49,6 +52,7 @@ class Applier:
         self.observer = observer
         self.artifacts = artifacts
         self.store_config = store or OperatorRegistry()
+        self.limits = limits or OutputLimits()
 
     def apply(
         self,
@@ -157,7 +161,13 @@ class Applier:
         backend = backends.get(run.backend)
         job: dict[str, Any] = backend.describe(job_ref(run)) if backend and run.job_id else {}
         store = self.store()
-        outcome = collect(run, registry=self.registry, store=store, job=job)
+        try:
+            snapshot = load_snapshot(self.state, run)
+        except SnapshotMissing as exc:
+            log.warning("%s: run %s cannot be collected: %s", run.model, run.id, exc, extra=run_fields(run))
+            self._end(run, Phase.FAILED, Reason.OUTPUT_REFUSED, str(exc), ended_at=job.get("ended_at") or time.time())
+            return
+        outcome = collect(run, snapshot=snapshot, registry=self.registry, store=store, job=job, limits=self.limits)
         ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
                  "exit_code": job.get("exit_code")}  # fmt: skip
         if outcome.version is None:

@@ -1,14 +1,16 @@
 """Collecting a finished run: check its validation gates, store its artifact, register the version.
 
-This is the only way a version comes to exist. The run's own snapshot (`run.json`, written before it was
-submitted) says which gates and outputs apply, so a run is judged by the spec it was started from even if Git
-has moved on. The artifact is copied into the store and its digest verified before the version row is written;
+This is the only way a version comes to exist. The run's own snapshot (kept in `state.db` when it was
+submitted, see `reconcile.snapshot`) says which gates and outputs apply, so a run is judged by the spec it was
+started from even if Git has moved on, and never by a file the training could have rewritten. The metrics file
+and the artifact are read as hostile input (`reconcile.outputs`): no link followed, no FIFO or device, sizes
+within `OutputLimits`; a refused output fails the run with reason OutputRefused and a message that names it.
+The artifact is copied into the store and its digest verified before the version row is written;
 registration is idempotent by run id, so a crash anywhere in here is repaired by collecting again.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import sys
@@ -18,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.model import Reason
-from gitopsd.reconcile.metrics import read_all
+from gitopsd.reconcile.metrics import MetricsReader, latest_metrics
+from gitopsd.reconcile.outputs import OutputLimits, opened_artifact, over_limit, sized
 from gitopsd.reconcile.state import RunRecord
+from gitopsd.registry.beneath import OutputRefused
 from gitopsd.registry.recovery import save_version
 from gitopsd.registry.store import ArtifactStore
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.spec.gates import evaluate, parse_gate
-
-SNAPSHOT = "run.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,31 +40,35 @@ class Outcome:
     message: str
 
 
-def write_snapshot(run_dir: Path, snapshot: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (SNAPSHOT + ".tmp")
-    tmp.write_text(json.dumps(snapshot, indent=2, sort_keys=True, default=str))
-    tmp.replace(run_dir / SNAPSHOT)
+def final_metrics(run_dir: Path, snapshot: dict[str, Any], limits: OutputLimits) -> dict[str, float]:
+    """The last value of every metric the run reported; raises `OutputRefused` for a hostile metrics file."""
+    reader = MetricsReader(run_dir=run_dir, name=str(snapshot["outputs"]["metrics"]), limits=limits)
+    return latest_metrics(reader, final=True)
 
 
-def read_snapshot(run_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((run_dir / SNAPSHOT).read_text())
-    return data
+def collect(
+    run: RunRecord,
+    *,
+    snapshot: dict[str, Any],
+    registry: Registry,
+    store: ArtifactStore,
+    job: dict[str, Any],
+    limits: OutputLimits | None = None,
+) -> Outcome:
+    """Validate and register one run whose job ended well.
 
-
-def final_metrics(run_dir: Path, snapshot: dict[str, Any]) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for point in read_all(run_dir / "out" / snapshot["outputs"]["metrics"]):
-        merged.update(point)
-    return merged
-
-
-def collect(run: RunRecord, *, registry: Registry, store: ArtifactStore, job: dict[str, Any]) -> Outcome:
-    """Validate and register one run whose job ended well. `job` is the backend's lineage description."""
+    `snapshot` is what the run was started from (`reconcile.snapshot.load_snapshot`), `job` the backend's
+    lineage description, `limits` what the run's outputs may be (default: `OutputLimits()`).
+    """
+    limits = limits or OutputLimits()
     run_dir = Path(run.run_dir)
-    snapshot = read_snapshot(run_dir)
-    metrics = final_metrics(run_dir, snapshot)
     existing = registry.by_run_id(run.id)
+    try:
+        metrics = final_metrics(run_dir, snapshot, limits)
+    except OutputRefused as exc:
+        if existing is None:
+            return Outcome(version=None, metrics={}, reason=Reason.OUTPUT_REFUSED, message=str(exc))
+        metrics = dict(existing.metrics)
     if existing is not None:
         save_version(store, existing)  # a crash may have come between the row and its record
         return Outcome(
@@ -77,15 +83,21 @@ def collect(run: RunRecord, *, registry: Registry, store: ArtifactStore, job: di
             reason=Reason.GATE_FAILED,
             message="gate failed: " + "; ".join(r.describe() for r in failed),
         )
-    artifact_path = run_dir / "out" / snapshot["outputs"]["artifact"]
-    if not artifact_path.exists():
-        return Outcome(
-            version=None,
-            metrics=metrics,
-            reason=Reason.ARTIFACT_MISSING,
-            message=f"the job ended but wrote no artifact at $GITOPSD_OUTPUT_DIR/{snapshot['outputs']['artifact']}",
-        )
-    artifact = store.put(artifact_path)
+    name = str(snapshot["outputs"]["artifact"])
+    try:
+        with opened_artifact(run_dir, name, limits) as opened:
+            if opened is None:
+                return Outcome(
+                    version=None,
+                    metrics=metrics,
+                    reason=Reason.ARTIFACT_MISSING,
+                    message=f"the job ended but wrote no artifact at $GITOPSD_OUTPUT_DIR/{name}",
+                )
+            artifact = store.put(opened.path)
+            if artifact.size > limits.artifact_bytes and not opened.is_dir:  # it grew after it was checked
+                raise over_limit(opened.shown, sized(artifact.size), sized(limits.artifact_bytes), "artifact_bytes")
+    except OutputRefused as exc:
+        return Outcome(version=None, metrics=metrics, reason=Reason.OUTPUT_REFUSED, message=str(exc))
     gates = [{"gate": r.gate.text, "value": r.value, "passed": r.passed} for r in results]
     version = registry.register(
         model=run.model,

@@ -1,6 +1,7 @@
 """Convergence rules: decide from a run's metric history whether it diverged or plateaued. Pure.
 
-A job appends JSON lines to its metrics file; the reconciler hands the history to `judge`. A NaN or a value
+A job appends JSON lines to its metrics file; the reconciler feeds each new point to a `Watch` (`judge` is the
+same decision over a whole history), which keeps a few numbers, not the history. A NaN or a value
 past a divergence bound fails the run early (no point burning GPU hours on a blown-up loss); a plateau stops it
 early and the run is still validated and registered like one that ended by itself.
 """
@@ -36,39 +37,64 @@ class Rules:
 
 def judge(rules: Rules, history: Sequence[Mapping[str, float]]) -> tuple[Reason, str] | None:
     """The first rule the history breaks, as (reason, message), or None while training may go on."""
-    for index, point in enumerate(history):
+    watch = Watch(rules=rules)
+    for point in history:
+        watch.feed(point)
+    return watch.verdict
+
+
+@dataclass(kw_only=True)
+class Watch:
+    """`judge`, one point at a time: what it keeps does not grow with the history.
+
+    A divergence anywhere wins over a plateau, exactly as `judge` over the whole history decides.
+    """
+
+    rules: Rules
+    points: int = 0
+    diverged: tuple[Reason, str] | None = None
+    plateaued: tuple[Reason, str] | None = None
+    _best: float | None = None
+    _since_best: int = 0
+
+    @property
+    def verdict(self) -> tuple[Reason, str] | None:
+        return self.diverged or self.plateaued
+
+    def feed(self, point: Mapping[str, float]) -> None:
+        """Take the next point of the history."""
+        self.points += 1
+        if self.diverged is None:
+            self.diverged = self._divergence(point)
+        if self.rules.plateau is not None and self.plateaued is None:
+            self._plateau(self.rules.plateau, point.get(self.rules.plateau.metric))
+
+    def _divergence(self, point: Mapping[str, float]) -> tuple[Reason, str] | None:
+        rules = self.rules
         for name in rules.finite:
             value = point.get(name)
             if value is not None and not math.isfinite(value):
-                return Reason.DIVERGED, f"{name} became {value} at metrics line {index + 1}"
+                return Reason.DIVERGED, f"{name} became {value} at metrics line {self.points}"
         if rules.diverge_metric is not None and rules.diverge_above is not None:
             value = point.get(rules.diverge_metric)
             if value is not None and (not math.isfinite(value) or value > rules.diverge_above):
                 return (
                     Reason.DIVERGED,
-                    f"{rules.diverge_metric} = {value} exceeds {rules.diverge_above} at metrics line {index + 1}",
+                    f"{rules.diverge_metric} = {value} exceeds {rules.diverge_above} at metrics line {self.points}",
                 )
-    if rules.plateau is not None:
-        return _plateau(rules.plateau, history)
-    return None
+        return None
 
-
-def _plateau(rule: Plateau, history: Sequence[Mapping[str, float]]) -> tuple[Reason, str] | None:
-    values = [p[rule.metric] for p in history if rule.metric in p and math.isfinite(p[rule.metric])]
-    sign = 1.0 if rule.mode == "min" else -1.0
-    best: float | None = None
-    since_best = 0
-    for value in values:
-        if best is None or sign * (best - value) > rule.min_delta:
-            best, since_best = value, 0
+    def _plateau(self, rule: Plateau, value: float | None) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        sign = 1.0 if rule.mode == "min" else -1.0
+        if self._best is None or sign * (self._best - value) > rule.min_delta:
+            self._best, self._since_best = value, 0
         else:
-            since_best += 1
-        if since_best >= rule.patience:
-            return (
-                Reason.PLATEAUED,
-                f"{rule.metric} has not improved on {best} for {rule.patience} reports (min_delta {rule.min_delta})",
-            )
-    return None
+            self._since_best += 1
+        if self._since_best >= rule.patience:
+            why = f"{rule.metric} has not improved on {self._best} for {rule.patience} reports"
+            self.plateaued = (Reason.PLATEAUED, f"{why} (min_delta {rule.min_delta})")
 
 
 def latest(history: Sequence[Mapping[str, float]]) -> dict[str, float]:

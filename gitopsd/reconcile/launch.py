@@ -1,8 +1,8 @@
 """Starting a run: the run row first, then its snapshot and tree, then the backend's job.
 
 This is step 1 of the crash-safety protocol. The run row (phase Submitting) is committed before anything else,
-so that after a crash at any later point the next pass knows the run and asks its backend for it by run id
-instead of starting a second job.
+together with the run's snapshot (what collecting it will need), so that after a crash at any later point the
+next pass knows the run and asks its backend for it by run id instead of starting a second job.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 from gitopsd.backends.protocol import Backend
 from gitopsd.errors import PermanentError
 from gitopsd.model import Job, Phase, Reason
-from gitopsd.reconcile.collect import write_snapshot
 from gitopsd.reconcile.desired import DesiredModel
+from gitopsd.reconcile.snapshot import write_snapshot
 from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
 from gitopsd.registry.store import ArtifactStore, sha256_file
 from gitopsd.registry.versions import Version
@@ -77,7 +77,8 @@ class Launcher:
             created_at=now,
             updated_at=now,
         )
-        self.state.create_run(run, message=f"attempt {attempt} for run key {run.run_key[:12]}")
+        snapshot = self._snapshot(run, model, base)
+        self.state.create_run(run, message=f"attempt {attempt} for run key {run.run_key[:12]}", snapshot=snapshot)
         return self.launch(run, model, backend, resubmitted=False, base=base)
 
     def launch(
@@ -86,7 +87,11 @@ class Launcher:
         """Prepare the run directory and hand the job to its backend; record the outcome."""
         run_dir = Path(run.run_dir)
         try:
-            self._write_snapshot(run, model, base)
+            snapshot = self.state.snapshot(run.id)
+            if snapshot is None:  # a run submitted by an older gitopsd, never started
+                self.state.keep_snapshot(run.id, self._snapshot(run, model, base))
+                snapshot = self.state.snapshot(run.id) or {}
+            write_snapshot(run_dir, snapshot)
             tree = run_dir / "tree"
             self.source.export(run.commit_id, tree, exported_paths(model))
             check_data(model, tree, self.data_roots)
@@ -143,27 +148,24 @@ class Launcher:
             settings=train.settings,
         )
 
-    def _write_snapshot(self, run: RunRecord, model: DesiredModel, base: Base | None) -> None:
+    def _snapshot(self, run: RunRecord, model: DesiredModel, base: Base | None) -> dict[str, Any]:
         """What collecting the run will need, fixed at submit time: gates, outputs, lineage inputs."""
         body = model.spec.spec
-        write_snapshot(
-            Path(run.run_dir),
-            {
-                "model": model.name,
-                "spec_path": model.path,
-                "commit": run.commit_id,
-                "repo_url": self.source.url,
-                "commit_info": self.source.commit_info(run.commit_id),
-                "run_key": model.run_key,
-                "spec_digest": model.spec_digest,
-                "code_tree": model.code_tree,
-                "train": asdict(model.train),
-                "outputs": body.outputs.model_dump(mode="json"),
-                "validate": list(body.validate_gates),
-                "data": [d.model_dump(mode="json") for d in body.data],
-                "base": base.lineage() if base else None,
-            },
-        )
+        return {
+            "model": model.name,
+            "spec_path": model.path,
+            "commit": run.commit_id,
+            "repo_url": self.source.url,
+            "commit_info": self.source.commit_info(run.commit_id),
+            "run_key": model.run_key,
+            "spec_digest": model.spec_digest,
+            "code_tree": model.code_tree,
+            "train": asdict(model.train),
+            "outputs": body.outputs.model_dump(mode="json"),
+            "validate": list(body.validate_gates),
+            "data": [d.model_dump(mode="json") for d in body.data],
+            "base": base.lineage() if base else None,
+        }
 
 
 def _within(path: Path, roots: Sequence[Path]) -> bool:

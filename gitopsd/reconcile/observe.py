@@ -1,8 +1,10 @@
 """Observing actual state: which backends can be used, what every in-flight job is doing, what its metrics say.
 
 One batched `status` call per backend answers for all of its jobs, however many there are. Runs left in
-Submitting by a crash are looked up by run id (`find`). Metrics files are read incrementally and judged by the
-convergence rules of the spec the run was started from. Anything a plugin raises makes that backend
+Submitting by a crash are looked up by run id (`find`). Metrics files are read incrementally, one point at a
+time, and judged by the convergence rules of the spec the run was started from; what is kept per run is the last
+value of each metric and the convergence watch, not the history. A metrics file that is refused (a link, a
+FIFO, over its size limit) fails the run with reason OutputRefused. Anything a plugin raises makes that backend
 unavailable for this pass instead of breaking the pass.
 """
 
@@ -10,17 +12,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gitopsd.backends.protocol import Backend, load_backend
+from gitopsd.errors import GitopsdError
 from gitopsd.model import JobRef, JobStatus, Phase, Reason
-from gitopsd.reconcile.collect import read_snapshot
-from gitopsd.reconcile.convergence import Plateau, Rules, judge
+from gitopsd.reconcile.convergence import Plateau, Rules, Watch
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, PerModel
-from gitopsd.reconcile.metrics import MetricsReader
+from gitopsd.reconcile.metrics import MetricsReader, merge_latest
+from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import RunView
+from gitopsd.reconcile.snapshot import load_snapshot
 from gitopsd.reconcile.state import RunRecord, StateStore
+from gitopsd.registry.beneath import OutputRefused
 
 log = logging.getLogger("gitopsd")
 
@@ -29,14 +35,44 @@ def job_ref(run: RunRecord) -> JobRef:
     return JobRef(run_id=run.id, job_id=run.job_id or "", run_dir=Path(run.run_dir))
 
 
-class Observer:
-    """Keeps the backend plugins and the metrics readers alive between passes."""
+@dataclass(kw_only=True)
+class RunMetrics:
+    """What is kept of one run's metrics between passes: the reader's place, the last values, the watch."""
 
-    def __init__(self, state: StateStore, state_dir: Path) -> None:
+    reader: MetricsReader
+    watch: Watch
+    latest: dict[str, float] = field(default_factory=dict)
+    refused: str | None = None
+
+    def catch_up(self) -> None:
+        """Read what the training appended since the last pass; a refused file is remembered, not retried."""
+        if self.refused is not None:
+            return
+        try:
+            for point in self.reader.read():
+                self.watch.feed(point)
+                merge_latest(self.latest, point)
+        except OutputRefused as exc:
+            self.refused = str(exc)
+        except OSError as exc:  # e.g. a shared filesystem hiccup: try again next pass
+            log.warning("%s: cannot read metrics now: %s", self.reader.shown, exc)
+
+    @property
+    def verdict(self) -> tuple[Reason, str] | None:
+        if self.refused is not None:
+            return Reason.OUTPUT_REFUSED, self.refused
+        return self.watch.verdict
+
+
+class Observer:
+    """Keeps the backend plugins and each run's metrics alive between passes."""
+
+    def __init__(self, state: StateStore, state_dir: Path, limits: OutputLimits | None = None) -> None:
         self.state = state
         self.state_dir = state_dir
+        self.limits = limits or OutputLimits()
         self._plugins: dict[str, tuple[tuple[str, str], Backend]] = {}
-        self._readers: dict[str, MetricsReader] = {}
+        self._readers: dict[str, RunMetrics] = {}
         self._used = PerModel(lambda m: m.train.backend)
 
     def backends(self, desired: DesiredState, runs: Iterable[RunRecord]) -> tuple[dict[str, Backend], dict[str, str]]:
@@ -81,9 +117,10 @@ class Observer:
                 except Exception as exc:
                     unavailable[run.backend] = str(exc) or type(exc).__name__
             job = statuses.get(run.id)
+            model = desired.models.get(run.model)
             verdict = None
             if job is not None and not job.state.finished and not run.stop_reason:
-                verdict = self._judge(run, desired.models.get(run.model))
+                verdict = self._judge(run, model)
             views[run.id] = RunView(
                 id=run.id,
                 model=run.model,
@@ -99,7 +136,7 @@ class Observer:
                 verdict=verdict,
             )
             if record:
-                self._record(run, job)
+                self._record(run, job, model)
         return views
 
     def forget(self, run_id: str) -> None:
@@ -123,35 +160,33 @@ class Observer:
                 unavailable[name] = str(exc) or type(exc).__name__
         return statuses
 
-    def _reader(self, run: RunRecord) -> MetricsReader | None:
-        reader = self._readers.get(run.id)
-        if reader is None:
+    def _metrics(self, run: RunRecord, model: DesiredModel | None) -> RunMetrics | None:
+        """The run's metrics, caught up with its file; None when the run's snapshot cannot be had."""
+        metrics = self._readers.get(run.id)
+        if metrics is None:
             try:
-                name = str(read_snapshot(Path(run.run_dir))["outputs"]["metrics"])
-            except (OSError, ValueError, KeyError):
+                name = str(load_snapshot(self.state, run)["outputs"]["metrics"])
+            except (GitopsdError, OSError, ValueError, KeyError):
                 return None
-            reader = self._readers[run.id] = MetricsReader(path=Path(run.run_dir) / "out" / name)
-        return reader
+            same_spec = model is not None and model.run_key == run.run_key
+            rules = convergence_rules(model) if model is not None and same_spec else Rules()
+            reader = MetricsReader(run_dir=Path(run.run_dir), name=name, limits=self.limits)
+            metrics = self._readers[run.id] = RunMetrics(reader=reader, watch=Watch(rules=rules))
+        metrics.catch_up()
+        return metrics
 
     def _judge(self, run: RunRecord, model: DesiredModel | None) -> tuple[Reason, str] | None:
         if model is None or model.run_key != run.run_key:
             return None
-        rules = convergence_rules(model)
-        reader = self._reader(run)
-        if rules.empty or reader is None:
-            return None
-        return judge(rules, reader.read())
+        metrics = self._metrics(run, model)
+        return metrics.verdict if metrics is not None else None
 
-    def _record(self, run: RunRecord, job: JobStatus | None) -> None:
+    def _record(self, run: RunRecord, job: JobStatus | None, model: DesiredModel | None) -> None:
         """Keep what status shows fresh: the latest metrics, and what the backend says (e.g. a pending reason)."""
         changes: dict[str, Any] = {}
-        reader = self._reader(run)
-        if reader is not None:
-            merged: dict[str, float] = {}
-            for point in reader.read():
-                merged.update(point)
-            if merged != dict(run.metrics):
-                changes["metrics"] = merged
+        metrics = self._metrics(run, model)
+        if metrics is not None and metrics.latest != dict(run.metrics):
+            changes["metrics"] = dict(metrics.latest)
         if job is not None and job.message and not job.state.finished and job.message != run.message:
             changes["message"] = job.message
         if changes:

@@ -24,6 +24,7 @@ from gitopsd.reconcile.apply import Applier
 from gitopsd.reconcile.desired import DesiredLoader, DesiredModel, DesiredState, PerModel, digest
 from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
+from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import Action, Actual, Want, plan
 from gitopsd.reconcile.state import SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
@@ -85,9 +86,11 @@ class Reconciler:
         branch: str | None = None,
         operator: Operator | None = None,
         verify: VerifyPolicy | None = None,
+        limits: OutputLimits | None = None,
     ) -> None:
         """`operator`: the operator's backends and store (default: one local backend, a file store here).
-        `verify`: the operator's signed-commit policy; None applies commits without checking signatures."""
+        `verify`: the operator's signed-commit policy; None applies commits without checking signatures.
+        `limits`: caps on what a run's outputs may be (operator settings; default `OutputLimits()`)."""
         self.state_dir = state_dir
         self.operator = operator or Operator()
         self.branch = branch
@@ -106,7 +109,8 @@ class Reconciler:
         self.loader = DesiredLoader(self.source, self.operator)
         self.verifier = CommitVerifier(verify) if verify is not None else None
         self._refusal_logged = ""
-        self.observer = Observer(self.state, state_dir)
+        self.limits = limits or OutputLimits()
+        self.observer = Observer(self.state, state_dir, self.limits)
         self.summary = Summary(self.state)
         self.applier = Applier(
             state=self.state,
@@ -115,6 +119,7 @@ class Reconciler:
             observer=self.observer,
             artifacts=self.paths.artifacts,
             store=self.operator.registry,
+            limits=self.limits,
         )
         self.aliases = AliasBook(self.registry.conn)
         self._alias_view = PerModel(lambda m: dict(m.spec.spec.aliases))

@@ -61,6 +61,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE snapshots (
+            run_id TEXT PRIMARY KEY REFERENCES runs (id), snapshot TEXT NOT NULL
+        );
+        CREATE TRIGGER snapshots_no_update BEFORE UPDATE ON snapshots
+            BEGIN SELECT RAISE(ABORT, 'a run snapshot is written once'); END;
+        CREATE TRIGGER snapshots_no_delete BEFORE DELETE ON snapshots
+            BEGIN SELECT RAISE(ABORT, 'a run snapshot is written once'); END;
+        """,
+    ),
 )
 
 
@@ -205,11 +217,30 @@ class StateStore:
         self.conn.execute("COMMIT")
 
     # runs ------------------------------------------------------------------------------------------------
-    def create_run(self, run: RunRecord, *, message: str) -> None:
-        """Commit the run row (and its event) before anything is submitted."""
+    def create_run(self, run: RunRecord, *, message: str, snapshot: Mapping[str, Any] | None = None) -> None:
+        """Commit the run row (and its event, and its snapshot) before anything is submitted."""
         with self.transaction():
             self.db.table("runs").insert(run.row())
+            if snapshot is not None:
+                self._keep_snapshot(run.id, snapshot)
             self._event(run.model, run.id, "RunCreated", "", message, run.commit_id)
+
+    def snapshot(self, run_id: str) -> dict[str, Any] | None:
+        """What the run was started from (see `reconcile.snapshot`), or None for a run that has none kept."""
+        row = self.conn.execute("SELECT snapshot FROM snapshots WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        data: dict[str, Any] = json.loads(row[0])
+        return data
+
+    def keep_snapshot(self, run_id: str, snapshot: Mapping[str, Any]) -> None:
+        """Keep a run's snapshot if it has none yet; a kept snapshot is never replaced."""
+        with self.transaction():
+            self._keep_snapshot(run_id, snapshot)
+
+    def _keep_snapshot(self, run_id: str, snapshot: Mapping[str, Any]) -> None:
+        text = json.dumps(dict(snapshot), sort_keys=True, default=str)
+        self.conn.execute("INSERT OR IGNORE INTO snapshots (run_id, snapshot) VALUES (?, ?)", (run_id, text))
 
     def update_run(self, run: RunRecord, *, event: str = "", message: str = "", **changes: Any) -> RunRecord:
         """Change a run and, when `event` is given, append the matching event in the same transaction.

@@ -22,7 +22,7 @@ from gitopsd.backends.local.supervisor import RunFiles, group_members
 from gitopsd.backends.protocol import load_backend
 from gitopsd.errors import BackendUnavailable, PermanentError
 from gitopsd.model import JobState, Resources
-from gitopsd.reconcile.metrics import read_all
+from gitopsd.reconcile.metrics import MetricsReader
 from tests.backend_contract import cancel_everything, log_text
 from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, new_job, poll, ref_of, state_is
 from tests.nvidia.fake_nvml import FakeGpu, FakeMachine, FakeNvmlLib, FakeProcess, a100_mig, gpu_uuid, h100, mig_uuid
@@ -366,7 +366,7 @@ def test_gpu_utilisation_and_memory_are_sampled_into_the_metrics(
     backend.status([ref])
     go(job)
     poll(backend, [ref], state_is(ref, JobState.SUCCEEDED))
-    points = read_all(job.metrics_file)
+    points = list(MetricsReader(run_dir=job.run_dir, name=job.metrics_file.name).read(final=True))
     assert points[0] == {"loss": 0.5}
     assert {"gpu_util": 50.0, "gpu_mem_mb": 2000.0} in points
 
