@@ -10,6 +10,7 @@ and pruning twice is harmless.
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from pathlib import Path
@@ -112,3 +113,29 @@ def test_read_only_directories_are_pruned_and_pruning_twice_frees_nothing(tmp_pa
     assert not (run_dir / "out").exists() and not (run_dir / "tree").exists()
     assert tmp_path.is_dir() and (run_dir / "logs").is_dir()
     assert prune_run_dir(run_dir) == 0
+
+
+def test_a_tree_deeper_than_the_recursion_limit_with_links_and_locked_levels_is_removed(tmp_path: Path) -> None:
+    """A training may leave any tree in out/: 5000 levels (past Python's recursion limit), a mode-0 directory,
+    links to outside. It all goes, and nothing outside it does."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    run_dir = tmp_path / "run"
+    (run_dir / "out").mkdir(parents=True)
+    fd = os.open(run_dir / "out", os.O_RDONLY | os.O_DIRECTORY)
+    for level in range(5000):
+        if level % 1000 == 0:
+            os.symlink(outside, "link", dir_fd=fd)
+        os.mkdir("d", dir_fd=fd)
+        deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    with os.fdopen(os.open("weights.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as handle:
+        handle.write(b"w" * 1000)
+    os.mkdir("locked", dir_fd=fd)
+    os.chmod("locked", 0, dir_fd=fd)
+    os.close(fd)
+    assert prune_run_dir(run_dir) >= 1000
+    assert not (run_dir / "out").exists()
+    assert (outside / "keep.txt").read_text() == "keep"
