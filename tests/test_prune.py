@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from gitopsd.model import Phase
 from gitopsd.reconcile.prune import PRUNED, prune_model_runs, prune_run_dir
@@ -115,9 +119,19 @@ def test_read_only_directories_are_pruned_and_pruning_twice_frees_nothing(tmp_pa
     assert prune_run_dir(run_dir) == 0
 
 
-def test_a_tree_deeper_than_the_recursion_limit_with_links_and_locked_levels_is_removed(tmp_path: Path) -> None:
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path, emptied with rm -rf (fts, no recursion limit) should a deep tree survive a failing test:
+    pytest's own cleanup would hit Python's recursion limit on it in every later session."""
+    yield tmp_path
+    subprocess.run(["chmod", "-R", "u+rwx", str(tmp_path)], check=False, capture_output=True)
+    subprocess.run(["rm", "-rf", str(tmp_path)], check=False)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_with_links_and_locked_levels_is_removed(deep_tmp: Path) -> None:
     """A training may leave any tree in out/: 5000 levels (past Python's recursion limit), a mode-0 directory,
     links to outside. It all goes, and nothing outside it does."""
+    tmp_path = deep_tmp
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")

@@ -118,9 +118,11 @@ class Observer:
                     unavailable[run.backend] = str(exc) or type(exc).__name__
             job = statuses.get(run.id)
             model = desired.models.get(run.model)
+            judging = job is not None and not job.state.finished and not run.stop_reason
+            metrics = self._metrics(run, model) if judging or record else None
             verdict = None
-            if job is not None and not job.state.finished and not run.stop_reason:
-                verdict = self._judge(run, model)
+            if judging and metrics is not None and model is not None and model.run_key == run.run_key:
+                verdict = metrics.verdict
             views[run.id] = RunView(
                 id=run.id,
                 model=run.model,
@@ -136,7 +138,7 @@ class Observer:
                 verdict=verdict,
             )
             if record:
-                self._record(run, job, model)
+                self._record(run, job, metrics)
         return views
 
     def forget(self, run_id: str) -> None:
@@ -175,16 +177,9 @@ class Observer:
         metrics.catch_up()
         return metrics
 
-    def _judge(self, run: RunRecord, model: DesiredModel | None) -> tuple[Reason, str] | None:
-        if model is None or model.run_key != run.run_key:
-            return None
-        metrics = self._metrics(run, model)
-        return metrics.verdict if metrics is not None else None
-
-    def _record(self, run: RunRecord, job: JobStatus | None, model: DesiredModel | None) -> None:
+    def _record(self, run: RunRecord, job: JobStatus | None, metrics: RunMetrics | None) -> None:
         """Keep what status shows fresh: the latest metrics, and what the backend says (e.g. a pending reason)."""
         changes: dict[str, Any] = {}
-        metrics = self._metrics(run, model)
         if metrics is not None and metrics.latest != dict(run.metrics):
             changes["metrics"] = dict(metrics.latest)
         if job is not None and job.message and not job.state.finished and job.message != run.message:

@@ -352,11 +352,16 @@ def test_a_tree_deeper_than_the_recursion_limit_in_out_is_pruned_and_passes_go_o
     """With `runs.keep: 0` a run's out/ is pruned as soon as it ends: 5000 levels, links out, a locked bottom."""
     demo_repo.edit("gitops.yaml", "keep: 3", "keep: 0")
     add_hostile_model(demo_repo, f"SECRET = {str(canary.file)!r}\n" + DEEP_TREE)
-    settle(demo_repo, state_dir)
-    assert labels(state_dir) == ["blobs@1", f"{HOSTILE}@1"]
-    run_id = model_status(state_dir, HOSTILE)["run"]["id"]
-    assert not (state_dir / "runs" / run_id / "out").exists()
-    assert "0 action(s)" in gitopsd(state_dir, "reconcile", timeout=60).stdout
+    try:
+        settle(demo_repo, state_dir)
+        assert labels(state_dir) == ["blobs@1", f"{HOSTILE}@1"]
+        run_id = model_status(state_dir, HOSTILE)["run"]["id"]
+        assert not (state_dir / "runs" / run_id / "out").exists()
+        assert (state_dir / "runs" / run_id / "logs").is_dir()
+        assert "0 action(s)" in gitopsd(state_dir, "reconcile", timeout=60).stdout
+    finally:  # should the tree survive, pytest's own cleanup would hit the recursion limit in later sessions
+        subprocess.run(["chmod", "-R", "u+rwx", str(state_dir / "runs")], check=False, capture_output=True)
+        subprocess.run(["rm", "-rf", str(state_dir / "runs")], check=False)
     canary.assert_untouched()
 
 
