@@ -9,6 +9,9 @@ registers the same way as `slurm` or `nvidia`. A plugin imports only this module
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -21,6 +24,45 @@ ENTRY_POINT_GROUP = "gitopsd.backends"
 #: The state directory every repository of one daemon shares (the daemon exports it); backends keep what must
 #: be host-wide there, such as the nvidia backend's GPU leases. Unset for a one-off CLI reconcile.
 SHARED_STATE_ENV = "GITOPSD_SHARED_STATE_DIR"
+
+
+RECORD_LIMIT = 1 << 20
+"""Largest backend record (`run_dir/<backend>/*.json`) read; a record is a few hundred bytes."""
+
+
+def read_run_record(path: Path) -> dict[str, Any] | None:
+    """A backend's JSON record in a run directory (`run_dir/NAME/FILE.json`), read as hostile input.
+
+    The training can write its run directory, so the record's folder and the record are opened with
+    O_NOFOLLOW (never a link) and O_NONBLOCK (a FIFO must not hang a status call), only a regular file up to
+    `RECORD_LIMIT` bytes is read, and JSON nested too deep for the parser is an error, not a crash. Returns
+    None when the record does not exist; raises ValueError (or OSError) when it is not a JSON object that could
+    be ours.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        folder = os.open(path.parent, flags | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return None
+    try:
+        fd = os.open(path.name, flags, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(folder)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        raw = handle.read(RECORD_LIMIT + 1)
+    if len(raw) > RECORD_LIMIT:
+        raise ValueError(f"{path}: over {RECORD_LIMIT} bytes; not a record this backend wrote")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deep to be a record this backend wrote") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def thread_env(resources: Resources) -> dict[str, str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitopsd.backends.protocol import read_run_record
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunFiles:
@@ -50,18 +52,20 @@ class RunFiles:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in `path`, or None when it is missing or not (yet) a complete JSON object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # the run directory is the training's to write: no link followed, no FIFO read, size-capped
+        return read_run_record(path)
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write `data` so that a reader sees the old file or the whole new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.unlink(missing_ok=True)  # the run directory is the training's: never write through a planted link
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, sort_keys=True) + "\n")
     tmp.replace(path)
 
 

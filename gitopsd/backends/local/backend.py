@@ -21,6 +21,7 @@ absolute paths, default none) and `confine_network` (also refuse TCP bind and co
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -48,6 +49,7 @@ from gitopsd.backends.local.supervisor import (
     read_json,
     write_json_atomic,
 )
+from gitopsd.backends.local.venv import KEY_HEX
 from gitopsd.backends.protocol import thread_env
 from gitopsd.errors import BackendUnavailable, PermanentError, TransientError
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
@@ -75,11 +77,19 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder that holds the
 
 
 def lock_held(lock: Path) -> bool:
-    """Whether a live process holds the run's flock. Probes with a shared lock, never creates the file."""
+    """Whether a live process holds the run's flock. Probes with a shared lock, never creates the file.
+
+    The run directory is the training's to write: a link or a FIFO put in the lock's place is not followed or
+    waited on, and is not a held lock (the supervisor's lock is on the file it opened, whatever the name is now).
+    """
     try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -289,11 +299,24 @@ class LocalBackend:
         record = self._read(files.exit) or self._read(files.state) or {}
         facts: dict[str, Any] = {"backend": "local", "name": self.name, "job_id": record.get("job_id") or ref.job_id}
         facts.update({key: record.get(key) for key in _EXIT_FACTS})
-        facts.update(python=record.get("python"), venv=record.get("venv"), max_parallel=record.get("max_parallel"))
-        environment = python_environment(record.get("venv"))
+        venv = self._own_venv(record.get("venv"))
+        facts.update(python=record.get("python"), venv=venv, max_parallel=record.get("max_parallel"))
+        environment = python_environment(venv)
         facts["python"] = facts["python"] or environment.get("python")
         facts["packages"] = environment.get("packages", {})
         return facts
+
+    def _own_venv(self, venv: object) -> str | None:
+        """The venv a record names, if it is one this backend builds (`state_dir/local/venvs/<key>`).
+
+        Records live in the run directory, which the training can write: a venv path pointing anywhere else
+        would have `describe` run an interpreter of the training's choosing in the daemon.
+        """
+        if not isinstance(venv, str):
+            return None
+        path = Path(venv)
+        own = path.parent == self.state_dir / "local" / "venvs" and len(path.name) == KEY_HEX
+        return venv if own and all(c in "0123456789abcdef" for c in path.name) else None
 
     # -- submit --------------------------------------------------------------------------------------------
 

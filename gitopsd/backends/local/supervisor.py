@@ -59,6 +59,7 @@ from gitopsd.backends.local.confine import (
 )
 from gitopsd.backends.local.memory import MIB, become_subreaper, descendants, over_limit_message, tree_memory
 from gitopsd.backends.local.venv import VenvBuildError, ensure_venv
+from gitopsd.backends.protocol import read_run_record
 from gitopsd.units import format_size
 
 SLOT_POLL_S = 0.2
@@ -126,9 +127,14 @@ class LaunchSpec:
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON so that readers see either the old file or the complete new one, never a torn one."""
+    """Write JSON so that readers see either the old file or the complete new one, never a torn one.
+
+    The temporary name is predictable and the run directory the training's to write, so whatever is there is
+    removed and the file created afresh (O_EXCL, O_NOFOLLOW): a planted link is never written through.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
@@ -138,14 +144,12 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when the file does not exist (yet)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    """The JSON object in `path`, or None when the file does not exist (yet).
+
+    The run directory is the training's to write, so this is `read_run_record`: no link followed, no FIFO
+    opened for reading, size-capped; anything else raises OSError or ValueError, which callers treat as no record.
+    """
+    return read_run_record(path)
 
 
 def _proc_stat(pid: int) -> list[str] | None:
