@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from gitopsd.backends.local.backend import LocalBackend
+from gitopsd.model import JobRef
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.reconciler import Reconciler
 from tests.conftest import GitRepo, gitopsd
@@ -363,6 +365,57 @@ def test_a_tree_deeper_than_the_recursion_limit_in_out_is_pruned_and_passes_go_o
         subprocess.run(["chmod", "-R", "u+rwx", str(state_dir / "runs")], check=False, capture_output=True)
         subprocess.run(["rm", "-rf", str(state_dir / "runs")], check=False)
     canary.assert_untouched()
+
+
+# -- the backend's records in the run directory -----------------------------------------------------------
+
+FIFO_STATE = """\
+import time
+state = os.path.join(run_dir, "local", "state.json")
+os.mkfifo(state + ".fifo")
+os.replace(state + ".fifo", state)
+time.sleep(2)
+good_metrics()
+artifact()
+"""
+
+
+def test_a_fifo_in_place_of_the_backends_own_record_does_not_hang_status(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary
+) -> None:
+    """The local backend reads `run_dir/local/state.json` on every status call; a FIFO there hung the pass."""
+    add_hostile_model(demo_repo, FIFO_STATE)
+    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120)
+    assert labels(state_dir) == ["blobs@1", f"{HOSTILE}@1"]
+    canary.assert_untouched()
+
+
+def test_describe_never_runs_an_interpreter_a_tampered_record_names(tmp_path: Path, canary: Canary) -> None:
+    """`describe` asks the run's venv for its packages; the venv comes from a record the training can rewrite."""
+    marker = tmp_path / "ran"
+
+    def fake_venv(path: Path) -> Path:
+        (path / "bin").mkdir(parents=True)
+        python = path / "bin" / "python"
+        python.write_text(f'#!/bin/sh\nenv > {marker}\necho \'{{"python": "9.9", "packages": {{}}}}\'\n')
+        python.chmod(0o755)
+        return path
+
+    state = tmp_path / "state"
+    backend = LocalBackend(name="local", settings={}, state_dir=state)
+    run_dir = state / "runs" / "r1"
+    (run_dir / "local").mkdir(parents=True)
+    evil = fake_venv(run_dir / "out" / "venv")
+    record = {"job_id": "r1", "exit_code": 0, "venv": str(evil), "python": None}
+    (run_dir / "local" / "exit.json").write_text(json.dumps(record))
+    facts = backend.describe(JobRef(run_id="r1", job_id="r1", run_dir=run_dir))
+    assert facts["venv"] is None
+    assert not marker.exists(), "describe ran the interpreter the record named"
+
+    own = fake_venv(state / "local" / "venvs" / "0123456789abcdef")  # one the backend built is still asked
+    (run_dir / "local" / "exit.json").write_text(json.dumps({**record, "venv": str(own)}))
+    assert backend.describe(JobRef(run_id="r1", job_id="r1", run_dir=run_dir))["python"] == "9.9"
+    assert marker.exists()
 
 
 # -- memory ---------------------------------------------------------------------------------------------------
