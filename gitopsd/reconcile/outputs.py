@@ -93,7 +93,7 @@ class Artifact:
     shown: str
     is_dir: bool
     size: int
-    entries: int
+    """A file's size, or the sum of the file sizes in a directory."""
 
     @property
     def path(self) -> Path:
@@ -102,11 +102,10 @@ class Artifact:
         return Path(f"/proc/self/fd/{self.fd}")
 
 
-def _directory_size(fd: int, shown: str, limits: OutputLimits) -> tuple[int, int]:
-    """(total file bytes, entries) of a directory artifact, refusing what cannot be stored or is over a limit."""
-    size = entries = 0
-    for entry in walk_tree(fd, shown):
-        entries += 1
+def _directory_size(fd: int, shown: str, limits: OutputLimits) -> int:
+    """The file bytes in a directory artifact, refusing what cannot be stored or is over a limit."""
+    size = 0
+    for entries, entry in enumerate(walk_tree(fd, shown), start=1):
         if entries > limits.artifact_files:
             amount = f"a directory of more than {limits.artifact_files} entries"
             raise over_limit(shown, amount, f"{limits.artifact_files} entries", "artifact_files")
@@ -118,7 +117,7 @@ def _directory_size(fd: int, shown: str, limits: OutputLimits) -> tuple[int, int
                 raise over_limit(shown, amount, sized(limits.artifact_bytes), "artifact_bytes")
         elif not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
             raise refusal(f"{shown}/{entry.rel}", entry.st)
-    return size, entries
+    return size
 
 
 @contextlib.contextmanager
@@ -135,12 +134,10 @@ def opened_artifact(run_dir: Path, rel: str, limits: OutputLimits) -> Iterator[A
         yield None
         return
     try:
-        if stat.S_ISDIR(st.st_mode):
-            size, entries = _directory_size(fd, shown, limits)
-        else:
-            size, entries = st.st_size, 1
-            if size > limits.artifact_bytes:
-                raise over_limit(shown, sized(size), sized(limits.artifact_bytes), "artifact_bytes")
-        yield Artifact(fd=fd, shown=shown, is_dir=stat.S_ISDIR(st.st_mode), size=size, entries=entries)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        size = _directory_size(fd, shown, limits) if is_dir else st.st_size
+        if size > limits.artifact_bytes:
+            raise over_limit(shown, sized(size), sized(limits.artifact_bytes), "artifact_bytes")
+        yield Artifact(fd=fd, shown=shown, is_dir=is_dir, size=size)
     finally:
         os.close(fd)
