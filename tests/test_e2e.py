@@ -153,11 +153,13 @@ def test_versions_are_immutable_and_tampering_is_detected(
     assert "blobs@1" in tampered.stderr
 
 
-def _slow_training(repo: GitRepo, starts: Path, seconds: float) -> None:
-    """The training appends to `starts` (outside its run, so in a directory its backend lets it write)."""
+def _slow_training(repo: GitRepo, starts: Path, seconds: float, monkeypatch: pytest.MonkeyPatch) -> Operator:
+    """The training appends to `starts`: outside its run, in a directory the operator lets trainings write (for
+    the command line through $GITOPSD_CONFIG, for a Reconciler through the Operator returned)."""
     starts.parent.mkdir(parents=True, exist_ok=True)
-    grant = f'      max_parallel: 2\n      confine_write: ["{starts.parent}"]'
-    repo.edit("gitops.yaml", "      max_parallel: 2", grant)
+    config = starts.parent.parent / "operator.toml"
+    config.write_text(f'[backends.local]\nsettings = {{ max_parallel = 2, confine_write = ["{starts.parent}"] }}\n')
+    monkeypatch.setenv("GITOPSD_CONFIG", str(config))
     repo.edit(
         MODEL,
         "command: python3 train.py --epochs 40 --lr 0.5",
@@ -165,6 +167,8 @@ def _slow_training(repo: GitRepo, starts: Path, seconds: float) -> None:
     )
     repo.edit(MODEL, '      SEED: "7"', f'      SEED: "7"\n      STARTS: "{starts}"')
     repo.commit("Slow training")
+    settings = {"max_parallel": 2, "confine_write": [str(starts.parent)]}
+    return Operator(backends={"local": OperatorBackend(settings=settings)})
 
 
 def _wait_for(predicate: Any, timeout: float = 30) -> None:
@@ -175,10 +179,10 @@ def _wait_for(predicate: Any, timeout: float = 30) -> None:
 
 
 def test_kill_9_while_training_adopts_the_run_and_never_trains_twice(
-    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     starts = tmp_path / "shared" / "starts.txt"
-    _slow_training(demo_repo, starts, 3)
+    _slow_training(demo_repo, starts, 3, monkeypatch)
     env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
     daemon = subprocess.Popen(
         [sys.executable, "-m", "gitopsd", "reconcile", "--repo", str(demo_repo.path), "--wait"],
@@ -197,10 +201,12 @@ def test_kill_9_while_training_adopts_the_run_and_never_trains_twice(
     assert model_status(state_dir)["latest_version"] == 1
 
 
-def test_crash_between_run_row_and_submit_resubmits_once(demo_repo: GitRepo, state_dir: Path, tmp_path: Path) -> None:
+def test_crash_between_run_row_and_submit_resubmits_once(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     starts = tmp_path / "shared" / "starts.txt"
-    _slow_training(demo_repo, starts, 0)
-    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    operator = _slow_training(demo_repo, starts, 0, monkeypatch)
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=operator)
     launcher = rec.applier.launcher
 
     def crash(*args: Any, **kwargs: Any) -> None:
@@ -218,10 +224,20 @@ def test_crash_between_run_row_and_submit_resubmits_once(demo_repo: GitRepo, sta
 
 
 def test_removed_model_has_its_run_cancelled_and_keeps_its_versions(
-    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path, tmp_path: Path
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    operator = _slow_training(demo_repo, tmp_path / "shared" / "starts.txt", 30, monkeypatch)
+    demo_repo.git("revert", "--no-edit", "HEAD")  # the plain demo first: blobs@1
+    reconciler = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=operator)
+    try:
+        _removed_model_case(demo_repo, reconciler, state_dir)
+    finally:
+        reconciler.close()
+
+
+def _removed_model_case(demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path) -> None:
     reconciler.reconcile_until_settled(timeout_s=60)
-    _slow_training(demo_repo, tmp_path / "starts.txt", 30)
+    demo_repo.git("revert", "--no-edit", "HEAD")  # the slow training again
     reconciler.reconcile()
     (demo_repo.path / MODEL).unlink()
     demo_repo.commit("Retire blobs")
