@@ -51,11 +51,15 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool) -> None:
     """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
     ctx.obj = {"state_dir": state_dir.expanduser().absolute(), "config": config}
+    from gitopsd.daemon.logs import RedactUrls
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactUrls())  # no credential in a URL reaches the terminal, whoever logs it
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[handler],
     )
 
 

@@ -37,6 +37,11 @@ def registry_list(ctx: click.Context, model: str | None, as_json: bool) -> None:
 
 
 def _version_doc(v: Any) -> dict[str, Any]:
+    from gitopsd.source.redact import redact_url
+
+    lineage = dict(v.lineage)
+    if isinstance(lineage.get("repo"), str):  # versions registered before URLs were redacted in lineage
+        lineage["repo"] = redact_url(lineage["repo"])
     return {
         "model": v.model,
         "version": v.number,
@@ -46,7 +51,7 @@ def _version_doc(v: Any) -> dict[str, Any]:
         "artifact": {"sha256": v.artifact.sha256, "size": v.artifact.size, "uri": v.artifact.uri},
         "metrics": v.metrics,
         "gates": v.gates,
-        "lineage": v.lineage,
+        "lineage": lineage,
         "created_at": v.created_at,
     }
 
@@ -143,13 +148,15 @@ def registry_rebuild(ctx: click.Context, store_uri: str | None, endpoint_url: st
 @click.pass_context
 def lineage(ctx: click.Context, label: str) -> None:
     """Where NAME@N came from: commit, code tree, data, job, host, metrics."""
+    from gitopsd.source.redact import redact_url
+
     v = _get_version(ctx, label)
     lin = v.lineage
     job = lin.get("job", {})
     rows = [
         ("version", v.label),
         ("artifact", f"sha256:{v.artifact.sha256} ({v.artifact.size} bytes)"),
-        ("repository", lin.get("repo")),
+        ("repository", redact_url(str(lin.get("repo")))),  # versions made before redaction
         ("commit", lin.get("commit")),
         ("subject", lin.get("commit_info", {}).get("subject")),
         ("spec", lin.get("spec_path")),

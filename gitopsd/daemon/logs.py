@@ -2,7 +2,8 @@
 
 Call sites pass what the line is about as `extra` (model, run_id, commit, reason, repository); the JSON
 formatter turns those into fields, so `journalctl -o json` can be filtered by model or run. Secrets are never
-passed to a logger.
+passed to a logger; `RedactUrls`, on every handler, is the last wall behind that rule: a URL with credentials
+that reaches a log line anyway (from a library's message or a traceback) is written without them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import logging
 import sys
 import time
+
+from gitopsd.source.redact import redact_text
 
 FIELDS = ("repository", "model", "run_id", "commit", "reason", "trigger")
 
@@ -27,14 +30,35 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 line[name] = value
         if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
+            line["error"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line)
+
+
+class RedactUrls(logging.Filter):
+    """Rewrites a record whose message or traceback quotes a URL with credentials (see gitopsd.source.redact)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+            clean = redact_text(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = redact_text(record.exc_text)
+            if record.stack_info:
+                record.stack_info = redact_text(record.stack_info)
+        except Exception:  # a record that cannot be formatted is the handler's to report, never the caller's
+            return True
+        return True
 
 
 def setup(level: str = "info", fmt: str = "auto") -> None:
     """Configure the `gitopsd` logger (and the root logger's handler) once; safe to call again on reload."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactUrls())
     handler.setFormatter(
         JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     )

@@ -27,6 +27,7 @@ from gitopsd.daemon.triggers import BareRepoWatch, PassReport, PollTimer, Worker
 from gitopsd.errors import GitopsdError
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.reconcile.statusview import read_status
+from gitopsd.source.redact import redact_url
 
 log = logging.getLogger("gitopsd")
 STOP_GRACE_S = 8.0
@@ -138,7 +139,7 @@ class Daemon:
         if watched is not None:
             runtime.watch = BareRepoWatch(watched, lambda: worker.request("push"))
             runtime.watch.start()
-        log.info("repository %s: %s (poll every %d s%s)", repo.name, repo.url, repo.poll_interval,
+        log.info("repository %s: %s (poll every %d s%s)", repo.name, redact_url(repo.url), repo.poll_interval,
                  f", watching {watched}" if watched else "", extra={"repository": repo.name})  # fmt: skip
 
     def _stop_repo(self, name: str) -> None:

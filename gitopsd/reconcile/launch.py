@@ -155,7 +155,7 @@ class Launcher:
             "model": model.name,
             "spec_path": model.path,
             "commit": run.commit_id,
-            "repo_url": self.source.url,
+            "repo_url": self.source.shown,  # lineage is shown: no credentials in it
             "commit_info": self.source.commit_info(run.commit_id),
             "run_key": model.run_key,
             "spec_digest": model.spec_digest,

@@ -32,6 +32,7 @@ from gitopsd.registry.aliases import AliasBook, plan_aliases
 from gitopsd.registry.recovery import save_alias_moves
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.source.mirror import Source
+from gitopsd.source.redact import redact_url
 from gitopsd.source.verify import CommitVerifier, VerifyPolicy
 from gitopsd.spec.operator import Operator, over_caps
 
@@ -104,7 +105,8 @@ class Reconciler:
         if known is not None and known.url != self.source.url:
             self.close()
             raise PermanentError(
-                f"state directory {state_dir} already tracks {known.url}; use another --state-dir for {self.source.url}"
+                f"state directory {state_dir} already tracks {redact_url(known.url)}; "
+                f"use another --state-dir for {self.source.shown}"
             )
         self.loader = DesiredLoader(self.source, self.operator)
         self.verifier = CommitVerifier(verify) if verify is not None else None

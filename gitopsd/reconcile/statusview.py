@@ -1,7 +1,9 @@
 """The read-only view behind `gitopsd status`: what each model wants, what is, and why they differ.
 
 It opens the state and registry databases read-only with plain sqlite3 (no sqlite-utils, pydantic or pygit2
-import), so it is fast, never takes a write lock, and works while the daemon runs.
+import), so it is fast, never takes a write lock, and works while the daemon runs. What it returns is shown
+(the CLI, `/api/v1/status`): the repository URL and every message pass through `gitopsd.source.redact`, so a
+credential in a URL never leaves the state database, whatever wrote it there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+from gitopsd.source.redact import redact_text, redact_url
 
 _MODELS = """
 SELECT m.name, m.spec_path, m.run_key, m.backend, m.suspend,
@@ -73,6 +77,9 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         "error",
     )
     repository = dict(zip(keys, source, strict=True)) if source else None
+    if repository is not None:
+        repository["url"] = redact_url(repository["url"])
+        repository["error"] = redact_text(repository["error"]) if repository["error"] else repository["error"]
     commit = repository["applied_commit"] if repository else None
     models = [_model(r, commit) for r in rows]
     for entry in models:
@@ -110,14 +117,14 @@ def _model(row: tuple[Any, ...], commit: str | None) -> dict[str, Any]:
             "phase": phase,
             "attempt": attempt,
             "reason": run_reason,
-            "message": run_message,
+            "message": redact_text(run_message) if run_message else run_message,
         }
     return {
         "name": name,
         "ready": ctype == "Ready",
         "condition": ctype or "Unknown",
         "reason": reason or "Unknown",
-        "message": message or "not reconciled yet",
+        "message": redact_text(message) if message else "not reconciled yet",
         "latest_version": latest,
         "run": run,
         "metrics": json.loads(metrics) if metrics else {},

@@ -13,6 +13,7 @@ import logging
 from gitopsd.errors import GitopsdError
 from gitopsd.registry.versions import Version
 from gitopsd.source.mirror import Source
+from gitopsd.source.redact import redact_text
 
 log = logging.getLogger("gitopsd")
 PREFIX = "models/"
@@ -23,10 +24,11 @@ def tag_name(version: Version) -> str:
 
 
 def tag_message(version: Version) -> str:
+    """The tag's message: the lineage summary, with any URL in it shown without credentials."""
     lineage = version.lineage
     metrics = " ".join(f"{k}={v:.6g}" for k, v in sorted(version.metrics.items()))
     job = lineage.get("job", {})
-    return "\n".join(
+    text = "\n".join(
         [
             f"{version.label}",
             "",
@@ -39,6 +41,7 @@ def tag_message(version: Version) -> str:
             "",
         ]
     )
+    return redact_text(text)
 
 
 def tag_version(source: Source, version: Version, *, push: bool) -> None:

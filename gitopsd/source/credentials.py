@@ -16,6 +16,8 @@ from typing import Any
 import pygit2
 from pygit2.enums import CredentialType
 
+from gitopsd.source.redact import redact_url
+
 
 class EnvCredentials(pygit2.RemoteCallbacks):
     def __init__(self) -> None:
@@ -24,10 +26,10 @@ class EnvCredentials(pygit2.RemoteCallbacks):
 
     def credentials(self, url: str, username_from_url: str | None, allowed_types: CredentialType) -> Any:
         if url in self._asked:
-            raise pygit2.GitError(f"the credentials for {url} were refused")
+            raise pygit2.GitError(f"the credentials for {redact_url(url)} were refused")
         self._asked.add(url)
         if allowed_types & CredentialType.USERPASS_PLAINTEXT:
             token = os.environ.get("GITOPSD_GIT_TOKEN")
             if token:
                 return pygit2.UserPass(os.environ.get("GITOPSD_GIT_USERNAME") or username_from_url or "git", token)
-        raise pygit2.GitError(f"{url} needs credentials: set GITOPSD_GIT_TOKEN (and GITOPSD_GIT_USERNAME)")
+        raise pygit2.GitError(f"{redact_url(url)} needs credentials: set GITOPSD_GIT_TOKEN (and GITOPSD_GIT_USERNAME)")

@@ -25,6 +25,7 @@ import pygit2
 
 from gitopsd.errors import PermanentError, SourceUnavailable
 from gitopsd.source.credentials import EnvCredentials
+from gitopsd.source.redact import redact_text, redact_url
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
 from gitopsd.source.treepath import escape
 from gitopsd.spec.bounds import SpecLimits, too_many_files
@@ -57,6 +58,7 @@ class Source:
 
     def __init__(self, url: str, mirror_dir: Path) -> None:
         self.url = normalise_url(url)
+        self.shown = redact_url(self.url)  # the URL as every message shows it: without its credentials
         self.mirror_dir = mirror_dir
         self._repo: pygit2.Repository | None = None
 
@@ -94,8 +96,8 @@ class Source:
                 self.repo.set_head(head.symref_target)
         except (pygit2.GitError, KeyError, ValueError) as exc:
             if self.url.startswith("/") and not Path(self.url).exists():
-                raise SourceUnavailable(f"cannot fetch {self.url}: no such directory") from exc
-            raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
+                raise SourceUnavailable(f"cannot fetch {self.shown}: no such directory") from exc
+            raise SourceUnavailable(f"cannot fetch {self.shown}: {redact_text(str(exc))}") from exc
 
     def _fetch_local(self) -> None:
         """A local repository is fetched by git: libgit2's local transport packs every new object in memory
@@ -106,9 +108,9 @@ class Source:
                 capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
             )  # fmt: skip
         except OSError as exc:
-            raise SourceUnavailable(f"cannot fetch {self.url}: git cannot be started: {exc}") from exc
+            raise SourceUnavailable(f"cannot fetch {self.shown}: git cannot be started: {exc}") from exc
         if done.returncode != 0:
-            raise SourceUnavailable(f"cannot fetch {self.url}: {done.stderr.strip()[:400]}")
+            raise SourceUnavailable(f"cannot fetch {self.shown}: {redact_text(done.stderr.strip()[:400])}")
 
     def _fetch_over_ssh(self) -> None:
         """The same, through git and OpenSSH, which check the server's host key (see `gitssh`)."""
@@ -120,9 +122,9 @@ class Source:
             if remote.head is not None:
                 self.repo.set_head(remote.head)
         except SshGitError as exc:
-            raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
+            raise SourceUnavailable(f"cannot fetch {self.shown}: {redact_text(str(exc))}") from exc
         except (pygit2.GitError, KeyError, ValueError) as exc:
-            raise SourceUnavailable(f"cannot fetch {self.url}: {exc}") from exc
+            raise SourceUnavailable(f"cannot fetch {self.shown}: {redact_text(str(exc))}") from exc
 
     def _local_heads(self) -> Iterator[str]:
         return (name for name in self.repo.references if name.startswith("refs/heads/"))
@@ -134,13 +136,13 @@ class Source:
             target = self.repo.references[str(ref)].resolve().target
         except (KeyError, pygit2.InvalidSpecError) as exc:
             known = ", ".join(n.removeprefix("refs/heads/") for n in self._local_heads()) or "none"
-            raise SourceUnavailable(f"branch {branch!r} not found in {self.url} (branches: {known})") from exc
+            raise SourceUnavailable(f"branch {branch!r} not found in {self.shown} (branches: {known})") from exc
         return str(target)
 
     def _tree(self, commit: str) -> pygit2.Tree:
         obj = self.repo.get(commit)
         if not isinstance(obj, pygit2.Commit):
-            raise SourceUnavailable(f"commit {commit} is not in the mirror of {self.url}")
+            raise SourceUnavailable(f"commit {commit} is not in the mirror of {self.shown}")
         return obj.tree
 
     def commit_info(self, commit: str) -> dict[str, str | int]:
@@ -221,7 +223,7 @@ class Source:
         """The whole content of a blob (check `blob_size` first: this reads it all into memory)."""
         blob = self.repo.get(blob_id)
         if not isinstance(blob, pygit2.Blob):
-            raise SourceUnavailable(f"object {blob_id} is not a blob in the mirror of {self.url}")
+            raise SourceUnavailable(f"object {blob_id} is not a blob in the mirror of {self.shown}")
         return blob.data
 
     def changed_spec_files(self, old: str, new: str) -> set[str]:
@@ -252,13 +254,13 @@ class Source:
             try:
                 run_git(["--git-dir", str(self.mirror_dir), "push", "--quiet", "origin", *specs], url=self.url)
             except SshGitError as exc:
-                raise SourceUnavailable(f"cannot push tags to {self.url}: {exc}") from exc
+                raise SourceUnavailable(f"cannot push tags to {self.shown}: {redact_text(str(exc))}") from exc
             return
         try:
             self.repo.remotes["origin"].push(specs, callbacks=EnvCredentials())
         except pygit2.GitError as exc:
             if "non-bare" not in str(exc):
-                raise SourceUnavailable(f"cannot push tags to {self.url}: {exc}") from exc
+                raise SourceUnavailable(f"cannot push tags to {self.shown}: {redact_text(str(exc))}") from exc
             # libgit2 cannot push into a local non-bare repository (a working clone); git can, for tags.
             done = subprocess.run(
                 ["git", "--git-dir", str(self.mirror_dir), "push", "--quiet", "origin", *specs],
@@ -267,9 +269,11 @@ class Source:
                 check=False,
             )
             if done.returncode != 0:
-                raise SourceUnavailable(f"cannot push tags to {self.url}: {done.stderr.strip()}") from exc
+                raise SourceUnavailable(
+                    f"cannot push tags to {self.shown}: {redact_text(done.stderr.strip())}"
+                ) from exc
         except (KeyError, ValueError) as exc:
-            raise SourceUnavailable(f"cannot push tags to {self.url}: {exc}") from exc
+            raise SourceUnavailable(f"cannot push tags to {self.shown}: {redact_text(str(exc))}") from exc
 
     def tags(self, prefix: str = "") -> list[str]:
         return sorted(r.removeprefix("refs/tags/") for r in self.repo.references if r.startswith(f"refs/tags/{prefix}"))
@@ -345,4 +349,4 @@ class Source:
             raise SourceUnavailable(f"cannot export blob {blob_id}: git cannot be started: {exc}") from exc
         if done.returncode != 0:
             error = done.stderr.decode(errors="replace").strip()[:400]
-            raise SourceUnavailable(f"cannot export blob {blob_id} from the mirror of {self.url}: {error}")
+            raise SourceUnavailable(f"cannot export blob {blob_id} from the mirror of {self.shown}: {redact_text(error)}")

@@ -9,6 +9,7 @@ feed recorded outputs to the same parsing code that reads the real cluster.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,11 @@ from typing import Protocol
 
 from gitopsd_slurm.records import NodeInfo, SlurmJob
 from gitopsd_slurm.script import JobRequest
+
+# Slurm's configuration parser quotes the lines it cannot read ('Parse error in file F line 1: "..."', 'Parsing
+# error at unrecognized key: KEY', '"V" is not a valid number'), and SLURM_CONF may name a file that is not a
+# Slurm configuration at all: such a complaint is never repeated, whatever file it quotes.
+_CONF_TROUBLE = re.compile(r"Parse error in file|Parsing error at|Unable to process configuration file")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,8 +32,13 @@ class CommandResult:
     stderr: str = ""
 
     def why(self) -> str:
-        """The command's own complaint, in one line."""
+        """The command's own complaint, in one line; never a line of a file it could not parse."""
         text = (self.stderr.strip() or self.stdout.strip()).replace("\n", " | ")
+        if _CONF_TROUBLE.search(text):
+            return (
+                f"{self.argv[0] if self.argv else 'Slurm'} cannot parse the Slurm configuration file (SLURM_CONF or "
+                "the backend's slurm_conf setting); its lines are not repeated here"
+            )
         return text or f"exit status {self.returncode}"
 
 

@@ -1,0 +1,144 @@
+"""Secrets are never printed: a credential in a repository URL, or a line of a file outside the repository.
+
+The operator may write `https://user:token@host/repo.git` (libgit2 uses it as it is); gitopsd must fetch and push
+with it and never show it: not in logs, `gitopsd status` (text or JSON), the HTTP API, /metrics, lineage, audit
+tag messages or what a training can read. And a setting that names a file outside the repository (Slurm's
+`slurm_conf`) must not bring that file's lines into an error message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gitopsd.daemon.logs import JsonFormatter, RedactUrls
+from gitopsd.source.redact import REDACTED, is_secret_name, redact_text, redact_url
+from tests.conftest import GitRepo, gitopsd
+from tests.security.conftest import Canary
+
+# -- the pure helper ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://alice:s3cret@git.example.org/ml.git", "https://***@git.example.org/ml.git"),
+        ("https://ghp_tokenonly@github.com/org/ml.git", "https://***@github.com/org/ml.git"),
+        ("http://oauth2:glpat-x@127.0.0.1:8080/ml.git", "http://***@127.0.0.1:8080/ml.git"),
+        ("https://u:p%40ss@host/x", "https://***@host/x"),
+        ("https://u:p@ss@host/x", "https://***@host/x"),  # an unencoded @ in the password: the last one ends it
+        ("HTTPS://U:P@HOST/X", "HTTPS://***@HOST/X"),
+        ("https://u:p@[::1]:8443/x", "https://***@[::1]:8443/x"),
+        ("https://host/x?private_token=abc&ref=main", "https://host/x?private_token=***&ref=main"),
+        ("https://host/x?access_token=abc", "https://host/x?access_token=***"),
+        ("https://host/x?token=a;password=b", "https://host/x?token=***;password=***"),
+        ("https://b.s3.amazonaws.com/k?X-Amz-Signature=ff00&X-Amz-Expires=60",
+         "https://b.s3.amazonaws.com/k?X-Amz-Signature=***&X-Amz-Expires=60"),
+        ("https://b.s3/k?X-Amz-Credential=AKIA%2F1&X-Amz-Security-Token=t",
+         "https://b.s3/k?X-Amz-Credential=***&X-Amz-Security-Token=***"),
+        ("https://acct.blob.core.windows.net/c/b?sv=2022&sig=abc%3D", "https://acct.blob.core.windows.net/c/b?sv=2022&sig=***"),
+        ("https://api.example.org/v1?key=AIza&api_key=1&client_secret=2",
+         "https://api.example.org/v1?key=***&api_key=***&client_secret=***"),
+        ("https://host/cb#access_token=zz&state=1", "https://host/cb#access_token=***&state=1"),
+        ("https://u:p@host/x?token=t#frag", "https://***@host/x?token=***#frag"),
+        ("ssh://git@host:2222/org/ml.git", "ssh://git@host:2222/org/ml.git"),  # a login name is not a secret
+        ("ssh://git:hunter2@host/org/ml.git", "ssh://***@host/org/ml.git"),
+        ("git+ssh://deploy@host/ml.git", "git+ssh://deploy@host/ml.git"),
+        ("git@github.com:org/ml.git", "git@github.com:org/ml.git"),
+        ("/srv/git/ml.git", "/srv/git/ml.git"),
+        ("file:///srv/git/ml.git", "file:///srv/git/ml.git"),
+        ("https://git.example.org/ml.git", "https://git.example.org/ml.git"),
+        ("https://host/x?ref=main&depth=1", "https://host/x?ref=main&depth=1"),
+        ("https://host/x?token=", "https://host/x?token="),  # nothing to hide
+        ("https://host/x?token", "https://host/x?token"),
+        ("s3://bucket/prefix", "s3://bucket/prefix"),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert redact_url(shown) == shown, "redacting twice changes nothing"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("cannot fetch http://a:b@h/x: http://a:b@h/x needs credentials",
+         "cannot fetch http://***@h/x: http://***@h/x needs credentials"),
+        ("failed to fetch 'https://u:p@h/r.git' (401)", "failed to fetch 'https://***@h/r.git' (401)"),
+        ('remote "https://h/r?private_token=t" said no', 'remote "https://h/r?private_token=***" said no'),
+        ("no URL here: just a:b@c", "no URL here: just a:b@c"),
+        ("line one https://u:p@h/x\nline two https://u:p@h/y", "line one https://***@h/x\nline two https://***@h/y"),
+    ],
+)  # fmt: skip
+def test_redact_text(text: str, shown: str) -> None:
+    assert redact_text(text) == shown
+
+
+@pytest.mark.parametrize(
+    "name", ["token", "access_token", "Private-Token", "password", "passwd", "X-Amz-Signature", "sig", "key",
+             "apiKey", "client_secret", "X-Goog-Credential", "jwt", "session_id", "auth"],
+)  # fmt: skip
+def test_credential_parameter_names(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["ref", "branch", "depth", "service", "X-Amz-Expires", "page", "format"])
+def test_ordinary_parameter_names(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_the_log_filter_redacts_messages_arguments_and_tracebacks() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RedactUrls())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("gitopsd.test.redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("fetching %s", "https://alice:hunter2-canary@host/x.git")
+        logger.warning("direct https://h/x?private_token=hunter2-canary")
+        try:
+            raise RuntimeError("libgit2 said: https://bob:hunter2-canary@host/y.git refused")
+        except RuntimeError:
+            logger.exception("pass failed")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "hunter2-canary" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["message"] == f"fetching https://{REDACTED}@host/x.git"
+    assert "private_token=***" in lines[1]["message"]
+    assert f"https://{REDACTED}@host/y.git refused" in lines[2]["error"]
+
+
+# -- a file outside the repository, named by a setting ------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("scontrol") is None, reason="Slurm's client tools are not installed")
+def test_slurm_conf_naming_a_secret_file_does_not_print_its_lines(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary
+) -> None:
+    # Slurm's own tools quote the first lines of a configuration file they cannot parse.
+    said = subprocess.run(["scontrol", "ping"], env={"SLURM_CONF": str(canary.file), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert canary.file_secret in said.stdout + said.stderr, "the attack needs Slurm to quote the file"
+    demo_repo.edit("gitops.yaml", "backends:\n", f"backends:\n  hpc:\n    type: slurm\n    settings:\n"
+                                                 f"      slurm_conf: {canary.file}\n")  # fmt: skip
+    demo_repo.edit("gitops.yaml", "  backend: local", "  backend: hpc")
+    demo_repo.commit("train on a Slurm whose configuration is a secret file")
+    done = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), check=False)
+    status = gitopsd(state_dir, "status", "--wide")
+    status_json = gitopsd(state_dir, "status", "--json")
+    canary.assert_not_in(done.stdout, done.stderr, status.stdout, status.stderr, status_json.stdout)
+    model = json.loads(status_json.stdout)["models"][0]
+    assert model["reason"] == "BackendUnavailable"
+    assert "cannot parse the Slurm configuration file" in model["message"]
+    canary.assert_untouched()
