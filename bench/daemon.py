@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -80,7 +81,10 @@ def main() -> int:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         config = Path(scratch) / "gitopsd.toml"
+        token = secrets.token_hex(16)
+        (Path(scratch) / "api-token").write_text(token)
         config.write_text(f'state_dir = "{scratch}/state"\nlog_format = "json"\n[http]\nlisten = "127.0.0.1:{port}"\n'
+                          f'token = "file:{scratch}/api-token"\n'
                           f'[[repositories]]\nname = "bench"\nurl = "{bare}"\npoll_interval = "60s"\n')  # fmt: skip
         log = (Path(scratch) / "daemon.log").open("wb")
         daemon = subprocess.Popen([sys.executable, "-m", "gitopsd", "run", "--config", str(config)], stdout=log,
@@ -91,7 +95,9 @@ def main() -> int:
             while time.monotonic() < deadline:
                 time.sleep(1)
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/status", timeout=5) as answer:
+                    status = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/status",
+                                                    headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                    with urllib.request.urlopen(status, timeout=5) as answer:
                         doc = json.loads(answer.read())
                     ready = sum(1 for m in doc["models"] if m["ready"])
                 except OSError:

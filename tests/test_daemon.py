@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -33,16 +35,22 @@ class RunningDaemon:
     work: GitRepo
     config: Path
     log: Path
+    token: str = ""
     messages: list[str] = field(default_factory=list)
 
-    def get(self, path: str) -> tuple[int, str]:
+    def get(self, path: str, *, token: str | None = None, url: str | None = None) -> tuple[int, str]:
+        """GET with the daemon's API token (`token=""`: none; another string: that one)."""
+        sent = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {sent}"} if sent else {}
+        request = urllib.request.Request((url or self.url) + path, headers=headers)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as answer:
+            with urllib.request.urlopen(request, timeout=5) as answer:
                 return answer.status, answer.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """POST exactly these headers (no API token unless they carry one): webhooks sign their bodies."""
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=5) as answer:
@@ -90,20 +98,37 @@ SECRETS = {"github": "gh-secret", "gitlab": "gl-token", "gitea": "gt-secret", "b
            "generic": "gn-secret"}  # fmt: skip
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
+def demo_remote(tmp_path: Path) -> tuple[GitRepo, Path]:
+    """The demo repository as a working clone and the bare repository it pushes to."""
     work = GitRepo(tmp_path / "work")
     init_demo(work.path)
     bare = tmp_path / "demo.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(work.path), str(bare)], check=True)
     work.git("remote", "add", "origin", str(bare))
+    return work, bare
+
+
+@contextlib.contextmanager
+def start_daemon(tmp_path: Path, *, http: str = "", url: str | None = None, wait: str = "READY=1",
+                 token: str | None = None) -> Iterator[RunningDaemon]:  # fmt: skip
+    """`gitopsd run` on the demo repository (or `url`) with the forge secrets of SECRETS and an API token.
+
+    `http` adds lines to the `[http]` section; `token` (default: a random one) is read from a file; `token=""`
+    configures none. Yields once the daemon said `wait` on its notify socket.
+    """
+    work, bare = demo_remote(tmp_path)
     port = free_port()
+    token = secrets.token_hex(16) if token is None else token
+    token_line = ""
+    if token:
+        (tmp_path / "api-token").write_text(token + "\n")
+        token_line = f'token = "file:{tmp_path / "api-token"}"\n'
     hooks = "\n".join(f'{name} = "env:HOOK_{name.upper()}"' for name in SECRETS)
     config = tmp_path / "gitopsd.toml"
     config.write_text(
         f'state_dir = "{tmp_path / "state"}"\nlog_format = "json"\n[http]\nlisten = "127.0.0.1:{port}"\n'
-        f'max_body_bytes = 4096\n[[repositories]]\nname = "demo"\nurl = "{bare}"\nbranch = "main"\n'
-        f'poll_interval = "1h"\n[repositories.webhooks]\n{hooks}\n'
+        f'max_body_bytes = 4096\n{token_line}{http}\n[[repositories]]\nname = "demo"\nurl = "{url or bare}"\n'
+        f'branch = "main"\npoll_interval = "1h"\n[repositories.webhooks]\n{hooks}\n'
     )
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_path = tmp_path / "notify.sock"
@@ -115,15 +140,21 @@ def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
         process = subprocess.Popen([sys.executable, "-m", "gitopsd", "run", "--config", str(config)], env=env,
                                    stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     running = RunningDaemon(process=process, url=f"http://127.0.0.1:{port}", state_dir=tmp_path / "state",
-                            notify=notify, work=work, config=config, log=log)  # fmt: skip
+                            notify=notify, work=work, config=config, log=log, token=token)  # fmt: skip
     try:
-        running.read_notify("READY=1", timeout=30)
+        running.read_notify(wait, timeout=30)
         yield running
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
         notify.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
+    with start_daemon(tmp_path) as running:
+        yield running
 
 
 def test_ready_watchdog_reload_and_graceful_stop_over_the_notify_socket(daemon: RunningDaemon) -> None:

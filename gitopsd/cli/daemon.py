@@ -41,38 +41,68 @@ def run(config_path: Path, listen: str | None) -> None:
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     envvar="GITOPSD_CONFIG",
-    help="Find the daemon's address in this configuration [env: GITOPSD_CONFIG].",
+    help="Find the daemon's address (http.local_listen, else http.listen) and its API token (http.token) in "
+    "this configuration [env: GITOPSD_CONFIG].",
 )
 @click.option("--url", help="The daemon's base URL (default: from --config, else http://127.0.0.1:9090).")
 def trigger(repo_name: str | None, config_path: Path | None, url: str | None) -> None:
-    """Ask the running daemon for a reconcile pass now."""
+    """Ask the running daemon for a reconcile pass now.
+
+    The API wants the daemon's bearer token: from $GITOPSD_API_TOKEN, else read through --config's http.token
+    reference. A daemon with http.local_listen is asked there, on loopback, without a token.
+    """
+    import os
     import urllib.error
     import urllib.request
     from urllib.parse import quote
 
-    if url is None:
-        url = "http://127.0.0.1:9090"
-        if config_path is not None:
-            from gitopsd.daemon.config import load_config
-            from gitopsd.errors import GitopsdError
+    from gitopsd.source.redact import redact_url
 
+    token = os.environ.get("GITOPSD_API_TOKEN", "").strip() or None
+    if config_path is not None:
+        from gitopsd.daemon.config import load_config, resolve_secret
+        from gitopsd.errors import GitopsdError
+
+        try:
+            http = load_config(config_path).http
+        except GitopsdError as exc:
+            fail(str(exc))
+            raise
+        local = url is None and http.local_listen is not None
+        if url is None:
+            url = _base_url(http.local_listen or http.listen)
+        if token is None and http.token is not None and not local:
             try:
-                host, port = load_config(config_path).http.address()
+                token = resolve_secret(http.token).decode()
             except GitopsdError as exc:
-                fail(str(exc))
+                fail(f"cannot read the API token: {exc} (or set GITOPSD_API_TOKEN, or http.local_listen)")
                 raise
-            url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    target = f"{url.rstrip('/')}/api/v1/trigger" + (f"?repo={quote(repo_name)}" if repo_name else "")
+    url = (url or "http://127.0.0.1:9090").rstrip("/")
+    target = f"{url}/api/v1/trigger" + (f"?repo={quote(repo_name)}" if repo_name else "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=10) as answer:
+        request = urllib.request.Request(target, method="POST", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as answer:
             doc = json.loads(answer.read())
     except urllib.error.HTTPError as exc:
-        fail(f"{target}: {exc.code} {exc.read().decode(errors='replace').strip()}")
+        said = exc.read().decode(errors="replace").strip()
+        hint = ""
+        if exc.code == 401:
+            hint = (" (set GITOPSD_API_TOKEN to the daemon's http.token, or give --config of a daemon with "
+                    "http.token or http.local_listen)")  # fmt: skip
+        fail(f"{redact_url(target)}: {exc.code} {said}{hint}")
         raise
     except OSError as exc:
-        fail(f"cannot reach the daemon at {url}: {exc}")
+        fail(f"cannot reach the daemon at {redact_url(url)}: {exc}")
         raise
     click.echo("triggered: " + ", ".join(doc["triggered"]))
+
+
+def _base_url(listen: str) -> str:
+    """http://HOST:PORT of a listen address; an any-address (0.0.0.0, ::) is reached on loopback."""
+    host, _, port = listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    return f"http://{host}:{port}"
 
 
 @click.command()

@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from gitopsd.backends.protocol import SHARED_STATE_ENV
+from gitopsd.daemon.apiauth import listen_problem, local_listen_problem
 from gitopsd.errors import PermanentError
 from gitopsd.source.verify import VerifyPolicy
 from gitopsd.spec.fields import StoreUri
@@ -101,9 +102,29 @@ class RepositoryConfig(_Config):
         return path if "://" not in self.url and (path / "HEAD").is_file() and (path / "refs").is_dir() else None
 
 
+LISTEN = r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$"
+
+
 class HttpConfig(_Config):
-    listen: str = Field(default="127.0.0.1:9090", pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")
+    """The HTTP listener; who may use its API is `gitopsd.daemon.apiauth`'s to say."""
+
+    listen: str = Field(default="127.0.0.1:9090", pattern=LISTEN)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    token: SecretRef | None = Field(
+        default=None, description="The bearer token /api/v1/* and /metrics require, by reference."
+    )
+    local_listen: str | None = Field(
+        default=None, pattern=LISTEN, description="A loopback-only listener serving the API without a token."
+    )
+
+    @model_validator(mode="after")
+    def _api_is_protected(self) -> HttpConfig:
+        problem = listen_problem(self.listen, has_token=self.token is not None)
+        if problem is None and self.local_listen is not None:
+            problem = local_listen_problem(self.local_listen, self.listen)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")

@@ -73,6 +73,10 @@ class Metrics:
             "gitopsd_backend_errors_total", "Passes that found a backend unavailable.", ["repository", "backend"],
             registry=self.registry,
         )  # fmt: skip
+        self.unauthorized = Counter(
+            "gitopsd_http_unauthorized_total", "API and metrics requests refused for a missing or wrong token.",
+            ["endpoint"], registry=self.registry,
+        )  # fmt: skip
         self.pass_errors = Counter(
             "gitopsd_reconcile_errors_total", "Passes that failed.", ["repository"], registry=self.registry
         )

@@ -3,6 +3,8 @@
 A small WSGI application served by waitress (a well-kept pure-Python production server) on a loopback address
 by default. Handlers answer at once: a webhook is verified, deduplicated and turned into a trigger on the
 repository's queue; the pass itself runs in the repository's worker. Bodies are capped before they are read.
+The API and metrics need the bearer token (`apiauth`), except on the loopback-only listener the operator may
+add; nothing here logs a request's headers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from urllib.parse import parse_qs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from gitopsd.daemon.apiauth import bearer_matches, is_protected
 from gitopsd.daemon.webhooks import PROVIDERS, Verdict, judge
 
 log = logging.getLogger("gitopsd")
@@ -51,6 +55,8 @@ class Api:
         status: Callable[[str | None], Any],
         max_body: Callable[[], int],
         on_delivery: Callable[[str, str], None],
+        token: Callable[[], bytes | None] = lambda: None,
+        on_unauthorized: Callable[[str], None] = lambda endpoint: None,
     ) -> None:
         self.registry = registry
         self.targets = targets
@@ -58,21 +64,56 @@ class Api:
         self.status = status
         self.max_body = max_body
         self.on_delivery = on_delivery
+        self.token = token
+        self.on_unauthorized = on_unauthorized
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._seen_lock = threading.Lock()
+        self._refusals = _Throttle(every_s=10.0)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The authenticated application: the API and metrics need the bearer token."""
+        return self._serve(environ, start_response, authenticate=True)
+
+    def local(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The same application without the token, for the loopback-only listener (`http.local_listen`)."""
+        return self._serve(environ, start_response, authenticate=False)
+
+    def _serve(self, environ: dict[str, Any], start_response: StartResponse, *, authenticate: bool) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/")
         query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        extra: list[tuple[str, str]] = []
         try:
-            status, content_type, body = self._route(method, path, query, environ)
+            if authenticate and is_protected(path) and not bearer_matches(environ.get("HTTP_AUTHORIZATION", ""),
+                                                                          self.token()):  # fmt: skip
+                status, content_type, body = self._unauthorized(method, path, environ)
+                extra.append(("WWW-Authenticate", 'Bearer realm="gitopsd"'))
+            else:
+                status, content_type, body = self._route(method, path, query, environ)
         except Exception:
             log.exception("HTTP %s %s failed", method, path)
             status, content_type, body = 500, "text/plain", b"internal error\n"
         reason = _REASONS.get(status, "Internal Server Error")
-        start_response(f"{status} {reason}", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra]
+        start_response(f"{status} {reason}", headers)
         return [body]
+
+    def _unauthorized(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, str, bytes]:
+        """401, counted by endpoint and logged (throttled) without anything the client sent but its address."""
+        endpoint = path if path in ("/metrics", "/api/v1/status", "/api/v1/trigger") else "/api/other"
+        self.on_unauthorized(endpoint)
+        if self.token() is None:
+            why = "the daemon has no [http] token, so this listener serves no API (see http.token, local_listen)"
+        elif environ.get("HTTP_AUTHORIZATION"):
+            why = "the bearer token does not match"
+        else:
+            why = "send Authorization: Bearer <token> (the daemon's http.token)"
+        quiet = self._refusals.due()
+        if quiet is not None:
+            more = f" ({quiet} more since the last line)" if quiet else ""
+            log.warning("HTTP %s %s from %s refused (401): %s%s", method, endpoint, environ.get("REMOTE_ADDR", "?"),
+                        why, more)  # fmt: skip
+        return 401, *_json({"error": why})
 
     def _route(self, method: str, path: str, query: dict[str, str], environ: dict[str, Any]) -> tuple[int, str, bytes]:
         if path == "/healthz":
@@ -140,6 +181,26 @@ class Api:
         return verdict.status, *_json({"result": verdict.result, "message": verdict.message})
 
 
+class _Throttle:
+    """At most one log line per `every_s` seconds: a client guessing tokens must not flood the journal."""
+
+    def __init__(self, *, every_s: float) -> None:
+        self._every_s = every_s
+        self._last = -float("inf")
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def due(self) -> int | None:
+        """None while quiet; else how many lines were skipped since the last one (and the clock restarts)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._every_s:
+                self._skipped += 1
+                return None
+            skipped, self._skipped, self._last = self._skipped, 0, now
+            return skipped
+
+
 def _json(doc: Any) -> tuple[str, bytes]:
     return "application/json", json.dumps(doc).encode() + b"\n"
 
@@ -147,7 +208,7 @@ def _json(doc: Any) -> tuple[str, bytes]:
 class HttpServer:
     """waitress in a thread."""
 
-    def __init__(self, app: Api, host: str, port: int) -> None:
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]], host: str, port: int) -> None:
         from waitress.server import create_server
 
         self._server = create_server(app, host=host, port=port, threads=4, ident="gitopsd", _start=True)

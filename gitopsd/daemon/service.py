@@ -5,6 +5,8 @@ server for health, readiness, metrics, status, triggers and webhooks; the system
 every repository had its first pass, STATUS after each pass, WATCHDOG while every worker is alive, RELOADING on
 SIGHUP, STOPPING on SIGTERM). SIGTERM lets each worker finish its current pass, so nothing is left
 half-recorded, then exits 0. SIGHUP re-reads the configuration; an invalid one is logged and the old one kept.
+The API token is read at start and again on SIGHUP (so a rotated token takes effect without a restart); the
+listen addresses are bound once, at start.
 """
 
 from __future__ import annotations
@@ -18,13 +20,23 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import ValidationError
+
 from gitopsd.daemon import logs
-from gitopsd.daemon.config import DaemonConfig, RepositoryConfig, apply_environment, load_config, resolve_secret
+from gitopsd.daemon.apiauth import check_token
+from gitopsd.daemon.config import (
+    DaemonConfig,
+    HttpConfig,
+    RepositoryConfig,
+    apply_environment,
+    load_config,
+    resolve_secret,
+)
 from gitopsd.daemon.exporter import Metrics
 from gitopsd.daemon.httpapi import Api, HookTarget, HttpServer
 from gitopsd.daemon.notify import Notifier
 from gitopsd.daemon.triggers import BareRepoWatch, PassReport, PollTimer, Worker
-from gitopsd.errors import GitopsdError
+from gitopsd.errors import GitopsdError, PermanentError
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.reconcile.statusview import read_status
 from gitopsd.source.redact import redact_url
@@ -46,7 +58,10 @@ class Daemon:
     def __init__(self, config_path: Path, *, listen: str | None = None) -> None:
         self.config_path = config_path
         self.config: DaemonConfig = load_config(config_path).for_daemon(config_path)
-        self._listen = listen
+        self._bound = (self.config.http.listen, self.config.http.local_listen)  # as the file says; bound once
+        if listen is not None:
+            self.config = self.config.model_copy(update={"http": _override_listen(self.config.http, listen)})
+        self._token = _api_token(self.config.http)
         self.notifier = Notifier()
         self.repos: dict[str, RepoRuntime] = {}
         self.metrics = Metrics(lambda: {name: r.state_dir for name, r in self.repos.items()})
@@ -64,13 +79,19 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         self.timer = PollTimer()
+        api = self._api()
         host, port = self.config.http.address()
-        if self._listen:
-            host, _, port_text = self._listen.rpartition(":")
-            port = int(port_text)
-        self.http = HttpServer(self._api(), host, port)
+        self.http = HttpServer(api, host, port)
         self.http.start()
-        log.info("gitopsd listening on http://%s:%d", host, self.http.port)
+        guard = "the bearer token" if self._token else "a token, and none is configured: they answer 401"
+        log.info("gitopsd listening on http://%s:%d (the API and /metrics need %s)", host, self.http.port, guard)
+        self.local_http: HttpServer | None = None
+        if self.config.http.local_listen:
+            local_host, _, local_port = self.config.http.local_listen.rpartition(":")
+            self.local_http = HttpServer(api.local, local_host.strip("[]"), int(local_port))
+            self.local_http.start()
+            log.info("gitopsd API without a token on http://%s:%d (loopback only, http.local_listen)",
+                     local_host.strip("[]"), self.local_http.port)  # fmt: skip
         for repo in self.config.repositories:
             self._start(repo)
         self._loop()
@@ -116,6 +137,8 @@ class Daemon:
         for repo in self.repos.values():
             clean &= repo.worker.stop(max(0.1, deadline - time.monotonic()))
         self.http.stop()
+        if self.local_http is not None:
+            self.local_http.stop()
         if not clean:
             log.warning("a pass did not finish within %.0f s; its run rows say where it stopped", STOP_GRACE_S)
         return 0
@@ -164,13 +187,17 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path).for_daemon(self.config_path)
+            token = _api_token(new.http)
         except GitopsdError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             self.notifier.ready(self._summary())
             return
         with self._lock:
             old = {r.name: (r, self.config.operator_for(r)) for r in self.config.repositories}
+            if (new.http.listen, new.http.local_listen) != self._bound:
+                log.warning("http.listen and http.local_listen take effect at the next start, not on reload")
             self.config = new
+            self._token = token
             logs.setup(new.log_level, new.log_format)
             apply_environment(new)
             wanted = {r.name: (r, new.operator_for(r)) for r in new.repositories}
@@ -225,4 +252,21 @@ class Daemon:
             status=self._status,
             max_body=lambda: self.config.http.max_body_bytes,
             on_delivery=lambda provider, result: self.metrics.deliveries.labels(provider, result).inc(),
+            token=lambda: self._token,
+            on_unauthorized=lambda endpoint: self.metrics.unauthorized.labels(endpoint).inc(),
         )
+
+
+def _override_listen(http: HttpConfig, listen: str) -> HttpConfig:
+    """`http` with `gitopsd run --listen`, checked like the configuration file's own address."""
+    try:
+        return HttpConfig.model_validate({**http.model_dump(), "listen": listen})
+    except ValidationError as exc:
+        raise PermanentError("; ".join(f"--listen {listen}: {e['msg']}" for e in exc.errors())) from None
+
+
+def _api_token(http: HttpConfig) -> bytes | None:
+    """The API's bearer token, read from its reference (None when none is configured)."""
+    if http.token is None:
+        return None
+    return check_token(resolve_secret(http.token), http.token)

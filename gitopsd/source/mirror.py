@@ -349,4 +349,6 @@ class Source:
             raise SourceUnavailable(f"cannot export blob {blob_id}: git cannot be started: {exc}") from exc
         if done.returncode != 0:
             error = done.stderr.decode(errors="replace").strip()[:400]
-            raise SourceUnavailable(f"cannot export blob {blob_id} from the mirror of {self.shown}: {redact_text(error)}")
+            raise SourceUnavailable(
+                f"cannot export blob {blob_id} from the mirror of {self.shown}: {redact_text(error)}"
+            )
