@@ -13,6 +13,8 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,9 @@ import pytest
 from gitopsd.daemon.logs import JsonFormatter, RedactUrls
 from gitopsd.source.redact import REDACTED, is_secret_name, redact_text, redact_url
 from tests.conftest import GitRepo, gitopsd
+from tests.githttp import git_http_server
 from tests.security.conftest import Canary
+from tests.test_daemon import RunningDaemon, start_daemon
 
 # -- the pure helper ---------------------------------------------------------------------------------------
 
@@ -117,6 +121,80 @@ def test_the_log_filter_redacts_messages_arguments_and_tracebacks() -> None:
     assert lines[0]["message"] == f"fetching https://{REDACTED}@host/x.git"
     assert "private_token=***" in lines[1]["message"]
     assert f"https://{REDACTED}@host/y.git refused" in lines[2]["error"]
+
+
+# -- a credential in the repository URL, through the real daemon -------------------------------------------
+
+
+def _wait_ready(daemon: RunningDaemon, timeout: float = 90) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, text = daemon.get("/api/v1/status")
+        doc = json.loads(text) if code == 200 else {}
+        if doc and doc["models"] and all(m["ready"] for m in doc["models"]):
+            return doc
+        time.sleep(0.2)
+    raise AssertionError(f"the model never became Ready: {daemon.log.read_text()[-2000:]}")
+
+
+def _everything_shown(daemon: RunningDaemon) -> dict[str, str]:
+    """Every place a person or a program sees: logs, status, API, metrics, lineage, registry, plan."""
+    shown = {
+        "log": daemon.log.read_text(),
+        "api": daemon.get("/api/v1/status")[1],
+        "metrics": daemon.get("/metrics")[1],
+    }
+    config = ["--config", str(daemon.config)]
+    for name, args in (("status", ["status", *config]), ("json", ["status", *config, "--json"]),
+                       ("wide", ["status", *config, "--wide"])):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "gitopsd", *args], capture_output=True, text=True, check=True)
+        shown[name] = done.stdout + done.stderr
+    for args in (["lineage", "blobs@1"], ["registry", "--json"], ["history", "blobs"], ["plan"]):
+        done = gitopsd(daemon.state_dir / "demo", *args, check=False)
+        shown[args[0]] = done.stdout + done.stderr
+    return shown
+
+
+def test_a_password_in_the_repository_url_fetches_pushes_and_is_never_shown(tmp_path: Path, canary: Canary) -> None:
+    with git_http_server(tmp_path, user="alice", password=canary.token) as server:
+        url = server.url("demo.git")
+        with start_daemon(tmp_path, url=url) as daemon:
+            status = _wait_ready(daemon)
+            assert status["repository"]["url"] == f"http://***@127.0.0.1:{server.port}/demo.git"  # type: ignore[index]
+            shown = _everything_shown(daemon)
+            canary.assert_not_in(*shown.values())
+            assert "registered blobs@1" in shown["log"], "the training ran and was registered"
+            assert f"http://***@127.0.0.1:{server.port}/demo.git" in shown["log"]
+            assert f"repository http://***@127.0.0.1:{server.port}/demo.git" in shown["status"]
+            assert json.loads(shown["json"])["repository"]["url"] == status["repository"]["url"]  # type: ignore[index]
+            assert f"http://***@127.0.0.1:{server.port}/demo.git" in shown["lineage"]
+        # The audit tag reached the remote through the credentials, and says nothing of them.
+        bare = GitRepo(tmp_path / "demo.git")
+        assert "models/blobs/v1" in bare.git("tag", "-l")
+        canary.assert_not_in(bare.git("for-each-ref", "--format=%(contents)", "refs/tags"))
+        # Nothing a training can read carries the credential (its run directory: tree, snapshot, logs).
+        for path in (tmp_path / "state" / "demo" / "runs").rglob("*"):
+            if path.is_file():
+                canary.assert_not_in(path.read_bytes())
+
+
+@pytest.mark.parametrize("where", ["userinfo", "query"])
+def test_a_refused_or_unreachable_url_is_shown_without_its_credential(
+    tmp_path: Path, canary: Canary, where: str
+) -> None:
+    with git_http_server(tmp_path, user="alice", password="the-right-password") as server:
+        if where == "userinfo":  # the server refuses it (and then GITOPSD_GIT_TOKEN): the error names the URL
+            url, expected = server.url("demo.git", f"alice:{canary.aws_secret}"), "were refused"
+        else:  # not a Git server at all: libgit2's own message
+            url, expected = f"{canary.url}/demo.git?private_token={canary.aws_secret}", "cannot fetch"
+        with start_daemon(tmp_path, url=url) as daemon:
+            code, text = daemon.get("/api/v1/status")
+            repository = json.loads(text)["repository"]
+            assert code == 200 and repository["error_reason"] == "SourceUnavailable"
+            assert expected in repository["error"] and REDACTED in repository["error"], repository["error"]
+            shown = _everything_shown(daemon)
+    canary.assert_not_in(*shown.values())
+    assert "SourceUnavailable" in shown["status"] and expected in shown["plan"]
 
 
 # -- a file outside the repository, named by a setting ------------------------------------------------------
