@@ -151,7 +151,8 @@ class Api:
         headers = {k[5:].replace("_", "-"): v for k, v in environ.items() if k.startswith("HTTP_")}
         headers["Content-Type"] = environ.get("CONTENT_TYPE", "")
         if provider not in PROVIDERS:
-            return self._answer(provider, Verdict(status=404, result="unknown_provider", message=provider))
+            known = ", ".join(PROVIDERS)
+            return self._answer(provider, Verdict(status=404, result="unknown_provider", message=f"expected {known}"))
         best: Verdict | None = None
         for target in self.targets():
             verdict = judge(provider, target.secrets.get(provider, []), headers, body, target.branch)
@@ -177,7 +178,9 @@ class Api:
         return False
 
     def _answer(self, provider: str, verdict: Verdict) -> tuple[int, str, bytes]:
-        self.on_delivery(provider, verdict.result)
+        # The provider comes from the request path: anything but a known one is counted as "unknown", so
+        # that no client can add a time series to /metrics (or text to its labels) per request.
+        self.on_delivery(provider if provider in PROVIDERS else "unknown", verdict.result)
         return verdict.status, *_json({"result": verdict.result, "message": verdict.message})
 
 

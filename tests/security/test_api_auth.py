@@ -259,3 +259,13 @@ def test_gitopsd_trigger_sends_the_token(tmp_path: Path, canary: Canary) -> None
         unreadable = _trigger(daemon, "--config", str(daemon.config))
         assert unreadable.returncode == 1 and "GITOPSD_API_TOKEN" in unreadable.stderr
         assert "Traceback" not in unreadable.stderr
+
+
+def test_unknown_webhook_paths_add_no_time_series_to_metrics(tmp_path: Path) -> None:
+    with start_daemon(tmp_path) as daemon:
+        for i in range(20):
+            code, answer = daemon.post(f"/hooks/probe-{i}%0Aevil", b"{}", {"Content-Type": "application/json"})
+            assert code == 404 and answer["result"] == "unknown_provider"
+        metrics = daemon.get("/metrics")[1]
+    assert "probe-" not in metrics and "evil" not in metrics
+    assert 'gitopsd_webhook_deliveries_total{provider="unknown",result="unknown_provider"} 20.0' in metrics
