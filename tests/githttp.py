@@ -1,6 +1,7 @@
 """A Git smart-HTTP server on 127.0.0.1 that wants a username and password, for remotes with credentials.
 
-`git http-backend` (the CGI program that ships with git) behind a small WSGI shim on waitress: fetches and
+`git http-backend` (the CGI program that ships with git) behind a small WSGI shim on waitress (which, unlike
+the standard library's server, reads the chunked bodies libgit2 pushes with): fetches and
 pushes work as against a forge, but only with HTTP Basic credentials `user:password`; anything else gets 401 and
 a challenge, like a private repository. Every request's path is recorded.
 """
@@ -71,7 +72,7 @@ class GitHttpServer:
 
 @contextmanager
 def git_http_server(root: Path, *, user: str, password: str) -> Iterator[GitHttpServer]:
-    """Serve the bare repositories under `root` until the block ends."""
+    """Serve the bare repositories under `root` until the block ends (and every request is answered)."""
     app = GitHttpServer(root=root, user=user, password=password)
     server: Any = create_server(app, host="127.0.0.1", port=0, threads=4)
     app.port = int(server.effective_port)
@@ -80,5 +81,6 @@ def git_http_server(root: Path, *, user: str, password: str) -> Iterator[GitHttp
     try:
         yield app
     finally:
+        server.task_dispatcher.shutdown(timeout=10)  # let every request be answered before the loop closes
         server.close()
         thread.join(timeout=5)

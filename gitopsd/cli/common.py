@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from gitopsd.source.redact import redact_text
+
 if TYPE_CHECKING:
     from gitopsd.daemon.config import DaemonConfig, RepositoryConfig
     from gitopsd.registry.versions import Registry
@@ -70,7 +72,8 @@ def _configuration(ctx: click.Context) -> tuple[DaemonConfig | None, RepositoryC
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    """Print `message` (any URL in it without credentials) and exit 1."""
+    click.echo(f"error: {redact_text(message)}", err=True)
     raise SystemExit(1)
 
 

@@ -19,6 +19,7 @@ import click
 from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, state_dir, verify_policy
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.registry import history, lineage, promote, registry
+from gitopsd.source.redact import redact_text
 
 if TYPE_CHECKING:
     from gitopsd.reconcile.planner import Action
@@ -184,12 +185,12 @@ def plan(
     result = rec.reconcile("plan", dry_run=True)
     desired = rec.loader.last_good
     if result.error:
-        click.echo(result.error, err=True)
+        click.echo(redact_text(result.error), err=True)
     click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
     for action in result.actions:
         click.echo("  " + _explain(action, desired))
     for name, why in sorted(result.unavailable.items()):
-        click.echo(f"  ! backend {name} unavailable: {why}")
+        click.echo(f"  ! backend {name} unavailable: {redact_text(why)}")
     for name, why in sorted(result.blocked.items()):
         click.echo(f"  ! {name}: {why}")
     gpus, hours = _gpu_cost(result.actions, desired)
@@ -269,7 +270,7 @@ def reconcile(
     finally:
         rec.close()
     if result.error:
-        click.echo(result.error, err=True)
+        click.echo(redact_text(result.error), err=True)
     click.echo(
         f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight"
     )

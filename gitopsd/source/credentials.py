@@ -32,4 +32,7 @@ class EnvCredentials(pygit2.RemoteCallbacks):
             token = os.environ.get("GITOPSD_GIT_TOKEN")
             if token:
                 return pygit2.UserPass(os.environ.get("GITOPSD_GIT_USERNAME") or username_from_url or "git", token)
-        raise pygit2.GitError(f"{redact_url(url)} needs credentials: set GITOPSD_GIT_TOKEN (and GITOPSD_GIT_USERNAME)")
+        shown = redact_url(url)
+        if shown != url:  # libgit2 tried the URL's own credentials first: the server refused them
+            raise pygit2.GitError(f"{shown} refused the credentials in its URL (or set GITOPSD_GIT_TOKEN instead)")
+        raise pygit2.GitError(f"{shown} needs credentials: set GITOPSD_GIT_TOKEN (and GITOPSD_GIT_USERNAME)")

@@ -197,6 +197,18 @@ def test_a_refused_or_unreachable_url_is_shown_without_its_credential(
     assert "SourceUnavailable" in shown["status"] and expected in shown["plan"]
 
 
+def test_the_command_line_never_prints_the_credential(tmp_path: Path, state_dir: Path, canary: Canary) -> None:
+    """plan, reconcile and status on a URL whose password the server refuses (and then GITOPSD_GIT_TOKEN)."""
+    with git_http_server(tmp_path, user="alice", password="the-right-password") as server:
+        url = server.url("demo.git", f"alice:{canary.aws_secret}")
+        said = [gitopsd(state_dir, *args, check=False) for args in (["plan", "--repo", url],
+                ["reconcile", "--repo", url], ["status"], ["status", "--json"], ["reconcile"])]  # fmt: skip
+    for done in said:
+        canary.assert_not_in(done.stdout, done.stderr)
+    assert said[1].returncode == 1 and f"http://***@127.0.0.1:{server.port}/demo.git" in said[1].stderr
+    assert f"repository http://***@127.0.0.1:{server.port}/demo.git" in said[2].stdout
+
+
 # -- a file outside the repository, named by a setting ------------------------------------------------------
 
 
