@@ -1,9 +1,9 @@
 """A Git smart-HTTP server on 127.0.0.1 that wants a username and password, for remotes with credentials.
 
 `git http-backend` (the CGI program that ships with git) behind a small WSGI shim on waitress (which, unlike
-the standard library's server, reads the chunked bodies libgit2 pushes with): fetches and
-pushes work as against a forge, but only with HTTP Basic credentials `user:password`; anything else gets 401 and
-a challenge, like a private repository. Every request's path is recorded.
+the standard library's server, reads the chunked bodies libgit2 pushes): fetches and pushes work as against a
+forge, but only with HTTP Basic credentials `user:password`; anything else gets 401 and a challenge, like a
+private repository. Every request's path is recorded.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -80,9 +81,16 @@ def trigger(repo_name: str | None, config_path: Path | None, url: str | None) ->
     url = (url or "http://127.0.0.1:9090").rstrip("/")
     target = f"{url}/api/v1/trigger" + (f"?repo={quote(repo_name)}" if repo_name else "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """A redirect would carry the token to wherever it points: answer it as the error it is instead."""
+
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     try:
         request = urllib.request.Request(target, method="POST", headers=headers)
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.build_opener(NoRedirect()).open(request, timeout=10) as answer:
             doc = json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         said = exc.read().decode(errors="replace").strip()

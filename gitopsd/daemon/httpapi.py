@@ -84,8 +84,8 @@ class Api:
         query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
         extra: list[tuple[str, str]] = []
         try:
-            if authenticate and is_protected(path) and not bearer_matches(environ.get("HTTP_AUTHORIZATION", ""),
-                                                                          self.token()):  # fmt: skip
+            given = environ.get("HTTP_AUTHORIZATION", "")
+            if authenticate and is_protected(path) and not bearer_matches(given, self.token()):
                 status, content_type, body = self._unauthorized(method, path, environ)
                 extra.append(("WWW-Authenticate", 'Bearer realm="gitopsd"'))
             else:

@@ -9,12 +9,14 @@ hosts can reach is refused without a token; and the token is never logged or ech
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -269,3 +271,32 @@ def test_unknown_webhook_paths_add_no_time_series_to_metrics(tmp_path: Path) -> 
         metrics = daemon.get("/metrics")[1]
     assert "probe-" not in metrics and "evil" not in metrics
     assert 'gitopsd_webhook_deliveries_total{provider="unknown",result="unknown_provider"} 20.0' in metrics
+
+
+def test_gitopsd_trigger_never_follows_a_redirect_with_the_token(tmp_path: Path, canary: Canary) -> None:
+    """A daemon URL that answers with a redirect (a proxy, a typo, a hostile host) does not get the token sent on."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"{canary.url}/api/v1/trigger")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "gitopsd", "trigger", "--url",
+                               f"http://127.0.0.1:{server.server_address[1]}"],
+                              env={**os.environ, "GITOPSD_API_TOKEN": canary.token}, capture_output=True, text=True,
+                              timeout=30)  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 1 and "302" in done.stderr, done.stderr
+    canary.assert_not_in(done.stdout, done.stderr)
+    canary.assert_untouched()
