@@ -118,6 +118,8 @@ class Job:
     timeout_s: int | None = None
     python_requirements: Path | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: Files outside the tree the training reads: its `file://` data, which the operator's data roots allow.
+    inputs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -146,6 +146,9 @@ class Launcher:
             timeout_s=train.timeout_s,
             python_requirements=tree / train.requirements if train.requirements else None,
             settings=train.settings,
+            inputs=tuple(
+                Path(d.uri.removeprefix("file://")) for d in model.spec.spec.data if d.uri.startswith("file://")
+            ),
         )
 
     def _snapshot(self, run: RunRecord, model: DesiredModel, base: Base | None) -> dict[str, Any]:

@@ -549,7 +549,10 @@ def test_a_grant_that_contains_a_protected_path_is_replaced_by_its_other_entries
     host = HostFacts(python_prefixes=(), path_dirs=(), home=None, protected=("/opt/gitopsd/state",))
     fs = FakeFs("/opt/tool/bin/x", "/opt/gitopsd/state/state.db", "/opt/gitopsd/venv/bin/python",
                 "/opt/link -> /opt/gitopsd/state")  # fmt: skip
-    run = RunPaths(**{k: v.replace("/var/lib/gitopsd", "/opt/gitopsd/state") for k, v in RUN_PATHS.__dict__.items()})
+    moved = {
+        k: v.replace("/var/lib/gitopsd", "/opt/gitopsd/state") for k, v in vars(RUN_PATHS).items() if k != "inputs"
+    }
+    run = RunPaths(**moved)
     policy = build_policy(ConfineSettings(), run, host, fs, backend="local")
     opt = {path: access for path, access in rules(policy).items() if path.startswith("/opt") and "/runs/" not in path}
     assert opt == {"/opt/tool": "read", "/opt/gitopsd/venv": "read"}
@@ -645,3 +648,15 @@ def test_the_service_unit_lets_trainings_confine_themselves() -> None:
     calls = {"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"}
     assert calls <= allowed and not calls & denied
     assert re.search(r"^NoNewPrivileges=yes$", unit, re.M), "PR_SET_NO_NEW_PRIVS is what Landlock asks for anyway"
+
+
+def test_a_runs_declared_data_outside_its_tree_is_readable_and_nothing_beside_it() -> None:
+    host = HostFacts(python_prefixes=(), path_dirs=(), home=None, protected=("/var/lib/gitopsd",))
+    fs = FakeFs("/datasets/blobs.csv", "/datasets/other.csv")
+    run = RunPaths(**{**vars(RUN_PATHS), "inputs": ("/datasets/blobs.csv",)})
+    granted = rules(build_policy(ConfineSettings(), run, host, fs, backend="local"))
+    assert granted.get("/datasets/blobs.csv") == "read"
+    assert "/datasets/other.csv" not in granted and "/datasets" not in granted
+    inside = RunPaths(**{**vars(RUN_PATHS), "inputs": ("/var/lib/gitopsd/state.db",)})
+    with pytest.raises(ConfinementError, match=r"state\.db is inside /var/lib/gitopsd"):
+        build_policy(ConfineSettings(), inside, host, FakeFs("/var/lib/gitopsd/state.db"), backend="local")

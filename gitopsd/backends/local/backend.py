@@ -350,6 +350,7 @@ class LocalBackend:
             metrics_dir=real(job.metrics_file.parent),
             log_file=real(files.log),
             tmp_dir=real(job.run_dir / "tmp"),
+            inputs=tuple(real(path) for path in job.inputs),
         )
         facts = host_facts(protected=self.protect)
         return build_policy(self.confinement, run, facts, RealFs(), backend=self.name)

@@ -94,6 +94,7 @@ class RunPaths:
     metrics_dir: str
     log_file: str
     tmp_dir: str
+    inputs: tuple[str, ...] = ()  # the run's declared data outside its tree (file:// under the data roots)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,7 +321,7 @@ def build_policy(settings: ConfineSettings, run: RunPaths, host: HostFacts, fs: 
     protected = sorted({norm(p) for p in (*host.protected, *CONFIG_DIRS, *settings.deny, runs_dir)})
     home = norm(host.home) if host.home and norm(host.home) != "/" else None
     covered = [*protected, *([home] if home else [])]
-    for key, paths in (("confine_read", settings.read), ("confine_write", settings.write)):
+    for key, paths in (("confine_read", settings.read), ("confine_write", settings.write), ("data", run.inputs)):
         for path in paths:
             real = fs.resolve(path)
             for guarded in protected:
@@ -351,6 +352,7 @@ def build_policy(settings: ConfineSettings, run: RunPaths, host: HostFacts, fs: 
     grant(prefixes, Access.READ, automatic=True)
     grant(SYSTEM_WRITE, Access.WRITE, automatic=True)
     grant(settings.read, Access.READ, automatic=False)
+    grant(run.inputs, Access.READ, automatic=False)
     grant(settings.write, Access.WRITE, automatic=False)
     rules.append(Rule(path=run_dir, access=Access.READ))
     rules.extend(Rule(path=norm(path), access=Access.WRITE) for path in own.values())
