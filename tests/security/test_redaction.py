@@ -220,11 +220,13 @@ def test_slurm_conf_naming_a_secret_file_does_not_print_its_lines(
     said = subprocess.run(["scontrol", "ping"], env={"SLURM_CONF": str(canary.file), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     assert canary.file_secret in said.stdout + said.stderr, "the attack needs Slurm to quote the file"
-    demo_repo.edit("gitops.yaml", "backends:\n", f"backends:\n  hpc:\n    type: slurm\n    settings:\n"
-                                                 f"      slurm_conf: {canary.file}\n")  # fmt: skip
+    # A repository cannot name slurm_conf (the operator's configuration owns it); an operator's slip, a file
+    # that is not a Slurm configuration, must not have its lines shown either.
+    operator = state_dir.parent / "operator.toml"
+    operator.write_text(f'[backends.hpc]\ntype = "slurm"\nsettings = {{ slurm_conf = "{canary.file}" }}\n')
     demo_repo.edit("gitops.yaml", "  backend: local", "  backend: hpc")
     demo_repo.commit("train on a Slurm whose configuration is a secret file")
-    done = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), check=False)
+    done = gitopsd(state_dir, "--config", str(operator), "reconcile", "--repo", str(demo_repo.path), check=False)
     status = gitopsd(state_dir, "status", "--wide")
     status_json = gitopsd(state_dir, "status", "--json")
     canary.assert_not_in(done.stdout, done.stderr, status.stdout, status.stderr, status_json.stdout)

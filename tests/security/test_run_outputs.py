@@ -1,6 +1,10 @@
 """A training's outputs are hostile input: real trainings on the local backend try to make gitopsd read, store
 or register what they should not, or hang or exhaust the pass.
 
+The trainings here run unconfined (the operator's `confine = false`), because the daemon's own defenses must hold
+without Landlock: on a host without it, or for a backend whose trainings run elsewhere but leave their outputs
+on a shared file system. `tests/security/test_confinement.py` covers what confinement adds.
+
 Every case runs a hostile model next to the demo's healthy `blobs`: the attack must end its own run Failed with
 a reason that names the file (or be harmless), leave no canary byte in the store, and not keep `blobs` from
 being registered.
@@ -23,6 +27,7 @@ from gitopsd.backends.local.backend import LocalBackend
 from gitopsd.model import JobRef
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.spec.operator import Operator, OperatorBackend
 from tests.conftest import GitRepo, gitopsd
 from tests.security.conftest import Canary
 
@@ -55,8 +60,19 @@ def add_hostile_model(repo: GitRepo, script: str, *, artifact: str = "model.json
     repo.commit("A hostile training")
 
 
+#: The operator runs local trainings unconfined, for the command line ($GITOPSD_CONFIG) and for a Reconciler.
+UNCONFINED = Operator(backends={"local": OperatorBackend(type="local", settings={"confine": False})})
+
+
+@pytest.fixture(autouse=True)
+def unconfined(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "operator.toml"
+    config.write_text('[backends.local]\ntype = "local"\nsettings = { confine = false }\n')
+    monkeypatch.setenv("GITOPSD_CONFIG", str(config))
+
+
 def settle(repo: GitRepo, state_dir: Path, limits: OutputLimits | None = None) -> None:
-    rec = Reconciler(state_dir=state_dir, url=str(repo.path), limits=limits)
+    rec = Reconciler(state_dir=state_dir, url=str(repo.path), limits=limits, operator=UNCONFINED)
     try:
         result = rec.reconcile_until_settled(timeout_s=90)
         assert result.active == 0, "runs still in flight"
@@ -324,7 +340,7 @@ def test_a_metrics_line_nested_100000_deep_is_skipped_and_later_passes_work(
     assert labels(state_dir) == ["blobs@1", f"{HOSTILE}@1"]
     version = json.loads(gitopsd(state_dir, "registry", "show", f"{HOSTILE}@1").stdout)
     assert version["metrics"] == {"accuracy": 0.95, "loss": 0.2}  # the lines after the deep ones were read
-    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), limits=limits)
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), limits=limits, operator=UNCONFINED)
     try:
         assert rec.reconcile().actions == ()
     finally:
