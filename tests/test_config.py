@@ -97,3 +97,11 @@ def test_signed_commits_are_an_operator_setting_per_repository(tmp_path: Path) -
         load_config(_write(tmp_path, BASE + "[repositories.verify]\nmax_commits = 5\n"))
     with pytest.raises(PermanentError, match="is not a full commit id"):
         load_config(_write(tmp_path, BASE + f'[repositories.verify]\ngpg_keyring = "{signers}"\nsince = "HEAD"\n'))
+
+
+def test_output_limits_are_an_operator_setting(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, BASE + "[output_limits]\nmetrics_bytes = 1048576\n"))
+    assert config.output_limits.limits().metrics_bytes == 1 << 20
+    assert load_config(_write(tmp_path, BASE)).output_limits.limits().artifact_bytes == 100 << 30
+    with pytest.raises(PermanentError, match=r"output_limits.artifact_files"):
+        load_config(_write(tmp_path, BASE + "[output_limits]\nartifact_files = 0\n"))

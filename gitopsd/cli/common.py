@@ -13,6 +13,7 @@ from gitopsd.source.redact import redact_text
 
 if TYPE_CHECKING:
     from gitopsd.daemon.config import DaemonConfig, RepositoryConfig
+    from gitopsd.reconcile.outputs import OutputLimits
     from gitopsd.registry.versions import Registry
     from gitopsd.source.verify import VerifyPolicy
     from gitopsd.spec.operator import Operator
@@ -37,6 +38,12 @@ def operator(ctx: click.Context) -> Operator:
     if config is None:
         return Operator()
     return config.operator_for(repo) if repo is not None else config.operator()
+
+
+def output_limits(ctx: click.Context) -> OutputLimits | None:
+    """The caps on a training's outputs from the operator's configuration, if there is one."""
+    config, _ = _configuration(ctx)
+    return config.output_limits.limits() if config is not None else None
 
 
 def verify_policy(ctx: click.Context) -> VerifyPolicy | None:

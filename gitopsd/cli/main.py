@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, state_dir, verify_policy
+from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, state_dir, verify_policy
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.registry import history, lineage, promote, registry
 from gitopsd.source.redact import redact_text
@@ -160,7 +160,14 @@ def _reconciler(
         repo, branch = known.url, branch or known.branch
     try:
         verify = verify or verify_policy(ctx)
-        return Reconciler(state_dir=directory, url=repo, branch=branch, operator=operator(ctx), verify=verify)
+        return Reconciler(
+            state_dir=directory,
+            url=repo,
+            branch=branch,
+            operator=operator(ctx),
+            verify=verify,
+            limits=output_limits(ctx),
+        )
     except PermanentError as exc:
         fail(str(exc))
         raise

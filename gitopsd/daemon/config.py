@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from gitopsd.backends.protocol import SHARED_STATE_ENV
 from gitopsd.daemon.apiauth import listen_problem, local_listen_problem
 from gitopsd.errors import PermanentError
+from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.source.verify import VerifyPolicy
 from gitopsd.spec.fields import StoreUri
 from gitopsd.spec.operator import AbsolutePath, Operator, OperatorBackend, OperatorRegistry
@@ -57,6 +58,18 @@ class Webhooks(_Config):
     gitea: SecretRef | None = None
     bitbucket: SecretRef | None = None
     generic: SecretRef | None = None
+
+
+class OutputLimitsConfig(_Config):
+    """How much of a training's outputs gitopsd accepts (see `gitopsd.reconcile.outputs.OutputLimits`)."""
+
+    artifact_bytes: Annotated[int, Field(ge=1)] = OutputLimits.artifact_bytes
+    artifact_files: Annotated[int, Field(ge=1)] = OutputLimits.artifact_files
+    metrics_bytes: Annotated[int, Field(ge=1)] = OutputLimits.metrics_bytes
+    metrics_line_bytes: Annotated[int, Field(ge=1)] = OutputLimits.metrics_line_bytes
+
+    def limits(self) -> OutputLimits:
+        return OutputLimits(**self.model_dump())
 
 
 class VerifyConfig(_Config):
@@ -142,6 +155,7 @@ class DaemonConfig(_Config):
         description="The backends repositories may train on (default: one `local` backend).",
     )
     registry: OperatorRegistry = OperatorRegistry()
+    output_limits: OutputLimitsConfig = OutputLimitsConfig()
     data_roots: list[AbsolutePath] = Field(
         default=[], description="Absolute directories under which models may name file:// data (default: none)."
     )

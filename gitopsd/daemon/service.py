@@ -148,9 +148,12 @@ class Daemon:
         state_dir = self.config.state_dir_of(repo)
         operator = self.config.operator_for(repo)
         verify = repo.verify.policy() if repo.verify else None
+        limits = self.config.output_limits.limits()
         worker = Worker(
             repo.name,
-            lambda: Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator, verify=verify),
+            lambda: Reconciler(
+                state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator, verify=verify, limits=limits
+            ),
             on_pass=self._passed,
             beat_s=min(30.0, self.notifier.watchdog_s / 3) if self.notifier.watchdog_s else 30.0,
         )
@@ -193,17 +196,19 @@ class Daemon:
             self.notifier.ready(self._summary())
             return
         with self._lock:
-            old = {r.name: (r, self.config.operator_for(r)) for r in self.config.repositories}
+            old = {
+                r.name: (r, self.config.operator_for(r), self.config.output_limits) for r in self.config.repositories
+            }
             if (new.http.listen, new.http.local_listen) != self._bound:
                 log.warning("http.listen and http.local_listen take effect at the next start, not on reload")
             self.config = new
             self._token = token
             logs.setup(new.log_level, new.log_format)
             apply_environment(new)
-            wanted = {r.name: (r, new.operator_for(r)) for r in new.repositories}
+            wanted = {r.name: (r, new.operator_for(r), new.output_limits) for r in new.repositories}
             for name in [n for n in self.repos if wanted.get(n) != old.get(n)]:
                 self._stop_repo(name)
-            for name, (repo, _) in wanted.items():
+            for name, (repo, _, _) in wanted.items():
                 if name not in self.repos:
                     self._start(repo)
         log.info("configuration reloaded: %d repositories", len(new.repositories))
