@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import importlib.metadata
 import json
 import math
 import os
@@ -145,17 +146,36 @@ _LIST_PACKAGES = (
 def python_environment(venv: str | None) -> dict[str, Any]:
     """The Python a training ran with (its venv's, else `python3` on PATH) and its installed packages.
 
-    Asked of that interpreter itself, once per collected run; an interpreter that cannot answer gives {}.
+    A venv built from a repository's requirements is read, not run: a package's `.pth` file would run code at
+    interpreter start, with whatever environment the interpreter got. Its version comes from `pyvenv.cfg` and
+    its packages from their metadata. The host's `python3` (the operator's, not the repository's) is asked, in
+    isolated mode and with none of the daemon's environment. An interpreter that cannot answer gives {}.
     """
-    python = str(Path(venv) / "bin" / "python") if venv else "python3"
+    if venv:
+        return _venv_environment(Path(venv))
     try:
         done = subprocess.run(
-            [python, "-I", "-c", _LIST_PACKAGES], capture_output=True, text=True, timeout=20, check=True
-        )
+            ["python3", "-I", "-c", _LIST_PACKAGES], capture_output=True, text=True, timeout=20, check=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
+        )  # fmt: skip
         data: dict[str, Any] = json.loads(done.stdout)
     except (OSError, subprocess.SubprocessError, ValueError):
         return {}
     return {"python": data.get("python"), "packages": dict(sorted(data.get("packages", {}).items()))}
+
+
+def _venv_environment(venv: Path) -> dict[str, Any]:
+    try:
+        config = (venv / "pyvenv.cfg").read_text(errors="replace")[:4096]
+    except OSError:
+        return {}
+    version = next((v.strip() for k, _, v in (line.partition("=") for line in config.splitlines())
+                    if k.strip() in ("version", "version_info")), None)  # fmt: skip
+    sites = [str(p) for p in sorted(venv.glob("lib/python*/site-packages"))]
+    packages = {
+        d.metadata["Name"]: d.version for d in importlib.metadata.distributions(path=sites) if d.metadata["Name"]
+    }
+    return {"python": version, "packages": dict(sorted(packages.items()))}
 
 
 class LocalBackend:
