@@ -407,7 +407,7 @@ def test_a_fifo_in_place_of_the_backends_own_record_does_not_hang_status(
 
 
 def test_describe_never_runs_an_interpreter_a_tampered_record_names(tmp_path: Path, canary: Canary) -> None:
-    """`describe` asks the run's venv for its packages; the venv comes from a record the training can rewrite."""
+    """`describe` reads the run's venv for its packages; the venv comes from a record the training can rewrite."""
     marker = tmp_path / "ran"
 
     def fake_venv(path: Path) -> Path:
@@ -428,10 +428,17 @@ def test_describe_never_runs_an_interpreter_a_tampered_record_names(tmp_path: Pa
     assert facts["venv"] is None
     assert not marker.exists(), "describe ran the interpreter the record named"
 
-    own = fake_venv(state / "local" / "venvs" / "0123456789abcdef")  # one the backend built is still asked
+    # One the backend built is read (pyvenv.cfg, package metadata), never run either: a package the repository
+    # installed could run code from a .pth file at interpreter start.
+    own = fake_venv(state / "local" / "venvs" / "0123456789abcdef")
+    (own / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 9.9\n")
+    dist = own / "lib" / "python9.9" / "site-packages" / "numpy-2.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 2.0\n")
     (run_dir / "local" / "exit.json").write_text(json.dumps({**record, "venv": str(own)}))
-    assert backend.describe(JobRef(run_id="r1", job_id="r1", run_dir=run_dir))["python"] == "9.9"
-    assert marker.exists()
+    facts = backend.describe(JobRef(run_id="r1", job_id="r1", run_dir=run_dir))
+    assert (facts["python"], facts["packages"]) == ("9.9", {"numpy": "2.0"})
+    assert not marker.exists(), "the venv's interpreter was run"
 
 
 # -- memory ---------------------------------------------------------------------------------------------------
