@@ -31,7 +31,7 @@ from gitopsd.spec.layout import REPO_SPEC
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
-from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, resolve_train
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, repository_paths, resolve_train
 
 T = TypeVar("T")
 log = logging.getLogger("gitopsd")
@@ -228,13 +228,9 @@ class DesiredLoader:
 
     def _escapes(self, commit: str, path: str, spec: ModelSpec, train: ResolvedTrain) -> list[SpecProblem]:
         """The model's workdir, requirements and repository data must not lead outside the repository."""
-        paths = [("spec.train.workdir", train.workdir)]
-        if train.requirements:
-            paths.append(("spec.train.python.requirements", train.requirements))
-        paths += [(f"spec.data[{i}].uri", d.uri) for i, d in enumerate(spec.spec.data) if "://" not in d.uri]
         return [
             SpecProblem(file=path, line=None, field=field, message=f"{why}: refused")
-            for field, rel in paths
+            for field, rel in repository_paths(spec, train)
             if (why := self.source.escape(commit, rel))
         ]
 

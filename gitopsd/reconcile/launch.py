@@ -25,6 +25,7 @@ from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
 from gitopsd.registry.store import ArtifactStore, sha256_file
 from gitopsd.registry.versions import Version
 from gitopsd.source.mirror import Source
+from gitopsd.spec.schema import repository_paths
 
 log = logging.getLogger("gitopsd")
 
@@ -181,11 +182,7 @@ def exported_paths(model: DesiredModel) -> list[str]:
 
     Exactly what its run key covers, so a training cannot depend on a file whose change would not retrain it.
     """
-    paths = [model.train.workdir]
-    paths += [d.uri for d in model.spec.spec.data if "://" not in d.uri]
-    if model.train.requirements:
-        paths.append(model.train.requirements)
-    return paths
+    return [path for _, path in repository_paths(model.spec, model.train)]
 
 
 def check_data(model: DesiredModel, tree: Path, data_roots: Sequence[str] = ()) -> None:

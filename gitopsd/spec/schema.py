@@ -296,6 +296,18 @@ def choose_backend(model: ModelSpec, repo: RepositorySpec) -> tuple[str | None, 
     return name, ""
 
 
+def repository_paths(model: ModelSpec, train: ResolvedTrain) -> list[tuple[str, str]]:
+    """(field, path) of what a run takes from the repository: its workdir, requirements file and repository data.
+
+    Exactly what its run key covers and what is exported into its run directory; each must stay inside the
+    repository once symbolic links are followed.
+    """
+    paths = [("spec.train.workdir", train.workdir)]
+    if train.requirements:
+        paths.append(("spec.train.python.requirements", train.requirements))
+    return paths + [(f"spec.data[{i}].uri", d.uri) for i, d in enumerate(model.spec.data) if "://" not in d.uri]
+
+
 def resolve_train(model: ModelSpec, repo: RepositorySpec, *, file: str | None = None) -> ResolvedTrain:
     """Merge the model's train section with the repository defaults; SpecError if its backend is unknown."""
     backend, why = choose_backend(model, repo)

@@ -18,7 +18,7 @@ from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
-from gitopsd.spec.schema import ModelSpec, RepositorySpec, resolve_train
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, repository_paths, resolve_train
 
 
 def _leaves(root: Path, rel: str) -> bool:
@@ -105,10 +105,7 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
     if not problems:
         for rel, model in models.items():
             train = resolve_train(model, repo, file=rel)
-            inputs = [("spec.train.workdir", train.workdir)]
-            inputs += [("spec.train.python.requirements", train.requirements)] if train.requirements else []
-            inputs += [(f"spec.data[{i}].uri", d.uri) for i, d in enumerate(model.spec.data) if "://" not in d.uri]
-            for field, where in inputs:
+            for field, where in repository_paths(model, train):
                 if _leaves(root, where):
                     message = f"{where!r} leads outside the repository through a symbolic link: refused"
                     problems.append(SpecProblem(file=rel, line=None, field=field, message=message))
