@@ -4,6 +4,8 @@
 #   tests/gpu/check.sh            # uses .venv/bin/python for gitopsd (with backends/nvidia installed)
 #   TORCH_PYTHON=/opt/torch/bin/python tests/gpu/check.sh   # the Python that has PyTorch, if not python3
 #
+# Run it as the daemon's service account, not as root (see "confinement" in docs/security.md).
+#
 # It creates the demo repository (gitopsd init), switches its model to an nvidia backend with `gpus: 1` and a
 # small PyTorch training on cuda that writes metrics and a model artifact, runs `gitopsd reconcile --wait`,
 # and checks that version blobs@1 was registered and that its lineage names the GPU it ran on (name and UUID,
@@ -43,6 +45,21 @@ echo "== the GPUs as gitopsd sees them (NVML)"
 "$PY" -c "from gitopsd_nvidia.inventory import read_inventory, render_table; print(render_table(read_inventory()), end='')" \
     || fail "NVML inventory could not be read"
 
+echo "== confinement (Landlock) on this kernel"
+LANDLOCK=$("$PY" -c "
+from gitopsd.backends.local.landlock import probe
+p = probe()
+print('true' if p.abi >= 3 else 'false')
+print(f'Landlock ABI {p.abi}' if p.abi else f'no Landlock: {p.reason}')
+")
+echo "$LANDLOCK" | tail -n 1
+CONFINE=$(echo "$LANDLOCK" | head -n 1)
+if [ "$CONFINE" != true ]; then
+    echo "note: this kernel cannot confine trainings, so this check runs them unconfined (confine = false)"
+elif [ "$(id -u)" = 0 ]; then
+    fail "run this as the daemon's service account, not root: a root daemon's confined trainings keep /proc read-only, and CUDA cannot start without writing its thread names there"
+fi
+
 echo "== the demo, switched to the nvidia backend"
 gitopsd init "$REPO" >/dev/null
 SHA=$(sed -n 's/^ *sha256: "\(.*\)"$/\1/p' "$REPO/models/blobs.yaml")
@@ -55,7 +72,7 @@ type = "local"
 
 [backends.gpu]
 type = "nvidia"
-settings = { telemetry_interval_s = 1 }
+settings = { telemetry_interval_s = 1, confine = $CONFINE }
 EOF
 cat >"$REPO/gitops.yaml" <<EOF
 apiVersion: gitopsd/v1

@@ -49,7 +49,7 @@ KERNEL = landlock.probe()
 needs_landlock = pytest.mark.skipif(KERNEL.abi < 3, reason=f"needs Landlock ABI 3+: {KERNEL.reason}")
 
 # The hostile training: it tries each attempt in attempts.json, prints what happened, and exits 0. SUPERVISOR
-# names its supervisor, the leader of its process group.
+# in a target names its supervisor, the leader of its process group.
 ATTACK = """
 import errno, json, os, sys
 
@@ -70,7 +70,7 @@ def act(op, target):
 
 for name, op, target in json.load(open("attempts.json")):
     try:
-        result = act(op, str(os.getpgrp()) if target == "SUPERVISOR" else target)
+        result = act(op, target.replace("SUPERVISOR", str(os.getpgrp())))
     except OSError as exc:
         print(f"{name}: refused {errno.errorcode.get(exc.errno, exc.errno)}", flush=True)
     else:
@@ -227,6 +227,49 @@ def test_a_training_cannot_read_the_secrets_in_the_environment_of_its_supervisor
     _, log = run_to_end(backend, job)
     assert_refused(log, "supervisor environ")
     canary.assert_not_in(log)
+
+
+THREAD_NAMES = """
+import threading
+worker = threading.Thread(target=lambda: done.wait())
+done = threading.Event()
+worker.start()
+try:
+    with open(f"/proc/self/task/{worker.native_id}/comm", "w") as handle:  # what CUDA does for its threads
+        handle.write("cuda-worker")
+except OSError as exc:
+    print(f"own thread name: refused {errno.errorcode.get(exc.errno, exc.errno)}", flush=True)
+else:
+    print("own thread name: " + open(f"/proc/self/task/{worker.native_id}/comm").read().strip(), flush=True)
+done.set()
+"""
+
+
+@needs_landlock
+@pytest.mark.parametrize("root", [False, True], ids=["service account", "root"])
+def test_a_training_names_its_own_threads_in_proc_and_still_cannot_reach_its_supervisor_there(
+    backend: LocalBackend, tmp_path: Path, canary: Canary, monkeypatch: pytest.MonkeyPatch, root: bool
+) -> None:
+    # CUDA gives up (error 304) when it cannot write /proc/self/task/TID/comm, so a service account's training
+    # may write /proc; Landlock's ptrace rule still keeps it out of its supervisor's entries. A root training
+    # keeps /proc read-only (root passes the file modes of /proc/sys), and its log says what that costs.
+    monkeypatch.setattr("gitopsd.backends.local.hostfacts.os.geteuid", lambda: 0 if root else 1000)
+    attempts = [
+        ("supervisor environ", "environ", "SUPERVISOR"),
+        ("supervisor name", "write", "/proc/SUPERVISOR/comm"),
+        ("supervisor memory", "write", "/proc/SUPERVISOR/mem"),
+    ]
+    job = hostile_job(tmp_path, attempts, extra=THREAD_NAMES)
+    _, log = run_to_end(backend, job)
+    assert_refused(log, "supervisor environ", "supervisor memory")
+    assert_refused(log, "supervisor name", errors="EACCES|EINVAL")  # the kernel's own answer: not its thread
+    canary.assert_not_in(log)
+    if root:
+        assert "own thread name: refused EACCES" in log
+        assert "running as root: /proc stays read-only" in log
+    else:
+        assert "own thread name: cuda-worker" in log
+        assert "running as root" not in log
 
 
 ESCAPEE = """
@@ -530,7 +573,7 @@ def test_the_policy_grants_the_system_python_and_run_and_carves_out_what_holds_s
         "/home/svc/.cargo/bin": "read",  # a PATH directory alone: ~/.cargo/credentials.toml stays hidden
         "/home/svc/.pyenv": "read",  # a PATH directory of a pyenv root: the whole installation
         "/opt": "read",
-        "/proc": "read",
+        "/proc": "write",  # CUDA names its threads in /proc/self/task/TID/comm; a service account passes no mode there
         "/run/systemd/resolve/stub.conf": "read",  # /etc/resolv.conf, granted where it leads
         "/sys": "read",
         "/usr": "read",
@@ -543,6 +586,11 @@ def test_the_policy_grants_the_system_python_and_run_and_carves_out_what_holds_s
     assert policy.hidden == ("/etc/gitopsd",)
     assert policy.tmp_dir == f"{RUN}/tmp"
     assert "/etc/* (2 entries)" in policy.summary() and "hidden from it: /etc/gitopsd" in policy.summary()
+
+
+def test_a_root_training_keeps_proc_read_only_where_root_could_change_kernel_settings() -> None:
+    root = HostFacts(**{**vars(HOST), "root": True})
+    assert rules(build_policy(ConfineSettings(), RUN_PATHS, root, FS, backend="local"))["/proc"] == "read"
 
 
 def test_a_grant_that_contains_a_protected_path_is_replaced_by_its_other_entries() -> None:

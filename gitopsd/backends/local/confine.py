@@ -6,12 +6,18 @@ operator's configuration. The local supervisor therefore confines it with a Land
 the system-call half). Landlock is an allow-list in which a rule on a directory covers its whole subtree, so the
 policy is built from what a training needs and nothing that contains a secret:
 
-- read and execute: the system (`/usr`, `/lib*`, `/bin`, `/sbin`, `/etc`, `/opt`, `/proc`, `/sys`), the Python
+- read and execute: the system (`/usr`, `/lib*`, `/bin`, `/sbin`, `/etc`, `/opt`, `/sys`), the Python
   installations (the supervisor's prefixes, every directory on the daemon's PATH, and the whole installation a
   PATH directory belongs to when it is a virtualenv, a conda environment or a pyenv root), the run directory
   (its exported tree, inputs, base artifact) and the operator's `confine_read` paths;
 - read and write: the run's writable parts (tree, output directory, metrics, its own temporary directory and
-  its log file), `/dev` (GPUs, `/dev/null`, `/dev/shm`) and the operator's `confine_write` paths.
+  its log file), `/dev` (GPUs, `/dev/null`, `/dev/shm`) and the operator's `confine_write` paths;
+- `/proc`: read and write for a service account, read only for root. CUDA names its threads by writing
+  `/proc/self/task/TID/comm` and gives up when it cannot (seen on an H200: error 304), and Landlock cannot name
+  the `/proc` entries of a process that does not exist yet, so the grant is on all of `/proc`. For another
+  process's entries Landlock's ptrace rule still applies (no `mem`, `environ` or `fd` of the daemon), and file
+  modes keep a service account out of `/proc/sys`; root would pass those modes (`/proc/sys/kernel/modprobe`
+  alone would hand it the host), so a root daemon's trainings keep `/proc` read-only and cannot use CUDA.
 
 Protected paths (the state directories, the credentials directory, the runs directory that holds every other
 run, `/etc/gitopsd` and the operator's `confine_deny`) are never granted: a broader grant that contains one is
@@ -36,8 +42,9 @@ from gitopsd.errors import PermanentError
 
 MIN_ABI = 3  # truncate(2) is handled from ABI 3 (Linux 6.2) on; before it a training could empty state.db
 NETWORK_ABI = 4  # TCP bind and connect can be handled from ABI 4 (Linux 6.7) on
-SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/proc", "/sys")
+SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys")
 SYSTEM_WRITE = ("/dev",)
+PROC = "/proc"
 CONFIG_DIRS = ("/etc/gitopsd",)
 #: Granted entry by entry, each where it really leads, so that `/etc/resolv.conf -> /run/...` stays readable.
 EXPANDED = ("/etc",)
@@ -105,6 +112,7 @@ class HostFacts:
     path_dirs: tuple[str, ...]
     home: str | None
     protected: tuple[str, ...]  # the state directories and the credentials directory
+    root: bool = False  # the trainings run as root: `/proc` stays read-only
 
 
 class FsView(Protocol):
@@ -237,6 +245,11 @@ def refusal(settings: ConfineSettings, probe: Probe, *, backend: str) -> str | N
     return None
 
 
+ROOT_NOTICE = (
+    "running as root: /proc stays read-only for this training (root could change kernel settings there), so "
+    "CUDA, which names its threads through /proc, cannot start; run the daemon as its service account"
+)
+
 UNCONFINED_NOTICE = (
     "not confined: the backend setting `confine` is false, so this training can read and write everything "
     "the daemon's account can (its state, registry, artifacts, credentials and other runs)"
@@ -351,6 +364,7 @@ def build_policy(settings: ConfineSettings, run: RunPaths, host: HostFacts, fs: 
     grant(SYSTEM_READ, Access.READ, automatic=True)
     grant(prefixes, Access.READ, automatic=True)
     grant(SYSTEM_WRITE, Access.WRITE, automatic=True)
+    grant([PROC], Access.READ if host.root else Access.WRITE, automatic=True)
     grant(settings.read, Access.READ, automatic=False)
     grant(run.inputs, Access.READ, automatic=False)
     grant(settings.write, Access.WRITE, automatic=False)

@@ -53,4 +53,5 @@ def host_facts(*, protected: Iterable[Path], environ: Mapping[str, str] | None =
         path_dirs=_absolute(env.get("PATH", os.defpath).split(os.pathsep)),
         home=os.path.realpath(home) if home else None,
         protected=_absolute([*protected, *(env.get(name) for name in PROTECTED_ENV)]),
+        root=os.geteuid() == 0,
     )

@@ -49,11 +49,15 @@ from typing import Any, BinaryIO
 
 from gitopsd.backends.local import landlock
 from gitopsd.backends.local.confine import (
+    PROC,
+    ROOT_NOTICE,
     UNCONFINED_NOTICE,
+    Access,
     ConfinementError,
     ConfineSettings,
     Policy,
     Probe,
+    Rule,
     refusal,
     training_tmpdir,
 )
@@ -444,6 +448,8 @@ class Supervisor:
         ruleset, skipped = landlock.build_ruleset(policy, probe.abi)
         self.set_state(confined=True, landlock_abi=probe.abi)
         self.say(f"confined by Landlock (ABI {probe.abi}): {policy.summary()}")
+        if Rule(path=PROC, access=Access.READ) in policy.rules:
+            self.say(ROOT_NOTICE)
         if skipped:
             self.say(f"not granted, because they are gone or moved since the run was submitted: {', '.join(skipped)}")
         return ruleset
