@@ -1,12 +1,17 @@
-"""The error kinds that cross layers.
+"""The error kinds that cross layers, and how a failure is retried.
 
-Two kinds matter to the reconciler: a transient error is retried with capped backoff (the model stays
-Reconciling), a permanent one stalls the model until a new commit changes it. Anything else is a bug or an
-unexpected outage and is treated as transient. Spec errors carry the file, line and field they are about.
+Two kinds matter to the reconciler: a transient error is retried with capped exponential backoff and jitter
+(the model stays Reconciling, and `status` shows the attempt and the next retry), a permanent one stalls the
+model or run until its input changes (a new commit, a changed operator configuration). `is_permanent` is the
+one place that decides which an exception is; `retry_delay` the one backoff schedule. Anything not known to
+be permanent is a bug or an unexpected outage and is treated as transient. Spec errors carry the file, line
+and field they are about.
 """
 
 from __future__ import annotations
 
+import errno
+import random
 import re
 from dataclasses import dataclass
 
@@ -65,3 +70,31 @@ class SpecError(PermanentError):
     def __init__(self, problems: list[SpecProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+#: OS errors that retrying cannot mend: the operator must change a permission, a path or a mount.
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP,
+                               errno.ENAMETOOLONG, errno.EXDEV})  # fmt: skip
+
+#: Retry schedule: the first retry after BASE seconds, doubling to at most CAP.
+RETRY_BASE_S = 5.0
+RETRY_CAP_S = 600.0
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying the same work with the same input cannot help (see the module docstring)."""
+    if isinstance(exc, PermanentError):
+        return True
+    if isinstance(exc, TransientError):
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno in _PERMANENT_ERRNOS
+    return isinstance(exc, UnicodeError | OverflowError)
+
+
+def retry_delay(attempt: int, *, base_s: float = RETRY_BASE_S, cap_s: float = RETRY_CAP_S,
+                rand: random.Random | None = None) -> float:  # fmt: skip
+    """Seconds to wait before retry number `attempt` (1 for the first): capped exponential, with "equal
+    jitter" (between half and all of the step), so that many failures after one outage do not retry in step."""
+    step = min(cap_s, base_s * 2.0 ** min(max(attempt, 1) - 1, 64))
+    return step * (0.5 + 0.5 * (rand or random).random())
