@@ -1,8 +1,9 @@
 """Applying a plan: each planner action becomes backend calls and state changes, one action at a time.
 
-An action that fails is logged and recorded as an event on its run; the rest of the plan still runs, and the
-next pass plans again from what is then true (level-triggered). Nothing here decides what to do: that was the
-planner's job.
+An action that fails is logged once, recorded as an event on its run and in the retry book (`troubles`): a
+transient failure is tried again when its backoff is over, a permanent one when its input changes or the
+operator reloads the daemon, and `status` says which. The rest of the plan still runs, and the next pass plans
+again from what is then true (level-triggered). Nothing here decides what to do: that was the planner's job.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from gitopsd.reconcile.collect import collect
 from gitopsd.reconcile.desired import DesiredState
 from gitopsd.reconcile.launch import Base, Launcher
 from gitopsd.reconcile.observe import Observer, job_ref
+from gitopsd.reconcile.outbox import Outbox
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import Action, Adopt, Cancel, Collect, Fail, Resubmit, SetPhase, Submit
 from gitopsd.reconcile.prune import prune_model_runs
 from gitopsd.reconcile.snapshot import SnapshotMissing, load_snapshot
 from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
+from gitopsd.reconcile.troubles import RetryBook, describe
 from gitopsd.registry.audit import tag_version
 from gitopsd.registry.store import ArtifactStore
 from gitopsd.registry.stores import open_store
@@ -32,6 +35,28 @@ from gitopsd.spec.operator import OperatorRegistry
 from gitopsd.units import format_size
 
 log = logging.getLogger("gitopsd")
+
+#: The reason a failed action gives its model's condition.
+_FAILED_REASON: dict[type[Action], Reason] = {
+    Submit: Reason.SUBMIT_FAILED,
+    Resubmit: Reason.SUBMIT_FAILED,
+    Collect: Reason.REGISTRY_FAILED,
+    Cancel: Reason.BACKEND_UNAVAILABLE,
+}
+_DOING: dict[type[Action], str] = {
+    Submit: "submitting a run",
+    Resubmit: "submitting run {run}",
+    Adopt: "adopting run {run}",
+    SetPhase: "recording the phase of run {run}",
+    Cancel: "stopping run {run}",
+    Collect: "collecting run {run} (gates, artifact store, registry)",
+    Fail: "recording the failure of run {run}",
+}
+
+
+def trouble_key(action: Action) -> str:
+    """The retry book's key for an action: its kind and its run (or model, for a submission)."""
+    return f"{type(action).__name__}:{getattr(action, 'run_id', '') or action.model}"
 
 
 class Applier:
@@ -45,8 +70,12 @@ class Applier:
         artifacts: Path,
         store: OperatorRegistry | None = None,
         limits: OutputLimits | None = None,
+        troubles: RetryBook | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.state = state
+        self.troubles = troubles or RetryBook(state.conn, time.time)
+        self.outbox = outbox or Outbox(state.conn, time.time)
         self.registry = registry
         self.launcher = launcher
         self.observer = observer
@@ -63,12 +92,15 @@ class Applier:
     ) -> None:
         """Apply every action; `bases` are the versions fine-tuned models start from (see `spec.base`)."""
         for action in actions:
+            key, input = trouble_key(action), self._input(action)
+            if not self.troubles.due(key, input):
+                continue  # failed before: waiting for its retry, or stalled until its input changes
             try:
                 self._apply(action, desired, backends, bases or {})
             except Exception as exc:  # one broken action must not stop the others
-                log.exception("%s: %s failed: %s", action.model, type(action).__name__, exc)
-                run_id = getattr(action, "run_id", None)
-                self.state.event(action.model, f"{type(action).__name__}Failed", run_id=run_id, message=str(exc))
+                self._failed(action, key, input, exc)
+            else:
+                self.troubles.cleared(key)
         for model in sorted({action.model for action in actions if isinstance(action, Cancel | Fail | Collect)}):
             freed = prune_model_runs(self.state, model, keep=desired.repo.runs.keep)
             if freed:
@@ -117,6 +149,31 @@ class Applier:
             self._end(run, Phase.FAILED, action.reason, action.message, exit_code=action.exit_code)
         elif isinstance(action, Collect):
             self._collect(run, desired, backends)
+
+    def _input(self, action: Action) -> str:
+        """What a failed action's retry depends on besides time: the store settings, for a collection."""
+        if isinstance(action, Collect):
+            config = self.store_config
+            return f"{config.artifacts}|{config.endpoint_url}|{config.object_lock_days}"
+        return ""
+
+    def _failed(self, action: Action, key: str, input: str, exc: Exception) -> None:
+        run_id = getattr(action, "run_id", None)
+        what = _DOING.get(type(action), type(action).__name__).format(run=run_id)
+        trouble = self.troubles.failed(
+            key, model=action.model, what=what, reason=_FAILED_REASON.get(type(action), Reason.PROGRESSING),
+            exc=exc, input=input,
+        )  # fmt: skip
+        if trouble.next_at is None:
+            log.error("%s: %s failed: %s; fix it, then reload the daemon (or run gitopsd reconcile) to retry",
+                      action.model, what, trouble.message, exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+        else:
+            log.warning("%s: %s failed (attempt %d, next retry in %.0f s): %s", action.model, what, trouble.attempts,
+                        trouble.next_at - trouble.last_at, trouble.message,
+                        exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+        if trouble.attempts == 1 or trouble.next_at is None:  # the event log gets the first and the final word
+            kind = "Stalled" if trouble.next_at is None else f"{type(action).__name__}Failed"
+            self.state.event(action.model, kind, run_id=run_id, reason=str(trouble.reason), message=describe(exc))
 
     def _base(self, ref: str | None, version: Version | None) -> Base | None:
         if ref is None or version is None:
@@ -177,7 +234,9 @@ class Applier:
         log.info("%s: %s", run.model, outcome.message, extra=run_fields(run))
         tags = desired.repo.registry.tags
         if tags.enabled:
-            tag_version(self.launcher.source, outcome.version, push=tags.push)
+            tag_version(self.launcher.source, outcome.version)
+            if tags.push:
+                self.outbox.put("audit-tags", "push", model=run.model)
         self.state.update_run(
             run,
             event="Registered",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitopsd.errors import PermanentError
 from gitopsd.model import Reason
 from gitopsd.reconcile.metrics import MetricsReader, latest_metrics
 from gitopsd.reconcile.outputs import OutputLimits, opened_artifact, over_limit, sized
@@ -99,6 +100,7 @@ def collect(
     except OutputRefused as exc:
         return Outcome(version=None, metrics=metrics, reason=Reason.OUTPUT_REFUSED, message=str(exc))
     gates = [{"gate": r.gate.text, "value": r.value, "passed": r.passed} for r in results]
+    refuse_reused_number(registry, store, run.model)
     version = registry.register(
         model=run.model,
         run_id=run.id,
@@ -116,6 +118,21 @@ def collect(
         reason=Reason.SUCCEEDED,
         message=f"registered {version.label} (sha256 {artifact.sha256[:12]})",
     )
+
+
+def refuse_reused_number(registry: Registry, store: ArtifactStore, model: str) -> None:
+    """Raise when the store already holds the record of the number `registry` would give next: a version
+    number is never used twice, and a `registry.db` that lags the store (lost, or restored from an old copy)
+    must be rebuilt from the store first."""
+    latest = registry.latest(model)
+    number = (latest.number if latest else 0) + 1
+    if store.get_record(model, number) is not None:
+        raise PermanentError(
+            f"the artifact store {store.uri} already holds the record of {model}@{number}, which "
+            f"{registry.path} does not know: the registry is behind its store (lost or restored from an older "
+            "copy), and a version number is never given twice. Move registry.db away and run `gitopsd registry "
+            "rebuild`; nothing was registered"
+        )
 
 
 def lineage(run: RunRecord, snapshot: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,13 @@ place that decides Ready / Reconciling / Stalled and the reason code. The messag
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gitopsd.model import Condition, ConditionType, Phase, Reason
 from gitopsd.reconcile.planner import Want
+from gitopsd.reconcile.troubles import Trouble
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +39,7 @@ class ModelFacts:
     last: RunFacts | None = None
     unavailable: str | None = None
     alias_problems: tuple[str, ...] = ()
+    trouble: Trouble | None = None  # the model's failed work, from the retry book
 
 
 def summarize(facts: ModelFacts) -> Condition:
@@ -83,6 +86,8 @@ def _summarize(facts: ModelFacts) -> Condition:
             reason=Reason.BACKEND_UNAVAILABLE,
             message=f"backend {want.backend} is unavailable: {facts.unavailable}{waiting}",
         )
+    if facts.trouble is not None:
+        return _troubled(facts.trouble)
     if active is not None and active.run_key == want.run_key:
         return Condition(
             type=ConditionType.RECONCILING, reason=Reason.PROGRESSING, message=_progress(active, want.retries)
@@ -111,6 +116,24 @@ def _summarize(facts: ModelFacts) -> Condition:
         type=ConditionType.RECONCILING,
         reason=Reason.PROGRESSING,
         message="a run for this spec is about to be submitted",
+    )
+
+
+def _troubled(trouble: Trouble) -> Condition:
+    """Failed work: Reconciling while its retries go on, Stalled when a person must fix something."""
+    tries = f"{trouble.attempts} attempt{'s' if trouble.attempts != 1 else ''}"
+    if trouble.next_at is None:
+        return Condition(
+            type=ConditionType.STALLED,
+            reason=trouble.reason,
+            message=f"{trouble.what} failed ({tries}): {trouble.message}; fix it, then reload the daemon "
+            "(systemctl reload gitopsd) or run gitopsd reconcile to retry",
+        )
+    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(trouble.next_at))
+    return Condition(
+        type=ConditionType.RECONCILING,
+        reason=trouble.reason,
+        message=f"{trouble.what} failed ({tries}, next retry at {at}): {trouble.message}",
     )
 
 

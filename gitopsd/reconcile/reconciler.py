@@ -24,12 +24,15 @@ from gitopsd.reconcile.apply import Applier
 from gitopsd.reconcile.desired import DesiredLoader, DesiredModel, DesiredState, PerModel, digest
 from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
+from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import Action, Actual, Want, plan
 from gitopsd.reconcile.state import SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
+from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook, plan_aliases
-from gitopsd.registry.recovery import save_alias_moves
+from gitopsd.registry.audit import push_tags
+from gitopsd.registry.recovery import restore_lost, save_alias_journal
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.source.mirror import Source
 from gitopsd.source.redact import redact_url
@@ -98,6 +101,7 @@ class Reconciler:
         self.paths = Paths(root=state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateStore(self.paths.state_db)
+        self._registry_checked = False
         self.registry = Registry(self.paths.registry_db)
         self.source = Source(url, self.paths.mirror)
         self.url = self.source.url
@@ -114,6 +118,9 @@ class Reconciler:
         self.limits = limits or OutputLimits()
         self.observer = Observer(self.state, state_dir, self.limits)
         self.summary = Summary(self.state)
+        self.troubles = RetryBook(self.state.conn, time.time)
+        self.retry_stalled()  # a start or a reload: the operator may have fixed the cause
+        self.outbox = Outbox(self.state.conn, time.time)
         self.applier = Applier(
             state=self.state,
             registry=self.registry,
@@ -122,6 +129,8 @@ class Reconciler:
             artifacts=self.paths.artifacts,
             store=self.operator.registry,
             limits=self.limits,
+            troubles=self.troubles,
+            outbox=self.outbox,
         )
         self.aliases = AliasBook(self.registry.conn)
         self._alias_view = PerModel(lambda m: dict(m.spec.spec.aliases))
@@ -137,6 +146,13 @@ class Reconciler:
         self._frozen = False
         self._settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
 
+    def retry_stalled(self) -> int:
+        """Make the work that stalled on a permanent error due again (the operator says it is fixed)."""
+        count = self.troubles.forgive_permanent()
+        if count:
+            log.info("retrying %d piece(s) of work that had stalled on a permanent error", count)
+        return count
+
     def close(self) -> None:
         self.state.close()
         self.registry.close()
@@ -145,6 +161,13 @@ class Reconciler:
         """One pass. With `dry_run`, return the plan without applying it or recording anything."""
         row = self.state.source() or SourceRow(url=self.source.url, branch=self.branch)
         row = _with(row, branch=self.branch, trigger=trigger)
+        if not self._registry_checked and not dry_run:
+            problem = self._restore_lost_registry()
+            if problem:
+                if problem != row.error:
+                    log.error("%s", problem)
+                self.state.set_source(_with(row, error_reason=Reason.REGISTRY_FAILED, error=problem))
+                return PassResult(commit=row.applied_commit, actions=(), active=0, error=problem)
         commit, row = self._fetch(row)
         refusal = self._verify(commit, row)
         if refusal:
@@ -185,9 +208,15 @@ class Reconciler:
         if actions:
             versions = self.registry.key_numbers()
         touched = self._sync_aliases(desired, versions) | rebased
+        waiting = self.outbox.drain({"alias-journal": self._send_alias_journal, "audit-tags": self._push_tags})
         active = self.state.active_runs()
-        self.summary.record(desired, unavailable, versions, active, actions, self._alias_problems, wants, touched)
-        if not actions and not active and not touched:  # an alias move can unblock a fine-tuned model
+        live = {run.id for run in active}
+        self.troubles.forget_where(lambda t: t.model in desired.models and t.key.split(":", 1)[1] in live | {t.model})
+        troubles = self.troubles.by_model()
+        self.summary.record(
+            desired, unavailable, versions, active, actions, self._alias_problems, wants, touched, troubles
+        )
+        if not actions and not active and not touched and not waiting and not troubles:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
 
@@ -278,10 +307,7 @@ class Reconciler:
             if moves:
                 subject = str(self.source.commit_info(desired.commit)["subject"])
                 records = self.aliases.record(moves, commit=desired.commit, subject=subject)
-                try:
-                    save_alias_moves(self.applier.store(), self.aliases, records)
-                except GitopsdError as exc:  # the registry has them; the store catches up at the next move
-                    log.warning("%s: alias moves not yet in the artifact store: %s", name, exc)
+                self.outbox.put("alias-journal", name, model=name)  # drained at the end of this pass
                 for record in records:
                     target = f"{name}@{record.version}" if record.version is not None else "nothing"
                     before = f"{name}@{record.previous}" if record.previous is not None else "nothing"
@@ -302,6 +328,43 @@ class Reconciler:
                 touched.add(name)
             self._alias_seen[name] = key
         return touched
+
+    def _all_stalled(self) -> bool:
+        """Whether every run in flight waits on a permanent failure: waiting longer cannot help."""
+        stalled = {key.split(":", 1)[1] for key, trouble in self.troubles.all().items() if trouble.permanent}
+        return all(run.id in stalled for run in self.state.active_runs())
+
+    def _restore_lost_registry(self) -> str:
+        """Before any version number is given: when the registry holds no version but the store holds
+        records, rebuild it from the store. Returns why the pass cannot go on ("" when it can)."""
+        if self.registry.latest_numbers():
+            self._registry_checked = True
+            return ""
+        try:
+            store = self.applier.store()
+            self.registry.close()
+            try:
+                restored = restore_lost(store, self.paths.registry_db)
+            finally:
+                self.registry = self.applier.registry = Registry(self.paths.registry_db)
+                self.aliases = AliasBook(self.registry.conn)
+                self._alias_state = self.aliases.current()
+        except (GitopsdError, OSError) as exc:
+            return (
+                f"registry {self.paths.registry_db} holds no version and its artifact store cannot be checked for "
+                f"records of earlier ones, so no version number is given until it can: {exc}"
+            )
+        self._registry_checked = True
+        if restored:
+            log.warning("registry %s held no version: rebuilt from the artifact store (%d versions, %d alias moves)",
+                        self.paths.registry_db, *restored)  # fmt: skip
+        return ""
+
+    def _send_alias_journal(self, entry: Entry) -> None:
+        save_alias_journal(self.applier.store(), self.aliases, entry.subject)
+
+    def _push_tags(self, entry: Entry) -> None:
+        push_tags(self.source)
 
     def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:
         try:
@@ -358,7 +421,7 @@ class Reconciler:
         deadline = time.monotonic() + timeout_s
         delay = 0.2
         result = self.reconcile(trigger)
-        while result.active and time.monotonic() < deadline:
+        while result.active and time.monotonic() < deadline and not self._all_stalled():
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
             result = self.reconcile(trigger)

@@ -73,6 +73,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             BEGIN SELECT RAISE(ABORT, 'a run snapshot is written once'); END;
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE troubles (
+            key TEXT PRIMARY KEY, model TEXT NOT NULL, what TEXT NOT NULL, reason TEXT NOT NULL,
+            message TEXT NOT NULL, attempts INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL,
+            next_at REAL, input TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE outbox (
+            kind TEXT NOT NULL, subject TEXT NOT NULL, model TEXT NOT NULL, payload TEXT NOT NULL,
+            created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0,
+            error TEXT NOT NULL DEFAULT '', PRIMARY KEY (kind, subject)
+        );
+        """,
+    ),
 )
 
 

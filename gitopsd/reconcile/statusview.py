@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         ).fetchone()
         where, args = ("WHERE m.name = ?", (model,)) if model else ("", ())
         rows = conn.execute(_MODELS.format(where=where), args).fetchall()
+        pending = _pending(conn)
         alias_rows = conn.execute(
             "SELECT model, alias, version FROM reg.alias_moves WHERE seq IN "
             "(SELECT max(seq) FROM reg.alias_moves GROUP BY model, alias) AND version IS NOT NULL"
@@ -84,7 +86,29 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
     models = [_model(r, commit) for r in rows]
     for entry in models:
         entry["aliases"] = aliases.get(entry["name"], {})
-    return {"repository": repository, "models": models}
+    return {"repository": repository, "models": models, "pending": pending}
+
+
+#: What each kind of outbox entry waits for (see `reconcile.outbox`).
+_WAITING_FOR = {
+    "alias-journal": "alias journal(s) waiting for the artifact store",
+    "audit-tags": "audit tag push(es) waiting for the Git remote",
+}
+
+
+def _pending(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The outbox by kind: how many entries wait, their failed attempts, the next retry and the last error."""
+    try:
+        rows = conn.execute(
+            "SELECT kind, count(*), max(attempts), min(next_at), max(error) FROM outbox GROUP BY kind ORDER BY kind"
+        ).fetchall()
+    except sqlite3.OperationalError:  # a state.db from before the outbox
+        return []
+    return [
+        {"kind": kind, "count": count, "waiting_for": _WAITING_FOR.get(kind, kind), "attempts": attempts,
+         "next_retry_at": next_at or None, "error": redact_text(error) if error else ""}
+        for kind, count, attempts, next_at, error in rows
+    ]  # fmt: skip
 
 
 def _model(row: tuple[Any, ...], commit: str | None) -> dict[str, Any]:
@@ -151,6 +175,12 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
     )
     if repo["error"]:
         lines.append(f"  {repo['error_reason']}: " + repo["error"].replace("\n", "\n    "))
+    for entry in doc.get("pending", ()):
+        why = ""
+        if entry["attempts"]:
+            at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(entry["next_retry_at"] or 0))
+            why = f" ({entry['attempts']} failed attempt(s), next retry at {at}: {entry['error']})"
+        lines.append(f"  {entry['count']} {entry['waiting_for']}{why}")
     header = ("MODEL", "READY", "VERSION", "ALIASES", "RUN", "PHASE", "REASON", "MESSAGE")
     table = [header]
     for m in doc["models"]:

@@ -14,6 +14,7 @@ from gitopsd.reconcile import conditions
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, PerModel
 from gitopsd.reconcile.planner import Action, Want
 from gitopsd.reconcile.state import ModelRow, RunRecord, StateStore
+from gitopsd.reconcile.troubles import Trouble
 
 
 def want_of(model: DesiredModel) -> Want:
@@ -60,6 +61,7 @@ class Summary:
         self._rows = PerModel(row_of)
         self._known: tuple[dict[str, ModelRow], dict[str, Condition]] | None = None
         self._last: tuple[DesiredState, dict[str, str], set[str]] | None = None
+        self._troubles: dict[str, Trouble] = {}
 
     def record(
         self,
@@ -71,17 +73,22 @@ class Summary:
         alias_problems: Mapping[str, tuple[str, ...]],
         wants: Mapping[str, Want],
         touched: Set[str] = frozenset(),
+        troubles: Mapping[str, Trouble] | None = None,
     ) -> None:
         """Recompute the conditions of the models this pass may have changed, and record what differs.
 
-        `touched` names models changed by something other than the plan (an alias moved or was refused).
+        `touched` names models changed by something other than the plan (an alias moved or was refused);
+        `troubles` the failed work of each model (the retry book).
         """
+        troubles = troubles or {}
         if self._known is None:
             self._known = (self.state.models(), self.state.conditions())
         known_rows, known_conditions = self._known
         dirty = self._dirty(desired, unavailable, active_runs, actions)
         if dirty is not None:
-            dirty |= touched
+            dirty |= touched | {name for name in troubles.keys() | self._troubles.keys()
+                                if troubles.get(name) != self._troubles.get(name)}  # fmt: skip
+        self._troubles = dict(troubles)
         rows = self._rows.of(desired)
         active = {r.model: r for r in active_runs}
         last = self.state.last_finished_runs()
@@ -95,6 +102,7 @@ class Summary:
                 last=facts_of(last[name]) if name in last else None,
                 unavailable=unavailable.get(model.train.backend),
                 alias_problems=alias_problems.get(name, ()),
+                trouble=troubles.get(name),
             )
             wanted[name] = conditions.summarize(facts)
         self.state.sync_models(rows, known_rows)

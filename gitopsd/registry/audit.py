@@ -44,13 +44,16 @@ def tag_message(version: Version) -> str:
     return redact_text(text)
 
 
-def tag_version(source: Source, version: Version, *, push: bool) -> None:
-    """Tag the version's commit (idempotent) and push every model tag the remote may lack."""
+def tag_version(source: Source, version: Version) -> None:
+    """Tag the version's commit in the mirror (idempotent); `push_tags` takes it to the remote."""
     try:
         created = source.tag(tag_name(version), str(version.lineage["commit"]), tag_message(version))
         if created:
             log.info("%s: tagged %s", version.model, tag_name(version))
-        if push:
-            source.push_tags(source.tags(PREFIX))
     except (GitopsdError, KeyError, ValueError) as exc:
-        log.warning("%s: audit tag for %s not complete: %s", version.model, version.label, exc)
+        log.warning("%s: audit tag for %s not created: %s", version.model, version.label, exc)
+
+
+def push_tags(source: Source) -> None:
+    """Push every model tag the remote may lack; raises when the remote cannot take them (the outbox retries)."""
+    source.push_tags(source.tags(PREFIX))

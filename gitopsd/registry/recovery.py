@@ -44,12 +44,26 @@ def save_version(store: ArtifactStore, version: Version) -> None:
     store.put_record(version.model, version.number, version_record(version))
 
 
-def save_alias_moves(store: ArtifactStore, book: AliasBook, records: list[AliasRecord]) -> None:
-    """Append the alias moves of each model to its journal in the store, numbered in order."""
-    for model in sorted({r.model for r in records}):
-        history = book.history(model)
-        for index, record in enumerate(history, start=1):
-            store.put_record(ALIASES_PREFIX + model, index, _encode({"record": "alias-move", **asdict(record)}))
+def save_alias_journal(store: ArtifactStore, book: AliasBook, model: str) -> None:
+    """Write the model's alias moves to its journal in the store, numbered in order (idempotent: records the
+    store already holds are written again with the same bytes)."""
+    for index, record in enumerate(book.history(model), start=1):
+        store.put_record(ALIASES_PREFIX + model, index, _encode({"record": "alias-move", **asdict(record)}))
+
+
+def restore_lost(store: ArtifactStore, registry_path: Path) -> tuple[int, int] | None:
+    """Rebuild `registry_path` from the store when it holds no version but the store holds records (the
+    registry was lost); None when there is nothing to restore. Numbering must never start again at 1 while
+    the store keeps `NAME@1`."""
+    if registry_path.exists():
+        with Registry(registry_path, readonly=True) as registry:
+            if registry.latest_numbers():
+                return None
+    if next(iter(store.records()), None) is None:
+        return None
+    for leftover in (registry_path, *registry_path.parent.glob(registry_path.name + "-*")):
+        leftover.unlink(missing_ok=True)  # an empty registry (and its WAL files), created before the check
+    return rebuild(store, registry_path)
 
 
 def rebuild(store: ArtifactStore, registry_path: Path) -> tuple[int, int]:
