@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from tests.s3server import TEST_ENV
 MODEL = "models/blobs.yaml"
 
 
-def status(state_dir: Path) -> dict[str, object]:
+def status(state_dir: Path) -> dict[str, Any]:
     doc = json.loads(gitopsd(state_dir, "status", "--json").stdout)
     assert isinstance(doc, dict)
     return doc
@@ -174,7 +175,7 @@ def test_an_alias_move_while_the_store_is_down_waits_in_the_outbox_and_reaches_t
     reconciler.reconcile()
     assert reconciler.aliases.current() == {("blobs", "production"): 1}, "the registry has the move at once"
     doc = status(state_dir)
-    (pending,) = doc["pending"]  # type: ignore[misc]
+    (pending,) = doc["pending"]
     assert pending["count"] == 1 and pending["attempts"] == 1 and pending["next_retry_at"]
     shown = gitopsd(state_dir, "status").stdout
     assert "1 alias journal(s) waiting for the artifact store (1 failed attempt(s), next retry at" in shown
