@@ -89,12 +89,15 @@ class Applier:
         desired: DesiredState,
         backends: Mapping[str, Backend],
         bases: Mapping[str, Version] | None = None,
-    ) -> None:
-        """Apply every action; `bases` are the versions fine-tuned models start from (see `spec.base`)."""
+    ) -> list[Action]:
+        """Apply every action that is due; `bases` are the versions fine-tuned models start from (see
+        `spec.base`). Returns the actions tried: one that failed before waits for its retry."""
+        tried: list[Action] = []
         for action in actions:
             key, input = trouble_key(action), self._input(action)
             if not self.troubles.due(key, input):
                 continue  # failed before: waiting for its retry, or stalled until its input changes
+            tried.append(action)
             try:
                 self._apply(action, desired, backends, bases or {})
             except Exception as exc:  # one broken action must not stop the others
@@ -105,6 +108,7 @@ class Applier:
             freed = prune_model_runs(self.state, model, keep=desired.repo.runs.keep)
             if freed:
                 log.info("%s: pruned old run directories (%s freed)", model, format_size(freed))
+        return tried
 
     def _apply(
         self, action: Action, desired: DesiredState, backends: Mapping[str, Backend], bases: Mapping[str, Version]

@@ -145,6 +145,7 @@ class Reconciler:
         self._alias_problems: dict[str, tuple[str, ...]] = {}
         self._frozen = False
         self._settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
+        self._retry_at = float("inf")  # when a settled state must be looked at again (a retry falls due)
 
     def retry_stalled(self) -> int:
         """Make the work that stalled on a permanent error due again (the operator says it is fixed)."""
@@ -186,7 +187,7 @@ class Reconciler:
             return PassResult(commit=commit, actions=(), active=len(runs), error=row.error)
         backends, unavailable = self.observer.backends(desired, runs)
         settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
-        if not runs and not dry_run and settled == self._settled:
+        if not runs and not dry_run and settled == self._settled and self.troubles.clock() < self._retry_at:
             return PassResult(commit=commit, actions=(), active=0, error=row.error)
         views = self.observer.observe(runs, desired, backends, unavailable, record=not dry_run)
         versions = self.registry.key_numbers()
@@ -204,8 +205,8 @@ class Reconciler:
                 unavailable=dict(unavailable),
                 blocked={name: want.blocked for name, want in wants.items() if want.blocked},
             )  # fmt: skip
-        self.applier.apply(actions, desired, backends, bases)
-        if actions:
+        tried = self.applier.apply(actions, desired, backends, bases)
+        if tried:
             versions = self.registry.key_numbers()
         touched = self._sync_aliases(desired, versions) | rebased
         waiting = self.outbox.drain({"alias-journal": self._send_alias_journal, "audit-tags": self._push_tags})
@@ -216,8 +217,11 @@ class Reconciler:
         self.summary.record(
             desired, unavailable, versions, active, actions, self._alias_problems, wants, touched, troubles
         )
-        if not actions and not active and not touched and not waiting and not troubles:
+        if not tried and not active and not touched:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
+            retries = [t.next_at for t in self.troubles.all().values() if t.next_at is not None]
+            self._retry_at = min([*retries, *(e.next_at for e in self.outbox.entries())] if waiting else retries,
+                                 default=float("inf"))  # fmt: skip
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
 
     def _refused(self, desired: DesiredState, backends: Mapping[str, Backend]) -> dict[str, str]:
