@@ -37,6 +37,7 @@ from gitopsd.daemon.config import (
 )
 from gitopsd.daemon.exporter import Metrics
 from gitopsd.daemon.httpapi import Api, HookTarget, HttpServer
+from gitopsd.daemon.instance import InstanceLock
 from gitopsd.daemon.notify import Notifier
 from gitopsd.daemon.triggers import BareRepoWatch, PassReport, PollTimer, Worker
 from gitopsd.errors import GitopsdError, PermanentError
@@ -72,6 +73,8 @@ class Daemon:
         self._reload = False
         self._ready = False
         self._lock = threading.Lock()
+        assert self.config.state_dir is not None  # for_daemon checked it
+        self._instance = InstanceLock(self.config.state_dir)  # last: a refused start holds nothing
 
     # lifecycle ----------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -136,6 +139,7 @@ class Daemon:
             self.local_http.stop()
         if not clean:
             log.warning("a pass did not finish within %.0f s; its run rows say where it stopped", STOP_GRACE_S)
+        self._instance.release()
         return 0
 
     # HTTP listeners -------------------------------------------------------------------------------------------
