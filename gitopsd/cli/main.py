@@ -1,7 +1,8 @@
 """The `gitopsd` command line: a thin shell over the reconciler, the registry and the status view.
 
 Each command imports only what it needs, so `gitopsd status` stays fast on a login node. Exit codes: 0 ok,
-1 failure (including invalid specs and failed verification), 2 usage.
+1 failure (including invalid specs and failed verification), 2 usage; `status` exits 3 when a state directory
+has no status yet (nothing reconciled it, or its daemon has not finished a pass) and says which.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool) -> None:
     """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
     ctx.obj = {"state_dir": state_dir.expanduser().absolute(), "config": config}
+    from gitopsd.daemon.logdedup import RepeatFilter
     from gitopsd.daemon.logs import RedactUrls
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactUrls())  # no credential in a URL reaches the terminal, whoever logs it
+    handler.addFilter(RepeatFilter())  # `reconcile --wait` meets the same warning on every pass: say it once
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -297,11 +300,15 @@ def reconcile(
 )
 @click.pass_context
 def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, config_path: Path | None) -> None:
-    """Per model: what Git wants, what is, and why they differ."""
-    from gitopsd.reconcile.statusview import read_status, render
+    """Per model: what Git wants, what is, and why they differ.
+
+    Exit codes: 0 status shown; 1 an error (a state.db that cannot be read, an invalid --config, no such
+    model); 3 no status yet (no state.db: nothing reconciled this state directory, or its daemon has not
+    finished a pass; the message says which)."""
+    from gitopsd.reconcile.statusview import render
 
     if config_path is None:
-        docs = {"": read_status(state_dir(ctx), model)}
+        dirs = {"": state_dir(ctx)}
     else:
         from gitopsd.daemon.config import load_config
         from gitopsd.errors import GitopsdError
@@ -311,18 +318,55 @@ def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, con
         except GitopsdError as exc:
             fail(str(exc))
             raise
-        docs = {r.name: read_status(config.state_dir_of(r), model) for r in config.repositories}
-    if model and not any(doc["models"] for doc in docs.values()):
+        dirs = {r.name: config.state_dir_of(r) for r in config.repositories}
+    docs = {name: _read_status(directory, model) for name, directory in dirs.items()}
+    missing = {name: _no_status_yet(dirs[name]) for name, doc in docs.items() if doc["repository"] is None}
+    if model and not missing and not any(doc["models"] for doc in docs.values()):
         fail(f"no model {model!r} in the applied commit")
     if as_json:
         # Indented for a person; compact (and several times faster on 10,000 models) for a pipe.
         out: Any = next(iter(docs.values())) if len(docs) == 1 else {"repositories": docs}
         click.echo(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
-        return
-    for name, doc in docs.items():
-        if name:
-            click.echo(f"== {name} ==")
-        click.echo(render(doc, wide=wide))
+        for name, why in missing.items():
+            click.echo(f"{name + ': ' if name else ''}{why}", err=True)
+    else:
+        for name, doc in docs.items():
+            if name:
+                click.echo(f"== {name} ==")
+            click.echo(missing[name] if name in missing else render(doc, wide=wide))
+    if missing:
+        raise SystemExit(3)
+
+
+def _read_status(directory: Path, model: str | None) -> dict[str, Any]:
+    """The status document of one state directory; a state.db that cannot be read is one error line."""
+    import sqlite3
+
+    from gitopsd.reconcile.statusview import read_status
+
+    try:
+        return read_status(directory, model)
+    except sqlite3.Error as exc:
+        fail(f"cannot read {directory / 'state.db'}: {exc} (the file is damaged or not a gitopsd state database)")
+
+
+def _no_status_yet(directory: Path) -> str:
+    """Why `directory` has no state.db, as truthfully as the daemon lock can tell."""
+    from gitopsd.daemon.instance import LOCK_NAME, serving_daemon
+
+    parent = serving_daemon(directory.parent)
+    if parent is not None:
+        who = f"the daemon (pid {parent})" if parent else "the daemon"
+        return (f"{who} serving {directory.parent} has no state for {directory.name} yet: it has not finished a "
+                f"pass of it (or it is not one of its repositories); its log says what it is doing")  # fmt: skip
+    if (directory / LOCK_NAME).exists():
+        own = serving_daemon(directory)
+        state = "running" if own is not None else "not running"
+        names = sorted(p.name for p in directory.iterdir() if (p / "state.db").is_file())
+        return (f"{directory} is the state_dir of a gitopsd daemon ({state}); each repository has its own state "
+                f"directory in it ({', '.join(names) or 'none yet'}): use `gitopsd status --config FILE`, or "
+                f"--state-dir {directory}/NAME")  # fmt: skip
+    return f"nothing reconciled yet in {directory} (run `gitopsd reconcile --repo URL|PATH`, or `gitopsd run`)"
 
 
 @cli.command()

@@ -263,10 +263,28 @@ def resolve_secret(ref: str) -> bytes:
     raise PermanentError(f"secret {ref}: expected file:, env: or credential:")
 
 
-def apply_environment(config: DaemonConfig) -> None:
-    """Export the configured variables for backends (secret references resolved), and the state directory
-    every repository shares, where backends keep what must be host-wide (the nvidia backend's GPU leases)."""
+def resolve_environment(config: DaemonConfig) -> dict[str, str]:
+    """The variables `[environment]` exports, secret references resolved. PermanentError naming the variable
+    (never its value) when one cannot be resolved, before anything is exported."""
+    resolved: dict[str, str] = {}
+    for name, value in config.environment.items():
+        if not re.match(SECRET_REF, value):
+            resolved[name] = value
+            continue
+        try:
+            resolved[name] = resolve_secret(value).decode()
+        except PermanentError as exc:
+            raise PermanentError(f"[environment] {name}: {exc}") from None
+        except UnicodeDecodeError:
+            raise PermanentError(f"[environment] {name}: secret {value} is not UTF-8 text") from None
+    return resolved
+
+
+def apply_environment(config: DaemonConfig, resolved: dict[str, str] | None = None) -> None:
+    """Export the configured variables for backends (secret references resolved; `resolved`: already done by
+    `resolve_environment`), and the state directory every repository shares, where backends keep what must be
+    host-wide (the nvidia backend's GPU leases)."""
+    values = resolve_environment(config) if resolved is None else resolved
     if config.state_dir is not None:
         os.environ[SHARED_STATE_ENV] = str(config.state_dir)
-    for name, value in config.environment.items():
-        os.environ[name] = resolve_secret(value).decode() if re.match(SECRET_REF, value) else value
+    os.environ.update(values)

@@ -153,19 +153,23 @@ class Api:
         if provider not in PROVIDERS:
             known = ", ".join(PROVIDERS)
             return self._answer(provider, Verdict(status=404, result="unknown_provider", message=f"expected {known}"))
-        best: Verdict | None = None
-        for target in self.targets():
-            verdict = judge(provider, target.secrets.get(provider, []), headers, body, target.branch)
-            if verdict.status == 401 or verdict.result == "not_configured":
-                best = best or verdict
-                continue
-            if verdict.delivery and self._duplicate(provider, verdict.delivery):
-                return self._answer(provider, Verdict(status=200, result="duplicate", message="already delivered"))
-            if verdict.trigger:
-                log.info("webhook %s: %s for repository %s", provider, verdict.message, target.name)
-                target.trigger(f"webhook:{provider}")
-            return self._answer(provider, verdict)
-        return self._answer(provider, best or Verdict(status=404, result="not_configured", message="no repository"))
+        # A delivery reaches every repository whose secret verifies it: several repositories (branches) of one
+        # forge repository share its webhook and secret, and each decides on its own branch.
+        verdicts = [(target, judge(provider, target.secrets.get(provider, []), headers, body, target.branch))
+                    for target in self.targets()]  # fmt: skip
+        authentic = [(t, v) for t, v in verdicts if v.status != 401 and v.result != "not_configured"]
+        if not authentic:
+            unset = Verdict(status=404, result="not_configured", message=f"no {provider} webhook is configured")
+            return self._answer(provider, next((v for _, v in verdicts if v.status == 401), unset))
+        delivery = authentic[0][1].delivery
+        if delivery and self._duplicate(provider, delivery):
+            return self._answer(provider, Verdict(status=200, result="duplicate", message="already delivered"))
+        accepted = [(t, v) for t, v in authentic if v.trigger]
+        for target, verdict in accepted:
+            log.info("webhook %s: %s for repository %s", provider, verdict.message, target.name,
+                     extra={"repository": target.name})  # fmt: skip
+            target.trigger(f"webhook:{provider}")
+        return self._answer(provider, accepted[0][1] if accepted else authentic[0][1])
 
     def _duplicate(self, provider: str, delivery: str) -> bool:
         key = (provider, delivery)
@@ -209,17 +213,35 @@ def _json(doc: Any) -> tuple[str, bytes]:
 
 
 class HttpServer:
-    """waitress in a thread."""
+    """waitress in a thread.
 
-    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]], host: str, port: int) -> None:
+    waitress reads a request's whole body (spooling it to a temporary file past 512 KiB) before the
+    application sees it, so the body cap is waitress's own `max_request_body_size`: a declared Content-Length
+    over it is answered 413 before a byte of the body is read, and a chunked body is cut off as soon as it
+    passes it. The application checks again, for the JSON answer and the metric.
+    """
+
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]], host: str, port: int,
+                 *, max_body: int = 1 << 20) -> None:  # fmt: skip
         from waitress.server import create_server
 
-        self._server = create_server(app, host=host, port=port, threads=4, ident="gitopsd", _start=True)
+        self._server = create_server(app, host=host, port=port, threads=4, ident="gitopsd", _start=True,
+                                     max_request_body_size=_waitress_cap(max_body))  # fmt: skip
+        self.host = host
         self.port = int(self._server.effective_port)
         self.thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+
+    def set_max_body(self, max_body: int) -> None:
+        """A new body cap (on reload); every connection reads it from the server's adjustments."""
+        self._server.adj.max_request_body_size = _waitress_cap(max_body)
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
         self._server.close()
+
+
+def _waitress_cap(max_body: int) -> int:
+    # waitress refuses a body of `max_request_body_size` bytes or more; ours may be exactly `max_body` long.
+    return max_body + 1

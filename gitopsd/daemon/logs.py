@@ -4,6 +4,7 @@ Call sites pass what the line is about as `extra` (model, run_id, commit, reason
 formatter turns those into fields, so `journalctl -o json` can be filtered by model or run. Secrets are never
 passed to a logger; `RedactUrls`, on every handler, is the last wall behind that rule: a URL with credentials
 that reaches a log line anyway (from a library's message or a traceback) is written without them.
+`RepeatFilter` (logdedup) writes a repeated identical warning or error once per ten minutes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import sys
 import time
 
+from gitopsd.daemon.logdedup import RepeatFilter
 from gitopsd.source.redact import redact_text
 
 FIELDS = ("repository", "model", "run_id", "commit", "reason", "trigger")
@@ -59,6 +61,7 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactUrls())
+    handler.addFilter(RepeatFilter())
     handler.setFormatter(
         JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     )

@@ -4,9 +4,11 @@ One worker per repository, fed by a poll timer, a watch on a local bare reposito
 server for health, readiness, metrics, status, triggers and webhooks; the systemd notify protocol (READY once
 every repository had its first pass, STATUS after each pass, WATCHDOG while every worker is alive, RELOADING on
 SIGHUP, STOPPING on SIGTERM). SIGTERM lets each worker finish its current pass, so nothing is left
-half-recorded, then exits 0. SIGHUP re-reads the configuration; an invalid one is logged and the old one kept.
-The API token is read at start and again on SIGHUP (so a rotated token takes effect without a restart); the
-listen addresses are bound once, at start.
+half-recorded, then exits 0. SIGHUP re-reads the configuration; an invalid one (a syntax error, a secret
+reference that cannot be resolved) is logged as one line and the old one kept. Every secret (the API token, the webhook
+secrets, `[environment]`) is read at start and again on SIGHUP, so a rotated secret takes effect without a
+restart and the revoked one stops working. A changed `http.listen` or `http.local_listen` is rebound on SIGHUP
+(the new address first; if it cannot be bound, the old one keeps serving and the error says why).
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from gitopsd.daemon.config import (
     RepositoryConfig,
     apply_environment,
     load_config,
+    resolve_environment,
     resolve_secret,
 )
 from gitopsd.daemon.exporter import Metrics
 from gitopsd.daemon.httpapi import Api, HookTarget, HttpServer
+from gitopsd.daemon.instance import InstanceLock
 from gitopsd.daemon.notify import Notifier
 from gitopsd.daemon.triggers import BareRepoWatch, PassReport, PollTimer, Worker
 from gitopsd.errors import GitopsdError, PermanentError
@@ -57,10 +61,9 @@ class RepoRuntime:
 class Daemon:
     def __init__(self, config_path: Path, *, listen: str | None = None) -> None:
         self.config_path = config_path
-        self.config: DaemonConfig = load_config(config_path).for_daemon(config_path)
-        self._bound = (self.config.http.listen, self.config.http.local_listen)  # as the file says; bound once
-        if listen is not None:
-            self.config = self.config.model_copy(update={"http": _override_listen(self.config.http, listen)})
+        self._listen_override = listen
+        self.config: DaemonConfig = self._effective(load_config(config_path).for_daemon(config_path))
+        self._environment = resolve_environment(self.config)
         self._token = _api_token(self.config.http)
         self.notifier = Notifier()
         self.repos: dict[str, RepoRuntime] = {}
@@ -70,28 +73,23 @@ class Daemon:
         self._reload = False
         self._ready = False
         self._lock = threading.Lock()
+        assert self.config.state_dir is not None  # for_daemon checked it
+        self._instance = InstanceLock(self.config.state_dir)  # last: a refused start holds nothing
 
     # lifecycle ----------------------------------------------------------------------------------------------
     def run(self) -> int:
         logs.setup(self.config.log_level, self.config.log_format)
-        apply_environment(self.config)
+        apply_environment(self.config, self._environment)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         self.timer = PollTimer()
-        api = self._api()
-        host, port = self.config.http.address()
-        self.http = HttpServer(api, host, port)
-        self.http.start()
-        guard = "the bearer token" if self._token else "a token, and none is configured: they answer 401"
-        log.info("gitopsd listening on http://%s:%d (the API and /metrics need %s)", host, self.http.port, guard)
-        self.local_http: HttpServer | None = None
-        if self.config.http.local_listen:
-            local_host, _, local_port = self.config.http.local_listen.rpartition(":")
-            self.local_http = HttpServer(api.local, local_host.strip("[]"), int(local_port))
-            self.local_http.start()
-            log.info("gitopsd API without a token on http://%s:%d (loopback only, http.local_listen)",
-                     local_host.strip("[]"), self.local_http.port)  # fmt: skip
+        self._web = self._api()
+        self.http = self._serve(self.config.http.listen, local=False)
+        self.local_http = (
+            self._serve(local_listen, local=True) if (local_listen := self.config.http.local_listen) else None
+        )
+        self._listening = (self.config.http.listen, self.config.http.local_listen)
         for repo in self.config.repositories:
             self._start(repo)
         self._loop()
@@ -141,7 +139,60 @@ class Daemon:
             self.local_http.stop()
         if not clean:
             log.warning("a pass did not finish within %.0f s; its run rows say where it stopped", STOP_GRACE_S)
+        self._instance.release()
         return 0
+
+    # HTTP listeners -------------------------------------------------------------------------------------------
+    def _effective(self, config: DaemonConfig) -> DaemonConfig:
+        """`config` with `gitopsd run --listen` applied (the command line wins over the file)."""
+        if self._listen_override is None:
+            return config
+        return config.model_copy(update={"http": _override_listen(config.http, self._listen_override)})
+
+    def _serve(self, listen: str, *, local: bool) -> HttpServer:
+        """Bind and start a listener; OSError if the address cannot be bound."""
+        host, _, port = listen.rpartition(":")
+        server = HttpServer(self._web.local if local else self._web, host.strip("[]"), int(port),
+                            max_body=self.config.http.max_body_bytes)  # fmt: skip
+        server.start()
+        if local:
+            log.info("gitopsd API without a token on http://%s:%d (loopback only, http.local_listen)",
+                     server.host, server.port)  # fmt: skip
+        else:
+            guard = "the bearer token" if self._token else "a token, and none is configured: they answer 401"
+            log.info("gitopsd listening on http://%s:%d (the API and /metrics need %s)", server.host, server.port,
+                     guard)  # fmt: skip
+        return server
+
+    def _rebind(self, old: HttpServer | None, listen: str | None, *, local: bool) -> tuple[HttpServer | None, bool]:
+        """The listener for `listen` after a reload changed it, and whether it is bound there. The new address is
+        bound before the old one closes, so no request is refused meanwhile; the same port on another host
+        (bindable only once the old socket is closed) closes the old one first, and binds it again if the new
+        address cannot be bound. None for an unset `local_listen`."""
+        setting = "http.local_listen" if local else "http.listen"
+        if listen is None:
+            if old is not None:
+                old.stop()
+                log.info("%s removed: the listener on port %d was closed", setting, old.port)
+            return None, True
+        try:
+            new = self._serve(listen, local=local)
+        except OSError as first:
+            if old is None or not listen.endswith(f":{old.port}"):
+                log.error("%s = %r cannot be bound (%s); the old listener keeps serving", setting, listen,
+                          first.strerror or first)  # fmt: skip
+                return old, False
+            old.stop()
+            try:
+                new = self._serve(listen, local=local)
+            except OSError as second:
+                log.error("%s = %r cannot be bound (%s); the old listener serves again", setting, listen,
+                          second.strerror or second)  # fmt: skip
+                return self._serve(f"{old.host}:{old.port}", local=local), False
+            return new, True
+        if old is not None:
+            old.stop()
+        return new, True
 
     # repositories -------------------------------------------------------------------------------------------
     def _start(self, repo: RepositoryConfig) -> None:
@@ -189,30 +240,47 @@ class Daemon:
     def _reconfigure(self) -> None:
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path).for_daemon(self.config_path)
+            new = self._effective(load_config(self.config_path).for_daemon(self.config_path))
             token = _api_token(new.http)
+            environment = resolve_environment(new)
         except GitopsdError as exc:
-            log.error("reload refused, the running configuration stays: %s", exc)
+            log.error("reload refused, the running configuration stays: %s", _one_line(str(exc)))
             self.notifier.ready(self._summary())
             return
         with self._lock:
             old = {
                 r.name: (r, self.config.operator_for(r), self.config.output_limits) for r in self.config.repositories
             }
-            if (new.http.listen, new.http.local_listen) != self._bound:
-                log.warning("http.listen and http.local_listen take effect at the next start, not on reload")
             self.config = new
             self._token = token
             logs.setup(new.log_level, new.log_format)
-            apply_environment(new)
+            apply_environment(new, environment)
             wanted = {r.name: (r, new.operator_for(r), new.output_limits) for r in new.repositories}
             for name in [n for n in self.repos if wanted.get(n) != old.get(n)]:
                 self._stop_repo(name)
+            for runtime in self.repos.values():  # kept repositories: their secret files may have been rotated
+                runtime.secrets = self._secrets(runtime.config)
             for name, (repo, _, _) in wanted.items():
                 if name not in self.repos:
                     self._start(repo)
+            self._reload_http(new)
         log.info("configuration reloaded: %d repositories", len(new.repositories))
         self.notifier.ready(self._summary())
+
+    def _reload_http(self, new: DaemonConfig) -> None:
+        for server in (self.http, self.local_http):
+            if server is not None:
+                server.set_max_body(new.http.max_body_bytes)
+        listen, local_listen = new.http.listen, new.http.local_listen
+        if listen != self._listening[0]:
+            server, bound = self._rebind(self.http, listen, local=False)
+            self.http = server or self.http
+            if bound:
+                self._listening = (listen, self._listening[1])
+        if local_listen != self._listening[1]:
+            self.local_http, bound = self._rebind(self.local_http, local_listen, local=True)
+            if bound:
+                self._listening = (self._listening[0], local_listen)
 
     # reporting ----------------------------------------------------------------------------------------------
     def _passed(self, report: PassReport) -> None:
@@ -268,6 +336,11 @@ def _override_listen(http: HttpConfig, listen: str) -> HttpConfig:
         return HttpConfig.model_validate({**http.model_dump(), "listen": listen})
     except ValidationError as exc:
         raise PermanentError("; ".join(f"--listen {listen}: {e['msg']}" for e in exc.errors())) from None
+
+
+def _one_line(message: str) -> str:
+    """A multi-line error (one line per configuration problem) as one log line."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _api_token(http: HttpConfig) -> bytes | None:

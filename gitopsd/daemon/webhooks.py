@@ -3,8 +3,10 @@
 GitHub (`X-Hub-Signature-256`), Gitea/Forgejo (`X-Gitea-Signature` / `X-Forgejo-Signature`), Bitbucket Server
 (`X-Hub-Signature`, sha256) and a generic HMAC (`X-Gitopsd-Signature`) sign the body; GitLab sends a token
 (`X-Gitlab-Token`). Every comparison is constant-time. Only a push to the tracked branch triggers; pings are
-answered, tags, deletions and other branches are acknowledged and ignored. This module never reconciles: the
-HTTP layer enqueues a trigger and answers at once.
+answered, tags, deletions and other branches are acknowledged and ignored. A Bitbucket Server delivery lists
+several changes: it triggers when any of them updates the tracked branch. A form-encoded delivery carries the
+JSON in its one `payload` field; Gitea and Forgejo sign that JSON (not the form body), GitHub signs the body.
+This module never reconciles: the HTTP layer enqueues a trigger and answers at once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_to_bytes
 
 PROVIDERS = ("github", "gitlab", "gitea", "bitbucket", "generic")
 ZERO = "0" * 40
@@ -47,15 +49,39 @@ def _hmac_ok(secret: bytes, body: bytes, signature: str, *, prefix: str) -> bool
     return hmac.compare_digest(expected, signature.strip().lower())
 
 
+def _is_form(headers: Mapping[str, str]) -> bool:
+    return "application/x-www-form-urlencoded" in _header(headers, "Content-Type").lower()
+
+
+def _form_payload(body: bytes) -> bytes | None:
+    """The bytes of the one `payload` field of a form-encoded body (None: none, or more than one)."""
+    values = [
+        unquote_to_bytes(value.replace(b"+", b" "))
+        for name, _, value in (field.partition(b"=") for field in body.split(b"&") if field)
+        if unquote_to_bytes(name.replace(b"+", b" ")) == b"payload"
+    ]
+    return values[0] if len(values) == 1 else None
+
+
+def _signed_bytes(provider: str, headers: Mapping[str, str], body: bytes) -> bytes | None:
+    """What the forge signed: the body, except for a Gitea/Forgejo form delivery, which signs its JSON payload."""
+    if provider == "gitea" and _is_form(headers):
+        return _form_payload(body)
+    return body
+
+
 def authentic(provider: str, secret: bytes, headers: Mapping[str, str], body: bytes) -> bool:
     """Whether the delivery carries a valid signature (or token) for `secret`."""
+    if not secret:  # an empty secret would let anyone sign
+        return False
     if provider == "github":
         return _hmac_ok(secret, body, _header(headers, "X-Hub-Signature-256"), prefix="sha256=")
     if provider == "gitlab":
         return hmac.compare_digest(_header(headers, "X-Gitlab-Token").encode(), secret)
     if provider == "gitea":
         signature = _header(headers, "X-Gitea-Signature") or _header(headers, "X-Forgejo-Signature")
-        return _hmac_ok(secret, body, signature, prefix="")
+        signed = _signed_bytes(provider, headers, body)
+        return signed is not None and _hmac_ok(secret, signed, signature, prefix="")
     if provider == "bitbucket":
         return _hmac_ok(secret, body, _header(headers, "X-Hub-Signature"), prefix="sha256=")
     if provider == "generic":
@@ -66,9 +92,9 @@ def authentic(provider: str, secret: bytes, headers: Mapping[str, str], body: by
 def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
     """The JSON payload, sent as JSON or form-encoded (`payload=...`)."""
     try:
-        if "application/x-www-form-urlencoded" in _header(headers, "Content-Type"):
-            values = parse_qs(body.decode(), strict_parsing=False).get("payload")
-            data = json.loads(values[0]) if values else None
+        if _is_form(headers):
+            payload = _form_payload(body)
+            data = json.loads(payload) if payload is not None else None
         else:
             data = json.loads(body) if body.strip() else {}
     except (ValueError, UnicodeDecodeError):
@@ -101,25 +127,41 @@ def delivery_id(provider: str, headers: Mapping[str, str]) -> str:
     return next((value for name in names[provider] if (value := _header(headers, name))), "")
 
 
-def _pushed(provider: str, event: str, payload: Mapping[str, Any]) -> tuple[str, str, bool] | str:
-    """(ref, new commit, deleted) of a push, or the reason the event is not one."""
+Push = tuple[str, str, bool]  # (ref, new commit, deleted)
+
+
+def _pushed(provider: str, event: str, payload: Mapping[str, Any]) -> list[Push] | str:
+    """The refs a push moved, or the reason the event is not a push."""
     if provider == "bitbucket":
         if event != "repo:refs_changed":
             return f"event {event or '(none)'} is not a push"
-        changes = payload.get("changes") or []
-        change = changes[0] if changes and isinstance(changes[0], dict) else {}
-        ref = change.get("ref", {}) if isinstance(change.get("ref"), dict) else {}
-        return (
-            str(ref.get("id", change.get("refId", ""))),
-            str(change.get("toHash", "")),
-            change.get("type") == "DELETE",
-        )
+        changes = payload.get("changes")
+        pushes: list[Push] = []
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict):
+                continue
+            ref = change["ref"] if isinstance(change.get("ref"), dict) else {}
+            pushes.append((str(ref.get("id", change.get("refId", ""))), str(change.get("toHash", "")),
+                           change.get("type") == "DELETE"))  # fmt: skip
+        return pushes
     push_events = {"github": ("push",), "gitlab": ("Push Hook",), "gitea": ("push",), "generic": ("push", "")}
     if event not in push_events[provider]:
         return f"event {event or '(none)'} is not a push"
     after = str(payload.get("after", "") or payload.get("checkout_sha", "") or "")
     deleted = bool(payload.get("deleted")) or after == ZERO
-    return str(payload.get("ref", "")), after, deleted
+    return [(str(payload.get("ref", "")), after, deleted)]
+
+
+def _why_not(push: Push, tracked: str | None) -> str:
+    """Why a moved ref does not trigger a repository tracking `tracked` ("" when it does)."""
+    ref, _, deleted = push
+    if not ref.startswith("refs/heads/"):
+        return f"{ref or 'no ref'} is not a branch"
+    if deleted:
+        return f"{ref} was deleted"
+    if tracked and ref != f"refs/heads/{tracked}":
+        return f"{ref} is not the tracked branch"
+    return ""
 
 
 def _default_branch(payload: Mapping[str, Any]) -> str | None:
@@ -149,13 +191,12 @@ def judge(provider: str, secrets: list[bytes], headers: Mapping[str, str], body:
     pushed = _pushed(provider, event, payload)
     if isinstance(pushed, str):
         return Verdict(status=202, result="ignored", message=pushed, delivery=delivery)
-    ref, commit, deleted = pushed
-    if not ref.startswith("refs/heads/"):
-        return Verdict(status=202, result="ignored", message=f"{ref or 'no ref'} is not a branch", delivery=delivery)
-    if deleted:
-        return Verdict(status=202, result="ignored", message=f"{ref} was deleted", delivery=delivery)
     tracked = branch or _default_branch(payload)
-    if tracked and ref != f"refs/heads/{tracked}":
-        return Verdict(status=202, result="ignored", message=f"{ref} is not the tracked branch", delivery=delivery)
-    return Verdict(status=202, result="accepted", message=f"push to {ref}", trigger=True, delivery=delivery,
-                   commit=commit)  # fmt: skip
+    reasons = []
+    for push in pushed:
+        reason = _why_not(push, tracked)
+        if not reason:
+            return Verdict(status=202, result="accepted", message=f"push to {push[0]}", trigger=True,
+                           delivery=delivery, commit=push[1])  # fmt: skip
+        reasons.append(reason)
+    return Verdict(status=202, result="ignored", message="; ".join(reasons) or "no ref changed", delivery=delivery)

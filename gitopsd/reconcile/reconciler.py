@@ -115,6 +115,7 @@ class Reconciler:
         self.loader = DesiredLoader(self.source, self.operator)
         self.verifier = CommitVerifier(verify) if verify is not None else None
         self._refusal_logged = ""
+        self._rejection_logged = ""  # the commit whose rejection was logged: once, not on every pass
         self.limits = limits or OutputLimits()
         self.observer = Observer(self.state, state_dir, self.limits)
         self.summary = Summary(self.state)
@@ -401,8 +402,10 @@ class Reconciler:
         try:
             desired = self.loader.load(commit)
         except SpecError as exc:
-            if row.fetched_commit == commit and row.error_reason != Reason.SPEC_INVALID:
+            # `_fetch` clears the row's error on every pass, so the row cannot say whether this was logged.
+            if self._rejection_logged != commit:
                 log.error("commit %s rejected:\n%s", commit[:12], exc)
+                self._rejection_logged = commit
             good = row.applied_commit[:12] if row.applied_commit else "no earlier commit"
             error = f"commit {commit[:12]} rejected, {good} stays in force:\n{exc}"
             return self._last_good(row), _with(row, error_reason=Reason.SPEC_INVALID, error=error)

@@ -46,6 +46,25 @@ def is_local_url(url: str) -> bool:
     return url.startswith("file://") or ("://" not in url and not is_ssh_url(url))
 
 
+def local_path(url: str) -> Path | None:
+    """The directory of a local repository's URL (a path or file://[localhost]/path), None for a remote one."""
+    if not is_local_url(url):
+        return None
+    if url.startswith("file://"):
+        rest = url.removeprefix("file://")
+        rest = rest.removeprefix("localhost") if rest.startswith("localhost/") else rest
+        return Path(rest) if rest.startswith("/") else None
+    return Path(url)
+
+
+def _is_git_repository(path: Path) -> bool:
+    """Whether `path` is a repository git can fetch from: bare (HEAD and objects/) or with a .git."""
+    try:
+        return ((path / "HEAD").is_file() and (path / "objects").is_dir()) or (path / ".git").exists()
+    except OSError:
+        return False
+
+
 def normalise_url(url: str) -> str:
     """Local paths become absolute so a mirror keeps working from any current directory."""
     if "://" in url or is_ssh_url(url):
@@ -95,9 +114,17 @@ class Source:
             if head is not None and head.symref_target:
                 self.repo.set_head(head.symref_target)
         except (pygit2.GitError, KeyError, ValueError) as exc:
-            if self.url.startswith("/") and not Path(self.url).exists():
-                raise SourceUnavailable(f"cannot fetch {self.shown}: no such directory") from exc
+            self._check_local()
             raise SourceUnavailable(f"cannot fetch {self.shown}: {redact_text(str(exc))}") from exc
+
+    def _check_local(self) -> None:
+        """For a local repository that is not there, the one clear message (libgit2 would say "unsupported URL
+        protocol" or "could not find repository"). Transient: the path may be mounted or created later."""
+        path = local_path(self.url)
+        if path is not None and not _is_git_repository(path):
+            raise SourceUnavailable(
+                f"repository {path} does not exist (or is not a git repository): create it, or fix the repository's url"
+            )
 
     def _fetch_local(self) -> None:
         """A local repository is fetched by git: libgit2's local transport packs every new object in memory
@@ -110,6 +137,7 @@ class Source:
         except OSError as exc:
             raise SourceUnavailable(f"cannot fetch {self.shown}: git cannot be started: {exc}") from exc
         if done.returncode != 0:
+            self._check_local()
             raise SourceUnavailable(f"cannot fetch {self.shown}: {redact_text(done.stderr.strip()[:400])}")
 
     def _fetch_over_ssh(self) -> None:

@@ -64,7 +64,7 @@ def test_bad_input_gets_an_error_line_not_a_traceback(tmp_path: Path, case: str)
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.strip(), "the user is told what went wrong"
     if case == "missing repository":
-        assert "no such directory" in done.stderr
+        assert "does not exist (or is not a git repository)" in done.stderr
 
 
 def test_verbose_shows_the_traceback_of_an_unexpected_error(tmp_path: Path) -> None:
