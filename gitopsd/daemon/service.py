@@ -258,8 +258,9 @@ class Daemon:
             wanted = {r.name: (r, new.operator_for(r), new.output_limits) for r in new.repositories}
             for name in [n for n in self.repos if wanted.get(n) != old.get(n)]:
                 self._stop_repo(name)
-            for runtime in self.repos.values():  # kept repositories: their secret files may have been rotated
-                runtime.secrets = self._secrets(runtime.config)
+            for runtime in self.repos.values():  # kept repositories: their secret files may have been rotated,
+                runtime.secrets = self._secrets(runtime.config)  # and what stalled may have been fixed
+                runtime.worker.retry_stalled()
             for name, (repo, _, _) in wanted.items():
                 if name not in self.repos:
                     self._start(repo)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gitopsd.errors import GitopsdError, retry_delay
+
 log = logging.getLogger("gitopsd")
 
 FOLLOW_UP_MIN_S = 2.0
@@ -29,6 +31,8 @@ class PassLike(Protocol):
 
 class Reconciling(Protocol):
     def reconcile(self, trigger: str = ...) -> Any: ...
+
+    def retry_stalled(self) -> int: ...
 
     def close(self) -> None: ...
 
@@ -61,6 +65,7 @@ class Worker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pending: str | None = "startup"
+        self._retry = threading.Event()
         self.first_pass = threading.Event()
         self.last_beat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name=f"reconcile-{name}", daemon=True)
@@ -74,6 +79,11 @@ class Worker:
             if self._pending is None:
                 self._pending = trigger
             self._wake.set()
+
+    def retry_stalled(self) -> None:
+        """The operator reloaded: retry the work that stalled on a permanent error, in a pass of its own."""
+        self._retry.set()
+        self.request("reload")
 
     def stop(self, timeout: float) -> bool:
         """Let the current pass finish, then end the thread; True if it ended in time."""
@@ -93,10 +103,14 @@ class Worker:
         follow_up: float | None = None
         due = float("inf")
         try:
-            reconciler = self._make()
-            while not self._stop.is_set():
+            reconciler = self._start()
+            while reconciler is not None and not self._stop.is_set():
                 self.last_beat = time.monotonic()
                 trigger = self._take()
+                if self._retry.is_set():
+                    self._retry.clear()
+                    reconciler.retry_stalled()
+                    trigger = trigger or "reload"
                 if trigger is None and time.monotonic() >= due:
                     trigger = "runs"
                 if trigger is not None:
@@ -112,6 +126,25 @@ class Worker:
         finally:
             if reconciler is not None:
                 reconciler.close()
+
+    def _start(self) -> Reconciling | None:
+        """The worker's reconciler; one that cannot be made (a state directory that tracks another
+        repository, a database that cannot be opened) is said in one line and tried again with backoff."""
+        attempt = 0
+        while not self._stop.is_set():
+            self.last_beat = time.monotonic()
+            try:
+                return self._make()
+            except GitopsdError as exc:
+                attempt += 1
+                delay = retry_delay(attempt)
+                log.error("repository %s: cannot start reconciling (attempt %d, next in %.0f s): %s",
+                          self.name, attempt, delay, exc)  # fmt: skip
+                until = time.monotonic() + delay
+                while not self._stop.is_set() and time.monotonic() < until:
+                    self.last_beat = time.monotonic()  # waiting, not hung: the watchdog stays fed
+                    self._stop.wait(min(until - time.monotonic(), self._beat_s))
+        return None
 
     def _pass(self, reconciler: Reconciling, trigger: str) -> int:
         started = time.monotonic()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gitopsd.daemon.triggers import PassReport, Worker
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.registry.recovery import ALIASES_PREFIX
 from gitopsd.registry.stores import open_store
@@ -279,3 +280,53 @@ def test_an_audit_tag_push_that_fails_while_the_remote_is_gone_is_retried_from_t
     assert rec.outbox.entries() == []
     rec.close()
     assert "models/blobs/v1" in GitRepo(remote).git("tag", "--list")
+
+
+def test_a_reload_retries_what_stalled_in_the_daemons_worker(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path, broken_store: Path
+) -> None:
+    reconciler.reconcile_until_settled(timeout_s=60)
+    reconciler.close()
+    demo_repo.edit("src/train.py", '"epoch": epoch}', '"epoch": epoch, "v": 2}')
+    demo_repo.commit("v2")
+    operator = Operator(registry=OperatorRegistry(artifacts=broken_store.as_uri()))
+    passes: list[PassReport] = []
+    worker = Worker("demo", lambda: Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=operator),
+                    on_pass=passes.append)  # fmt: skip
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while blobs(state_dir)["condition"] != "Stalled":
+            assert time.monotonic() < deadline, blobs(state_dir)
+            worker.request("poll")
+            time.sleep(0.3)
+        broken_store.parent.unlink()  # the operator fixes the store, then reloads the daemon
+        worker.retry_stalled()
+        while blobs(state_dir)["latest_version"] != 2:
+            assert time.monotonic() < deadline, blobs(state_dir)
+            time.sleep(0.3)
+    finally:
+        assert worker.stop(30)
+    assert any(report.trigger == "reload" for report in passes)
+    assert runs_created(state_dir) == 2, "collected, not trained again"
+
+
+def test_a_worker_that_cannot_start_says_why_and_tries_again(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    first.reconcile()  # this state directory now tracks the demo repository
+    first.close()
+    other = tmp_path / "other"
+    other.mkdir()
+    worker = Worker("other", lambda: Reconciler(state_dir=state_dir, url=str(other)), on_pass=lambda _: None,
+                    beat_s=0.05)  # fmt: skip
+    with caplog.at_level(logging.ERROR, logger="gitopsd"):
+        worker.start()
+        deadline = time.monotonic() + 30
+        while "cannot start reconciling" not in caplog.text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert worker.thread.is_alive(), "the worker waits to try again instead of ending"
+        assert worker.stop(10)
+    assert "already tracks" in caplog.text and "Traceback" not in caplog.text
