@@ -25,7 +25,7 @@ from gitopsd.reconcile.desired import DesiredLoader, DesiredModel, DesiredState,
 from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outputs import OutputLimits
-from gitopsd.reconcile.planner import Action, Actual, Want, plan
+from gitopsd.reconcile.planner import Action, Actual, Failure, Wait, Want, plan
 from gitopsd.reconcile.state import SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.registry.aliases import AliasBook, plan_aliases
@@ -170,9 +170,11 @@ class Reconciler:
         registered: dict[str, set[str]] = {}
         for model, run_key in versions:
             registered.setdefault(model, set()).add(run_key)
+        failures = {t: Failure(ended_at=at, reason=why) for t, (at, why) in self.state.last_failures().items()}
         actual = Actual(
-            runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable
-        )
+            runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable,
+            now=time.time(), last_failures=failures,
+        )  # fmt: skip
         wants, bases, rebased = self._effective_wants(desired, backends)
         actions = plan(wants, actual)
         if dry_run:
@@ -358,7 +360,7 @@ class Reconciler:
         deadline = time.monotonic() + timeout_s
         delay = 0.2
         result = self.reconcile(trigger)
-        while result.active and time.monotonic() < deadline:
+        while (result.active or any(isinstance(a, Wait) for a in result.actions)) and time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
             result = self.reconcile(trigger)
