@@ -15,13 +15,21 @@ import random
 import re
 from dataclasses import dataclass
 
-#: Characters that would break or forge a line of a log, a terminal or a status page.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: Characters that would break or forge a line of a log, a terminal or a status page, and lone surrogates,
+#: which no UTF-8 log, database or terminal can hold (a file name that is not UTF-8 decodes to them).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte that was not UTF-8 (os.fsdecode's surrogateescape): show the byte
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return repr(char)[1:-1]
 
 
 def _printable(text: str) -> str:
-    """`text` with every control character written as its Python escape (a newline as \\n)."""
-    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    """`text` with every control character written as its Python escape (a newline as \\n), and every byte of
+    a name that is not UTF-8 as \\xNN."""
+    return _UNPRINTABLE.sub(lambda m: _escaped(m.group()), text)
 
 
 class GitopsdError(Exception):

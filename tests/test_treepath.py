@@ -47,3 +47,14 @@ def test_a_chain_of_links_is_followed_up_to_the_kernels_limit() -> None:
     assert escape("l0", lambda p: chain.get(p, "")) is None
     chain[f"l{MAX_LINKS}"] = f"l{MAX_LINKS + 1}"
     assert "too many levels" in (escape("l0", lambda p: chain.get(p, "")) or "")
+
+
+@pytest.mark.parametrize(
+    ("path", "submodule"),
+    [("vendor", "vendor"), ("vendor/src", "vendor"), ("libs/../vendor/x", "vendor"), ("into-vendor/src", "vendor")],
+)
+def test_a_path_into_a_submodule_is_refused_even_through_a_link(path: str, submodule: str) -> None:
+    links = {"into-vendor": "vendor"}
+    why = escape(path, lambda p: links.get(p, ""), lambda p: p == "vendor")
+    assert why == f"{submodule!r} is a Git submodule, which gitopsd does not check out (commit its files instead)"
+    assert escape("vendored", lambda p: "", lambda p: p == "vendor") is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -251,6 +252,9 @@ def _explain(action: Action, desired: Any) -> str:
         return f"+ resubmit run {action.run_id} of {action.model}: its job never reached the backend"
     if isinstance(action, p.SetPhase):
         return f"~ run {action.run_id} of {action.model} is now {action.phase}"
+    if isinstance(action, p.Wait):
+        when = time.strftime("%H:%M:%S", time.localtime(action.retry_at))
+        return f"= wait: attempt {action.failed} of {action.model} failed, retrying at {when}"
     return repr(action)
 
 

@@ -114,11 +114,13 @@ class Worker:
                 if trigger is None and time.monotonic() >= due:
                     trigger = "runs"
                 if trigger is not None:
-                    active = self._pass(reconciler, trigger)
+                    active, retry_at = self._pass(reconciler, trigger)
                     self.first_pass.set()
                     follow_up = (min((follow_up or FOLLOW_UP_MIN_S / 1.5) * 1.5, FOLLOW_UP_MAX_S)
                                  if active else None)  # fmt: skip
                     due = time.monotonic() + follow_up if follow_up else float("inf")
+                    if retry_at is not None:  # a retry's backoff ends: pass then, without waiting for a poll
+                        due = min(due, time.monotonic() + max(retry_at - time.time(), 0.0) + 0.05)
                     continue
                 self._wake.wait(timeout=max(0.0, min(due - time.monotonic(), self._beat_s)))
         except Exception:
@@ -146,7 +148,8 @@ class Worker:
                     self._stop.wait(min(until - time.monotonic(), self._beat_s))
         return None
 
-    def _pass(self, reconciler: Reconciling, trigger: str) -> int:
+    def _pass(self, reconciler: Reconciling, trigger: str) -> tuple[int, float | None]:
+        """One pass; returns its runs in flight and when failed work falls due again (or None)."""
         started = time.monotonic()
         try:
             result = reconciler.reconcile(trigger)
@@ -154,10 +157,10 @@ class Worker:
             log.exception("repository %s: pass failed: %s", self.name, exc)
             self._on_pass(PassReport(repository=self.name, trigger=trigger, seconds=time.monotonic() - started,
                                      result=None, error=str(exc)))  # fmt: skip
-            return 1
+            return 1, None
         self._on_pass(PassReport(repository=self.name, trigger=trigger, seconds=time.monotonic() - started,
                                  result=result))  # fmt: skip
-        return int(result.active)
+        return int(result.active), getattr(result, "retry_at", None)
 
 
 class BareRepoWatch:

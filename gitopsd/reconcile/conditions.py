@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gitopsd.model import Condition, ConditionType, Phase, Reason
-from gitopsd.reconcile.planner import Want
+from gitopsd.reconcile.planner import Wait, Want
 from gitopsd.reconcile.troubles import Trouble
 
 
@@ -40,6 +40,8 @@ class ModelFacts:
     unavailable: str | None = None
     alias_problems: tuple[str, ...] = ()
     trouble: Trouble | None = None  # the model's failed work, from the retry book
+    waiting: Wait | None = None
+    """The planner's backoff before the model's next attempt, if it is waiting for one."""
 
 
 def summarize(facts: ModelFacts) -> Condition:
@@ -100,11 +102,14 @@ def _summarize(facts: ModelFacts) -> Condition:
             message=want.blocked,
         )
     last = facts.last
-    if (
+    failed = (
         last is not None
         and (last.run_key, last.spec_digest) == (want.run_key, want.spec_digest)
         and last.phase is Phase.FAILED
-    ):
+    )
+    if facts.waiting is not None:
+        return _waiting(facts.waiting, want, last if failed else None)
+    if last is not None and failed:
         reason = Reason(last.reason) if last.reason in Reason._value2member_map_ else Reason.TRAINING_FAILED
         tries = f"after {last.attempt} attempt{'s' if last.attempt != 1 else ''}"
         return Condition(
@@ -135,6 +140,16 @@ def _troubled(trouble: Trouble) -> Condition:
         reason=trouble.reason,
         message=f"{trouble.what} failed ({tries}, next retry at {at}): {trouble.message}",
     )
+
+
+def _waiting(wait: Wait, want: Want, last: RunFacts | None) -> Condition:
+    """Reconciling while a failed attempt's backoff runs: which attempt failed, why, and when the next starts."""
+    known = last is not None and last.reason in Reason._value2member_map_
+    reason = Reason(last.reason) if last is not None and known else Reason.TRAINING_FAILED
+    when = time.strftime("%H:%M:%S", time.localtime(wait.retry_at))
+    detail = f": {last.message}" if last is not None and last.message else ""
+    message = f"attempt {wait.failed} of {want.retries + 1} failed, retrying at {when}{detail}"
+    return Condition(type=ConditionType.RECONCILING, reason=reason, message=message)
 
 
 def _progress(run: RunFacts, retries: int) -> str:

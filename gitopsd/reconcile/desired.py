@@ -234,6 +234,14 @@ class DesiredLoader:
             if (why := self.source.escape(commit, rel))
         ]
 
+    @staticmethod
+    def _missing(path: str, train: ResolvedTrain, code_tree: str | None) -> list[SpecProblem]:
+        if code_tree is None:
+            message = f"directory {train.workdir!r} does not exist at this commit"
+            return [SpecProblem(file=path, line=None, field="spec.train.workdir", message=message)]
+        message = f"file {train.requirements!r} does not exist at this commit"
+        return [SpecProblem(file=path, line=None, field="spec.train.python.requirements", message=message)]
+
     def _resolve(
         self, commit: str, repo: RepositorySpec, specs: Mapping[str, ModelSpec], files: Mapping[str, str]
     ) -> dict[str, DesiredModel]:
@@ -255,26 +263,10 @@ class DesiredLoader:
             same_spec = old is not None and self._inputs.get(path, ())[:2] == (files[path], repo_digest)
             train = old.train if old is not None and same_spec else resolve_train(spec, repo, file=path)
             code_tree = object_id(train.workdir)
-            if code_tree is None:
-                problems.append(
-                    SpecProblem(
-                        file=path,
-                        line=None,
-                        field="spec.train.workdir",
-                        message=f"directory {train.workdir!r} does not exist at this commit",
-                    )
-                )
-                continue
             requirements = object_id(train.requirements) if train.requirements else None
-            if train.requirements and requirements is None:
-                problems.append(
-                    SpecProblem(
-                        file=path,
-                        line=None,
-                        field="spec.train.python.requirements",
-                        message=f"file {train.requirements!r} does not exist at this commit",
-                    )
-                )
+            if code_tree is None or (train.requirements and requirements is None):
+                # a path through a link or a submodule is missing from the tree: say why, not only that
+                problems.extend(self._escapes(commit, path, spec, train) or self._missing(path, train, code_tree))
                 continue
             inputs = inputs_now[path] = (files[path], repo_digest, code_tree, requirements)
             if old is not None and self._inputs.get(path) == inputs:

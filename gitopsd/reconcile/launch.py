@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.backends.protocol import Backend
-from gitopsd.errors import PermanentError
+from gitopsd.errors import PermanentError, is_permanent
 from gitopsd.model import Job, Phase, Reason
 from gitopsd.reconcile.desired import DesiredModel
 from gitopsd.reconcile.snapshot import write_snapshot
@@ -104,19 +104,19 @@ class Launcher:
                     base.store.copy_out(base.version.artifact.sha256, artifact)
                 env.update(GITOPSD_BASE_MODEL=base.version.label, GITOPSD_BASE_ARTIFACT=str(artifact))
             job_id = backend.submit(self._job(run, model, tree, env))
-        except PermanentError as exc:
+        except Exception as exc:
+            if not is_permanent(exc):  # transient: the run stays Submitting and is retried by run id
+                log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc, extra=run_fields(run))
+                return self.state.update_run(run, event="SubmitDeferred", message=str(exc) or type(exc).__name__)
             log.error("%s: run %s cannot be submitted: %s", run.model, run.id, exc, extra=run_fields(run))
             return self.state.update_run(
                 run,
                 event="SubmitFailed",
-                message=str(exc),
+                message=str(exc) or type(exc).__name__,
                 phase=Phase.FAILED,
                 reason=str(Reason.SUBMIT_FAILED),
                 ended_at=time.time(),
             )
-        except Exception as exc:  # transient by default: the run stays Submitting and is retried by run id
-            log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc, extra=run_fields(run))
-            return self.state.update_run(run, event="SubmitDeferred", message=str(exc) or type(exc).__name__)
         verb = "resubmitted" if resubmitted else "submitted"
         log.info("%s: %s run %s to %s as job %s (commit %s)", run.model, verb, run.id, run.backend, job_id,
                  run.commit_id[:12], extra=run_fields(run))  # fmt: skip
@@ -188,7 +188,8 @@ def exported_paths(model: DesiredModel) -> list[str]:
 def check_data(model: DesiredModel, tree: Path, data_roots: Sequence[str] = ()) -> None:
     """Local data must match its declared digest before any GPU time is spent on it, and must be where it is
     allowed to be: inside the run's tree, or under a data root of the operator's, once symbolic links are
-    followed (the same holds for the requirements file). Nothing outside is ever hashed."""
+    followed (the same holds for the requirements file). Nothing outside is ever hashed. Data the daemon may not
+    read (permission denied) is a PermanentError naming it: retrying cannot help until someone changes it."""
     inside = [Path(os.path.realpath(tree))]
     if model.train.requirements and not _within(tree / model.train.requirements, inside):
         raise PermanentError(f"requirements {model.train.requirements} lead outside the repository: refused")
@@ -200,8 +201,22 @@ def check_data(model: DesiredModel, tree: Path, data_roots: Sequence[str] = ()) 
         if not _within(path, [Path(os.path.realpath(r)) for r in data_roots] if local else inside):
             where = "the operator's data_roots" if local else "the repository"
             raise PermanentError(f"data {item.uri} leads outside {where}: refused")
-        if not path.is_file():
-            raise PermanentError(f"data {item.uri} not found")
-        actual = sha256_file(path)
+        try:
+            if not path.is_file():
+                raise PermanentError(f"data {item.uri} not found")
+            actual = sha256_file(path)
+        except OSError as exc:
+            if not is_permanent(exc):
+                raise
+            raise PermanentError(_unreadable(item.uri, exc)) from exc
         if actual != item.sha256:
             raise PermanentError(f"data {item.uri} has sha256 {actual}, but the spec says {item.sha256}")
+
+
+def _unreadable(uri: str, exc: OSError) -> str:
+    """What a user needs to know of data the daemon cannot read: which, why, and what to fix."""
+    who = f"the daemon's user (uid {os.geteuid()})"
+    return (
+        f"data {uri} cannot be read by gitopsd: {exc.strerror or exc}; make it readable by {who}, or name "
+        "data it can read (the run is not retried until the spec changes)"
+    )

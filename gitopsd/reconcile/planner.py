@@ -2,16 +2,27 @@
 
 `plan(desired, actual)` looks at what Git wants (one `Want` per model) and what is (runs in flight with their
 observed job status, which run keys already have versions, how many attempts failed) and returns an ordered list
-of actions. No I/O, no clock, deterministic order; the reconciler applies the actions. Applying a plan and
-planning again yields nothing: every action changes exactly the facts that made the planner ask for it.
+of actions. No I/O, no clock (the time is one of the inputs), deterministic order; the reconciler applies the
+actions. Applying a plan and planning again yields nothing: every action changes exactly the facts that made the
+planner ask for it.
+
+A failed attempt is retried (within `retries`) only after its backoff, `retry_delay(attempt)` seconds after it
+ended, with jitter drawn from the run key and attempt so that a plan stays deterministic; until then the plan
+holds a `Wait` saying when. An attempt that failed for a permanent reason (its submission was refused: data the
+daemon cannot read, a backend that refuses the job) is not retried for the same spec at all.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gitopsd.errors import retry_delay
 from gitopsd.model import JobState, JobStatus, Phase, Reason
+
+Target = tuple[str, str, str]
+"""(model, run key, spec digest): what failed attempts are counted against."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,11 +60,35 @@ class RunView:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Failure:
+    """The latest failed attempt of a (model, run key, spec digest)."""
+
+    ended_at: float
+    reason: str = ""
+
+    @property
+    def permanent(self) -> bool:
+        """Whether retrying the same spec cannot help: its submission was refused for good."""
+        return self.reason == Reason.SUBMIT_FAILED
+
+
+@dataclass(frozen=True, kw_only=True)
 class Actual:
     runs: Mapping[str, RunView]
     registered: Mapping[str, Set[str]]
-    failed_attempts: Mapping[tuple[str, str, str], int]
+    failed_attempts: Mapping[Target, int]
     unavailable: Mapping[str, str]
+    now: float | None = None
+    """The time of this pass (seconds since the epoch), against which backoffs are measured; None: no clock, so
+    no backoff (a failed attempt is retried at once)."""
+    last_failures: Mapping[Target, Failure] = field(default_factory=dict)
+    """When, and why, the latest failed attempt of each target ended (missing: no backoff is known)."""
+
+
+def retry_at(run_key: str, attempt: int, ended_at: float) -> float:
+    """When the attempt after failed attempt `attempt` (1 for the first) of `run_key` may start. Pure: the
+    jitter is drawn from the run key and the attempt, so every pass (and `status`) computes the same time."""
+    return ended_at + retry_delay(attempt, rand=random.Random(f"{run_key}:{attempt}"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,20 +150,29 @@ class Fail(Action):
     exit_code: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Wait(Action):
+    """Nothing to do yet: attempt `failed` of the wanted spec failed, and attempt `failed + 1` may not start
+    before `retry_at` (its backoff). Applying it changes nothing; it keeps the pass from settling."""
+
+    failed: int
+    retry_at: float
+
+
 _FAILURE_REASONS = {
     JobState.FAILED: Reason.TRAINING_FAILED,
     JobState.TIMEOUT: Reason.TIMED_OUT,
     JobState.LOST: Reason.TRAINING_FAILED,
     JobState.CANCELLED: Reason.CANCELLED,
 }
-_ORDER = {Adopt: 0, Resubmit: 1, SetPhase: 2, Cancel: 3, Fail: 4, Collect: 5, Submit: 6}
+_ORDER = {Adopt: 0, Resubmit: 1, SetPhase: 2, Cancel: 3, Fail: 4, Collect: 5, Submit: 6, Wait: 7}
 
 
 def plan(desired: Mapping[str, Want], actual: Actual) -> list[Action]:
     """Every action needed now, ordered by model, then by kind, then by run id."""
     actions: list[Action] = []
     live: dict[str, list[RunView]] = {}
-    failed_now: dict[tuple[str, str, str], int] = {}
+    failed_now: dict[Target, int] = {}
     for run in actual.runs.values():
         run_actions, outcome = _plan_run(run, desired.get(run.model), actual)
         actions.extend(run_actions)
@@ -202,10 +246,9 @@ def _finish(run: RunView, job: JobStatus) -> Action:
     return Fail(model=run.model, run_id=run.id, reason=reason, message=message, exit_code=job.exit_code)
 
 
-def _plan_model(
-    want: Want, actual: Actual, live: list[RunView], failed_now: Mapping[tuple[str, str, str], int]
-) -> list[Action]:
-    """Submit a run for the wanted key when nothing registered, running or exhausted stands for it."""
+def _plan_model(want: Want, actual: Actual, live: list[RunView], failed_now: Mapping[Target, int]) -> list[Action]:
+    """Submit a run for the wanted key when nothing registered, running, exhausted, refused for good or backing
+    off stands for it."""
     if want.suspend or want.blocked or want.backend in actual.unavailable:
         return []
     if want.run_key in actual.registered.get(want.model, frozenset()):
@@ -216,4 +259,12 @@ def _plan_model(
     failed = actual.failed_attempts.get(target, 0) + failed_now.get(target, 0)
     if failed > want.retries:
         return []
+    last = actual.last_failures.get(target)
+    if last is not None and last.permanent and not failed_now.get(target):
+        return []
+    ended = actual.now if failed_now.get(target) else last.ended_at if last is not None else None
+    if actual.now is not None and ended is not None and failed:  # an attempt failing in this plan ends now
+        when = retry_at(want.run_key, failed, ended)
+        if actual.now < when:
+            return [Wait(model=want.model, failed=failed, retry_at=when)]
     return [Submit(model=want.model, run_key=want.run_key, spec_digest=want.spec_digest, attempt=failed + 1)]

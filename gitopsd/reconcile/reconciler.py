@@ -26,7 +26,7 @@ from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
-from gitopsd.reconcile.planner import Action, Actual, Want, plan
+from gitopsd.reconcile.planner import Action, Actual, Failure, Wait, Want, plan
 from gitopsd.reconcile.state import SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
@@ -50,6 +50,7 @@ class PassResult:
     error: str = ""
     unavailable: Mapping[str, str] = field(default_factory=dict)
     blocked: Mapping[str, str] = field(default_factory=dict)
+    retry_at: float | None = None  # when failed work falls due again (time.time()); a daemon passes then
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,9 +196,11 @@ class Reconciler:
         registered: dict[str, set[str]] = {}
         for model, run_key in versions:
             registered.setdefault(model, set()).add(run_key)
+        failures = {t: Failure(ended_at=at, reason=why) for t, (at, why) in self.state.last_failures().items()}
         actual = Actual(
-            runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable
-        )
+            runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable,
+            now=time.time(), last_failures=failures,
+        )  # fmt: skip
         wants, bases, rebased = self._effective_wants(desired, backends)
         actions = plan(wants, actual)
         if dry_run:
@@ -223,7 +226,13 @@ class Reconciler:
             retries = [t.next_at for t in self.troubles.all().values() if t.next_at is not None]
             self._retry_at = min([*retries, *(e.next_at for e in self.outbox.entries())] if waiting else retries,
                                  default=float("inf"))  # fmt: skip
-        return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error)
+        retry_at = min(
+            [a.retry_at for a in actions if isinstance(a, Wait)]
+            + [t.next_at for t in self.troubles.all().values() if t.next_at is not None]
+            + ([e.next_at for e in self.outbox.entries()] if waiting else []),
+            default=None,
+        )
+        return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error, retry_at=retry_at)
 
     def _refused(self, desired: DesiredState, backends: Mapping[str, Backend]) -> dict[str, str]:
         """Models whose backend says it can never run their resources (asked once per backend and resources)."""
@@ -334,10 +343,13 @@ class Reconciler:
             self._alias_seen[name] = key
         return touched
 
-    def _all_stalled(self) -> bool:
-        """Whether every run in flight waits on a permanent failure: waiting longer cannot help."""
+    def _worth_waiting(self, result: PassResult) -> bool:
+        """Whether another pass may change something: a retry's backoff runs, or a run in flight is not stuck
+        on a permanent failure (waiting longer cannot mend that)."""
+        if any(isinstance(action, Wait) for action in result.actions):
+            return True
         stalled = {key.split(":", 1)[1] for key, trouble in self.troubles.all().items() if trouble.permanent}
-        return all(run.id in stalled for run in self.state.active_runs())
+        return any(run.id not in stalled for run in self.state.active_runs())
 
     def _restore_lost_registry(self) -> str:
         """Before any version number is given: when the registry holds no version but the store holds
@@ -428,7 +440,7 @@ class Reconciler:
         deadline = time.monotonic() + timeout_s
         delay = 0.2
         result = self.reconcile(trigger)
-        while result.active and time.monotonic() < deadline and not self._all_stalled():
+        while self._worth_waiting(result) and time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
             result = self.reconcile(trigger)

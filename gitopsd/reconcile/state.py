@@ -291,6 +291,15 @@ class StateStore:
         )
         return {(r[0], r[1], r[2]): r[3] for r in rows}
 
+    def last_failures(self) -> dict[tuple[str, str, str], tuple[float, str]]:
+        """(model, run key, spec digest) -> (when, reason) of its latest run that ended Failed: what a retry's
+        backoff is measured from."""
+        rows = self.conn.execute(
+            "SELECT model, run_key, spec_digest, coalesce(ended_at, updated_at), reason FROM runs WHERE rowid IN "
+            "(SELECT max(rowid) FROM runs WHERE phase = 'Failed' GROUP BY model, run_key, spec_digest)"
+        )
+        return {(r[0], r[1], r[2]): (float(r[3]), str(r[4] or "")) for r in rows}
+
     def ended_runs(self, model: str, *, skip: int = 0) -> list[RunRecord]:
         """Ended runs of `model`, newest first, leaving out the newest `skip`."""
         rows = self.conn.execute(

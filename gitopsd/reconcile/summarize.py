@@ -12,7 +12,7 @@ from collections.abc import Mapping, Set
 from gitopsd.model import Condition
 from gitopsd.reconcile import conditions
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, PerModel
-from gitopsd.reconcile.planner import Action, Want
+from gitopsd.reconcile.planner import Action, Wait, Want
 from gitopsd.reconcile.state import ModelRow, RunRecord, StateStore
 from gitopsd.reconcile.troubles import Trouble
 
@@ -93,6 +93,7 @@ class Summary:
         active = {r.model: r for r in active_runs}
         last = self.state.last_finished_runs()
         wanted = {name: c for name, c in known_conditions.items() if name in desired.models}
+        waits = {action.model: action for action in actions if isinstance(action, Wait)}
         for name in desired.models if dirty is None else dirty & desired.models.keys():
             model = desired.models[name]
             facts = conditions.ModelFacts(
@@ -103,6 +104,7 @@ class Summary:
                 unavailable=unavailable.get(model.train.backend),
                 alias_problems=alias_problems.get(name, ()),
                 trouble=troubles.get(name),
+                waiting=waits.get(name),
             )
             wanted[name] = conditions.summarize(facts)
         self.state.sync_models(rows, known_rows)

@@ -207,7 +207,13 @@ class Source:
                 return ""
             return entry.data.decode("utf-8", errors="replace")
 
-        return escape(path, link_target)
+        def submodule(rel: str) -> bool:
+            try:
+                return bool(tree[rel].filemode == _COMMIT)
+            except KeyError:
+                return False
+
+        return escape(path, link_target, submodule)
 
     def read(self, commit: str, path: str) -> bytes | None:
         tree = self._tree(commit)
@@ -324,6 +330,9 @@ class Source:
                 raise PermanentError(f"{path!r} does not exist at commit {commit[:12]}") from None
             target = dest / path
             target.parent.mkdir(parents=True, exist_ok=True)
+            if root[path].filemode == _COMMIT:
+                raise PermanentError(f"{path!r} is a Git submodule at commit {commit[:12]}, which gitopsd does not "
+                                     "check out: commit its files instead")  # fmt: skip
             if isinstance(obj, pygit2.Tree):
                 target.mkdir(exist_ok=True)
                 self._export_tree(obj, target, commit)

@@ -5,9 +5,9 @@ starts: a spec file larger than `max_file_bytes`, more than `max_files` spec fil
 `max_total_bytes` of spec files in one commit are refused from their sizes alone (Git and the file system know
 a file's size without reading it), so no file is read whole only to be refused. A spec file must be UTF-8 text:
 binary content and undecodable bytes are refused with the file named and the place of the first bad byte, so
-a reviewer can find it. A spec file whose path holds a control character is refused too (the path is in every
-error message, event and log line about its model). Every refusal is a `SpecError`: the commit is rejected
-whole and the last good commit stays in force.
+a reviewer can find it. A spec file whose path holds a control character, or is not UTF-8 (Git allows any bytes
+in a name), is refused too: the path is in every error message, event and log line about its model. Every
+refusal is a `SpecError`: the commit is rejected whole and the last good commit stays in force.
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ class SpecLimits:
     max_total_bytes: int = 256 * _MIB
 
 
+def _bad_path(path: str) -> str | None:
+    """Why a spec file's path cannot be shown in errors, events and logs, or None. Git allows any bytes in a
+    name; one that is not UTF-8 arrives here with its bad bytes as lone surrogates (shown as \\xNN)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file's name is not valid UTF-8 (its bytes are shown escaped); rename the file to a UTF-8 name"
+    char = forbidden_char(path)
+    return f"{char} in the file's path; rename the file" if char else None
+
+
 def too_many_files(limits: SpecLimits) -> SpecError:
     """The error for a commit with more than `limits.max_files` spec files."""
     message = f"more than {limits.max_files} spec files; a repository may have at most {limits.max_files}"
@@ -53,9 +64,7 @@ def size_problems(sizes: Mapping[str, int], limits: SpecLimits) -> list[SpecProb
     """Each spec file with an unprintable path or over the per-file bound, then the whole set over the count or
     total bound. The files named here must not be read."""
     problems = [
-        SpecProblem(file=path, line=None, field="", message=f"{char} in the file's path; rename the file")
-        for path in sorted(sizes)
-        if (char := forbidden_char(path))
+        SpecProblem(file=path, line=None, field="", message=why) for path in sorted(sizes) if (why := _bad_path(path))
     ]
     problems += [
         SpecProblem(

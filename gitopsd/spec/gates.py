@@ -44,8 +44,9 @@ class Gate:
     text: str
 
     def holds(self, value: float) -> bool:
-        """Whether `value` meets this gate. NaN never does, whatever the operator."""
-        if math.isnan(value):
+        """Whether `value` meets this gate. A value that is not a finite number (NaN, an infinity) never does,
+        whatever the operator: a diverged training is no model, and the registry keeps only finite numbers."""
+        if not math.isfinite(value):
             return False
         return OPERATORS[self.op](value, self.threshold)
 
@@ -63,6 +64,8 @@ class GateResult:
         gate = self.gate
         if self.value is None:
             return f"{gate.metric} missing from final metrics (needs {gate.op} {_num(gate.threshold)})"
+        if not math.isfinite(self.value):
+            return f"{gate.metric} = {_num(self.value)} is not a finite number (needs {gate.op} {_num(gate.threshold)})"
         verb = "meets" if self.passed else "needs"
         return f"{gate.metric} = {_num(self.value)}, {verb} {gate.op} {_num(gate.threshold)}"
 
@@ -107,7 +110,8 @@ def _diagnose(text: str) -> str:
 
 
 def evaluate(gates: Sequence[Gate], metrics: Mapping[str, float]) -> list[GateResult]:
-    """Check every gate against the final metrics, in gate order. A missing or NaN metric fails its gate."""
+    """Check every gate against the final metrics, in gate order. A missing metric fails its gate, and so does
+    one that is not a finite number (NaN, Infinity, -Infinity)."""
     results = []
     for gate in gates:
         raw = metrics.get(gate.metric)

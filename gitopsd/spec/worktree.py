@@ -8,6 +8,8 @@ problem at once. Sizes are taken from the file system before a file is read, and
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +20,37 @@ from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
-from gitopsd.spec.schema import ModelSpec, RepositorySpec, repository_paths, resolve_train
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, repository_paths, resolve_train
 
 
 def _leaves(root: Path, rel: str) -> bool:
     """Whether `rel` resolves, through symbolic links, to a place outside `root`."""
     real = Path(os.path.realpath(root / rel))
     return not real.is_relative_to(Path(os.path.realpath(root)))
+
+
+#: The most of .gitmodules that is read to learn where the submodules are.
+_MAX_GITMODULES_BYTES = 1024 * 1024
+_SUBMODULE_PATH = re.compile(r"^\s*path\s*=\s*(.*?)\s*$", re.MULTILINE)
+
+
+def _submodules(root: Path) -> set[str]:
+    """The paths .gitmodules declares (a clone without --recurse-submodules leaves them empty directories)."""
+    if not (root / ".gitmodules").is_file() or _leaves(root, ".gitmodules"):
+        return set()
+    with (root / ".gitmodules").open("rb") as handle:
+        text = handle.read(_MAX_GITMODULES_BYTES).decode("utf-8", errors="replace")
+    return {posixpath.normpath(found.strip('"')) for found in _SUBMODULE_PATH.findall(text)}
+
+
+def _submodule(root: Path, rel: str, declared: set[str]) -> str | None:
+    """The submodule `rel` is or lies in (a directory with its own .git, or one .gitmodules declares), or None."""
+    parts = [part for part in posixpath.normpath(rel).split("/") if part not in ("", ".")]
+    for end in range(1, len(parts) + 1):
+        here = "/".join(parts[:end])
+        if here in declared or os.path.lexists(root / here / ".git"):
+            return here
+    return None
 
 
 def _spec_paths(root: Path, limits: SpecLimits) -> Iterator[Path]:
@@ -55,6 +81,32 @@ def _read(root: Path, rel: str, limits: SpecLimits) -> str:
     if problems:
         raise SpecError(problems)
     return decode_spec(data, rel)
+
+
+def _path_problems(
+    root: Path, rel: str, train: ResolvedTrain, model: ModelSpec, declared: set[str]
+) -> list[SpecProblem]:
+    """What is wrong with the repository paths a model names: links out, submodules, a missing workdir or
+    requirements file."""
+    problems: list[SpecProblem] = []
+    flagged: set[str] = set()
+    for field, where in repository_paths(model, train):
+        if _leaves(root, where):
+            message = f"{where!r} leads outside the repository through a symbolic link: refused"
+        elif (sub := _submodule(root, where, declared)) is not None:
+            message = f"{sub!r} is a Git submodule, which gitopsd does not check out (commit its files instead)"
+        else:
+            continue
+        problems.append(SpecProblem(file=rel, line=None, field=field, message=message))
+        flagged.add(field)
+    if "spec.train.workdir" not in flagged and not (root / train.workdir).is_dir():
+        message = f"directory {train.workdir!r} does not exist"
+        problems.append(SpecProblem(file=rel, line=None, field="spec.train.workdir", message=message))
+    requirements = train.requirements
+    if requirements and "spec.train.python.requirements" not in flagged and not (root / requirements).is_file():
+        message = f"file {requirements!r} does not exist"
+        problems.append(SpecProblem(file=rel, line=None, field="spec.train.python.requirements", message=message))
+    return problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,30 +155,9 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
             problems.extend(exc.problems)
         problems.extend(data_problems(models, operator))
     if not problems:
+        declared = _submodules(root)
         for rel, model in models.items():
-            train = resolve_train(model, repo, file=rel)
-            for field, where in repository_paths(model, train):
-                if _leaves(root, where):
-                    message = f"{where!r} leads outside the repository through a symbolic link: refused"
-                    problems.append(SpecProblem(file=rel, line=None, field=field, message=message))
-            if not (root / train.workdir).is_dir():
-                problems.append(
-                    SpecProblem(
-                        file=rel,
-                        line=None,
-                        field="spec.train.workdir",
-                        message=f"directory {train.workdir!r} does not exist",
-                    )
-                )
-            if train.requirements and not (root / train.requirements).is_file():
-                problems.append(
-                    SpecProblem(
-                        file=rel,
-                        line=None,
-                        field="spec.train.python.requirements",
-                        message=f"file {train.requirements!r} does not exist",
-                    )
-                )
+            problems.extend(_path_problems(root, rel, resolve_train(model, repo, file=rel), model, declared))
     if problems:
         raise SpecError(problems)
     return TreeSpecs(repo=repo, models=models)

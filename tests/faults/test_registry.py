@@ -49,6 +49,8 @@ def versions(state_dir: Path) -> list[tuple[str, str]]:
 
 def runs_created(state_dir: Path) -> int:
     """How many trainings were ever started for the demo model."""
+    if not (state_dir / "state.db").exists():
+        return 0
     with sqlite3.connect(state_dir / "state.db") as conn:
         (count,) = conn.execute("SELECT count(*) FROM runs WHERE model = 'blobs'").fetchone()
     return int(count)
@@ -330,3 +332,20 @@ def test_a_worker_that_cannot_start_says_why_and_tries_again(
         assert worker.thread.is_alive(), "the worker waits to try again instead of ending"
         assert worker.stop(10)
     assert "already tracks" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_a_daemon_worker_passes_again_when_a_retrys_backoff_ends_without_waiting_for_a_poll(
+    demo_repo: GitRepo, state_dir: Path
+) -> None:
+    demo_repo.edit(MODEL, "command: python3 train.py --epochs 40 --lr 0.5", "command: exit 3")
+    demo_repo.edit("gitops.yaml", "retries: 0", "retries: 1")
+    demo_repo.commit("A command that fails, retried once")
+    worker = Worker("demo", lambda: Reconciler(state_dir=state_dir, url=str(demo_repo.path)), on_pass=lambda _: None)
+    worker.start()  # one start-up pass, then no poll, push or trigger: only the worker's own schedule
+    try:
+        deadline = time.monotonic() + 60
+        while runs_created(state_dir) < 2:
+            assert time.monotonic() < deadline, "the second attempt never started"
+            time.sleep(0.2)
+    finally:
+        assert worker.stop(30)
