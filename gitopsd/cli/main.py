@@ -342,6 +342,20 @@ def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, con
         raise SystemExit(3)
 
 
+def _unreadable(db: Path) -> bool:
+    """Whether `db` exists and SQLite cannot read it."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        return True
+    return False
+
+
 def _read_status(directory: Path, model: str | None) -> dict[str, Any]:
     """The status document of one state directory; a state.db that cannot be read is one error line."""
     import sqlite3
@@ -351,6 +365,11 @@ def _read_status(directory: Path, model: str | None) -> dict[str, Any]:
     try:
         return read_status(directory, model)
     except sqlite3.Error as exc:
+        bad = _unreadable(directory / "registry.db")
+        if bad:
+            from gitopsd.registry.versions import damaged
+
+            fail(damaged(directory / "registry.db", exc))
         fail(f"cannot read {directory / 'state.db'}: {exc} (the file is damaged or not a gitopsd state database)")
 
 

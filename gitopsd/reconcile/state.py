@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
+from gitopsd.errors import PermanentError
 from gitopsd.model import Condition, Phase
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -208,8 +209,14 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn = connect(path)
-        migrate(self.conn, MIGRATIONS)
+        try:
+            self.conn = connect(path)
+            migrate(self.conn, MIGRATIONS)
+        except sqlite3.DatabaseError as exc:
+            raise PermanentError(
+                f"cannot read {path}: {exc} (the file is damaged or not a gitopsd state database: move it away "
+                "and reconcile again; runs in flight are then found by their run ids)"
+            ) from exc
         self.db = sqlite_utils.Database(self.conn)
 
     def close(self) -> None:

@@ -158,6 +158,14 @@ def _version(row: tuple[Any, ...]) -> Version:
     )
 
 
+def damaged(path: Path, exc: Exception) -> str:
+    """The one line for a registry database SQLite cannot read, with the way back."""
+    return (
+        f"cannot read {path}: {exc} (the file is damaged or not a gitopsd registry: move it away and run "
+        "`gitopsd registry rebuild`, which restores it from the artifact store)"
+    )
+
+
 class Registry:
     """Versions of every model, in `STATE_DIR/registry.db`."""
 
@@ -166,6 +174,15 @@ class Registry:
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if self._conn is not None:
+                self._conn.close()
+            raise PermanentError(damaged(self.path, exc)) from exc
+
+    def _open(self) -> None:
+        readonly = self.readonly
         if readonly:
             if not self.path.exists():
                 return  # nothing registered yet: behave as an empty registry

@@ -49,10 +49,11 @@ def versions(state_dir: Path) -> list[tuple[str, str]]:
 
 def runs_created(state_dir: Path) -> int:
     """How many trainings were ever started for the demo model."""
-    if not (state_dir / "state.db").exists():
+    try:
+        with sqlite3.connect(f"file:{state_dir / 'state.db'}?mode=ro", uri=True) as conn:
+            (count,) = conn.execute("SELECT count(*) FROM runs WHERE model = 'blobs'").fetchone()
+    except sqlite3.OperationalError:  # not created yet by the worker's first pass
         return 0
-    with sqlite3.connect(state_dir / "state.db") as conn:
-        (count,) = conn.execute("SELECT count(*) FROM runs WHERE model = 'blobs'").fetchone()
     return int(count)
 
 

@@ -67,15 +67,26 @@ def test_bad_input_gets_an_error_line_not_a_traceback(tmp_path: Path, case: str)
         assert "does not exist (or is not a git repository)" in done.stderr
 
 
-def test_verbose_shows_the_traceback_of_an_unexpected_error(tmp_path: Path) -> None:
+def test_a_damaged_state_database_is_one_line_naming_it_and_verbose_shows_the_traceback(
+    demo_repo: GitRepo, tmp_path: Path
+) -> None:
     state_dir = tmp_path / "state"
     _corrupt_state(state_dir)
-    quiet = gitopsd(state_dir, "status", check=False)
-    loud = gitopsd(state_dir, "--verbose", "status", check=False)
-    if "Traceback" not in loud.stderr:
-        pytest.skip(f"status reports a corrupt database as an expected error: {quiet.stderr.strip()}")
+    quiet = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), check=False)
+    loud = gitopsd(state_dir, "--verbose", "reconcile", "--repo", str(demo_repo.path), check=False)
     assert quiet.returncode == loud.returncode == 1
-    assert "Traceback" not in quiet.stderr
+    assert "Traceback" not in quiet.stderr and len(quiet.stderr.strip().splitlines()) == 1
+    assert f"cannot read {state_dir / 'state.db'}" in quiet.stderr
+
+
+def test_verbose_shows_the_traceback_of_an_unexpected_error(demo_repo: GitRepo, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    state_dir = tmp_path / "a-file" / "state"  # an operating-system error gitopsd has no words of its own for
+    quiet = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), check=False)
+    loud = gitopsd(state_dir, "--verbose", "reconcile", "--repo", str(demo_repo.path), check=False)
+    assert quiet.returncode == loud.returncode == 1
+    assert "Traceback" not in quiet.stderr and "Not a directory" in quiet.stderr and "--verbose" in quiet.stderr
+    assert "Traceback" in loud.stderr
 
 
 def test_a_healthy_repository_still_works_after_all_that(demo_repo: GitRepo, tmp_path: Path) -> None:
