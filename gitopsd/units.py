@@ -3,12 +3,13 @@
 Spec files say `timeout: 1h30m` and `memory: 2Gi`; everything below the spec layer wants seconds and MiB.
 This module owns that grammar (and the JSON Schema patterns that describe it to editors), so that every
 field that takes a duration or a size accepts exactly the same forms and rejects the rest with a message
-that lists what is accepted.
+that lists what is accepted. `format_time` is the one way a moment is shown to a person (status, plan, logs).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from fractions import Fraction
 
 __all__ = [
@@ -166,6 +167,11 @@ def format_duration(seconds: int) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def format_time(at: float) -> str:
+    """A moment (seconds since the epoch) as people read it in status and logs, in UTC: `2026-11-30 21:05:13 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 def format_size(size_bytes: int) -> str:

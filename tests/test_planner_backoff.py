@@ -8,7 +8,6 @@ attempt, so the same inputs give the same plan (and `status` the same time) on e
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import replace
 
 import pytest
@@ -20,6 +19,7 @@ from gitopsd.errors import RETRY_BASE_S, RETRY_CAP_S
 from gitopsd.model import ConditionType, JobState, JobStatus, Phase, Reason
 from gitopsd.reconcile.conditions import ModelFacts, RunFacts, summarize
 from gitopsd.reconcile.planner import Actual, Fail, Failure, RunView, Submit, Wait, Want, plan, retry_at
+from gitopsd.units import format_time
 
 T0 = 1_800_000_000.0
 TARGET = ("iris", "key-1", "spec-1")
@@ -116,7 +116,7 @@ def test_a_command_that_always_fails_at_once_is_tried_a_bounded_number_of_times(
 
 def test_status_and_plan_say_which_attempt_failed_and_when_the_next_starts() -> None:
     wait = Wait(model="iris", failed=3, retry_at=T0)
-    shown = time.strftime("%H:%M:%S", time.localtime(T0))
+    shown = format_time(T0)
     last = RunFacts(
         id="run-3", run_key="key-1", spec_digest="spec-1", phase=Phase.FAILED, backend="local", attempt=3,
         reason=str(Reason.TRAINING_FAILED), message="job 42 ended Failed: exit code 1",

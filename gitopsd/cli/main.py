@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -253,7 +252,9 @@ def _explain(action: Action, desired: Any) -> str:
     if isinstance(action, p.SetPhase):
         return f"~ run {action.run_id} of {action.model} is now {action.phase}"
     if isinstance(action, p.Wait):
-        when = time.strftime("%H:%M:%S", time.localtime(action.retry_at))
+        from gitopsd.units import format_time
+
+        when = format_time(action.retry_at)
         return f"= wait: attempt {action.failed} of {action.model} failed, retrying at {when}"
     return repr(action)
 

@@ -6,13 +6,13 @@ place that decides Ready / Reconciling / Stalled and the reason code. The messag
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gitopsd.model import Condition, ConditionType, Phase, Reason
 from gitopsd.reconcile.planner import Wait, Want
 from gitopsd.reconcile.troubles import Trouble
+from gitopsd.units import format_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +134,7 @@ def _troubled(trouble: Trouble) -> Condition:
             message=f"{trouble.what} failed ({tries}): {trouble.message}; fix it, then reload the daemon "
             "(systemctl reload gitopsd) or run gitopsd reconcile to retry",
         )
-    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(trouble.next_at))
+    at = format_time(trouble.next_at)
     return Condition(
         type=ConditionType.RECONCILING,
         reason=trouble.reason,
@@ -146,7 +146,7 @@ def _waiting(wait: Wait, want: Want, last: RunFacts | None) -> Condition:
     """Reconciling while a failed attempt's backoff runs: which attempt failed, why, and when the next starts."""
     known = last is not None and last.reason in Reason._value2member_map_
     reason = Reason(last.reason) if last is not None and known else Reason.TRAINING_FAILED
-    when = time.strftime("%H:%M:%S", time.localtime(wait.retry_at))
+    when = format_time(wait.retry_at)
     detail = f": {last.message}" if last is not None and last.message else ""
     message = f"attempt {wait.failed} of {want.retries + 1} failed, retrying at {when}{detail}"
     return Condition(type=ConditionType.RECONCILING, reason=reason, message=message)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 from gitopsd.source.redact import redact_text, redact_url
+from gitopsd.units import format_time
 
 _MODELS = """
 SELECT m.name, m.spec_path, m.run_key, m.backend, m.suspend,
@@ -178,7 +178,7 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
     for entry in doc.get("pending", ()):
         why = ""
         if entry["attempts"]:
-            at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(entry["next_retry_at"] or 0))
+            at = format_time(entry["next_retry_at"] or 0)
             why = f" ({entry['attempts']} failed attempt(s), next retry at {at}: {entry['error']})"
         lines.append(f"  {entry['count']} {entry['waiting_for']}{why}")
     header = ("MODEL", "READY", "VERSION", "ALIASES", "RUN", "PHASE", "REASON", "MESSAGE")
