@@ -1,6 +1,6 @@
 """Both artifact stores keep the same promises, and the S3 store keeps them over HTTP against a real server.
 
-The contract class runs once per store (a local `FileStore`, an `S3Store` on a moto server on 127.0.0.1):
+The contract class runs once per store (a local `FileStore`, an `S3Store` on a SeaweedFS server on 127.0.0.1):
 digest-named objects, dedupe without overwrite, detected tampering, write-once version records. The tests
 after it cover what only S3 has: conditional writes racing another writer, streamed multipart uploads with
 bounded memory, Object Lock, and the translation of S3 failures into transient and permanent errors.
@@ -26,7 +26,7 @@ from gitopsd.errors import IntegrityError, PermanentError, TransientError
 from gitopsd.registry.filestore import FileStore
 from gitopsd.registry.store import ArtifactStore
 from gitopsd.registry.stores import open_store
-from tests.s3server import s3_client, s3_server  # noqa: F401
+from tests.s3server import s3_bucket, s3_client, s3_endpoint, s3_server  # noqa: F401
 
 MiB = 1 << 20
 
@@ -43,10 +43,8 @@ def client(s3_server: str) -> Any:  # noqa: F811
 
 
 @pytest.fixture
-def bucket(client: Any) -> str:
-    from tests.s3server import new_bucket
-
-    return new_bucket(client)
+def bucket(s3_bucket: str) -> str:  # noqa: F811
+    return s3_bucket
 
 
 def _s3store(endpoint: str, bucket: str, **kwargs: Any) -> Any:
@@ -337,17 +335,20 @@ def test_large_artifact_streams_in_parts_with_bounded_memory(
 
 
 def test_object_lock_retains_objects_and_records(s3_server: str, client: Any, tmp_path: Path) -> None:  # noqa: F811
-    from tests.s3server import new_bucket
+    from tests.s3server import drop_bucket, new_bucket
 
     locked = new_bucket(client, object_lock=True)
-    store = _s3store(s3_server, locked, object_lock_days=3)
-    ref = store.put(_write(tmp_path / "m.bin", b"keep me"))
-    store.put_record("iris", 1, b"{}")
-    for key in (store.key(ref.sha256), "team/models/records/iris/00000001.json"):
-        head = client.head_object(Bucket=locked, Key=key)
-        assert head["ObjectLockMode"] == "GOVERNANCE"
-        retain = head["ObjectLockRetainUntilDate"] - datetime.now(UTC)
-        assert timedelta(days=2, hours=23) < retain <= timedelta(days=3)
+    try:
+        store = _s3store(s3_server, locked, object_lock_days=3)
+        ref = store.put(_write(tmp_path / "m.bin", b"keep me"))
+        store.put_record("iris", 1, b"{}")
+        for key in (store.key(ref.sha256), "team/models/records/iris/00000001.json"):
+            head = client.head_object(Bucket=locked, Key=key)
+            assert head["ObjectLockMode"] == "GOVERNANCE"
+            retain = head["ObjectLockRetainUntilDate"] - datetime.now(UTC)
+            assert timedelta(days=2, hours=23) < retain <= timedelta(days=3)
+    finally:
+        drop_bucket(client, locked)
 
 
 def test_s3_records_skip_stray_keys(s3store: Any, client: Any, bucket: str) -> None:
