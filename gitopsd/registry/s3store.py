@@ -250,6 +250,8 @@ class S3Store:
             except ClientError as exc:
                 if _not_found(exc):
                     return False
+                if _code(exc) == str(_status(exc)):  # a HEAD error has no body: ask once more, to say why
+                    self.check()
                 raise
         return True
 
