@@ -158,6 +158,8 @@ class SeaweedServer:
             timeout=START_TIMEOUT_S + 30,
         )
         if done.returncode != 0:
+            with suppress(subprocess.SubprocessError):
+                self.stop()  # a server that started but never became ready must not outlive the tests
             raise RuntimeError(f"tools/s3/up.sh {self.directory} failed ({done.returncode}): {done.stderr[-3000:]}")
         endpoint = _endpoint_from(read_env_file(self.directory / "env.sh"))
         assert endpoint is not None, done.stdout

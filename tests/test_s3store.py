@@ -461,3 +461,67 @@ def test_tar_of_a_directory_is_streamed_from_a_temporary_pack(s3store: Any, tmp_
     s3store.copy_out(ref.sha256, dest)
     with tarfile.open(fileobj=io.BytesIO(dest.read_bytes())) as tar:
         assert "config.json" in tar.getnames()
+
+
+def _client_error(code: str, status: int, message: str = "says the server") -> Any:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "locking", "kind", "says"),
+    [
+        ("SlowDown", 503, False, TransientError, "will retry"),
+        ("InternalError", 500, False, TransientError, "will retry"),
+        ("RequestTimeout", 400, False, TransientError, "will retry"),
+        ("TooManyRequests", 429, False, TransientError, "will retry"),
+        ("NoSuchBucket", 404, False, PermanentError, "does not exist at http://s3: create it, or fix [registry]"),
+        ("InvalidAccessKeyId", 403, False, PermanentError, "the access key ID is unknown"),
+        ("SignatureDoesNotMatch", 403, False, PermanentError, "the secret access key is wrong"),
+        ("AccessDenied", 403, False, PermanentError, "check that these credentials may upload objects"),
+        ("403", 403, False, PermanentError, "refused upload"),
+        ("InvalidRequest", 400, True, PermanentError, "has no Object Lock; create the bucket with Object Lock"),
+        ("InvalidRequest", 400, False, PermanentError, "upload s3://b/k at http://s3 failed: InvalidRequest"),
+        ("BadDigest", 400, False, IntegrityError, "did not match their checksum"),
+        ("XAmzContentSHA256Mismatch", 400, False, IntegrityError, "did not match their checksum"),
+    ],
+)
+def test_s3_errors_are_classified_in_one_line_naming_what_to_fix(
+    code: str, status: int, locking: bool, kind: type[Exception], says: str
+) -> None:
+    from gitopsd.errors import is_permanent
+    from gitopsd.registry.s3store import classify_client_error
+
+    error = classify_client_error(
+        _client_error(code, status, "multi\nline"), action="upload", bucket="b", key="k", endpoint="http://s3",
+        locking=locking,
+    )  # fmt: skip
+    assert type(error) is kind
+    assert says in str(error)
+    assert "'b'" in str(error) or "s3://b/k" in str(error)
+    assert "\n" not in str(error)
+    assert is_permanent(error) == (kind is not TransientError)
+
+
+def test_a_file_store_on_a_broken_path_names_it_and_is_permanent(tmp_path: Path) -> None:
+    from gitopsd.errors import is_permanent
+
+    (tmp_path / "mount").write_text("a file where the store's parent directory should be")
+    with pytest.raises(PermanentError) as info:
+        FileStore(tmp_path / "mount" / "store")
+    assert f"artifact store {tmp_path}/mount/store: cannot create" in str(info.value)
+    assert "fix its permissions or mount, or [registry] artifacts" in str(info.value)
+    assert is_permanent(info.value)
+
+
+def test_file_store_sweeps_temp_files_of_killed_puts(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    left = tmp_path / "store" / "tmp" / ".put.0123456789abcdef.part"
+    left.write_bytes(b"half an artifact")
+    assert store.stale_uploads(3600) == []
+    assert len(store.stale_uploads(0)) == 1 and str(left) in store.stale_uploads(0)[0]
+    assert store.abort_stale_uploads(0) == 1
+    assert not left.exists()

@@ -41,6 +41,9 @@ put() {  # put FILE CONTENT: write only when the content changes; say whether it
 [[ $DIR == /* ]] || DIR=$PWD/$DIR
 DIR=${DIR%/}
 [[ $DIR != "" && $DIR != / ]] || fail "refusing to use / as the server directory"
+# weed reads AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY as one more admin identity: the caller's (a developer's real
+# keys, another test server's) must not become this server's.
+unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE
 for port in "$S3_PORT" "$MASTER_PORT" "$VOLUME_PORT" "$FILER_PORT" "$ADMIN_PORT"; do
   [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port + 10000 < 65536)) ||
     fail "GITOPSD_S3_PORTS='${GITOPSD_S3_PORTS:-}': expected five ports below 55536, comma-separated"
@@ -92,16 +95,20 @@ s3() {  # s3 SECRET METHOD PATH [curl args...]: print the HTTP status
     --user "$ACCESS_KEY:$secret" -X "$method" "$@" "$URL$path" || true
 }
 probe=/gitopsd-ready-$$
+last=""  # what the last probe got, for the error message
 ready() {
   running "$(pid_of "$DIR/weed.pid")" weed || { show_log "$DIR/weed.log"; fail "SeaweedFS exited"; }
-  [[ $(s3 "$SECRET" PUT "$probe") == 200 ]] || [[ $(s3 "$SECRET" HEAD "$probe") == 200 ]] || return 1
-  [[ $(s3 "$SECRET" PUT "$probe/ready" --data-binary ready -H 'Content-Type: text/plain' \
-    -H "x-amz-content-sha256: $(printf ready | sha256sum | cut -d' ' -f1)") == 200 ]] || return 1
-  [[ $(s3 "$SECRET" GET "$probe/ready") == 200 ]]
+  last="create bucket: $(s3 "$SECRET" PUT "$probe")"
+  [[ $last == *200 ]] || { last+=", head bucket: $(s3 "$SECRET" HEAD "$probe")"; [[ $last == *200 ]]; } || return 1
+  last="put object: $(s3 "$SECRET" PUT "$probe/ready" --data-binary ready -H 'Content-Type: text/plain' \
+    -H "x-amz-content-sha256: $(printf ready | sha256sum | cut -d' ' -f1)")"
+  [[ $last == *200 ]] || return 1
+  last="get object: $(s3 "$SECRET" GET "$probe/ready")"
+  [[ $last == *200 ]]
 }
 deadline=$((SECONDS + TIMEOUT))
 until ready; do
-  ((SECONDS < deadline)) || { show_log "$DIR/weed.log"; fail "SeaweedFS does not store an object at $URL within ${TIMEOUT}s"; }
+  ((SECONDS < deadline)) || { show_log "$DIR/weed.log"; fail "SeaweedFS does not store an object at $URL within ${TIMEOUT}s (last HTTP status: $last)"; }
   sleep 0.2
 done
 code=$(s3 "not-the-secret" GET "$probe/ready")
