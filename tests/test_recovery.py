@@ -12,7 +12,7 @@ import pytest
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.spec.operator import Operator, OperatorRegistry
 from tests.conftest import GitRepo, gitopsd
-from tests.s3server import new_bucket, s3_client, s3_server  # noqa: F401
+from tests.s3server import s3_bucket, s3_client, s3_endpoint, s3_server  # noqa: F401
 
 MODEL = "models/blobs.yaml"
 
@@ -60,9 +60,10 @@ def test_s3_store_holds_artifacts_by_digest_and_rebuilds(
     demo_repo: GitRepo,
     state_dir: Path,
     s3_server: str,  # noqa: F811
+    s3_bucket: str,  # noqa: F811
 ) -> None:
     client = s3_client(s3_server)
-    bucket = new_bucket(client)
+    bucket = s3_bucket
     # The operator puts artifacts in S3; the command line finds the same store through the same file.
     config = state_dir.parent / "config.toml"
     config.write_text(f'[registry]\nartifacts = "s3://{bucket}/models"\nendpoint_url = "{s3_server}"\n')

@@ -1,6 +1,6 @@
 """Both artifact stores keep the same promises, and the S3 store keeps them over HTTP against a real server.
 
-The contract class runs once per store (a local `FileStore`, an `S3Store` on a moto server on 127.0.0.1):
+The contract class runs once per store (a local `FileStore`, an `S3Store` on a SeaweedFS server on 127.0.0.1):
 digest-named objects, dedupe without overwrite, detected tampering, write-once version records. The tests
 after it cover what only S3 has: conditional writes racing another writer, streamed multipart uploads with
 bounded memory, Object Lock, and the translation of S3 failures into transient and permanent errors.
@@ -26,7 +26,7 @@ from gitopsd.errors import IntegrityError, PermanentError, TransientError
 from gitopsd.registry.filestore import FileStore
 from gitopsd.registry.store import ArtifactStore
 from gitopsd.registry.stores import open_store
-from tests.s3server import s3_client, s3_server  # noqa: F401
+from tests.s3server import s3_bucket, s3_client, s3_endpoint, s3_server  # noqa: F401
 
 MiB = 1 << 20
 
@@ -43,10 +43,8 @@ def client(s3_server: str) -> Any:  # noqa: F811
 
 
 @pytest.fixture
-def bucket(client: Any) -> str:
-    from tests.s3server import new_bucket
-
-    return new_bucket(client)
+def bucket(s3_bucket: str) -> str:  # noqa: F811
+    return s3_bucket
 
 
 def _s3store(endpoint: str, bucket: str, **kwargs: Any) -> Any:
@@ -337,17 +335,20 @@ def test_large_artifact_streams_in_parts_with_bounded_memory(
 
 
 def test_object_lock_retains_objects_and_records(s3_server: str, client: Any, tmp_path: Path) -> None:  # noqa: F811
-    from tests.s3server import new_bucket
+    from tests.s3server import drop_bucket, new_bucket
 
     locked = new_bucket(client, object_lock=True)
-    store = _s3store(s3_server, locked, object_lock_days=3)
-    ref = store.put(_write(tmp_path / "m.bin", b"keep me"))
-    store.put_record("iris", 1, b"{}")
-    for key in (store.key(ref.sha256), "team/models/records/iris/00000001.json"):
-        head = client.head_object(Bucket=locked, Key=key)
-        assert head["ObjectLockMode"] == "GOVERNANCE"
-        retain = head["ObjectLockRetainUntilDate"] - datetime.now(UTC)
-        assert timedelta(days=2, hours=23) < retain <= timedelta(days=3)
+    try:
+        store = _s3store(s3_server, locked, object_lock_days=3)
+        ref = store.put(_write(tmp_path / "m.bin", b"keep me"))
+        store.put_record("iris", 1, b"{}")
+        for key in (store.key(ref.sha256), "team/models/records/iris/00000001.json"):
+            head = client.head_object(Bucket=locked, Key=key)
+            assert head["ObjectLockMode"] == "GOVERNANCE"
+            retain = head["ObjectLockRetainUntilDate"] - datetime.now(UTC)
+            assert timedelta(days=2, hours=23) < retain <= timedelta(days=3)
+    finally:
+        drop_bucket(client, locked)
 
 
 def test_s3_records_skip_stray_keys(s3store: Any, client: Any, bucket: str) -> None:
@@ -460,3 +461,67 @@ def test_tar_of_a_directory_is_streamed_from_a_temporary_pack(s3store: Any, tmp_
     s3store.copy_out(ref.sha256, dest)
     with tarfile.open(fileobj=io.BytesIO(dest.read_bytes())) as tar:
         assert "config.json" in tar.getnames()
+
+
+def _client_error(code: str, status: int, message: str = "says the server") -> Any:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "locking", "kind", "says"),
+    [
+        ("SlowDown", 503, False, TransientError, "will retry"),
+        ("InternalError", 500, False, TransientError, "will retry"),
+        ("RequestTimeout", 400, False, TransientError, "will retry"),
+        ("TooManyRequests", 429, False, TransientError, "will retry"),
+        ("NoSuchBucket", 404, False, PermanentError, "does not exist at http://s3: create it, or fix [registry]"),
+        ("InvalidAccessKeyId", 403, False, PermanentError, "the access key ID is unknown"),
+        ("SignatureDoesNotMatch", 403, False, PermanentError, "the secret access key is wrong"),
+        ("AccessDenied", 403, False, PermanentError, "check that these credentials may upload objects"),
+        ("403", 403, False, PermanentError, "refused upload"),
+        ("InvalidRequest", 400, True, PermanentError, "has no Object Lock; create the bucket with Object Lock"),
+        ("InvalidRequest", 400, False, PermanentError, "upload s3://b/k at http://s3 failed: InvalidRequest"),
+        ("BadDigest", 400, False, IntegrityError, "did not match their checksum"),
+        ("XAmzContentSHA256Mismatch", 400, False, IntegrityError, "did not match their checksum"),
+    ],
+)
+def test_s3_errors_are_classified_in_one_line_naming_what_to_fix(
+    code: str, status: int, locking: bool, kind: type[Exception], says: str
+) -> None:
+    from gitopsd.errors import is_permanent
+    from gitopsd.registry.s3store import classify_client_error
+
+    error = classify_client_error(
+        _client_error(code, status, "multi\nline"), action="upload", bucket="b", key="k", endpoint="http://s3",
+        locking=locking,
+    )  # fmt: skip
+    assert type(error) is kind
+    assert says in str(error)
+    assert "'b'" in str(error) or "s3://b/k" in str(error)
+    assert "\n" not in str(error)
+    assert is_permanent(error) == (kind is not TransientError)
+
+
+def test_a_file_store_on_a_broken_path_names_it_and_is_permanent(tmp_path: Path) -> None:
+    from gitopsd.errors import is_permanent
+
+    (tmp_path / "mount").write_text("a file where the store's parent directory should be")
+    with pytest.raises(PermanentError) as info:
+        FileStore(tmp_path / "mount" / "store")
+    assert f"artifact store {tmp_path}/mount/store: cannot create" in str(info.value)
+    assert "fix its permissions or mount, or [registry] artifacts" in str(info.value)
+    assert is_permanent(info.value)
+
+
+def test_file_store_sweeps_temp_files_of_killed_puts(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    left = tmp_path / "store" / "tmp" / ".put.0123456789abcdef.part"
+    left.write_bytes(b"half an artifact")
+    assert store.stale_uploads(3600) == []
+    assert len(store.stale_uploads(0)) == 1 and str(left) in store.stale_uploads(0)[0]
+    assert store.abort_stale_uploads(0) == 1
+    assert not left.exists()

@@ -65,6 +65,9 @@ def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool)
         datefmt="%H:%M:%S",
         handlers=[handler],
     )
+    if not verbose:  # "Found credentials in environment variables." is no news on a terminal
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @cli.command()

@@ -105,23 +105,48 @@ def _with_store_options(func: Any) -> Any:
 
 @registry.command("verify")
 @_with_store_options
+@click.option(
+    "--stale-after",
+    "stale_after_s",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds after which an unfinished upload counts as abandoned.",
+)
+@click.option(
+    "--abort-stale-uploads", is_flag=True, help="Abort abandoned unfinished uploads instead of reporting them."
+)
 @click.pass_context
-def registry_verify(ctx: click.Context, store_uri: str | None, endpoint_url: str | None) -> None:
-    """Re-hash every version's artifact and check its record; exit 1 if anything is missing or altered."""
-    from gitopsd.registry.recovery import version_record
+def registry_verify(
+    ctx: click.Context, store_uri: str | None, endpoint_url: str | None, stale_after_s: float, abort_stale_uploads: bool
+) -> None:
+    """Re-hash every version's artifact and check its record, each in the store it was stored in (all in --store
+    if given); check every store is reachable; exit 1 if anything is missing, altered or unreachable."""
+    from gitopsd.errors import GitopsdError
+    from gitopsd.registry.verify import verify
 
-    store = _artifact_store(ctx, store_uri, endpoint_url)
-    with open_registry(ctx) as reg:
-        versions = reg.list()
-        problems = reg.verify(store)
-    for version in versions:
-        if store.get_record(version.model, version.number) != version_record(version):
-            problems.append(f"{version.label}: its record in {store.uri} is missing or differs from the registry")
-    for line in problems:
+    try:
+        store = _artifact_store(ctx, store_uri, endpoint_url)
+        with open_registry(ctx) as reg:
+            versions = reg.list()
+        report = verify(
+            versions,
+            store,
+            lambda uri: _artifact_store(ctx, uri, endpoint_url or operator(ctx).registry.endpoint_url),
+            own_store=store_uri is None,
+            stale_after_s=stale_after_s,
+            abort_stale=abort_stale_uploads,
+        )
+    except GitopsdError as exc:
+        fail(str(exc))
+    for line in report.notes:
+        click.echo(line)
+    for line in report.problems:
         click.echo(line, err=True)
-    if problems:
-        fail(f"{len(problems)} problem(s) in {len(versions)} version(s)")
-    click.echo(f"{len(versions)} version(s) verified: artifacts and records intact in {store.uri}")
+    where = ", ".join(report.stores)
+    if report.problems:
+        fail(f"{len(report.problems)} problem(s) in {report.versions} version(s) in {where}")
+    click.echo(f"{report.versions} version(s) verified: artifacts and records intact in {where}")
 
 
 @registry.command("rebuild")

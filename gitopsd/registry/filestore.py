@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from gitopsd.errors import IntegrityError, PermanentError
+from gitopsd.errors import GitopsdError, IntegrityError, PermanentError, TransientError, is_permanent
 from gitopsd.registry.store import (
     CHUNK,
     ArtifactRef,
@@ -49,6 +51,19 @@ def _copy_hashing(src: io.BufferedReader, dst: IO[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def store_os_error(exc: OSError, root: Path, action: str) -> GitopsdError:
+    """An OS error in a file store as one line naming the path and what to fix: permanent when a permission, a
+    read-only mount or a path is wrong (`is_permanent`), else transient (a full disk, a flaky network mount)."""
+    what = exc.strerror or type(exc).__name__
+    path = exc.filename or root
+    if is_permanent(exc):
+        return PermanentError(
+            f"artifact store {root}: cannot {action} {path}: {what} (uid {os.getuid()}); fix its permissions or "
+            "mount, or [registry] artifacts in the daemon configuration"
+        )
+    return TransientError(f"artifact store {root}: cannot {action} {path}: {what}; will retry")
+
+
 class FileStore:
     """A content-addressed store in a local (or shared, POSIX) directory."""
 
@@ -58,8 +73,64 @@ class FileStore:
         self._objects = self.root / "sha256"
         self._records = self.root / "records"
         self._tmp = self.root / "tmp"
-        self._objects.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        with self._os("create"):
+            self._objects.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _os(self, action: str) -> Iterator[None]:
+        """OS errors (other than a missing object, which callers handle) as gitopsd's errors."""
+        try:
+            yield
+        except (FileNotFoundError, GitopsdError):
+            raise
+        except OSError as exc:
+            raise store_os_error(exc, self.root, action) from exc
+
+    def check(self) -> None:
+        """Raise unless the store's directories exist and this user may write them."""
+        for directory in (self.root, self._objects, self._tmp):
+            if not directory.is_dir():
+                raise PermanentError(
+                    f"artifact store {self.root}: {directory} is missing; create it or fix [registry] artifacts in "
+                    "the daemon configuration"
+                )
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermanentError(
+                    f"artifact store {self.root}: {directory} is not writable by uid {os.getuid()}; fix its "
+                    "permissions, or [registry] artifacts in the daemon configuration"
+                )
+
+    def stale_uploads(self, older_than_s: float) -> list[str]:
+        """Temporary files of puts that never finished (the process was killed), at least `older_than_s` old."""
+        return [
+            f"{path} ({os.path.getsize(path)} bytes, left {age:.0f} s ago)" for path, age in self._stale(older_than_s)
+        ]
+
+    def _stale(self, older_than_s: float) -> list[tuple[Path, float]]:
+        now = time.time()
+        found: list[tuple[Path, float]] = []
+        with self._os("list"):
+            for path in sorted(self._tmp.glob(".*.part")):
+                try:
+                    age = now - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age >= older_than_s:
+                    found.append((path, age))
+        return found
+
+    def abort_stale_uploads(self, older_than_s: float) -> int:
+        """Delete the temporary files of puts that never finished, older than `older_than_s`; how many."""
+        removed = 0
+        for path, _ in self._stale(older_than_s):
+            with self._os("remove"):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+            removed += 1
+        return removed
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.root)!r})"
@@ -81,6 +152,10 @@ class FileStore:
         Storing bytes that are already present keeps the existing object after checking it is intact.
         """
         src = Path(src)
+        with self._os("store"):
+            return self._put(src)
+
+    def _put(self, src: Path) -> ArtifactRef:
         tmp, out = create_temp(self._tmp, "put")
         try:
             with out:
@@ -168,6 +243,10 @@ class FileStore:
 
         The hard link fails when the name exists, so two writers can never replace each other's record.
         """
+        with self._os("write record in"):
+            self._put_record(model, number, record)
+
+    def _put_record(self, model: str, number: int, record: bytes) -> None:
         final = self.record_path(model, number)
         existing = self.get_record(model, number)
         if existing is not None:

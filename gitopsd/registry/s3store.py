@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,63 @@ _TRANSIENT_CODES = frozenset(
      "RequestLimitExceeded", "ConditionalRequestConflict", "OperationAborted", "RequestTimeTooSkewed"}
 )  # fmt: skip
 _DENIED_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-     "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidObjectState"}
+    {"AccessDenied", "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
+     "InvalidObjectState"}
 )  # fmt: skip
+_WRONG_KEY_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch"})
+_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 _CREDENTIALS_HELP = (
     "credentials come from the standard AWS chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
     "AWS_SHARED_CREDENTIALS_FILE or instance metadata"
 )
+_CONFIG = "[registry] artifacts in the daemon configuration"
+STALE_UPLOAD_S = 24 * 3600.0
+"""Age after which an unfinished multipart upload is taken as abandoned (its writer was killed or cut off)."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def classify_client_error(
+    exc: ClientError, *, action: str, bucket: str, key: str, endpoint: str, locking: bool = False
+) -> GitopsdError:
+    """What a failed S3 request means for gitopsd: transient (retry later), permanent (a human must fix the
+    named thing) or an integrity error; one line naming the bucket, key and endpoint, and what to fix."""
+    code, status = _code(exc), _status(exc)
+    message = _one_line(exc.response.get("Error", {}).get("Message", ""))
+    detail = f"{code or status}: {message}".rstrip(": ")
+    where = f"s3://{bucket}/{key} at {endpoint}"
+    if status >= 500 or status in (409, 429) or code in _TRANSIENT_CODES:
+        return TransientError(f"S3 {action} {where} failed, will retry: {detail}")
+    if code == "NoSuchBucket":
+        return PermanentError(
+            f"S3 bucket {bucket!r} does not exist at {endpoint}: create it, or fix {_CONFIG} (or [registry] "
+            "endpoint_url)"
+        )
+    if code in _WRONG_KEY_CODES:
+        which = "access key ID is unknown" if code == "InvalidAccessKeyId" else "secret access key is wrong"
+        return PermanentError(
+            f"S3 at {endpoint} refused the credentials for bucket {bucket!r} ({detail}): the {which}; fix them "
+            f"({_CREDENTIALS_HELP})"
+        )
+    if status in (401, 403) or code in _DENIED_CODES:
+        return PermanentError(
+            f"S3 bucket {bucket!r} refused {action} {where}: {detail}; check that these credentials may {action} "
+            f"objects in it ({_CREDENTIALS_HELP})"
+        )
+    if locking and code in ("InvalidRequest", "InvalidArgument", "ObjectLockConfigurationNotFoundError"):
+        return PermanentError(
+            f"S3 bucket {bucket!r} at {endpoint} refused Object Lock retention for {key} ({detail}): the bucket "
+            "has no Object Lock; create the bucket with Object Lock enabled, or remove [registry] "
+            "object_lock_days from the daemon configuration"
+        )
+    if code in _DIGEST_CODES:
+        return IntegrityError(
+            f"S3 {action} {where}: the bytes that arrived did not match their checksum ({detail}); nothing was "
+            "stored under that key"
+        )
+    return PermanentError(f"S3 {action} {where} failed: {detail}")
 
 
 def _code(exc: ClientError) -> str:
@@ -124,6 +174,7 @@ class S3Store:
         self.part_size = part_size
         self.tmp_dir = tmp_dir
         self._client: Any = client if client is not None else _default_client(endpoint_url)
+        self._unaborted: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return f"S3Store({self.uri!r}, endpoint={self.endpoint!r})"
@@ -144,7 +195,7 @@ class S3Store:
         return f"s3://{self.bucket}/{self.key(sha256)}"
 
     @contextmanager
-    def _calling(self, action: str, key: str) -> Iterator[None]:
+    def _calling(self, action: str, key: str, *, locking: bool = False) -> Iterator[None]:
         """Turn boto3's exceptions into gitopsd's transient and permanent errors, naming endpoint and bucket."""
         where = f"s3://{self.bucket}/{key} at {self.endpoint}"
         try:
@@ -152,27 +203,20 @@ class S3Store:
         except GitopsdError:
             raise
         except ClientError as exc:
-            code, status = _code(exc), _status(exc)
-            detail = f"{code or status}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
-            if status >= 500 or status in (409, 429) or code in _TRANSIENT_CODES:
-                raise TransientError(f"S3 {action} {where} failed, will retry: {detail}") from exc
-            if code == "NoSuchBucket":
-                raise PermanentError(f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}") from exc
-            if status in (401, 403) or code in _DENIED_CODES:
-                raise PermanentError(
-                    f"S3 bucket {self.bucket!r} refused {action} {where}: {detail}; {_CREDENTIALS_HELP}"
-                ) from exc
-            raise PermanentError(f"S3 {action} {where} failed: {detail}") from exc
+            raise classify_client_error(
+                exc, action=action, bucket=self.bucket, key=key, endpoint=self.endpoint, locking=locking
+            ) from exc
         except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
             raise PermanentError(
-                f"no usable credentials for S3 bucket {self.bucket!r}: {exc}; {_CREDENTIALS_HELP}"
+                f"no usable credentials for S3 bucket {self.bucket!r}: {_one_line(exc)}; {_CREDENTIALS_HELP}"
             ) from exc
         except (HTTPClientError, ConnectionError, IncompleteReadError, FlexibleChecksumError) as exc:
             raise TransientError(
-                f"S3 {action} {where} failed (endpoint unreachable or cut off), will retry: {exc}"
+                f"S3 {action} {where} failed (endpoint unreachable or cut off), will retry: {_one_line(exc)}; "
+                "check that the S3 service is up and [registry] endpoint_url"
             ) from exc
         except BotoCoreError as exc:
-            raise TransientError(f"S3 {action} {where} failed: {exc}") from exc
+            raise TransientError(f"S3 {action} {where} failed: {_one_line(exc)}") from exc
 
     def _lock_args(self) -> dict[str, Any]:
         if self.object_lock_days is None:
@@ -206,6 +250,8 @@ class S3Store:
             except ClientError as exc:
                 if _not_found(exc):
                     return False
+                if _code(exc) == str(_status(exc)):  # a HEAD error has no body: ask once more, to say why
+                    self.check()
                 raise
         return True
 
@@ -284,6 +330,8 @@ class S3Store:
 
     def _put_file(self, path: Path, digest: str, size: int, src: Path) -> ArtifactRef:
         ref = ArtifactRef(sha256=digest, size=size, uri=self.object_uri(digest))
+        if self._unaborted:
+            self._abort_remembered()
         if not self.exists(digest):
             if size <= self.part_size:
                 self._upload_small(path, digest, src)
@@ -305,7 +353,7 @@ class S3Store:
         if (actual := hashlib.sha256(body).hexdigest()) != digest:
             raise self._changed(src, digest, actual)
         key = self.key(digest)
-        with self._calling("upload", key):
+        with self._calling("upload", key, locking=self.object_lock_days is not None):
             try:
                 self._client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **self._lock_args())
             except ClientError as exc:
@@ -316,7 +364,7 @@ class S3Store:
         """Upload one part at a time (never the whole file in memory); complete only if the bytes still hash right."""
         key = self.key(digest)
         part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
-        with self._calling("start the upload of", key):
+        with self._calling("start the upload of", key, locking=self.object_lock_days is not None):
             upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **self._lock_args())[
                 "UploadId"
             ]
@@ -353,15 +401,72 @@ class S3Store:
                         raise
         finally:
             if not completed:  # an unfinished upload still costs storage until it is aborted
-                with suppress(Exception):
+                self._abort(key, upload_id)
+
+    def _abort(self, key: str, upload_id: str) -> bool:
+        """Abort one multipart upload, best effort (never masking the error that led here); one that cannot be
+        aborted now (the endpoint is down) is remembered and aborted by the next put or sweep."""
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) != "NoSuchUpload" and _status(exc) != 404:
+                self._unaborted.add((key, upload_id))
+                return False
+        except Exception:
+            self._unaborted.add((key, upload_id))
+            return False
+        self._unaborted.discard((key, upload_id))
+        return True
+
+    def _abort_remembered(self) -> int:
+        return sum(self._abort(key, upload_id) for key, upload_id in sorted(self._unaborted))
+
+    def stale_uploads(self, older_than_s: float) -> list[str]:
+        """Each unfinished multipart upload under the store's prefix started at least `older_than_s` ago, as
+        "s3://bucket/key (upload ID, started N s ago)"."""
+        return [f"s3://{self.bucket}/{key} (upload {upload_id}, started {age:.0f} s ago)"
+                for key, upload_id, age in self._stale(older_than_s)]  # fmt: skip
+
+    def _stale(self, older_than_s: float) -> list[tuple[str, str, float]]:
+        prefix = self._key("")
+        now = datetime.now(UTC)
+        found: list[tuple[str, str, float]] = []
+        pages = self._client.get_paginator("list_multipart_uploads")
+        with self._calling("list unfinished uploads under", prefix):
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    age = (now - upload["Initiated"]).total_seconds()
+                    if age >= older_than_s:
+                        found.append((str(upload["Key"]), str(upload["UploadId"]), age))
+        return found
+
+    def abort_stale_uploads(self, older_than_s: float = STALE_UPLOAD_S) -> int:
+        """Abort every unfinished multipart upload under the store's prefix older than `older_than_s` (its
+        writer was killed or cut off), and any this store failed to abort before; the number aborted."""
+        aborted = self._abort_remembered()
+        for key, upload_id, _ in self._stale(older_than_s):
+            with self._calling("abort the unfinished upload of", key):
+                try:
                     self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except ClientError as exc:
+                    if _code(exc) != "NoSuchUpload" and _status(exc) != 404:
+                        raise
+                    continue
+            aborted += 1
+        return aborted
+
+    def check(self) -> None:
+        """Raise unless the bucket exists and these credentials may list it: one cheap request, no object read."""
+        key = self._key("")
+        with self._calling("list", key):
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
 
     def put_record(self, model: str, number: int, record: bytes) -> None:
         """Write `model@number`'s record once (conditional PutObject); the same bytes again are a no-op."""
         key = self._key(record_name(model, number))
         existing = self._read(key)
         if existing is None:
-            with self._calling("write record", key):
+            with self._calling("write record", key, locking=self.object_lock_days is not None):
                 try:
                     self._client.put_object(
                         Bucket=self.bucket,

@@ -70,6 +70,17 @@ class ArtifactStore(Protocol):
     def records(self) -> Iterator[tuple[str, int, bytes]]:
         """Every record as (model, number, bytes), in (model, number) order."""
 
+    def check(self) -> None:
+        """Raise (`PermanentError`, `TransientError`) unless the store is reachable and writable with the
+        configured credentials; cheap, and reads no object."""
+
+    def stale_uploads(self, older_than_s: float) -> list[str]:
+        """Uploads that never finished (their writer was killed or cut off), at least `older_than_s` old: one
+        line each, naming where it is."""
+
+    def abort_stale_uploads(self, older_than_s: float) -> int:
+        """Abort (S3) or delete (file store) the unfinished uploads `stale_uploads` lists; how many."""
+
 
 def check_digest(sha256: str) -> str:
     if len(sha256) != 64 or not _HEX.issuperset(sha256):
