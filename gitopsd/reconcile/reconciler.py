@@ -33,6 +33,7 @@ from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook, plan_aliases
 from gitopsd.registry.audit import push_tags
 from gitopsd.registry.recovery import restore_lost, save_alias_journal
+from gitopsd.registry.store import STALE_UPLOAD_S
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.source.mirror import Source
 from gitopsd.source.redact import redact_url
@@ -40,6 +41,9 @@ from gitopsd.source.verify import CommitVerifier, VerifyPolicy
 from gitopsd.spec.operator import Operator, over_caps
 
 log = logging.getLogger("gitopsd")
+
+#: How often a reconciler looks for uploads a killed writer left in its store (see `ArtifactStore`).
+SWEEP_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +152,7 @@ class Reconciler:
         self._frozen = False
         self._settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
         self._retry_at = float("inf")  # when a settled state must be looked at again (a retry falls due)
+        self._next_sweep = 0.0  # when to look for unfinished uploads in the store next
 
     def retry_stalled(self) -> int:
         """Make the work that stalled on a permanent error due again (the operator says it is fixed)."""
@@ -214,6 +219,7 @@ class Reconciler:
             versions = self.registry.key_numbers()
         touched = self._sync_aliases(desired, versions) | rebased
         waiting = self.outbox.drain({"alias-journal": self._send_alias_journal, "audit-tags": self._push_tags})
+        self._sweep_uploads()
         active = self.state.active_runs()
         live = {run.id for run in active}
         self.troubles.forget_where(lambda t: t.model in desired.models and t.key.split(":", 1)[1] in live | {t.model})
@@ -376,6 +382,21 @@ class Reconciler:
             log.warning("registry %s held no version: rebuilt from the artifact store (%d versions, %d alias moves)",
                         self.paths.registry_db, *restored)  # fmt: skip
         return ""
+
+    def _sweep_uploads(self) -> None:
+        """Now and then, abort the store's uploads that a killed or cut-off writer left unfinished."""
+        now = self.troubles.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY_S
+        try:
+            aborted = self.applier.store().abort_stale_uploads(STALE_UPLOAD_S)
+        except GitopsdError as exc:  # the store is down: the next sweep tries again
+            log.warning("artifact store: unfinished uploads not swept: %s", exc)
+            return
+        if aborted:
+            log.info("artifact store: aborted %d unfinished upload(s) older than %.0f h", aborted,
+                     STALE_UPLOAD_S / 3600)  # fmt: skip
 
     def _send_alias_journal(self, entry: Entry) -> None:
         save_alias_journal(self.applier.store(), self.aliases, entry.subject)

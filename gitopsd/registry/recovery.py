@@ -51,6 +51,24 @@ def save_alias_journal(store: ArtifactStore, book: AliasBook, model: str) -> Non
         store.put_record(ALIASES_PREFIX + model, index, _encode({"record": "alias-move", **asdict(record)}))
 
 
+def journal_problems(store: ArtifactStore, book: AliasBook, models: list[str]) -> list[str]:
+    """What the store's alias journals lack or hold differently from the registry's alias history: a move that
+    never reached the store would be lost by `rebuild` (the daemon's outbox sends it once the store is back)."""
+    problems = []
+    for model in models:
+        history = book.history(model)
+        for index, record in enumerate(history, start=1):
+            stored = store.get_record(ALIASES_PREFIX + model, index)
+            if stored != _encode({"record": "alias-move", **asdict(record)}):
+                problems.append(
+                    f"alias journal of {model} in {store.uri}: move {index} of {len(history)} "
+                    f"({record.alias} -> {record.version}) is {'missing' if stored is None else 'different'}; "
+                    "the daemon sends it while its outbox waits for the store (see gitopsd status)"
+                )
+                break
+    return problems
+
+
 def restore_lost(store: ArtifactStore, registry_path: Path) -> tuple[int, int] | None:
     """Rebuild `registry_path` from the store when it holds no version but the store holds records (the
     registry was lost); None when there is nothing to restore. Numbering must never start again at 1 while

@@ -38,6 +38,7 @@ from botocore.exceptions import (
 from gitopsd.errors import GitopsdError, IntegrityError, PermanentError, TransientError
 from gitopsd.registry.store import (
     CHUNK,
+    STALE_UPLOAD_S,
     ArtifactRef,
     check_digest,
     copy_chunks_hashing,
@@ -69,7 +70,6 @@ _CREDENTIALS_HELP = (
     "AWS_SHARED_CREDENTIALS_FILE or instance metadata"
 )
 _CONFIG = "[registry] artifacts in the daemon configuration"
-STALE_UPLOAD_S = 24 * 3600.0
 """Age after which an unfinished multipart upload is taken as abandoned (its writer was killed or cut off)."""
 
 

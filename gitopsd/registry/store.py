@@ -43,6 +43,10 @@ class ArtifactRef:
     uri: str
 
 
+#: How old an unfinished upload must be before a sweep takes its writer for dead and aborts it.
+STALE_UPLOAD_S = 24 * 3600.0
+
+
 @runtime_checkable
 class ArtifactStore(Protocol):
     """What the registry needs of a place that keeps artifacts and version records: `FileStore`, `S3Store`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -22,9 +23,11 @@ from gitopsd.registry.stores import open_store
 from gitopsd.spec.operator import Operator, OperatorRegistry
 from tests.conftest import GitRepo, gitopsd
 from tests.ports import free_port
-from tests.s3server import TEST_ENV
 
 MODEL = "models/blobs.yaml"
+#: Credentials for an S3 endpoint nobody listens on: the client gets as far as connecting.
+TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
 
 
 def status(state_dir: Path) -> dict[str, Any]:
@@ -195,6 +198,14 @@ def test_an_alias_move_while_the_store_is_down_waits_in_the_outbox_and_reaches_t
     store = open_store(artifacts.as_uri(), artifacts)
     journal = store.get_record(ALIASES_PREFIX + "blobs", 1)
     assert journal is not None and json.loads(journal)["alias"] == "production"
+    assert "1 version(s) verified" in gitopsd(state_dir, "registry", "verify").stdout
+
+    # A journal that never reached the store is what `registry rebuild` would lose: verify says so.
+    (entry,) = (records / f"{ALIASES_PREFIX}blobs").iterdir()
+    entry.unlink()
+    refused = gitopsd(state_dir, "registry", "verify", check=False)
+    assert refused.returncode == 1
+    assert "alias journal of blobs" in refused.stderr and "move 1 of 1 (production -> 1) is missing" in refused.stderr
 
 
 def test_a_lost_registry_is_rebuilt_from_the_store_before_any_number_is_given(
@@ -350,3 +361,21 @@ def test_a_daemon_worker_passes_again_when_a_retrys_backoff_ends_without_waiting
             time.sleep(0.2)
     finally:
         assert worker.stop(30)
+
+
+def test_a_pass_sweeps_the_uploads_a_killed_writer_left_in_the_store(
+    demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
+) -> None:
+    reconciler.reconcile_until_settled(timeout_s=60)
+    tmp = state_dir / "artifacts" / "tmp"
+    left = tmp / ".put-killed.part"  # what a gitopsd killed in the middle of storing an artifact leaves
+    left.write_bytes(b"half an artifact")
+    fresh = tmp / ".put-writing.part"  # a put going on now is left alone
+    fresh.write_bytes(b"being written")
+    day_ago = time.time() - 25 * 3600
+    os.utime(left, (day_ago, day_ago))
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    rec.reconcile()
+    rec.close()
+    assert not left.exists() and fresh.exists()
+    assert "unfinished upload" not in gitopsd(state_dir, "registry", "verify").stdout
