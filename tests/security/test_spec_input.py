@@ -134,14 +134,18 @@ def refused(tracked: Tracked, *needles: str) -> str:
 
 
 #: Runs the real `gitopsd` CLI and writes the peak RSS of its own process (not of its children) to argv[1].
+# The peak is read from VmHWM, the high-water mark of this process's own memory map: ru_maxrss would also
+# carry the peak of the pytest process it was forked from, which grows over a whole run.
 _MEASURED = """\
-import resource, runpy, sys
+import runpy, sys
 out = sys.argv.pop(1)
 try:
     runpy.run_module("gitopsd", run_name="__main__", alter_sys=True)
 finally:
+    with open("/proc/self/status") as status:
+        peak_kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
     with open(out, "w") as handle:
-        handle.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        handle.write(peak_kib)
 """
 
 
