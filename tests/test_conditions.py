@@ -146,8 +146,51 @@ def test_a_spec_with_no_run_of_its_own_is_about_to_be_submitted(facts: ModelFact
 def test_a_multi_line_failure_message_is_shown_on_one_line() -> None:
     last = replace(FAILED, reason="SubmitFailed", message="sbatch: error: Batch job submission failed\nInvalid account")
     condition = summarize(ModelFacts(want=WANT, last=last))
-    assert "\n" not in condition.message
-    assert "Invalid account" in condition.message
+    assert condition == Condition(
+        type=ConditionType.STALLED,
+        reason=Reason.SUBMIT_FAILED,
+        message="run iris-1a2b3c4d after 2 attempts: sbatch: error: Batch job submission failed; Invalid account; "
+        "push a new commit to retry",
+    )
+
+
+def test_a_current_version_whose_alias_was_refused_is_stalled_and_says_why() -> None:
+    problems = ("alias prod refused: iris@3 fails gate accuracy >= 0.95", "alias canary refused: no such stage")
+    assert summarize(ModelFacts(want=WANT, version=3, alias_problems=problems, unavailable="down")) == Condition(
+        type=ConditionType.STALLED,
+        reason=Reason.ALIAS_REFUSED,
+        message="iris@3 is current, but alias prod refused: iris@3 fails gate accuracy >= 0.95; "
+        "alias canary refused: no such stage",
+    )
+
+
+def test_alias_problems_of_a_suspended_model_or_without_a_version_do_not_stall_it() -> None:
+    problems = ("alias prod refused: no version",)
+    suspended = summarize(ModelFacts(want=replace(WANT, suspend=True), version=3, alias_problems=problems))
+    assert (suspended.type, suspended.reason) == (ConditionType.READY, Reason.SUSPENDED)
+    assert summarize(ModelFacts(want=WANT, alias_problems=problems)) == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.PROGRESSING,
+        message="a run for this spec is about to be submitted",
+    )
+
+
+def test_a_model_waiting_for_its_base_model_is_reconciling_not_stalled() -> None:
+    """The base gets a version by itself (its own training): nothing for a person to fix, so not Stalled."""
+    want = replace(WANT, blocked="waiting for base model resnet@2: no such registered version yet")
+    assert summarize(ModelFacts(want=want, last=FAILED)) == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.BASE_UNAVAILABLE,
+        message="waiting for base model resnet@2: no such registered version yet",
+    )
+
+
+def test_whole_number_metrics_are_shown_as_reported() -> None:
+    """Metrics files are JSON: a step counter arrives as an int and is shown whole, not as 1.235e+05."""
+    active = replace(ACTIVE, metrics={"step": 123456, "loss": 0.5})
+    assert summarize(ModelFacts(want=WANT, active=active)).message == (
+        "run iris-1a2b3c4d Running on slurm (job 4242), attempt 2 of 3; loss=0.5, step=123456"
+    )
 
 
 PHASES = st.sampled_from(Phase)
@@ -165,23 +208,47 @@ RUNS = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+BLOCKED = st.sampled_from([("", Reason.BASE_UNAVAILABLE), ("waiting for base", Reason.BASE_UNAVAILABLE),
+                           ("refused at plan time", Reason.POLICY_DENIED)])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     want=st.builds(Want, model=st.just("iris"), run_key=st.just(KEY), spec_digest=st.just("spec-1"),
                    backend=st.just("slurm"), retries=st.integers(0, 2), suspend=st.booleans()),
+    blocked=BLOCKED,
     version=st.none() | st.integers(1, 9),
     active=st.none() | RUNS,
     last=st.none() | RUNS,
     unavailable=st.none() | st.just("down"),
+    alias_problems=st.sampled_from([(), ("alias prod refused",), ("alias a refused", "alias b refused")]),
 )  # fmt: skip
 def test_every_model_gets_exactly_one_consistent_condition(
-    want: Want, version: int | None, active: RunFacts | None, last: RunFacts | None, unavailable: str | None
+    want: Want,
+    blocked: tuple[str, Reason],
+    version: int | None,
+    active: RunFacts | None,
+    last: RunFacts | None,
+    unavailable: str | None,
+    alias_problems: tuple[str, ...],
 ) -> None:
-    condition = summarize(ModelFacts(want=want, version=version, active=active, last=last, unavailable=unavailable))
-    assert condition.ready == (version is not None)
+    want = replace(want, blocked=blocked[0], blocked_reason=blocked[1])
+    facts = ModelFacts(
+        want=want, version=version, active=active, last=last, unavailable=unavailable, alias_problems=alias_problems
+    )
+    condition = summarize(facts)
+    refused = version is not None and bool(alias_problems) and not want.suspend
+    assert condition.ready == (version is not None and not refused)
     assert (condition.reason is Reason.SUSPENDED) == want.suspend
+    assert (condition.reason is Reason.ALIAS_REFUSED) == refused
     assert condition.message
-    if condition.type is ConditionType.STALLED and not want.suspend:
-        assert last is not None
-        assert last.phase is Phase.FAILED
-        assert condition.message.endswith("push a new commit to retry")
+    assert "\n" not in condition.message
+    if condition.reason is Reason.BASE_UNAVAILABLE:
+        assert condition.type is ConditionType.RECONCILING  # the base gets its version by itself
+    if condition.type is ConditionType.STALLED and not want.suspend and not refused:
+        if condition.reason is Reason.POLICY_DENIED and want.blocked:
+            assert condition.message == want.blocked
+        else:
+            assert last is not None
+            assert last.phase is Phase.FAILED
+            assert condition.message.endswith("push a new commit to retry")

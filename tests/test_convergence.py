@@ -99,6 +99,21 @@ def test_improvements_no_larger_than_min_delta_do_not_count() -> None:
     assert judge(Rules(plateau=rule), big_step) is None
 
 
+def test_a_max_plateau_counts_only_rises_larger_than_min_delta() -> None:
+    rule = Plateau(metric="acc", mode="max", patience=2, min_delta=0.1)
+    small_rises = [{"acc": 0.5}, {"acc": 0.56}, {"acc": 0.59}]
+    assert judge(Rules(plateau=rule), small_rises) == (
+        Reason.PLATEAUED,
+        "acc has not improved on 0.5 for 2 reports (min_delta 0.1)",
+    )
+    assert judge(Rules(plateau=rule), [{"acc": 0.5}, {"acc": 0.65}, {"acc": 0.7}]) is None
+    falls = [{"acc": 0.5}, {"acc": 0.2}, {"acc": 0.1}]
+    assert judge(Rules(plateau=rule), falls) == (
+        Reason.PLATEAUED,
+        "acc has not improved on 0.5 for 2 reports (min_delta 0.1)",
+    )
+
+
 def test_a_plateau_ignores_lines_without_the_metric_and_non_finite_values() -> None:
     rule = Plateau(metric="loss", patience=2)
     history = [{"loss": 1.0}, {"acc": 0.1}, {"loss": NAN}, {"acc": 0.2}, {"loss": 1.0}]
@@ -150,6 +165,32 @@ def test_a_constant_series_plateaus_exactly_after_patience_reports(
     assert verdict is not None
     assert verdict[0] is Reason.PLATEAUED
     assert f"for {patience} reports" in verdict[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=FINITE,
+    fractions=st.lists(st.floats(min_value=-1.0, max_value=0.9), min_size=1, max_size=30),
+    patience=st.integers(1, 5),
+    mode=st.sampled_from(["min", "max"]),
+    min_delta=st.floats(min_value=0.01, max_value=10.0),
+)
+def test_changes_within_min_delta_never_reset_patience(
+    start: float, fractions: list[float], patience: int, mode: str, min_delta: float
+) -> None:
+    """Every later value is at most 0.9 x min_delta better than the first (or worse): the first stays the best,
+    and the run plateaus on the `patience`-th report after it, in either mode."""
+    better = -1.0 if mode == "min" else 1.0
+    history = [{"loss": start}] + [{"loss": start + better * f * min_delta} for f in fractions]
+    rules = Rules(plateau=Plateau(metric="loss", mode=mode, patience=patience, min_delta=min_delta))
+    verdict = judge(rules, history)
+    if len(fractions) < patience:
+        assert verdict is None
+    else:
+        assert verdict == (
+            Reason.PLATEAUED,
+            f"loss has not improved on {start} for {patience} reports (min_delta {min_delta})",
+        )
 
 
 def test_latest_keeps_the_last_value_of_every_metric() -> None:

@@ -61,6 +61,26 @@ def test_bad_gates_say_what_is_wrong(text: str, why: str) -> None:
     assert "accuracy >= 0.9" in message  # the example of what is expected
 
 
+_FORM = "expected '<metric> <op> <number>' with op one of >=, >, <=, <, ==, != (e.g. 'accuracy >= 0.9')"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("  ", "it is empty"),
+        ("accuracy", "no comparison operator"),
+        (">= 0.9", "no metric name before the operator"),
+        ("acc >=", "no threshold after the operator"),
+        ("acc >= high", "threshold 'high' is not a finite number"),
+    ],
+)
+def test_a_bad_gate_is_one_plain_sentence(text: str, why: str) -> None:
+    """The whole message, as `validate` prints it: what was written, what is wrong, what is expected."""
+    with pytest.raises(ValueError, match="invalid gate") as info:
+        parse_gate(text)
+    assert str(info.value) == f"invalid gate {text!r}: {why}; {_FORM}"
+
+
 def test_a_gate_that_is_not_text_is_refused() -> None:
     with pytest.raises(ValueError, match="a gate is a string"):
         parse_gate(0.9)  # type: ignore[arg-type]
@@ -75,6 +95,17 @@ def test_evaluate_reports_each_gate_in_order() -> None:
     assert results[0].describe() == "accuracy = 0.85, needs >= 0.9"
     assert results[1].describe() == "loss = 0.2, meets < 0.5"
     assert results[2].describe().startswith("f1 missing from final metrics")
+
+
+def test_a_missing_metric_does_not_hide_the_gates_after_it() -> None:
+    """Every gate has a result: a gate after a missing metric is still judged and shown."""
+    gates = [parse_gate("f1 > 0.5"), parse_gate("accuracy >= 0.9"), parse_gate("recall > 0.1")]
+    results = evaluate(gates, {"accuracy": 0.95})
+    assert [(r.gate, r.value, r.passed) for r in results] == [
+        (gates[0], None, False),
+        (gates[1], 0.95, True),
+        (gates[2], None, False),
+    ]
 
 
 def test_integer_metrics_are_compared_as_numbers() -> None:
@@ -129,3 +160,21 @@ def test_every_valid_metric_name_parses(metric: str, op: str) -> None:
 def test_gates_are_plain_values() -> None:
     assert parse_gate("a >= 1") == Gate(metric="a", op=">=", threshold=1.0, text="a >= 1")
     assert hash(parse_gate("a >= 1")) == hash(parse_gate("a >= 1"))
+
+
+_NAMES = st.sampled_from(["acc", "loss", "f1", "recall"])
+
+
+@given(
+    st.lists(st.tuples(_NAMES, st.sampled_from(sorted(OPERATORS)), _finite), max_size=6),
+    st.dictionaries(_NAMES, _finite),
+)
+def test_every_gate_gets_one_result_in_order_whatever_metrics_are_missing(
+    gates: list[tuple[str, str, float]], metrics: dict[str, float]
+) -> None:
+    parsed = [parse_gate(f"{metric} {op} {threshold!r}") for metric, op, threshold in gates]
+    results = evaluate(parsed, metrics)
+    assert [r.gate for r in results] == parsed
+    for result in results:
+        assert result.value == metrics.get(result.gate.metric)
+        assert result.passed is (result.value is not None and result.gate.holds(result.value))

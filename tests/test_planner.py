@@ -117,7 +117,7 @@ def wants(draw: st.DrawFn) -> dict[str, Want]:
             spec_digest=draw(DIGEST),
             backend=draw(BACKEND),
             retries=draw(st.integers(0, 2)),
-            suspend=draw(st.booleans()),
+            suspend=draw(st.sampled_from((False, False, True))),  # a suspended model plans nothing
         )
         for name in names
     }
@@ -130,7 +130,8 @@ JOBS = st.builds(
     message=st.sampled_from(("", "out of memory")),
 )
 MAYBE_JOB = st.none() | JOBS
-PHASES = st.sampled_from(Phase)
+# Submitting twice as often: a crash can leave a run there with or without a job id or a found job.
+PHASES = st.sampled_from([*Phase, Phase.SUBMITTING])
 ATTEMPTS = st.integers(1, 3)
 STOP_REASONS = st.sampled_from(("", str(Reason.PLATEAUED)))
 # Any reason but Cancelled, which `judge` never gives: the planner would count it as a failed attempt while the
@@ -176,14 +177,33 @@ def any_run(draw: st.DrawFn, run_id: str, target: Target, *, judged: bool) -> Ru
 
 
 @st.composite
-def actuals(draw: st.DrawFn, *, judged: bool = False, one_run_per_target: bool = False) -> Actual:
-    targets = draw(st.lists(TARGETS, max_size=5, unique=one_run_per_target))
+def actuals(
+    draw: st.DrawFn, *, judged: bool = False, one_run_per_target: bool = False, wanted: Sequence[Target] = ()
+) -> Actual:
+    """Any actual state; with `wanted`, half the runs belong to those targets (see `states`)."""
+    targets_ = (st.sampled_from(wanted) | TARGETS) if wanted else TARGETS
+    targets = draw(st.lists(targets_, max_size=5, unique=one_run_per_target))
     return Actual(
         runs={f"run-{i}": any_run(draw, f"run-{i}", target, judged=judged) for i, target in enumerate(targets)},
         registered=draw(REGISTERED),
         failed_attempts=draw(FAILED),
         unavailable=draw(UNAVAILABLE),
     )
+
+
+@st.composite
+def states(
+    draw: st.DrawFn, *, judged: bool = False, one_run_per_target: bool = False
+) -> tuple[dict[str, Want], Actual]:
+    """Desired and actual state drawn together, so that runs meet the Wants they stand for.
+
+    Drawn apart, a run rarely has the wanted (model, run key, spec digest), and the cases where the planner must
+    hold back are rare: a Submitting run with a job id, two runs of one spec failing in the same pass, a run
+    being collected while retries are left (mutation testing found each of them unpinned).
+    """
+    desired = draw(wants())
+    wanted = [_target(want) for want in desired.values()]
+    return desired, draw(actuals(judged=judged, one_run_per_target=one_run_per_target, wanted=wanted))
 
 
 def _target(item: Want | RunView | Submit) -> Target:
@@ -212,8 +232,8 @@ def test_the_plan_depends_on_the_states_only_not_on_their_insertion_order(
 
 
 @PROPERTY
-@given(desired=wants(), actual=actuals(judged=True))
-def test_applying_a_plan_leaves_nothing_to_do(desired: dict[str, Want], actual: Actual) -> None:
+@given(state=states(judged=True))
+def test_applying_a_plan_leaves_nothing_to_do(state: tuple[dict[str, Want], Actual]) -> None:
     """Idempotence: plan, apply (`simulate`), plan again -> an empty plan.
 
     It holds when the apply changes only what the actions say: every job keeps the status it had (a job just
@@ -221,22 +241,25 @@ def test_applying_a_plan_leaves_nothing_to_do(desired: dict[str, Want], actual: 
     until acted on). Runs may be in any phase with any job state, job id, found job or stop reason; the only
     restrictions are on verdicts (`judged`, and never Cancelled: see `ANY_VERDICT`).
     """
+    desired, actual = state
     first = plan(desired, actual)
     assert plan(desired, simulate(actual, first, desired)) == []
 
 
 @SAFETY
-@given(desired=wants(), actual=actuals(one_run_per_target=True))
-def test_never_two_live_runs_for_one_spec_after_applying_a_plan(desired: dict[str, Want], actual: Actual) -> None:
+@given(state=states(one_run_per_target=True))
+def test_never_two_live_runs_for_one_spec_after_applying_a_plan(state: tuple[dict[str, Want], Actual]) -> None:
     """Starting from at most one unfinished run per (model, run key, spec digest), a plan never adds a second."""
+    desired, actual = state
     after = simulate(actual, plan(desired, actual), desired)
     live = Counter(_target(run) for run in after.runs.values())
     assert all(count == 1 for count in live.values()), live
 
 
 @SAFETY
-@given(desired=wants(), actual=actuals())
-def test_submits_respect_versions_suspend_backends_and_retry_budget(desired: dict[str, Want], actual: Actual) -> None:
+@given(state=states())
+def test_submits_respect_versions_suspend_backends_and_retry_budget(state: tuple[dict[str, Want], Actual]) -> None:
+    desired, actual = state
     actions = plan(desired, actual)
     submits = [a for a in actions if isinstance(a, Submit)]
     assert len({s.model for s in submits}) == len(submits), "at most one Submit per model"
@@ -261,11 +284,12 @@ def test_submits_respect_versions_suspend_backends_and_retry_budget(desired: dic
 
 
 @SAFETY
-@given(desired=wants(), actual=actuals(judged=True))
+@given(state=states(judged=True))
 def test_every_eligible_model_has_a_run_or_a_version_after_applying_a_plan(
-    desired: dict[str, Want], actual: Actual
+    state: tuple[dict[str, Want], Actual],
 ) -> None:
     """Nothing is forgotten: an unsuspended model on a reachable backend with retries left is being trained."""
+    desired, actual = state
     after = simulate(actual, plan(desired, actual), desired)
     for want in desired.values():
         spent = after.failed_attempts.get(_target(want), 0) > want.retries
@@ -274,6 +298,47 @@ def test_every_eligible_model_has_a_run_or_a_version_after_applying_a_plan(
         registered = want.run_key in after.registered.get(want.model, frozenset())
         # A run of the same key stands for the model even if only retries, timeout or gates changed since.
         assert registered or any((r.model, r.run_key) == (want.model, want.run_key) for r in after.runs.values())
+
+
+@settings(max_examples=500, deadline=None)  # the duplicate-job promise; each case needs a run and a Want to meet
+@given(state=states())
+def test_a_key_is_submitted_again_only_when_every_run_of_it_ends_in_this_plan(
+    state: tuple[dict[str, Want], Actual],
+) -> None:
+    """No duplicate job: a run of the wanted key that this plan does not fail (Submitting with a job id, on an
+    unreachable backend, being collected, stopping on a plateau...) still stands for the key."""
+    desired, actual = state
+    actions = plan(desired, actual)
+    ended = {a.run_id for a in actions if isinstance(a, Fail | Cancel) and a.reason is not Reason.PLATEAUED}
+    for submit in (a for a in actions if isinstance(a, Submit)):
+        for run in actual.runs.values():
+            if (run.model, run.run_key) == (submit.model, submit.run_key):
+                assert run.id in ended, (run, actions)
+
+
+ENDINGS = st.sampled_from(
+    [JobState.FAILED, JobState.TIMEOUT, JobState.LOST, JobState.CANCELLED, Reason.DIVERGED, Reason.TIMED_OUT]
+)
+
+
+@SAFETY
+@given(retries=st.integers(0, 4), before=st.integers(0, 4), endings=st.lists(ENDINGS, min_size=1, max_size=4))
+def test_every_run_that_fails_in_a_pass_spends_one_attempt(
+    retries: int, before: int, endings: list[JobState | Reason]
+) -> None:
+    """Runs of one spec failing in the same pass (a job that ended badly, a verdict that cancels it) each count."""
+    runs = [
+        replace(RUNNING, id=f"run-{i}", attempt=before + i + 1, verdict=(ending, "x"))
+        if isinstance(ending, Reason)
+        else _ended(ending, None, id=f"run-{i}", attempt=before + i + 1)
+        for i, ending in enumerate(endings)
+    ]
+    failed = {("iris", "key-1", "spec-1"): before} if before else None
+    actions = plan({"iris": replace(WANT, retries=retries)}, _actual(*runs, failed=failed))
+    spent = before + len(endings)
+    assert len(actions) == len(endings) + (spent <= retries)
+    if spent <= retries:
+        assert actions[-1] == Submit(model="iris", run_key="key-1", spec_digest="spec-1", attempt=spent + 1)
 
 
 @settings(max_examples=50, deadline=None)
@@ -491,3 +556,41 @@ def test_the_plan_is_ordered_by_model_then_by_kind_then_by_run() -> None:
         ("mnist", "Submit", ""),
         ("resnet", "Adopt", "run-3"),
     ]
+
+
+# ---- safety properties found by mutation testing (docs/mutation-testing.md) ---------------------------------
+def test_a_submitting_run_with_a_job_id_stands_for_its_run_key() -> None:
+    """Its job exists (the id was recorded, the phase not yet moved): a second Submit would train it twice."""
+    recorded = replace(SUBMITTING, job_id="4242")
+    assert plan({"iris": WANT}, _actual(recorded)) == []
+    assert plan({"iris": replace(WANT, retries=2)}, _actual(recorded, failed={("iris", "key-1", "spec-1"): 1})) == []
+
+
+def test_a_submitting_run_on_an_unreachable_backend_stands_for_its_run_key() -> None:
+    """Its job may exist; the model's backend changing (and being reachable) does not make it safe to submit."""
+    actual = _actual(SUBMITTING, unavailable={"slurm": "slurmctld down"})
+    assert plan({"iris": replace(WANT, backend="local")}, actual) == []
+
+
+def test_two_failures_of_one_spec_in_one_pass_spend_two_attempts() -> None:
+    """`retries: 1` allows two attempts in all: two runs failing in the same pass leave nothing to retry."""
+    first = _ended(JobState.FAILED, 1)
+    second = _ended(JobState.TIMEOUT, None, id="run-2", attempt=2)
+    actions = plan({"iris": replace(WANT, retries=1)}, _actual(first, second))
+    assert [(type(a), getattr(a, "run_id", "")) for a in actions] == [(Fail, "run-1"), (Fail, "run-2")]
+    actions = plan({"iris": replace(WANT, retries=2)}, _actual(first, second))
+    assert actions[-1] == Submit(model="iris", run_key="key-1", spec_digest="spec-1", attempt=3)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        _ended(JobState.SUCCEEDED, 0),
+        replace(RUNNING, stop_reason="Plateaued", job=JobStatus(state=JobState.CANCELLED)),
+        replace(RUNNING, phase=Phase.VALIDATING, job=None),
+    ],
+    ids=["succeeded", "plateau-stopped", "validating"],
+)
+def test_a_run_being_collected_is_neither_a_failure_nor_replaced(run: RunView) -> None:
+    """Until its version exists it stands for its run key, even with retries left: no second training."""
+    assert plan({"iris": replace(WANT, retries=1)}, _actual(run)) == [Collect(model="iris", run_id="run-1")]

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitopsd.units import DURATION_PATTERN, MEMORY_PATTERN, format_duration, parse_duration, parse_memory
+from gitopsd.units import (
+    DURATION_PATTERN,
+    MEMORY_PATTERN,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_memory,
+)
 
 
 @pytest.mark.parametrize(
@@ -176,3 +183,105 @@ def test_decimal_units_round_up_to_whole_mib(n: int, unit: tuple[str, int]) -> N
     suffix, factor = unit
     mib = parse_memory(f"{n}{suffix}")
     assert (mib - 1) * 2**20 < n * factor <= mib * 2**20 or n == 0 == mib
+
+
+# ---- every alias and every message, pinned (docs/mutation-testing.md) ----------------------------------------
+_DURATION_FORMS = (
+    "an integer number of seconds (90), numbers with units s, m, h, d, w in that order "
+    "(e.g. '90s', '10m', '1h30m', '1h 5m', '1.5h', '2d'), or HH:MM:SS / D-HH:MM:SS (e.g. '01:30:00')"
+)
+_MEMORY_FORMS = (
+    "an integer number of MiB (2048), or a number with a unit: binary Ki, Mi, Gi, Ti, Pi "
+    "(also KiB, MiB, ...), decimal k/K, M, G, T, P (also KB, MB, ...), or B for bytes "
+    "(e.g. '512Mi', '2Gi', '1.5Gi', '2G')"
+)
+SECONDS_PER = {
+    **dict.fromkeys(("w", "week", "weeks"), 7 * 24 * 3600),
+    **dict.fromkeys(("d", "day", "days"), 24 * 3600),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+}
+BYTES_PER = {
+    "B": 1,
+    **{unit: 1000**power for power, units in enumerate((("k", "K", "KB"), ("M", "MB"), ("G", "GB"),
+                                                        ("T", "TB"), ("P", "PB")), 1) for unit in units},
+    **{unit: 1024**power for power, units in enumerate((("Ki", "KiB"), ("Mi", "MiB"), ("Gi", "GiB"),
+                                                        ("Ti", "TiB"), ("Pi", "PiB")), 1) for unit in units},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("unit", "seconds"), sorted(SECONDS_PER.items()))
+def test_every_duration_unit_alias_is_exact(unit: str, seconds: int) -> None:
+    """`2 hrs` is 7200 s, not 7202: every alias, not just the short ones, has its exact size."""
+    assert parse_duration(f"2{unit}") == 2 * seconds
+    assert parse_duration(f"2 {unit}") == 2 * seconds
+    assert re.match(DURATION_PATTERN, f"2{unit}")
+
+
+@pytest.mark.parametrize(("unit", "size"), sorted(BYTES_PER.items()))
+def test_every_memory_unit_alias_is_exact(unit: str, size: int) -> None:
+    """2**20 of a unit is exactly `size` MiB, so a factor off by one byte shows (rounding up to MiB would hide it)."""
+    assert parse_memory(f"{2**20}{unit}") == size
+    assert re.match(MEMORY_PATTERN, f"{2**20}{unit}")
+
+
+def test_a_plain_number_is_mib() -> None:
+    assert parse_memory(f"{2**20}") == 2**20 == parse_memory(2**20)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1.5, f"invalid duration float 1.5: expected {_DURATION_FORMS}"),
+        ("10x", f"invalid duration '10x': unknown unit 'x'; expected {_DURATION_FORMS}"),
+        ("1H", f"invalid duration '1H': unknown unit 'H' (units are lowercase); expected {_DURATION_FORMS}"),
+        (" 1h30 ", f"invalid duration ' 1h30 ': '30' has no unit; expected {_DURATION_FORMS}"),
+        ("h", f"invalid duration 'h': expected {_DURATION_FORMS}"),
+        ("\u0663", f"invalid duration '\u0663': expected {_DURATION_FORMS}"),  # an Arabic-Indic 3 is no number here
+        (" 1m1h", "invalid duration ' 1m1h': units must go from largest to smallest, each at most once (e.g. '1h30m')"),
+        ("0.5s", "invalid duration '0.5s': it is not a whole number of seconds"),
+    ],
+)
+def test_a_bad_duration_is_one_plain_sentence(value: object, message: str) -> None:
+    """The whole message: the value as written (not stripped), what is wrong, what is accepted."""
+    with pytest.raises(ValueError, match="invalid duration") as info:
+        parse_duration(value)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, f"invalid memory size NoneType None: expected {_MEMORY_FORMS}"),
+        (2.5, f"invalid memory size float 2.5: expected {_MEMORY_FORMS}"),
+        ("2X", f"invalid memory size '2X': unknown unit 'X'; expected {_MEMORY_FORMS}"),
+        ("2gi", f"invalid memory size '2gi': unknown unit 'gi' (units are case-sensitive); expected {_MEMORY_FORMS}"),
+        (
+            "2m",
+            "invalid memory size '2m': unknown unit 'm' ('m' would mean milli; write 'M' for megabytes or 'Mi' for "
+            f"mebibytes); expected {_MEMORY_FORMS}",
+        ),
+    ],
+)
+def test_a_bad_memory_size_is_one_plain_sentence(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match="invalid memory size") as info:
+        parse_memory(value)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("size_bytes", "shown"),
+    [
+        (0, "0 KiB"),
+        (1536, "2 KiB"),
+        (1024**2 - 1024, "1023 KiB"),
+        (1024**2, "1 MiB"),
+        (1024**3 - 1024**2, "1023 MiB"),
+        (1024**3, "1.0 GiB"),
+        (3 * 1024**3 // 2, "1.5 GiB"),
+        (100 * 1024**3, "100.0 GiB"),
+    ],
+)
+def test_sizes_are_shown_in_the_unit_a_person_reads(size_bytes: int, shown: str) -> None:
+    assert format_size(size_bytes) == shown
