@@ -222,22 +222,15 @@ class Reconciler:
         self._sweep_uploads()
         active = self.state.active_runs()
         live = {run.id for run in active}
-        self.troubles.forget_where(lambda t: t.model in desired.models and t.key.split(":", 1)[1] in live | {t.model})
+        self.troubles.forget_where(lambda t: t.model in desired.models and t.subject in live | {t.model})
         troubles = self.troubles.by_model()
         self.summary.record(
             desired, unavailable, versions, active, actions, self._alias_problems, wants, touched, troubles
         )
+        retry_at = self._next_due(actions, waiting)
         if not tried and not active and not touched:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
-            retries = [t.next_at for t in self.troubles.all().values() if t.next_at is not None]
-            self._retry_at = min([*retries, *(e.next_at for e in self.outbox.entries())] if waiting else retries,
-                                 default=float("inf"))  # fmt: skip
-        retry_at = min(
-            [a.retry_at for a in actions if isinstance(a, Wait)]
-            + [t.next_at for t in self.troubles.all().values() if t.next_at is not None]
-            + ([e.next_at for e in self.outbox.entries()] if waiting else []),
-            default=None,
-        )
+            self._retry_at = float("inf") if retry_at is None else retry_at
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error, retry_at=retry_at)
 
     def _refused(self, desired: DesiredState, backends: Mapping[str, Backend]) -> dict[str, str]:
@@ -349,12 +342,19 @@ class Reconciler:
             self._alias_seen[name] = key
         return touched
 
+    def _next_due(self, actions: list[Action], waiting: int) -> float | None:
+        """When failed work falls due again: an attempt's backoff, a retry in the book, an outbox entry."""
+        due = [a.retry_at for a in actions if isinstance(a, Wait)]
+        due += [t.next_at for t in self.troubles.all().values() if t.next_at is not None]
+        due += [e.next_at for e in self.outbox.entries()] if waiting else []
+        return min(due, default=None)
+
     def _worth_waiting(self, result: PassResult) -> bool:
         """Whether another pass may change something: a retry's backoff runs, or a run in flight is not stuck
         on a permanent failure (waiting longer cannot mend that)."""
         if any(isinstance(action, Wait) for action in result.actions):
             return True
-        stalled = {key.split(":", 1)[1] for key, trouble in self.troubles.all().items() if trouble.permanent}
+        stalled = {trouble.subject for trouble in self.troubles.all().values() if trouble.permanent}
         return any(run.id not in stalled for run in self.state.active_runs())
 
     def _restore_lost_registry(self) -> str:

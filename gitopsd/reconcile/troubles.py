@@ -35,6 +35,11 @@ class Trouble:
     input: str = ""
 
     @property
+    def subject(self) -> str:
+        """What the work is about: the run id of `Collect:RUN_ID`, the model of `Submit:MODEL`."""
+        return self.key.partition(":")[2]
+
+    @property
     def permanent(self) -> bool:
         return self.next_at is None
 
