@@ -9,20 +9,13 @@
 # Safe to run when nothing is running.
 set -uo pipefail
 
-DIR="" PURGE=0
-for arg in "$@"; do
-  case $arg in
-    --purge) PURGE=1 ;;
-    -*) echo "usage: $0 [DIR] [--purge]" >&2; exit 2 ;;
-    *) DIR=$arg ;;
-  esac
-done
+. "$(dirname "${BASH_SOURCE[0]}")/../slurm/lib.sh"
+down_args "$@"
 DIR=${DIR:-${GITOPSD_S3_DIR:-/tmp/gitopsd-s3}}
 [[ $DIR == /* ]] || DIR=$PWD/$DIR
 DIR=${DIR%/}
 
 say() { printf '[s3-down %s] %s\n' "$(date +%T)" "$*" >&2; }
-. "$(dirname "${BASH_SOURCE[0]}")/../slurm/lib.sh"
 
 if [[ -f $DIR/weed.pid ]]; then
   stop "$DIR/weed.pid" weed

@@ -9,14 +9,8 @@
 # Safe to run when nothing is running.
 set -uo pipefail
 
-DIR="" PURGE=0
-for arg in "$@"; do
-  case $arg in
-    --purge) PURGE=1 ;;
-    -*) echo "usage: $0 [DIR] [--purge]" >&2; exit 2 ;;
-    *) DIR=$arg ;;
-  esac
-done
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+down_args "$@"
 DIR=${DIR:-${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}}
 [[ $DIR == /* ]] || DIR=$PWD/$DIR
 DIR=${DIR%/}
@@ -24,7 +18,6 @@ export SLURM_CONF=$DIR/slurm.conf
 unset SLURM_JWT
 
 say() { printf '[slurm-down %s] %s\n' "$(date +%T)" "$*" >&2; }
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ ! -f $SLURM_CONF ]]; then
   say "no cluster in $DIR: nothing to stop"

@@ -1,5 +1,17 @@
-# Shared by up.sh and down.sh (sourced, not run): find our daemons by pid file and stop them.
-# The caller defines say().
+# Shared by the up.sh and down.sh of tools/slurm and tools/s3 (sourced, not run): read a down.sh's arguments,
+# find our daemons by pid file and stop them. The caller defines say() where it stops daemons.
+
+down_args() {  # down_args "$@": sets DIR (the one positional argument, "" if none) and PURGE (1 with --purge)
+  DIR="" PURGE=0
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --purge) PURGE=1 ;;
+      -*) echo "usage: $0 [DIR] [--purge]" >&2; exit 2 ;;
+      *) DIR=$arg ;;
+    esac
+  done
+}
 
 # A daemon is ours and alive when the pid in its pid file runs the expected program and is not a zombie.
 running() {  # running PID NAME
