@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from gitopsd.model import Condition, ConditionType, Phase, Reason
 from gitopsd.reconcile.conditions import ModelFacts, RunFacts, summarize
-from gitopsd.reconcile.planner import Want
+from gitopsd.reconcile.planner import Wait, Want
+from gitopsd.reconcile.troubles import Trouble
 from gitopsd.spec.gates import evaluate, parse_gate
 
 KEY = "3f9a1c2b7d4e5f60718293a4b5c6d7e8"
@@ -182,6 +183,64 @@ def test_a_model_waiting_for_its_base_model_is_reconciling_not_stalled() -> None
         type=ConditionType.RECONCILING,
         reason=Reason.BASE_UNAVAILABLE,
         message="waiting for base model resnet@2: no such registered version yet",
+    )
+
+
+STORE_DOWN = Trouble(
+    key="Collect:iris-1a2b3c4d", model="iris", what="storing the artifact of run iris-1a2b3c4d",
+    reason=Reason.REGISTRY_FAILED, message="the store is unreachable", attempts=3, first_at=0.0, last_at=60.0,
+    next_at=86_400.0 + 3_725.0,
+)  # fmt: skip
+
+
+def test_failed_work_being_retried_is_reconciling_with_attempts_and_the_next_retry_in_utc() -> None:
+    condition = summarize(ModelFacts(want=WANT, active=ACTIVE, trouble=STORE_DOWN))
+    assert condition == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.REGISTRY_FAILED,
+        message="storing the artifact of run iris-1a2b3c4d failed (3 attempts, next retry at 1970-01-02 01:02:05 "
+        "UTC): the store is unreachable",
+    )
+
+
+def test_failed_work_that_needs_a_person_is_stalled_and_says_how_to_retry_after_the_fix() -> None:
+    trouble = replace(STORE_DOWN, attempts=1, next_at=None, message="bucket models does not exist")
+    condition = summarize(ModelFacts(want=WANT, active=ACTIVE, last=FAILED, trouble=trouble))
+    assert condition == Condition(
+        type=ConditionType.STALLED,
+        reason=Reason.REGISTRY_FAILED,
+        message="storing the artifact of run iris-1a2b3c4d failed (1 attempt): bucket models does not exist; fix "
+        "it, then reload the daemon (systemctl reload gitopsd) or run gitopsd reconcile to retry",
+    )
+
+
+def test_a_failed_attempt_in_its_backoff_says_which_attempt_failed_why_and_when_the_next_starts() -> None:
+    wait = Wait(model="iris", failed=2, retry_at=120.0)
+    condition = summarize(ModelFacts(want=WANT, last=replace(FAILED, reason="TimedOut"), waiting=wait))
+    assert condition == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.TIMED_OUT,
+        message="attempt 2 of 3 failed, retrying at 1970-01-01 00:02:00 UTC: job 4242 ended Failed: exit code 3",
+    )
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        None,  # nothing known about the failed attempt
+        replace(FAILED, run_key="other"),  # the last failure was of another spec
+        replace(FAILED, reason="NoSuchReason", message=""),  # an unknown reason, no message
+    ],
+)
+def test_a_backoff_without_a_matching_known_failure_reads_as_training_failed_with_no_detail(
+    last: RunFacts | None,
+) -> None:
+    wait = Wait(model="iris", failed=1, retry_at=0.0)
+    condition = summarize(ModelFacts(want=WANT, last=last, waiting=wait))
+    assert condition == Condition(
+        type=ConditionType.RECONCILING,
+        reason=Reason.TRAINING_FAILED,
+        message="attempt 1 of 3 failed, retrying at 1970-01-01 00:00:00 UTC",
     )
 
 

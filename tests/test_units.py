@@ -14,6 +14,7 @@ from gitopsd.units import (
     MEMORY_PATTERN,
     format_duration,
     format_size,
+    format_time,
     parse_duration,
     parse_memory,
 )
@@ -285,3 +286,15 @@ def test_a_bad_memory_size_is_one_plain_sentence(value: object, message: str) ->
 )
 def test_sizes_are_shown_in_the_unit_a_person_reads(size_bytes: int, shown: str) -> None:
     assert format_size(size_bytes) == shown
+
+
+@pytest.mark.parametrize(
+    ("at", "shown"),
+    [
+        (0, "1970-01-01 00:00:00 UTC"),
+        (1_796_092_115.9, "2026-12-01 02:28:35 UTC"),  # fractions of a second are cut, not rounded
+        (951_782_400, "2000-02-29 00:00:00 UTC"),
+    ],
+)
+def test_moments_are_shown_in_utc_to_the_second(at: float, shown: str) -> None:
+    assert format_time(at) == shown
