@@ -110,10 +110,12 @@ def test_cancel_by_gitopsd_says_so(slurm_backend: SlurmBackend, tmp_path: Path) 
     assert (status.state, status.message.endswith("cancelled by gitopsd")) == (JobState.CANCELLED, True)
 
 
-def test_a_job_waiting_for_resources_says_so(slurm_backend: SlurmBackend, tmp_path: Path) -> None:
+def test_a_job_waiting_for_resources_says_so(slurm_backend: SlurmBackend, tmp_path: Path, cluster: Cluster) -> None:
     whole_node = Resources(cpus=8)
-    first = submit(slurm_backend, replace(new_job(tmp_path, "sleep 300"), resources=whole_node))
-    wait_for(slurm_backend, first, [JobState.RUNNING])
+    firsts = [submit(slurm_backend, replace(new_job(tmp_path, "sleep 300"), resources=whole_node))
+              for _ in cluster.node_names]  # fmt: skip
+    for first in firsts:  # every node is full
+        wait_for(slurm_backend, first, [JobState.RUNNING])
     second = submit(slurm_backend, replace(new_job(tmp_path, "true"), resources=whole_node))
     deadline = time.monotonic() + 20
     status = wait_for(slurm_backend, second, [JobState.PENDING])
@@ -125,7 +127,8 @@ def test_a_job_waiting_for_resources_says_so(slurm_backend: SlurmBackend, tmp_pa
         "pending (Resources: waiting for CPUs, memory or GPUs to become free)",
         "pending (Priority: higher-priority jobs are ahead in the queue)",
     )
-    slurm_backend.cancel(first)
+    for first in firsts:
+        slurm_backend.cancel(first)
     assert wait_finished(slurm_backend, second).state is JobState.SUCCEEDED
 
 
@@ -259,10 +262,12 @@ def test_an_outside_cancel_that_left_squeue_is_found_in_accounting_or_reported_l
     assert f"Slurm job {ref.job_id} is no longer known to the controller" in lost.message
 
 
-def test_admit_refuses_what_no_node_of_the_real_cluster_has(slurm_backend: SlurmBackend) -> None:
+def test_admit_refuses_what_no_node_of_the_real_cluster_has(slurm_backend: SlurmBackend, cluster: Cluster) -> None:
+    count = len(cluster.node_names)
     assert slurm_backend.admit(Resources(gpus=2, cpus=8)) is None
+    assert slurm_backend.admit(Resources(gpus=2 * count, nodes=count)) is None
     assert slurm_backend.admit(Resources(gpus=8)) == "asks for 8 GPUs, the largest node of cluster hpc has 2"
-    assert slurm_backend.admit(Resources(nodes=3)) == "asks for 3 nodes, cluster hpc has 1"
+    assert slurm_backend.admit(Resources(nodes=count + 1)) == f"asks for {count + 1} nodes, cluster hpc has {count}"
 
 
 def test_check_passes_and_settings_reach_the_job(cluster: Cluster, transport: str, tmp_path: Path) -> None:
