@@ -33,21 +33,8 @@ else
       for _ in $(seq 50); do [[ -z $(squeue -h -t R,S,CG,CF -o %A 2>/dev/null) ]] && break; sleep 0.2; done
     fi
   fi
-  # Job processes left behind, node by node: `scontrol listpids` answers for the node it runs on, so it runs
-  # in that node's namespaces (its hostname and spool directory).
-  while read -r pidfile; do
-    pid=$(pid_of "$pidfile") || continue
-    running "$pid" slurmd || continue
-    left=$(nsenter --target "$pid" --uts --mount -- scontrol listpids 2>/dev/null |
-      awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' | tr '\n' ' ')
-    if [[ -n ${left// /} ]]; then
-      say "killing job processes left behind: $left"
-      # shellcheck disable=SC2086
-      kill -KILL $left 2>/dev/null || true
-    fi
-  done < <(slurmd_pidfiles "$DIR")
   stop "$DIR/run/slurmrestd.pid" slurmrestd
-  while read -r pidfile; do stop "$pidfile" slurmd; done < <(slurmd_pidfiles "$DIR")
+  while read -r pidfile; do stop_node "$pidfile"; done < <(slurmd_pidfiles "$DIR")
   stop "$DIR/run/slurmctld.pid" slurmctld
   stop "$DIR/munge/munged.pid" munged
 fi

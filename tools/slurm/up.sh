@@ -13,7 +13,8 @@
 # directory and credentials. Everything else (DIR/shared, the run root shared with the login node; the munge
 # socket; the rest of the filesystem) looks the same on every node. Jobs inherit their node's namespaces. Each
 # node has a few fake GPUs. The script waits until every node is idle and REST answers.
-# It is idempotent: running daemons are kept, and restarted only when the generated config changed.
+# It is idempotent: running daemons are kept, and restarted only when the generated config changed (then the
+# jobs running on the nodes are killed).
 #
 # Usage:  tools/slurm/up.sh [DIR]          DIR: $GITOPSD_SLURM_DIR, else /tmp/gitopsd-slurm
 #         set -a; . DIR/env.sh; set +a     SLURM_CONF, SLURMRESTD_URL, SLURMRESTD_TOKEN, GITOPSD_SLURM_SHARED, ...
@@ -213,7 +214,8 @@ put "$DIR/hosts" "$hosts" && changed=1
 chmod 644 "$CONF" "$DIR/gres.conf" "$DIR/hosts"
 if ((changed)); then  # a new config takes effect on a restart
   stop "$DIR/run/slurmrestd.pid" slurmrestd
-  while read -r pidfile; do stop "$pidfile" slurmd; done < <(slurmd_pidfiles "$DIR")
+  # A node restarts in new namespaces, so its running jobs would be left in the old ones: they are killed.
+  while read -r pidfile; do stop_node "$pidfile"; done < <(slurmd_pidfiles "$DIR")
   stop "$DIR/run/slurmctld.pid" slurmctld
 fi
 daemons=("slurmctld:slurmctld:$CTLD_PORT" "slurmrestd:slurmrestd:$REST_PORT")
@@ -261,6 +263,7 @@ for node in "${NODE_NAMES[@]}"; do
   fi
 done
 for node in "${NODE_NAMES[@]}"; do
+  wait_for 50 test -s "$DIR/run/slurmd-$node.pid" && record_node_ns "$DIR/run/slurmd-$node.pid"
   if ! wait_for 50 node_ok "$node"; then
     scontrol update nodename="$node" state=resume 2>/dev/null || true  # e.g. down after an unclean stop
     wait_for 100 node_ok "$node" || {
