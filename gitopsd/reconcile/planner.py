@@ -9,7 +9,8 @@ planner ask for it.
 A failed attempt is retried (within `retries`) only after its backoff, `retry_delay(attempt)` seconds after it
 ended, with jitter drawn from the run key and attempt so that a plan stays deterministic; until then the plan
 holds a `Wait` saying when. An attempt that failed for a permanent reason (its submission was refused: data the
-daemon cannot read, a backend that refuses the job) is not retried for the same spec at all.
+daemon cannot read, a backend that refuses the job; a job whose backend says its environment cannot be set up,
+such as a module that does not exist) is not retried for the same spec at all.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Failure:
     @property
     def permanent(self) -> bool:
         """Whether retrying the same spec cannot help: its submission was refused for good."""
-        return self.reason == Reason.SUBMIT_FAILED
+        return self.reason in (Reason.SUBMIT_FAILED, Reason.ENVIRONMENT_FAILED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +242,8 @@ def _finish(run: RunView, job: JobStatus) -> Action:
     if job.state is JobState.SUCCEEDED or run.stop_reason == Reason.PLATEAUED:
         return Collect(model=run.model, run_id=run.id)
     reason = _FAILURE_REASONS.get(job.state, Reason.TRAINING_FAILED)
+    if job.permanent and job.state is JobState.FAILED:
+        reason = Reason.ENVIRONMENT_FAILED
     detail = f"exit code {job.exit_code}" if job.exit_code is not None else str(job.state).lower()
     message = f"job {run.job_id} ended {job.state}: {detail}" + (f" ({job.message})" if job.message else "")
     return Fail(model=run.model, run_id=run.id, reason=reason, message=message, exit_code=job.exit_code)
