@@ -174,6 +174,7 @@ def plan(desired: Mapping[str, Want], actual: Actual) -> list[Action]:
     actions: list[Action] = []
     live: dict[str, list[RunView]] = {}
     failed_now: dict[Target, int] = {}
+    for_good: set[Target] = set()  # failing in this plan for a reason no retry mends (job.permanent)
     for run in actual.runs.values():
         run_actions, outcome = _plan_run(run, desired.get(run.model), actual)
         actions.extend(run_actions)
@@ -182,8 +183,10 @@ def plan(desired: Mapping[str, Want], actual: Actual) -> list[Action]:
         elif outcome == "failed":
             target = (run.model, run.run_key, run.spec_digest)
             failed_now[target] = failed_now.get(target, 0) + 1
+            if run.job is not None and run.job.permanent and run.job.state is JobState.FAILED:
+                for_good.add(target)
     for name, want in desired.items():
-        actions.extend(_plan_model(want, actual, live.get(name, []), failed_now))
+        actions.extend(_plan_model(want, actual, live.get(name, []), failed_now, for_good))
     return sorted(actions, key=lambda a: (a.model, _ORDER[type(a)], getattr(a, "run_id", "")))
 
 
@@ -249,7 +252,13 @@ def _finish(run: RunView, job: JobStatus) -> Action:
     return Fail(model=run.model, run_id=run.id, reason=reason, message=message, exit_code=job.exit_code)
 
 
-def _plan_model(want: Want, actual: Actual, live: list[RunView], failed_now: Mapping[Target, int]) -> list[Action]:
+def _plan_model(
+    want: Want,
+    actual: Actual,
+    live: list[RunView],
+    failed_now: Mapping[Target, int],
+    for_good: Set[Target] = frozenset(),
+) -> list[Action]:
     """Submit a run for the wanted key when nothing registered, running, exhausted, refused for good or backing
     off stands for it."""
     if want.suspend or want.blocked or want.backend in actual.unavailable:
@@ -264,6 +273,8 @@ def _plan_model(want: Want, actual: Actual, live: list[RunView], failed_now: Map
         return []
     last = actual.last_failures.get(target)
     if last is not None and last.permanent and not failed_now.get(target):
+        return []
+    if target in for_good:
         return []
     ended = actual.now if failed_now.get(target) else last.ended_at if last is not None else None
     if actual.now is not None and ended is not None and failed:  # an attempt failing in this plan ends now

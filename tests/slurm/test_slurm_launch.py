@@ -141,6 +141,14 @@ def runs(state_dir: Path) -> list[tuple[str, str, str, str]]:
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
+def run_dir_of(state_dir: Path, run_id: str) -> Path:
+    """Where the run's directory is: under the backend's runs_dir on a shared root, else STATE_DIR/runs."""
+    conn = sqlite3.connect(state_dir / "state.db")
+    (row,) = conn.execute("SELECT run_dir FROM runs WHERE id = ?", (run_id,)).fetchall()
+    conn.close()
+    return Path(row[0])
+
+
 def model_status(state_dir: Path, name: str) -> dict[str, Any]:
     return next(m for m in read_status(state_dir)["models"] if m["name"] == name)
 
@@ -158,11 +166,12 @@ def test_modules_requirements_and_srun_reach_the_training_and_lineage_names_the_
     assert (status["ready"], status["latest_version"]) == (True, 1), status
     version = rec.registry.latest("envcheck")
     assert version is not None
-    seen = json.loads((state_dir / "runs" / version.run_id / "out" / "result.json").read_text())
+    run_dir = run_dir_of(state_dir, version.run_id)
+    seen = json.loads((run_dir / "out" / "result.json").read_text())
     assert seen["GOPS_TEST_MODULE"] == "1.0", "the module was loaded on the compute node"
     assert seen["tinypkg"] == "hello from tinypkg"
     venv = Path(seen["prefix"])
-    assert venv.parent == state_dir / "runs" / ".venvs" and (venv / "gitopsd-venv.json").is_file()
+    assert venv.parent == run_dir.parent / ".venvs" and (venv / "gitopsd-venv.json").is_file()
     assert (seen["RANK"], seen["LOCAL_RANK"], seen["NODE_RANK"], seen["WORLD_SIZE"]) == ("0", "0", "0", "1")
     assert seen["MASTER_ADDR"] and 20000 <= int(seen["MASTER_PORT"]) < 30000
     job = version.lineage["job"]
@@ -208,7 +217,7 @@ def test_two_nodes_all_reduce_under_srun_and_lineage_names_both(
     assert (status["ready"], status["latest_version"]) == (True, 1), status
     version = rec.registry.latest("ring")
     assert version is not None and version.metrics["sum"] == 3
-    run_dir = state_dir / "runs" / version.run_id
+    run_dir = run_dir_of(state_dir, version.run_id)
     rank0 = json.loads((run_dir / "out" / "result.json").read_text())
     rank1 = json.loads((run_dir / "ranks" / "1" / "result.json").read_text())
     assert (rank0["rank"], rank0["sum"], rank1["rank"], rank1["sum"]) == (0, 3, 1, 3)
