@@ -53,6 +53,7 @@ class Reason(StrEnum):
     REGISTRY_FAILED = "RegistryFailed"
     ALIAS_REFUSED = "AliasRefused"
     BASE_UNAVAILABLE = "BaseUnavailable"
+    ENVIRONMENT_FAILED = "EnvironmentFailed"
 
 
 class ConditionType(StrEnum):
@@ -98,6 +99,11 @@ class Resources:
     memory_mb: int | None = None
     gpus: int = 0
     nodes: int = 1
+    #: How the command starts on the nodes: "none" (once, on the first node), "srun" (once per node) or
+    #: "torchrun" (one torchrun agent per node); only multi-node backends (Slurm) accept more than "none".
+    launcher: str = "none"
+    #: Environment modules (Lmod / Environment Modules) loaded before the command, in order.
+    modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,3 +146,6 @@ class JobStatus:
     message: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+    #: The job could not set up its environment for a reason retrying the same spec cannot mend (a module
+    #: that does not exist): the run fails with reason EnvironmentFailed and is not retried.
+    permanent: bool = False

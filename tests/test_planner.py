@@ -25,6 +25,7 @@ from gitopsd.reconcile.planner import (
     Cancel,
     Collect,
     Fail,
+    Failure,
     Resubmit,
     RunView,
     SetPhase,
@@ -594,3 +595,16 @@ def test_two_failures_of_one_spec_in_one_pass_spend_two_attempts() -> None:
 def test_a_run_being_collected_is_neither_a_failure_nor_replaced(run: RunView) -> None:
     """Until its version exists it stands for its run key, even with retries left: no second training."""
     assert plan({"iris": replace(WANT, retries=1)}, _actual(run)) == [Collect(model="iris", run_id="run-1")]
+
+
+def test_a_job_whose_environment_cannot_be_set_up_fails_for_good_whatever_retries_say() -> None:
+    status = JobStatus(state=JobState.FAILED, exit_code=1, message="module x/1 cannot be loaded", permanent=True)
+    want = replace(WANT, retries=3)
+    [fail] = plan({"iris": want}, _actual(replace(RUNNING, job=status)))
+    assert isinstance(fail, Fail) and fail.reason is Reason.ENVIRONMENT_FAILED
+    target = ("iris", "key-1", "spec-1")
+    later = Actual(runs={}, registered={}, failed_attempts={target: 1}, unavailable={}, now=1e9,
+                   last_failures={target: Failure(ended_at=1.0, reason=str(Reason.ENVIRONMENT_FAILED))})  # fmt: skip
+    assert plan({"iris": want}, later) == [], "not retried: the module does not appear by waiting"
+    transient = replace(later, last_failures={target: Failure(ended_at=1.0, reason=str(Reason.TRAINING_FAILED))})
+    assert plan({"iris": want}, transient) == [Submit(model="iris", run_key="key-1", spec_digest="spec-1", attempt=2)]

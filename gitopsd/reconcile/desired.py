@@ -68,7 +68,7 @@ def digest(value: Any) -> str:
 def training_identity(model: ModelSpec, train: ResolvedTrain) -> dict[str, Any]:
     """The spec fields that change what a training produces (not whether we keep it)."""
     body = model.spec
-    return {
+    identity: dict[str, Any] = {
         "backend": {"name": train.backend, "type": train.backend_type, "settings": train.keyed_settings},
         "command": train.command,
         "workdir": train.workdir,
@@ -83,6 +83,13 @@ def training_identity(model: ModelSpec, train: ResolvedTrain) -> dict[str, Any]:
         "outputs": body.outputs.model_dump(mode="json"),
         "convergence": body.convergence.model_dump(mode="json"),
     }
+    # How the command starts and the modules it runs with change the training; each enters the identity only
+    # when set, so that the run keys of models that set neither stay what they were before these fields existed.
+    if train.resources.launcher != "none":
+        identity["launcher"] = train.resources.launcher
+    if train.resources.modules:
+        identity["modules"] = list(train.resources.modules)
+    return identity
 
 
 def keys_for(model: ModelSpec, train: ResolvedTrain, code_tree: str, requirements_id: str | None) -> tuple[str, str]:

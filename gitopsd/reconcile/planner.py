@@ -9,7 +9,8 @@ planner ask for it.
 A failed attempt is retried (within `retries`) only after its backoff, `retry_delay(attempt)` seconds after it
 ended, with jitter drawn from the run key and attempt so that a plan stays deterministic; until then the plan
 holds a `Wait` saying when. An attempt that failed for a permanent reason (its submission was refused: data the
-daemon cannot read, a backend that refuses the job) is not retried for the same spec at all.
+daemon cannot read, a backend that refuses the job; a job whose backend says its environment cannot be set up,
+such as a module that does not exist) is not retried for the same spec at all.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Failure:
     @property
     def permanent(self) -> bool:
         """Whether retrying the same spec cannot help: its submission was refused for good."""
-        return self.reason == Reason.SUBMIT_FAILED
+        return self.reason in (Reason.SUBMIT_FAILED, Reason.ENVIRONMENT_FAILED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +174,7 @@ def plan(desired: Mapping[str, Want], actual: Actual) -> list[Action]:
     actions: list[Action] = []
     live: dict[str, list[RunView]] = {}
     failed_now: dict[Target, int] = {}
+    for_good: set[Target] = set()  # failing in this plan for a reason no retry mends (job.permanent)
     for run in actual.runs.values():
         run_actions, outcome = _plan_run(run, desired.get(run.model), actual)
         actions.extend(run_actions)
@@ -181,8 +183,10 @@ def plan(desired: Mapping[str, Want], actual: Actual) -> list[Action]:
         elif outcome == "failed":
             target = (run.model, run.run_key, run.spec_digest)
             failed_now[target] = failed_now.get(target, 0) + 1
+            if run.job is not None and run.job.permanent and run.job.state is JobState.FAILED:
+                for_good.add(target)
     for name, want in desired.items():
-        actions.extend(_plan_model(want, actual, live.get(name, []), failed_now))
+        actions.extend(_plan_model(want, actual, live.get(name, []), failed_now, for_good))
     return sorted(actions, key=lambda a: (a.model, _ORDER[type(a)], getattr(a, "run_id", "")))
 
 
@@ -241,12 +245,20 @@ def _finish(run: RunView, job: JobStatus) -> Action:
     if job.state is JobState.SUCCEEDED or run.stop_reason == Reason.PLATEAUED:
         return Collect(model=run.model, run_id=run.id)
     reason = _FAILURE_REASONS.get(job.state, Reason.TRAINING_FAILED)
+    if job.permanent and job.state is JobState.FAILED:
+        reason = Reason.ENVIRONMENT_FAILED
     detail = f"exit code {job.exit_code}" if job.exit_code is not None else str(job.state).lower()
     message = f"job {run.job_id} ended {job.state}: {detail}" + (f" ({job.message})" if job.message else "")
     return Fail(model=run.model, run_id=run.id, reason=reason, message=message, exit_code=job.exit_code)
 
 
-def _plan_model(want: Want, actual: Actual, live: list[RunView], failed_now: Mapping[Target, int]) -> list[Action]:
+def _plan_model(
+    want: Want,
+    actual: Actual,
+    live: list[RunView],
+    failed_now: Mapping[Target, int],
+    for_good: Set[Target] = frozenset(),
+) -> list[Action]:
     """Submit a run for the wanted key when nothing registered, running, exhausted, refused for good or backing
     off stands for it."""
     if want.suspend or want.blocked or want.backend in actual.unavailable:
@@ -261,6 +273,8 @@ def _plan_model(want: Want, actual: Actual, live: list[RunView], failed_now: Map
         return []
     last = actual.last_failures.get(target)
     if last is not None and last.permanent and not failed_now.get(target):
+        return []
+    if target in for_good:
         return []
     ended = actual.now if failed_now.get(target) else last.ended_at if last is not None else None
     if actual.now is not None and ended is not None and failed:  # an attempt failing in this plan ends now

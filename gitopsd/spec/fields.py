@@ -39,6 +39,8 @@ MAX_RUNS_KEEP = 10_000
 MAX_PATIENCE = 1_000_000
 MAX_OBJECT_LOCK_DAYS = 36_500
 MAX_VERSION = 1_000_000_000
+MAX_MODULES = 64
+MAX_MODULE_NAME = 200
 
 
 def problem(message: str, at: str = "") -> PydanticCustomError:
@@ -272,6 +274,29 @@ RunsKeep = Annotated[int, Field(ge=0, le=MAX_RUNS_KEEP)]
 Patience = Annotated[int, Field(ge=1, le=MAX_PATIENCE)]
 LockDays = Annotated[int, Field(ge=1, le=MAX_OBJECT_LOCK_DAYS)]
 CommandText = Annotated[str, AfterValidator(_command)]
+
+#: An environment module, NAME or NAME/VERSION (Lmod also nests: a/b/c). It is written into a job script and
+#: handed to `module load`, so it is held to a strict grammar: each part starts with a letter, digit or '_'
+#: (never '-': it would be read as an option of `module`), and no part is '.' or '..' (no path tricks).
+MODULE_PATTERN = r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]*(/[A-Za-z0-9_+.][A-Za-z0-9_.+-]*)*$"
+
+
+def _module_name(value: str) -> str:
+    if len(value) > MAX_MODULE_NAME:
+        raise problem(f"invalid module {_short(value)}: at most {MAX_MODULE_NAME} characters")
+    if not re.fullmatch(MODULE_PATTERN, value) or any(part in (".", "..") for part in value.split("/")):
+        raise problem(
+            f"invalid module {_short(value)}: use NAME or NAME/VERSION of letters, digits, '_', '.', '+', '-', "
+            "each part starting with a letter, digit or '_' (e.g. gcc/12.2.0, cuda/12.1)"
+        )
+    return value
+
+
+ModuleName = Annotated[
+    str,
+    AfterValidator(_module_name),
+    WithJsonSchema({"type": "string", "pattern": MODULE_PATTERN, "maxLength": MAX_MODULE_NAME}),
+]
 
 BASE_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?@([1-9][0-9]*|[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?)$"
 BaseRef = Annotated[

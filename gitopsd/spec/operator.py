@@ -25,8 +25,9 @@ from gitopsd.spec.fields import Cpus, Duration, Gpus, LockDays, Memory, Name, No
 
 ANY = "*"
 #: Settings that name a path on the operator's hosts: no repository may set them, whatever `allow` says (the
-#: operator's configuration is refused when `allow` lists one). `runs_dir`: see `gitopsd.backends.protocol`.
-HOST_ONLY_SETTINGS = ("runs_dir",)
+#: operator's configuration is refused when `allow` lists one). `runs_dir`: see `gitopsd.backends.protocol`;
+#: `modules_init`, `module_path`: the Slurm backend's module system on the compute nodes (files a job sources).
+HOST_ONLY_SETTINGS = ("runs_dir", "modules_init", "module_path")
 #: Where the operator's settings live, for error messages that tell a repository author whom to ask.
 OPERATOR_FILE = "the operator's configuration (the daemon's TOML, or ~/.config/gitopsd/config.toml)"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import shlex
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,7 @@ from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.model import Resources
 from gitopsd.spec.fields import (
     API_VERSION,
+    MAX_MODULES,
     AliasTarget,
     ApiVersion,
     BaseRef,
@@ -41,6 +43,7 @@ from gitopsd.spec.fields import (
     LabelValue,
     Memory,
     Metric,
+    ModuleName,
     Name,
     Nodes,
     OutputPath,
@@ -174,6 +177,46 @@ class TrainSpec(_Spec):
     resources: ResourcesSpec = ResourcesSpec()
     retries: Retries | None = Field(default=None, description="Times a failed training is retried.")
     timeout: Duration | None = Field(default=None, description="Time limit of one training, e.g. '30m'.")
+    launcher: Literal["none", "srun", "torchrun"] = Field(
+        default="none",
+        description="none: the command runs once, on the first node; srun: once per node (RANK, WORLD_SIZE, "
+        "MASTER_ADDR, ... set); torchrun: one torchrun agent per node, which runs the command's words "
+        "(SCRIPT.py ARGS, or -m MODULE ARGS). Other than none needs a Slurm backend.",
+    )
+    modules: list[ModuleName] = Field(
+        default=[],
+        max_length=MAX_MODULES,
+        description="Environment modules (Lmod) loaded on the compute node before the command, e.g. cuda/12.1.",
+    )
+
+    @model_validator(mode="after")
+    def _launch(self) -> TrainSpec:
+        for index, name in enumerate(self.modules):
+            if name in self.modules[:index]:
+                raise problem(f"module {name!r} is listed twice", f"modules.{index}")
+        if self.launcher == "torchrun":
+            why = torchrun_command_problem(self.command)
+            if why:
+                raise problem(why, "command")
+        return self
+
+
+def torchrun_command_problem(command: str) -> str | None:
+    """Why `command` cannot be what torchrun runs, or None. With `launcher: torchrun` the command is split into
+    words like a shell would (but never run by one) and the words follow torchrun's own options: SCRIPT.py ARGS,
+    -m MODULE ARGS, or --no-python PROGRAM ARGS."""
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        return f"with launcher torchrun the command is split into words and handed to torchrun: {exc}"
+    if not words:
+        return "with launcher torchrun the command names the script torchrun runs, e.g. 'train.py --epochs 3'"
+    if words[0].startswith("-") and words[0] not in ("-m", "--module", "--no-python", "--no_python"):
+        return (
+            f"with launcher torchrun the command starts with the script torchrun runs (or -m MODULE, or "
+            f"--no-python PROGRAM), not with the option {words[0]!r}: gitopsd sets torchrun's own options"
+        )
+    return None
 
 
 class DataSpec(_Spec):
@@ -321,6 +364,8 @@ def resolve_train(model: ModelSpec, repo: RepositorySpec, *, file: str | None = 
         memory_mb=_first(mine.memory, theirs.memory),
         gpus=_first(mine.gpus, theirs.gpus) or 0,
         nodes=_first(mine.nodes, theirs.nodes) or 1,
+        launcher=train.launcher,
+        modules=tuple(train.modules),
     )
     return ResolvedTrain(
         backend=backend,

@@ -210,3 +210,207 @@ def test_rest_environment_is_clean_and_complete(tmp_path: Path) -> None:
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
     }  # fmt: skip
     assert json.dumps(env)  # slurmrestd wants a JSON object of strings
+
+
+# -- the environment on the compute node: modules, Python environment, launcher ------------------------------
+
+MODULEFILES = Path(__file__).resolve().parent / "modulefiles"
+LMOD_INIT = Path("/usr/share/lmod/lmod/init/bash")
+
+
+def lmod() -> dict[str, Any]:
+    """Settings that load modules with the host's Lmod from tests/slurm/modulefiles (Lmod: tools/slurm/up.sh)."""
+    if not LMOD_INIT.is_file():
+        message = "Lmod is not installed (apt-get install lmod; tools/slurm/up.sh installs it)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return {"modules_init": str(LMOD_INIT), "module_path": [str(MODULEFILES)]}
+
+
+def setup_record(job: Job) -> dict[str, Any]:
+    record = read_json(RunFiles(run_dir=job.run_dir).setup)
+    assert record is not None, "the job records why its environment could not be set up"
+    return record
+
+
+def with_modules(job: Job, *modules: str, launcher: str = "none") -> Job:
+    return replace(job, resources=replace(job.resources, modules=modules, launcher=launcher))
+
+
+def test_modules_are_loaded_before_the_command_in_order(tmp_path: Path) -> None:
+    job = with_modules(new_job(tmp_path, 'echo "$GOPS_TEST_MODULE"; gitopsd-test-tool'), "gitopsd-test/1.0")
+    done = run_script(job, **lmod())
+    assert (done.returncode, done.stdout) == (0, "1.0\ngitopsd-test-tool from the module\n"), done.stderr
+    assert not RunFiles(run_dir=job.run_dir).setup.exists()
+
+
+def test_a_missing_module_fails_the_job_before_the_command_naming_the_module(tmp_path: Path) -> None:
+    job = with_modules(new_job(tmp_path, "echo the command ran"), "gitopsd-test/1.0", "no-such-module/9.9")
+    done = run_script(job, **lmod())
+    assert done.returncode == 1 and "the command ran" not in done.stdout
+    record = setup_record(job)
+    assert (record["job_id"], record["step"], record["code"]) == ("4242", "modules", 1)
+    assert "module no-such-module/9.9 cannot be loaded" in record["message"]
+    assert "spec.train.modules" in record["message"]
+    ran = read_json(RunFiles(run_dir=job.run_dir).exit)
+    assert ran is not None and ran["exit_code"] == 1, "the exit record is written as for any failed job"
+
+
+def test_a_node_without_the_module_system_names_the_setting_to_fix(tmp_path: Path) -> None:
+    job = with_modules(new_job(tmp_path, "echo the command ran"), "gitopsd-test/1.0")
+    done = run_script(job, modules_init="/nonexistent/lmod/init/bash")
+    assert done.returncode == 1 and "the command ran" not in done.stdout
+    record = setup_record(job)
+    assert record["step"] == "modules"
+    assert "none of /nonexistent/lmod/init/bash exists" in record["message"] and "modules_init" in record["message"]
+
+
+def test_without_modules_or_requirements_the_prelude_does_nothing(tmp_path: Path) -> None:
+    script = script_of(new_job(tmp_path, "true"))
+    assert "__gitopsd_prelude() {\n  :\n}" in script
+    assert "module load" not in script and "sha256sum" not in script
+
+
+def tiny_wheel(directory: Path) -> Path:
+    """A pure-Python wheel built by hand (a wheel is a zip), so installing it needs no network and no build."""
+    import zipfile
+
+    wheel = directory / "tinypkg-1.0-py3-none-any.whl"
+    files = {
+        "tinypkg.py": "HELLO = 'hello from tinypkg'\n",
+        "tinypkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        "tinypkg-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "tinypkg-1.0.dist-info/RECORD": "",
+    }
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+def python_job(tmp_path: Path, requirements: str, command: str) -> Job:
+    job = new_job(tmp_path, command)
+    tiny_wheel(job.tree_dir)
+    (job.tree_dir / "requirements.txt").write_text(requirements)
+    return replace(job, python_requirements=job.tree_dir / "requirements.txt")
+
+
+PRINT_ENV = "python -c 'import sys, tinypkg; print(tinypkg.HELLO); print(sys.prefix)'"
+OFFLINE = "--no-index\n./tinypkg-1.0-py3-none-any.whl\n"
+
+
+def test_python_requirements_get_one_environment_per_digest_built_in_the_job(tmp_path: Path) -> None:
+    first = python_job(tmp_path, OFFLINE, PRINT_ENV)
+    done = run_script(first)
+    assert done.returncode == 0, done.stdout + done.stderr
+    venvs = first.run_dir.parent / ".venvs"
+    (published,) = [p for p in venvs.iterdir() if p.is_symlink()]
+    hello, prefix = done.stdout.splitlines()[-2:]
+    assert hello == "hello from tinypkg"
+    assert Path(prefix).resolve() == published.resolve(), "the command runs with the environment's interpreter"
+    assert "building the Python environment" in done.stdout
+    marker = json.loads((published / "gitopsd-venv.json").read_text())
+    assert published.name == marker["requirements_sha256_16"]
+    second = python_job(tmp_path, OFFLINE, PRINT_ENV)  # another run, same requirements: the same environment
+    again = run_script(second)
+    assert again.returncode == 0 and "building" not in again.stdout
+    assert Path(again.stdout.splitlines()[-1]).resolve() == published.resolve()
+    assert [p.name for p in (venvs / ".builds").iterdir()] == [published.resolve().name]
+
+
+def test_two_jobs_building_one_environment_wait_for_each_other(tmp_path: Path) -> None:
+    jobs = [python_job(tmp_path, OFFLINE, PRINT_ENV) for _ in range(2)]
+    procs = []
+    for index, job in enumerate(jobs):
+        RunFiles(run_dir=job.run_dir).dir.mkdir(parents=True, exist_ok=True)
+        script = job.run_dir / "job.sh"
+        script.write_text(script_of(job))
+        env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": str(5000 + index), "SLURM_JOB_NODELIST": "node1"}
+        procs.append(subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, text=True))
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert sum("building the Python environment" in out for out in outputs) == 1, "built once, under the lock"
+    assert len({out.splitlines()[-1] for out in outputs}) == 1
+
+
+def test_a_requirements_file_that_does_not_install_fails_the_job_naming_it(tmp_path: Path) -> None:
+    job = python_job(tmp_path, "--no-index\nno-such-package-for-gitopsd==1.0\n", "echo the command ran")
+    done = run_script(job)
+    assert done.returncode == 1 and "the command ran" not in done.stdout
+    record = setup_record(job)
+    assert (record["step"], record["code"]) == ("python", 2)
+    assert (
+        "building the Python environment for requirements.txt (spec.train.python.requirements) failed"
+        in (record["message"])
+    )
+    venvs = job.run_dir.parent / ".venvs"
+    assert not [p for p in venvs.iterdir() if p.is_symlink()], "nothing half-built is published"
+
+
+# -- the launcher -------------------------------------------------------------------------------------------
+
+
+def test_launcher_none_runs_the_command_once_as_before(tmp_path: Path) -> None:
+    job = new_job(tmp_path, "python train.py")
+    assert "\n  /bin/sh -c 'python train.py'\n" in script_of(job)
+    assert "srun" not in script_of(job) and "MASTER_ADDR" not in script_of(job)
+
+
+def test_launcher_srun_starts_one_task_per_node_each_with_its_rank(tmp_path: Path) -> None:
+    job = with_modules(replace(new_job(tmp_path, "python train.py 'a b'"), resources=Resources(nodes=3, cpus=2)),
+                       launcher="srun")  # fmt: skip
+    script = script_of(job)
+    (line,) = [line for line in script.splitlines() if line.lstrip().startswith("srun ")]
+    assert line.lstrip().startswith(
+        "srun --nodes=3 --ntasks=3 --ntasks-per-node=1 --cpus-per-task=2 --export=ALL --kill-on-bad-exit=1 /bin/sh -c "
+    )
+    assert line.endswith(" gitopsd-rank 'python train.py '\"'\"'a b'\"'\"''")
+    for expected in ("RANK=$SLURM_PROCID", "LOCAL_RANK=$SLURM_LOCALID", "NODE_RANK=$SLURM_NODEID",
+                     "WORLD_SIZE=$SLURM_NTASKS", f"{job.run_dir}/ranks/"):  # fmt: skip
+        assert expected in line
+    assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n1)' in script
+    assert "export MASTER_PORT=${MASTER_PORT:-$(( 20000 + SLURM_JOB_ID % 10000 ))}" in script
+
+
+def test_launcher_torchrun_hands_the_command_words_to_one_agent_per_node(tmp_path: Path) -> None:
+    job = replace(new_job(tmp_path, "train.py --name 'a b'"), resources=Resources(nodes=2, gpus=8, launcher="torchrun"))
+    script = script_of(job)
+    (line,) = [line for line in script.splitlines() if line.lstrip().startswith("srun ")]
+    assert "--ntasks-per-node=1" in line
+    assert line.endswith(
+        f"gitopsd-agent torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d "
+        f"\"--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT\" --rdzv_id={job.run_id} train.py --name 'a b'"
+    )
+    assert "command -v torchrun" in script, "a node without torchrun is a clear setup failure"
+    cpu_only = replace(job, resources=Resources(nodes=2, launcher="torchrun"))
+    assert "--nproc_per_node=1" in script_of(cpu_only)
+
+
+def test_the_prelude_runs_modules_then_python_then_the_launcher(tmp_path: Path) -> None:
+    job = with_modules(python_job(tmp_path, OFFLINE, "true"), "gitopsd-test/1.0", launcher="srun")
+    script = script_of(job, **lmod())
+    at = [script.index(mark) for mark in ("module load gitopsd-test/1.0", "sha256sum", "MASTER_ADDR=", "srun --")]
+    assert at == sorted(at)
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"modules_init": "etc/lmod.sh"}, "setting modules_init: expected an absolute path"),
+        ({"modules_init": "/etc/../tmp/x.sh"}, "without control characters or '..'"),
+        ({"module_path": ["/ok", "/a\nb"]}, "setting module_path"),
+        ({"module_path": {"a": 1}}, "expected a list of at most 64 absolute paths"),
+        ({"module_paths": ["/x"]}, "did you mean 'module_path'"),
+    ],
+)
+def test_bad_module_settings_are_refused(values: dict[str, Any], words: str) -> None:
+    with pytest.raises(PermanentError) as caught:
+        settings(**values)
+    assert words in str(caught.value)
+
+
+def test_module_path_accepts_one_path_or_a_list() -> None:
+    assert settings(module_path="/opt/mf").module_path == ("/opt/mf",)
+    assert settings(module_path=["/a", "/b c"]).module_path == ("/a", "/b c")
+    assert settings().modules_init is None

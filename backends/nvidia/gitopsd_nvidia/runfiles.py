@@ -84,5 +84,7 @@ def job_from_json(data: dict[str, Any]) -> Job:
         fields[key] = Path(fields[key])
     if fields.get("python_requirements") is not None:
         fields["python_requirements"] = Path(fields["python_requirements"])
-    fields["resources"] = Resources(**fields["resources"])
+    resources = dict(fields["resources"])
+    resources["modules"] = tuple(resources.get("modules", ()))  # a JSON list; Resources is hashable
+    fields["resources"] = Resources(**resources)
     return Job(**fields)

@@ -15,6 +15,7 @@ submitted twice. Settings: see `gitopsd_slurm.settings` and README.md ("Slurm ba
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,15 +25,18 @@ from gitopsd.backends.protocol import runs_dir_problem
 from gitopsd.errors import BackendUnavailable, PermanentError
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
 from gitopsd_slurm.cli_transport import CliTransport
+from gitopsd_slurm.hostlist import expand
 from gitopsd_slurm.records import NodeInfo, SlurmJob
 from gitopsd_slurm.rest_transport import Http, RestTransport, TokenSource, urllib_http
 from gitopsd_slurm.runfiles import RunFiles, of_job, read_json, write_json_atomic
-from gitopsd_slurm.script import build_request, job_name, run_id_of
+from gitopsd_slurm.script import PERMANENT_STEPS, SETUP_STEPS, build_request, job_name, run_id_of
 from gitopsd_slurm.settings import SlurmSettings, parse_settings
 from gitopsd_slurm.states import FINAL, job_status
 from gitopsd_slurm.transport import Runner, SubprocessRunner, Transport
 
 NODES_TTL_S = 600.0
+MAX_SETUP_MESSAGE = 1000
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 VANISHED = (
     "Slurm job {job_id} is no longer known to the controller and left no exit record in {dir}: it ended "
     "without its wrapper finishing (cancelled, timed out or its node failed) and there is no accounting to say which"
@@ -111,6 +115,11 @@ class SlurmBackend:
         max_nodes = min(len(nodes), limits.max_nodes) if limits.max_nodes else len(nodes)
         if resources.nodes > max_nodes:
             return f"asks for {resources.nodes} nodes, {where} has {max_nodes}"
+        if resources.launcher == "torchrun" and resources.gpus % resources.nodes:
+            return (
+                f"launcher torchrun starts one worker per GPU of each node: {resources.gpus} GPUs cannot be split "
+                f"evenly over {resources.nodes} nodes (ask for a multiple of {resources.nodes})"
+            )
         gpus_per_node = -(-resources.gpus // resources.nodes)
         max_gpus = most([n.gpus for n in nodes], limits.max_gpus_per_node)
         if gpus_per_node > max_gpus:
@@ -219,6 +228,7 @@ class SlurmBackend:
             "outcome": (final.get("status") or {}).get("state"),
             "partition": final.get("partition"),
             "nodes": final.get("nodes") or ran.get("nodes"),
+            "node_names": _node_names(final.get("nodes") or ran.get("nodes")),
             "gpus": final.get("gpus"),
             "tres": final.get("tres"),
             "host": ran.get("host") or final.get("batch_host") or final.get("nodes"),
@@ -265,6 +275,8 @@ class SlurmBackend:
         elif ran is not None and status.state is JobState.FAILED and isinstance(ran.get("exit_code"), int):
             status = JobStatus(state=status.state, exit_code=ran["exit_code"], message=status.message,
                                started_at=status.started_at, ended_at=status.ended_at)  # fmt: skip
+        if status.state is JobState.FAILED:
+            status = _setup_failure(ref, status)
         if read_json(files.final) is None:
             write_json_atomic(files.final, {**_facts(job), "status": _status_record(status)})
         return status
@@ -287,13 +299,14 @@ class SlurmBackend:
             failed = JobStatus(state=JobState.FAILED, started_at=ran.get("started_at"), ended_at=ran.get("ended_at"))
             return _wrapper_timeout(ref, ran, failed)
         state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-        return JobStatus(
+        status = JobStatus(
             state=state,
             exit_code=code,
             message=f"Slurm job {ref.job_id} ended{where} with exit code {code} (from its exit record)",
             started_at=ran.get("started_at"),
             ended_at=ran.get("ended_at"),
         )
+        return _setup_failure(ref, status) if state is JobState.FAILED else status
 
     def _lost(self, ref: JobRef) -> JobStatus:
         files = RunFiles(run_dir=ref.run_dir)
@@ -312,12 +325,37 @@ class SlurmBackend:
         return [n for n in self._nodes if partition is None or partition in n.partitions]
 
 
+def _setup_failure(ref: JobRef, status: JobStatus) -> JobStatus:
+    """A failed job refined by its `setup.json`: why its environment could not be set up (a module, the Python
+    environment, the launcher), and whether retrying the same spec can help. The record is the training's to
+    write, so only a known step and a bounded one-line message are taken from it."""
+    record = of_job(RunFiles(run_dir=ref.run_dir).setup, ref.job_id)
+    if record is None or record.get("step") not in SETUP_STEPS or not isinstance(record.get("message"), str):
+        return status
+    message = _CONTROL.sub(" ", record["message"])[:MAX_SETUP_MESSAGE]
+    host = record.get("host")
+    where = f" on {_CONTROL.sub(' ', host)[:255]}" if isinstance(host, str) and host else ""
+    return JobStatus(
+        state=JobState.FAILED,
+        exit_code=status.exit_code,
+        message=f"Slurm job {ref.job_id} could not set up its environment{where}: {message}",
+        started_at=status.started_at,
+        ended_at=status.ended_at,
+        permanent=record["step"] in PERMANENT_STEPS,
+    )
+
+
 def _wrapper_timeout(ref: JobRef, ran: Mapping[str, Any], status: JobStatus) -> JobStatus:
     message = (
         f"Slurm job {ref.job_id} exceeded its timeout of {ran.get('timeout_s') or '?'} s and was stopped by its "
         "wrapper: raise spec.train.timeout"
     )
     return JobStatus(state=JobState.TIMEOUT, message=message, started_at=status.started_at, ended_at=status.ended_at)
+
+
+def _node_names(nodes: object) -> list[str]:
+    """Every node of the job by name (lineage lists each one, not Slurm's compressed `node[1-2]`)."""
+    return expand(_CONTROL.sub("", nodes)[:4096]) if isinstance(nodes, str) else []
 
 
 def _facts(job: SlurmJob) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 They make the backend's answers survive what Slurm forgets and what gitopsd forgets: `submitted.json` records
 the job id as soon as sbatch returns; the job itself writes `started.json` and, from its wrapper, `exit.json`
 with the command's real exit code, so a job that left squeue (MinJobAge) without accounting is still resolved;
+`setup.json` says why the job could not set up the command's environment (modules, Python environment, launcher);
 `final.json` keeps what Slurm said when the job was last seen finished; `cancel.json` says gitopsd cancelled it.
 """
 
@@ -40,6 +41,11 @@ class RunFiles:
     @property
     def exit(self) -> Path:
         return self.dir / "exit.json"
+
+    @property
+    def setup(self) -> Path:
+        """Written by the job when it could not set up the command's environment (a module, the venv)."""
+        return self.dir / "setup.json"
 
     @property
     def final(self) -> Path:

@@ -19,6 +19,7 @@ settings are checked for the same when they are loaded (`gitopsd_slurm.settings`
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from gitopsd.backends.protocol import thread_env
 from gitopsd.errors import PermanentError
 from gitopsd.model import Job
 from gitopsd_slurm.runfiles import RunFiles
-from gitopsd_slurm.settings import SlurmSettings
+from gitopsd_slurm.settings import MODULES_INIT_PROBES, SlurmSettings
 
 NAME_PREFIX = "gitopsd-"
 COMMENT_PREFIX = "gitopsd-run="
@@ -184,8 +185,9 @@ __gitopsd_started=$(date +%s)
 __gitopsd_record started.json '{{"job_id": "%s", "host": "%s", "nodes": "%s", "started_at": %s}}' \\
   "$SLURM_JOB_ID" "$__gitopsd_host" "$SLURM_JOB_NODELIST" "$__gitopsd_started"
 __gitopsd_timed_out=false
-if cd {workdir}; then
-  {run}/bin/sh -c {command}
+{prelude}
+if cd {workdir} && __gitopsd_prelude; then
+  {run}{launch}
   __gitopsd_rc=$?
   {timeout_check}
 else
@@ -198,7 +200,7 @@ exit $__gitopsd_rc
 """
 
 
-def render_script(job: Job, options: SubmitOptions, *, grace_s: int) -> str:
+def render_script(job: Job, options: SubmitOptions, *, grace_s: int, settings: SlurmSettings | None = None) -> str:
     """The complete batch script: shebang, directives, exports, and the exit-recording wrapper."""
     files = RunFiles(run_dir=job.run_dir)
     exports = [f"export {key}={shlex.quote(value)}" for key, value in exported_env(job).items()]
@@ -215,7 +217,8 @@ def render_script(job: Job, options: SubmitOptions, *, grace_s: int) -> str:
         files_dir=shlex.quote(str(files.dir)),
         workdir=shlex.quote(str(job.workdir)),
         run=run,
-        command=shlex.quote(job.command),
+        prelude=prelude(job, settings),
+        launch=launch_command(job),
         timeout_check=check,
         timeout_json="null" if job.timeout_s is None else job.timeout_s,
     )
@@ -242,7 +245,219 @@ def build_request(job: Job, settings: SlurmSettings, daemon_env: Mapping[str, st
     return JobRequest(
         run_id=job.run_id,
         options=options,
-        script=render_script(job, options, grace_s=settings.grace_s),
+        script=render_script(job, options, grace_s=settings.grace_s, settings=settings),
         script_path=str(RunFiles(run_dir=job.run_dir).script),
         environment=base_environment(job, daemon_env),
     )
+
+
+# ---- the environment on the compute node and how the command starts there (spec.train.launcher) ------------
+
+#: MASTER_PORT is drawn from the job id in [PORT_BASE, PORT_BASE + PORT_SPAN): the same on every node without
+#: asking any of them, below Linux's ephemeral range (32768-60999) so that no outgoing connection holds it, and
+#: two jobs whose first node is shared collide only when their ids differ by a multiple of PORT_SPAN.
+PORT_BASE = 20000
+PORT_SPAN = 10000
+#: `setup.json` steps after which retrying the same spec cannot help (a person must fix a module or a setting).
+PERMANENT_STEPS = ("modules", "launcher")
+SETUP_STEPS = ("modules", "python", "launcher")
+#: Run by the new environment's interpreter: proves it starts, and writes the marker that publishes it.
+_MARKER_PY = (
+    "import json, sys, time; json.dump({'python_version': sys.version, 'built_at': time.time(), "
+    "'requirements_sha256_16': sys.argv[1]}, open(sys.argv[2], 'w'))"
+)
+#: The marker of a published Python environment (the local backend's name for the same thing).
+VENV_MARKER = "gitopsd-venv.json"
+
+
+def venvs_dir(job: Job) -> str:
+    """Where the Python environments of Slurm runs live: next to the run directories, so on the filesystem the
+    compute nodes share, one per requirements digest (`<first 16 hex of sha256>`)."""
+    return str(job.run_dir.parent / ".venvs")
+
+
+def ranks_dir(job: Job) -> str:
+    """Under `launcher: srun`, rank N > 0 writes its outputs in `ranks/N` of the run directory: only rank 0's
+    artifact and metrics (the run's own output directory) count."""
+    return str(job.run_dir / "ranks")
+
+
+def _setup_failed(step: str, message: str, code: str = "1") -> str:
+    """Shell: record why the environment could not be set up (the backend reads `setup.json`) and fail."""
+    return f"__gitopsd_setup_failed {step} {shlex.quote(json.dumps(message))} {code}; return 1"
+
+
+_SETUP_FAILED = """__gitopsd_setup_failed() {  # STEP MESSAGE(JSON) CODE: why the job's environment could not be set up
+  __gitopsd_record setup.json '{"job_id": "%s", "step": "%s", "host": "%s", "message": %s, "code": %s}' \\
+    "$SLURM_JOB_ID" "$1" "$__gitopsd_host" "$2" "$3"
+  printf 'gitopsd: cannot set up the environment on %s: %s\\n' "$__gitopsd_host" "$2" >&2
+}"""
+
+
+def modules_steps(modules: tuple[str, ...], settings: SlurmSettings) -> list[str]:
+    """Shell: initialise the module system (the job starts with --export=NONE, so `module` is not defined),
+    add the operator's module paths, and load each module, naming the first one that fails."""
+    if not modules:
+        return []
+    candidates = (settings.modules_init,) if settings.modules_init else MODULES_INIT_PROBES
+    listed = " ".join(shlex.quote(path) for path in candidates)
+    missing = (
+        f"no module system on this node: none of {', '.join(candidates)} exists (set the Slurm backend setting "
+        "modules_init to the file that defines `module`)"
+    )
+    steps = [
+        "local __init=",
+        f'for __f in {listed}; do if [ -r "$__f" ]; then __init=$__f; break; fi; done',
+        f'if [ -z "$__init" ]; then {_setup_failed("modules", missing)}; fi',
+        '. "$__init" || true',
+        f"if ! type module >/dev/null 2>&1; then "
+        f"{_setup_failed('modules', 'sourcing the module system init file did not define `module`')}; fi",
+    ]
+    steps += [f"module use {shlex.quote(path)}" for path in settings.module_path]
+    for name in modules:
+        why = (
+            f"module {name} cannot be loaded (module load {name} failed: no such module, or it conflicts; "
+            "see the job log): fix spec.train.modules"
+        )
+        steps.append(f"module load {shlex.quote(name)} || {{ {_setup_failed('modules', why)}; }}")
+    return steps
+
+
+def python_steps(job: Job) -> list[str]:
+    """Shell: the run's Python environment, built on the compute node with the node's python3 (the login node
+    may lack its ABI), once per requirements digest under an flock, and published atomically: built in
+    `.venvs/.builds/<key>-<job id>`, then the symlink `.venvs/<key>` renamed into place (a virtualenv cannot be
+    moved once built). `uv` builds it when the node has it, else `python3 -m venv` and pip."""
+    if job.python_requirements is None:
+        return []
+    req = str(job.python_requirements)
+    shown = str(job.python_requirements.relative_to(job.tree_dir)) if job.python_requirements.is_relative_to(
+        job.tree_dir) else req  # fmt: skip
+    failed = f"building the Python environment for {shown} (spec.train.python.requirements) failed"
+    unreadable = _setup_failed("python", f"cannot read the requirements file {shown}")
+    build = f"""\
+local __req={shlex.quote(req)} __venvs={shlex.quote(venvs_dir(job))} __key __venv __rc
+__key=$(sha256sum < "$__req" | cut -c1-16) && [ -n "$__key" ] || {{ {unreadable}; }}
+__venv=$__venvs/$__key
+if [ ! -e "$__venv/{VENV_MARKER}" ]; then
+  mkdir -p "$__venvs/.builds" || {{ {_setup_failed("python", f"{failed}: cannot create {venvs_dir(job)}")}; }}
+  (
+    flock 9 || exit 3
+    [ -e "$__venv/{VENV_MARKER}" ] && exit 0
+    rm -rf "$__venvs/.builds/$__key"-*
+    __build=$__venvs/.builds/$__key-$SLURM_JOB_ID
+    echo "gitopsd: building the Python environment $__venv from $__req on $__gitopsd_host"
+    if command -v uv >/dev/null 2>&1; then
+      uv venv --quiet --python "$(command -v python3)" "$__build" &&
+        uv pip install --python "$__build/bin/python" -r "$__req" || exit 2
+    else
+      python3 -m venv "$__build" &&
+        "$__build/bin/python" -m pip install --disable-pip-version-check --no-input -r "$__req" || exit 2
+    fi
+    "$__build/bin/python" -c {shlex.quote(_MARKER_PY)} "$__key" "$__build/{VENV_MARKER}" || exit 2
+    ln -sfn ".builds/$__key-$SLURM_JOB_ID" "$__venvs/.$__key.link-$SLURM_JOB_ID" &&
+      mv -Tf "$__venvs/.$__key.link-$SLURM_JOB_ID" "$__venv" || exit 4
+  ) 9>"$__venvs/$__key.lock"
+  __rc=$?
+  case $__rc in
+    0) ;;
+    2) {_setup_failed("python", f"{failed}: the installer failed (its output is in the job log)", "$__rc")} ;;
+    3) {_setup_failed("python", f"{failed}: cannot lock {venvs_dir(job)} (flock)", "$__rc")} ;;
+    *) {_setup_failed("python", f"{failed}: cannot publish it in {venvs_dir(job)}", "$__rc")} ;;
+  esac
+fi
+export VIRTUAL_ENV="$__venv" PATH="$__venv/bin:$PATH"
+unset PYTHONHOME"""
+    return build.split("\n")
+
+
+def launcher_steps(job: Job) -> list[str]:
+    """Shell: the rendezvous every rank needs (MASTER_ADDR: the allocation's first node; MASTER_PORT: from the
+    job id unless spec.train.env sets it), and the launcher's own program on PATH."""
+    launcher = job.resources.launcher
+    if launcher == "none":
+        return []
+    steps = [
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n1)',
+        "export MASTER_ADDR=${MASTER_ADDR:-$__gitopsd_host}",
+        f"export MASTER_PORT=${{MASTER_PORT:-$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))}}",
+    ]
+    program = "torchrun" if launcher == "torchrun" else "srun"
+    hint = (
+        "load a module that provides it (spec.train.modules) or list torch in spec.train.python.requirements"
+        if launcher == "torchrun"
+        else "srun must be on the PATH of the compute nodes"
+    )
+    why = f"launcher {launcher}: {program} is not on the PATH of the compute node: {hint}"
+    steps.append(f"command -v {program} >/dev/null 2>&1 || {{ {_setup_failed('launcher', why)}; }}")
+    return steps
+
+
+def prelude(job: Job, settings: SlurmSettings | None = None) -> str:
+    """The shell function `__gitopsd_prelude` that sets up the command's environment in the batch shell, in
+    order: modules, then the Python environment, then the launcher's rendezvous (a container image would come
+    last, the same way). Each step that fails records `setup.json` and makes the job end with exit code 1
+    without running the command."""
+    steps = [
+        *modules_steps(job.resources.modules, settings or SlurmSettings()),
+        *python_steps(job),
+        *launcher_steps(job),
+    ]
+    body = "\n".join(f"  {line}" if line else line for line in steps) if steps else "  :"
+    return f"{_SETUP_FAILED}\n__gitopsd_prelude() {{\n{body}\n}}"
+
+
+def _metrics_in_output(job: Job) -> str:
+    try:
+        return str(job.metrics_file.relative_to(job.output_dir))
+    except ValueError:
+        return job.metrics_file.name
+
+
+def torchrun_argv(job: Job) -> list[str]:
+    """torchrun and its options, then the command's words (see `spec.schema.torchrun_command_problem`): one agent
+    per node starts one worker per GPU of the node (one when the run asks for none), joined by c10d rendezvous on
+    MASTER_ADDR:MASTER_PORT under the run id."""
+    res = job.resources
+    per_node = -(-res.gpus // res.nodes) if res.gpus else 1
+    return [
+        "torchrun",
+        f"--nnodes={res.nodes}",
+        f"--nproc_per_node={per_node}",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT",
+        f"--rdzv_id={job.run_id}",
+        *shlex.split(job.command),
+    ]
+
+
+def launch_command(job: Job) -> str:
+    """The wrapper's command line: the command once (`none`), or `srun` starting one task per node of the
+    allocation, each with its rank in RANK, LOCAL_RANK, NODE_RANK, WORLD_SIZE (`srun`), or one torchrun agent
+    per node (`torchrun`). Under `srun`, rank N > 0 gets `ranks/N` as its output directory."""
+    launcher = job.resources.launcher
+    if launcher == "none":
+        return f"/bin/sh -c {shlex.quote(job.command)}"
+    res = job.resources
+    srun = (
+        f"srun --nodes={res.nodes} --ntasks={res.nodes} --ntasks-per-node=1 --cpus-per-task={res.cpus} "
+        "--export=ALL --kill-on-bad-exit=1"
+    )
+    if launcher == "srun":
+        rank_dir = f'{shlex.quote(ranks_dir(job))}/"$RANK"'
+        shim = (
+            "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID WORLD_SIZE=$SLURM_NTASKS "
+            "LOCAL_WORLD_SIZE=1; "
+            f'if [ "$RANK" != 0 ]; then GITOPSD_OUTPUT_DIR={rank_dir}; '
+            f'GITOPSD_METRICS_FILE="$GITOPSD_OUTPUT_DIR"/{shlex.quote(_metrics_in_output(job))}; '
+            'export GITOPSD_OUTPUT_DIR GITOPSD_METRICS_FILE; mkdir -p "${GITOPSD_METRICS_FILE%/*}" || exit 1; fi; '
+            'exec /bin/sh -c "$1"'
+        )
+        return f"{srun} /bin/sh -c {shlex.quote(shim)} gitopsd-rank {shlex.quote(job.command)}"
+    if launcher == "torchrun":
+        shim = 'export NODE_RANK=$SLURM_NODEID; exec "$@"'
+        words = [
+            f'"{word}"' if word.startswith("--rdzv_endpoint=") else shlex.quote(word) for word in torchrun_argv(job)
+        ]
+        return f"{srun} /bin/sh -c {shlex.quote(shim)} gitopsd-agent {' '.join(words)}"
+    raise PermanentError(f"run {job.run_id}: unknown launcher {launcher!r} (expected none, srun or torchrun)")

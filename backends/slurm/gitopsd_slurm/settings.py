@@ -31,7 +31,7 @@ DEFAULT_API_VERSION = "v0.0.38"
 _TOP_KEYS = (
     "transport", "cluster", "partition", "account", "qos", "constraint", "exclusive", "time", "slurm_conf",
     "rest", "limits", "accounting", "poll_min_s", "poll_max_s", "check_interval_s", "command_timeout_s", "grace_s",
-    "runs_dir",
+    "runs_dir", "modules_init", "module_path",
 )  # fmt: skip
 _REST_KEYS = ("url", "api_version", "user", "token_file", "token_env", "token_lifespan_s")
 _LIMIT_KEYS = ("max_gpus_per_node", "max_cpus_per_node", "max_memory_mb_per_node", "max_nodes")
@@ -134,6 +134,17 @@ class SlurmSettings:
     command_timeout_s: float = 30.0
     grace_s: int = 10
     runs_dir: Path | None = None  # the operator's shared run root (a host path: never from a repository)
+    #: The shell file that defines `module` on the compute nodes (sourced by the job, which starts with
+    #: --export=NONE); None: the first of MODULES_INIT_PROBES that exists there. Operator-only: a host path.
+    modules_init: str | None = None
+    #: Directories added to MODULEPATH (`module use`) before a job loads its modules. Operator-only.
+    module_path: tuple[str, ...] = ()
+
+
+#: Where the module system's bash initialisation usually is: Lmod's profile hook (Debian, EL), Lmod's own
+#: init file, Environment Modules' profile hook.
+MODULES_INIT_PROBES = ("/etc/profile.d/lmod.sh", "/usr/share/lmod/lmod/init/bash", "/etc/profile.d/modules.sh")
+MAX_MODULE_PATHS = 64
 
 
 class _Reader:
@@ -203,6 +214,23 @@ class _Reader:
         if value > _SECONDS_MOST:
             raise self.error(key, value, f"expected at most {_SECONDS_MOST:g} seconds")
         return float(value)
+
+    def host_path(self, key: str, value: Any) -> str:
+        """An absolute path on the cluster's hosts, written into job scripts (quoted): one line, no '..'."""
+        shown = key
+        if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_TEXT:
+            raise self.error(shown, value, f"expected an absolute path of at most {MAX_TEXT} characters")
+        if _CONTROL.search(value) or ".." in value.split("/"):
+            raise self.error(shown, value, "expected an absolute path without control characters or '..'")
+        return value
+
+    def host_paths(self, key: str) -> tuple[str, ...]:
+        value = self.values.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or len(value) > MAX_MODULE_PATHS:
+            raise self.error(key, value, f"expected a list of at most {MAX_MODULE_PATHS} absolute paths")
+        return tuple(self.host_path(key, item) for item in value)
 
     def section(self, key: str) -> Mapping[str, Any]:
         value = self.values.get(key, {})
@@ -314,6 +342,8 @@ def parse_settings(backend: str, values: Mapping[str, Any]) -> SlurmSettings:
         command_timeout_s=top.seconds("command_timeout_s", 30.0, zero_ok=False),
         grace_s=top.count("grace_s", 10) or 10,
         runs_dir=_runs_dir(top),
+        modules_init=top.host_path("modules_init", values["modules_init"]) if "modules_init" in values else None,
+        module_path=top.host_paths("module_path"),
     )
 
 

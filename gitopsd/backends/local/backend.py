@@ -226,7 +226,18 @@ class LocalBackend:
             raise BackendUnavailable(refused)
 
     def admit(self, resources: Resources) -> str | None:
-        """Refuse what this host can never give: more CPUs or memory than it has. GPUs are the nvidia backend's."""
+        """Refuse what this host can never give: more CPUs or memory than it has. GPUs are the nvidia backend's.
+        A launcher or environment modules need a Slurm backend: here the command runs once, as it is."""
+        if resources.launcher != "none":
+            return (
+                f"spec.train.launcher {resources.launcher!r} needs a Slurm backend: backend {self.name!r} runs the "
+                "command once, on this host (use launcher: none)"
+            )
+        if resources.modules:
+            return (
+                f"spec.train.modules needs a Slurm backend: backend {self.name!r} does not load environment modules "
+                f"(asks for {', '.join(resources.modules)})"
+            )
         cores = os.cpu_count()
         if cores is not None and resources.cpus > cores:
             return f"asks for {resources.cpus} CPUs; this host has {cores}"
