@@ -66,8 +66,9 @@ ROOT = UNIT.parent.parent
 INSTALL_USER = ROOT / "tools" / "install-user"
 #: What a user manager cannot apply: it has no capabilities to drop or grant, no cgroup device or IP firewall
 #: (BPF) programs, no other user to run as, and its StateDirectory= moved between systemd releases.
-SYSTEM_ONLY = ("User=", "Group=", "CapabilityBoundingSet=", "AmbientCapabilities=", "DevicePolicy=", "DeviceAllow=",
-               "IPAddressDeny=", "RemoveIPC=", "StateDirectory=", "ConfigurationDirectory=", "BindReadOnlyPaths=")  # fmt: skip
+SYSTEM_ONLY = ("User=", "Group=", "CapabilityBoundingSet=", "AmbientCapabilities=", "DevicePolicy=",
+               "DeviceAllow=", "IPAddressDeny=", "RemoveIPC=", "StateDirectory=", "ConfigurationDirectory=",
+               "BindReadOnlyPaths=")  # fmt: skip
 NAMESPACED = ("ProtectSystem=", "ProtectHome=", "PrivateTmp=", "ReadWritePaths=", "ProtectKernelTunables=",
               "ProtectKernelModules=", "ProtectKernelLogs=", "ProtectControlGroups=", "ProtectHostname=",
               "ProtectProc=", "ProcSubset=")  # fmt: skip
