@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 export GITOPSD_STATE_DIR ?= $(CURDIR)/$(DEMO_DIR)/state
 
-.PHONY: install demo test lint bench mutation clean install-service
+.PHONY: install demo test lint bench mutation clean install-service install-user uninstall-user
 
 $(STAMP): pyproject.toml
 	tools/ensure-debs git=git
@@ -74,6 +74,16 @@ install-service:
 	test -e /etc/gitopsd/gitopsd.toml || install -m 0640 -g gitopsd config/gitopsd.example.toml /etc/gitopsd/gitopsd.toml
 	systemctl daemon-reload
 	@echo "edit /etc/gitopsd/gitopsd.toml, then: systemctl enable --now gitopsd"
+
+# Install gitopsd for yourself, without root: a venv under ~/.local/share/gitopsd, ~/.config/gitopsd/daemon.toml
+# (only if absent), state in ~/.local/state/gitopsd and a `systemctl --user` unit (tools/install-user says more).
+# PY: the Python for the venv; PIP_FLAGS: extra pip flags; USER_SANDBOX=auto|yes|no: the unit's namespace sandbox.
+install-user:
+	PY=$(PY) tools/install-user install
+
+# Remove the venv and the unit; your configuration and state stay.
+uninstall-user:
+	tools/install-user uninstall
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .mypy_cache .ruff_cache .pytest_cache mutants

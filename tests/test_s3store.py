@@ -205,6 +205,13 @@ def _keys(client: Any, bucket: str) -> dict[str, bytes]:
     return {item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read() for item in listed}
 
 
+def test_probe_write_of_gitopsd_doctor_leaves_nothing_behind(store_and_tamper: tuple[ArtifactStore, Tamper]) -> None:
+    store, _ = store_and_tamper
+    store.probe_write()
+    store.probe_write()  # twice: nothing of the first is in the way
+    assert list(store.records()) == [] and store.stale_uploads(0) == []
+
+
 def test_s3_layout_is_prefix_sha256_and_records(s3store: Any, client: Any, bucket: str, tmp_path: Path) -> None:
     ref = s3store.put(_write(tmp_path / "m.bin", b"weights"))
     s3store.put_record("iris", 3, b"{}")

@@ -19,6 +19,7 @@ import click
 
 from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, state_dir, verify_policy
 from gitopsd.cli.daemon import gpus, run, trigger
+from gitopsd.cli.doctor import doctor
 from gitopsd.cli.registry import history, lineage, promote, registry
 from gitopsd.source.redact import redact_text
 
@@ -428,7 +429,7 @@ def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
         click.echo(path.read_text(errors="replace"), nl=False)
 
 
-for command in (registry, lineage, history, promote, run, trigger, gpus):
+for command in (registry, lineage, history, promote, run, trigger, gpus, doctor):
     cli.add_command(command)
 
 

@@ -101,6 +101,19 @@ class FileStore:
                     "permissions, or [registry] artifacts in the daemon configuration"
                 )
 
+    def probe_write(self) -> None:
+        """Create and delete a small file among the temporary files of puts."""
+        self.check()
+        with self._os("write a probe file in"):
+            probe, handle = create_temp(self._tmp, "doctor-probe")
+            try:
+                with handle:
+                    handle.write(b"gitopsd doctor\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+
     def stale_uploads(self, older_than_s: float) -> list[str]:
         """Temporary files of puts that never finished (the process was killed), at least `older_than_s` old."""
         return [

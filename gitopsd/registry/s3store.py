@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -460,6 +461,14 @@ class S3Store:
         key = self._key("")
         with self._calling("list", key):
             self._client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+
+    def probe_write(self) -> None:
+        """Put and delete a small object under PREFIX/doctor-probe/ (no Object Lock on it)."""
+        key = self._key(f"doctor-probe/{uuid.uuid4().hex}")
+        with self._calling("write a probe object", key):
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=b"gitopsd doctor\n")
+        with self._calling("delete the probe object", key):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
 
     def put_record(self, model: str, number: int, record: bytes) -> None:
         """Write `model@number`'s record once (conditional PutObject); the same bytes again are a no-op."""

@@ -78,6 +78,10 @@ class ArtifactStore(Protocol):
         """Raise (`PermanentError`, `TransientError`) unless the store is reachable and writable with the
         configured credentials; cheap, and reads no object."""
 
+    def probe_write(self) -> None:
+        """Write one small object outside the artifacts and records, then delete it (`gitopsd doctor`): proof
+        that these credentials may write, which listing cannot give. Raises like `check`."""
+
     def stale_uploads(self, older_than_s: float) -> list[str]:
         """Uploads that never finished (their writer was killed or cut off), at least `older_than_s` old: one
         line each, naming where it is."""

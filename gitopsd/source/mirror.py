@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -70,6 +71,28 @@ def normalise_url(url: str) -> str:
     if "://" in url or is_ssh_url(url):
         return url
     return str(Path(url).expanduser().resolve())
+
+
+def remote_heads(url: str) -> dict[str, str]:
+    """The branches of a remote (`refs/heads/NAME` -> commit) as `git ls-remote` lists them, with the daemon's
+    credentials and transports, without a clone or a mirror (`gitopsd doctor`). SourceUnavailable says why not."""
+    url = normalise_url(url)
+    shown = redact_url(url)
+    if is_ssh_url(url):
+        try:
+            return list_heads(url).heads
+        except SshGitError as exc:
+            raise SourceUnavailable(f"cannot list {shown}: {redact_text(str(exc))}") from exc
+    path = local_path(url)
+    if path is not None and not _is_git_repository(path):
+        raise SourceUnavailable(f"repository {path} does not exist (or is not a git repository)")
+    with tempfile.TemporaryDirectory(prefix="gitopsd-ls-remote-") as scratch:
+        remote = pygit2.init_repository(scratch, bare=True).remotes.create_anonymous(url)
+        try:
+            heads = remote.list_heads(callbacks=EnvCredentials())
+        except (pygit2.GitError, KeyError, ValueError) as exc:
+            raise SourceUnavailable(f"cannot list {shown}: {redact_text(str(exc))}") from exc
+    return {h.name: str(h.oid) for h in heads if h.name and h.name.startswith("refs/heads/")}
 
 
 class Source:
