@@ -328,7 +328,11 @@ def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, con
             raise
         dirs = {r.name: config.state_dir_of(r) for r in config.repositories}
     docs = {name: _read_status(directory, model) for name, directory in dirs.items()}
-    missing = {name: _no_status_yet(dirs[name]) for name, doc in docs.items() if doc["repository"] is None}
+    missing = {
+        name: _no_status_yet(dirs[name])
+        for name, doc in docs.items()
+        if doc["repository"] is None and not doc.get("lease")  # a standby that never acted: its lease says why
+    }
     if model and not missing and not any(doc["models"] for doc in docs.values()):
         fail(f"no model {model!r} in the applied commit")
     if as_json:
