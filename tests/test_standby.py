@@ -193,3 +193,29 @@ def test_two_login_nodes_one_training_and_the_standby_takes_over_a_killed_active
     kill_active_mid_training_and_take_over(
         local_site, job_seen=lambda run_id: (local_site.shared_runs / run_id / "local" / "state.json").exists()
     )
+
+
+@needs_namespaces
+def test_a_paused_active_daemon_wakes_up_as_standby_and_starts_nothing(local_site: Site) -> None:
+    site = local_site
+    login1 = site.start("login1")
+    wait_for("login1 active", lambda: login1.lease().get("role") == "active", site)
+    login2 = site.start("login2")
+    wait_for("login2 standing by", lambda: login2.lease().get("active_host") == "login1", site)
+    first = wait_for("login1's run", lambda: [r["id"] for r in login1.rows() if r["job_id"]], site)[0]
+    assert login1.process is not None
+    login1.process.send_signal(signal.SIGSTOP)  # swapped out, stopped by a debugger: not dead
+    try:
+        wait_for("login2 active", lambda: login2.lease().get("role") == "active", site)
+        site.work.edit(MODEL, "--epochs 40", "--epochs 30")
+        site.work.commit("Fewer epochs")
+        site.work.git("push", "-q", "origin", "HEAD:main")
+        second = wait_for("login2's new run", lambda: [r["id"] for r in login2.rows() if r["id"] != first], site)[0]
+    finally:
+        login1.process.send_signal(signal.SIGCONT)
+    wait_for("login1 standing by", lambda: login1.lease().get("active_host") == "login2", site)
+    (site.shared_runs / second / "out" / "go").touch()
+    wait_for("login2's version", lambda: login2.versions(), site)
+    assert [r["id"] for r in login1.rows()] == [first], "the woken daemon started nothing"
+    assert site.run_dirs() == sorted([first, second])
+    assert "stopped acting and stands by" in login1.log.read_text()
