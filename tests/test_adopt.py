@@ -135,7 +135,7 @@ def test_a_daemon_that_loses_the_lease_while_a_run_is_collected_registers_nothin
 def test_a_run_that_registered_before_the_take_over_is_not_registered_again(site: Site) -> None:
     login1 = site.daemon("login1")
     login1.reconcile_until_settled(timeout_s=60)
-    (run_id, _), = site.rows("login1")
+    ((run_id, _),) = site.rows("login1")
     login2 = site.daemon("login2")
     login2.take_over()
     login2.reconcile_until_settled(timeout_s=60)

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,8 +50,10 @@ def test_a_record_survives_its_json_and_a_forged_one_is_refused() -> None:
     record = renewed(claim(3, holder(), wall=100.0, timing=TIMING, repository="r"), wall=110.0, timing=TIMING)
     assert LeaseRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
     assert (record.beat, record.expires_at) == (1, 140.0)
-    for bad in ([], {"generation": "3"}, {**record.to_json(), "generation": True}, {**record.to_json(), "holder": 1}):
-        with pytest.raises(ValueError):
+    forged: list[object] = [[], {"generation": "3"}, {**record.to_json(), "generation": True},
+                            {**record.to_json(), "holder": 1}]  # fmt: skip
+    for bad in forged:
+        with pytest.raises(ValueError, match=r"not a JSON object|missing or wrong field|not an integer"):
             LeaseRecord.from_json(bad)
 
 
@@ -74,7 +77,10 @@ def test_what_makes_a_lease_expired() -> None:
     assert "released" in (expired(Sighting(record=gone, since=0.0), local=0.0, wall=0.0, timing=TIMING) or "")
 
 
-@pytest.mark.parametrize("timing", [TIMING, Timing(ttl=4, renew=1, max_clock_skew=1), Timing(ttl=9, renew=2, max_clock_skew=0)])
+GRID = [TIMING, Timing(ttl=4, renew=1, max_clock_skew=1), Timing(ttl=9, renew=2, max_clock_skew=0)]
+
+
+@pytest.mark.parametrize("timing", GRID)
 def test_no_standby_may_take_over_while_the_holder_may_still_act(timing: Timing) -> None:
     """Every combination on a grid: when the holder's renewal started and was written, when a standby first saw
     it, both hosts' clock offsets (wall clocks within max_clock_skew; boot clocks unrelated) and when the
@@ -169,7 +175,7 @@ def test_racing_threads_one_claim_wins(tmp_path: Path) -> None:
     assert record is not None and record.holder.host == wins[0]
 
 
-def _claim_in_process(path: str, host: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _claim_in_process(path: str, host: str, start: Any, out: Any) -> None:
     start.wait()
     out.put((host, LeaseDir(Path(path)).claim(claim(1, holder(host), wall=0.0, timing=TIMING))))
 

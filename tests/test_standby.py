@@ -128,8 +128,7 @@ def make_site(tmp_path: Path, *, backends: str = "", gitops: Callable[[GitRepo],
         f'state_dir = "{mount}"\nlog_format = "json"\n'
         f'[[repositories]]\nname = "demo"\nurl = "{bare}"\nbranch = "main"\npoll_interval = "1h"\n'
         f'[registry]\nartifacts = "file://{tmp_path / "store"}"\n'
-        f'[standby]\nlease_dir = "{tmp_path / "leases"}"\nttl = "4s"\nrenew = "1s"\nmax_clock_skew = "1s"\n'
-        + backends
+        f'[standby]\nlease_dir = "{tmp_path / "leases"}"\nttl = "4s"\nrenew = "1s"\nmax_clock_skew = "1s"\n' + backends
     )
     site = Site(tmp=tmp_path, config=config, mount=mount, shared_runs=shared, work=work)
     for name in ("login1", "login2"):
@@ -171,14 +170,14 @@ def kill_active_mid_training_and_take_over(site: Site, *, job_seen: Callable[[st
     adopted = wait_for("the adopted run", lambda: [r for r in login2.rows() if r["id"] == run_id and r["job_id"]], site)
     assert adopted[0]["job_id"] == login1.rows()[0]["job_id"], "the same job, adopted"
     (site.shared_runs / run_id / "out" / "go").touch()
-    wait_for("one version", lambda: login2.versions(), site)
+    wait_for("one version", login2.versions, site)
     assert login2.versions() == [("blobs", 1, run_id)]
     assert [r["id"] for r in login2.rows()] == [run_id] and site.run_dirs() == [run_id], "one job per training"
     shown = login2.status()
     assert "active: this daemon on login2 holds the lease (generation 2" in shown.stdout, shown.stdout
     log = login2.log.read_text()
     assert "is now active, lease generation 2" in log and "was not renewed for" in log
-    return run_id
+    return str(run_id)
 
 
 @pytest.fixture
@@ -215,7 +214,7 @@ def test_a_paused_active_daemon_wakes_up_as_standby_and_starts_nothing(local_sit
         login1.process.send_signal(signal.SIGCONT)
     wait_for("login1 standing by", lambda: login1.lease().get("active_host") == "login2", site)
     (site.shared_runs / second / "out" / "go").touch()
-    wait_for("login2's version", lambda: login2.versions(), site)
+    wait_for("login2's version", login2.versions, site)
     assert [r["id"] for r in login1.rows()] == [first], "the woken daemon started nothing"
     assert site.run_dirs() == sorted([first, second])
     assert "stopped acting and stands by" in login1.log.read_text()
