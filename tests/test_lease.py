@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gitopsd.daemon.config import load_config
 from gitopsd.daemon.lease import (
     Holder,
     LeaseRecord,
@@ -26,7 +27,7 @@ from gitopsd.daemon.lease import (
 )
 from gitopsd.daemon.leasefile import KEEP_CLAIMS, LeaseDir
 from gitopsd.daemon.standby import ACTIVE, STANDBY, Elector
-from gitopsd.errors import LeaseLost, TransientError
+from gitopsd.errors import LeaseLost, PermanentError, TransientError
 from gitopsd.reconcile.statusview import lease_line, read_lease
 
 TIMING = Timing(ttl=30, renew=10, max_clock_skew=5)
@@ -350,3 +351,18 @@ def test_an_unreachable_lease_directory_keeps_a_holder_acting_only_until_its_lea
         one.fence()
     one.step()
     assert one.role.role == STANDBY
+
+
+def test_the_standby_settings_are_checked_when_the_configuration_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "gitopsd.toml"
+    config.write_text('[standby]\nlease_dir = "/shared/gitopsd/leases"\n')
+    standby = load_config(config).standby
+    assert standby is not None and standby.timing() == Timing(ttl=30, renew=10, max_clock_skew=5)
+    config.write_text('[standby]\nlease_dir = "/shared/leases"\nttl = "20s"\nrenew = "10s"\n')
+    with pytest.raises(PermanentError, match=r"standby: .*ttl \(20 s\) must be at least 2 x renew \+ max_clock_skew"):
+        load_config(config)
+    config.write_text('[standby]\nlease_dir = "relative/leases"\n')
+    with pytest.raises(PermanentError, match="standby.lease_dir"):
+        load_config(config)
+    config.write_text("")
+    assert load_config(config).standby is None, "unset: no lease, every daemon acts"
