@@ -362,7 +362,7 @@ def test_the_standby_settings_are_checked_when_the_configuration_is_read(tmp_pat
     with pytest.raises(PermanentError, match=r"standby: .*ttl \(20 s\) must be at least 2 x renew \+ max_clock_skew"):
         load_config(config)
     config.write_text('[standby]\nlease_dir = "relative/leases"\n')
-    with pytest.raises(PermanentError, match="standby.lease_dir"):
+    with pytest.raises(PermanentError, match=r"standby\.lease_dir"):
         load_config(config)
     config.write_text("")
     assert load_config(config).standby is None, "unset: no lease, every daemon acts"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -24,6 +25,12 @@ ENTRY_POINT_GROUP = "gitopsd.backends"
 #: The state directory every repository of one daemon shares (the daemon exports it); backends keep what must
 #: be host-wide there, such as the nvidia backend's GPU leases. Unset for a one-off CLI reconcile.
 SHARED_STATE_ENV = "GITOPSD_SHARED_STATE_DIR"
+
+
+#: The operator setting (in `[backends.NAME] settings`) that puts a backend's run directories somewhere other than
+#: the state directory: on a filesystem the compute nodes share. A backend that accepts it exposes the path as its
+#: `runs_dir` attribute (see `Backend`). It is a host path, so no repository may ever set it (`gitopsd.spec`).
+RUNS_DIR_SETTING = "runs_dir"
 
 
 RECORD_LIMIT = 1 << 20
@@ -72,9 +79,46 @@ def thread_env(resources: Resources) -> dict[str, str]:
     return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count}
 
 
+def runs_dir_of(backend: object) -> Path | None:
+    """Where `backend` wants its runs' directories (`runs_dir/RUN_ID`), or None for the state directory's `runs`."""
+    runs_dir = getattr(backend, "runs_dir", None)
+    return Path(runs_dir) if runs_dir is not None else None
+
+
+def runs_dir_problem(backend: str, path: Path) -> str | None:
+    """Why run directories cannot be created under `path` by this process, or None when they can.
+
+    Checked for real (a directory is made and removed), since `access()` says yes to root on a root-squashed NFS
+    export. The answer is one line naming the backend, the setting and the fix.
+    """
+    where = f"backend {backend!r} setting {RUNS_DIR_SETTING} ({path})"
+    fix = f"or change [backends.{backend}] settings.{RUNS_DIR_SETTING} in the operator's configuration"
+    user = f"the daemon's user (uid {os.geteuid()})"
+    if not path.is_absolute():
+        return f"{where}: expected an absolute path; {fix}"
+    try:
+        if not path.exists():
+            return f"{where} does not exist: create it on the filesystem the compute nodes share, {fix}"
+        if not path.is_dir():
+            return f"{where} is not a directory: {fix}"
+        os.rmdir(tempfile.mkdtemp(prefix=".gitopsd-probe-", dir=path))
+    except OSError as exc:
+        return (
+            f"{where} is not writable by {user}: {exc.strerror or exc}; make it writable (and list it in the "
+            f"systemd unit's ReadWritePaths=), {fix}"
+        )
+    return None
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """What every backend implements. Constructed as `Factory(name=..., settings=..., state_dir=...)`."""
+    """What every backend implements. Constructed as `Factory(name=..., settings=..., state_dir=...)`.
+
+    Optional attribute `runs_dir: Path | None`: where this backend's run directories go (`runs_dir/RUN_ID`),
+    typically set from the operator setting `RUNS_DIR_SETTING` when the jobs run on other hosts (compute nodes)
+    that see a shared filesystem but not the daemon's state directory. Without it (or None) run directories live
+    in the state directory (`STATE_DIR/runs/RUN_ID`). Read through `runs_dir_of`.
+    """
 
     name: str
 

@@ -281,7 +281,14 @@ def reconcile(
     verify_since: str | None,
 ) -> None:
     """Fetch the repository and move actual state towards what it declares."""
+    from gitopsd.errors import PermanentError
+    from gitopsd.reconcile.launch import check_runs_dirs
+
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
+    try:
+        check_runs_dirs(operator(ctx))
+    except PermanentError as exc:
+        fail(str(exc))
     rec = _reconciler(ctx, repo, branch, policy)
     try:
         result = rec.reconcile_until_settled(timeout_s=timeout) if mode == "wait" else rec.reconcile("cli")

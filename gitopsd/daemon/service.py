@@ -43,6 +43,7 @@ from gitopsd.daemon.notify import Notifier
 from gitopsd.daemon.standby import STATUS_FILE, Elector, Leased
 from gitopsd.daemon.triggers import BareRepoWatch, PassReport, PollTimer, Worker
 from gitopsd.errors import GitopsdError, PermanentError
+from gitopsd.reconcile.launch import check_runs_dirs
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.reconcile.statusview import read_status
 from gitopsd.source.redact import redact_url
@@ -66,6 +67,7 @@ class Daemon:
         self.config_path = config_path
         self._listen_override = listen
         self.config: DaemonConfig = self._effective(load_config(config_path).for_daemon(config_path))
+        check_runs_dirs(self.config.operator())
         self._environment = resolve_environment(self.config)
         self._token = _api_token(self.config.http)
         self.notifier = Notifier()
@@ -262,6 +264,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = self._effective(load_config(self.config_path).for_daemon(self.config_path))
+            check_runs_dirs(new.operator())
             token = _api_token(new.http)
             environment = resolve_environment(new)
         except GitopsdError as exc:

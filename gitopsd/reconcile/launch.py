@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gitopsd.backends.protocol import Backend
+from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend, runs_dir_of, runs_dir_problem
 from gitopsd.errors import LeaseLost, PermanentError, is_permanent
 from gitopsd.model import Job, Phase, Reason
 from gitopsd.reconcile.desired import DesiredModel
@@ -26,6 +26,7 @@ from gitopsd.reconcile.state import RunRecord, StateStore, run_fields
 from gitopsd.registry.store import ArtifactStore, sha256_file
 from gitopsd.registry.versions import Version
 from gitopsd.source.mirror import Source
+from gitopsd.spec.operator import Operator
 from gitopsd.spec.schema import repository_paths
 
 log = logging.getLogger("gitopsd")
@@ -77,7 +78,7 @@ class Launcher:
             backend=model.train.backend,
             phase=Phase.SUBMITTING,
             attempt=attempt,
-            run_dir=str(self.runs_dir / run_id),
+            run_dir=str((runs_dir_of(backend) or self.runs_dir) / run_id),
             created_at=now,
             updated_at=now,
         )
@@ -186,6 +187,21 @@ class Launcher:
             "data": [d.model_dump(mode="json") for d in body.data],
             "base": base.lineage() if base else None,
         }
+
+
+def check_runs_dirs(operator: Operator) -> None:
+    """At start-up: every `runs_dir` the operator set exists and takes new run directories, else PermanentError
+    (one line naming the backend, the setting and the fix) before anything is submitted to it."""
+    for name, backend in sorted(operator.backends.items()):
+        value = backend.settings.get(RUNS_DIR_SETTING)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise PermanentError(f"backend {name!r} setting {RUNS_DIR_SETTING}: expected an absolute path, got "
+                                 f"{value!r}; change [backends.{name}] settings.{RUNS_DIR_SETTING} in the operator's "
+                                 "configuration")  # fmt: skip
+        if problem := runs_dir_problem(name, Path(value)):
+            raise PermanentError(problem)
 
 
 def _within(path: Path, roots: Sequence[Path]) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gitopsd.backends.protocol import Backend
+from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
 from gitopsd.model import Reason, Resources
 from gitopsd.reconcile.adopt import Adopter
@@ -264,13 +264,14 @@ class Reconciler:
     def _adopt(self, desired: DesiredState | None, dry_run: bool) -> None:
         """With a lease, before anything is planned: import the runs of this repository another daemon started."""
         if self.adopter is not None and desired is not None and not dry_run:
-            self.adopter.adopt(desired, self._run_roots(desired))
+            self.adopter.adopt(desired, self._run_roots())
 
-    def _run_roots(self, desired: DesiredState) -> Iterator[Path]:
-        """Where run directories live: this state directory's, and the shared run root a backend names."""
+    def _run_roots(self) -> Iterator[Path]:
+        """Where run directories live: this state directory's, and the shared run roots of the operator's
+        backends (`runs_dir`, an operator-only setting)."""
         yield self.paths.runs
-        for config in desired.repo.backends.values():
-            shared = dict(config.settings).get("runs_dir")
+        for config in self.operator.backends.values():
+            shared = config.settings.get(RUNS_DIR_SETTING)
             if isinstance(shared, str) and shared.startswith("/"):
                 yield Path(shared)
 

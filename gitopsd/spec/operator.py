@@ -18,12 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from gitopsd.model import Resources
 from gitopsd.spec.fields import Cpus, Duration, Gpus, LockDays, Memory, Name, Nodes, PluginType, StoreUri
 
 ANY = "*"
+#: Settings that name a path on the operator's hosts: no repository may set them, whatever `allow` says (the
+#: operator's configuration is refused when `allow` lists one). `runs_dir`: see `gitopsd.backends.protocol`.
+HOST_ONLY_SETTINGS = ("runs_dir",)
 #: Where the operator's settings live, for error messages that tell a repository author whom to ask.
 OPERATOR_FILE = "the operator's configuration (the daemon's TOML, or ~/.config/gitopsd/config.toml)"
 
@@ -56,6 +59,15 @@ class OperatorBackend(_Operator):
         "value the plugin accepts; nothing else may be set by a repository.",
     )
     caps: Caps = Caps()
+
+    @field_validator("allow")
+    @classmethod
+    def _no_host_paths(cls, allow: dict[str, AllowList]) -> dict[str, AllowList]:
+        for key in HOST_ONLY_SETTINGS:
+            if key in allow:
+                raise ValueError(f"{key!r} is a path on the operator's hosts: a repository may never set it, "
+                                 "remove it from allow")  # fmt: skip
+        return allow
 
     def plugin(self, name: str) -> str:
         return self.type or name
@@ -133,6 +145,8 @@ def refusals(backends: Mapping[str, Any], operator: Operator) -> list[Refusal]:
 
 
 def _refused_setting(backend: str, key: str, value: object, allow: Mapping[str, AllowList]) -> str | None:
+    if key in HOST_ONLY_SETTINGS:
+        return f"{key!r} is a path on the operator's hosts: only {OPERATOR_FILE} sets it, never a repository"
     allowed = allow.get(key)
     if allowed is None:
         may = ", ".join(sorted(allow)) or "nothing"

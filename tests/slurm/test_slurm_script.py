@@ -9,16 +9,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gitopsd_slurm.backend import SlurmBackend
 from gitopsd_slurm.runfiles import RunFiles, read_json
 from gitopsd_slurm.script import build_request, directives, options_for, run_id_of
 from gitopsd_slurm.settings import SlurmSettings, parse_settings, parse_time_minutes
+from gitopsd_slurm.transport import CommandResult
 
-from gitopsd.errors import PermanentError
+from gitopsd.backends.protocol import runs_dir_of
+from gitopsd.errors import BackendUnavailable, PermanentError
 from gitopsd.model import Job, Resources
 from tests.backend_contract import new_job
 
@@ -107,12 +111,32 @@ def test_slurm_time_formats(text: object, minutes: int) -> None:
         ({"limits": {"max_gpus_per_node": 0}}, "limits.max_gpus_per_node: expected a positive integer, got 0"),
         ({"poll_min_s": 5, "poll_max_s": 1}, "poll_max_s: expected at least poll_min_s (5)"),
         ({"accounting": "sometimes"}, "accounting: expected one of auto, slurmdbd, jobcomp, none"),
+        ({"runs_dir": "runs"}, "setting runs_dir: expected an absolute path on the filesystem the compute nodes"),
+        ({"runs_dir": "/shared/\nruns"}, "setting runs_dir: expected one line of text"),
     ],
 )
 def test_bad_settings_are_refused_naming_backend_key_value(values: dict[str, Any], words: str) -> None:
     with pytest.raises(PermanentError, match="backend 'hpc' setting ") as caught:
         parse_settings("hpc", values)
     assert words in str(caught.value)
+
+
+def test_the_shared_run_root_is_normalised_and_offered_to_the_launcher(tmp_path: Path) -> None:
+    assert parse_settings("hpc", {}).runs_dir is None
+    assert parse_settings("hpc", {"runs_dir": "/shared//gitopsd/runs/"}).runs_dir == Path("/shared/gitopsd/runs")
+    backend = SlurmBackend(name="hpc", settings={"runs_dir": str(tmp_path)}, state_dir=tmp_path / "state")
+    assert runs_dir_of(backend) == tmp_path
+
+
+def test_a_run_root_that_went_away_makes_the_backend_unavailable_before_any_slurm_call(tmp_path: Path) -> None:
+    def no_slurm(argv: Sequence[str], *, timeout_s: float) -> CommandResult:
+        raise AssertionError(f"no Slurm command expected, got {argv}")
+
+    gone = tmp_path / "unmounted"
+    backend = SlurmBackend(name="hpc", settings={"runs_dir": str(gone), "check_interval_s": 0},
+                           state_dir=tmp_path / "state", runner=no_slurm)  # fmt: skip
+    with pytest.raises(BackendUnavailable, match=rf"backend 'hpc' setting runs_dir \({gone}\) does not exist"):
+        backend.check()
 
 
 # -- the wrapper, run by bash -------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stop the test cluster that tools/slurm/up.sh started: its jobs first, then its daemons, by the pids it wrote.
+# Stop the test cluster that tools/slurm/up.sh started: its jobs first, then its daemons (slurmrestd, every node's
+# slurmd, slurmctld, munged), by the pids they wrote.
 #
 # Why: `make test` starts Slurm before pytest and must leave nothing running after it, whatever pytest's result.
 # Only processes named in DIR's pid files are stopped (never by name), so another cluster on the machine is safe.
@@ -32,16 +33,21 @@ else
       for _ in $(seq 50); do [[ -z $(squeue -h -t R,S,CG,CF -o %A 2>/dev/null) ]] && break; sleep 0.2; done
     fi
   fi
-  if running "$(pid_of "$DIR/run/slurmd.pid")" slurmd; then
-    left=$(scontrol listpids 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' | tr '\n' ' ')
+  # Job processes left behind, node by node: `scontrol listpids` answers for the node it runs on, so it runs
+  # in that node's namespaces (its hostname and spool directory).
+  while read -r pidfile; do
+    pid=$(pid_of "$pidfile") || continue
+    running "$pid" slurmd || continue
+    left=$(nsenter --target "$pid" --uts --mount -- scontrol listpids 2>/dev/null |
+      awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' | tr '\n' ' ')
     if [[ -n ${left// /} ]]; then
       say "killing job processes left behind: $left"
       # shellcheck disable=SC2086
       kill -KILL $left 2>/dev/null || true
     fi
-  fi
+  done < <(slurmd_pidfiles "$DIR")
   stop "$DIR/run/slurmrestd.pid" slurmrestd
-  stop "$DIR/run/slurmd.pid" slurmd
+  while read -r pidfile; do stop "$pidfile" slurmd; done < <(slurmd_pidfiles "$DIR")
   stop "$DIR/run/slurmctld.pid" slurmctld
   stop "$DIR/munge/munged.pid" munged
 fi

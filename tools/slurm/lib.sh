@@ -38,3 +38,13 @@ stop() {  # stop PIDFILE NAME: TERM, wait up to 15 s (daemons drop their pid fil
   fi
   rm -f "$1"
 }
+
+# The Slurm test cluster's nodes: one slurmd per node, each with its pid file DIR/run/slurmd-NODE.pid (slurm.conf's
+# SlurmdPidFile=.../slurmd-%n.pid); DIR/run/slurmd.pid is the single node of an older up.sh.
+slurmd_pidfiles() {  # slurmd_pidfiles DIR: every slurmd pid file there, one a line
+  local file
+  for file in "$1"/run/slurmd-*.pid "$1"/run/slurmd.pid; do
+    [[ -e $file ]] && printf '%s\n' "$file"
+  done
+  return 0
+}

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gitopsd.backends.protocol import runs_dir_problem
 from gitopsd.errors import BackendUnavailable, PermanentError
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
 from gitopsd_slurm.cli_transport import CliTransport
@@ -64,6 +65,7 @@ class SlurmBackend:
         self.name = name
         self.state_dir = Path(state_dir)
         self.settings = parse_settings(name, settings)
+        self.runs_dir: Path | None = self.settings.runs_dir  # run directories go here when set (the protocol's)
         conf = {"SLURM_CONF": str(self.settings.slurm_conf)} if self.settings.slurm_conf else {}
         self.runner: Runner = runner or SubprocessRunner(env=conf)
         self.transport = make_transport(name, self.settings, self.runner, http or urllib_http)
@@ -84,9 +86,12 @@ class SlurmBackend:
     # -- protocol -------------------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Ping the controller, at most once per `check_interval_s` while it answers."""
+        """Ping the controller and try the shared run root (`runs_dir`), at most once per `check_interval_s`
+        while both answer."""
         if self.clock() - self._checked_at < self.settings.check_interval_s:
             return
+        if self.runs_dir is not None and (problem := runs_dir_problem(self.name, self.runs_dir)):
+            raise BackendUnavailable(problem)
         self.transport.ping()
         self._checked_at = self.clock()
 

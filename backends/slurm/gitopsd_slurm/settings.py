@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ DEFAULT_API_VERSION = "v0.0.38"
 _TOP_KEYS = (
     "transport", "cluster", "partition", "account", "qos", "constraint", "exclusive", "time", "slurm_conf",
     "rest", "limits", "accounting", "poll_min_s", "poll_max_s", "check_interval_s", "command_timeout_s", "grace_s",
+    "runs_dir",
 )  # fmt: skip
 _REST_KEYS = ("url", "api_version", "user", "token_file", "token_env", "token_lifespan_s")
 _LIMIT_KEYS = ("max_gpus_per_node", "max_cpus_per_node", "max_memory_mb_per_node", "max_nodes")
@@ -131,6 +133,7 @@ class SlurmSettings:
     check_interval_s: float = 30.0
     command_timeout_s: float = 30.0
     grace_s: int = 10
+    runs_dir: Path | None = None  # the operator's shared run root (a host path: never from a repository)
 
 
 class _Reader:
@@ -310,4 +313,16 @@ def parse_settings(backend: str, values: Mapping[str, Any]) -> SlurmSettings:
         check_interval_s=top.seconds("check_interval_s", 30.0, zero_ok=True),
         command_timeout_s=top.seconds("command_timeout_s", 30.0, zero_ok=False),
         grace_s=top.count("grace_s", 10) or 10,
+        runs_dir=_runs_dir(top),
     )
+
+
+def _runs_dir(top: _Reader) -> Path | None:
+    """`runs_dir`: an absolute path, normalised; where this backend's run directories go (`runs_dir/RUN_ID`), on
+    the filesystem the compute nodes share. Whether it exists is checked at start-up (`runs_dir_problem`)."""
+    value = top.text("runs_dir")
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        raise top.error("runs_dir", value, "expected an absolute path on the filesystem the compute nodes share")
+    return Path(os.path.normpath(value))
