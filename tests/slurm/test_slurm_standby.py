@@ -1,7 +1,7 @@
 """Two namespaced login nodes' daemons on the real Slurm cluster: exactly one Slurm job per training, and when the
 active daemon is killed (-9) mid-training the standby takes over, adopts that job and registers one version.
 The scenario is tests/test_standby.py's (there on the local backend); here the job belongs to slurmctld, as on
-a site, and the run directory is on the run root both nodes and the job share."""
+a site, and the run directory is under the backend's `runs_dir`, the run root both nodes and the job share."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _toml(value: object) -> str:
 
 @pytest.fixture
 def slurm_site(tmp_path: Path, cluster: Cluster) -> Iterator[Site]:
-    settings = "".join(f"{key} = {_toml(value)}\n" for key, value in cluster.settings("cli").items())
+    shared = cluster.settings("cli", runs_dir=str(tmp_path / "shared-runs"))  # make_site creates it
+    settings = "".join(f"{key} = {_toml(value)}\n" for key, value in shared.items())
 
     def on_slurm(work: GitRepo) -> None:
         work.edit("gitops.yaml", "backend: local", "backend: hpc")
