@@ -109,8 +109,11 @@ def wait_for(what: str, check: Callable[[], Any], site: Site, timeout: float = 1
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
-def make_site(tmp_path: Path, *, backends: str = "", gitops: Callable[[GitRepo], None] | None = None) -> Site:
-    """The demo repository (its training waits for `out/go`), pushed; the configuration both nodes read."""
+def make_site(
+    tmp_path: Path, *, backends: str = "", gitops: Callable[[GitRepo], None] | None = None, link_runs: bool = True
+) -> Site:
+    """The demo repository (its training waits for `out/go`), pushed; the configuration both nodes read.
+    `link_runs`: each state directory's `runs` leads to the shared run root (else a backend's `runs_dir` is it)."""
     work, bare = demo_remote(tmp_path)
     work.write("src/slow.py", SLOW)
     work.edit(MODEL, "command: python3 train.py", "command: python3 slow.py")
@@ -122,7 +125,8 @@ def make_site(tmp_path: Path, *, backends: str = "", gitops: Callable[[GitRepo],
     shared.mkdir()
     mount = tmp_path / "state"  # the configuration's state_dir: each node mounts its own local one here
     (mount / "demo").mkdir(parents=True)
-    (mount / "demo" / "runs").symlink_to(shared)  # what a job outside both namespaces sees of a run's path
+    if link_runs:
+        (mount / "demo" / "runs").symlink_to(shared)  # what a job outside both namespaces sees of a run's path
     config = tmp_path / "gitopsd.toml"
     config.write_text(
         f'state_dir = "{mount}"\nlog_format = "json"\n'
@@ -134,7 +138,8 @@ def make_site(tmp_path: Path, *, backends: str = "", gitops: Callable[[GitRepo],
     for name in ("login1", "login2"):
         state = tmp_path / f"{name}-state"
         (state / "demo").mkdir(parents=True)
-        (state / "demo" / "runs").symlink_to(shared)
+        if link_runs:
+            (state / "demo" / "runs").symlink_to(shared)
         site.nodes[name] = Node(name=name, state=state, log=tmp_path / f"{name}.log")
     return site
 

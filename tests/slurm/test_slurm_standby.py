@@ -32,7 +32,7 @@ def slurm_site(tmp_path: Path, cluster: Cluster) -> Iterator[Site]:
         work.edit("gitops.yaml", "backend: local", "backend: hpc")
 
     site = make_site(tmp_path, backends=f'[backends.hpc]\ntype = "slurm"\n[backends.hpc.settings]\n{settings}',
-                     gitops=on_slurm)  # fmt: skip
+                     gitops=on_slurm, link_runs=False)  # fmt: skip
     yield site
     stop(site)
     for run_id in site.run_dirs():
