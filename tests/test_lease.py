@@ -217,6 +217,7 @@ class Clocks:
 
 def elector(tmp_path: Path, host: str, clocks: Clocks, timing: Timing = TIMING) -> tuple[Elector, list[str]]:
     became: list[str] = []
+    (tmp_path / "leases").mkdir(exist_ok=True)  # the operator creates lease_dir on the shared filesystem
     made = Elector("demo", LeaseDir(tmp_path / "leases" / "demo"), timing, status_path=tmp_path / host / "lease.json",
                    holder=holder(host), clock=clocks.local, wall=clocks.wall,
                    on_active=lambda: became.append(host))  # fmt: skip
@@ -351,6 +352,18 @@ def test_an_unreachable_lease_directory_keeps_a_holder_acting_only_until_its_lea
         one.fence()
     one.step()
     assert one.role.role == STANDBY
+
+
+def test_a_missing_lease_dir_is_never_created_and_the_daemon_stands_by_saying_why(tmp_path: Path) -> None:
+    clocks = Clocks()
+    lonely = Elector("demo", LeaseDir(tmp_path / "unmounted" / "demo"), TIMING, status_path=tmp_path / "lease.json",
+                     holder=holder(), clock=clocks.local, wall=clocks.wall)  # fmt: skip
+    lonely.step()
+    assert lonely.role.role == STANDBY and not (tmp_path / "unmounted").exists()
+    with pytest.raises(LeaseLost):
+        lonely.fence()
+    seen = read_lease(tmp_path)
+    assert seen is not None and "is the shared filesystem mounted?" in lease_line(seen, now=clocks.wall())
 
 
 def test_the_standby_settings_are_checked_when_the_configuration_is_read(tmp_path: Path) -> None:

@@ -127,6 +127,7 @@ def make_site(
     (mount / "demo").mkdir(parents=True)
     if link_runs:
         (mount / "demo" / "runs").symlink_to(shared)  # what a job outside both namespaces sees of a run's path
+    (tmp_path / "leases").mkdir()
     config = tmp_path / "gitopsd.toml"
     config.write_text(
         f'state_dir = "{mount}"\nlog_format = "json"\n'

@@ -65,7 +65,6 @@ class LeaseDir:
 
     def claim(self, record: LeaseRecord) -> bool:
         """Claim `record.generation`; True if this call got it, False if another claimer did."""
-        self.path.mkdir(parents=True, exist_ok=True)
         target = self.path / f"claim.{record.generation}"
         tmp = self._temporary(record)
         try:
@@ -104,7 +103,7 @@ class LeaseDir:
                     (self.path / name).unlink(missing_ok=True)
 
     def _temporary(self, record: LeaseRecord) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._ensure()
         tmp = self.path / f".tmp.{record.holder.host}.{record.holder.pid}.{secrets.token_hex(4)}"
         data = (json.dumps(record.to_json(), sort_keys=True) + "\n").encode()
         try:
@@ -117,6 +116,20 @@ class LeaseDir:
         except OSError as exc:
             raise TransientError(f"cannot write to the lease directory {self.path}: {exc.strerror or exc}") from exc
         return tmp
+
+    def _ensure(self) -> None:
+        """Make the repository's directory inside `lease_dir`, never `lease_dir` itself: a lease directory
+        created on a node's own disk (the shared filesystem not mounted yet) would give that node a lease of
+        its own, and two daemons would act."""
+        try:
+            self.path.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise TransientError(
+                f"lease_dir {self.path.parent} does not exist: is the shared filesystem mounted? (gitopsd never "
+                "creates it; create it once on the filesystem every login node shares)"
+            ) from None
+        except OSError as exc:
+            raise TransientError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
 
     def _load(self, path: Path, *, missing_ok: bool) -> LeaseRecord | None:
         try:

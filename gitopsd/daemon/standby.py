@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,7 @@ class Elector:
         try:
             current = self.lease.read()
         except GitopsdError as exc:
-            self._warn(f"lease not readable, standing by: {exc}")
+            self._unknown(f"lease not readable, standing by: {exc}")
             return
         self._sighting = sighted(self._sighting, current, local=local)
         why = expired(self._sighting, local=local, wall=self.wall(), timing=self.timing)
@@ -212,7 +212,7 @@ class Elector:
         try:
             won = self.lease.claim(mine)
         except GitopsdError as exc:
-            self._warn(f"lease not claimed, standing by: {exc}")
+            self._unknown(f"lease not claimed, standing by: {exc}")
             return
         if not won:
             self._sighting = None
@@ -249,6 +249,11 @@ class Elector:
             since = previous.since
         self._role = Role(role=STANDBY, generation=current.generation if current else 0, why=why, since=since,
                           record=current)  # fmt: skip
+
+    def _unknown(self, why: str) -> None:
+        """Standing by because the lease cannot be read or claimed now: said once in the log, and in status."""
+        self._warn(why)
+        self._role = replace(self._role, why=why, record=None)
 
     def _warn(self, message: str) -> None:
         if message != self._warned:
