@@ -29,6 +29,7 @@ from gitopsd.daemon.leasefile import KEEP_CLAIMS, LeaseDir
 from gitopsd.daemon.standby import ACTIVE, STANDBY, Elector
 from gitopsd.errors import LeaseLost, PermanentError, TransientError
 from gitopsd.reconcile.statusview import lease_line, read_lease
+from tests.conftest import GitRepo, gitopsd
 
 TIMING = Timing(ttl=30, renew=10, max_clock_skew=5)
 
@@ -379,3 +380,14 @@ def test_the_standby_settings_are_checked_when_the_configuration_is_read(tmp_pat
         load_config(config)
     config.write_text("")
     assert load_config(config).standby is None, "unset: no lease, every daemon acts"
+
+
+def test_a_command_line_reconcile_is_refused_where_daemons_share_a_lease(tmp_path: Path, demo_repo: GitRepo) -> None:
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[[repositories]]\nname = "demo"\nurl = "{demo_repo.path}"\n'
+                      f'[standby]\nlease_dir = "{tmp_path}"\n')  # fmt: skip
+    done = gitopsd(tmp_path / "state" / "demo", "--config", str(config), "reconcile", "--repo", str(demo_repo.path),
+                   check=False)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "served by daemons that share a lease ([standby]" in done.stderr and "gitopsd trigger" in done.stderr
+    assert not (tmp_path / "state" / "demo" / "state.db").exists()

@@ -281,10 +281,12 @@ def reconcile(
     verify_since: str | None,
 ) -> None:
     """Fetch the repository and move actual state towards what it declares."""
+    from gitopsd.cli.common import refuse_beside_a_lease
     from gitopsd.errors import PermanentError
     from gitopsd.reconcile.launch import check_runs_dirs
 
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
+    refuse_beside_a_lease(ctx, "reconcile")
     try:
         check_runs_dirs(operator(ctx))
     except PermanentError as exc:
