@@ -56,6 +56,11 @@ class IntegrityError(PermanentError):
     """Stored bytes do not match their recorded digest."""
 
 
+class LeaseLost(TransientError):
+    """This daemon no longer holds its repository's lease (`[standby]`): it must stop acting at once, before
+    any submit, cancel, registration or alias move, and leave the repository to the active daemon."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class SpecProblem:
     """One thing wrong with a spec file, located as precisely as we can."""

@@ -78,6 +78,16 @@ def _configuration(ctx: click.Context) -> tuple[DaemonConfig | None, RepositoryC
     return found
 
 
+def refuse_beside_a_lease(ctx: click.Context, command: str) -> None:
+    """Refuse a command that would act on a repository whose daemons share a lease (`[standby]`): it would act
+    beside the active daemon, which alone may submit, cancel and register."""
+    config, repo = _configuration(ctx)
+    if config is not None and config.standby is not None and repo is not None:
+        fail(f"repository {repo.name} is served by daemons that share a lease ([standby] in the configuration): "
+             f"`gitopsd {command}` would act beside the active one; use `gitopsd trigger` or the daemon's API, and "
+             "`gitopsd status` to see which host is active")  # fmt: skip
+
+
 def fail(message: str) -> NoReturn:
     """Print `message` (any URL in it without credentials) and exit 1."""
     click.echo(f"error: {redact_text(message)}", err=True)

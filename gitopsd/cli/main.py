@@ -282,10 +282,12 @@ def reconcile(
     verify_since: str | None,
 ) -> None:
     """Fetch the repository and move actual state towards what it declares."""
+    from gitopsd.cli.common import refuse_beside_a_lease
     from gitopsd.errors import PermanentError
     from gitopsd.reconcile.launch import check_runs_dirs
 
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
+    refuse_beside_a_lease(ctx, "reconcile")
     try:
         check_runs_dirs(operator(ctx))
     except PermanentError as exc:
@@ -336,7 +338,11 @@ def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, con
             raise
         dirs = {r.name: config.state_dir_of(r) for r in config.repositories}
     docs = {name: _read_status(directory, model) for name, directory in dirs.items()}
-    missing = {name: _no_status_yet(dirs[name]) for name, doc in docs.items() if doc["repository"] is None}
+    missing = {
+        name: _no_status_yet(dirs[name])
+        for name, doc in docs.items()
+        if doc["repository"] is None and not doc.get("lease")  # a standby that never acted: its lease says why
+    }
     if model and not missing and not any(doc["models"] for doc in docs.values()):
         fail(f"no model {model!r} in the applied commit")
     if as_json:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from gitopsd.backends.protocol import SHARED_STATE_ENV
 from gitopsd.daemon.apiauth import listen_problem, local_listen_problem
+from gitopsd.daemon.lease import Timing
 from gitopsd.errors import PermanentError
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.source.verify import VerifyPolicy
@@ -115,6 +116,26 @@ class RepositoryConfig(_Config):
         return path if "://" not in self.url and (path / "HEAD").is_file() and (path / "refs").is_dir() else None
 
 
+class StandbyConfig(_Config):
+    """One active daemon per repository across login nodes: a lease in a directory they all share
+    (see `gitopsd.daemon.standby`). Unset: no lease, every daemon acts."""
+
+    lease_dir: AbsolutePath = Field(description="A directory every login node sees (NFS, Lustre, GPFS).")
+    ttl: Seconds = Field(default=30, description="How long a lease lasts without renewal.")
+    renew: Seconds = Field(default=10, description="How often the active daemon renews, and a standby looks.")
+    max_clock_skew: Seconds = Field(default=5, description="The most the login nodes' clocks may differ.")
+
+    @model_validator(mode="after")
+    def _keeps_a_lease(self) -> StandbyConfig:
+        problem = self.timing().problem()
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def timing(self) -> Timing:
+        return Timing(ttl=self.ttl, renew=self.renew, max_clock_skew=self.max_clock_skew)
+
+
 LISTEN = r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$"
 
 
@@ -162,6 +183,9 @@ class DaemonConfig(_Config):
     environment: dict[str, SecretRef | str] = Field(
         default={},
         description="Variables for backends (e.g. AWS_SHARED_CREDENTIALS_FILE, SLURM_CONF); secrets by reference.",
+    )
+    standby: StandbyConfig | None = Field(
+        default=None, description="Active/standby across login nodes through a shared lease (default: none)."
     )
 
     @model_validator(mode="after")

@@ -38,7 +38,9 @@ from gitopsd.daemon.config import (
 from gitopsd.daemon.exporter import Metrics
 from gitopsd.daemon.httpapi import Api, HookTarget, HttpServer
 from gitopsd.daemon.instance import InstanceLock
+from gitopsd.daemon.leasefile import LeaseDir
 from gitopsd.daemon.notify import Notifier
+from gitopsd.daemon.standby import STATUS_FILE, Elector, Leased
 from gitopsd.daemon.triggers import BareRepoWatch, PassReport, PollTimer, Worker
 from gitopsd.errors import GitopsdError, PermanentError
 from gitopsd.reconcile.launch import check_runs_dirs
@@ -56,6 +58,7 @@ class RepoRuntime:
     state_dir: Path
     worker: Worker
     watch: BareRepoWatch | None = None
+    elector: Elector | None = None
     secrets: dict[str, list[bytes]] = field(default_factory=dict)
 
 
@@ -136,6 +139,8 @@ class Daemon:
         deadline = time.monotonic() + STOP_GRACE_S
         for repo in self.repos.values():
             clean &= repo.worker.stop(max(0.1, deadline - time.monotonic()))
+            if repo.elector is not None:
+                repo.elector.stop()  # after the pass: its lease is released once nothing more is done
         self.http.stop()
         if self.local_http is not None:
             self.local_http.stop()
@@ -202,17 +207,31 @@ class Daemon:
         operator = self.config.operator_for(repo)
         verify = repo.verify.policy() if repo.verify else None
         limits = self.config.output_limits.limits()
+        standby = self.config.standby
+        elector = (
+            Elector(repo.name, LeaseDir(Path(standby.lease_dir) / repo.name), standby.timing(),
+                    status_path=state_dir / STATUS_FILE, identity=f"{redact_url(repo.url)}#{repo.branch or ''}",
+                    on_active=lambda: worker.request("takeover"))
+            if standby is not None else None
+        )  # fmt: skip
+
+        def make() -> Reconciler | Leased:
+            inner = Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator,
+                               verify=verify, limits=limits, fence=elector.fence if elector else None)  # fmt: skip
+            return Leased(inner, elector) if elector is not None else inner
+
         worker = Worker(
             repo.name,
-            lambda: Reconciler(
-                state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator, verify=verify, limits=limits
-            ),
+            make,
             on_pass=self._passed,
             beat_s=min(30.0, self.notifier.watchdog_s / 3) if self.notifier.watchdog_s else 30.0,
         )
-        runtime = RepoRuntime(config=repo, state_dir=state_dir, worker=worker, secrets=self._secrets(repo))
+        runtime = RepoRuntime(config=repo, state_dir=state_dir, worker=worker, secrets=self._secrets(repo),
+                              elector=elector)  # fmt: skip
         self.repos[repo.name] = runtime
         worker.start()
+        if elector is not None:
+            elector.start()
         self.timer.every(repo.name, repo.poll_interval, lambda: worker.request("poll"))
         watched = repo.watched()
         if watched is not None:
@@ -227,6 +246,8 @@ class Daemon:
         if runtime.watch:
             runtime.watch.stop()
         runtime.worker.stop(STOP_GRACE_S)
+        if runtime.elector is not None:
+            runtime.elector.stop()
 
     @staticmethod
     def _secrets(repo: RepositoryConfig) -> dict[str, list[bytes]]:
@@ -252,19 +273,20 @@ class Daemon:
             return
         with self._lock:
             old = {
-                r.name: (r, self.config.operator_for(r), self.config.output_limits) for r in self.config.repositories
+                r.name: (r, self.config.operator_for(r), self.config.output_limits, self.config.standby)
+                for r in self.config.repositories
             }
             self.config = new
             self._token = token
             logs.setup(new.log_level, new.log_format)
             apply_environment(new, environment)
-            wanted = {r.name: (r, new.operator_for(r), new.output_limits) for r in new.repositories}
+            wanted = {r.name: (r, new.operator_for(r), new.output_limits, new.standby) for r in new.repositories}
             for name in [n for n in self.repos if wanted.get(n) != old.get(n)]:
                 self._stop_repo(name)
             for runtime in self.repos.values():  # kept repositories: their secret files may have been rotated,
                 runtime.secrets = self._secrets(runtime.config)  # and what stalled may have been fixed
                 runtime.worker.retry_stalled()
-            for name, (repo, _, _) in wanted.items():
+            for name, (repo, *_) in wanted.items():
                 if name not in self.repos:
                     self._start(repo)
             self._reload_http(new)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from gitopsd.backends.protocol import Backend
+from gitopsd.errors import LeaseLost
 from gitopsd.model import Phase, Reason
 from gitopsd.reconcile.collect import collect
 from gitopsd.reconcile.desired import DesiredState
@@ -82,6 +83,7 @@ class Applier:
         self.artifacts = artifacts
         self.store_config = store or OperatorRegistry()
         self.limits = limits or OutputLimits()
+        self.fence: Callable[[], None] = lambda: None  # raises LeaseLost when this daemon may not act ([standby])
 
     def apply(
         self,
@@ -97,9 +99,12 @@ class Applier:
             key, input = trouble_key(action), self._input(action)
             if not self.troubles.due(key, input):
                 continue  # failed before: waiting for its retry, or stalled until its input changes
+            self.fence()  # outside the try: a lost lease ends the pass, it is not this action's failure
             tried.append(action)
             try:
                 self._apply(action, desired, backends, bases or {})
+            except LeaseLost:
+                raise
             except Exception as exc:  # one broken action must not stop the others
                 self._failed(action, key, input, exc)
             else:
@@ -228,7 +233,8 @@ class Applier:
             log.warning("%s: run %s cannot be collected: %s", run.model, run.id, exc, extra=run_fields(run))
             self._end(run, Phase.FAILED, Reason.OUTPUT_REFUSED, str(exc), ended_at=job.get("ended_at") or time.time())
             return
-        outcome = collect(run, snapshot=snapshot, registry=self.registry, store=store, job=job, limits=self.limits)
+        outcome = collect(run, snapshot=snapshot, registry=self.registry, store=store, job=job, limits=self.limits,
+                          fence=self.fence)  # fmt: skip
         ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
                  "exit_code": job.get("exit_code")}  # fmt: skip
         if outcome.version is None:

@@ -15,6 +15,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,13 @@ def collect(
     store: ArtifactStore,
     job: dict[str, Any],
     limits: OutputLimits | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> Outcome:
     """Validate and register one run whose job ended well.
 
     `snapshot` is what the run was started from (`reconcile.snapshot.load_snapshot`), `job` the backend's
-    lineage description, `limits` what the run's outputs may be (default: `OutputLimits()`).
+    lineage description, `limits` what the run's outputs may be (default: `OutputLimits()`), `fence` what
+    raises `LeaseLost` when this daemon may no longer register (`[standby]`), called just before it does.
     """
     limits = limits or OutputLimits()
     run_dir = Path(run.run_dir)
@@ -100,6 +103,8 @@ def collect(
     except OutputRefused as exc:
         return Outcome(version=None, metrics=metrics, reason=Reason.OUTPUT_REFUSED, message=str(exc))
     gates = [{"gate": r.gate.text, "value": r.value, "passed": r.passed} for r in results]
+    if fence is not None:
+        fence()
     refuse_reused_number(registry, store, run.model)
     version = registry.register(
         model=run.model,

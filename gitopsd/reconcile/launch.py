@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend, runs_dir_of, runs_dir_problem
-from gitopsd.errors import PermanentError, is_permanent
+from gitopsd.errors import LeaseLost, PermanentError, is_permanent
 from gitopsd.model import Job, Phase, Reason
 from gitopsd.reconcile.desired import DesiredModel
 from gitopsd.reconcile.snapshot import write_snapshot
@@ -51,6 +52,8 @@ class Launcher:
         self.source = source
         self.runs_dir = runs_dir
         self.data_roots = tuple(data_roots)
+        self.repository_id = ""  # written into every run.json, so a daemon taking over finds its runs (adopt)
+        self.fence: Callable[[], None] = lambda: None  # raises LeaseLost when this daemon may not act ([standby])
 
     def submit(
         self,
@@ -104,7 +107,10 @@ class Launcher:
                     artifact.parent.mkdir(parents=True, exist_ok=True)
                     base.store.copy_out(base.version.artifact.sha256, artifact)
                 env.update(GITOPSD_BASE_MODEL=base.version.label, GITOPSD_BASE_ARTIFACT=str(artifact))
+            self.fence()  # the last moment before the job exists: a daemon that lost its lease submits nothing
             job_id = backend.submit(self._job(run, model, tree, env))
+        except LeaseLost:
+            raise
         except Exception as exc:
             if not is_permanent(exc):  # transient: the run stays Submitting and is retried by run id
                 log.warning("%s: submit of run %s will be retried: %s", run.model, run.id, exc, extra=run_fields(run))
@@ -153,10 +159,20 @@ class Launcher:
             ),
         )
 
+    def snapshot_for(self, run: RunRecord, model: DesiredModel, base: Base | None) -> dict[str, Any]:
+        """The snapshot a run of `model` is started with (`reconcile.adopt` rebuilds an adopted run's)."""
+        return self._snapshot(run, model, base)
+
     def _snapshot(self, run: RunRecord, model: DesiredModel, base: Base | None) -> dict[str, Any]:
-        """What collecting the run will need, fixed at submit time: gates, outputs, lineage inputs."""
+        """What collecting the run will need, fixed at submit time: gates, outputs, lineage inputs; and who
+        started it (repository, run id, attempt, host), for a daemon that takes over (`reconcile.adopt`)."""
         body = model.spec.spec
         return {
+            "repository_id": self.repository_id,
+            "run_id": run.id,
+            "attempt": run.attempt,
+            "created_at": run.created_at,
+            "daemon_host": platform.node(),
             "model": model.name,
             "spec_path": model.path,
             "commit": run.commit_id,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gitopsd.errors import retry_delay
+from gitopsd.errors import LeaseLost, retry_delay
 from gitopsd.reconcile.troubles import describe
 
 log = logging.getLogger("gitopsd")
@@ -69,6 +69,8 @@ class Outbox:
                 continue
             try:
                 handlers[entry.kind](entry)
+            except LeaseLost:  # this daemon may no longer act: the entry waits for the one that may
+                raise
             except Exception as exc:  # an outage, or a bug in a handler: kept, retried with backoff, shown
                 attempts = entry.attempts + 1
                 delay = retry_delay(attempts)

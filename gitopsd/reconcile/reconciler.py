@@ -12,14 +12,15 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gitopsd.backends.protocol import Backend
+from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
 from gitopsd.model import Reason, Resources
+from gitopsd.reconcile.adopt import Adopter
 from gitopsd.reconcile.apply import Applier
 from gitopsd.reconcile.desired import DesiredLoader, DesiredModel, DesiredState, PerModel, digest
 from gitopsd.reconcile.launch import Launcher
@@ -32,7 +33,7 @@ from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook, plan_aliases
 from gitopsd.registry.audit import push_tags
-from gitopsd.registry.recovery import restore_lost, save_alias_journal
+from gitopsd.registry.recovery import import_missing, restore_lost, save_alias_journal
 from gitopsd.registry.store import STALE_UPLOAD_S
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.source.mirror import Source
@@ -96,10 +97,14 @@ class Reconciler:
         operator: Operator | None = None,
         verify: VerifyPolicy | None = None,
         limits: OutputLimits | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         """`operator`: the operator's backends and store (default: one local backend, a file store here).
         `verify`: the operator's signed-commit policy; None applies commits without checking signatures.
-        `limits`: caps on what a run's outputs may be (operator settings; default `OutputLimits()`)."""
+        `limits`: caps on what a run's outputs may be (operator settings; default `OutputLimits()`).
+        `fence`: with `[standby]`, what raises `LeaseLost` when this daemon no longer holds the repository's
+        lease; it is called before every side effect, and each pass first adopts the runs another daemon
+        started (`reconcile.adopt`). None: no lease, no adoption."""
         self.state_dir = state_dir
         self.operator = operator or Operator()
         self.branch = branch
@@ -138,6 +143,15 @@ class Reconciler:
             troubles=self.troubles,
             outbox=self.outbox,
         )
+        self.repository_id = digest({"url": self.source.url, "branch": self.branch})[:16]
+        self.applier.launcher.repository_id = self.repository_id
+        self.fence: Callable[[], None] = fence or (lambda: None)
+        self.applier.fence = self.applier.launcher.fence = self.fence
+        self.adopter = (
+            Adopter(state=self.state, launcher=self.applier.launcher, registry=lambda: self.registry,
+                    repository_id=self.repository_id)
+            if fence is not None else None
+        )  # fmt: skip
         self.aliases = AliasBook(self.registry.conn)
         self._alias_view = PerModel(lambda m: dict(m.spec.spec.aliases))
         self._base_view = PerModel(lambda m: m.spec.spec.base)
@@ -189,6 +203,7 @@ class Reconciler:
             self._frozen = True
         if not dry_run:
             self.state.set_source(row)
+        self._adopt(desired, dry_run)
         runs = self.state.active_runs()
         if desired is None:
             return PassResult(commit=commit, actions=(), active=len(runs), error=row.error)
@@ -232,6 +247,33 @@ class Reconciler:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
             self._retry_at = float("inf") if retry_at is None else retry_at
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error, retry_at=retry_at)
+
+    def take_over(self) -> tuple[int, int]:
+        """This daemon just became the repository's active one (`[standby]`): import the versions and alias
+        moves the artifact store holds and `registry.db` lacks, so numbering goes on where the daemon before it
+        stopped and nothing stalls on a number the store already holds. Returns (versions, alias moves)."""
+        imported = import_missing(self.applier.store(), self.registry)
+        self._alias_state = self.aliases.current()
+        self._alias_seen.clear()
+        self._settled = None
+        if any(imported):
+            log.warning("registry %s brought up to date from the artifact store: %d version(s), %d alias move(s) "
+                        "registered by the daemon active before", self.paths.registry_db, *imported)  # fmt: skip
+        return imported
+
+    def _adopt(self, desired: DesiredState | None, dry_run: bool) -> None:
+        """With a lease, before anything is planned: import the runs of this repository another daemon started."""
+        if self.adopter is not None and desired is not None and not dry_run:
+            self.adopter.adopt(desired, self._run_roots())
+
+    def _run_roots(self) -> Iterator[Path]:
+        """Where run directories live: this state directory's, and the shared run roots of the operator's
+        backends (`runs_dir`, an operator-only setting)."""
+        yield self.paths.runs
+        for config in self.operator.backends.values():
+            shared = config.settings.get(RUNS_DIR_SETTING)
+            if isinstance(shared, str) and shared.startswith("/"):
+                yield Path(shared)
 
     def _refused(self, desired: DesiredState, backends: Mapping[str, Backend]) -> dict[str, str]:
         """Models whose backend says it can never run their resources (asked once per backend and resources)."""
@@ -318,6 +360,7 @@ class Reconciler:
             current = {a: v for (m, a), v in self._alias_state.items() if m == name}
             moves, refused = plan_aliases(name, wanted, have, current)
             if moves:
+                self.fence()  # an alias moves only while this daemon holds the lease ([standby])
                 subject = str(self.source.commit_info(desired.commit)["subject"])
                 records = self.aliases.record(moves, commit=desired.commit, subject=subject)
                 self.outbox.put("alias-journal", name, model=name)  # drained at the end of this pass
@@ -399,9 +442,11 @@ class Reconciler:
                      STALE_UPLOAD_S / 3600)  # fmt: skip
 
     def _send_alias_journal(self, entry: Entry) -> None:
+        self.fence()
         save_alias_journal(self.applier.store(), self.aliases, entry.subject)
 
     def _push_tags(self, entry: Entry) -> None:
+        self.fence()
         push_tags(self.source)
 
     def _fetch(self, row: SourceRow) -> tuple[str | None, SourceRow]:

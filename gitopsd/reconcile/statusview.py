@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,12 @@ def _open(state_dir: Path) -> sqlite3.Connection | None:
 
 
 def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
-    """The status document: the repository's source state and one entry per model."""
+    """The status document: the repository's source state and one entry per model (and, with `[standby]`, the
+    lease: which daemon is active)."""
+    lease = read_lease(state_dir)
     conn = _open(state_dir)
     if conn is None:
-        return {"repository": None, "models": []}
+        return {"repository": None, "models": [], **({"lease": lease} if lease else {})}
     with conn:
         source = conn.execute(
             "SELECT url, branch, fetched_commit, fetched_at, applied_commit, applied_at, trigger, "
@@ -86,7 +89,40 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
     models = [_model(r, commit) for r in rows]
     for entry in models:
         entry["aliases"] = aliases.get(entry["name"], {})
-    return {"repository": repository, "models": models, "pending": pending}
+    return {"repository": repository, "models": models, "pending": pending, **({"lease": lease} if lease else {})}
+
+
+LEASE_FILE = "lease.json"
+"""What the daemon's lease elector last saw (`gitopsd.daemon.standby`), rewritten at every heartbeat."""
+
+
+def read_lease(state_dir: Path) -> dict[str, Any] | None:
+    """The lease as this state directory's daemon last saw it; None without `[standby]`."""
+    try:
+        with (state_dir / LEASE_FILE).open("rb") as handle:
+            data = json.loads(handle.read(1 << 16))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("role") in ("active", "standby") else None
+
+
+def lease_line(lease: dict[str, Any], now: float | None = None) -> str:
+    """One line: which daemon is active, and when it last renewed its lease."""
+    now = time.time() if now is None else now
+    renewed = lease.get("renewed_at")
+    ago = f", renewed {max(0.0, now - renewed):.0f} s ago" if isinstance(renewed, int | float) else ""
+    generation = lease.get("generation") or 0
+    if lease["role"] == "active":
+        line = f"active: this daemon on {lease.get('host')} holds the lease (generation {generation}{ago})"
+    elif lease.get("active_host"):
+        line = f"standby: {lease['active_host']} is active (lease generation {generation}{ago})"
+    else:
+        line = f"standby: {lease.get('why') or 'no daemon holds the lease'}"
+    written = lease.get("written_at")
+    ttl = lease.get("ttl") or 30
+    if isinstance(written, int | float) and now - written > 3 * ttl:
+        line += f" (as seen {now - written:.0f} s ago: is this daemon still running?)"
+    return line
 
 
 #: What each kind of outbox entry waits for (see `reconcile.outbox`).
@@ -165,7 +201,10 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
     """The human table of a status document."""
     lines: list[str] = []
     repo = doc["repository"]
+    lease = doc.get("lease")
     if repo is None:
+        if lease:
+            return lease_line(lease)
         return "nothing reconciled yet in this state directory (run `gitopsd reconcile --repo URL|PATH`)"
     applied = (repo["applied_commit"] or "none")[:12]
     fetched = (repo["fetched_commit"] or "none")[:12]
@@ -173,6 +212,8 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
         f"repository {repo['url']} branch {repo['branch'] or '(default)'}: "
         f"fetched {fetched}, applied {applied} (last trigger: {repo['trigger'] or '-'})"
     )
+    if lease:
+        lines.append(f"  {lease_line(lease)}")
     if repo["error"]:
         lines.append(f"  {repo['error_reason']}: " + repo["error"].replace("\n", "\n    "))
     for entry in doc.get("pending", ()):

@@ -9,6 +9,7 @@ can never collide with a model). `rebuild` replays both into an empty registry d
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,66 @@ def restore_lost(store: ArtifactStore, registry_path: Path) -> tuple[int, int] |
     for leftover in (registry_path, *registry_path.parent.glob(registry_path.name + "-*")):
         leftover.unlink(missing_ok=True)  # an empty registry (and its WAL files), created before the check
     return rebuild(store, registry_path)
+
+
+def import_missing(store: ArtifactStore, registry: Registry) -> tuple[int, int]:
+    """Bring `registry` up to date with its store: insert the versions and alias moves whose records it lacks
+    (another daemon registered them: a take-over, see `[standby]`). Returns (versions, alias moves) imported.
+    A record whose number the registry holds for another run is an IntegrityError: two daemons numbered apart."""
+    conn = registry.conn
+    assert conn is not None
+    known = {(v.model, v.number): v for v in registry.list()}
+    book = AliasBook(conn)
+    had: dict[str, int] = {}
+    versions: list[Version] = []
+    journals: dict[str, list[tuple[int, bytes]]] = {}
+    for name, number, raw in store.records():
+        if name.startswith(ALIASES_PREFIX):
+            journals.setdefault(name.removeprefix(ALIASES_PREFIX), []).append((number, raw))
+            continue
+        version = parse_version(raw, f"{name}@{number}")
+        if (version.model, version.number) != (name, number):
+            raise IntegrityError(f"record {name}@{number} describes {version.label}")
+        mine = known.get((name, number))
+        if mine is None:
+            versions.append(version)
+        elif mine.run_id != version.run_id:
+            raise IntegrityError(
+                f"{name}@{number} is run {version.run_id} in the artifact store {store.uri} but run {mine.run_id} in "
+                f"{registry.path}: two daemons registered the same number; move registry.db away and run "
+                "`gitopsd registry rebuild`"
+            )
+    moves: list[AliasRecord] = []
+    for model, journal in sorted(journals.items()):
+        had[model] = len(book.history(model))
+        for index, raw in sorted(journal):
+            if index > had[model]:
+                data = json.loads(raw)
+                data.pop("record", None)
+                moves.append(AliasRecord(**data))
+    if versions:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _insert_versions(conn, versions)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    book.restore(moves)
+    return len(versions), len(moves)
+
+
+def _insert_versions(conn: sqlite3.Connection, versions: list[Version]) -> None:
+    conn.executemany(
+        "INSERT INTO versions (model, number, run_id, run_key, artifact_sha256, artifact_size, "
+        "artifact_uri, metrics, gates, lineage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (v.model, v.number, v.run_id, v.run_key, v.artifact.sha256, v.artifact.size, v.artifact.uri,
+             json.dumps(v.metrics, sort_keys=True), json.dumps(v.gates, sort_keys=True),
+             json.dumps(v.lineage, sort_keys=True), v.created_at)
+            for v in versions
+        ],
+    )  # fmt: skip
 
 
 def rebuild(store: ArtifactStore, registry_path: Path) -> tuple[int, int]:
