@@ -107,6 +107,16 @@ class Resources:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """A training that saves its state when `signal` arrives, `before_s` seconds before its job's time limit,
+    and is resumed by a new job (a segment) until it finishes, at most `max_segments` jobs in all."""
+
+    signal: str = "USR1"
+    before_s: int = 120
+    max_segments: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
 class Job:
     """Everything a backend needs to start one run. Paths are absolute; the tree is already exported."""
 
@@ -126,6 +136,8 @@ class Job:
     settings: Mapping[str, Any] = field(default_factory=dict)
     #: Files outside the tree the training reads: its `file://` data, which the operator's data roots allow.
     inputs: tuple[Path, ...] = ()
+    #: Checkpointed, chained segments (only backends that say they can, see `Backend` in gitopsd.backends.protocol).
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

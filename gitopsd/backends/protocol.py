@@ -148,6 +148,12 @@ class Backend(Protocol):
         """Lineage facts about the job: host, nodes, devices, exit code, anything an auditor wants."""
 
 
+def can_checkpoint(backend: Backend) -> bool:
+    """Whether `backend` runs a `Job` with `checkpoint` as chained segments (a plugin says so with a class
+    attribute `checkpoints = True`); a backend that cannot is refused such a job at plan time."""
+    return getattr(backend, "checkpoints", False) is True
+
+
 class BackendFactory(Protocol):
     """Builds a backend. It may also have `check_settings(*, name, settings) -> None`, raising PermanentError
     naming the backend, setting and value, so that bad settings are refused when a commit is loaded (see

@@ -11,7 +11,9 @@ spec problem of the commit rather than a surprise at submit time.
 The run key is the content identity of one training: the canonical fields that affect training, the Git tree
 id of the code it runs, its data digests, its Python requirements and the resolved backend settings. Labels,
 descriptions, aliases, suspension, retries, timeouts and gates do not change it; those that decide whether a
-failed key deserves another attempt (retries, timeout, gates) go into the spec digest instead.
+failed key deserves another attempt (retries, timeout, gates) go into the spec digest instead. So do the
+checkpoint settings (signal, before, max_segments): they decide how one attempt is cut into jobs and when it
+has run out of them, not what it trains, and a model without them keeps the digest it always had.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 from gitopsd.backends.protocol import check_settings
@@ -103,6 +105,7 @@ def keys_for(model: ModelSpec, train: ResolvedTrain, code_tree: str, requirement
             "retries": train.retries,
             "timeout": train.timeout_s,
             "validate": list(model.spec.validate_gates),
+            **({"checkpoint": asdict(train.checkpoint)} if train.checkpoint is not None else {}),
         }
     )
     return run_key, spec_digest

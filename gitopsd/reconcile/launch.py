@@ -154,6 +154,7 @@ class Launcher:
             timeout_s=train.timeout_s,
             python_requirements=tree / train.requirements if train.requirements else None,
             settings=train.settings,
+            checkpoint=train.checkpoint,
             inputs=tuple(
                 Path(d.uri.removeprefix("file://")) for d in model.spec.spec.data if d.uri.startswith("file://")
             ),

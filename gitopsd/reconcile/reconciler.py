@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend
+from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend, can_checkpoint
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
 from gitopsd.model import Reason, Resources
 from gitopsd.reconcile.adopt import Adopter
@@ -292,6 +292,7 @@ class Reconciler:
         if fresh or self._refused_for is None or self._refused_for[0] is not desired:
             refused = {name: why for name, key in asks.items() if (why := self._admitted.get(key, (None, None))[1])}
             refused.update({name: why for name, why in self._caps_view.of(desired).items() if why})
+            refused.update({name: why for name, m in desired.models.items() if (why := _no_checkpoint(m, backends))})
             self._refused_for = (desired, refused)
         return self._refused_for[1]
 
@@ -515,3 +516,14 @@ class Reconciler:
 
 def _with(row: SourceRow, **changes: Any) -> SourceRow:
     return SourceRow(**{**asdict(row), **changes})
+
+
+def _no_checkpoint(model: DesiredModel, backends: Mapping[str, Backend]) -> str | None:
+    """Why the model's backend cannot run its `spec.train.checkpoint`, or None."""
+    backend = backends.get(model.train.backend)
+    if model.train.checkpoint is None or backend is None or can_checkpoint(backend):
+        return None
+    return (
+        f"spec.train.checkpoint: backend {model.train.backend!r} (type {model.train.backend_type}) cannot chain "
+        "checkpointed jobs; remove spec.train.checkpoint or train on a Slurm backend"
+    )

@@ -35,6 +35,9 @@ MAX_NODES = 10_000
 MAX_MEMORY_MIB = 64 * 1024 * 1024  # 64Ti
 MAX_TIMEOUT_S = 366 * 86_400
 MAX_RETRIES = 100
+MAX_CHECKPOINT_BEFORE_S = 6 * 3600
+"""Latest a checkpoint signal may come before a job's time limit (Slurm's own bound is 65535 s)."""
+MAX_SEGMENTS = 1000
 MAX_RUNS_KEEP = 10_000
 MAX_PATIENCE = 1_000_000
 MAX_OBJECT_LOCK_DAYS = 36_500
@@ -96,6 +99,18 @@ Duration = Annotated[
     _units_schema(
         DURATION_PATTERN, "Seconds, or a duration such as '90s', '30m', '1h30m' or '01:30:00'.", MAX_TIMEOUT_S
     ),
+]
+CheckpointBefore = Annotated[
+    int,
+    BeforeValidator(
+        _parsed(
+            parse_duration,
+            "a duration such as '2m' or an integer number of seconds",
+            MAX_CHECKPOINT_BEFORE_S,
+            f"{format_duration(MAX_CHECKPOINT_BEFORE_S)} ({MAX_CHECKPOINT_BEFORE_S} seconds)",
+        )
+    ),
+    _units_schema(DURATION_PATTERN, "Seconds, or a duration such as '90s' or '2m'.", MAX_CHECKPOINT_BEFORE_S),
 ]
 Memory = Annotated[
     int,
@@ -270,6 +285,7 @@ Cpus = Annotated[int, Field(ge=1, le=MAX_CPUS)]
 Gpus = Annotated[int, Field(ge=0, le=MAX_GPUS)]
 Nodes = Annotated[int, Field(ge=1, le=MAX_NODES)]
 Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES)]
+Segments = Annotated[int, Field(ge=1, le=MAX_SEGMENTS)]
 RunsKeep = Annotated[int, Field(ge=0, le=MAX_RUNS_KEEP)]
 Patience = Annotated[int, Field(ge=1, le=MAX_PATIENCE)]
 LockDays = Annotated[int, Field(ge=1, le=MAX_OBJECT_LOCK_DAYS)]

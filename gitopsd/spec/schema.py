@@ -25,13 +25,14 @@ from pydantic import (
 )
 
 from gitopsd.errors import SpecError, SpecProblem
-from gitopsd.model import Resources
+from gitopsd.model import Checkpoint, Resources
 from gitopsd.spec.fields import (
     API_VERSION,
     MAX_MODULES,
     AliasTarget,
     ApiVersion,
     BaseRef,
+    CheckpointBefore,
     CommandText,
     Cpus,
     DataUri,
@@ -52,6 +53,7 @@ from gitopsd.spec.fields import (
     RepoPath,
     Retries,
     RunsKeep,
+    Segments,
     Sha256,
     problem,
 )
@@ -166,6 +168,19 @@ class PythonSpec(_Spec):
     requirements: RepoPath = Field(description="requirements.txt (repository-relative) installed first.")
 
 
+class CheckpointSpec(_Spec):
+    """A training that saves its state on a signal before its job's time limit and is resumed by a new job."""
+
+    signal: Literal["USR1", "USR2", "TERM"] = Field(
+        default="USR1", description="Signal that asks the training to save its state and exit."
+    )
+    before: CheckpointBefore = Field(default=120, description="How long before the job's time limit it comes.")
+    max_segments: Segments = Field(default=10, description="Most jobs one run may take, the first included.")
+
+    def resolved(self) -> Checkpoint:
+        return Checkpoint(signal=self.signal, before_s=self.before, max_segments=self.max_segments)
+
+
 class TrainSpec(_Spec):
     """How to train: the command, where it runs, its environment and what it asks of the backend."""
 
@@ -188,6 +203,10 @@ class TrainSpec(_Spec):
         max_length=MAX_MODULES,
         description="Environment modules (Lmod) loaded on the compute node before the command, e.g. cuda/12.1.",
     )
+    checkpoint: CheckpointSpec | None = Field(
+        default=None,
+        description="Chain jobs across time limits and preemption; the timeout is then each job's limit.",
+    )
 
     @model_validator(mode="after")
     def _launch(self) -> TrainSpec:
@@ -198,6 +217,12 @@ class TrainSpec(_Spec):
             why = torchrun_command_problem(self.command)
             if why:
                 raise problem(why, "command")
+        return self
+
+    @model_validator(mode="after")
+    def _checkpoint_before_timeout(self) -> TrainSpec:
+        if self.checkpoint is not None and self.timeout is not None:
+            check_checkpoint_before(self.checkpoint.before, self.timeout)
         return self
 
 
@@ -217,6 +242,17 @@ def torchrun_command_problem(command: str) -> str | None:
             f"--no-python PROGRAM), not with the option {words[0]!r}: gitopsd sets torchrun's own options"
         )
     return None
+
+
+def check_checkpoint_before(before_s: int, limit_s: int, *, limit: str = "timeout") -> None:
+    """`before` must leave the training at least half of its job's time limit: the signal is sent up to a
+    minute early, and a training that is signalled at once never gets anywhere."""
+    if before_s * 2 > limit_s:
+        raise problem(
+            f"checkpoint.before ({before_s} s) must be at most half of the {limit} ({limit_s} s): "
+            "shorten checkpoint.before or raise the time limit",
+            "checkpoint.before",
+        )
 
 
 class DataSpec(_Spec):
@@ -319,6 +355,7 @@ class ResolvedTrain:
     resources: Resources
     retries: int
     timeout_s: int | None
+    checkpoint: Checkpoint | None = None
 
 
 def _first(*values: int | None) -> int | None:
@@ -379,7 +416,23 @@ def resolve_train(model: ModelSpec, repo: RepositorySpec, *, file: str | None = 
         resources=resources,
         retries=_first(train.retries, defaults.retries) or 0,
         timeout_s=_first(train.timeout, defaults.timeout),
+        checkpoint=_checkpoint(model, _first(train.timeout, defaults.timeout), file),
     )
+
+
+def _checkpoint(model: ModelSpec, timeout_s: int | None, file: str | None) -> Checkpoint | None:
+    """The model's checkpoint settings, checked against a timeout it takes from the repository defaults."""
+    spec = model.spec.train.checkpoint
+    if spec is None:
+        return None
+    if timeout_s is not None and spec.before * 2 > timeout_s:
+        where = file or f"model {model.name}"
+        message = (
+            f"before ({spec.before} s) must be at most half of defaults.timeout ({timeout_s} s) of gitops.yaml: "
+            "shorten it or set spec.train.timeout"
+        )
+        raise SpecError([SpecProblem(file=where, line=None, field="spec.train.checkpoint.before", message=message)])
+    return spec.resolved()
 
 
 @functools.cache

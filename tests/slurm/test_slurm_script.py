@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from gitopsd_slurm.backend import SlurmBackend
 from gitopsd_slurm.runfiles import RunFiles, read_json
-from gitopsd_slurm.script import build_request, directives, options_for, run_id_of
+from gitopsd_slurm.script import build_request, directives, options_for, run_id_of, segment_of, segment_request
 from gitopsd_slurm.settings import SlurmSettings, parse_settings, parse_time_minutes
 from gitopsd_slurm.transport import CommandResult
 
 from gitopsd.backends.protocol import runs_dir_of
 from gitopsd.errors import BackendUnavailable, PermanentError
-from gitopsd.model import Job, Resources
+from gitopsd.model import Checkpoint, Job, Resources
 from tests.backend_contract import new_job
 
 
@@ -414,3 +414,87 @@ def test_module_path_accepts_one_path_or_a_list() -> None:
     assert settings(module_path="/opt/mf").module_path == ("/opt/mf",)
     assert settings(module_path=["/a", "/b c"]).module_path == ("/a", "/b c")
     assert settings().modules_init is None
+
+
+# -- checkpointed segments ----------------------------------------------------------------------------------
+
+
+def checkpointed(job: Job, **values: Any) -> Job:
+    return replace(job, checkpoint=Checkpoint(**values))
+
+
+def test_a_checkpointed_job_is_signalled_before_its_limit_may_be_requeued_and_gets_its_checkpoint_dir(
+    tmp_path: Path,
+) -> None:
+    job = replace(checkpointed(new_job(tmp_path, "true"), signal="USR2", before_s=90), timeout_s=600)
+    request = build_request(job, settings(), {})
+    lines = request.script.splitlines()
+    assert "#SBATCH --signal=B:USR2@90" in lines and "#SBATCH --requeue" in lines
+    assert "#SBATCH --time=10" in lines, "the timeout is each segment's limit, with no wrapper grace"
+    assert request.environment["GITOPSD_CHECKPOINT_DIR"] == str(job.run_dir / "checkpoint")
+    assert request.environment["GITOPSD_CHECKPOINT_SIGNAL"] == "USR2"
+    assert "timeout --kill-after" not in request.script, "Slurm's limit ends a segment, not the wrapper"
+    plain = build_request(new_job(tmp_path, "true"), settings(), {})
+    assert "--signal" not in plain.script and "GITOPSD_CHECKPOINT" not in plain.script and "trap" not in plain.script
+
+
+def test_a_signal_in_the_first_half_of_the_segment_limit_is_refused(tmp_path: Path) -> None:
+    job = checkpointed(new_job(tmp_path, "true"), before_s=40)
+    with pytest.raises(PermanentError, match=r"before \(40 s\) must be at most half of the job's time limit \(1 min\)"):
+        build_request(job, settings(time="1"), {})
+    assert "--time=2" in build_request(job, settings(time="2"), {}).script
+
+
+SAVES_ON_SIGNAL = """python3 -c '
+import os, signal, sys, time
+def saved(*_):
+    open(os.environ["GITOPSD_CHECKPOINT_DIR"] + "/saved", "w").write("yes")
+    sys.exit(5)
+signal.signal(signal.SIGUSR1, saved)
+open("ready", "w").close()
+time.sleep(60)
+'"""
+
+
+def test_the_wrapper_passes_the_signal_on_records_it_and_waits_for_the_training(tmp_path: Path) -> None:
+    job = checkpointed(new_job(tmp_path, SAVES_ON_SIGNAL))
+    (job.run_dir / "checkpoint").mkdir(parents=True)
+    files = RunFiles(run_dir=job.run_dir)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    files.script.write_text(script_of(job))
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "n1", "SLURM_RESTART_COUNT": "2"}
+    shell = subprocess.Popen(["bash", str(files.script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ready = job.workdir / "ready"
+    for _ in range(600):
+        if ready.exists():
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    shell.send_signal(10)  # SIGUSR1, as Slurm's --signal=B:USR1 sends it to the batch shell only
+    assert shell.wait(timeout=60) in (5, 138), "the training's exit (its shell may die of the signal first)"
+    assert (job.run_dir / "checkpoint" / "saved").read_text() == "yes", "the training got the signal and saved"
+    signalled = read_json(files.signalled)
+    assert signalled is not None and (signalled["job_id"], signalled["signal"]) == ("77", "USR1")
+    start = read_json(files.start("77", 2))
+    assert start is not None and (start["restart"], start["nodes"]) == (2, "n1"), "one record per start"
+    assert read_json(files.exit) is not None
+
+
+def test_without_the_signal_a_checkpointed_wrapper_keeps_the_exit_code(tmp_path: Path) -> None:
+    job = checkpointed(new_job(tmp_path, "exit 4"))
+    done = run_script(job)
+    assert done.returncode == 4
+    record = read_json(RunFiles(run_dir=job.run_dir).exit)
+    assert record is not None and record["exit_code"] == 4
+    assert read_json(RunFiles(run_dir=job.run_dir).signalled) is None
+
+
+def test_each_segment_carries_the_run_id_and_its_number_in_its_comment(tmp_path: Path) -> None:
+    job = checkpointed(new_job(tmp_path, "true"))
+    first = build_request(job, settings(), {})
+    third = segment_request(first, 3, str(tmp_path / "job-3.sh"))
+    assert third.options.comment == f"gitopsd-run={job.run_id} gitopsd-segment=3"
+    assert f'#SBATCH --comment="gitopsd-run={job.run_id} gitopsd-segment=3"' in third.script.splitlines()
+    differs = [(a, b) for a, b in zip(first.script.splitlines(), third.script.splitlines(), strict=True) if a != b]
+    assert differs == [(f"#SBATCH --comment=gitopsd-run={job.run_id}", third.script.splitlines()[2])]
+    assert run_id_of(third.options.name, third.options.comment) == job.run_id
+    assert segment_of(third.options.comment) == 3 and segment_of(first.options.comment) == 1

@@ -9,7 +9,9 @@ so a busy reconciler never hammers slurmctld.
 
 Crash safety: the job's name and comment carry the run id and its job id is written to the run directory as
 soon as sbatch answers; `find` looks in both places, so a run left in Submitting by a crash is adopted, never
-submitted twice. Settings: see `gitopsd_slurm.settings` and README.md ("Slurm backend").
+submitted twice. A checkpointed run is a chain of jobs behind the reconciler's one job id: see
+`gitopsd_slurm.chain` for the chaining and its own crash-safety protocol. Settings: see `gitopsd_slurm.settings`
+and README.md ("Slurm backend").
 """
 
 from __future__ import annotations
@@ -18,18 +20,21 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from gitopsd.backends.protocol import runs_dir_problem
-from gitopsd.errors import BackendUnavailable, PermanentError
+from gitopsd.errors import BackendUnavailable, GitopsdError, PermanentError, is_permanent
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
+from gitopsd_slurm import chain
+from gitopsd_slurm.chain import Book, Kept, Next
 from gitopsd_slurm.cli_transport import CliTransport
 from gitopsd_slurm.hostlist import expand
 from gitopsd_slurm.records import NodeInfo, SlurmJob
 from gitopsd_slurm.rest_transport import Http, RestTransport, TokenSource, urllib_http
 from gitopsd_slurm.runfiles import RunFiles, of_job, read_json, write_json_atomic
-from gitopsd_slurm.script import PERMANENT_STEPS, SETUP_STEPS, build_request, job_name, run_id_of
+from gitopsd_slurm.script import PERMANENT_STEPS, SETUP_STEPS, build_request, job_name, run_id_of, segment_request
 from gitopsd_slurm.settings import SlurmSettings, parse_settings
 from gitopsd_slurm.states import FINAL, job_status
 from gitopsd_slurm.transport import Runner, SubprocessRunner, Transport
@@ -55,6 +60,8 @@ def make_transport(name: str, settings: SlurmSettings, runner: Runner, http: Htt
 
 class SlurmBackend:
     """See the module docstring. `runner`, `http` and `clock` are injected by tests; gitopsd passes none."""
+
+    checkpoints = True  # runs spec.train.checkpoint as chained segments (gitopsd_slurm.chain)
 
     def __init__(
         self,
@@ -145,15 +152,29 @@ class SlurmBackend:
         for directory in (files.dir, job.log_dir, job.output_dir, job.metrics_file.parent):
             directory.mkdir(parents=True, exist_ok=True)
         request = build_request(job, self.settings, os.environ)
+        if job.checkpoint is not None:  # kept where the training cannot write, before any job exists
+            (job.run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self._kept_path(job.run_id), Kept(request=request, checkpoint=job.checkpoint).record())
         files.script.write_text(request.script, encoding="utf-8")
         job_id = self.transport.submit(request)
         record = {"run_id": job.run_id, "job_id": job_id, "cluster": self.settings.cluster, "log_dir": str(job.log_dir),
                   "transport": self.transport.name, "submitted_at": time.time()}  # fmt: skip
         write_json_atomic(files.submitted, record)
+        if job.checkpoint is not None:
+            write_json_atomic(files.segments, chain.first_book(job.run_id, job_id, time.time()).record())
         self._listing = None  # the next status pass must see the new job
         return job_id
 
     def status(self, refs: Sequence[JobRef]) -> dict[str, JobStatus]:
+        chained = {ref.run_id: (ref, kept) for ref in refs if (kept := self._kept(ref)) is not None}
+        books = {run_id: self._book(ref) for run_id, (ref, _) in chained.items()}
+        current = [self._current_ref(ref, books.get(ref.run_id)) for ref in refs]
+        statuses = self._statuses([ref for ref in current if ref.job_id or ref.run_id not in books])
+        for run_id, (ref, kept) in chained.items():
+            statuses[run_id] = self._advance(ref, kept, books[run_id], statuses.get(run_id))
+        return statuses
+
+    def _statuses(self, refs: Sequence[JobRef]) -> dict[str, JobStatus]:
         if not refs:
             return {}
         listing = self._list(refs)
@@ -179,6 +200,8 @@ class SlurmBackend:
         files = RunFiles(run_dir=ref.run_dir)
         if not ref.job_id:
             return
+        if self._kept(ref) is not None:
+            ref = self._cancel_chain(ref)
         if read_json(files.cancel) is None:
             write_json_atomic(files.cancel, {"job_id": ref.job_id, "at": time.time(), "by": "gitopsd"})
         self.transport.cancel(ref.job_id)
@@ -206,10 +229,19 @@ class SlurmBackend:
 
     def logs(self, ref: JobRef) -> list[Path]:
         submitted = read_json(RunFiles(run_dir=ref.run_dir).submitted) or {}
-        log = Path(submitted.get("log_dir") or ref.run_dir / "logs") / f"slurm-{ref.job_id}.out"
-        return [log] if ref.job_id and log.is_file() else []
+        ids = [ref.job_id]
+        if ref.job_id and self._kept(ref) is not None:  # every segment's log, the newest first
+            ids = [s.job_id for s in reversed(self._book(ref).segments) if s.job_id]
+        logs = [Path(submitted.get("log_dir") or ref.run_dir / "logs") / f"slurm-{job_id}.out" for job_id in ids]
+        return [log for log in logs if ref.job_id and log.is_file()]
 
     def describe(self, ref: JobRef) -> dict[str, Any]:
+        kept = self._kept(ref) if ref.job_id else None
+        if kept is None:
+            return self._describe_job(ref)
+        return self._describe_chain(ref, kept)
+
+    def _describe_job(self, ref: JobRef) -> dict[str, Any]:
         files = RunFiles(run_dir=ref.run_dir)
         final = of_job(files.final, ref.job_id) or {}
         if not final:
@@ -277,7 +309,7 @@ class SlurmBackend:
                                started_at=status.started_at, ended_at=status.ended_at)  # fmt: skip
         if status.state is JobState.FAILED:
             status = _setup_failure(ref, status)
-        if read_json(files.final) is None:
+        if of_job(files.final, ref.job_id) is None:  # (a chained run's next segment writes its own)
             write_json_atomic(files.final, {**_facts(job), "status": _status_record(status)})
         return status
 
@@ -315,6 +347,146 @@ class SlurmBackend:
         if of_job(files.cancel, ref.job_id) is not None:
             return JobStatus(state=JobState.CANCELLED, message=f"Slurm job {ref.job_id} was cancelled by gitopsd")
         return JobStatus(state=JobState.LOST, message=VANISHED.format(job_id=ref.job_id, dir=files.dir))
+
+    # -- chained segments (gitopsd_slurm.chain) ----------------------------------------------------------------
+
+    def _kept_path(self, run_id: str) -> Path:
+        return self.state_dir / "slurm" / "requests" / f"{run_id}.json"
+
+    def _kept(self, ref: JobRef) -> Kept | None:
+        """The kept request of a checkpointed run; None for any other run."""
+        return chain.read_kept(read_json(self._kept_path(ref.run_id)), ref.run_id)
+
+    def _book(self, ref: JobRef) -> Book:
+        return chain.read_book(read_json(RunFiles(run_dir=ref.run_dir).segments), ref.run_id, ref.job_id)
+
+    def _write_book(self, ref: JobRef, book: Book) -> None:
+        write_json_atomic(RunFiles(run_dir=ref.run_dir).segments, book.record())
+
+    @staticmethod
+    def _current_ref(ref: JobRef, book: Book | None) -> JobRef:
+        if book is None:
+            return ref
+        return JobRef(run_id=ref.run_id, job_id=book.current.job_id or "", run_dir=ref.run_dir)
+
+    def _restarts(self, ref: JobRef, job_id: str) -> list[dict[str, Any]]:
+        """The start records the wrapper of `job_id` wrote, one per start (a requeued job starts again)."""
+        files = RunFiles(run_dir=ref.run_dir)
+        starts = []
+        for restart in range(chain.MAX_RECORDED):
+            record = of_job(files.start(job_id, restart), job_id)
+            if record is None:
+                break
+            starts.append(record)
+        return starts
+
+    def _advance(self, ref: JobRef, kept: Kept, book: Book, status: JobStatus | None) -> JobStatus:
+        """The run's status from its current segment; a segment that ended after its signal is followed by the
+        next one (steps 1 to 4 of `gitopsd_slurm.chain`)."""
+        most = kept.checkpoint.max_segments
+        segment = book.current
+        first = book.segments[0].outcome or {}
+        started = first.get("started_at") if isinstance(first.get("started_at"), int | float) else None
+        if segment.job_id is None:
+            return self._next_segment(ref, kept, book)
+        if status is None:
+            return JobStatus(state=JobState.PENDING, message=chain.segment_note(segment.segment, most))
+        restarts = max(len(self._restarts(ref, segment.job_id)) - 1, 0)
+        note = chain.segment_note(segment.segment, most, restarts)
+        signalled = of_job(RunFiles(run_dir=ref.run_dir).signalled, segment.job_id) is not None
+        step = chain.decide(status, signalled=signalled, segment=segment.segment, max_segments=most)
+        if step is Next.RUNNING:
+            return chain.with_note(status, note, started)
+        if segment.outcome is None:
+            outcome = {"state": str(status.state), "exit_code": status.exit_code, "signalled": signalled,
+                       "message": status.message, "started_at": status.started_at, "ended_at": status.ended_at,
+                       "restarts": restarts}  # fmt: skip
+            book = book.with_current(chain.Segment(segment=segment.segment, job_id=segment.job_id,
+                                                   submitted_at=segment.submitted_at, outcome=outcome))  # fmt: skip
+            if step is Next.CONTINUE:  # step 1: the outcome and the intent in one write
+                book = Book(run_id=book.run_id, segments=(*book.segments, chain.Segment(
+                    segment=segment.segment + 1, job_id=None)))  # fmt: skip
+            self._write_book(ref, book)
+        if step is Next.CONTINUE:
+            return self._next_segment(ref, kept, book)
+        if step is Next.EXHAUSTED:
+            return chain.exhausted_status(status, segment=segment.segment, max_segments=most)
+        return chain.with_note(status, note, started)
+
+    def _next_segment(self, ref: JobRef, kept: Kept, book: Book) -> JobStatus:
+        """Steps 2 to 4: adopt the next segment's job if it was submitted, else submit it; record its id."""
+        number, most = book.current.segment, kept.checkpoint.max_segments
+        note = chain.segment_note(number, most)
+        files = RunFiles(run_dir=ref.run_dir)
+        try:
+            job_id = self._find_segment(ref, book, number)
+            verb = "adopted"
+            if job_id is None:
+                script = files.segment_script(number)
+                request = segment_request(kept.request, number, str(script))
+                script.write_text(request.script, encoding="utf-8")
+                job_id, verb = self.transport.submit(request), "submitted"
+        except GitopsdError as exc:
+            if is_permanent(exc):
+                return JobStatus(state=JobState.FAILED, message=f"{note}: cannot be submitted: {exc}")
+            return JobStatus(state=JobState.PENDING, message=f"{note}: submitting it failed, retried: {exc}")
+        self._write_book(ref, book.with_current(chain.Segment(segment=number, job_id=job_id, submitted_at=time.time())))
+        self._listing = None
+        message = f"{note}: {verb} as job {job_id}, resuming from its checkpoint"
+        return JobStatus(state=JobState.PENDING, message=message)
+
+    def _find_segment(self, ref: JobRef, book: Book, number: int) -> str | None:
+        """The job of segment `number` if one was submitted (listing, then start records, then accounting)."""
+        found = chain.adoptable(self.transport.list_jobs(), book, number)
+        if found is not None:
+            return found
+        last = max(int(j) for j in book.job_ids())
+        for path in sorted(RunFiles(run_dir=ref.run_dir).dir.glob("start.*.0.json"))[: chain.MAX_RECORDED]:
+            job_id = path.name.split(".")[1]
+            if job_id.isdigit() and int(job_id) > last and of_job(path, job_id) is not None:
+                return job_id
+        return chain.adoptable(self.transport.accounting_by_name(job_name(ref.run_id)) or [], book, number)
+
+    def _cancel_chain(self, ref: JobRef) -> JobRef:
+        """The current segment's job, adopting one submitted just before a crash so that it is cancelled too."""
+        book = self._book(ref)
+        if book.current.job_id is None:
+            found = chain.adoptable(self.transport.list_jobs(), book, book.current.segment)
+            if found is None:
+                return ref
+            book = book.with_current(chain.Segment(segment=book.current.segment, job_id=found))
+            self._write_book(ref, book)
+        return self._current_ref(ref, book)
+
+    def _describe_chain(self, ref: JobRef, kept: Kept) -> dict[str, Any]:
+        """The last segment's facts, with every segment listed: job, nodes, host, starts, times, how it ended."""
+        book = self._book(ref)
+        segments = []
+        for segment in book.segments:
+            if segment.job_id is None:
+                continue
+            facts = self._describe_job(JobRef(run_id=ref.run_id, job_id=segment.job_id, run_dir=ref.run_dir))
+            outcome = segment.outcome or {}
+            starts = self._restarts(ref, segment.job_id)
+            segments.append({
+                "segment": segment.segment, "job_id": segment.job_id, "nodes": facts.get("nodes"),
+                "host": facts.get("host"), "state": facts.get("state") or outcome.get("state"),
+                "exit_code": facts.get("exit_code"), "signalled": outcome.get("signalled"),
+                "started_at": facts.get("started_at") or outcome.get("started_at"),
+                "ended_at": facts.get("ended_at") or outcome.get("ended_at"),
+                "starts": [{"restart": s.get("restart"), "host": s.get("host"), "started_at": s.get("started_at")}
+                           for s in starts],
+            })  # fmt: skip
+        last = self._describe_job(self._current_ref(ref, book)) if book.current.job_id else {}
+        started = segments[0]["started_at"] if segments else None
+        ended = last.get("ended_at")
+        return {
+            **last,
+            "started_at": started,
+            "elapsed_s": round(ended - started, 3) if started and ended else None,
+            "checkpoint": asdict(kept.checkpoint),
+            "segments": segments,
+        }
 
     def _partition_nodes(self) -> list[NodeInfo]:
         """The nodes a job of this backend may land on; the cluster is asked again after NODES_TTL_S."""

@@ -81,6 +81,7 @@ def submit_body(request: JobRequest) -> dict[str, Any]:
         "gpus": str(o.gpus) if o.gpus else None,
         "exclusive": "exclusive" if o.exclusive else None,
         "array": o.array,
+        "signal": o.signal,
     }
     job.update({key: value for key, value in optional.items() if value is not None})
     return {"script": request.script, "job": job}

@@ -5,6 +5,7 @@ the job id as soon as sbatch returns; the job itself writes `started.json` and, 
 with the command's real exit code, so a job that left squeue (MinJobAge) without accounting is still resolved;
 `setup.json` says why the job could not set up the command's environment (modules, Python environment, launcher);
 `final.json` keeps what Slurm said when the job was last seen finished; `cancel.json` says gitopsd cancelled it.
+A checkpointed run adds `segments.json`, `signalled.json` and one `start.JOB.N.json` per start (see `chain`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ class RunFiles:
     @property
     def cancel(self) -> Path:
         return self.dir / "cancel.json"
+
+    # checkpointed runs (gitopsd_slurm.chain): the backend's book of segments, and what each job's wrapper writes
+
+    @property
+    def segments(self) -> Path:
+        return self.dir / "segments.json"
+
+    @property
+    def signalled(self) -> Path:
+        return self.dir / "signalled.json"
+
+    def segment_script(self, segment: int) -> Path:
+        return self.script if segment <= 1 else self.dir / f"job-{segment}.sh"
+
+    def start(self, job_id: str, restart: int) -> Path:
+        return self.dir / f"start.{job_id}.{restart}.json"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

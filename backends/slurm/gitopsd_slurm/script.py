@@ -23,16 +23,20 @@ import json
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gitopsd.backends.protocol import thread_env
 from gitopsd.errors import PermanentError
-from gitopsd.model import Job
+from gitopsd.model import Checkpoint, Job
 from gitopsd_slurm.runfiles import RunFiles
 from gitopsd_slurm.settings import MODULES_INIT_PROBES, SlurmSettings
 
 NAME_PREFIX = "gitopsd-"
 COMMENT_PREFIX = "gitopsd-run="
+SEGMENT_PREFIX = "gitopsd-segment="
+CHECKPOINT_SIGNALS = ("USR1", "USR2", "TERM")
+"""The signals a checkpointed training may ask for (spec.train.checkpoint.signal); nothing else reaches a
+`#SBATCH --signal` line or the wrapper."""
 
 
 def job_name(run_id: str) -> str:
@@ -77,6 +81,7 @@ class SubmitOptions:
     exclusive: bool = False
     array: str | None = None
     requeue: bool = False
+    signal: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +129,7 @@ def directives(options: SubmitOptions) -> list[str]:
         ("gpus", options.gpus or None),
         ("constraint", options.constraint),
         ("array", options.array),
+        ("signal", options.signal),
     ]
     lines = [f"#SBATCH --{key}={directive_value(key, str(value))}" for key, value in pairs if value is not None]
     if options.exclusive:
@@ -140,12 +146,15 @@ def exported_env(job: Job) -> dict[str, str]:
         GITOPSD_OUTPUT_DIR=str(job.output_dir),
         GITOPSD_METRICS_FILE=str(job.metrics_file),
     )
+    env.update(checkpoint_env(job))
     return env
 
 
 def slurm_time_limit(job: Job, settings: SlurmSettings) -> int | None:
     """Minutes for `--time`: the run's timeout rounded up with the wrapper's grace (a backstop), else the
     backend's `time` setting, else None (the partition's default)."""
+    if job.checkpoint is not None:
+        return segment_time_limit(job, settings)
     if job.timeout_s is not None:
         return -(-(job.timeout_s + settings.grace_s) // 60) + 1
     return settings.time_min
@@ -169,6 +178,8 @@ def options_for(job: Job, settings: SlurmSettings) -> SubmitOptions:
         memory_mb=res.memory_mb,
         gpus=res.gpus,
         exclusive=settings.exclusive,
+        signal=signal_option(job.checkpoint) if job.checkpoint is not None else None,
+        requeue=job.checkpoint is not None,  # a checkpointed job may be requeued: same id, it resumes
     )
 
 
@@ -186,7 +197,7 @@ __gitopsd_record started.json '{{"job_id": "%s", "host": "%s", "nodes": "%s", "s
   "$SLURM_JOB_ID" "$__gitopsd_host" "$SLURM_JOB_NODELIST" "$__gitopsd_started"
 __gitopsd_timed_out=false
 {prelude}
-if cd {workdir} && __gitopsd_prelude; then
+{checkpoint}if cd {workdir} && __gitopsd_prelude; then
   {run}{launch}
   __gitopsd_rc=$?
   {timeout_check}
@@ -204,7 +215,9 @@ def render_script(job: Job, options: SubmitOptions, *, grace_s: int, settings: S
     """The complete batch script: shebang, directives, exports, and the exit-recording wrapper."""
     files = RunFiles(run_dir=job.run_dir)
     exports = [f"export {key}={shlex.quote(value)}" for key, value in exported_env(job).items()]
-    if job.timeout_s is not None:
+    if job.checkpoint is not None:  # Slurm's time limit ends each segment, the signal comes before it
+        run, check = "__gitopsd_checkpointed ", ":"
+    elif job.timeout_s is not None:
         run = f"timeout --kill-after={grace_s} {job.timeout_s} "
         check = (
             "if [ $__gitopsd_rc -eq 124 ] || [ $__gitopsd_rc -eq 137 ]; then "
@@ -220,7 +233,8 @@ def render_script(job: Job, options: SubmitOptions, *, grace_s: int, settings: S
         prelude=prelude(job, settings),
         launch=launch_command(job),
         timeout_check=check,
-        timeout_json="null" if job.timeout_s is None else job.timeout_s,
+        timeout_json="null" if job.timeout_s is None or job.checkpoint else job.timeout_s,
+        checkpoint=checkpoint_block(job.checkpoint),
     )
     comment = f"# gitopsd run {job.run_id} of model {job.model}, written by the Slurm backend at submit time."
     if _LINE_BREAKING.search(comment):
@@ -461,3 +475,112 @@ def launch_command(job: Job) -> str:
         ]
         return f"{srun} /bin/sh -c {shlex.quote(shim)} gitopsd-agent {' '.join(words)}"
     raise PermanentError(f"run {job.run_id}: unknown launcher {launcher!r} (expected none, srun or torchrun)")
+
+
+# -- checkpointed segments (see gitopsd_slurm.chain) --------------------------------------------------------
+
+
+def checkpoint_dir(job: Job) -> str:
+    """Where the training keeps its checkpoint: the run directory, so every segment of the run finds it."""
+    return str(job.run_dir / "checkpoint")
+
+
+def checkpoint_env(job: Job) -> dict[str, str]:
+    if job.checkpoint is None:
+        return {}
+    return {"GITOPSD_CHECKPOINT_DIR": checkpoint_dir(job), "GITOPSD_CHECKPOINT_SIGNAL": job.checkpoint.signal}
+
+
+def checked_signal(checkpoint: Checkpoint) -> str:
+    """The checkpoint's signal name, if it is one of `CHECKPOINT_SIGNALS` (the spec allows no other)."""
+    if checkpoint.signal not in CHECKPOINT_SIGNALS:
+        raise PermanentError(
+            f"checkpoint signal {checkpoint.signal!r} is not one of {', '.join(CHECKPOINT_SIGNALS)}: refused"
+        )
+    if not 0 < checkpoint.before_s <= 65535 or not 0 < checkpoint.max_segments <= 1000:
+        raise PermanentError(f"checkpoint settings out of range: {checkpoint}")
+    return checkpoint.signal
+
+
+def signal_option(checkpoint: Checkpoint) -> str:
+    """`--signal`: the batch shell (B:, the wrapper, which passes it on) gets it `before_s` before the limit."""
+    return f"B:{checked_signal(checkpoint)}@{checkpoint.before_s}"
+
+
+def segment_time_limit(job: Job, settings: SlurmSettings) -> int | None:
+    """Minutes for each segment's `--time`: spec.train.timeout rounded up (Slurm ends the segment, no wrapper
+    timeout), else the backend's `time` setting, else None (the partition's default). PermanentError when the
+    signal would come in the first half of the limit."""
+    assert job.checkpoint is not None
+    minutes = -(-job.timeout_s // 60) if job.timeout_s is not None else settings.time_min
+    if minutes is not None and job.checkpoint.before_s * 2 > minutes * 60:
+        raise PermanentError(
+            f"run {job.run_id}: spec.train.checkpoint.before ({job.checkpoint.before_s} s) must be at most half of "
+            f"the job's time limit ({minutes} min): shorten it, or raise spec.train.timeout"
+        )
+    return minutes
+
+
+_CHECKPOINT = """__gitopsd_signalled=false __gitopsd_pid=
+__gitopsd_on_signal() {{  # the checkpoint signal: say it came, pass it on to the training's process group
+  __gitopsd_trapped=true
+  $__gitopsd_signalled || __gitopsd_record signalled.json \
+    '{{"job_id": "%s", "signal": "%s", "restart": %s, "at": %s}}' \
+    "$SLURM_JOB_ID" {signal} "${{SLURM_RESTART_COUNT:-0}}" "$(date +%s)"
+  __gitopsd_signalled=true
+  [ -z "$__gitopsd_pid" ] || kill -s {signal} -- "-$__gitopsd_pid" 2>/dev/null
+}}
+trap __gitopsd_on_signal {signal}
+__gitopsd_record "start.$SLURM_JOB_ID.${{SLURM_RESTART_COUNT:-0}}.json" \
+  '{{"job_id": "%s", "restart": %s, "host": "%s", "nodes": "%s", "started_at": %s}}' \
+  "$SLURM_JOB_ID" "${{SLURM_RESTART_COUNT:-0}}" "$__gitopsd_host" "$SLURM_JOB_NODELIST" "$__gitopsd_started"
+__gitopsd_checkpointed() {{  # run the training in the background, in its own process group, so the trap can fire
+  {{ trap - INT QUIT; exec setsid "$@"; }} &
+  __gitopsd_pid=$!
+  local rc= w
+  while :; do
+    __gitopsd_trapped=false
+    wait "$__gitopsd_pid"; w=$?
+    if [ $w -eq 127 ] && [ -n "$rc" ]; then break; fi  # its status was taken by the wait the trap cut short
+    rc=$w
+    $__gitopsd_trapped || break
+  done
+  while $__gitopsd_signalled && kill -0 -- "-$__gitopsd_pid" 2>/dev/null; do sleep 1; done  # the rest of it
+  return $rc
+}}
+"""
+
+
+def checkpoint_block(checkpoint: Checkpoint | None) -> str:
+    """The wrapper's part for a checkpointed run (empty for others): the trap that records and forwards the
+    signal, one record per start (a requeued job starts again with the same id), and the function the command
+    runs under so that `wait` lets the trap fire and returns the training's exit code."""
+    if checkpoint is None:
+        return ""
+    return _CHECKPOINT.format(signal=checked_signal(checkpoint))
+
+
+def job_comment_of_segment(run_id: str, segment: int) -> str:
+    """The comment of segment `segment` of a run (the first keeps the plain `job_comment`)."""
+    return job_comment(run_id) if segment <= 1 else f"{job_comment(run_id)} {SEGMENT_PREFIX}{segment}"
+
+
+def segment_of(comment: str) -> int:
+    """The segment a job of ours is (1 when its comment names none)."""
+    for part in comment.split():
+        if part.startswith(SEGMENT_PREFIX) and part[len(SEGMENT_PREFIX) :].isdigit():
+            return int(part[len(SEGMENT_PREFIX) :])
+    return 1
+
+
+def segment_request(request: JobRequest, segment: int, script_path: str) -> JobRequest:
+    """The request of segment `segment`: the first one's, with the segment in its comment (so a job submitted
+    just before gitopsd died is adopted, never submitted twice) and written to its own script."""
+    old = f"#SBATCH --comment={directive_value('comment', request.options.comment)}"
+    options = replace(request.options, comment=job_comment_of_segment(request.run_id, segment))
+    new = f"#SBATCH --comment={directive_value('comment', options.comment)}"
+    lines = request.script.split("\n")
+    if old not in lines:
+        raise PermanentError(f"run {request.run_id}: its job script has no comment line to mark segment {segment}")
+    lines[lines.index(old)] = new
+    return replace(request, options=options, script="\n".join(lines), script_path=script_path)
