@@ -10,6 +10,7 @@ requeued by `scontrol requeue` (same job, restarted) and then signalled by `scan
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +75,10 @@ def rec(demo_repo: GitRepo, state_dir: Path, cluster: Cluster) -> Iterator[Recon
 def resumes(state_dir: Path) -> list[tuple[str, int, int]]:
     if not (state_dir / "state.db").exists() or not runs(state_dir):
         return []
-    ((run_id, *_),) = runs(state_dir)
-    log = state_dir / "runs" / run_id / "checkpoint" / "resumes.log"
+    conn = sqlite3.connect(state_dir / "state.db")
+    ((run_dir,),) = conn.execute("SELECT run_dir FROM runs").fetchall()
+    conn.close()
+    log = Path(run_dir) / "checkpoint" / "resumes.log"  # under the backend's runs_dir on the namespaced cluster
     lines = log.read_text().split("\n") if log.exists() else []
     return [(job, int(restart), int(count)) for job, restart, count in (line.split() for line in lines if line)]
 
@@ -109,6 +112,9 @@ def test_a_one_minute_time_limit_takes_several_segments_and_registers_one_versio
     assert [s["signalled"] for s in segments] == [True] * (len(segments) - 1) + [False]
     assert all(s["nodes"] and s["started_at"] and s["ended_at"] for s in segments)
     assert any("segment 2 of at most 10" in message for message in seen), seen
+    ((run_id, *_),) = runs(state_dir)
+    kept = Path(rec.operator.backends["hpc"].settings["runs_dir"]) / ".gitopsd" / "requests" / f"{run_id}.json"
+    assert kept.is_file(), "the request that later segments reuse is on the shared run root, for a standby daemon"
 
 
 def test_a_requeued_and_then_signalled_segment_resumes_each_time(

@@ -351,6 +351,11 @@ class SlurmBackend:
     # -- chained segments (gitopsd_slurm.chain) ----------------------------------------------------------------
 
     def _kept_path(self, run_id: str) -> Path:
+        """Where the first segment's request is kept: beside the run directories on the shared run root when
+        there is one, so that a daemon taking over on another login node (standby) chains the run too; else in
+        this backend's state directory."""
+        if self.runs_dir is not None:
+            return self.runs_dir / ".gitopsd" / "requests" / f"{run_id}.json"
         return self.state_dir / "slurm" / "requests" / f"{run_id}.json"
 
     def _kept(self, ref: JobRef) -> Kept | None:

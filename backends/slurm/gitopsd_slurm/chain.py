@@ -23,8 +23,11 @@ Crash safety (gitopsd may die at any instant, and never submits a segment twice)
 
 A crash between 1 and 4 leaves the intent; the next status call goes through 2 again, so the job submitted
 before the crash is adopted, never submitted twice. The request each segment is submitted with is the first
-segment's, kept in this backend's state directory (`STATE_DIR/slurm/requests/RUN.json`), never read back from
-the run directory, which the training can write. Only the comment differs.
+segment's, never read back from the run directory (which the training writes) but kept beside it: in
+`RUNS_DIR/.gitopsd/requests/RUN.json` on the shared run root when the backend has one, so that a standby daemon
+on another login node that takes the run over chains it too, else in `STATE_DIR/slurm/requests/RUN.json`. (A
+Slurm training runs as the daemon's user and could rewrite the shared copy; it gains nothing by it that it does
+not already have: it can submit jobs as that user itself.) Only the comment differs.
 
 This module is the pure part: the book's records, reading them as hostile input, and the decision on a
 segment that ended. `gitopsd_slurm.backend` does the I/O.
