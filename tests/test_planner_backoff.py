@@ -125,3 +125,16 @@ def test_status_and_plan_say_which_attempt_failed_and_when_the_next_starts() -> 
     assert condition.type is ConditionType.RECONCILING and condition.reason is Reason.TRAINING_FAILED
     assert condition.message == f"attempt 3 of 6 failed, retrying at {shown}: job 42 ended Failed: exit code 1"
     assert _explain(wait, None) == f"= wait: attempt 3 of iris failed, retrying at {shown}"
+
+
+def test_a_training_failing_now_after_an_earlier_refused_submission_is_retried_after_its_own_backoff() -> None:
+    # The latest recorded failure (a refused submit) is older than the attempt failing in this very plan (e.g.
+    # the operator fixed the backend and reloaded): the new failure decides, and it is a transient one.
+    earlier = Failure(ended_at=T0 - 3600, reason=str(Reason.SUBMIT_FAILED))
+    actual = Actual(
+        runs={"run-2": _ended_run(2)}, registered={}, failed_attempts={TARGET: 1}, unavailable={}, now=T0,
+        last_failures={TARGET: earlier},
+    )  # fmt: skip
+    actions = plan({"iris": WANT}, actual)
+    assert [type(a) for a in actions] == [Fail, Wait]
+    assert actions[1] == Wait(model="iris", failed=2, retry_at=retry_at("key-1", 2, T0))
