@@ -142,7 +142,7 @@ def test_exit_code_and_report_fail_only_on_a_failure() -> None:
     assert exit_code([ok, warn]) == 0 and exit_code([ok, bad]) == 1
     text = render([ok, warn, bad])
     assert "PASS  a: fine" in text and "FAIL  c: broken\n      fix: do y" in text
-    assert text.endswith("3 checks: 1 passed, 1 failed, 1 warnings, 0 skipped")
+    assert text.endswith("3 checks: 1 passed, 1 failed, 1 warning, 0 skipped")
 
 
 # -- the command ------------------------------------------------------------------------------------------------

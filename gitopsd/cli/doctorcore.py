@@ -57,7 +57,8 @@ def render(checks: Sequence[Check]) -> str:
             lines.append(f"      fix: {check.fix}")
     counts = {v: sum(c.verdict is v for c in checks) for v in Verdict}
     lines.append(f"{len(checks)} checks: {counts[Verdict.PASS]} passed, {counts[Verdict.FAIL]} failed, "
-                 f"{counts[Verdict.WARN]} warnings, {counts[Verdict.SKIP]} skipped")  # fmt: skip
+                 f"{counts[Verdict.WARN]} warning{'' if counts[Verdict.WARN] == 1 else 's'}, "
+                 f"{counts[Verdict.SKIP]} skipped")  # fmt: skip
     return "\n".join(lines)
 
 
