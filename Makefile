@@ -27,8 +27,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	tools/ensure-debs git=git sqlite3=sqlite3 systemd-analyze=systemd sshd=openssh-server ssh-keygen=openssh-client curl=curl
-	# Real servers, started once and stopped whatever pytest's result: a single-node Slurm for tests/slurm (root;
-	# see tools/slurm/up.sh) and SeaweedFS for the S3 store (tools/s3/up.sh; `weed` comes from the [test] extra).
+	# Real servers, started once and stopped whatever pytest's result: a multi-node Slurm for tests/slurm (two
+	# nodes, each in its own namespaces; root; see tools/slurm/up.sh and docs/cluster.md) and SeaweedFS for the
+	# S3 store (tools/s3/up.sh; `weed` comes from the [test] extra).
 	if tools/slurm/up.sh >/dev/null; then set -a && . $${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}/env.sh && set +a; fi; \
 	if GITOPSD_WEED=$(CURDIR)/$(BIN)/weed tools/s3/up.sh >/dev/null; then set -a && . $${GITOPSD_S3_DIR:-/tmp/gitopsd-s3}/env.sh && set +a; fi; \
 	$(BIN)/pytest -q; rc=$$?; tools/s3/down.sh --purge; tools/slurm/down.sh; exit $$rc
