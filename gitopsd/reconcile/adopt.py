@@ -58,10 +58,18 @@ class Adopter:
         self.registry = registry
         self.repository_id = repository_id
         self._skipped: dict[str, str] = {}  # run directory -> the commit it was skipped at ("" for good)
+        self._held: set[tuple[str, str]] = set()
 
     def adopt(self, desired: DesiredState, roots: Iterable[Path]) -> list[RunRecord]:
         """Import every run of this repository under `roots` that this state does not know; the new rows."""
         known = {row[0] for row in self.state.conn.execute("SELECT id FROM runs")}
+        # One run per (run key, spec digest) that is live or registered: a second would train or register the same
+        # thing again (a training can copy a real run directory under a new name on the shared run root).
+        self._held = set(
+            self.state.conn.execute(
+                "SELECT run_key, spec_digest FROM runs WHERE phase NOT IN (?, ?)", (Phase.FAILED, Phase.CANCELLED)
+            )
+        )
         adopted = []
         for root in dict.fromkeys(roots):
             try:
@@ -107,6 +115,12 @@ class Adopter:
         if isinstance(base, dict):
             tie = {"base": base["sha256"]}
             keys = (digest({"run_key": keys[0], **tie}), digest({"spec_digest": keys[1], **tie}))
+        if keys in self._held:
+            self._skip(
+                path, "a run of the same run key and spec is already known", for_good=False, commit=desired.commit
+            )
+            return None
+        self._held.add(keys)
         return self._import(path, name, claimed, model, keys, base)
 
     def _mismatch(self, claimed: dict[str, Any], model: DesiredModel | None) -> str:
