@@ -76,7 +76,7 @@ install-service:
 	systemctl daemon-reload
 	@echo "edit /etc/gitopsd/gitopsd.toml, then: systemctl enable --now gitopsd"
 
-# Install gitopsd for yourself, without root: a venv under ~/.local/share/gitopsd, ~/.config/gitopsd/daemon.toml
+# Install gitopsd for yourself, without root: a venv under ~/.local/share/gitopsd, ~/.config/gitopsd/config.toml
 # (only if absent), state in ~/.local/state/gitopsd and a `systemctl --user` unit (tools/install-user says more).
 # PY: the Python for the venv; PIP_FLAGS: extra pip flags; USER_SANDBOX=auto|yes|no: the unit's namespace sandbox.
 install-user:

@@ -194,7 +194,7 @@ def test_doctor_reads_the_user_unit_and_names_the_read_write_path_to_add(tmp_pat
     unit_path = home / ".config" / "systemd" / "user" / "gitopsd.service"
     unit_path.parent.mkdir(parents=True)
     unit_path.write_text(unit_text)
-    config = home / ".config" / "gitopsd" / "daemon.toml"
+    config = home / ".config" / "gitopsd" / "config.toml"
     config.parent.mkdir(parents=True)
     repo = demo_repo
     elsewhere = tmp_path / "elsewhere"  # not the state directory the unit was rendered for
@@ -215,3 +215,17 @@ def test_doctor_without_a_configuration_says_so_in_one_line(tmp_path: Path) -> N
         pytest.skip("this host has /etc/gitopsd/gitopsd.toml")
     assert done.returncode == 1 and done.stderr.strip().startswith("error: no configuration: give --config")
     assert "Traceback" not in done.stderr
+
+
+def test_doctor_checks_the_standby_lease_directory(tmp_path: Path, demo_repo: GitRepo) -> None:
+    leases = tmp_path / "leases"
+    standby = f'[standby]\nlease_dir = "{leases}"\n'
+    config = write_config(tmp_path / "d.toml", tmp_path / "state", str(demo_repo.path), extra=standby)
+    done = doctor("--config", str(config), env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    assert done.returncode == 1, done.stdout
+    assert f"FAIL  standby lease_dir: {leases} is not writable" in done.stdout
+    assert "or change [standby] lease_dir" in done.stdout
+    leases.mkdir()
+    done = doctor("--config", str(config), env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    assert done.returncode == 0, done.stdout
+    assert f"PASS  standby lease_dir: {leases} is writable" in done.stdout

@@ -65,7 +65,7 @@ def test_install_user_installs_a_working_gitopsd_config_and_unit_and_uninstall_k
     assert (home / ".local" / "bin" / "gitopsd").resolve() == gitopsd.resolve()
     assert not (ROOT / "build").exists(), "the build must not leave build/ in the checkout"
 
-    config = home / ".config" / "gitopsd" / "daemon.toml"
+    config = home / ".config" / "gitopsd" / "config.toml"
     state = home / ".local" / "state" / "gitopsd"
     assert f'state_dir = "{state}"' in config.read_text() and state.is_dir()
     checked = subprocess.run([str(gitopsd), "status", "--config", str(config)], capture_output=True, text=True,

@@ -130,6 +130,6 @@ def test_the_user_unit_sandbox_comes_with_its_user_namespace_and_the_state_dir(t
         assert any(line.startswith(option) for line in user), option
     state = tmp_path / ".local" / "state" / "gitopsd"
     assert f"ReadWritePaths={state}" in user and f"Environment=GITOPSD_STATE_DIR={state}" in user
-    config = tmp_path / ".config" / "gitopsd" / "daemon.toml"
+    config = tmp_path / ".config" / "gitopsd" / "config.toml"
     assert f"ExecStart={tmp_path}/.local/share/gitopsd/venv/bin/gitopsd run --config {config}" in user
     assert "ProtectSystem=strict" in user and "ProtectHome=read-only" in user

@@ -67,7 +67,7 @@ def _config_home() -> Path:
 
 def default_config() -> Path | None:
     """The user's daemon configuration (`make install-user`), else the system one, if either exists."""
-    for path in (_config_home() / "gitopsd" / "daemon.toml", Path("/etc/gitopsd/gitopsd.toml")):
+    for path in (_config_home() / "gitopsd" / "config.toml", Path("/etc/gitopsd/gitopsd.toml")):
         if path.is_file():
             return path
     return None
@@ -79,7 +79,7 @@ def default_config() -> Path | None:
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     envvar="GITOPSD_CONFIG",
-    help="The daemon's configuration [env: GITOPSD_CONFIG] (default: ~/.config/gitopsd/daemon.toml, else "
+    help="The daemon's configuration [env: GITOPSD_CONFIG] (default: ~/.config/gitopsd/config.toml, else "
     "/etc/gitopsd/gitopsd.toml).",
 )
 @click.option("--json", "as_json_out", is_flag=True, help="Machine-readable output.")
@@ -129,6 +129,11 @@ def _checks(config: DaemonConfig, path: Path, *, probe_wait: float | None, units
     else:
         yield writable_verdict("state_dir", str(config.state_dir), "state_dir", _write_problem(config.state_dir))
         needed[str(config.state_dir)] = "state_dir"
+    if config.standby is not None:  # the lease is claimed and renewed by writing there
+        lease_dir = Path(config.standby.lease_dir)
+        problem = _write_problem(lease_dir, created=False)
+        yield writable_verdict("standby lease_dir", str(lease_dir), "[standby] lease_dir", problem)
+        needed[str(lease_dir)] = "[standby] lease_dir"
     for repo in config.repositories:
         yield _git_check(repo.name, repo.url, repo.branch)
     for name, backend in sorted(config.backends.items()):
@@ -160,9 +165,12 @@ def _git_check(repo: str, url: str, branch: str | None) -> Check:
     return git_verdict(repo, redact_url(url), branch, heads, error)
 
 
-def _write_problem(directory: Path) -> str | None:
-    """Why this process cannot create a file in `directory` (or, if it does not exist yet, in the nearest parent
-    that does, where the daemon would create it), or None. A real write: access() lies on root-squashed NFS."""
+def _write_problem(directory: Path, *, created: bool = True) -> str | None:
+    """Why this process cannot create a file in `directory` (or, if it does not exist yet and the daemon creates
+    it, in the nearest parent that does), or None. A real write: access() lies on root-squashed NFS. Shared
+    directories (a run root, the lease directory) are never created by the daemon, so they must exist."""
+    if not created and not directory.is_dir():
+        return "it does not exist or is not a directory (gitopsd never creates a shared directory)"
     target = directory
     while not target.exists() and target != target.parent:
         target = target.parent
@@ -198,7 +206,7 @@ def _slurm_checks(config: DaemonConfig, name: str, settings: Mapping[str, Any], 
     runs_dir = getattr(backend.settings, "runs_dir", None) or settings.get("runs_dir")
     if runs_dir is not None:
         yield writable_verdict(f"slurm {name} runs_dir", str(runs_dir), f"[backends.{name}] settings.runs_dir",
-                               _write_problem(Path(runs_dir)))  # fmt: skip
+                               _write_problem(Path(runs_dir), created=False))  # fmt: skip
         needed[str(runs_dir)] = f"[backends.{name}] settings.runs_dir"
         run_root = Path(runs_dir)
     else:  # each repository's run directories are in its own state directory
