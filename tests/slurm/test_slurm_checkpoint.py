@@ -127,6 +127,10 @@ def test_a_requeued_and_then_signalled_segment_resumes_each_time(
     ((job_id, _, _),) = resumes(state_dir)
     time.sleep(5)  # let it count a little: what it saved is what it resumes from
     cluster.run("scontrol", "requeue", job_id)
+    for _ in range(30):  # a requeued job may not start again for two minutes (BeginTime): let it, once it is pending
+        if cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False).returncode == 0:
+            break
+        time.sleep(1)
     until(rec, lambda: len(resumes(state_dir)) == 2, 300)
     time.sleep(5)
     cluster.run("scancel", "-b", "--signal=USR1", job_id)
