@@ -187,6 +187,31 @@ def cluster(shared_root: Path | None, private_root: Path | None) -> Cluster:
     )
 
 
+NO_ACCOUNTING = (
+    "the test cluster keeps no accounting with enforced associations: start it with GITOPSD_SLURM_ACCOUNTING=1 "
+    "tools/slurm/up.sh (the default: slurmdbd on a private MariaDB; {why})"
+)
+
+
+@pytest.fixture(scope="session")
+def accounting(cluster: Cluster) -> Cluster:
+    """The cluster, where it keeps accounting (slurmdbd) and enforces associations as real clusters do, root's
+    included; else the test is skipped, saying how to turn accounting on (a failure under CI, which turns it on)."""
+    config = cluster.run("scontrol", "show", "config", check=False).stdout
+    enforced = re.search(r"^AccountingStorageEnforce\s*=\s*(\S*)", config, re.MULTILINE)
+    root = cluster.run("sacctmgr", "-n", "-P", "show", "assoc", "user=root", "format=account", check=False)
+    why = None
+    if root.returncode != 0 or not root.stdout.strip():
+        why = f"sacctmgr finds no association of root: {(root.stderr or root.stdout).strip()[:200]}"
+    elif enforced is None or "associations" not in enforced.group(1):
+        why = f"AccountingStorageEnforce={enforced.group(1) if enforced else ''}"
+    if why is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(NO_ACCOUNTING.format(why=why))
+        pytest.skip(NO_ACCOUNTING.format(why=why))
+    return cluster
+
+
 def cancel_everything(backend: SlurmBackend, root: Path) -> None:
     """Teardown: no test leaves a job queued or running, even when it fails half-way."""
     runs = root / "runs"
