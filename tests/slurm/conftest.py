@@ -202,7 +202,7 @@ def accounting(cluster: Cluster) -> Cluster:
     root = cluster.run("sacctmgr", "-n", "-P", "show", "assoc", "user=root", "format=account", check=False)
     why = None
     if root.returncode != 0 or not root.stdout.strip():
-        why = f"sacctmgr finds no association of root: {(root.stderr or root.stdout).strip()[:200]}"
+        why = "sacctmgr finds no association of root: " + " ".join((root.stderr or root.stdout).split())[:200]
     elif enforced is None or "associations" not in enforced.group(1):
         why = f"AccountingStorageEnforce={enforced.group(1) if enforced else ''}"
     if why is not None:
