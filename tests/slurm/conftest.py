@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,19 @@ class Cluster:
         """Every job the controller holds with this name (squeue --json ignores its own filters)."""
         jobs: list[dict[str, Any]] = json.loads(self.run("squeue", "--json").stdout)["jobs"]
         return [job for job in jobs if job["name"] == name]
+
+    def wait_accounted(self, job_id: str, timeout_s: float = 30.0) -> None:
+        """Wait until slurmdbd has the job's end, where the cluster keeps accounting: slurmctld sends it there in
+        the background, long before a finished job leaves squeue (MinJobAge), but not always before a test that
+        hides it from squeue at once asks. Without slurmdbd there is nothing to wait for (the job-completion
+        file is written as the job ends)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = self.run("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "End", check=False)
+            if done.returncode != 0 or done.stdout.strip() not in ("", "Unknown"):
+                return
+            assert time.monotonic() < deadline, f"slurmdbd has no end of job {job_id} after {timeout_s} s"
+            time.sleep(0.2)
 
 
 ENV_KEYS = ("SLURM_CONF", "SLURMRESTD_URL", "GITOPSD_SLURM_DIR", "GITOPSD_SLURM_SHARED", "GITOPSD_SLURM_PRIVATE",

@@ -67,6 +67,7 @@ def test_a_job_that_left_squeue_without_records_is_resolved_from_slurmdbd(
     try:
         ref = submit(backend, new_job(tmp_path, "exit 3"))
         wait_for(peek, ref, [JobState.FAILED])
+        accounting.wait_accounted(ref.job_id)  # as it is long before the job leaves squeue
         for record in ("exit.json", "final.json"):  # as if the node never wrote them back
             (ref.run_dir / "slurm" / record).unlink(missing_ok=True)
         counting.hide.add(ref.job_id)

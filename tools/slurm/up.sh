@@ -7,13 +7,13 @@
 # compute node that runs the job: a job sees the shared filesystem, never the daemon's state directory. This
 # script shows that on one machine. It installs what is missing from Debian's packages, writes every config
 # under one directory, and starts munged, slurmctld and slurmrestd as plain background daemons (no systemd, no
-# cgroups) plus one slurmd per node, and, for accounting, slurmdbd with a private MariaDB. Each node runs in its own UTS and mount namespace: its hostname is nodeI,
-# it listens on 127.0.0.1 with a port of its own (no network namespace), it resolves node1..nodeN through its
-# own /etc/hosts, and an empty read-only tmpfs covers DIR/private, the stand-in for the daemon's state
-# directory and credentials. Everything else (DIR/shared, the run root shared with the login node; the munge
-# socket; the rest of the filesystem) looks the same on every node. Jobs inherit their node's namespaces. Each
-# node has a few fake GPUs. The script waits until every node is idle and REST answers.
-# It is idempotent: running daemons are kept, and restarted only when the generated config changed (then the
+# cgroups) plus one slurmd per node, and, for accounting, slurmdbd with a private MariaDB. Each node runs in its
+# own UTS and mount namespace: its hostname is nodeI, it listens on 127.0.0.1 with a port of its own (no network
+# namespace), it resolves node1..nodeN through its own /etc/hosts, and an empty read-only tmpfs covers DIR/private,
+# the stand-in for the daemon's state directory and credentials. Everything else (DIR/shared, the run root shared
+# with the login node; the munge socket; the rest of the filesystem) looks the same on every node. Jobs inherit
+# their node's namespaces. Each node has a few fake GPUs. The script waits until every node is idle and REST
+# answers. It is idempotent: running daemons are kept, and restarted only when the generated config changed (then the
 # jobs running on the nodes are killed).
 #
 # Usage:  tools/slurm/up.sh [DIR]          DIR: $GITOPSD_SLURM_DIR, else /tmp/gitopsd-slurm
@@ -285,10 +285,10 @@ if ((ACCOUNTING)); then
   if ! up "$MYSQL/mariadbd.pid" mariadbd; then
     (cd / && exec setsid mariadbd --no-defaults --user=mysql --datadir="$MYSQL" --socket="$MYSQL/mysqld.sock" \
       --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve --pid-file="$MYSQL/mariadbd.pid" \
-      --log-error="$DIR/log/mariadb.err" --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
+      --log-error="$MYSQL/mariadb.err" --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
       </dev/null >/dev/null 2>&1) &
   fi
-  wait_for 150 sql -e 'SELECT 1' >/dev/null 2>&1 || { show_log "$DIR/log/mariadb.err"; fail "MariaDB does not answer"; }
+  wait_for 150 sql -e 'SELECT 1' >/dev/null 2>&1 || { show_log "$MYSQL/mariadb.err"; fail "MariaDB is not up"; }
   [[ -s $DIR/db.pass ]] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$DIR/db.pass")
   DB_PASS=$(cat "$DIR/db.pass")
   sql -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
