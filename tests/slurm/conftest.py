@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,19 @@ class Cluster:
         """Every job the controller holds with this name (squeue --json ignores its own filters)."""
         jobs: list[dict[str, Any]] = json.loads(self.run("squeue", "--json").stdout)["jobs"]
         return [job for job in jobs if job["name"] == name]
+
+    def wait_accounted(self, job_id: str, timeout_s: float = 30.0) -> None:
+        """Wait until slurmdbd has the job's end, where the cluster keeps accounting: slurmctld sends it there in
+        the background, long before a finished job leaves squeue (MinJobAge), but not always before a test that
+        hides it from squeue at once asks. Without slurmdbd there is nothing to wait for (the job-completion
+        file is written as the job ends)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = self.run("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "End", check=False)
+            if done.returncode != 0 or done.stdout.strip() not in ("", "Unknown"):
+                return
+            assert time.monotonic() < deadline, f"slurmdbd has no end of job {job_id} after {timeout_s} s"
+            time.sleep(0.2)
 
 
 ENV_KEYS = ("SLURM_CONF", "SLURMRESTD_URL", "GITOPSD_SLURM_DIR", "GITOPSD_SLURM_SHARED", "GITOPSD_SLURM_PRIVATE",
@@ -185,6 +199,31 @@ def cluster(shared_root: Path | None, private_root: Path | None) -> Cluster:
         private=Path(env["GITOPSD_SLURM_PRIVATE"]) if private_root is not None else None,
         runs_dir=runs_dir,
     )
+
+
+NO_ACCOUNTING = (
+    "the test cluster keeps no accounting with enforced associations: start it with GITOPSD_SLURM_ACCOUNTING=1 "
+    "tools/slurm/up.sh (the default: slurmdbd on a private MariaDB; {why})"
+)
+
+
+@pytest.fixture(scope="session")
+def accounting(cluster: Cluster) -> Cluster:
+    """The cluster, where it keeps accounting (slurmdbd) and enforces associations as real clusters do, root's
+    included; else the test is skipped, saying how to turn accounting on (a failure under CI, which turns it on)."""
+    config = cluster.run("scontrol", "show", "config", check=False).stdout
+    enforced = re.search(r"^AccountingStorageEnforce\s*=\s*(\S*)", config, re.MULTILINE)
+    root = cluster.run("sacctmgr", "-n", "-P", "show", "assoc", "user=root", "format=account", check=False)
+    why = None
+    if root.returncode != 0 or not root.stdout.strip():
+        why = "sacctmgr finds no association of root: " + " ".join((root.stderr or root.stdout).split())[:200]
+    elif enforced is None or "associations" not in enforced.group(1):
+        why = f"AccountingStorageEnforce={enforced.group(1) if enforced else ''}"
+    if why is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(NO_ACCOUNTING.format(why=why))
+        pytest.skip(NO_ACCOUNTING.format(why=why))
+    return cluster
 
 
 def cancel_everything(backend: SlurmBackend, root: Path) -> None:

@@ -249,10 +249,11 @@ def test_an_outside_cancel_that_left_squeue_is_found_in_accounting_or_reported_l
     cluster.run("scancel", ref.job_id)
     peek = SlurmBackend(name="peek", settings=cluster.settings("cli"), state_dir=tmp_path / "peek")
     wait_for(peek, ref, [JobState.CANCELLED])
+    cluster.wait_accounted(ref.job_id)  # where slurmdbd keeps accounting: as it is long before the job leaves squeue
     (ref.run_dir / "slurm" / "final.json").unlink(missing_ok=True)
     counting.hide.add(ref.job_id)
     status = backend.status([ref])[ref.run_id]
-    assert status.state is JobState.CANCELLED, status  # from `sacct -c`: the job-completion log
+    assert status.state is JobState.CANCELLED, status  # from slurmdbd, else `sacct -c`: the job-completion log
     assert counting.count("sacct") >= 1
     (ref.run_dir / "slurm" / "final.json").unlink()  # what that pass remembered, forgotten again
     blind = SlurmBackend(name="hpc", settings=cluster.settings("cli", accounting="none"), state_dir=tmp_path,

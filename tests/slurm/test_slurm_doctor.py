@@ -1,6 +1,8 @@
 """`gitopsd doctor` against the real test cluster: a good deployment passes (a probe job really runs and writes
-the run root), and a broken one is named: a wrong REST token, a run root the nodes cannot see (on the
-namespaced multi-node cluster, whose private directory no node sees), no association where accounting is off."""
+the run root; root's association is found in slurmdbd), and a broken one is named: a wrong REST token, a run root
+the nodes cannot see (on the namespaced multi-node cluster, whose private directory no node sees), a user with no
+association, an account the user has no association with (on a cluster that keeps accounting and enforces
+associations, the default of tools/slurm/up.sh; elsewhere those two are skipped, and fail under CI)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def test_doctor_passes_on_a_good_deployment_and_its_probe_ran_on_a_node(
     accounting = cluster.run("sacctmgr", "-n", "-P", "show", "assoc", check=False)
     if "accounting_storage" in accounting.stderr:  # this cluster keeps no accounting: said, not passed
         assert association["verdict"] == "warn" and "no accounting" in association["message"]
+    else:
+        assert association["verdict"] == "pass", association
+        assert association["message"] == "user root has association(s) with account(s) root", association
     assert not list(Path(settings.get("runs_dir") or state_dir).rglob("doctor-*")), "no probe left behind"
 
 
@@ -81,3 +86,36 @@ def test_doctor_names_a_run_root_the_compute_nodes_cannot_see(
     assert checks["slurm hpc runs_dir"]["verdict"] == "pass"  # writable from the login node...
     probe = next(c for name, c in checks.items() if name.startswith("slurm hpc probe"))
     assert probe["verdict"] == "fail" and "does not see the run root" in probe["message"], probe  # ...not the nodes
+
+
+def test_doctor_names_a_user_without_an_association_and_how_to_add_one(
+    accounting: Cluster, tmp_path: Path, state_dir: Path, demo_repo: GitRepo
+) -> None:
+    """The daemon submits through slurmrestd as `nobody` (rest.user), who has no association: the association
+    check names the user and the fix, and the probe job is refused for the same reason."""
+    assert not accounting.run("sacctmgr", "-n", "-P", "show", "assoc", "user=nobody").stdout.strip()
+    settings = accounting.settings("rest")
+    settings["rest"] = {**settings["rest"], "user": "nobody"}
+    code, checks = run_doctor(tmp_path, state_dir, demo_repo, settings)
+    assert code == 1
+    assert checks["slurm hpc controller"]["verdict"] == "pass"  # the token is good: only the association is not
+    association = checks["slurm hpc association"]
+    assert association["verdict"] == "fail", association
+    assert association["message"].startswith("user nobody has no association"), association
+    assert association["fix"] == "ask the Slurm admin: sacctmgr add user nobody account=ACCOUNT", association
+    probe = checks["slurm hpc probe"]
+    assert probe["verdict"] == "fail" and "refused" in probe["message"], probe
+    assert "user nobody needs a Slurm association" in probe["message"], probe
+
+
+def test_doctor_names_an_account_the_user_has_no_association_with(
+    accounting: Cluster, tmp_path: Path, state_dir: Path, demo_repo: GitRepo
+) -> None:
+    code, checks = run_doctor(tmp_path, state_dir, demo_repo, accounting.settings("cli", account="gitopsd-nosuch"))
+    assert code == 1
+    association = checks["slurm hpc association"]
+    assert association["verdict"] == "fail", association
+    assert association["message"] == "user root has no association with account gitopsd-nosuch (has: root)"
+    assert "sacctmgr add user root account=gitopsd-nosuch" in association["fix"], association
+    probe = checks["slurm hpc probe"]
+    assert probe["verdict"] == "fail" and "Invalid account" in probe["message"], probe

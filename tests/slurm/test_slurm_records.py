@@ -21,7 +21,7 @@ from gitopsd_slurm.records import (
     json_errors,
     nodes_from_json,
 )
-from gitopsd_slurm.states import is_refusal, is_unreachable, job_status
+from gitopsd_slurm.states import is_refusal, is_unreachable, job_status, refusal_hint
 
 from gitopsd.model import JobState
 from tests.slurm.conftest import recorded
@@ -178,3 +178,15 @@ def test_refusals_and_outages_are_told_apart_by_slurms_words() -> None:
     assert is_refusal(refused)
     (down,) = json_errors(json.loads(recorded("squeue_ctld_down.json")))
     assert down == "Unspecified error: Failed while looking for jobs"
+
+
+def test_an_invalid_account_refusal_names_the_association_and_how_to_add_one() -> None:
+    words = "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
+    assert is_refusal(words)
+    assert refusal_hint(words, user="ana", account=None) == (
+        "; user ana needs a Slurm association with an account (`sacctmgr show assoc user=ana` lists theirs; "
+        "a Slurm admin adds one: sacctmgr add user ana account=ACCOUNT)"
+    )
+    assert "association with account ml " in refusal_hint(words.upper(), user="ana", account="ml")
+    assert "sacctmgr add user ana account=ml)" in refusal_hint(words, user="ana", account="ml")
+    assert refusal_hint(recorded("sbatch_refused.txt"), user="ana", account="ml") == ""  # other refusals: Slurm's

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop the test cluster that tools/slurm/up.sh started: its jobs first, then its daemons (slurmrestd, every node's
-# slurmd, slurmctld, munged), by the pids they wrote.
+# slurmd, slurmctld, then slurmdbd and MariaDB where it keeps accounting, munged), by the pids they wrote.
 #
 # Why: `make test` starts Slurm before pytest and must leave nothing running after it, whatever pytest's result.
 # Only processes named in DIR's pid files are stopped (never by name), so another cluster on the machine is safe.
@@ -36,6 +36,8 @@ else
   stop "$DIR/run/slurmrestd.pid" slurmrestd
   while read -r pidfile; do stop_node "$pidfile"; done < <(slurmd_pidfiles "$DIR")
   stop "$DIR/run/slurmctld.pid" slurmctld
+  stop "$DIR/run/slurmdbd.pid" slurmdbd
+  stop "$DIR/mysql/mariadbd.pid" mariadbd
   stop "$DIR/munge/munged.pid" munged
 fi
 

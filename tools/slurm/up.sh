@@ -7,13 +7,13 @@
 # compute node that runs the job: a job sees the shared filesystem, never the daemon's state directory. This
 # script shows that on one machine. It installs what is missing from Debian's packages, writes every config
 # under one directory, and starts munged, slurmctld and slurmrestd as plain background daemons (no systemd, no
-# cgroups) plus one slurmd per node. Each node runs in its own UTS and mount namespace: its hostname is nodeI,
-# it listens on 127.0.0.1 with a port of its own (no network namespace), it resolves node1..nodeN through its
-# own /etc/hosts, and an empty read-only tmpfs covers DIR/private, the stand-in for the daemon's state
-# directory and credentials. Everything else (DIR/shared, the run root shared with the login node; the munge
-# socket; the rest of the filesystem) looks the same on every node. Jobs inherit their node's namespaces. Each
-# node has a few fake GPUs. The script waits until every node is idle and REST answers.
-# It is idempotent: running daemons are kept, and restarted only when the generated config changed (then the
+# cgroups) plus one slurmd per node, and, for accounting, slurmdbd with a private MariaDB. Each node runs in its
+# own UTS and mount namespace: its hostname is nodeI, it listens on 127.0.0.1 with a port of its own (no network
+# namespace), it resolves node1..nodeN through its own /etc/hosts, and an empty read-only tmpfs covers DIR/private,
+# the stand-in for the daemon's state directory and credentials. Everything else (DIR/shared, the run root shared
+# with the login node; the munge socket; the rest of the filesystem) looks the same on every node. Jobs inherit
+# their node's namespaces. Each node has a few fake GPUs. The script waits until every node is idle and REST
+# answers. It is idempotent: running daemons are kept, and restarted only when the generated config changed (then the
 # jobs running on the nodes are killed).
 #
 # Usage:  tools/slurm/up.sh [DIR]          DIR: $GITOPSD_SLURM_DIR, else /tmp/gitopsd-slurm
@@ -30,16 +30,22 @@
 #   GITOPSD_SLURM_PORTS=6817,6818,6820   slurmctld, the first slurmd, slurmrestd (all on 127.0.0.1); node I
 #                                 listens on the I-th port from the first slurmd's, skipping the other two
 #   GITOPSD_SLURM_TOKEN_USER=root GITOPSD_SLURM_TOKEN_LIFESPAN=86400   the REST token written to env.sh
+#   GITOPSD_SLURM_ACCOUNTING=1    1: accounting as real clusters keep it: slurmdbd on a private MariaDB (its data in
+#                                 DIR/mysql), job records for sacct, associations enforced at submit
+#                                 (AccountingStorageEnforce=associations; root has one); 0: none (sacct -c reads
+#                                 the job-completion file; sacctmgr answers nothing)
+#   GITOPSD_SLURM_DB_PORTS=6816,3307   slurmdbd, MariaDB (both on 127.0.0.1), with accounting
 #   GITOPSD_SLURM_NO_INSTALL=1    fail instead of calling apt-get
 # A second cluster beside the first needs another DIR and other ports, e.g.
-#   GITOPSD_SLURM_PORTS=7817,7818,7820 tools/slurm/up.sh /tmp/slurm-b
+#   GITOPSD_SLURM_PORTS=7817,7818,7820 GITOPSD_SLURM_DB_PORTS=7816,3317 tools/slurm/up.sh /tmp/slurm-b
 set -euo pipefail
 
 DIR=${1:-${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}}
 REST_USER=nobody
 API=v0.0.38
 PACKAGES=(munge slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin curl lmod)
-SETTINGS=(NODES CPUS MEM_MB GPUS MIN_JOB_AGE PORTS TOKEN_USER TOKEN_LIFESPAN)
+ACCOUNTING_PACKAGES=(slurmdbd slurm-wlm-mysql-plugin mariadb-server)
+SETTINGS=(NODES CPUS MEM_MB GPUS MIN_JOB_AGE PORTS TOKEN_USER TOKEN_LIFESPAN ACCOUNTING DB_PORTS)
 
 say() { printf '[slurm-up %s] %s\n' "$(date +%T)" "$*" >&2; }
 fail() { say "ERROR: $*"; exit 1; }
@@ -89,6 +95,8 @@ MIN_JOB_AGE=$(setting MIN_JOB_AGE 300)
 PORTS=$(setting PORTS 6817,6818,6820)
 TOKEN_USER=$(setting TOKEN_USER root)
 TOKEN_LIFESPAN=$(setting TOKEN_LIFESPAN 86400)
+ACCOUNTING=$(setting ACCOUNTING 1)
+DB_PORTS=$(setting DB_PORTS 6816,3307)
 NO_INSTALL=${GITOPSD_SLURM_NO_INSTALL:-0}
 number NODES "$NODES" 1 64
 number CPUS "$CPUS" 1 4096
@@ -99,15 +107,26 @@ number TOKEN_LIFESPAN "$TOKEN_LIFESPAN" 60 31536000
 [[ $TOKEN_USER =~ ^[A-Za-z0-9_.-]+$ ]] || fail "GITOPSD_SLURM_TOKEN_USER=$TOKEN_USER: expected a user name"
 [[ $PORTS =~ ^[0-9]+,[0-9]+,[0-9]+$ ]] || fail "GITOPSD_SLURM_PORTS=$PORTS: expected SLURMCTLD,SLURMD,SLURMRESTD"
 IFS=, read -r CTLD_PORT SLURMD_PORT REST_PORT <<<"$PORTS"
+[[ $ACCOUNTING =~ ^[01]$ ]] || fail "GITOPSD_SLURM_ACCOUNTING=$ACCOUNTING: expected 1 (slurmdbd) or 0 (none)"
+[[ $DB_PORTS =~ ^[0-9]+,[0-9]+$ ]] || fail "GITOPSD_SLURM_DB_PORTS=$DB_PORTS: expected SLURMDBD,MARIADB"
+IFS=, read -r DBD_PORT DB_PORT <<<"$DB_PORTS"
+OWN_PORTS=("$CTLD_PORT" "$REST_PORT")  # the nodes' ports skip these
+((ACCOUNTING)) && OWN_PORTS+=("$DBD_PORT" "$DB_PORT")
 NODE_NAMES=() NODE_PORTS=()
 port=$SLURMD_PORT
 for ((i = 1; i <= NODES; i++)); do
-  while ((port == CTLD_PORT || port == REST_PORT)); do port=$((port + 1)); done
+  while [[ " ${OWN_PORTS[*]} " == *" $port "* ]]; do port=$((port + 1)); done
   NODE_NAMES+=("node$i") NODE_PORTS+=("$port")
   port=$((port + 1))
 done
 for port in "$CTLD_PORT" "$REST_PORT" "${NODE_PORTS[@]}"; do number PORTS "$port" 1024 65535; done
 ((CTLD_PORT != REST_PORT)) || fail "GITOPSD_SLURM_PORTS=$PORTS: slurmctld and slurmrestd need ports of their own"
+if ((ACCOUNTING)); then
+  for port in "$DBD_PORT" "$DB_PORT"; do number DB_PORTS "$port" 1024 65535; done
+  [[ $(printf '%s\n' "${OWN_PORTS[@]}" | sort -u | wc -l) == 4 ]] ||
+    fail "GITOPSD_SLURM_DB_PORTS=$DB_PORTS: slurmdbd and MariaDB need ports of their own (not in $PORTS)"
+  PACKAGES+=("${ACCOUNTING_PACKAGES[@]}")
+fi
 NODE_LIST=$(IFS=,; echo "${NODE_NAMES[*]}")
 
 # -- 1. Debian packages ------------------------------------------------------------------------------------
@@ -155,6 +174,18 @@ gres_line="" node_gres="" gres="AutoDetect=off"
 if ((GPUS > 0)); then
   gres_line="GresTypes=gpu" node_gres=" Gres=gpu:$GPUS"
 fi
+accounting="AccountingStorageType=accounting_storage/none"
+if ((ACCOUNTING)); then
+  # slurmctld reaches slurmdbd with munge, but not through AuthInfo's socket: AccountingStoragePass names it.
+  # The job's comment (gitopsd's run id) is kept only with job_comment.
+  accounting="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=$DBD_PORT
+AccountingStoragePass=$SOCKET
+AccountingStorageEnforce=associations
+AccountingStoreFlags=job_comment"
+  ((GPUS > 0)) && accounting+=$'\n'"AccountingStorageTRES=gres/gpu"
+fi
 nodes=""
 for ((i = 0; i < NODES; i++)); do
   node=${NODE_NAMES[i]}
@@ -186,7 +217,7 @@ SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+$accounting
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/log/jobcomp.txt
 MpiDefault=none
@@ -218,13 +249,16 @@ if ((changed)); then  # a new config takes effect on a restart
   while read -r pidfile; do stop_node "$pidfile"; done < <(slurmd_pidfiles "$DIR")
   stop "$DIR/run/slurmctld.pid" slurmctld
 fi
+MYSQL=$DIR/mysql
 daemons=("slurmctld:slurmctld:$CTLD_PORT" "slurmrestd:slurmrestd:$REST_PORT")
 for ((i = 0; i < NODES; i++)); do daemons+=("slurmd-${NODE_NAMES[i]}:slurmd:${NODE_PORTS[i]}"); done
+((ACCOUNTING)) && daemons+=("slurmdbd:slurmdbd:$DBD_PORT" "$MYSQL/mariadbd.pid:mariadbd:$DB_PORT")
 for entry in "${daemons[@]}"; do
   IFS=: read -r file name port <<<"$entry"
-  if ! up "$DIR/run/$file.pid" "$name" && port_open "$port"; then
-    fail "port $port is taken, but $file of $DIR is not running: another cluster? (its down.sh stops it;" \
-      "GITOPSD_SLURM_PORTS chooses others)"
+  [[ $file == /* ]] || file=$DIR/run/$file.pid
+  if ! up "$file" "$name" && port_open "$port"; then
+    fail "port $port is taken, but $name of $DIR is not running: another cluster? (its down.sh stops it;" \
+      "GITOPSD_SLURM_PORTS and GITOPSD_SLURM_DB_PORTS choose others)"
   fi
 done
 
@@ -238,11 +272,63 @@ if ! up "$DIR/munge/munged.pid" munged; then
 fi
 wait_for 50 munge_ok || fail "munge cannot encode and decode a credential on $SOCKET"
 
+# Accounting: MariaDB (its own datadir and port, root by unix socket only), then slurmdbd, before slurmctld, which
+# registers the cluster and root's association there when it connects.
+if ((ACCOUNTING)); then
+  sql() { mariadb --no-defaults -S "$MYSQL/mysqld.sock" -u root "$@"; }
+  install -d -m 750 -o mysql -g mysql "$MYSQL"
+  if [[ ! -d $MYSQL/mysql ]]; then
+    mariadb-install-db --no-defaults --user=mysql --datadir="$MYSQL" --skip-test-db --skip-name-resolve \
+      --auth-root-authentication-method=socket >"$DIR/log/mariadb-install.log" 2>&1 ||
+      { show_log "$DIR/log/mariadb-install.log"; fail "mariadb-install-db did not make $MYSQL"; }
+  fi
+  if ! up "$MYSQL/mariadbd.pid" mariadbd; then
+    (cd / && exec setsid mariadbd --no-defaults --user=mysql --datadir="$MYSQL" --socket="$MYSQL/mysqld.sock" \
+      --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve --pid-file="$MYSQL/mariadbd.pid" \
+      --log-error="$MYSQL/mariadb.err" --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
+      </dev/null >/dev/null 2>&1) &
+  fi
+  wait_for 150 sql -e 'SELECT 1' >/dev/null 2>&1 || { show_log "$MYSQL/mariadb.err"; fail "MariaDB is not up"; }
+  [[ -s $DIR/db.pass ]] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$DIR/db.pass")
+  DB_PASS=$(cat "$DIR/db.pass")
+  sql -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
+    ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" || fail "MariaDB refused to make its slurm user"
+  # slurmdbd reads slurmdbd.conf beside slurm.conf (SLURM_CONF), and only when the slurm user alone may read it.
+  dbd_conf="# Written by gitopsd's tools/slurm/up.sh. Edits are overwritten.
+AuthType=auth/munge
+AuthInfo=socket=$SOCKET
+DbdHost=localhost
+DbdPort=$DBD_PORT
+SlurmUser=slurm
+LogFile=$DIR/log/slurmdbd.log
+PidFile=$DIR/run/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=$DB_PASS
+StorageLoc=slurm_acct_db"
+  (umask 077 && put "$DIR/slurmdbd.conf" "$dbd_conf") && stop "$DIR/run/slurmdbd.pid" slurmdbd
+  chown slurm:slurm "$DIR/slurmdbd.conf" && chmod 600 "$DIR/slurmdbd.conf"
+  if ! up "$DIR/run/slurmdbd.pid" slurmdbd; then
+    slurmdbd || { show_log "$DIR/log/slurmdbd.log"; fail "slurmdbd did not start"; }
+  fi
+  wait_for 100 port_open "$DBD_PORT" || { show_log "$DIR/log/slurmdbd.log"; fail "slurmdbd does not listen"; }
+else  # accounting switched off: stop what an earlier GITOPSD_SLURM_ACCOUNTING=1 started here
+  stop "$DIR/run/slurmdbd.pid" slurmdbd
+  stop "$MYSQL/mariadbd.pid" mariadbd
+fi
+
 ctld_ok() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
 if ! up "$DIR/run/slurmctld.pid" slurmctld; then
   slurmctld -f "$CONF" || { show_log "$DIR/log/slurmctld.log"; fail "slurmctld did not start"; }
 fi
 wait_for 100 ctld_ok || { show_log "$DIR/log/slurmctld.log"; fail "slurmctld does not answer 'scontrol ping'"; }
+if ((ACCOUNTING)); then  # root's association: the cluster is registered, and root's jobs are accepted
+  root_assoc() { [[ -n $(sacctmgr -n -P show assoc user=root cluster=gitopsd format=account 2>/dev/null) ]]; }
+  wait_for 150 root_assoc || { show_log "$DIR/log/slurmdbd.log"; fail "slurmdbd has no association for root"; }
+fi
 
 # A node: slurmd in new UTS and mount namespaces, where it sets its hostname, hides PRIVATE under an empty
 # read-only tmpfs and puts DIR/hosts over /etc/hosts; then it daemonizes, and its jobs inherit all of that.
@@ -306,6 +392,8 @@ GITOPSD_SLURM_NODE_NAMES=$NODE_LIST
 GITOPSD_SLURM_SHARED=$SHARED
 GITOPSD_SLURM_PRIVATE=$PRIVATE
 EOF
+kept="no accounting"
+((ACCOUNTING)) && kept="slurmdbd on $DBD_PORT (MariaDB on $DB_PORT)"
 say "Slurm is up: nodes $NODE_LIST (ports ${NODE_PORTS[*]}) with $CPUS CPUs and $GPUS GPUs each," \
-  "slurmctld on $CTLD_PORT, REST at $URL; environment in $DIR/env.sh"
+  "slurmctld on $CTLD_PORT, REST at $URL, $kept; environment in $DIR/env.sh"
 cat "$DIR/env.sh"

@@ -8,6 +8,7 @@ once: `sacct` (slurmdbd), else `sacct -c` (the jobcomp file), else none.
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from gitopsd_slurm.records import (
 )
 from gitopsd_slurm.script import JobRequest
 from gitopsd_slurm.settings import SlurmSettings
-from gitopsd_slurm.states import is_refusal, is_unreachable
+from gitopsd_slurm.states import is_refusal, is_unreachable, refusal_hint
 from gitopsd_slurm.transport import CommandResult, Runner
 
 # -- builders ----------------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class CliTransport:
                 raise PermanentError(
                     f"backend {self.backend!r}: Slurm refused the job of run {request.run_id}: {why} "
                     f"(script {request.script_path})"
+                    + refusal_hint(why, user=getpass.getuser(), account=request.options.account)
                 )
             raise self._failed(result, f"submitting run {request.run_id}")
         try:

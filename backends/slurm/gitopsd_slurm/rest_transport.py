@@ -26,7 +26,7 @@ from gitopsd.errors import BackendUnavailable, PermanentError, TransientError
 from gitopsd_slurm.records import NodeInfo, SlurmJob, jobs_from_json, json_errors, nodes_from_json
 from gitopsd_slurm.script import JobRequest
 from gitopsd_slurm.settings import RestSettings
-from gitopsd_slurm.states import is_refusal
+from gitopsd_slurm.states import is_refusal, refusal_hint
 from gitopsd_slurm.transport import Runner
 
 GONE = ("invalid job id", "already completing or completed")
@@ -243,6 +243,7 @@ class RestTransport:
         if is_refusal(why) or status == 400:
             raise PermanentError(
                 f"backend {self.backend!r}: Slurm refused the job of run {request.run_id}: HTTP {status}: {why}"
+                + refusal_hint(why, user=self.tokens.user, account=request.options.account)
             )
         if status >= 500:
             raise self._unavailable(f"submitting run {request.run_id}", status, doc)

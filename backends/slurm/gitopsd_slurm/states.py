@@ -99,6 +99,18 @@ def is_refusal(message: str) -> bool:
     return any(words.lower() in message.lower() for words in REFUSALS)
 
 
+def refusal_hint(message: str, *, user: str, account: str | None) -> str:
+    """What Slurm's words leave out: "Invalid account" is also what a user without an association gets where the
+    cluster enforces associations (AccountingStorageEnforce=associations), so say so and how to fix it."""
+    if "invalid account" not in message.lower():
+        return ""
+    which = f"account {account}" if account else "an account"
+    return (
+        f"; user {user} needs a Slurm association with {which} (`sacctmgr show assoc user={user}` lists theirs; "
+        f"a Slurm admin adds one: sacctmgr add user {user} account={account or 'ACCOUNT'})"
+    )
+
+
 def is_unreachable(message: str) -> bool:
     return any(words.lower() in message.lower() for words in UNREACHABLE)
 
