@@ -32,7 +32,7 @@ test: $(STAMP)
 	# S3 store (tools/s3/up.sh; `weed` comes from the [test] extra).
 	if tools/slurm/up.sh >/dev/null; then set -a && . $${GITOPSD_SLURM_DIR:-/tmp/gitopsd-slurm}/env.sh && set +a; fi; \
 	if GITOPSD_WEED=$(CURDIR)/$(BIN)/weed tools/s3/up.sh >/dev/null; then set -a && . $${GITOPSD_S3_DIR:-/tmp/gitopsd-s3}/env.sh && set +a; fi; \
-	$(BIN)/pytest -q --durations=25; rc=$$?; tools/s3/down.sh --purge; tools/slurm/down.sh; exit $$rc
+	tools/run-tests $(BIN)/pytest; rc=$$?; tools/s3/down.sh --purge; tools/slurm/down.sh; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check gitopsd tests bench backends
