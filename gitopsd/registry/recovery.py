@@ -167,16 +167,7 @@ def rebuild(store: ArtifactStore, registry_path: Path) -> tuple[int, int]:
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT INTO versions (model, number, run_id, run_key, artifact_sha256, artifact_size, "
-                "artifact_uri, metrics, gates, lineage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (v.model, v.number, v.run_id, v.run_key, v.artifact.sha256, v.artifact.size, v.artifact.uri,
-                     json.dumps(v.metrics, sort_keys=True), json.dumps(v.gates, sort_keys=True),
-                     json.dumps(v.lineage, sort_keys=True), v.created_at)
-                    for v in versions
-                ],
-            )  # fmt: skip
+            _insert_versions(conn, versions)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
