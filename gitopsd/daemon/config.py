@@ -4,10 +4,11 @@
 `--config FILE`, `$GITOPSD_CONFIG` or `$XDG_CONFIG_HOME/gitopsd/config.toml` (`state_dir` and `repositories` are
 then optional). Everything that carries or reaches a credential, a host or a path outside a repository lives
 here and never in a repository: backends and their connections (`[backends.NAME]`, with what a repository may
-set under `allow` and the caps on what it may ask for), the artifact store (`[registry]`), and for each repository
-the backends it may use and its own store. Secrets (webhook secrets, backend credentials)
-never appear in the file itself: a value is `file:/path`, `env:NAME` or `credential:NAME` (a systemd
-credential in `$CREDENTIALS_DIRECTORY`), resolved when the daemon needs it and never logged.
+set under `allow` and the caps on what it may ask for), the artifact store (`[registry]`), for each repository
+the backends it may use and its own store, and team policy (`[[policies]]`, `gitopsd.spec.policy`). Secrets
+(webhook secrets, backend credentials) never appear in the file itself: a value is `file:/path`, `env:NAME` or
+`credential:NAME` (a systemd credential in `$CREDENTIALS_DIRECTORY`), resolved when the daemon needs it and never
+logged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gitopsd.backends.protocol import SHARED_STATE_ENV
 from gitopsd.daemon.apiauth import listen_problem, local_listen_problem
@@ -28,6 +39,7 @@ from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.source.verify import VerifyPolicy
 from gitopsd.spec.fields import StoreUri
 from gitopsd.spec.operator import AbsolutePath, Operator, OperatorBackend, OperatorRegistry
+from gitopsd.spec.policy import PolicyRule, applicable
 from gitopsd.units import parse_duration
 
 SECRET_REF = r"^(file:|env:|credential:).+"
@@ -187,6 +199,31 @@ class DaemonConfig(_Config):
     standby: StandbyConfig | None = Field(
         default=None, description="Active/standby across login nodes through a shared lease (default: none)."
     )
+    policies: list[PolicyRule] = Field(
+        default=[],
+        description="Team policy, read top-down: the first matching rule names a model's team, every matching "
+        "rule's limits apply (see docs/policy.md).",
+    )
+
+    @field_validator("policies")
+    @classmethod
+    def _policies_name_what_exists(cls, policies: list[PolicyRule], info: ValidationInfo) -> list[PolicyRule]:
+        """Each rule's repositories and backends are declared in this file (a typo would silently match nothing)."""
+        repositories = {r.name for r in info.data.get("repositories", [])}
+        backends = set(info.data.get("backends", {}))
+        errors: list[InitErrorDetails] = []
+        for i, rule in enumerate(policies):
+            for field, names, known, what in (("repositories", rule.repositories, repositories, "[[repositories]]"),
+                                              ("backends", rule.backends, backends, "[backends]")):  # fmt: skip
+                for j, name in enumerate(names or ()):
+                    if name not in known:
+                        declared = ", ".join(sorted(known)) or "none"
+                        error = PydanticCustomError("policy", "{name!r} is not declared in {what} (declared: {known})",
+                                                    {"name": name, "what": what, "known": declared})  # fmt: skip
+                        errors.append(InitErrorDetails(type=error, loc=(i, field, j), input=name))
+        if errors:
+            raise ValidationError.from_exception_data("policies", errors)
+        return policies
 
     @model_validator(mode="after")
     def _unique_names(self) -> DaemonConfig:
@@ -215,7 +252,8 @@ class DaemonConfig(_Config):
 
     def operator(self) -> Operator:
         """The backends and store for command-line use without a repository of this file."""
-        return Operator(backends=self.backends, registry=self.registry, data_roots=self.data_roots)
+        return Operator(backends=self.backends, registry=self.registry, data_roots=self.data_roots,
+                        policies=applicable(self.policies, None))  # fmt: skip
 
     def operator_for(self, repo: RepositoryConfig) -> Operator:
         """The backends repository `repo` may use and its own artifact store."""
@@ -224,7 +262,8 @@ class DaemonConfig(_Config):
         if artifacts is None and self.registry.artifacts is not None:
             artifacts = self.registry.artifacts.rstrip("/") + "/" + repo.name
         registry = self.registry.model_copy(update={"artifacts": artifacts})
-        return Operator(backends=backends, registry=registry, data_roots=self.data_roots)
+        return Operator(backends=backends, registry=registry, data_roots=self.data_roots,
+                        policies=applicable(self.policies, repo.name))  # fmt: skip
 
     def for_daemon(self, path: Path) -> DaemonConfig:
         """This configuration, if `gitopsd run` can serve it; PermanentError naming what is missing."""

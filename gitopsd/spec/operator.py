@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from gitopsd.model import Resources
 from gitopsd.spec.fields import Cpus, Duration, Gpus, LockDays, Memory, Name, Nodes, PluginType, StoreUri
+from gitopsd.spec.policy import PolicyRule
 
 ANY = "*"
 #: Settings that name a path on the operator's hosts: no repository may set them, whatever `allow` says (the
@@ -108,6 +109,9 @@ class Operator(_Operator):
     registry: OperatorRegistry = OperatorRegistry()
     data_roots: list[AbsolutePath] = Field(
         default=[], description="Directories under which models may name file:// data (default: none)."
+    )
+    policies: tuple[tuple[int, PolicyRule], ...] = Field(
+        default=(), description="The [[policies]] rules that cover this repository, each with its index (in order)."
     )
 
     def allows_data(self, path: str) -> bool:
