@@ -179,6 +179,8 @@ class Adopter:
             run_dir=str(path),
             created_at=float(claimed["created_at"]),
             updated_at=now,
+            gpus=model.train.resources.gpus * model.train.resources.nodes,
+            timeout_s=model.train.timeout_s,
         )
         snapshot = self.launcher.snapshot_for(run, model, None)
         if base is not None:

@@ -236,7 +236,7 @@ class Applier:
         outcome = collect(run, snapshot=snapshot, registry=self.registry, store=store, job=job, limits=self.limits,
                           fence=self.fence)  # fmt: skip
         ended = {"metrics": outcome.metrics, "ended_at": job.get("ended_at") or time.time(),
-                 "exit_code": job.get("exit_code")}  # fmt: skip
+                 "exit_code": job.get("exit_code"), "started_at": _started(run, job)}  # fmt: skip
         if outcome.version is None:
             log.warning("%s: run %s not registered: %s", run.model, run.id, outcome.message, extra=run_fields(run))
             self._end(run, Phase.FAILED, outcome.reason, outcome.message, **ended)
@@ -257,3 +257,12 @@ class Applier:
             **ended,
         )
         self.observer.forget(run.id)
+
+
+def _started(run: RunRecord, job: Mapping[str, Any]) -> float | None:
+    """When the run started: as recorded, else as its backend says (a job that ended between two passes was
+    never seen running), so that its GPU-hours are counted from its start rather than its submission."""
+    said = job.get("started_at")
+    if run.started_at is None and isinstance(said, int | float) and not isinstance(said, bool):
+        return float(said)
+    return run.started_at

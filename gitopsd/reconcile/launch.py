@@ -81,6 +81,8 @@ class Launcher:
             run_dir=str((runs_dir_of(backend) or self.runs_dir) / run_id),
             created_at=now,
             updated_at=now,
+            gpus=model.train.resources.gpus * model.train.resources.nodes,
+            timeout_s=model.train.timeout_s,
         )
         snapshot = self._snapshot(run, model, base)
         self.state.create_run(run, message=f"attempt {attempt} for run key {run.run_key[:12]}", snapshot=snapshot)

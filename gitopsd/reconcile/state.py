@@ -89,6 +89,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        4,
+        # What a run's GPU-hours are made of (GPUs x nodes, its timeout), for team budgets and `gitopsd usage`;
+        # older runs take them from their snapshot, and count 0 GPUs when they have none. The two indexes keep
+        # a pass's budget check to the runs of the last week and of one commit, however long the history.
+        """
+        ALTER TABLE runs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN timeout_s INTEGER;
+        UPDATE runs SET
+            gpus = coalesce((SELECT CAST(json_extract(s.snapshot, '$.train.resources.gpus') AS INTEGER)
+                                    * coalesce(CAST(json_extract(s.snapshot, '$.train.resources.nodes') AS INTEGER), 1)
+                             FROM snapshots s WHERE s.run_id = runs.id), 0),
+            timeout_s = (SELECT CAST(json_extract(s.snapshot, '$.train.timeout_s') AS INTEGER)
+                         FROM snapshots s WHERE s.run_id = runs.id);
+        CREATE INDEX runs_ended ON runs (ended_at);
+        CREATE INDEX runs_commit ON runs (commit_id);
+        """,
+    ),
 )
 
 
@@ -117,6 +135,9 @@ class RunRecord:
     version: int | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    gpus: int = 0
+    """GPUs x nodes the run asked for (what its GPU-hours are counted with)."""
+    timeout_s: int | None = None
 
     def row(self) -> dict[str, Any]:
         data = asdict(self)
@@ -323,6 +344,21 @@ class StateStore:
             "WHERE phase IN ('Registered', 'Failed', 'Cancelled') GROUP BY model)"
         )
         return {r["model"]: RunRecord.from_row(r) for r in rows}
+
+    def gpu_runs(self, since: float) -> list[RunRecord]:
+        """The runs with GPUs that ended at or after `since`, and those in flight (indexed: not the whole
+        history)."""
+        rows = self.conn.execute(
+            "SELECT * FROM runs WHERE ended_at >= ? AND gpus > 0 AND phase IN ('Registered', 'Failed', 'Cancelled') "
+            "UNION ALL SELECT * FROM runs WHERE phase NOT IN ('Registered', 'Failed', 'Cancelled') AND gpus > 0",
+            (since,),
+        )
+        return [RunRecord.from_row(r) for r in rows]
+
+    def runs_of_commit(self, commit: str) -> list[RunRecord]:
+        """Every run started for `commit` (indexed)."""
+        rows = self.conn.execute("SELECT * FROM runs WHERE commit_id = ? ORDER BY rowid", (commit,))
+        return [RunRecord.from_row(r) for r in rows]
 
     # events ----------------------------------------------------------------------------------------------
     def event(
