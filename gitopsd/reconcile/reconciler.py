@@ -19,7 +19,7 @@ from typing import Any
 
 from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend, can_checkpoint
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
-from gitopsd.model import Reason, Resources
+from gitopsd.model import Phase, Reason, Resources
 from gitopsd.reconcile.adopt import Adopter
 from gitopsd.reconcile.apply import Applier
 from gitopsd.reconcile.desired import DesiredLoader, DesiredModel, DesiredState, PerModel, digest
@@ -27,8 +27,8 @@ from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
-from gitopsd.reconcile.planner import Action, Actual, Failure, Wait, Want, plan
-from gitopsd.reconcile.state import SourceRow, StateStore
+from gitopsd.reconcile.planner import Action, Actual, Failure, Submit, Wait, Want, plan
+from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook, plan_aliases
@@ -40,6 +40,7 @@ from gitopsd.source.mirror import Source
 from gitopsd.source.redact import redact_url
 from gitopsd.source.verify import CommitVerifier, VerifyPolicy
 from gitopsd.spec.operator import Operator, over_caps
+from gitopsd.spec.policy import WEEK_S, Ask, Spent, budget_refusals, next_look, static_refusal
 
 log = logging.getLogger("gitopsd")
 
@@ -157,6 +158,9 @@ class Reconciler:
         self._base_view = PerModel(lambda m: m.spec.spec.base)
         self._resource_view = PerModel(lambda m: (m.train.backend, m.train.resources))
         self._caps_view = PerModel(self._over_caps)
+        self._policy_view = PerModel(lambda m: static_refusal(ask_of(m), self.operator.policies))
+        self._over_budget: dict[str, str] = {}  # models the budgets refused in the last pass, and why
+        self._budget_look: float | None = None  # when a budget refusal must be looked at again
         self._admitted: dict[tuple[str, Resources], tuple[Backend | None, str | None]] = {}
         self._refused_for: tuple[DesiredState, dict[str, str]] | None = None
         self._last_based: dict[str, Want] = {}
@@ -222,7 +226,7 @@ class Reconciler:
             now=time.time(), last_failures=failures,
         )  # fmt: skip
         wants, bases, rebased = self._effective_wants(desired, backends)
-        actions = plan(wants, actual)
+        wants, actions, rebased = self._within_budgets(desired, wants, plan(wants, actual), rebased)
         if dry_run:
             return PassResult(
                 commit=desired.commit, actions=tuple(actions), active=len(runs), error=row.error,
@@ -292,6 +296,9 @@ class Reconciler:
         if fresh or self._refused_for is None or self._refused_for[0] is not desired:
             refused = {name: why for name, key in asks.items() if (why := self._admitted.get(key, (None, None))[1])}
             refused.update({name: why for name, why in self._caps_view.of(desired).items() if why})
+            refused.update(
+                {name: why for name, why in self._policy_view.of(desired).items() if why and name not in refused}
+            )
             refused.update({name: why for name, m in desired.models.items() if (why := _no_checkpoint(m, backends))})
             self._refused_for = (desired, refused)
         return self._refused_for[1]
@@ -339,6 +346,41 @@ class Reconciler:
         changed = {name for name in special | self._last_based.keys() if self._last_based.get(name) != wants.get(name)}
         self._last_based = {name: wants[name] for name in special}
         return wants, bases, changed
+
+    def _within_budgets(
+        self, desired: DesiredState, wants: dict[str, Want], actions: list[Action], changed: set[str]
+    ) -> tuple[dict[str, Want], list[Action], set[str]]:
+        """Hold back the new trainings the policy's GPU-hour budgets refuse (`gitopsd.spec.policy`).
+
+        Only what this pass would submit is judged: a model whose run key has a version or a run in flight
+        plans no submission, so a budget never refuses, cancels or blocks a run already started. Returns the
+        wants (refused ones blocked, PolicyDenied), the actions without their submissions, and `changed` with
+        the models whose refusal changed since the last pass. Runs of the last week come from an indexed query;
+        a refused model is looked at again on the next pass, or at `next_look` at the latest (the window rolls).
+        """
+        now = time.time()
+        submits = {a.model for a in actions if isinstance(a, Submit)}
+        refused: dict[str, str] = {}
+        self._budget_look = None
+        if submits and any(rule.budgeted for _, rule in self.operator.policies):
+            week = [spent_of(run) for run in self.state.gpu_runs(now - WEEK_S)]
+            started: dict[str, Ask] = {}
+            for run in self.state.runs_of_commit(desired.commit):
+                if run.model not in submits:
+                    started[run.model] = ask_of_run(run)
+            trainings = [ask_of(desired.models[name]) for name in sorted(submits)]
+            refused = budget_refusals(trainings, self.operator.policies, week=week, started=started.values(), now=now)
+            if refused:
+                self._budget_look = next_look(week, now=now)
+        before, self._over_budget = self._over_budget, refused
+        changed = changed | {n for n in refused.keys() | before.keys() if refused.get(n) != before.get(n)}
+        if not refused:
+            return wants, actions, changed
+        wants = dict(wants)
+        for name, why in refused.items():
+            wants[name] = replace(wants[name], blocked=f"refused by policy: {why}", blocked_reason=Reason.POLICY_DENIED)
+        kept = [a for a in actions if not (isinstance(a, Submit) and a.model in refused)]
+        return wants, kept, changed
 
     def _resolve_base(self, ref: str) -> Version | None:
         model, _, which = ref.partition("@")
@@ -391,6 +433,7 @@ class Reconciler:
         due = [a.retry_at for a in actions if isinstance(a, Wait)]
         due += [t.next_at for t in self.troubles.all().values() if t.next_at is not None]
         due += [e.next_at for e in self.outbox.entries()] if waiting else []
+        due += [self._budget_look] if self._budget_look is not None else []
         return min(due, default=None)
 
     def _worth_waiting(self, result: PassResult) -> bool:
@@ -516,6 +559,33 @@ class Reconciler:
 
 def _with(row: SourceRow, **changes: Any) -> SourceRow:
     return SourceRow(**{**asdict(row), **changes})
+
+
+def ask_of(model: DesiredModel) -> Ask:
+    """What a desired model asks for, as the operator's policy judges it."""
+    train = model.train
+    partition = train.settings.get("partition")
+    return Ask(
+        model=model.name, path=model.path, backend=train.backend,
+        partition=None if partition is None else str(partition), gpus=train.resources.gpus,
+        nodes=train.resources.nodes, timeout_s=train.timeout_s, retries=train.retries,
+    )  # fmt: skip
+
+
+def ask_of_run(run: RunRecord) -> Ask:
+    """What a recorded run asked for (its GPUs are already GPUs x nodes)."""
+    return Ask(model=run.model, path=run.spec_path, backend=run.backend, gpus=run.gpus, timeout_s=run.timeout_s)
+
+
+def spent_of(run: RunRecord) -> Spent:
+    """A recorded run as usage counts it: from its start (else its creation), until it ended (else in flight)."""
+    started = run.started_at if run.started_at is not None else run.created_at
+    ended = (run.ended_at or run.updated_at) if run.phase in _ENDED else None
+    return Spent(model=run.model, path=run.spec_path, gpus=run.gpus, started_at=started, ended_at=ended,
+                 timeout_s=run.timeout_s)  # fmt: skip
+
+
+_ENDED = (Phase.REGISTERED, Phase.FAILED, Phase.CANCELLED)
 
 
 def _no_checkpoint(model: DesiredModel, backends: Mapping[str, Backend]) -> str | None:
