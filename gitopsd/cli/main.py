@@ -21,6 +21,7 @@ from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits,
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.doctor import doctor
 from gitopsd.cli.registry import history, lineage, promote, registry
+from gitopsd.cli.usage import usage
 from gitopsd.source.redact import redact_text
 
 if TYPE_CHECKING:
@@ -435,7 +436,7 @@ def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
         click.echo(path.read_text(errors="replace"), nl=False)
 
 
-for command in (registry, lineage, history, promote, run, trigger, gpus, doctor):
+for command in (registry, lineage, history, promote, run, trigger, gpus, doctor, usage):
     cli.add_command(command)
 
 
