@@ -218,8 +218,8 @@ class DaemonConfig(_Config):
                 for j, name in enumerate(names or ()):
                     if name not in known:
                         declared = ", ".join(sorted(known)) or "none"
-                        error = PydanticCustomError("policy", "{name!r} is not declared in {what} (declared: {known})",
-                                                    {"name": name, "what": what, "known": declared})  # fmt: skip
+                        message = f"{name!r} is not declared in {what} (declared: {declared})"
+                        error = PydanticCustomError("policy", "{message}", {"message": message})
                         errors.append(InitErrorDetails(type=error, loc=(i, field, j), input=name))
         if errors:
             raise ValidationError.from_exception_data("policies", errors)

@@ -269,6 +269,8 @@ def _over(
         limits = [f"{_num(v)} per {per}" for v, per in budgets if v is not None]
         return (f"{team}: no timeout: its GPU-hours ({ask.total_gpus} GPUs) are unbounded and team {rule.team} has "
                 f"a budget of {' and '.join(limits)} GPU-hours: set spec.train.timeout {where}")  # fmt: skip
+    if hours == 0:  # no GPUs: no GPU-hours, whatever the team spent
+        return None
     limit = rule.max_gpu_hours_per_change
     if limit is not None and change[index] + hours > limit + 1e-9:
         before = f"{change[index]:.1f} GPU-hours for other trainings of this change + " if change[index] else ""
