@@ -20,6 +20,7 @@ from gitopsd.spec.policy import (
     Spent,
     applicable,
     budget_refusals,
+    deciding,
     glob_match,
     next_look,
     static_refusal,
@@ -143,16 +144,27 @@ def test_a_model_with_no_partition_runs_on_the_operators_default_and_passes() ->
     assert static_refusal(ask(partition="gpu"), rules(rule)) is None
 
 
-def test_every_matching_rule_applies_top_down() -> None:
+def test_the_first_matching_rule_decides_alone_like_a_firewall() -> None:
     team = PolicyRule(team="vision", paths=["models/vision/**"], max_gpus=16)
-    everyone = PolicyRule(team="all", max_gpus=8, max_retries=1)
+    everyone = PolicyRule(team="all", max_gpus=1, max_retries=0)
     found = rules(team, everyone)
-    assert static_refusal(ask(path="models/vision/a.yaml", gpus=12), found) == (
-        "team all: 12 GPUs > 8 allowed per model (policies[1])"
-    )
+    assert static_refusal(ask(path="models/vision/a.yaml", gpus=12, retries=3), found) is None
     assert static_refusal(ask(path="models/vision/a.yaml", gpus=20), found) == (
         "team vision: 20 GPUs > 16 allowed per model (policies[0])"
     )
+    assert static_refusal(ask(path="models/a.yaml", gpus=2), found) == (
+        "team all: 2 GPUs > 1 allowed per model (policies[1])"
+    )
+    assert static_refusal(ask(path="models/a.yaml", gpus=2), rules(team)) is None, "no rule: no policy"
+
+
+def test_a_budget_counts_the_models_its_rule_decides_for() -> None:
+    everyone = PolicyRule(team="all", max_gpu_hours_per_week=10)
+    week = [spent("models/vision/a.yaml", 100, 5, 1), spent("models/b.yaml", 2, 5, 1)]
+    assert used_by_rule(rules(VISION, everyone), week, now=NOW) == {0: 400.0, 1: 8.0}
+    refused = budget_refusals([ask("c", "models/c.yaml", gpus=1, timeout_s=3600)], rules(VISION, everyone), week=week,
+                              now=NOW)  # fmt: skip
+    assert refused == {}, "vision's 400 GPU-hours are not everyone's"
 
 
 # budgets -------------------------------------------------------------------------------------------------------
@@ -276,7 +288,7 @@ def test_budgets_are_deterministic_and_never_admit_more_than_a_budget(
     admitted = [t for t in trainings if t.model not in refused]
     used = used_by_rule(found, week, now=NOW)
     for index, rule in found:
-        mine = [t for t in admitted if rule.matches(t.path)]
+        mine = [t for t in admitted if deciding(t.path, found) == (index, rule)]
         if rule.budgeted:
             assert all(t.gpu_hours is not None for t in mine)
         hours = sum(t.gpu_hours or 0.0 for t in mine)

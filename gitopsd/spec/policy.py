@@ -4,8 +4,10 @@ spend. Pure: no clock, no I/O; the time and the recorded runs are inputs.
 A rule (`[[policies]]` in the operator's configuration) names a team, the repositories and the spec file paths
 (globs such as `models/vision/**`) it covers, and limits: allowed backends and Slurm partitions, GPUs per model,
 timeout, retries, and GPU-hour budgets per change and per rolling week. Rules are read top-down like a
-firewall: the first rule whose repositories and paths match a model names the model's team, and the limits of
-every matching rule apply. A budget belongs to its rule and is counted over the models that rule matches.
+firewall: the first rule whose repositories and paths match a model's spec file decides, alone: it names the
+model's team and its limits are the ones that apply; later rules do not see the model. So a team's rule may be
+looser or tighter than a catch-all rule after it, and a budget belongs to its rule, counted over the models
+that rule decides for (in this repository's recorded runs). A model no rule matches is free of policy.
 
 Path globs are about where a spec file lives: `*` stays within one directory, `**` spans any number of them.
 Renaming or moving a spec file moves it to whichever rule matches its new path, so an operator who budgets by
@@ -136,9 +138,15 @@ class Ask:
         return None if self.timeout_s is None else self.total_gpus * self.timeout_s / 3600
 
 
+def deciding(path: str, rules: Rules) -> tuple[int, PolicyRule] | None:
+    """The rule that decides for a spec file: the first that matches it, with its index; None if none does."""
+    return next(((i, rule) for i, rule in rules if rule.matches(path)), None)
+
+
 def team_of(path: str, rules: Rules) -> str | None:
-    """The team of a spec file: the first matching rule's, or None."""
-    return next((rule.team for _, rule in rules if rule.matches(path)), None)
+    """The team of a spec file: its deciding rule's, or None."""
+    found = deciding(path, rules)
+    return found[1].team if found else None
 
 
 def _where(index: int, rule: PolicyRule) -> tuple[str, str]:
@@ -150,12 +158,12 @@ def _num(value: float) -> str:
 
 
 def static_refusal(ask: Ask, rules: Rules) -> str | None:
-    """Why a model's spec breaks a static limit of a rule that matches it (the first, top-down), or None."""
-    for index, rule in rules:
-        if rule.matches(ask.path) and (why := _static(ask, rule)):
-            team, where = _where(index, rule)
-            return f"{team}: {why} {where}"
-    return None
+    """Why a model's spec breaks a static limit of its deciding rule, or None."""
+    found = deciding(ask.path, rules)
+    if found is None or not (why := _static(ask, found[1])):
+        return None
+    team, where = _where(*found)
+    return f"{team}: {why} {where}"
 
 
 def _static(ask: Ask, rule: PolicyRule) -> str | None:
@@ -208,15 +216,13 @@ class Spent:
 
 
 def used_by_rule(rules: Rules, week: Iterable[Spent], *, now: float, window_s: int = WEEK_S) -> dict[int, float]:
-    """GPU-hours each budgeted rule's models used or hold in the window that ends now."""
+    """GPU-hours the models of each rule with a weekly budget used or hold in the window that ends now."""
     since = now - window_s
     totals = {index: 0.0 for index, rule in rules if rule.max_gpu_hours_per_week is not None}
     for run in week:
-        held = run.held(since, now)
-        if held:
-            for index, rule in rules:
-                if index in totals and rule.matches(run.path):
-                    totals[index] += held
+        found = deciding(run.path, rules)
+        if found is not None and found[0] in totals:
+            totals[found[0]] += run.held(since, now)
     return totals
 
 
@@ -232,29 +238,29 @@ def budget_refusals(
 
     `week`: the runs recorded in the last 7 days (and those in flight); `started`: the trainings this change
     started already (one per model), which its per-change budgets count first. The trainings are taken in
-    model name order; each one admitted counts against the budgets of every rule that matches it, so the
-    verdict does not depend on the order they are given in.
+    model name order; each one admitted counts against its deciding rule's budgets, so the verdict does not
+    depend on the order they are given in.
     """
-    budgeted = [(i, rule) for i, rule in rules if rule.budgeted]
-    if not budgeted:
+    if not any(rule.budgeted for _, rule in rules):
         return {}
-    used = used_by_rule(budgeted, week, now=now)
-    change = {i: 0.0 for i, _ in budgeted}
-    this_change: dict[int, float] = {i: 0.0 for i, _ in budgeted}
-    for ask in sorted(started, key=lambda a: a.model):
-        for i, rule in budgeted:
-            if rule.matches(ask.path):
-                change[i] += ask.gpu_hours or 0.0
+    used = used_by_rule(rules, week, now=now)
+    change = {i: 0.0 for i, _ in rules}
+    this_change = {i: 0.0 for i, _ in rules}
+    for ask in started:
+        if (found := deciding(ask.path, rules)) is not None:
+            change[found[0]] += ask.gpu_hours or 0.0
     refused: dict[str, str] = {}
     for ask in sorted(trainings, key=lambda a: a.model):
-        matching = [(i, rule) for i, rule in budgeted if rule.matches(ask.path)]
-        why = next((w for i, rule in matching if (w := _over(ask, i, rule, used, change, this_change))), None)
+        found = deciding(ask.path, rules)
+        if found is None or not found[1].budgeted:
+            continue
+        index, rule = found
+        why = _over(ask, index, rule, used, change, this_change)
         if why:
             refused[ask.model] = why
             continue
-        for i, _ in matching:
-            change[i] += ask.gpu_hours or 0.0
-            this_change[i] += ask.gpu_hours or 0.0
+        change[index] += ask.gpu_hours or 0.0
+        this_change[index] += ask.gpu_hours or 0.0
     return refused
 
 
