@@ -224,3 +224,57 @@ def test_a_finished_run_counts_from_its_start_as_its_backend_reports_it(
     assert run.phase == phase and run.gpus == 3 and run.timeout_s == 600
     assert run.started_at is not None and run.ended_at is not None
     assert run.created_at <= run.started_at <= run.ended_at
+
+
+def test_a_run_in_flight_is_never_refused_cancelled_or_blocked_by_a_budget_it_now_exceeds(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(POLICY)
+    two_teams(demo_repo)
+    demo_repo.edit("models/vision/seg.yaml", "command: python3 train.py", "command: sleep 60; python3 train.py")
+    demo_repo.commit("seg takes a minute")
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=load_config(config).operator())
+    try:
+        rec.reconcile()
+        (flying,) = run_phases(state_dir, "seg")
+        seed_past_run(state_dir, gpus=4, hours=0.2, ended_ago_h=30)  # with seg's 0.33 held: over vision's 1.0
+        for _ in range(3):
+            assert "seg" not in rec.reconcile(dry_run=True).blocked
+            rec.reconcile()
+        assert run_phases(state_dir, "seg")[0] in ("Queued", "Running"), "still in flight"
+        assert model_status(state_dir, "seg")["reason"] == "Progressing"
+        demo_repo.git("rm", "-q", "models/vision/seg.yaml")
+        demo_repo.commit("seg goes")
+        rec.reconcile_until_settled(timeout_s=60)
+    finally:
+        rec.close()
+    assert flying in ("Queued", "Running", "Submitting")
+    assert run_phases(state_dir, "seg") == ["Cancelled", "Cancelled"]
+
+
+def test_a_run_superseded_in_the_same_pass_holds_nothing_against_its_successor(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(POLICY)
+    two_teams(demo_repo)
+    demo_repo.edit("models/vision/seg.yaml", "command: python3 train.py", "command: sleep 60; python3 train.py")
+    demo_repo.commit("seg takes a minute")
+    state_dir.mkdir(parents=True)
+    seed_past_run(state_dir, gpus=4, hours=0.125, ended_ago_h=30)  # 0.5, and 0.33 held by seg's run: 0.83 of 1.0
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=load_config(config).operator())
+    try:
+        rec.reconcile()
+        assert run_phases(state_dir, "seg")[1] in ("Submitting", "Queued", "Running")
+        demo_repo.edit("models/vision/seg.yaml", "sleep 60", "sleep 61")
+        demo_repo.commit("seg changes while it trains")
+        result = rec.reconcile()  # stops the old run, submits the new: 0.5 + 0.33 fits; holding both would not
+        assert "seg" not in result.blocked
+        phases = run_phases(state_dir, "seg")
+        demo_repo.git("rm", "-q", "models/vision/seg.yaml")
+        demo_repo.commit("seg goes")
+        rec.reconcile_until_settled(timeout_s=60)
+    finally:
+        rec.close()
+    assert phases[:2] == ["Cancelled", "Cancelled"] and len(phases) == 3, phases

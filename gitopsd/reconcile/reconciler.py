@@ -27,7 +27,7 @@ from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
-from gitopsd.reconcile.planner import Action, Actual, Failure, Submit, Wait, Want, plan
+from gitopsd.reconcile.planner import Action, Actual, Cancel, Failure, Submit, Wait, Want, plan
 from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
@@ -363,7 +363,8 @@ class Reconciler:
         refused: dict[str, str] = {}
         self._budget_look = None
         if submits and any(rule.budgeted for _, rule in self.operator.policies):
-            week = [spent_of(run) for run in self.state.gpu_runs(now - WEEK_S)]
+            stopping = {a.run_id for a in actions if isinstance(a, Cancel)}  # superseded: they end in this pass
+            week = [spent_of(run, now if run.id in stopping else None) for run in self.state.gpu_runs(now - WEEK_S)]
             started: dict[str, Ask] = {}
             for run in self.state.runs_of_commit(desired.commit):
                 if run.model not in submits:
@@ -577,10 +578,11 @@ def ask_of_run(run: RunRecord) -> Ask:
     return Ask(model=run.model, path=run.spec_path, backend=run.backend, gpus=run.gpus, timeout_s=run.timeout_s)
 
 
-def spent_of(run: RunRecord) -> Spent:
-    """A recorded run as usage counts it: from its start (else its creation), until it ended (else in flight)."""
+def spent_of(run: RunRecord, ends_at: float | None = None) -> Spent:
+    """A recorded run as usage counts it: from its start (else its creation), until it ended (else in flight;
+    `ends_at`: it is being stopped, and holds nothing beyond)."""
     started = run.started_at if run.started_at is not None else run.created_at
-    ended = (run.ended_at or run.updated_at) if run.phase in _ENDED else None
+    ended = (run.ended_at or run.updated_at) if run.phase in _ENDED else ends_at
     return Spent(model=run.model, path=run.spec_path, gpus=run.gpus, started_at=started, ended_at=ended,
                  timeout_s=run.timeout_s)  # fmt: skip
 
