@@ -6,8 +6,10 @@ another team's model in the same commit trains.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -278,3 +280,29 @@ def test_a_run_superseded_in_the_same_pass_holds_nothing_against_its_successor(
     finally:
         rec.close()
     assert phases[:2] == ["Cancelled", "Cancelled"] and len(phases) == 3, phases
+
+
+def test_the_daemon_enforces_the_rules_of_its_repository(tmp_path: Path) -> None:
+    from tests.test_daemon import start_daemon
+
+    rule = POLICY.replace('team = "vision"\n', 'team = "vision"\nrepositories = ["demo"]\n')
+    with start_daemon(tmp_path, extra=rule) as daemon:
+        seed_past_run(daemon.state_dir / "demo", gpus=4, hours=0.2, ended_ago_h=30)
+        two_teams(daemon.work)
+        daemon.work.git("push", "-q", "origin", "HEAD:main")
+        deadline = time.monotonic() + 120
+        models: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline:
+            shown = json.loads(gitopsd(daemon.state_dir, "status", "--json", "--config", str(daemon.config)).stdout)
+            models = {m["name"]: m for m in shown["models"]}
+            if models.get("tag", {}).get("ready") and models.get("seg", {}).get("reason") == "PolicyDenied":
+                break
+            daemon.messages.clear()
+            with contextlib.suppress(AssertionError):  # drain the notify socket, or the watchdog pings fill it
+                daemon.read_notify("no such message", timeout=0.5)
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.read_notify("STOPPING=1")
+        assert daemon.process.wait(timeout=60) == 0
+    assert models["tag"]["ready"] is True, models
+    assert models["seg"]["condition"] == "Stalled" and WEEK_MESSAGE.search(str(models["seg"]["message"])), models
+    assert run_phases(daemon.state_dir / "demo", "seg") == ["Cancelled"], "only the seeded run"
