@@ -306,3 +306,20 @@ def test_the_daemon_enforces_the_rules_of_its_repository(tmp_path: Path) -> None
     assert models["tag"]["ready"] is True, models
     assert models["seg"]["condition"] == "Stalled" and WEEK_MESSAGE.search(str(models["seg"]["message"])), models
     assert run_phases(daemon.state_dir / "demo", "seg") == ["Cancelled"], "only the seeded run"
+
+
+def test_the_budget_queries_use_indexes_not_the_whole_history(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "state.db") as store:
+        executed: list[str] = []
+        store.conn.set_trace_callback(executed.append)
+        store.gpu_runs(time.time() - 7 * 86400)
+        store.runs_of_commit("0" * 40)
+        store.conn.set_trace_callback(None)
+        plans = [
+            str(row[3])
+            for sql in executed
+            if sql.lstrip().upper().startswith("SELECT")
+            for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)
+        ]
+    scans = [p for p in plans if p.startswith(("SCAN", "SEARCH"))]
+    assert len(scans) == 3 and all("USING INDEX" in p for p in scans), plans
