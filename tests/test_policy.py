@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,20 @@ def test_single_star_never_crosses_a_directory(a: str, b: str) -> None:
     assert glob_match("/".join(["*"] * depth), b) is (len(b.split("/")) == depth)
 
 
-@pytest.mark.parametrize("glob", ["", "/models/**", "models/../x", "models//a", "./models/*", "models\\a"])
-def test_a_glob_that_no_spec_path_can_have_is_refused(glob: str) -> None:
-    with pytest.raises(ValueError, match=r"glob|segment"):
+@pytest.mark.parametrize(
+    ("glob", "why"),
+    [
+        ("", "expected a relative path glob"),
+        ("/models/**", "expected a relative path glob"),
+        ("models\\a", "expected a relative path glob"),
+        ("models/a\x00", "expected a relative path glob"),
+        ("models/../x", "no empty, '.' or '..' segment"),
+        ("models//a", "no empty, '.' or '..' segment"),
+        ("./models/*", "no empty, '.' or '..' segment"),
+    ],
+)
+def test_a_glob_that_no_spec_path_can_have_is_refused(glob: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
         PolicyRule(team="t", paths=[glob])
 
 
@@ -136,6 +148,19 @@ def test_static_limits_name_the_rule_and_the_numbers() -> None:
     ]  # fmt: skip
     for message, change in cases:
         assert static_refusal(replace(fine, **change), found) == message, change
+
+
+def test_limits_are_inclusive_and_an_empty_allow_list_allows_nothing() -> None:
+    rule = PolicyRule(team="t", max_gpus=2, max_timeout=3600, max_retries=1)
+    assert static_refusal(ask(gpus=2, timeout_s=3600, retries=1), rules(rule)) is None
+    nothing = PolicyRule(team="t", backends=[], partitions=[])
+    assert (
+        static_refusal(ask(), rules(nothing)) == "team t: backend 'local' is not allowed (allowed: none) (policies[0])"
+    )
+    only_partitions = PolicyRule(team="t", partitions=[])
+    assert static_refusal(ask(partition="gpu"), rules(only_partitions)) == (
+        "team t: partition 'gpu' is not allowed (allowed: none) (policies[0])"
+    )
 
 
 def test_a_model_with_no_partition_runs_on_the_operators_default_and_passes() -> None:
@@ -201,6 +226,9 @@ def test_usage_counts_only_what_lies_in_the_window_and_in_flight_runs_hold_their
         ("-", 200.0, 1, 0),
         ("vision", 28.0, 2, 1),  # in flight: up to now only
     ]
+    edge = spent("models/vision/e.yaml", 3, 7 * 24 + 1, 7 * 24)  # ended as the window starts: a run, 0 hours
+    two = usage([flying, flying, edge], found, since=NOW - WEEK_S, until=NOW)
+    assert [(u.key, round(u.gpu_hours, 6), u.runs, u.in_flight) for u in two] == [("vision", 16.0, 3, 2)]
     by_model = usage([half_out, flying], found, since=NOW - WEEK_S, until=NOW, by="model")
     assert [(u.key, round(u.gpu_hours, 6)) for u in by_model] == [("a", 20.0), ("c", 8.0)]
 
@@ -211,6 +239,39 @@ def test_trainings_are_admitted_in_name_order_and_each_counts_for_the_next() -> 
     assert budget_refusals([c, b, a], rules(rule), now=NOW) == {
         "c": "team vision: 0.0 GPU-hours used in the last 7 days + 8.0 for other trainings of this change + 4.0 "
         "for this training > 10 allowed per week (policies[0])"
+    }
+
+
+def test_a_per_change_budget_is_inclusive_and_counts_each_admitted_training() -> None:
+    rule = PolicyRule(team="t", paths=["models/t/**"], max_gpu_hours_per_change=10)
+    found = rules(PolicyRule(team="free", paths=["models/a*"]), rule)
+    trainings = [
+        ask("a-other", "models/a-other.yaml", gpus=8, timeout_s=10 * 3600),  # another rule's: not counted here
+        ask("b", "models/t/b.yaml", gpus=2, timeout_s=3 * 3600),  # 6
+        ask("c", "models/t/c.yaml", gpus=0, timeout_s=None),  # no GPUs: 0
+        ask("d", "models/t/d.yaml", gpus=1, timeout_s=4 * 3600),  # 6 + 4 = 10: exactly the budget
+        ask("e", "models/t/e.yaml", gpus=1, timeout_s=1800),  # 10.5
+    ]
+    assert budget_refusals(trainings, found, now=NOW) == {
+        "e": "team t: 10.0 GPU-hours for other trainings of this change + 0.5 for this training > 10 allowed per "
+        "change (policies[1])"
+    }
+    assert budget_refusals([ask("f", "models/t/f.yaml", gpus=3, timeout_s=4 * 3600)], found, now=NOW) == {
+        "f": "team t: 12.0 for this training > 10 allowed per change (policies[1])"
+    }
+    started = [ask("x", "models/a-x.yaml", gpus=99, timeout_s=3600), ask("y", "models/t/y.yaml", gpus=0)]
+    assert budget_refusals(trainings[:4], found, started=started, now=NOW) == {}, "0 GPUs and another rule: 0"
+
+
+def test_a_weekly_budget_is_inclusive_and_counts_each_admitted_training() -> None:
+    rule = PolicyRule(team="t", max_gpu_hours_per_week=8)
+    week = [spent("models/old.yaml", 1, 3, 1)]  # 2 GPU-hours
+    trainings = [ask("a", gpus=0), ask("b", gpus=1, timeout_s=3 * 3600), ask("c", gpus=3, timeout_s=3600)]
+    assert budget_refusals(trainings, rules(rule), week=week, now=NOW) == {}
+    late = [*trainings, ask("d", gpus=1, timeout_s=1800)]
+    assert budget_refusals(late, rules(rule), week=week, now=NOW) == {
+        "d": "team t: 2.0 GPU-hours used in the last 7 days + 6.0 for other trainings of this change + 0.5 for this "
+        "training > 8 allowed per week (policies[0])"
     }
 
 
@@ -298,6 +359,12 @@ def test_budgets_are_deterministic_and_never_admit_more_than_a_budget(
             assert used[index] + hours <= rule.max_gpu_hours_per_week + 1e-6
     for name, why in refused.items():
         assert why.startswith("team ") and "(policies[" in why, name
+
+
+def test_a_refused_model_is_looked_at_again_when_the_first_counted_run_leaves_the_week() -> None:
+    leaving = spent("models/m.yaml", 1, 7 * 24 + 1, 7 * 24 - 60 / H)  # ended a minute short of a week ago
+    assert next_look([leaving, spent("models/m.yaml", 1, 2, 1)], now=NOW) == pytest.approx(NOW + 60)
+    assert next_look([], now=NOW) == NOW + RECHECK_S
 
 
 @given(runs)

@@ -211,8 +211,8 @@ class Spent:
         timeout still allows it (it may use all of it)."""
         if self.ended_at is not None or self.timeout_s is None:
             return self.used(since, now)
-        end = max(now, self.started_at + self.timeout_s)
-        return self.gpus * max(0.0, end - max(self.started_at, since)) / 3600
+        end = max(now, self.started_at + self.timeout_s)  # never before its start or `since`
+        return self.gpus * (end - max(self.started_at, since)) / 3600
 
 
 def used_by_rule(rules: Rules, week: Iterable[Spent], *, now: float, window_s: int = WEEK_S) -> dict[int, float]:
@@ -315,7 +315,7 @@ def usage(
         hours = run.used(since, until)
         if run.ended_at is not None and run.ended_at < since:
             continue
-        key = run.model if by == "model" else (team_of(run.path, rules) or "-")
+        key = (team_of(run.path, rules) or "-") if by == "team" else run.model
         entry = totals.setdefault(key, [0.0, 0, 0])
         entry[0] += hours
         entry[1] += 1
