@@ -127,7 +127,7 @@ def test_rules_apply_to_the_repositories_they_name_and_cli_use_gets_those_for_ev
 
 # static limits -------------------------------------------------------------------------------------------------
 def test_static_limits_name_the_rule_and_the_numbers() -> None:
-    rule = PolicyRule.model_validate({"team": "vision", "paths": ["models/vision/**"], "backends": ["slurm"],
+    rule = PolicyRule.model_validate({"team": "vision", "paths": ["models/vision/**"], "backends": ["slurm", "hpc"],
                                       "partitions": ["gpu", "debug"], "max_gpus": 8, "max_timeout": "48h",
                                       "max_retries": 2})  # fmt: skip
     found = rules(PolicyRule(team="other", paths=["nowhere/**"]), rule)
@@ -136,7 +136,7 @@ def test_static_limits_name_the_rule_and_the_numbers() -> None:
     assert static_refusal(fine, found) is None
     assert static_refusal(ask(path="models/x.yaml", backend="local", gpus=99), found) is None  # not matched
     cases: list[tuple[str, dict[str, Any]]] = [
-        ("team vision: backend 'local' is not allowed (allowed: slurm) (policies[1])", {"backend": "local"}),
+        ("team vision: backend 'local' is not allowed (allowed: slurm, hpc) (policies[1])", {"backend": "local"}),
         ("team vision: partition 'big' is not allowed (allowed: gpu, debug) (policies[1])", {"partition": "big"}),
         ("team vision: partition 'big' is not allowed (allowed: gpu, debug) (policies[1])", {"partition": "gpu,big"}),
         ("team vision: 16 GPUs (8 x 2 nodes) > 8 allowed per model (policies[1])", {"gpus": 8}),
