@@ -323,3 +323,35 @@ def test_the_budget_queries_use_indexes_not_the_whole_history(tmp_path: Path) ->
         ]
     scans = [p for p in plans if p.startswith(("SCAN", "SEARCH"))]
     assert len(scans) == 3 and all("USING INDEX" in p for p in scans), plans
+
+
+def test_a_weekly_budget_counts_the_teams_runs_in_every_repository_its_rule_covers(
+    demo_repo: GitRepo, tmp_path: Path
+) -> None:
+    daemon = tmp_path / "daemon"
+    config = tmp_path / "gitopsd.toml"
+    repositories = "".join(f'[[repositories]]\nname = "{n}"\nurl = "{demo_repo.path}"\n' for n in ("alpha", "beta"))
+    config.write_text(f'state_dir = "{daemon}"\n{repositories}{POLICY}')
+    loaded = load_config(config)
+    alpha, beta = loaded.repositories
+    (daemon / "beta").mkdir(parents=True)
+    seed_past_run(daemon / "beta", gpus=4, hours=0.2, ended_ago_h=30)  # vision's 0.8 GPU-hours, in beta
+    two_teams(demo_repo)
+    rec = Reconciler(state_dir=loaded.state_dir_of(alpha), url=str(demo_repo.path), operator=loaded.operator_for(alpha))
+    try:
+        blocked = rec.reconcile(dry_run=True).blocked
+    finally:
+        rec.close()
+    assert list(blocked) == ["seg"] and WEEK_MESSAGE.search(blocked["seg"])
+
+    alone = POLICY.replace('team = "vision"\n', 'team = "vision"\nrepositories = ["alpha"]\n')
+    config.write_text(f'state_dir = "{daemon}"\n{repositories}{alone}')
+    loaded = load_config(config)
+    ((peer, _, theirs),) = loaded.operator_for(alpha).budget_peers  # beta, through nlp's rule only
+    assert peer == "beta" and [i for i, _ in theirs] == [1], "a rule for alpha alone: beta's runs are not vision's"
+    rec = Reconciler(state_dir=loaded.state_dir_of(alpha), url=str(demo_repo.path), operator=loaded.operator_for(alpha))
+    try:
+        assert rec.reconcile(dry_run=True).blocked == {}
+    finally:
+        rec.close()
+    assert [name for name, _, _ in loaded.operator_for(beta).budget_peers] == ["alpha"], "nlp covers both"

@@ -263,7 +263,20 @@ class DaemonConfig(_Config):
             artifacts = self.registry.artifacts.rstrip("/") + "/" + repo.name
         registry = self.registry.model_copy(update={"artifacts": artifacts})
         return Operator(backends=backends, registry=registry, data_roots=self.data_roots,
-                        policies=applicable(self.policies, repo.name))  # fmt: skip
+                        policies=applicable(self.policies, repo.name),
+                        budget_peers=self._budget_peers(repo))  # fmt: skip
+
+    def _budget_peers(self, repo: RepositoryConfig) -> tuple[tuple[str, str, tuple[tuple[int, PolicyRule], ...]], ...]:
+        """The other repositories covered by a rule with a weekly budget that also covers `repo`."""
+        if self.state_dir is None:
+            return ()
+        weekly = {i for i, rule in applicable(self.policies, repo.name) if rule.max_gpu_hours_per_week is not None}
+        peers = []
+        for other in self.repositories:
+            theirs = applicable(self.policies, other.name)
+            if other.name != repo.name and weekly & {i for i, _ in theirs}:
+                peers.append((other.name, str(self.state_dir_of(other)), theirs))
+        return tuple(peers)
 
     def for_daemon(self, path: Path) -> DaemonConfig:
         """This configuration, if `gitopsd run` can serve it; PermanentError naming what is missing."""

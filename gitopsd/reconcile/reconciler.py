@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +32,7 @@ from gitopsd.reconcile.planner import Action, Actual, Cancel, Failure, Submit, W
 from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
+from gitopsd.reconcile.usage import read_spent
 from gitopsd.registry.aliases import AliasBook, plan_aliases
 from gitopsd.registry.audit import push_tags
 from gitopsd.registry.recovery import import_missing, restore_lost, save_alias_journal
@@ -40,7 +42,7 @@ from gitopsd.source.mirror import Source
 from gitopsd.source.redact import redact_url
 from gitopsd.source.verify import CommitVerifier, VerifyPolicy
 from gitopsd.spec.operator import Operator, over_caps
-from gitopsd.spec.policy import WEEK_S, Ask, Spent, budget_refusals, next_look, static_refusal
+from gitopsd.spec.policy import WEEK_S, Ask, Spent, budget_refusals, next_look, static_refusal, used_by_rule
 
 log = logging.getLogger("gitopsd")
 
@@ -370,7 +372,8 @@ class Reconciler:
                 if run.model not in submits:
                     started[run.model] = ask_of_run(run)
             trainings = [ask_of(desired.models[name]) for name in sorted(submits)]
-            refused = budget_refusals(trainings, self.operator.policies, week=week, started=started.values(), now=now)
+            refused = budget_refusals(trainings, self.operator.policies, week=week, started=started.values(),
+                                      elsewhere=self._peers_week(now), now=now)  # fmt: skip
             if refused:
                 self._budget_look = next_look(week, now=now)
         before, self._over_budget = self._over_budget, refused
@@ -382,6 +385,22 @@ class Reconciler:
             wants[name] = replace(wants[name], blocked=f"refused by policy: {why}", blocked_reason=Reason.POLICY_DENIED)
         kept = [a for a in actions if not (isinstance(a, Submit) and a.model in refused)]
         return wants, kept, changed
+
+    def _peers_week(self, now: float) -> dict[int, float]:
+        """GPU-hours the other repositories that share a weekly budget with this one used or hold in the last
+        7 days, by rule index: their runs, each judged by the rules that cover its own repository (read-only,
+        indexed). A repository whose state cannot be read counts nothing, with a warning."""
+        totals: dict[int, float] = {}
+        for name, directory, rules in self.operator.budget_peers:
+            try:
+                week = read_spent(Path(directory), now - WEEK_S)
+            except sqlite3.Error as exc:
+                log.warning("weekly budgets: the runs of repository %s (%s) cannot be read, so they are not "
+                            "counted: %s", name, directory, exc)  # fmt: skip
+                continue
+            for index, hours in used_by_rule(rules, week, now=now).items():
+                totals[index] = totals.get(index, 0.0) + hours
+        return totals
 
     def _resolve_base(self, ref: str) -> Version | None:
         model, _, which = ref.partition("@")

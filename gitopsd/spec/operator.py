@@ -113,6 +113,11 @@ class Operator(_Operator):
     policies: tuple[tuple[int, PolicyRule], ...] = Field(
         default=(), description="The [[policies]] rules that cover this repository, each with its index (in order)."
     )
+    budget_peers: tuple[tuple[str, str, tuple[tuple[int, PolicyRule], ...]], ...] = Field(
+        default=(),
+        description="The other repositories of the daemon that share a weekly budget with this one: (name, state "
+        "directory, the rules that cover it), so that a team's week counts its runs in every one of them.",
+    )
 
     def allows_data(self, path: str) -> bool:
         """Whether an absolute, normalised path lies under one of the data roots."""

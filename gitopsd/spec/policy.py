@@ -232,18 +232,23 @@ def budget_refusals(
     *,
     week: Iterable[Spent] = (),
     started: Iterable[Ask] = (),
+    elsewhere: Mapping[int, float] | None = None,
     now: float,
 ) -> dict[str, str]:
     """The new trainings a change would start that its rules' budgets refuse: model -> why.
 
     `week`: the runs recorded in the last 7 days (and those in flight); `started`: the trainings this change
-    started already (one per model), which its per-change budgets count first. The trainings are taken in
-    model name order; each one admitted counts against its deciding rule's budgets, so the verdict does not
-    depend on the order they are given in.
+    started already (one per model), which its per-change budgets count first; `elsewhere`: GPU-hours the
+    other repositories a rule covers used or hold in the week, by rule index (`used_by_rule` over theirs).
+    The trainings are taken in model name order; each one admitted counts against its deciding rule's
+    budgets, so the verdict does not depend on the order they are given in.
     """
     if not any(rule.budgeted for _, rule in rules):
         return {}
     used = used_by_rule(rules, week, now=now)
+    for index, hours in (elsewhere or {}).items():
+        if index in used:
+            used[index] += hours
     change = {i: 0.0 for i, _ in rules}
     this_change = {i: 0.0 for i, _ in rules}
     for ask in started:
