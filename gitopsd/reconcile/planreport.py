@@ -38,14 +38,14 @@ _ICONS = {
 }
 # Every ASCII punctuation character may be backslash-escaped in CommonMark; those HTML escaping handles (and
 # the ';' and '#' its entities are made of) are left to html.escape.
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()+\-.!|~:@=$%^,/?])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()+\-.!|~:@$])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def md(text: object) -> str:
     """`text` as one line of inert markdown: no HTML, no markup, no mention, no line break."""
     one_line = _CONTROL.sub(" ", redact_text(str(text)))
-    return html.escape(_MD_SPECIAL.sub(r"\\\1", one_line).replace("#", r"\#"), quote=True)
+    return html.escape(_MD_SPECIAL.sub(r"\\\1", one_line).replace("#", r"\#"), quote=False)
 
 
 def term(text: object) -> str:
