@@ -79,7 +79,7 @@ def _removed_model(repo: GitRepo, state_dir: Path) -> list[str]:
 
 def _policy_refusal(repo: GitRepo, state_dir: Path) -> list[str]:
     config = state_dir.parent / "operator.toml"
-    config.write_text("[backends.local]\ntype = \"local\"\n[backends.local.caps]\ngpus = 1\n")
+    config.write_text('[backends.local]\ntype = "local"\n[backends.local.caps]\ngpus = 1\n')
     _branch(repo)
     repo.write("models/big.yaml", repo.read(MODEL).replace("name: blobs", "name: big")
                .replace("  train:\n", "  train:\n    resources:\n      gpus: 4\n"))  # fmt: skip
@@ -111,7 +111,7 @@ CASES: dict[str, tuple[Callable[[GitRepo, Path], list[str]], int]] = {
 
 def _plan(state_dir: Path, repo: GitRepo, args: list[str], fmt: str) -> tuple[int, str]:
     config = args[:2] if args[:1] == ["--config"] else []
-    rest = args[len(config):]
+    rest = args[len(config) :]
     where = rest or ["--repo", str(repo.path), "--base", "main", "--branch", "change"]
     done = gitopsd(state_dir, *config, "plan", *where, "--format", fmt, check=False)
     assert "Traceback" not in done.stderr, done.stderr
