@@ -17,7 +17,7 @@ from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from tests.conftest import GitRepo, gitopsd

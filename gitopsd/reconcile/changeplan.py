@@ -486,11 +486,13 @@ def _same(
     else:
         tail = ""
     spec = spec_changes(old, new) if old is not None else []
+    pending = facts.known and submit is not None
     if spec:
-        reasons = [Because(code=Why.LABEL_ONLY, text=f"label only: nothing trains (changed: {', '.join(spec)}){tail}")]
+        said = "this change trains nothing new" if pending else "nothing trains"
+        reasons = [Because(code=Why.LABEL_ONLY, text=f"label only: {said} (changed: {', '.join(spec)}){tail}")]
     else:
         reasons = [Because(code=Why.UNCHANGED, text=f"unchanged{tail}")]
-    if facts.known and submit is not None:
+    if pending:
         text = "no version has its run key in this state directory yet: a reconcile trains it, change or not"
         return Verdict.TRAIN, [*reasons, Because(code=Why.NOT_REGISTERED, text=text)]
     return Verdict.NONE, reasons
