@@ -36,16 +36,34 @@ _ICONS = {
     Verdict.REMOVE: "🗑️ removed",
     Verdict.NONE: "no training",
 }
-# Every ASCII punctuation character may be backslash-escaped in CommonMark; those HTML escaping handles (and
-# the ';' and '#' its entities are made of) are left to html.escape.
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()+\-.!|~:@$])")
+# What means something inline, wherever a line puts the text: emphasis, code, links and images ([ ] < >), table
+# cells (|), strikethrough (~), math ($), escapes themselves. A colon before a word or a slash (an emoji
+# shortcode, an autolink's scheme), "www." (an autolink), and a list or heading marker at the start (a list
+# item's text) are escaped where they occur; everything else reads as it is. Mentions and issue references are
+# found by the forge in the rendered text, where no escape survives: a zero-width space after "@" and "#"
+# breaks them and shows nothing.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]|~$])")
+_COLON = re.compile(r":(?=[\w/])")
+_WWW = re.compile(r"(?i)\b(www)\.")
+_LEADING = re.compile(r"^(\s*)(?:([-+])|(\d+)([.)]))")
+_ZWSP = "\u200b"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def md(text: object) -> str:
     """`text` as one line of inert markdown: no HTML, no markup, no mention, no line break."""
-    one_line = _CONTROL.sub(" ", redact_text(str(text)))
-    return html.escape(_MD_SPECIAL.sub(r"\\\1", one_line).replace("#", r"\#"), quote=False)
+    line = _CONTROL.sub(" ", redact_text(str(text)))
+    line = _MD_SPECIAL.sub(r"\\\1", line)
+    line = _COLON.sub(r"\\:", line)
+    line = _WWW.sub(r"\1\\.", line)
+    line = _LEADING.sub(_leading, line)
+    line = line.replace("@", "@" + _ZWSP).replace("#", "\\#" + _ZWSP)
+    return html.escape(line, quote=False)
+
+
+def _leading(match: re.Match[str]) -> str:
+    space, sign, number, dot = match.groups()
+    return f"{space}\\{sign}" if sign else f"{space}{number}\\{dot}"
 
 
 def term(text: object) -> str:
@@ -272,7 +290,7 @@ def _row(entry: Entry) -> str:
         why += "; " + "; ".join(_alias_text(a) for a in entry.aliases)
     hours = _entry_hours(entry) if entry.trains else "–"
     gpus = str(entry.gpus) if entry.trains else "–"
-    return f"| {_ICONS[entry.verdict]} | {md(entry.model)} | {md(why)} | {gpus} | {md(hours)} |"
+    return f"| {_ICONS[entry.verdict]} | {md(entry.model)} | {md(why)} | {gpus} | {hours} |"
 
 
 def _details(entry: Entry) -> str:
@@ -282,7 +300,7 @@ def _details(entry: Entry) -> str:
     lines += [f"- {md(r.code.value)}: {md(r.text)}" for r in entry.reasons]
     if entry.trains:
         timeout = f"{entry.timeout_s} s" if entry.timeout_s is not None else "none"
-        lines.append(f"- cost: {entry.gpus} GPU(s), GPU-hours {md(_entry_hours(entry))}; timeout {md(timeout)}; "
+        lines.append(f"- cost: {entry.gpus} GPU(s), GPU-hours {_entry_hours(entry)}; timeout {timeout}; "
                      f"retries {entry.retries}" + (f"; attempt {entry.attempt}" if entry.attempt else ""))  # fmt: skip
     lines += [f"- {md(_alias_text(a))}" for a in entry.aliases]
     lines += [f"- cancels {md(c)}" for c in entry.cancels]

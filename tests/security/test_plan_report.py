@@ -23,7 +23,10 @@ from gitopsd.reconcile.planreport import MARKER, MAX_MARKDOWN, md, render_markdo
 from tests.conftest import GitRepo, gitopsd
 
 MODEL = "models/blobs.yaml"
-HOSTILE = "x|<img src=https://evil.invalid/p.png>`<!-- @octo-org/admins #1 [a](https://evil.invalid) ![i](x) $x$"
+HOSTILE = (
+    "x|<img src=https://evil.invalid/p.png>`<!-- @octo-org/admins #1 [a](https://evil.invalid) ![i](x) $x$ "
+    "www.evil.invalid :tada: ~~struck~~ **bold** &lt;b&gt;"
+)
 
 
 def _unescaped_pipes(line: str) -> int:
@@ -34,7 +37,7 @@ def _assert_inert(comment: str) -> None:
     assert comment.startswith(MARKER + "\n")
     assert comment.count("<!--") == 1, "only the marker is an HTML comment"
     assert "<img" not in comment and "<a " not in comment
-    assert not re.search(r"(?<!\\)@octo", comment), "no mention"
+    assert "@octo" not in comment and "#1" not in comment, "no mention, no issue reference"
     assert not re.search(r"(?<![\\(])\[a\]", comment), "no link"
     assert "`" not in comment.replace("\\`", "").replace("`gitopsd plan --format json`", "")
     for line in comment.splitlines():
@@ -47,12 +50,29 @@ def _header(comment: str) -> int:
     return next(i for i, line in enumerate(comment.splitlines()) if line.startswith("| "))
 
 
+ESCAPES = [
+    ("- item", "\\- item"),
+    ("12. item", "12\\. item"),
+    ("www.x.invalid", "www\\.x.invalid"),
+    (":tada:", "\\:tada:"),
+    ("&lt;b&gt;", "&amp;lt;b&amp;gt;"),
+    ("a -> b (c)", "a -&gt; b (c)"),
+]
+
+
+@pytest.mark.parametrize(("text", "shown"), ESCAPES)
+def test_md_escapes_what_starts_a_block_or_a_link_and_leaves_prose_alone(text: str, shown: str) -> None:
+    assert md(text) == shown
+
+
 def test_md_makes_any_text_one_inert_line() -> None:
     shown = md(HOSTILE + "\n# heading\r\n- item\u2028more")
     assert "\n" not in shown and "\r" not in shown and "\u2028" not in shown
     assert "<" not in shown and ">" not in shown.replace("&gt;", "")
     assert _unescaped_pipes(shown) == 0
-    assert "\\`" in shown and "\\@" in shown and "\\#" in shown and "\\[" in shown and "\\$" in shown
+    assert "\\`" in shown and "\\[" in shown and "\\$" in shown and "https\\://" in shown and "\\# heading" not in shown
+    assert "@octo" not in shown and "#1" not in shown and "\\#\u200b heading" in shown
+    assert "\\~\\~struck" in shown and "\\*\\*bold" in shown and "www\\.evil" in shown and "\\:tada" in shown
 
 
 def test_a_hostile_file_name_cannot_inject_into_the_comment(demo_repo: GitRepo, state_dir: Path) -> None:
@@ -100,7 +120,7 @@ def test_the_comment_stays_within_the_forge_limit_and_keeps_its_summary(count: i
     comment = render_markdown(_many(count))
     assert len(comment) <= MAX_MARKDOWN
     assert comment.startswith(MARKER + "\n### gitopsd plan:")
-    assert f"**{count} training\\(s\\)" in comment, "the totals stay"
+    assert f"**{count} training(s), {count} GPU(s)" in comment, "the totals stay"
     assert "left out" in comment
     assert comment.count("<details>") == comment.count("</details>"), "no details block is cut in half"
 
