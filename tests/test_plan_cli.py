@@ -89,3 +89,16 @@ def test_the_text_plan_compares_with_the_applied_commit_of_a_known_state_directo
         in shown
     )
     assert "cost: no training" in shown
+
+
+def test_an_invalid_base_is_said_and_every_model_of_the_head_is_new(demo_repo: GitRepo, state_dir: Path) -> None:
+    demo_repo.edit(MODEL, "  train:\n", "  train:\n    gpu: 1\n")
+    broken = demo_repo.commit("A typo on main")
+    demo_repo.edit(MODEL, "  train:\n    gpu: 1\n", "  train:\n")
+    demo_repo.commit("Fixed")
+    done = gitopsd(state_dir, "plan", "--repo", str(demo_repo.path), "--base", broken, "--format", "json")
+    doc = json.loads(done.stdout)
+    assert doc["notes"] == [
+        f"base commit {broken[:12]} is invalid (1 problem(s)): every model of the head is shown as new"
+    ]
+    assert [(m["name"], m["change"], m["action"]) for m in doc["models"]] == [("blobs", "added", "train")]

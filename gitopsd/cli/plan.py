@@ -186,6 +186,7 @@ def _plan(
     try:
         try:
             head, base = _commits(rec, directory, url, head_label, base_ref, applied)
+            base_state, notes = _base_state(rec, base)  # first: the head then loads incrementally from it
             head_state = rec.loader.load(head)
         except SpecError as exc:
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
@@ -195,7 +196,6 @@ def _plan(
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
                                          head_label=head_label, error=f"cannot plan {head_label}: {exc}")  # fmt: skip
             return _Planned(plan=invalid, result=None)
-        base_state, notes = _base_state(rec, base, head_state)
         result = rec.reconcile("plan", dry_run=True, at=head)
         if result.error:
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
@@ -239,17 +239,15 @@ def _commits(
     return head, base
 
 
-def _base_state(rec: Reconciler, base: str | None, head: DesiredState) -> tuple[DesiredState | None, list[str]]:
-    """The desired state at the base commit (None: nothing to compare with), and a note when it cannot be read."""
+def _base_state(rec: Reconciler, base: str | None) -> tuple[DesiredState | None, list[str]]:
+    """The desired state at the base commit (None: nothing to compare with), and a note when it cannot be read.
+    Loaded by the reconciler's own loader, so that loading the head re-parses only the spec files that differ."""
     from gitopsd.errors import GitopsdError, SpecError
-    from gitopsd.reconcile.desired import DesiredLoader
 
     if base is None:
         return None, []
-    if base == head.commit:
-        return head, []
     try:
-        return DesiredLoader(rec.source, rec.operator).load(base), []
+        return rec.loader.load(base), []
     except SpecError as exc:
         why = f"is invalid ({len(exc.problems)} problem(s))"
     except GitopsdError as exc:

@@ -132,8 +132,8 @@ def render_text(plan: ChangePlan) -> str:
              f"(base: {term(plan.base_label)}, head: {term(plan.head_label)}):"]  # fmt: skip
     if plan.error:
         lines.append(f"  ! {term(plan.error)}")
-    for problem in plan.problems:
-        lines.append(f"  ! invalid: {problem}")
+    if plan.problems:
+        lines.append(f"  ! the head commit is invalid: {len(plan.problems)} problem(s) in its spec files, listed above")
     quiet = 0
     for entry in plan.entries:
         if not entry.interesting:
