@@ -181,3 +181,10 @@ def test_every_golden_json_validates_against_the_shipped_schema() -> None:
 def _restore(text: str) -> str:
     """Golden JSON with commit-shaped ids again (the schema checks them)."""
     return text.replace('"HEAD"', '"' + "a" * 40 + '"').replace('"BASE"', '"' + "b" * 40 + '"')
+
+
+def test_the_example_in_docs_pull_requests_is_the_golden_policy_refusal() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "pull-requests.md").read_text()
+    example = docs.split("````markdown\n", 1)[1].split("````", 1)[0]
+    golden = (GOLDEN / "policy-refusal.md").read_text()
+    assert example == golden.replace("BASE", "3f1c2a9e0b7d").replace("HEAD", "8e4d1f0c6a25")

@@ -57,7 +57,7 @@ def md(text: object) -> str:
     line = _COLON.sub(r"\\:", line)
     line = _WWW.sub(r"\1\\.", line)
     line = _LEADING.sub(_leading, line)
-    line = line.replace("@", "@" + _ZWSP).replace("#", "\\#" + _ZWSP)
+    line = line.replace("@", "@" + _ZWSP).replace("#", "\\#" + _ZWSP).replace("->", "→")
     return html.escape(line, quote=False)
 
 

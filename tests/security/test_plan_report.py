@@ -56,7 +56,7 @@ ESCAPES = [
     ("www.x.invalid", "www\\.x.invalid"),
     (":tada:", "\\:tada:"),
     ("&lt;b&gt;", "&amp;lt;b&amp;gt;"),
-    ("a -> b (c)", "a -&gt; b (c)"),
+    ("a -> b (c) > d", "a → b (c) &gt; d"),
 ]
 
 
