@@ -23,7 +23,7 @@ from gitopsd.source.redact import redact_text
 SCHEMA = "gitopsd.plan/v1"
 #: The first line of every markdown plan: what a CI job looks for to update its one comment.
 MARKER = "<!-- gitopsd:plan -->"
-#: GitHub's limit on a comment body (characters); GitLab's is larger.
+#: GitHub's limit on a comment body (characters); GitLab's is larger. Counted in UTF-8 bytes, to be safe.
 MAX_MARKDOWN = 65_536
 #: Refusals listed by name in the summary; more are counted.
 MAX_REFUSALS_SHOWN = 50
@@ -93,8 +93,13 @@ def cost_line(totals: Totals) -> str:
     if not totals.gpus:
         return words
     if totals.unbounded:
-        return f"{words}, at least {_hours(totals.gpu_hours)} GPU-hours, unbounded for: {', '.join(totals.unbounded)}"
+        return f"{words}, at least {_hours(totals.gpu_hours)} GPU-hours, unbounded for: {_names(totals.unbounded)}"
     return f"{words}, at most {_hours(totals.gpu_hours)} GPU-hours by their timeouts"
+
+
+def _names(names: tuple[str, ...], shown: int = 20) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _alias_text(change: AliasChange) -> str:
@@ -163,7 +168,7 @@ def render_text(plan: ChangePlan) -> str:
 
 def _text_bound(totals: Totals) -> str:
     if totals.unbounded:
-        return f", at least {_hours(totals.gpu_hours)} GPU-hours, unbounded for: {', '.join(totals.unbounded)}"
+        return f", at least {_hours(totals.gpu_hours)} GPU-hours, unbounded for: {_names(totals.unbounded)}"
     return f", at most {_hours(totals.gpu_hours)} GPU-hours by their timeouts"
 
 
@@ -326,30 +331,37 @@ def _fit(
     saying how many were left out; the title and totals always stay."""
     tail = tail or []
     text = "\n".join(top)
-    budget = limit - len(text) - 400  # room for the lines that say what was cut
+    budget = limit - _size(text) - 400  # room for the lines that say what was cut
     table: list[str] = []
     if rows:
         table = list(header)
-        used = sum(len(line) + 1 for line in table)
+        used = sum(_size(line) + 1 for line in table)
         for count, row in enumerate(rows):
-            if used + len(row) + 1 > budget:
+            if used + _size(row) + 1 > budget:
                 table.append(f"\n… {len(rows) - count} more row(s) left out: the comment has a size limit; "
                              "`gitopsd plan --format json` lists them all.")  # fmt: skip
                 details = []
                 break
             table.append(row)
-            used += len(row) + 1
+            used += _size(row) + 1
         table.append("")
         budget -= used
     body = table + tail
-    budget -= sum(len(line) + 1 for line in tail)
+    budget -= sum(_size(line) + 1 for line in tail)
     kept: list[str] = []
     for count, block in enumerate(details):
-        if len(block) + 1 > budget:
+        if _size(block) + 1 > budget:
             kept.append(f"… details of {len(details) - count} model(s) left out: the comment has a size limit; "
                         "`gitopsd plan --format json` has them all.")  # fmt: skip
             break
         kept.append(block)
-        budget -= len(block) + 1
+        budget -= _size(block) + 1
     out = "\n".join([text, *body, *kept]).rstrip("\n") + "\n"
-    return out if len(out) <= limit else out[: limit - 2] + "…\n"
+    if _size(out) <= limit:
+        return out
+    return out.encode()[: limit - 8].decode(errors="ignore") + "…\n"  # a last resort: the parts above fit
+
+
+def _size(text: str) -> int:
+    """What a forge counts, at most: UTF-8 bytes (GitHub counts characters, which are never more)."""
+    return len(text.encode())

@@ -104,11 +104,11 @@ def test_an_invalid_spec_quoting_hostile_text_cannot_inject_into_the_comment(
     assert doc["valid"] is False and doc["exit_code"] == 1 and len(doc["problems"]) >= 2
 
 
-def _many(count: int) -> ChangePlan:
+def _many(count: int, hours: float | None = 1.0) -> ChangePlan:
     why = Because(code=Why.CODE_CHANGED, text="code tree changed (" + "src/" * 60 + ")")
     entries = tuple(
         Entry(model=f"model-{i:05d}", path=f"models/model-{i:05d}.yaml", verdict=Verdict.TRAIN, change="modified",
-              reasons=(why,), backend="local", gpus=1, gpu_hours=1.0)
+              reasons=(why,), backend="local", gpus=1, gpu_hours=hours)
         for i in range(count)
     )  # fmt: skip
     return ChangePlan(base_commit="b" * 40, head_commit="a" * 40, base_label="main", head_label="HEAD",
@@ -118,11 +118,17 @@ def _many(count: int) -> ChangePlan:
 @pytest.mark.parametrize("count", [200, 3000])
 def test_the_comment_stays_within_the_forge_limit_and_keeps_its_summary(count: int) -> None:
     comment = render_markdown(_many(count))
-    assert len(comment) <= MAX_MARKDOWN
+    assert len(comment.encode()) <= MAX_MARKDOWN
     assert comment.startswith(MARKER + "\n### gitopsd plan:")
     assert f"**{count} training(s), {count} GPU(s)" in comment, "the totals stay"
     assert "left out" in comment
     assert comment.count("<details>") == comment.count("</details>"), "no details block is cut in half"
+
+
+def test_thousands_of_unbounded_models_are_counted_not_listed_in_the_totals() -> None:
+    comment = render_markdown(_many(20_000, hours=None))
+    assert len(comment.encode()) <= MAX_MARKDOWN
+    assert "unbounded for: model-00000, model-00001," in comment and "and 19980 more**" in comment
 
 
 def test_thousands_of_spec_problems_stay_within_the_limit() -> None:
@@ -130,4 +136,4 @@ def test_thousands_of_spec_problems_stay_within_the_limit() -> None:
                 for i in range(5000)]  # fmt: skip
     comment = render_markdown(invalid(base_commit=None, head_commit="a" * 40, base_label="main", head_label="HEAD",
                                       problems=problems))  # fmt: skip
-    assert len(comment) <= MAX_MARKDOWN and "5000 problem(s)" in comment and "left out" in comment
+    assert len(comment.encode()) <= MAX_MARKDOWN and "5000 problem(s)" in comment and "left out" in comment
