@@ -183,55 +183,46 @@ def _reconciler(
 
 @cli.command()
 @click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
-@click.option("--branch", help="Branch to follow (default: the remote's default branch).")
+@click.option(
+    "--branch",
+    metavar="REF",
+    help="The change to plan: a branch, a remote-tracking branch (origin/NAME), a tag or a commit id of a local "
+    "--repo; a branch or commit id of a remote one (default: the tracked branch, else HEAD).",
+)
+@click.option(
+    "--base",
+    metavar="REF",
+    help="Compare with this commit (same forms as --branch) instead of the state directory's applied commit.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="text for a terminal, markdown for a pull-request comment, json (schema gitopsd.plan/v1).",
+)
 @_verify_options
 @click.pass_context
 def plan(
     ctx: click.Context,
     repo: str | None,
     branch: str | None,
+    base: str | None,
+    fmt: str,
     verify_allowed_signers: Path | None,
     verify_gpg_keyring: Path | None,
     verify_since: str | None,
 ) -> None:
-    """Show what a reconcile would do now, and why, without doing it."""
+    """Show what a change would train, why, and at what cost, without doing it; never writes the state directory.
+
+    Per model: trains or not and why, alias moves, removed and suspended models, refusals (policy, caps, backend),
+    GPUs and GPU-hours bounded by timeouts. Exit codes: 0 fine; 1 the head commit is invalid, cannot be read, or
+    anything is refused (so CI can block the merge); 2 usage."""
+    from gitopsd.cli.plan import plan_command
+
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
-    rec = _reconciler(ctx, repo, branch, policy)
-    result = rec.reconcile("plan", dry_run=True)
-    desired = rec.loader.last_good
-    if result.error:
-        click.echo(redact_text(result.error), err=True)
-    click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
-    for action in result.actions:
-        click.echo("  " + _explain(action, desired))
-    for name, why in sorted(result.unavailable.items()):
-        click.echo(f"  ! backend {name} unavailable: {redact_text(why)}")
-    for name, why in sorted(result.blocked.items()):
-        click.echo(f"  ! {name}: {why}")
-    gpus, hours = _gpu_cost(result.actions, desired)
-    if gpus:
-        bound = f", at most {hours:.1f} GPU-hours by their timeouts" if hours is not None else ""
-        click.echo(f"cost: {gpus} GPU(s) for the new trainings{bound}")
-    rec.close()
-    if result.error:
-        raise SystemExit(1)  # a review gate must not pass a commit it could not load
-
-
-def _gpu_cost(actions: tuple[Action, ...], desired: Any) -> tuple[int, float | None]:
-    """GPUs the planned trainings ask for, and the GPU-hours their timeouts allow (None if one has none)."""
-    from gitopsd.reconcile.planner import Submit
-
-    gpus, hours = 0, 0.0
-    bounded = True
-    for action in actions:
-        if isinstance(action, Submit) and desired is not None:
-            train = desired.models[action.model].train
-            count = train.resources.gpus * train.resources.nodes
-            gpus += count
-            if count and train.timeout_s is None:
-                bounded = False
-            hours += count * (train.timeout_s or 0) / 3600
-    return gpus, hours if bounded else None
+    plan_command(ctx, repo=repo, branch=branch, base=base, fmt=fmt, policy=policy, explain=_explain)
 
 
 def _explain(action: Action, desired: Any) -> str:

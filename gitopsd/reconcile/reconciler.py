@@ -59,6 +59,9 @@ class PassResult:
     unavailable: Mapping[str, str] = field(default_factory=dict)
     blocked: Mapping[str, str] = field(default_factory=dict)
     retry_at: float | None = None  # when failed work falls due again (time.time()); a daemon passes then
+    wants: Mapping[str, Want] = field(default_factory=dict)
+    """Dry run only: each model's want as the planner saw it (why it is blocked, `blocked_reason`; a fine-tuned
+    model's run key bound to its base version), for `gitopsd plan`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,8 +188,10 @@ class Reconciler:
         self.state.close()
         self.registry.close()
 
-    def reconcile(self, trigger: str = "cli", *, dry_run: bool = False) -> PassResult:
-        """One pass. With `dry_run`, return the plan without applying it or recording anything."""
+    def reconcile(self, trigger: str = "cli", *, dry_run: bool = False, at: str | None = None) -> PassResult:
+        """One pass. With `dry_run`, return the plan without applying it or recording anything; with `at` too,
+        plan that commit (already in the mirror: `gitopsd plan --branch REF`) instead of the fetched branch tip;
+        `at` is for dry runs only (a pass applies the branch it follows)."""
         row = self.state.source() or SourceRow(url=self.source.url, branch=self.branch)
         row = _with(row, branch=self.branch, trigger=trigger)
         if not self._registry_checked and not dry_run:
@@ -196,7 +201,7 @@ class Reconciler:
                     log.error("%s", problem)
                 self.state.set_source(_with(row, error_reason=Reason.REGISTRY_FAILED, error=problem))
                 return PassResult(commit=row.applied_commit, actions=(), active=0, error=problem)
-        commit, row = self._fetch(row)
+        commit, row = self._fetch(row) if at is None or not dry_run else (at, row)
         refusal = self._verify(commit, row)
         if refusal:
             desired, row = self._last_good(row), _with(row, error_reason=Reason.SIGNATURE_INVALID, error=refusal)
@@ -233,7 +238,7 @@ class Reconciler:
             return PassResult(
                 commit=desired.commit, actions=tuple(actions), active=len(runs), error=row.error,
                 unavailable=dict(unavailable),
-                blocked={name: want.blocked for name, want in wants.items() if want.blocked},
+                blocked={name: want.blocked for name, want in wants.items() if want.blocked}, wants=wants,
             )  # fmt: skip
         tried = self.applier.apply(actions, desired, backends, bases)
         if tried:

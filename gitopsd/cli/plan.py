@@ -1,0 +1,267 @@
+"""The shell of `gitopsd plan`: resolve the base and head commits, load both desired states, run a dry-run pass on a
+scratch copy of the state directory, and hand everything to the pure change report (`reconcile/changeplan.py`).
+
+A plan never writes to the state directory: its databases are copied into a temporary directory (SQLite's backup,
+from read-only connections) and the reconciler works there; the commits are read through a scratch bare
+repository whose Git alternates are the state directory's mirror and, for a local repository, the clone's own
+object store, so nothing is copied and a REF may be anything the clone knows (`HEAD`, `origin/main`, a tag, a
+commit id). A remote repository is fetched into the scratch repository (its branches, or a commit id they reach).
+On a fresh, empty state directory (a CI runner) nothing is known of versions or runs, and each model is judged
+by its own change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from gitopsd.cli.common import fail, operator, output_limits, state_dir, verify_policy
+from gitopsd.source.redact import redact_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pygit2
+
+    from gitopsd.reconcile.changeplan import ChangePlan, Facts
+    from gitopsd.reconcile.desired import DesiredState
+    from gitopsd.reconcile.planner import Action
+    from gitopsd.reconcile.reconciler import PassResult, Reconciler
+    from gitopsd.reconcile.state import SourceRow
+    from gitopsd.source.verify import VerifyPolicy
+
+FORMATS = ("text", "markdown", "json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Planned:
+    plan: ChangePlan
+    result: PassResult | None  # None when the head could not be loaded
+    head: DesiredState | None = None
+
+
+def plan_command(
+    ctx: click.Context,
+    *,
+    repo: str | None,
+    branch: str | None,
+    base: str | None,
+    fmt: str,
+    policy: VerifyPolicy | None,
+    explain: Callable[[Action, DesiredState | None], str],
+) -> None:
+    """Print the plan in `fmt` and exit with its code (0 fine; 1 invalid or refused)."""
+    from gitopsd.reconcile import planreport
+
+    directory = state_dir(ctx)
+    known = _known_source(directory)
+    if repo is None:
+        if known is None:
+            raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
+        repo = known.url
+    with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch:
+        outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
+    plan, result = outcome.plan, outcome.result
+    if plan.error:
+        click.echo(redact_text(plan.error), err=True)
+    for problem in plan.problems:
+        click.echo(str(problem), err=True)
+    if fmt == "json":
+        click.echo(planreport.render_json(plan))
+    elif fmt == "markdown":
+        click.echo(planreport.render_markdown(plan), nl=False)
+    else:
+        if result is not None:
+            click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
+            for action in result.actions:
+                click.echo("  " + planreport.term(explain(action, outcome.head)))
+            for name, why in sorted(result.blocked.items()):
+                click.echo(f"  ! {planreport.term(name)}: {planreport.term(why)}")
+        click.echo(planreport.render_text(plan))
+    raise SystemExit(plan.exit_code)
+
+
+def _known_source(directory: Path) -> SourceRow | None:
+    """What the state directory tracks, read without writing (None for a fresh one)."""
+    from gitopsd.reconcile.state import SourceRow
+
+    db = directory / "state.db"
+    if not db.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM sources WHERE id = 1").fetchone()
+    except sqlite3.Error as exc:
+        fail(f"cannot read {db}: {exc} (the file is damaged or not a gitopsd state database)")
+    if row is None:
+        return None
+    fields = set(SourceRow.__dataclass_fields__)
+    return SourceRow(**{k: row[k] for k in fields & set(row.keys())})
+
+
+def _copy_databases(directory: Path, scratch: Path) -> None:
+    """state.db and registry.db, copied consistently (a daemon may be writing them) into the scratch directory."""
+    for name in ("state.db", "registry.db"):
+        source = directory / name
+        if not source.exists():
+            continue
+        try:
+            with (
+                closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)) as src,
+                closing(sqlite3.connect(scratch / name)) as dst,
+            ):
+                src.backup(dst)
+        except sqlite3.Error as exc:
+            fail(f"cannot read {source}: {exc} (the file is damaged or not a gitopsd database)")
+
+
+def _objects_of(path: Path) -> Path:
+    """The object store of the local repository at `path` (bare, a clone, or a worktree of one)."""
+    import pygit2
+
+    from gitopsd.errors import SourceUnavailable
+
+    try:
+        found = pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    except (pygit2.GitError, KeyError, ValueError) as exc:
+        raise SourceUnavailable(f"repository {path} does not exist (or is not a git repository)") from exc
+    gitdir = Path(found.path)
+    common = gitdir / "commondir"
+    if common.is_file():
+        gitdir = (gitdir / common.read_text().strip()).resolve()
+    return gitdir / "objects"
+
+
+def _resolve(repo: pygit2.Repository, ref: str, where: str, *, remote: bool) -> str:
+    """The commit id REF names in `repo`: a branch, a remote-tracking branch, a tag, a commit id."""
+    import pygit2
+
+    from gitopsd.errors import SourceUnavailable
+
+    tries = [ref]
+    if remote and ref.startswith("origin/"):  # the mirror's branches are the remote's own
+        tries.append(ref.removeprefix("origin/"))
+    for name in tries:
+        try:
+            obj = repo.revparse_single(name)
+            return str(obj.peel(pygit2.Commit).id)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            continue
+    kinds = "a branch or a commit id" if remote else "a branch, a remote-tracking branch, a tag or a commit id"
+    raise SourceUnavailable(f"{ref!r} is not {kinds} of {where}")
+
+
+def _plan(
+    ctx: click.Context,
+    scratch: Path,
+    directory: Path,
+    known: SourceRow | None,
+    url: str,
+    branch: str | None,
+    base_ref: str | None,
+    policy: VerifyPolicy | None,
+) -> _Planned:
+    from gitopsd.errors import GitopsdError, PermanentError, SpecError
+    from gitopsd.reconcile import changeplan
+    from gitopsd.reconcile.reconciler import Reconciler
+
+    _copy_databases(directory, scratch)
+    try:
+        rec = Reconciler(state_dir=scratch, url=url, branch=branch, operator=operator(ctx),
+                         verify=policy or verify_policy(ctx), limits=output_limits(ctx))  # fmt: skip
+    except PermanentError as exc:
+        fail(str(exc).replace(str(scratch), str(directory)))
+    head_label = branch or (known.branch if known is not None and known.branch else "HEAD")
+    applied = known.applied_commit if known is not None else None
+    base_label = base_ref or ("the applied commit" if applied else "nothing applied")
+    head: str | None = None
+    base: str | None = None
+    try:
+        try:
+            head, base = _commits(rec, directory, url, head_label, base_ref, applied)
+            base_state, notes = _base_state(rec, base)  # first: the head then loads incrementally from it
+            head_state = rec.loader.load(head)
+        except SpecError as exc:
+            invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
+                                         head_label=head_label, problems=exc.problems)  # fmt: skip
+            return _Planned(plan=invalid, result=None)
+        except GitopsdError as exc:
+            invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
+                                         head_label=head_label, error=f"cannot plan {head_label}: {exc}")  # fmt: skip
+            return _Planned(plan=invalid, result=None)
+        result = rec.reconcile("plan", dry_run=True, at=head)
+        if result.error:
+            invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
+                                         head_label=head_label, error=result.error)  # fmt: skip
+            return _Planned(plan=invalid, result=result)
+        facts = _facts(rec, known_state=applied is not None)
+        dry = changeplan.DryRun(
+            actions=result.actions, blocked=result.blocked, unavailable=result.unavailable,
+            blocked_reasons={name: want.blocked_reason for name, want in result.wants.items() if want.blocked},
+            run_keys={name: want.run_key for name, want in result.wants.items()},
+        )  # fmt: skip
+        built = changeplan.build(base=base_state, head=head_state, facts=facts, dry_run=dry, base_label=base_label,
+                                 head_label=head_label, notes=notes)  # fmt: skip
+        return _Planned(plan=built, result=result, head=head_state)
+    finally:
+        rec.close()
+
+
+def _commits(
+    rec: Reconciler, directory: Path, url: str, head_ref: str, base_ref: str | None, applied: str | None
+) -> tuple[str, str | None]:
+    """(head, base) commit ids, both readable through the scratch mirror: its alternates are the state
+    directory's mirror and a local repository's own objects; a remote one is fetched into it."""
+    import pygit2
+
+    from gitopsd.source.mirror import local_path, normalise_url
+
+    local = local_path(normalise_url(url))
+    alternates = [directory / "source.git" / "objects"]
+    if local is not None:
+        alternates.insert(0, _objects_of(local))
+    info = Path(rec.source.repo.path) / "objects" / "info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "alternates").write_text("".join(f"{p}\n" for p in alternates if p.is_dir()))
+    if local is None:
+        rec.source.fetch()
+    lookup = pygit2.Repository(str(local), pygit2.enums.RepositoryOpenFlag.NO_SEARCH) if local else rec.source.repo
+    where, remote = rec.source.shown, local is None
+    head = _resolve(lookup, head_ref, where, remote=remote)
+    base = _resolve(lookup, base_ref, where, remote=remote) if base_ref else applied
+    return head, base
+
+
+def _base_state(rec: Reconciler, base: str | None) -> tuple[DesiredState | None, list[str]]:
+    """The desired state at the base commit (None: nothing to compare with), and a note when it cannot be read.
+    Loaded by the reconciler's own loader, so that loading the head re-parses only the spec files that differ."""
+    from gitopsd.errors import GitopsdError, SpecError
+
+    if base is None:
+        return None, []
+    try:
+        return rec.loader.load(base), []
+    except SpecError as exc:
+        why = f"is invalid ({len(exc.problems)} problem(s))"
+    except GitopsdError as exc:
+        why = f"cannot be read ({exc})"
+    return None, [f"base commit {base[:12]} {why}: every model of the head is shown as new"]
+
+
+def _facts(rec: Reconciler, *, known_state: bool) -> Facts:
+    from gitopsd.reconcile.changeplan import Facts, InFlight
+
+    runs = rec.state.active_runs()
+    return Facts(
+        known=known_state,
+        versions=rec.registry.key_numbers(),
+        aliases=rec.aliases.current(),
+        in_flight=tuple(InFlight(model=r.model, run_id=r.id, run_key=r.run_key, phase=str(r.phase)) for r in runs),
+    )
