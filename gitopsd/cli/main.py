@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from gitopsd.cli.comment import comment
 from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, state_dir, verify_policy
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.doctor import doctor
@@ -435,7 +436,7 @@ def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
         click.echo(path.read_text(errors="replace"), nl=False)
 
 
-for command in (registry, lineage, history, promote, run, trigger, gpus, doctor):
+for command in (registry, lineage, history, promote, run, trigger, gpus, doctor, comment):
     cli.add_command(command)
 
 
