@@ -93,6 +93,10 @@ def _request(target: Target, method: str, url: str, body: dict[str, Any] | None,
         payload = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError):
         payload = None
+    if 300 <= status < 400:
+        where = answer_headers.get("Location") or answer_headers.get("location") or "elsewhere"
+        raise CommentError(f"the {target.forge} API answered {status} to {method} {url}, a redirect to {where}: not "
+                           "following it with the token (is the API URL right?)")  # fmt: skip
     if status >= 500 or status == 429:
         said = forge_message(payload)
         raise Transient(f"the {target.forge} API answered {status} to {method} {url}" + (f" ({said})" if said else ""))
