@@ -74,10 +74,28 @@ def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool)
 
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-def init(directory: Path) -> None:
-    """Create a demo GitOps repository in DIRECTORY, with one commit."""
-    from gitopsd.cli.scaffold import init_demo
+@click.option(
+    "--ci-only",
+    is_flag=True,
+    help="Add only the CI files (.github/workflows/gitopsd.yml, .gitlab-ci.yml) to the existing repository "
+    "DIRECTORY, never over a file that exists; commit them yourself.",
+)
+def init(directory: Path, ci_only: bool) -> None:
+    """Create a demo GitOps repository in DIRECTORY, with one commit and CI files that plan every pull request."""
+    from gitopsd.cli.scaffold import init_demo, write_ci_files
 
+    if ci_only:
+        try:
+            done = write_ci_files(directory)
+        except OSError as exc:
+            fail(str(exc))
+        for rel in done.written:
+            click.echo(f"wrote {directory / rel}")
+        for rel in done.skipped:
+            click.echo(f"skipped {directory / rel}: it exists (compare it with `gitopsd init` in an empty directory)")
+        if done.written:
+            click.echo("next: commit them, and see their comments for the token and variables they use")
+        return
     try:
         commit = init_demo(directory)
     except FileExistsError as exc:
