@@ -265,3 +265,66 @@ def test_the_workflow_runs_the_real_plan_and_posts_it(tmp_path: Path, pull_reque
     assert body.startswith(MARKER + "\n")
     assert "blobs" in body
     assert "stand-in" not in body
+
+
+# -- the GitLab job, run as the runner does: its script lines in one shell, under set -eo pipefail -------------
+
+
+def run_gitlab_job(
+    tmp_path: Path, repo: GitRepo, fake: FakeForge, *, token: bool = True
+) -> subprocess.CompletedProcess[str]:
+    job = yaml.safe_load((repo.path / ".gitlab-ci.yml").read_text())["gitopsd-plan"]
+    lines = [line for line in job["script"] if not line.startswith("python -m pip install")]
+    if not plan_has_markdown():  # `plan --format markdown` arrives with the i14-plan branch: stand in for it
+        stand_in = f"plan=0; printf '%s\\n' '{MARKER}' '## stand-in plan' > \"$out/plan.md\""
+        lines = [stand_in if " plan --repo " in line else line for line in lines]
+    shim = tmp_path / "bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "gitopsd").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m gitopsd "$@"\n')
+    (shim / "gitopsd").chmod(0o755)
+    env = {
+        "PATH": f"{shim}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        **{name: str(value) for name, value in job["variables"].items()},
+        "GITLAB_CI": "true",
+        "CI_PIPELINE_SOURCE": "merge_request_event",
+        "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main",
+        "CI_MERGE_REQUEST_IID": "7",
+        "CI_PROJECT_ID": "42",
+        "CI_API_V4_URL": fake.api,
+        "CI_JOB_URL": f"{fake.url}/ml/demo/-/jobs/5",
+        "CI_JOB_TOKEN": "job-token-cannot-write-notes",
+        "GITOPSD_STATE_DIR": str(tmp_path / "unused-state"),
+        **GIT_ENV,
+    }
+    if token:
+        env["GITOPSD_GITLAB_TOKEN"] = TOKEN
+    script = "set -eo pipefail\n" + "\n".join(lines)
+    return subprocess.run(["bash", "--noprofile", "--norc", "-c", script], cwd=repo.path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_the_gitlab_job_posts_one_note_and_fails_an_invalid_spec(tmp_path: Path, pull_request: GitRepo) -> None:
+    with serve(FakeForge(forge="gitlab")) as fake:
+        good = run_gitlab_job(tmp_path, pull_request, fake)
+        assert good.returncode == 0, good.stdout + good.stderr
+        pull_request.edit("models/blobs.yaml", "workdir: src", "workdir: nowhere")
+        pull_request.commit("Break the workdir")
+        bad = run_gitlab_job(tmp_path, pull_request, fake)
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert "gitopsd: validate exited 1" in bad.stdout
+        assert len(fake.comments) == 1, "one note, edited on the second push"
+        assert "spec.train.workdir" in fake.bodies()[0]
+        assert [s.method for s in fake.seen if s.method != "GET"] == ["POST", "PUT"]
+
+
+def test_the_gitlab_job_without_a_token_still_checks_and_says_it_could_not_post(
+    tmp_path: Path, pull_request: GitRepo
+) -> None:
+    with serve(FakeForge(forge="gitlab")) as fake:
+        done = run_gitlab_job(tmp_path, pull_request, fake, token=False)
+        assert fake.seen == []
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CI_JOB_TOKEN cannot write merge request notes" in done.stderr
+    assert "the plan could not be posted" in done.stdout

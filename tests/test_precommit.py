@@ -92,6 +92,21 @@ def test_the_hook_accepts_a_good_spec(tmp_path: Path, hook_env: HookEnv) -> None
 
 
 @pytest.mark.slow
+def test_an_installed_gitopsd_carries_the_ci_templates(tmp_path: Path, hook_env: HookEnv) -> None:
+    """The hook's environment is gitopsd installed from its own pyproject.toml: the CI templates are package data
+    that `gitopsd init --ci-only` finds there, not files it reads from a source tree."""
+    pre_commit(consumer(tmp_path, hook_env), hook_env)  # the environment exists after a first run
+    (installed,) = Path(hook_env.env["PRE_COMMIT_HOME"]).glob("repo*/py_env-*/bin/gitopsd")
+    target = tmp_path / "existing"
+    target.mkdir()
+    done = subprocess.run([str(installed), "init", "--ci-only", str(target)], env=hook_env.env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (target / ".github/workflows/gitopsd.yml").read_text().startswith("# gitopsd: validate and plan")
+    assert (target / ".gitlab-ci.yml").is_file()
+
+
+@pytest.mark.slow
 def test_the_hook_rejects_a_bad_spec_naming_file_and_field(tmp_path: Path, hook_env: HookEnv) -> None:
     repo = consumer(tmp_path, hook_env)
     repo.edit("models/blobs.yaml", "workdir: src", "workdir: nowhere")
