@@ -2,9 +2,10 @@
 
 It answers the documented requests only (method, path, query, the token in each forge's header, a JSON body with
 a string `body`) and keeps the comments in memory, so a test sees what a reviewer would see. Pages are small
-(`page_size`) so that pagination is followed for real. `script` answers the next matching requests otherwise:
-a status with a JSON body, "hang" (no answer until the test ends: a timeout), or "lost" (done as usual, but the
-answer never comes: a POST whose answer a timeout lost). A 3xx status sends its payload as the Location.
+(`page_size`) so that pagination is followed for real (GitHub, GitLab; Gitea lists an issue's comments whole).
+`script` answers the next matching requests otherwise: a status with a JSON body, "hang" (no answer until the
+test ends: a timeout), or "lost" (done as usual, but the answer never comes: a POST whose answer a timeout
+lost). A 3xx status sends its payload as the Location.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ class FakeForge:
         return body
 
     def _page(self, seen: Seen) -> tuple[int, Any, dict[str, str]]:
+        if self.forge == "gitea":  # Gitea and Forgejo list an issue's comments whole (only since/before)
+            return 200, self.comments, {}
         page = int(seen.query.get("page", ["1"])[0])
         start = (page - 1) * self.page_size
         items = self.comments[start : start + self.page_size]

@@ -118,7 +118,7 @@ def _whoami(target: Target, timeout: float) -> str | None:
 
 
 def _list(target: Target, timeout: float) -> list[Comment]:
-    """Every comment of the request, following `Link: rel="next"` (and GitLab's X-Next-Page)."""
+    """Every comment of the request, following GitLab's X-Next-Page, else `Link: rel="next"`."""
     comments: list[Comment] = []
     url: str | None = target.comments_url
     for _ in range(MAX_PAGES):
@@ -126,10 +126,11 @@ def _list(target: Target, timeout: float) -> list[Comment]:
             return comments
         answer = _request(target, "GET", url, None, timeout)
         comments += parse_comments(target.forge, _ok(answer, target, "GET", url, 200))
-        url = next_page(answer.headers.get("link"), target.api)
         following = answer.headers.get("x-next-page", "").strip()
-        if url is None and target.forge == "gitlab" and following.isdigit():
+        if target.forge == "gitlab" and following.isdigit():  # built on our own URL: right behind a proxy too
             url = f"{target.comments_url}&page={int(following)}"
+        else:
+            url = next_page(answer.headers.get("link"), target.api)
     raise CommentError(f"{target.what} has more than {MAX_PAGES} pages of comments: not reading further")
 
 
