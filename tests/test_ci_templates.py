@@ -186,6 +186,7 @@ def run_workflow(tmp_path: Path, repo: GitRepo, fake: FakeForge, *, fork: bool =
     temp.mkdir(exist_ok=True)
     event = tmp_path / "event.json"
     head = "someone/demo" if fork else "ml/demo"
+    gitea = {"GITEA_ACTIONS": "true"} if fake.forge == "gitea" else {}
     event.write_text(json.dumps({"number": 7, "pull_request": {"number": 7, "head": {"repo": {"full_name": head}},
                                                               "base": {"ref": "main"}}}))  # fmt: skip
     (temp / "env").write_text("")
@@ -206,6 +207,7 @@ def run_workflow(tmp_path: Path, repo: GitRepo, fake: FakeForge, *, fork: bool =
         "GITHUB_STEP_SUMMARY": str(temp / "summary.md"),
         "RUNNER_TEMP": str(temp),
         "GITOPSD_STATE_DIR": str(tmp_path / "unused-state"),
+        **gitea,
         **GIT_ENV,
     }
     flow = yaml.safe_load((repo.path / ".github/workflows/gitopsd.yml").read_text())
@@ -233,6 +235,16 @@ def test_the_workflow_posts_one_plan_comment_and_passes_a_valid_change(tmp_path:
     assert ".: valid; 1 model(s): blobs" in body
     assert [s.method for s in fake.seen if s.method != "GET"] == ["POST", "PATCH"]
     assert (tmp_path / "runner-temp" / "summary.md").read_text().startswith(MARKER)
+
+
+def test_gitea_actions_run_the_same_workflow_against_the_gitea_api(tmp_path: Path, pull_request: GitRepo) -> None:
+    with serve(FakeForge(forge="gitea", me="gitea-actions")) as fake:
+        for _ in range(2):
+            actions = run_workflow(tmp_path, pull_request, fake)
+            assert not actions.failed, "\n".join(actions.log)
+        assert len(fake.comments) == 1
+        assert [s.method for s in fake.seen if s.method != "GET"] == ["POST", "PATCH"]
+        assert all(s.path.startswith("/api/v1/") for s in fake.seen)
 
 
 def test_the_workflow_fails_an_invalid_spec_and_says_why_in_the_comment(tmp_path: Path, pull_request: GitRepo) -> None:

@@ -101,6 +101,7 @@ def init(directory: Path, ci_only: bool) -> None:
     except FileExistsError as exc:
         fail(str(exc))
     click.echo(f"created {directory} at commit {commit[:12]}: one model (blobs), trained in about a second")
+    click.echo("with .github/workflows/gitopsd.yml and .gitlab-ci.yml: they plan every pull/merge request")
     click.echo(f"next: gitopsd reconcile --repo {directory} --wait && gitopsd status")
 
 
