@@ -38,7 +38,7 @@ class FakeForge:
     forge: str
     me: str = "gitopsd-bot"
     me_is_bot: bool = True
-    app_token: bool = False  # GitHub's Actions token: GET /user answers 403
+    app_token: bool = False  # an Actions token: GET /user answers 403 (GitHub) or 401 (Gitea, as a worst case)
     page_size: int = 2
     comments: list[dict[str, Any]] = field(default_factory=list)
     script: list[tuple[str, int | str, Any]] = field(default_factory=list)  # (method, status | "hang", payload)
@@ -91,6 +91,8 @@ class FakeForge:
         prefix = PREFIX[self.forge]
         list_path = f"{prefix}/{PROJECT[self.forge]}/7/" + ("notes" if self.forge == "gitlab" else "comments")
         if seen.path == f"{prefix}/user" and seen.method == "GET":
+            if self.app_token and self.forge == "gitea":
+                return 401, {"message": "token is required"}, {}
             if self.app_token:
                 return 403, {"message": "Resource not accessible by integration"}, {}
             return 200, ({"username": self.me} if self.forge == "gitlab" else {"login": self.me}), {}

@@ -273,6 +273,16 @@ def test_choosing_ours_takes_the_earliest_plan_comment_of_the_token_s_user() -> 
     assert choose_ours(comments, None) is None, "unknown user: only a bot account's comment counts"
     assert choose_ours([c(1, plan, "alice"), c(2, plan, "github-actions[bot]", bot=True)], None).id == 2  # type: ignore[union-attr]
     assert choose_ours([c(1, f"quote: {MARKER}", "bot")], "bot") is None, "the marker must be the first line"
+    assert choose_ours([c(1, plan, "alice"), c(2, plan, "gitea-actions")], None).id == 2  # type: ignore[union-attr]
+
+
+def test_a_gitea_actions_token_that_may_not_ask_who_it_is_edits_its_own_comment(tmp_path: Path) -> None:
+    with serve(FakeForge(forge="gitea", me="gitea-actions", me_is_bot=False, app_token=True)) as fake:
+        fake.add(f"{MARKER}\nfrom a person", "mallory")
+        for push in range(2):
+            done = run_comment(fake, tmp_path, PLAN + f"\npush {push}\n")
+            assert done.returncode == 0, done.stderr
+        assert fake.bodies() == [f"{MARKER}\nfrom a person", PLAN + "\npush 1\n"]
 
 
 def test_next_page_follows_rel_next_only() -> None:

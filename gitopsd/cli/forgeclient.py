@@ -110,10 +110,9 @@ def _ok(answer: _Answer, target: Target, method: str, url: str, *expected: int) 
 
 
 def _whoami(target: Target, timeout: float) -> str | None:
-    """The token's user, or None where the forge will not say (GitHub's Actions token answers 403)."""
+    """The token's user, or None where the forge will not say (GitHub's Actions token answers 403). A bad token
+    is refused again by the requests that follow, which say so."""
     answer = _request(target, "GET", target.user_url, None, timeout)
-    if answer.status == 401:
-        _ok(answer, target, "GET", target.user_url, 200)
     return user_login(target.forge, answer.payload) if answer.status == 200 else None
 
 

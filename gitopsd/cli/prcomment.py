@@ -225,14 +225,18 @@ def is_plan_comment(body: str) -> bool:
     return body.split("\n", 1)[0].strip() == MARKER
 
 
+# The accounts the forges' CI tokens comment as; no person can sign up under these names.
+CI_ACCOUNTS = frozenset({"github-actions[bot]", "gitea-actions", "forgejo-actions"})
+
+
 def choose_ours(comments: list[Comment], me: str | None) -> Comment | None:
     """The earliest plan comment written by the token's user (`me`), or, when the forge would not say who that is
-    (GitHub's Actions token), by a bot account. Anyone may paste the marker into a comment: a person's comment
-    is never edited, whatever it says."""
+    (GitHub's Actions token), by a bot or CI account. Anyone may paste the marker into a comment: a person's
+    comment is never edited, whatever it says."""
     for comment in comments:
         if comment.system or not is_plan_comment(comment.body):
             continue
-        if (comment.author == me) if me is not None else comment.bot:
+        if (comment.author == me) if me is not None else (comment.bot or comment.author in CI_ACCOUNTS):
             return comment
     return None
 
