@@ -99,6 +99,8 @@ class FakeForge:
         if seen.path == list_path and seen.method == "GET":
             return self._page(seen)
         if seen.path == list_path and seen.method == "POST":
+            if seen.query:
+                return 400, {"message": f"unexpected query {seen.query}"}, {}
             body = self._body(seen)
             if isinstance(body, tuple):
                 return body

@@ -134,7 +134,7 @@ def test_a_plan_over_the_forges_limit_is_cut_with_a_line_saying_so(tmp_path: Pat
     assert "**The plan is cut here:**" in body
     assert "do not fit in one comment (at most 65,536)" in body
     tail = body[: body.index("**The plan is cut here:**")]
-    assert tail.rstrip().endswith("```\n</details>".replace("\n", "\n")), "the open code block and details closed"
+    assert tail.rstrip().endswith("```\n</details>"), "the open code block and <details> are closed"
 
 
 @pytest.mark.parametrize(
@@ -206,11 +206,6 @@ def test_a_5xx_answer_is_retried_with_backoff(forge: FakeForge, tmp_path: Path) 
     assert len(forge.comments) == 1
 
 
-def _target(fake: FakeForge, tmp_path: Path) -> object:
-    env = ci_env(fake, str(event_file(tmp_path)))
-    return target_from_env(fake.forge, env, event=event_file(tmp_path).read_bytes())
-
-
 def test_a_timeout_is_retried_and_bounded(tmp_path: Path) -> None:
     waits: list[float] = []
     with serve(FakeForge(forge="github")) as fake:
@@ -243,12 +238,14 @@ def test_the_event_payload_gives_the_pull_request_number() -> None:
 def test_the_target_comes_from_each_ci_s_variables() -> None:
     gh = target_from_env("github", {"GITHUB_TOKEN": "t", "GITHUB_REPOSITORY": "ml/demo", "GITHUB_EVENT_PATH": "e"},
                          event=b'{"pull_request": {"number": 3}}')  # fmt: skip
-    assert gh.comments_url == "https://api.github.com/repos/ml/demo/issues/3/comments?per_page=100"
+    assert gh.list_url == "https://api.github.com/repos/ml/demo/issues/3/comments?per_page=100"
+    assert gh.comments_url == "https://api.github.com/repos/ml/demo/issues/3/comments"
     assert gh.comment_url(5) == "https://api.github.com/repos/ml/demo/issues/comments/5"
     assert gh.headers()["Authorization"] == "Bearer t"
     gl = target_from_env("gitlab", {"GITOPSD_GITLAB_TOKEN": "t", "CI_API_V4_URL": "https://gl.example/api/v4/",
                                     "CI_PROJECT_ID": "ml/demo", "CI_MERGE_REQUEST_IID": "4"})  # fmt: skip
-    assert gl.comments_url.startswith("https://gl.example/api/v4/projects/ml%2Fdemo/merge_requests/4/notes?")
+    assert gl.list_url.startswith("https://gl.example/api/v4/projects/ml%2Fdemo/merge_requests/4/notes?sort=asc&")
+    assert gl.comments_url == "https://gl.example/api/v4/projects/ml%2Fdemo/merge_requests/4/notes"
     assert gl.edit_method == "PUT"
     assert gl.headers()["PRIVATE-TOKEN"] == "t"
     gt = target_from_env("gitea", {"GITHUB_TOKEN": "t", "GITHUB_API_URL": "https://git.example/api/v1",
@@ -311,3 +308,4 @@ def test_truncate_keeps_whole_lines_and_closes_what_it_cut_open() -> None:
     assert cut.startswith(MARKER + "\n<details>")
     assert "\n````\n</details>\n\n**The plan is cut here:**" in cut
     assert truncate("short", 300) == "short"
+    assert truncate(MARKER + "\n" + "x" * 500, 50).startswith(MARKER + "\n"), "the marker survives any limit"

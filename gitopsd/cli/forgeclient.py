@@ -119,7 +119,7 @@ def _whoami(target: Target, timeout: float) -> str | None:
 def _list(target: Target, timeout: float) -> list[Comment]:
     """Every comment of the request, following GitLab's X-Next-Page, else `Link: rel="next"`."""
     comments: list[Comment] = []
-    url: str | None = target.comments_url
+    url: str | None = target.list_url
     for _ in range(MAX_PAGES):
         if url is None:
             return comments
@@ -127,7 +127,7 @@ def _list(target: Target, timeout: float) -> list[Comment]:
         comments += parse_comments(target.forge, _ok(answer, target, "GET", url, 200))
         following = answer.headers.get("x-next-page", "").strip()
         if target.forge == "gitlab" and following.isdigit():  # built on our own URL: right behind a proxy too
-            url = f"{target.comments_url}&page={int(following)}"
+            url = f"{target.list_url}&page={int(following)}"
         else:
             url = next_page(answer.headers.get("link"), target.api)
     raise CommentError(f"{target.what} has more than {MAX_PAGES} pages of comments: not reading further")

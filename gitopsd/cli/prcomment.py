@@ -44,12 +44,17 @@ class Target:
 
     @property
     def comments_url(self) -> str:
-        """Where the comments are listed (oldest first) and a new one is created."""
+        """Where a new comment is created."""
         if self.forge == "gitlab":
-            return (f"{self.api}/projects/{quote(self.project, safe='')}/merge_requests/{self.number}/notes"
-                    "?sort=asc&order_by=created_at&per_page=100")  # fmt: skip
-        page = "?per_page=100" if self.forge == "github" else ""
-        return f"{self.api}/repos/{self.project}/issues/{self.number}/comments{page}"
+            return f"{self.api}/projects/{quote(self.project, safe='')}/merge_requests/{self.number}/notes"
+        return f"{self.api}/repos/{self.project}/issues/{self.number}/comments"
+
+    @property
+    def list_url(self) -> str:
+        """The first page of the comments, oldest first (Gitea and Forgejo list them whole)."""
+        if self.forge == "gitlab":
+            return f"{self.comments_url}?sort=asc&order_by=created_at&per_page=100"
+        return self.comments_url + ("?per_page=100" if self.forge == "github" else "")
 
     def comment_url(self, comment_id: int) -> str:
         """Where one comment is edited."""
@@ -294,10 +299,11 @@ def truncate(body: str, limit: int, where: str = "") -> str:
         return body
     note = (f"\n**The plan is cut here:** {len(body):,} characters do not fit in one comment "
             f"(at most {limit:,}){where}.\n")  # fmt: skip
-    state = _Open()
-    kept: list[str] = []
-    size = 0
-    for line in body.split("\n"):
+    first, _, rest = body.partition("\n")
+    state = _Open().after(first)
+    kept = [first]  # the marker line stays, however small the limit: it is how the next run finds the comment
+    size = len(first) + 1
+    for line in rest.split("\n"):
         after = state.after(line)
         if size + len(line) + 1 + len(after.closing()) + len(note) > limit:
             break
