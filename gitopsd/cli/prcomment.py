@@ -23,7 +23,6 @@ DEFAULT_TOKEN_ENV = {"github": "GITHUB_TOKEN", "gitlab": "GITOPSD_GITLAB_TOKEN",
 # GitHub refuses a body over 65,536 characters; GitLab's notes take 1,000,000. Gitea and Forgejo document
 # none: the GitHub limit keeps a plan comment readable there too.
 BODY_LIMIT = {"github": 65536, "gitlab": 1_000_000, "gitea": 65536}
-MAX_EVENT_BYTES = 25 * 1024 * 1024  # GitHub's event payloads stay far below this
 
 
 class CommentError(Exception):
@@ -165,6 +164,9 @@ def target_from_env(
             "gitea": "pass it to the step: `env: GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}`",
         }[forge]
         raise CommentError(f"${token_env} is not set: it must hold a token that may comment; {hint}")
+    if not re.fullmatch(r"[\x21-\x7e]+", token):  # it goes into a header: a line break would start another
+        raise CommentError(f"${token_env} holds characters no token has (a space, a line break, a non-ASCII "
+                           "letter): check the secret")  # fmt: skip
     if forge == "gitlab":
         api = _api_root(_need(env, "CI_API_V4_URL", "not a GitLab CI job?"), "CI_API_V4_URL")
         project = _need(env, "CI_PROJECT_ID", "not a GitLab CI job?")

@@ -80,3 +80,14 @@ def test_an_event_without_an_integer_number_is_refused(tmp_path: Path) -> None:
         assert fake.seen == []
     assert done.returncode == 1
     assert "no pull_request.number" in done.stderr
+
+
+def test_a_token_with_a_line_break_is_refused_without_showing_it(tmp_path: Path) -> None:
+    with serve(FakeForge(forge="github")) as fake:
+        env = ci_env(fake, "", token=None)
+        env["GITHUB_TOKEN"] = "secret-part\r\nX-Injected: 1"
+        done = run_comment(fake, tmp_path, PLAN, "--number", "7", env=env)
+        assert fake.seen == []
+    assert done.returncode == 1
+    assert "holds characters no token has" in done.stderr
+    assert "secret-part" not in done.stdout + done.stderr
