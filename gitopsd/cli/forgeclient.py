@@ -9,7 +9,9 @@ POST that reached the forge before its answer was lost is found and edited, not 
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -82,10 +84,13 @@ def _request(target: Target, method: str, url: str, body: dict[str, Any] | None,
         raise Transient(f"the {target.forge} API did not answer {method} {url} within {timeout:g} s") from exc
     except urllib.error.URLError as exc:
         reason = exc.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):  # no retry makes a certificate valid
+            raise CommentError(f"the {target.forge} API at {url} has a certificate this host does not trust: "
+                               f"{reason.verify_message}") from None  # fmt: skip
         if isinstance(reason, TimeoutError):
             raise Transient(f"the {target.forge} API did not answer {method} {url} within {timeout:g} s") from exc
         raise Transient(f"cannot reach the {target.forge} API at {url}: {reason}") from exc
-    except (ConnectionError, OSError) as exc:  # reset mid-answer, a broken pipe
+    except (OSError, http.client.HTTPException) as exc:  # reset mid-answer, a broken pipe, a garbled answer
         raise Transient(f"the connection to the {target.forge} API broke during {method} {url}: {exc}") from exc
     if len(raw) > MAX_ANSWER_BYTES:
         raise CommentError(f"the {target.forge} API answered {method} {url} with more than {MAX_ANSWER_BYTES} bytes")
