@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from gitopsd.cli.comment import comment
 from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, state_dir, verify_policy
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.doctor import doctor
@@ -74,15 +75,34 @@ def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool)
 
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-def init(directory: Path) -> None:
-    """Create a demo GitOps repository in DIRECTORY, with one commit."""
-    from gitopsd.cli.scaffold import init_demo
+@click.option(
+    "--ci-only",
+    is_flag=True,
+    help="Add only the CI files (.github/workflows/gitopsd.yml, .gitlab-ci.yml) to the existing repository "
+    "DIRECTORY, never over a file that exists; commit them yourself.",
+)
+def init(directory: Path, ci_only: bool) -> None:
+    """Create a demo GitOps repository in DIRECTORY, with one commit and CI files that plan every pull request."""
+    from gitopsd.cli.scaffold import init_demo, write_ci_files
 
+    if ci_only:
+        try:
+            done = write_ci_files(directory)
+        except OSError as exc:
+            fail(str(exc))
+        for rel in done.written:
+            click.echo(f"wrote {directory / rel}")
+        for rel in done.skipped:
+            click.echo(f"skipped {directory / rel}: it exists (compare it with `gitopsd init` in an empty directory)")
+        if done.written:
+            click.echo("next: commit them, and see their comments for the token and variables they use")
+        return
     try:
         commit = init_demo(directory)
     except FileExistsError as exc:
         fail(str(exc))
     click.echo(f"created {directory} at commit {commit[:12]}: one model (blobs), trained in about a second")
+    click.echo("with .github/workflows/gitopsd.yml and .gitlab-ci.yml: they plan every pull/merge request")
     click.echo(f"next: gitopsd reconcile --repo {directory} --wait && gitopsd status")
 
 
@@ -427,7 +447,7 @@ def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
         click.echo(path.read_text(errors="replace"), nl=False)
 
 
-for command in (registry, lineage, history, promote, run, trigger, gpus, doctor, usage):
+for command in (registry, lineage, history, promote, run, trigger, gpus, doctor, usage, comment):
     cli.add_command(command)
 
 
