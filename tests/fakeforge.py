@@ -7,6 +7,7 @@ timeout). The notification tests check each request against the forge's document
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -51,9 +52,6 @@ GITHUB_401 = json_reply(401, {"message": "Bad credentials", "documentation_url":
                               "status": "401"})  # fmt: skip
 GITHUB_404 = json_reply(404, {"message": "Not Found", "status": "404",
                               "documentation_url": "https://docs.github.com/rest/commits/statuses"})  # fmt: skip
-GITHUB_422 = json_reply(422, {"message": "No commit found for SHA: 6dcb09b5b57875f334f61aebed695e2e4193db5e",
-                              "documentation_url": "https://docs.github.com/rest/commits/statuses",
-                              "status": "422"})  # fmt: skip
 GITLAB_CREATED = json_reply(201, {
     "id": 93, "sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e", "ref": "main", "status": "running",
     "name": "gitopsd/demo", "target_url": None, "description": "training", "created_at": "2026-12-01T05:00:00Z",
@@ -106,10 +104,8 @@ class FakeForge:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(OSError):  # the client gave up (its timeout)
                     self.wfile.write(reply.body)
-                except OSError:  # the client gave up (its timeout)
-                    pass
 
             def log_message(self, *_: object) -> None:
                 pass

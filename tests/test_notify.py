@@ -24,7 +24,6 @@ from tests.fakeforge import (
     GITEA_CREATED,
     GITHUB_401,
     GITHUB_404,
-    GITHUB_422,
     GITHUB_CREATED,
     GITLAB_CREATED,
     GITLAB_SAME_STATE,
@@ -62,8 +61,8 @@ def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def github(forge_url: str, **extra: Any) -> NotificationConfig:
-    return NotificationConfig.model_validate({"name": "gh", "kind": "github", "url": forge_url,
-                                              "project": "octo/models", "token": "env:NOTIFY_TOKEN", **extra})  # fmt: skip
+    fields = {"name": "gh", "kind": "github", "url": forge_url, "project": "octo/models", "token": "env:NOTIFY_TOKEN"}
+    return NotificationConfig.model_validate({**fields, **extra})
 
 
 def webhook(forge_url: str, **extra: Any) -> NotificationConfig:
@@ -233,8 +232,10 @@ def test_401_stalls_the_sink_until_a_reload_and_the_token_is_never_logged_or_sto
         courier.deliver_due()
         assert len(forge.requests) == 1
         text = render(read_status(reconciler.state_dir))
-        assert "notifications: 1 waiting for gh: HTTP 401: Bad credentials (the token was refused: set `token` " \
-               "to a valid one, then reload (SIGHUP)), stalled until a reload (SIGHUP) or" in text
+        assert (
+            "notifications: 1 waiting for gh: HTTP 401: Bad credentials (the token was refused: set `token` "
+            "to a valid one, then reload (SIGHUP)), stalled until a reload (SIGHUP) or" in text
+        )
         clock.advance(600)
         courier.deliver_due()
         assert len(forge.requests) == 1, "a stalled sink is not retried on the transient schedule"
@@ -294,7 +295,9 @@ def test_nothing_is_lost_or_sent_twice_over_a_restart(reconciler: Reconciler, cl
     before.deliver_due()
     doc = read_status(reconciler.state_dir)
     assert [(e["sink"], e["waiting"], e["attempts"] > 0) for e in doc["notifications"]] == [
-        ("gh", 1, True), ("hook", 1, True)]
+        ("gh", 1, True),
+        ("hook", 1, True),
+    ]
     assert "cannot connect" in doc["notifications"][0]["error"]
     with fake_forge(GITHUB_CREATED) as forge:
         after = courier_for(reconciler, clock, github(forge.url), webhook(forge.url))  # a new daemon
@@ -380,7 +383,7 @@ def test_a_slack_sink_gets_text_and_a_dead_webhook_url_stalls(reconciler: Reconc
         assert entry["stalled"] and "Slack knows no such webhook" in entry["error"]
         courier.retry_stalled()
         courier.deliver_due()
-        first, second = slack.requests
+        _, second = slack.requests
         assert second.path == "/services/T000/B000/XXXXSECRETXXXX"
         assert second.json()["text"].startswith("[demo] blobs version 1 registered at ")
     assert "XXXXSECRETXXXX" not in caplog.text

@@ -106,7 +106,8 @@ def test_slack_gets_one_line_of_text() -> None:
         "event": "version-registered", "repository": "demo", "model": "blobs", "version": 2, "commit": SHA,
         "message": "registered blobs@2 (sha256 1c1d375dbe81)"})  # fmt: skip
     assert json.loads(request.body) == {
-        "text": "[demo] blobs version 2 registered at 6dcb09b5b578: registered blobs@2 (sha256 1c1d375dbe81)"}
+        "text": "[demo] blobs version 2 registered at 6dcb09b5b578: registered blobs@2 (sha256 1c1d375dbe81)"
+    }
 
 
 @pytest.mark.parametrize(
@@ -156,13 +157,17 @@ def test_a_refusal_names_the_fix() -> None:
 def test_the_commit_status_is_pending_while_any_model_trains_then_failure_naming_models_or_success() -> None:
     assert commit_status(None, {}) is None
     assert commit_status(SHA, {"a": ("Ready", "Succeeded"), "b": ("Reconciling", "Progressing")}) == (
-        "pending", "1/2 ready; training: b")
+        "pending",
+        "1/2 ready; training: b",
+    )
     assert commit_status(SHA, {"a": ("Stalled", "GateFailed"), "b": ("Reconciling", "Progressing")})[0] == "pending"
     assert commit_status(SHA, {"a": ("Stalled", "GateFailed"), "b": ("Ready", "Succeeded"),
                                "c": ("Stalled", "TrainingFailed")}) == (
         "failure", "failed: a (GateFailed), c (TrainingFailed)")  # fmt: skip
     assert commit_status(SHA, {"a": ("Ready", "Succeeded"), "s": ("Stalled", "Suspended")}) == (
-        "success", "2 model(s) ready")
+        "success",
+        "2 model(s) ready",
+    )
     assert commit_status(SHA, {}) == ("success", "no models declared")
 
 
@@ -234,23 +239,42 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[notifications]]\nname = "gh"\nkind = "github"\ntoken = "env:T"\n', "notifications[0]: Value error, kind "
-         "'github' needs `project`"),
-        ('[[notifications]]\nname = "gh"\nkind = "github"\nproject = "octo/models"\ntoken = "ghp_plain"\n',
-         "notifications[0].token: String should match pattern"),
-        ('[[notifications]]\nname = "s"\nkind = "slack"\nurl = "https://hooks.slack.com/services/T/B/X"\n',
-         "notifications[0]: Value error, kind 'slack' needs `url`, the incoming-webhook URL by reference"),
-        ('[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\n',
-         "kind 'webhook' needs `url` (the receiver) and `secret`"),
-        ('[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "file:///etc/passwd"\nsecret = "env:S"\n',
-         "expected http(s)://host"),
-        ('[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\nsecret = "env:S"\n'
-         'events = ["version-registered", "model-deleted"]\n', "notifications[0].events[1]: Input should be"),
+        (
+            '[[notifications]]\nname = "gh"\nkind = "github"\ntoken = "env:T"\n',
+            "notifications[0]: Value error, kind 'github' needs `project`",
+        ),
+        (
+            '[[notifications]]\nname = "gh"\nkind = "github"\nproject = "octo/models"\ntoken = "ghp_plain"\n',
+            "notifications[0].token: String should match pattern",
+        ),
+        (
+            '[[notifications]]\nname = "s"\nkind = "slack"\nurl = "https://hooks.slack.com/services/T/B/X"\n',
+            "notifications[0]: Value error, kind 'slack' needs `url`, the incoming-webhook URL by reference",
+        ),
+        (
+            '[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\n',
+            "kind 'webhook' needs `url` (the receiver) and `secret`",
+        ),
+        (
+            '[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "file:///etc/passwd"\nsecret = "env:S"\n',
+            "expected http(s)://host",
+        ),
+        (
+            '[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\nsecret = "env:S"\n'
+            'events = ["version-registered", "model-deleted"]\n',
+            "notifications[0].events[1]: Input should be",
+        ),
         ('[[notifications]]\nname = "gt"\nkind = "gitea"\nproject = "o/r"\ntoken = "env:T"\n', "needs `url`"),
-        ('[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\nsecret = "env:S"\n'
-         'repositories = ["demo", "other"]\n', "notification 'w' names repositories not in [[repositories]]: other"),
-        ('[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\nsecret = "env:S"\n'
-         'timeout = "soon"\n', "notifications[0].timeout"),
+        (
+            '[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\nsecret = "env:S"\n'
+            'repositories = ["demo", "other"]\n',
+            "notification 'w' names repositories not in [[repositories]]: other",
+        ),
+        (
+            '[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\nsecret = "env:S"\n'
+            'timeout = "soon"\n',
+            "notifications[0].timeout",
+        ),
     ],
 )
 def test_configuration_errors_name_the_toml_path(tmp_path: Path, text: str, message: str) -> None:
@@ -265,5 +289,9 @@ def test_a_full_configuration_loads_with_its_defaults(tmp_path: Path) -> None:
                                'url = "env:SLACK_URL"\nevents = ["gate-failed", "training-failed"]\n'))  # fmt: skip
     github, slack = config.notifications
     assert (github.api(), github.context_for("demo"), github.timeout, github.max_pending) == (
-        "https://api.github.com", "gitopsd/demo", 10, 1000)
+        "https://api.github.com",
+        "gitopsd/demo",
+        10,
+        1000,
+    )
     assert github.serves("demo") and slack.events == ["gate-failed", "training-failed"]
