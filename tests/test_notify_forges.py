@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,7 @@ def test_a_refusal_names_the_fix() -> None:
     assert "404 Project Not Found" in classify(sink("gitlab"), 404, b'{"message":"404 Project Not Found"}', {},
                                                now=0).message  # fmt: skip
     assert "Retry-After" not in classify(sink("github"), 503, b"", {}, now=0).message
+    assert "set `url` to the final address" in classify(sink("webhook"), 308, b"", {}, now=0).message
 
 
 def test_the_commit_status_is_pending_while_any_model_trains_then_failure_naming_models_or_success() -> None:
@@ -295,3 +298,23 @@ def test_a_full_configuration_loads_with_its_defaults(tmp_path: Path) -> None:
         1000,
     )
     assert github.serves("demo") and slack.events == ["gate-failed", "training-failed"]
+
+
+DOCS = (Path(__file__).resolve().parent.parent / "docs" / "notifications.md").read_text()
+
+
+def test_the_toml_example_in_docs_notifications_is_a_valid_configuration(tmp_path: Path) -> None:
+    (block,) = re.findall(r"```toml\n(.*?)```", DOCS, re.S)
+    path = tmp_path / "gitopsd.toml"
+    path.write_text('[[repositories]]\nname = "ml-models"\nurl = "/srv/models.git"\n' + block)
+    config = load_config(path)
+    assert [n.kind for n in config.notifications] == ["github", "gitlab", "gitea", "webhook", "slack"]
+
+
+def test_the_receiver_snippet_in_docs_notifications_verifies_a_real_request() -> None:
+    (snippet,) = re.findall(r"```python\n(.*?)```", DOCS, re.S)
+    scope: dict[str, Any] = {}
+    exec(snippet, scope)  # the documentation's own code, nothing else
+    request = webhook_request("https://h.example/", b"k3y", {"event": "alias-moved"}, delivery="d", now=time.time())
+    assert scope["verify"](b"k3y", dict(request.headers), request.body)
+    assert not scope["verify"](b"k3y", dict(request.headers), request.body + b" ")

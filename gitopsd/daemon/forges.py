@@ -172,7 +172,15 @@ def classify(sink: NotificationConfig, status: int | None, body: bytes, headers:
         return Outcome(retry_after_s=retry_after, message=f"{said} (rate limited)")
     if status == 408 or status >= 500:
         return Outcome(retry_after_s=retry_after, message=said)
-    fix = _FIX.get((sink.kind, status)) or _FIX.get(("*", status)) or "the request was refused; see the answer"
+    fix = (
+        _FIX.get((sink.kind, status))
+        or _FIX.get(("*", status))
+        or (
+            "redirected, and not followed (it would carry the credential): set `url` to the final address, then reload"
+            if 300 <= status < 400
+            else "the request was refused; see the answer"
+        )
+    )
     return Outcome(stall=True, sink_wide=status in (401, 403, 404) or 300 <= status < 400, message=f"{said} ({fix})")
 
 
