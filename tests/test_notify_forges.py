@@ -163,7 +163,8 @@ def test_the_commit_status_is_pending_while_any_model_trains_then_failure_naming
         "pending",
         "1/2 ready; training: b",
     )
-    assert commit_status(SHA, {"a": ("Stalled", "GateFailed"), "b": ("Reconciling", "Progressing")})[0] == "pending"
+    assert commit_status(SHA, {"a": ("Stalled", "GateFailed"), "b": ("Reconciling", "Progressing")}) == (
+        "pending", "0/2 ready; training: b")  # fmt: skip
     assert commit_status(SHA, {"a": ("Stalled", "GateFailed"), "b": ("Ready", "Succeeded"),
                                "c": ("Stalled", "TrainingFailed")}) == (
         "failure", "failed: a (GateFailed), c (TrainingFailed)")  # fmt: skip
