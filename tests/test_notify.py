@@ -241,7 +241,8 @@ def test_401_stalls_the_sink_until_a_reload_and_the_token_is_never_logged_or_sto
         assert len(forge.requests) == 1, "a stalled sink is not retried on the transient schedule"
         assert courier.retry_stalled() == 1  # what a SIGHUP does
         courier.deliver_due()
-        assert statuses(forge)[-1] == (demo_repo.git("rev-parse", "HEAD"), "success")
+        sha = demo_repo.git("rev-parse", "HEAD")
+        assert statuses(forge) == [(sha, "success"), (sha, "success")], "the waiting pending was superseded"
         assert read_status(reconciler.state_dir)["notifications"][0]["waiting"] == 0
     assert TOKEN not in caplog.text
     assert TOKEN.encode() not in reconciler.paths.state_db.read_bytes()
@@ -388,3 +389,25 @@ def test_a_slack_sink_gets_text_and_a_dead_webhook_url_stalls(reconciler: Reconc
         assert second.json()["text"].startswith("[demo] blobs version 1 registered at ")
     assert "XXXXSECRETXXXX" not in caplog.text
     assert b"XXXXSECRETXXXX" not in reconciler.paths.state_db.read_bytes()
+
+
+def test_a_new_sink_starts_from_now_and_a_removed_one_drops_what_it_had_waiting(
+    reconciler: Reconciler, demo_repo: GitRepo, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    settle(reconciler)  # version 1 registered before any sink was configured
+    dead = f"http://127.0.0.1:{free_port()}"
+    with fake_forge(RECEIVED) as receiver:
+        clock.now = time.time()
+        courier = courier_for(reconciler, clock, webhook(receiver.url), github(dead))
+        assert courier.enqueue() == 1, "only the current status: the webhook is not sent the history"
+        add_alias(demo_repo)
+        settle(reconciler)
+        courier.enqueue()
+        courier.deliver_due()
+        assert [seen.json()["event"] for seen in receiver.requests] == ["alias-moved"]
+        waiting = {e["sink"]: e["waiting"] for e in read_status(reconciler.state_dir)["notifications"]}
+        assert waiting == {"gh": 2, "hook": 0}, "the status of each commit waits for the dead forge"
+        courier.configure([webhook(receiver.url)])  # a reload without the GitHub sink
+        courier.enqueue()
+        assert [e["waiting"] for e in read_status(reconciler.state_dir)["notifications"]] == [0, 0]
+        assert "2 undelivered notification(s) of sinks no longer configured for demo dropped" in caplog.text

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from gitopsd.reconcile.statusview import read_status, render
-from tests.conftest import GIT_ENV
-from tests.fakeforge import GITHUB_CREATED, RECEIVED, UNAVAILABLE, Reply, fake_forge
+from tests.conftest import GIT_ENV, gitopsd
+from tests.fakeforge import GITHUB_401, GITHUB_CREATED, RECEIVED, UNAVAILABLE, Reply, fake_forge
 from tests.test_daemon import SECRETS, RunningDaemon, start_daemon
 
 TOKEN = "ghp_" + "Zz9" * 12
@@ -151,3 +151,35 @@ def test_undelivered_notifications_survive_a_restart_and_a_hanging_sink_blocks_n
         log = daemon.log.read_text()
         assert TOKEN not in log and SECRET not in log
         assert "notifications: status" in log and "to gh failed (attempt 1" in log
+
+
+def test_a_refused_token_stalls_the_sink_and_the_rotated_one_is_used_after_sighup(tmp_path: Path) -> None:
+    old, new = "ghp_old" + "o" * 30, "ghp_new" + "n" * 30
+    token_file = tmp_path / "github-token"
+    token_file.write_text(old + "\n")
+    with fake_forge(GITHUB_401) as forge:
+        extra = (f'\n[[notifications]]\nname = "gh"\nkind = "github"\nurl = "{forge.url}"\n'
+                 f'project = "octo/models"\ntoken = "file:{token_file}"\n')  # fmt: skip
+        with start_daemon(tmp_path, extra=extra) as daemon:
+            state = daemon.state_dir / "demo"
+            wait_until(daemon, "the version registered", lambda: read_status(state)["models"][0]["latest_version"] == 1)
+            wait_until(daemon, "the success status refused",
+                       lambda: any(s.json()["state"] == "success" for s in forge.requests))  # fmt: skip
+            wait_until(daemon, "the sink stalled", lambda: read_status(state)["notifications"][0]["stalled"])
+            shown = gitopsd(state, "status").stdout
+            assert "notifications: 1 waiting for gh: HTTP 401: Bad credentials (the token was refused: set `token` " \
+                   "to a valid one, then reload (SIGHUP)), stalled until a reload (SIGHUP) or " in shown  # fmt: skip
+            assert all(s.headers["authorization"] == f"Bearer {old}" for s in forge.requests)
+            tried = len(forge.requests)
+            token_file.write_text(new + "\n")
+            forge.default = GITHUB_CREATED
+            daemon.reload()
+            wait_until(daemon, "the status delivered", lambda: read_status(state)["notifications"][0]["waiting"] == 0)
+            sha = daemon.work.git("rev-parse", "HEAD")
+            resent = forge.requests[tried:]
+            assert [(s.path, s.json()["state"]) for s in resent] == [(f"/repos/octo/models/statuses/{sha}", "success")]
+            assert resent[0].headers["authorization"] == f"Bearer {new}"
+            stop(daemon)
+        log = daemon.log.read_text()
+        assert old not in log and new not in log
+        assert "notifications: gh stalled: HTTP 401: Bad credentials" in log
