@@ -411,3 +411,36 @@ def test_a_new_sink_starts_from_now_and_a_removed_one_drops_what_it_had_waiting(
         courier.enqueue()
         assert [e["waiting"] for e in read_status(reconciler.state_dir)["notifications"]] == [0, 0]
         assert "2 undelivered notification(s) of sinks no longer configured for demo dropped" in caplog.text
+
+
+def test_a_restart_retries_what_stalled(reconciler: Reconciler, clock: Clock) -> None:
+    with fake_forge(GITHUB_CREATED) as forge:
+        forge.answer(GITHUB_401)
+        before = courier_for(reconciler, clock, github(forge.url))
+        settle(reconciler)
+        before.enqueue()
+        before.deliver_due()
+        assert read_status(reconciler.state_dir)["notifications"][0]["stalled"]
+        after = courier_for(reconciler, clock, github(forge.url))  # the token was fixed, the daemon restarted
+        after.deliver_due()
+        assert [seen.json()["state"] for seen in forge.requests] == ["success", "success"]
+        assert read_status(reconciler.state_dir)["notifications"][0]["waiting"] == 0
+
+
+def test_a_long_history_is_queued_whole_in_slices(
+    reconciler: Reconciler, demo_repo: GitRepo, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gitopsd.daemon.deliveries.EVENTS_PER_ROUND", 2)
+    monkeypatch.setattr("gitopsd.daemon.courier.EVENTS_PER_ROUND", 2)
+    courier = courier_for(reconciler, clock, webhook(f"http://127.0.0.1:{free_port()}"))
+    settle(reconciler)
+    add_alias(demo_repo)
+    settle(reconciler)
+    assert courier.enqueue() == 2  # version-registered and alias-moved, among a dozen events
+    conn = sqlite3.connect(reconciler.paths.state_db)
+    try:
+        (cursor,) = conn.execute("SELECT event_seq FROM delivery_cursors").fetchone()
+        (last,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+    finally:
+        conn.close()
+    assert cursor == last

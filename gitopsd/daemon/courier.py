@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitopsd.daemon.config import STATUS_KINDS, NotificationConfig, resolve_secret
-from gitopsd.daemon.deliveries import Cursor, Delivery, DeliveryQueue, notices
+from gitopsd.daemon.deliveries import EVENTS_PER_ROUND, Cursor, Delivery, DeliveryQueue, notices
 from gitopsd.daemon.forges import (
     Outcome,
     Request,
@@ -132,6 +132,8 @@ class Courier:
                 conn.close()
                 return None
             self._queue = DeliveryQueue(conn, self.clock)
+            if self._queue.forgive():  # a start, like a reload: the operator may have fixed what stalled
+                log.info("notifications: retrying the stalled deliveries of %s", self.repository)
         return self._queue
 
     # after a pass (the worker's thread) -----------------------------------------------------------------------
@@ -152,12 +154,15 @@ class Courier:
                     cursor = queue.cursor(sink.name) or Cursor(
                         event_seq=queue.last_event(before=self._seen_at.get(sink.name))
                     )
-                    facts = queue.facts(self.repository, cursor.event_seq)
-                    found, moved = notices(sink, cursor, facts, now=self.clock())
-                    if not found and moved == cursor:
-                        continue
-                    dropped = queue.enqueue(sink, found, moved)
-                    queued += len(found)
+                    dropped, more = 0, True
+                    while more:  # a long history comes in slices, each queued with its cursor
+                        facts = queue.facts(self.repository, cursor.event_seq)
+                        more = len(facts.events) >= EVENTS_PER_ROUND
+                        found, moved = notices(sink, cursor, facts, now=self.clock())
+                        if found or moved != cursor:
+                            dropped += queue.enqueue(sink, found, moved)
+                            queued += len(found)
+                        cursor = moved
                     if dropped:
                         log.warning("notifications: %s keeps failing; its %d oldest undelivered notification(s) "
                                     "were dropped (max_pending = %d)", sink.name, dropped,
