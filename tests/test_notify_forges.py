@@ -23,6 +23,7 @@ from gitopsd.daemon.forges import (
     webhook_request,
 )
 from gitopsd.errors import PermanentError
+from gitopsd.reconcile.statusview import notification_line
 
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 TOKEN = "ghp_" + "x" * 36
@@ -319,3 +320,17 @@ def test_the_receiver_snippet_in_docs_notifications_verifies_a_real_request() ->
     request = webhook_request("https://h.example/", b"k3y", {"event": "alias-moved"}, delivery="d", now=time.time())
     assert scope["verify"](b"k3y", dict(request.headers), request.body)
     assert not scope["verify"](b"k3y", dict(request.headers), request.body + b" ")
+
+
+def test_status_names_a_failing_sink_and_nothing_of_a_working_one() -> None:
+    entry = {"sink": "gh", "waiting": 3, "attempts": 2, "stalled": False, "next_retry_at": 1796103784.0,
+             "error": "HTTP 503: Service Unavailable"}  # fmt: skip
+    assert notification_line(entry) == (
+        "notifications: 3 waiting for gh: HTTP 503: Service Unavailable, next retry at 2026-12-01 05:43:04 UTC"
+    )
+    assert notification_line({**entry, "stalled": True}).endswith(  # type: ignore[union-attr]
+        "stalled until a reload (SIGHUP) or 2026-12-01 05:43:04 UTC"
+    )
+    assert notification_line({**entry, "next_retry_at": None}).endswith("retrying now")  # type: ignore[union-attr]
+    assert notification_line({**entry, "attempts": 0}) is None, "waiting for its first attempt is not failing"
+    assert notification_line({**entry, "waiting": 0}) is None

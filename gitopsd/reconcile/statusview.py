@@ -154,7 +154,7 @@ def _notifications(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     stalled, the next retry and the last error; and what it delivered, failed and dropped so far."""
     try:
         rows = conn.execute(
-            "SELECT sink, count(*), max(attempts), min(next_at), max(stalled), "
+            "SELECT sink, count(*), max(attempts), min(CASE WHEN next_at > 0 THEN next_at END), max(stalled), "
             "(SELECT error FROM deliveries e WHERE e.sink = d.sink AND e.error != '' ORDER BY e.seq DESC LIMIT 1) "
             "FROM deliveries d GROUP BY sink ORDER BY sink"
         ).fetchall()
@@ -181,8 +181,11 @@ def notification_line(entry: dict[str, Any]) -> str | None:
     """`notifications: 3 waiting for github-statuses: HTTP 503, next retry at ...`, for a failing sink only."""
     if not entry["attempts"] or not entry["waiting"]:
         return None
-    at = format_time(entry["next_retry_at"] or 0)
-    when = f"stalled until a reload (SIGHUP) or {at}" if entry["stalled"] else f"next retry at {at}"
+    if entry["next_retry_at"] is None:  # queued since the last failure: tried at once
+        when = "retrying now"
+    else:
+        at = format_time(entry["next_retry_at"])
+        when = f"stalled until a reload (SIGHUP) or {at}" if entry["stalled"] else f"next retry at {at}"
     return f"notifications: {entry['waiting']} waiting for {entry['sink']}: {entry['error']}, {when}"
 
 
