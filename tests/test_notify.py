@@ -10,6 +10,7 @@ import json
 import logging
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from gitopsd.daemon.config import NotificationConfig
 from gitopsd.daemon.courier import Courier
 from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.reconcile.state import MIGRATIONS, StateStore, connect, migrate
 from gitopsd.reconcile.statusview import read_status, render
 from tests.conftest import GitRepo
 from tests.fakeforge import (
@@ -444,3 +446,15 @@ def test_a_long_history_is_queued_whole_in_slices(
     finally:
         conn.close()
     assert cursor == last
+
+
+def test_status_reads_a_state_database_from_before_notifications(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "state.db")
+    migrate(conn, [m for m in MIGRATIONS if m[0] < 5])
+    conn.close()
+    assert read_status(tmp_path)["notifications"] == []
+    StateStore(tmp_path / "state.db").close()  # the daemon opens it: migration 5 adds the queue
+    assert read_status(tmp_path)["notifications"] == []
+    conn = connect(tmp_path / "state.db")
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    conn.close()
