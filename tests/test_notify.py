@@ -458,3 +458,21 @@ def test_status_reads_a_state_database_from_before_notifications(tmp_path: Path)
     conn = connect(tmp_path / "state.db")
     assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
     conn.close()
+
+
+def test_a_label_only_commit_gets_its_own_success_though_nothing_trains(
+    reconciler: Reconciler, demo_repo: GitRepo, clock: Clock
+) -> None:
+    with fake_forge(GITHUB_CREATED) as forge:
+        courier = courier_for(reconciler, clock, github(forge.url))
+        settle(reconciler)
+        courier.enqueue()
+        assert courier.enqueue() == 0, "a pass that recorded nothing queues nothing"
+        spec = demo_repo.path.joinpath("models/blobs.yaml").read_text()
+        demo_repo.write("models/blobs.yaml", spec.replace("team: demo", "team: vision"))
+        labelled = demo_repo.commit("label only")
+        result = reconciler.reconcile()
+        assert result.actions == () and result.commit == labelled
+        assert courier.enqueue() == 1
+        courier.deliver_due()
+        assert statuses(forge)[-1] == (labelled, "success")

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gitopsd.daemon.config import STATUS_KINDS, NotificationConfig, resolve_secret
 from gitopsd.daemon.deliveries import EVENTS_PER_ROUND, Cursor, Delivery, DeliveryQueue, notices
@@ -119,6 +120,7 @@ class Courier:
         for sink in mine:
             self._seen_at.setdefault(sink.name, now)
         self._sinks = mine
+        self._marker: tuple[Any, ...] | None = None  # look again: a new sink starts its cursor
 
     @property
     def sinks(self) -> tuple[NotificationConfig, ...]:
@@ -146,6 +148,9 @@ class Courier:
                 queue = self._db()
                 if queue is None or not self._sinks:
                     return 0
+                marker = queue.marker()
+                if marker == self._marker:  # a pass that changed nothing (most of them): nothing to read
+                    return 0
                 gone = queue.forget_sinks({s.name for s in self._sinks})
                 if gone:
                     log.warning("notifications: %d undelivered notification(s) of sinks no longer configured for "
@@ -167,6 +172,7 @@ class Courier:
                         log.warning("notifications: %s keeps failing; its %d oldest undelivered notification(s) "
                                     "were dropped (max_pending = %d)", sink.name, dropped,
                                     sink.max_pending)  # fmt: skip
+                self._marker = marker
         except Exception as exc:  # a bug or a locked database must not stop the worker
             log.error("notifications for %s not queued: %s", self.repository, describe(exc))
         if queued:

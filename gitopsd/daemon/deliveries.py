@@ -198,6 +198,14 @@ class DeliveryQueue:
         return Facts(repository=repository, events=events, applied=applied, conditions=conditions,
                      rejected=rejected, last_seq=last_seq)  # fmt: skip
 
+    def marker(self) -> tuple[Any, ...]:
+        """What changes whenever a pass recorded anything notifications are made of: the newest event (every
+        change of a run or of a condition's reason is one) and the source row (a new applied or rejected commit)."""
+        row = self.conn.execute(
+            "SELECT fetched_commit, applied_commit, error_reason FROM sources WHERE id = 1"
+        ).fetchone()
+        return (self.last_event(), *(tuple(row) if row else ()))
+
     def last_event(self, before: float | None = None) -> int:
         where, args = ("WHERE at < ?", (before,)) if before is not None else ("", ())
         row = self.conn.execute(f"SELECT max(seq) FROM events {where}", args).fetchone()
