@@ -413,6 +413,17 @@ def test_a_new_sink_starts_from_now_and_a_removed_one_drops_what_it_had_waiting(
         courier.enqueue()
         assert [e["waiting"] for e in read_status(reconciler.state_dir)["notifications"]] == [0, 0]
         assert "2 undelivered notification(s) of sinks no longer configured for demo dropped" in caplog.text
+        courier.configure([github(dead)])  # a reload: GitHub back, the webhook gone
+        courier.enqueue()
+        demo_repo.write("models/blobs.yaml", demo_repo.path.joinpath("models/blobs.yaml").read_text()
+                        .replace("  aliases: {production: 1}\n", ""))  # fmt: skip
+        demo_repo.commit("no alias")  # the alias goes while the webhook is not configured
+        settle(reconciler)
+        clock.advance(1)
+        courier.configure([github(dead), webhook(receiver.url)])  # the webhook is back
+        assert courier.enqueue() == 1  # the status of the new commit to GitHub
+        waiting = {e["sink"]: e["waiting"] for e in read_status(reconciler.state_dir)["notifications"]}
+        assert waiting == {"gh": 2, "hook": 0}, "a sink configured again starts afresh, without the history"
 
 
 def test_a_restart_retries_what_stalled(reconciler: Reconciler, clock: Clock) -> None:

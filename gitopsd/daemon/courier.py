@@ -117,8 +117,7 @@ class Courier:
         """The sinks that serve this repository (at start and on reload); a new one starts from now."""
         mine = tuple(s for s in sinks if s.serves(self.repository))
         now = self.clock()
-        for sink in mine:
-            self._seen_at.setdefault(sink.name, now)
+        self._seen_at = {sink.name: self._seen_at.get(sink.name, now) for sink in mine}
         self._sinks = mine
         self._marker: tuple[Any, ...] | None = None  # look again: a new sink starts its cursor
 

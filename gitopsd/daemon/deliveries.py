@@ -301,13 +301,16 @@ class DeliveryQueue:
             return self.conn.execute("UPDATE deliveries SET next_at = 0, stalled = 0 WHERE stalled = 1").rowcount
 
     def forget_sinks(self, keep: set[str]) -> int:
-        """Drop the deliveries of sinks no longer configured; returns how many."""
-        rows = self.conn.execute("SELECT DISTINCT sink FROM deliveries").fetchall()
+        """Drop the deliveries and cursors of sinks no longer configured (one added again starts afresh);
+        returns how many deliveries were dropped."""
+        rows = self.conn.execute("SELECT sink FROM deliveries UNION SELECT sink FROM delivery_cursors").fetchall()
         gone = [str(r[0]) for r in rows if r[0] not in keep]
         dropped = 0
-        with self._transaction():
-            for sink in gone:
-                dropped += self.conn.execute("DELETE FROM deliveries WHERE sink = ?", (sink,)).rowcount
+        if gone:
+            with self._transaction():
+                for sink in gone:
+                    dropped += self.conn.execute("DELETE FROM deliveries WHERE sink = ?", (sink,)).rowcount
+                    self.conn.execute("DELETE FROM delivery_cursors WHERE sink = ?", (sink,))
         return dropped
 
     def next_due(self) -> float | None:
