@@ -424,6 +424,9 @@ def test_a_new_sink_starts_from_now_and_a_removed_one_drops_what_it_had_waiting(
         assert courier.enqueue() == 1  # the status of the new commit to GitHub
         waiting = {e["sink"]: e["waiting"] for e in read_status(reconciler.state_dir)["notifications"]}
         assert waiting == {"gh": 2, "hook": 0}, "a sink configured again starts afresh, without the history"
+        courier.configure([])  # a reload without any sink
+        courier.enqueue()
+        assert [e["waiting"] for e in read_status(reconciler.state_dir)["notifications"]] == [0, 0]
 
 
 def test_a_restart_retries_what_stalled(reconciler: Reconciler, clock: Clock) -> None:

@@ -145,7 +145,7 @@ class Courier:
         try:
             with self._lock:
                 queue = self._db()
-                if queue is None or not self._sinks:
+                if queue is None:
                     return 0
                 marker = queue.marker()
                 if marker == self._marker:  # a pass that changed nothing (most of them): nothing to read
@@ -154,6 +154,9 @@ class Courier:
                 if gone:
                     log.warning("notifications: %d undelivered notification(s) of sinks no longer configured for "
                                 "%s dropped", gone, self.repository)  # fmt: skip
+                if not self._sinks:
+                    self._marker = marker
+                    return 0
                 for sink in self._sinks:
                     cursor = queue.cursor(sink.name) or Cursor(
                         event_seq=queue.last_event(before=self._seen_at.get(sink.name))
@@ -275,7 +278,7 @@ class Courier:
             try:
                 self.deliver_due()
                 with self._lock:
-                    queue = self._db()
+                    queue = self._db() if self._sinks else None
                     due = queue.next_due() if queue is not None else None
             except Exception as exc:  # shown, then tried again; the thread must live on
                 log.error("notifications for %s: %s", self.repository, describe(exc))
