@@ -125,27 +125,32 @@ def test_undelivered_notifications_survive_a_restart_and_a_hanging_sink_blocks_n
                 daemon, "the success status tried", lambda: any(s.json()["state"] == "success" for s in forge.requests)
             )
             (first,) = receiver.wait_for(1)  # hangs, longer than the daemon's stop grace
-            assert "notifications: 1 waiting for gh: HTTP 503: Service Unavailable, next retry at" in render(
+            trained = daemon.work.git("rev-parse", "HEAD")
+            pushed = daemon.push("a push while a sink hangs")
+            wait_until(daemon, "the pushed commit applied while the webhook hangs",
+                       lambda: read_status(state)["repository"]["applied_commit"] == pushed, timeout=15)  # fmt: skip
+            wait_until(daemon, "its status queued", lambda: len(waiting(state)) == 3)
+            assert "notifications: 2 waiting for gh: HTTP 503: Service Unavailable, next retry at" in render(
                 read_status(state)
             )
             assert stop(daemon) < 15, "a request in flight does not hold the shutdown"
-            assert sorted(waiting(state)) == [("gh", "status"), ("hook", "event")]
+            assert sorted(waiting(state)) == [("gh", "status"), ("gh", "status"), ("hook", "event")]
 
             forge.default, receiver.default = GITHUB_CREATED, RECEIVED
             tried = len(forge.requests)
             restart(daemon)
             wait_until(daemon, "the queue is empty", lambda: waiting(state) == [], timeout=90)
-            sha = daemon.work.git("rev-parse", "HEAD")
-            after = [(s.path, s.json()["state"]) for s in forge.requests[tried:]]
-            assert after == [(f"/repos/octo/models/statuses/{sha}", "success")]
+            after = sorted((s.path, s.json()["state"]) for s in forge.requests[tried:])
+            assert after == sorted([(f"/repos/octo/models/statuses/{trained}", "success"),
+                                    (f"/repos/octo/models/statuses/{pushed}", "success")])  # fmt: skip
             redelivered = receiver.requests[1:]
             assert len(redelivered) == 1, "the one in flight at the stop is sent again, once"
             assert redelivered[0].headers["x-gitopsd-delivery"] == first.headers["x-gitopsd-delivery"]
             assert signed(redelivered[0].headers, redelivered[0].body)
             (gh,) = [e for e in read_status(state)["notifications"] if e["sink"] == "gh"]
-            assert gh["delivered"] == 1 and gh["failed"] >= 1
+            assert gh["delivered"] == 2 and gh["failed"] >= 1
             _, metrics = daemon.get("/metrics")
-            assert 'gitopsd_notifications_total{repository="demo",result="delivered",sink="gh"} 1.0' in metrics
+            assert 'gitopsd_notifications_total{repository="demo",result="delivered",sink="gh"} 2.0' in metrics
             assert 'gitopsd_notifications_pending{repository="demo",sink="gh"}' not in metrics
             stop(daemon)
         log = daemon.log.read_text()
