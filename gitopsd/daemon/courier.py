@@ -103,13 +103,14 @@ class Courier:
         self.state_db = state_db
         self.clock = clock
         self.send = send
-        self._sinks: tuple[NotificationConfig, ...] = ()
-        self._seen_at: dict[str, float] = {}
-        self.configure(sinks)
         self._lock = threading.Lock()
         self._queue: DeliveryQueue | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._sinks: tuple[NotificationConfig, ...] = ()
+        self._seen_at: dict[str, float] = {}
+        self._marker: tuple[Any, ...] | None = None
+        self.configure(sinks)
         self.thread = threading.Thread(target=self._loop, name=f"notify-{repository}", daemon=True)
 
     # configuration -------------------------------------------------------------------------------------------
@@ -117,16 +118,15 @@ class Courier:
         """The sinks that serve this repository (at start and on reload); a new one starts from now."""
         mine = tuple(s for s in sinks if s.serves(self.repository))
         now = self.clock()
-        self._seen_at = {sink.name: self._seen_at.get(sink.name, now) for sink in mine}
-        self._sinks = mine
-        self._marker: tuple[Any, ...] | None = None  # look again: a new sink starts its cursor
-
-    @property
-    def sinks(self) -> tuple[NotificationConfig, ...]:
-        return self._sinks
+        with self._lock:  # not in the middle of an enqueue
+            self._seen_at = {sink.name: self._seen_at.get(sink.name, now) for sink in mine}
+            self._sinks = mine
+            self._marker = None  # look again: a new sink starts its cursor, a removed one leaves
 
     def _db(self) -> DeliveryQueue | None:
         """The queue, once the first pass has created `state.db` and its tables."""
+        if self._stop.is_set():
+            return None
         if self._queue is None and self.state_db.exists():
             conn = _shared_connection(self.state_db)
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone() is None:
@@ -271,6 +271,10 @@ class Courier:
         self._wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
+        with self._lock:  # no enqueue or record runs now; one that comes later finds the courier stopped
+            if self._queue is not None:
+                self._queue.conn.close()
+                self._queue = None
         return not self.thread.is_alive()
 
     def _loop(self) -> None:
