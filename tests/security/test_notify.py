@@ -15,8 +15,9 @@ from gitopsd.daemon.courier import Courier
 from gitopsd.daemon.deliveries import Cursor, Facts, notices
 from gitopsd.daemon.forges import slack_escape, slack_text, status_request
 from gitopsd.reconcile.reconciler import Reconciler
+from gitopsd.reconcile.statusview import read_status
 from tests.conftest import GitRepo
-from tests.fakeforge import GITHUB_CREATED, RECEIVED, SLACK_OK, fake_forge
+from tests.fakeforge import GITHUB_CREATED, RECEIVED, SLACK_OK, Reply, fake_forge
 
 HOSTILE = "<!channel> <!here|here> <https://evil.example/login|click here> @everyone & <@U024BE7LH>\r\nX-Injected: 1"
 
@@ -89,3 +90,21 @@ def test_a_hostile_rejected_commit_reaches_slack_and_the_webhook_as_inert_text(
             assert "x-injected" not in seen.headers
         events = {seen.headers["x-gitopsd-event"] for seen in hook.requests}
         assert events <= {"version-registered", "gate-failed", "training-failed", "alias-moved", "commit-rejected"}
+
+
+def test_a_redirect_is_not_followed_so_the_token_goes_nowhere_else(
+    reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", "t" * 32)
+    with fake_forge(GITHUB_CREATED) as elsewhere:
+        redirect = Reply(307, b"", {"Location": elsewhere.url + "/steal"})
+        with fake_forge(redirect) as forge:
+            sink = NotificationConfig.model_validate({"name": "gh", "kind": "github", "url": forge.url,
+                                                      "project": "octo/models", "token": "env:TOKEN"})  # fmt: skip
+            courier = Courier("demo", reconciler.paths.state_db, [sink], clock=time.time)
+            reconciler.reconcile_until_settled(timeout_s=120)
+            courier.enqueue()
+            courier.deliver_due()
+            assert len(forge.requests) == 1 and elsewhere.requests == []
+            (entry,) = read_status(reconciler.state_dir)["notifications"]
+            assert entry["stalled"] and "set `url` to the final address" in entry["error"]
