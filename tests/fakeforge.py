@@ -107,6 +107,8 @@ class FakeForge:
                 with contextlib.suppress(OSError):  # the client gave up (its timeout)
                     self.wfile.write(reply.body)
 
+            do_GET = do_POST  # a redirected client may come back with a GET: recorded too
+
             def log_message(self, *_: object) -> None:
                 pass
 

@@ -97,7 +97,7 @@ def test_a_redirect_is_not_followed_so_the_token_goes_nowhere_else(
 ) -> None:
     monkeypatch.setenv("TOKEN", "t" * 32)
     with fake_forge(GITHUB_CREATED) as elsewhere:
-        redirect = Reply(307, b"", {"Location": elsewhere.url + "/steal"})
+        redirect = Reply(302, b"", {"Location": elsewhere.url + "/steal"})
         with fake_forge(redirect) as forge:
             sink = NotificationConfig.model_validate({"name": "gh", "kind": "github", "url": forge.url,
                                                       "project": "octo/models", "token": "env:TOKEN"})  # fmt: skip
