@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -177,6 +177,85 @@ class HttpConfig(_Config):
         return host.strip("[]"), int(port)
 
 
+NotificationEvent = Literal["version-registered", "gate-failed", "training-failed", "alias-moved", "commit-rejected"]
+NOTIFICATION_EVENTS: tuple[str, ...] = get_args(NotificationEvent)
+"""The events a `webhook` or `slack` notification may send (docs/notifications.md)."""
+
+STATUS_KINDS = ("github", "gitlab", "gitea")
+"""The kinds of notification that post commit statuses (Forgejo speaks Gitea's API: kind `gitea`)."""
+
+_DEFAULT_API = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
+
+
+class NotificationConfig(_Config):
+    """One sink of notifications (`[[notifications]]`): commit statuses on a forge, or events to a webhook.
+
+    Everything here is the operator's: the address, the project and the credentials (by reference, resolved at
+    send time). A repository chooses none of it."""
+
+    name: Annotated[str, Field(pattern=NAME)]
+    kind: Literal["github", "gitlab", "gitea", "webhook", "slack"]
+    url: str | None = Field(
+        default=None,
+        description="github/gitlab/gitea: the API base URL (default https://api.github.com, https://gitlab.com; "
+        "required for gitea); webhook: the receiver's URL; slack: the incoming-webhook URL by reference.",
+    )
+    project: str | None = Field(
+        default=None, description="github/gitea: OWNER/REPO; gitlab: the project id or its path GROUP/PROJECT."
+    )
+    token: SecretRef | None = Field(default=None, description="github/gitlab/gitea: the API token, by reference.")
+    secret: SecretRef | None = Field(default=None, description="webhook: the HMAC-SHA256 key, by reference.")
+    repositories: list[str] | None = Field(default=None, description="Which repositories (default: all).")
+    events: list[NotificationEvent] | None = Field(
+        default=None, description="webhook/slack: which events (default: all)."
+    )
+    context: str | None = Field(
+        default=None, max_length=255, description="Statuses: the status context (default gitopsd/<repository>)."
+    )
+    target_url: str | None = Field(default=None, description="Statuses: the link a status carries (default none).")
+    timeout: Seconds = Field(default=10, description="Seconds one request may take.")
+    max_pending: int = Field(default=1000, ge=1, description="Deliveries kept for this sink while it fails.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotificationConfig:
+        if self.kind in STATUS_KINDS:
+            if not self.project:
+                raise ValueError(f"kind {self.kind!r} needs `project` (the repository on the forge)")
+            if self.token is None:
+                raise ValueError(f"kind {self.kind!r} needs `token` (file:, env: or credential:)")
+            if self.kind in ("github", "gitea") and not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+",
+                                                                     self.project):  # fmt: skip
+                raise ValueError(f"project {self.project!r}: expected OWNER/REPO")
+            if self.kind == "gitea" and not self.url:
+                raise ValueError("kind 'gitea' needs `url`, the Gitea or Forgejo server (https://host)")
+            if self.events is not None:
+                raise ValueError(f"kind {self.kind!r} posts commit statuses: `events` is for webhook and slack")
+        else:
+            for field_name in ("project", "token", "context", "target_url"):
+                if getattr(self, field_name) is not None:
+                    raise ValueError(f"`{field_name}` is for commit statuses (github, gitlab, gitea)")
+        if self.kind == "webhook" and (not self.url or self.secret is None):
+            raise ValueError("kind 'webhook' needs `url` (the receiver) and `secret` (the HMAC key, by reference)")
+        if self.kind == "slack" and (not self.url or not re.match(SECRET_REF, self.url)):
+            raise ValueError("kind 'slack' needs `url`, the incoming-webhook URL by reference (it is a secret): "
+                             "file:, env: or credential:")  # fmt: skip
+        if self.kind != "webhook" and self.secret is not None:
+            raise ValueError("`secret` is for kind 'webhook'")
+        if self.kind != "slack" and self.url is not None and not re.match(r"^https?://[^\s/]+", self.url):
+            raise ValueError(f"url {self.url!r}: expected http(s)://host[/path]")
+        return self
+
+    def api(self) -> str:
+        """The base URL requests go to (for slack: the reference of the secret URL)."""
+        return (self.url or _DEFAULT_API.get(self.kind, "")).rstrip("/")
+
+    def context_for(self, repository: str) -> str:
+        return self.context or f"gitopsd/{repository}"
+
+    def serves(self, repository: str) -> bool:
+        return self.repositories is None or repository in self.repositories
+
+
 class DaemonConfig(_Config):
     state_dir: Path | None = Field(default=None, description="Required by `gitopsd run`.")
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -201,8 +280,8 @@ class DaemonConfig(_Config):
     )
     policies: list[PolicyRule] = Field(
         default=[],
-        description="Team policy, read top-down: the first matching rule names a model's team, every matching "
-        "rule's limits apply (see docs/policy.md).",
+        description="Team policy, read top-down: the first rule that matches a model decides its team and its "
+        "limits alone (see docs/policy.md).",
     )
 
     @field_validator("policies")
@@ -225,6 +304,10 @@ class DaemonConfig(_Config):
             raise ValidationError.from_exception_data("policies", errors)
         return policies
 
+    notifications: list[NotificationConfig] = Field(
+        default=[], description="Commit statuses and event notifications (docs/notifications.md; default: none)."
+    )
+
     @model_validator(mode="after")
     def _unique_names(self) -> DaemonConfig:
         names = [r.name for r in self.repositories]
@@ -237,6 +320,16 @@ class DaemonConfig(_Config):
                 offered = ", ".join(sorted(self.backends)) or "none"
                 raise ValueError(f"repository {repo.name!r} names backends not in [backends]: {', '.join(unknown)} "
                                  f"(declared: {offered})")  # fmt: skip
+        sinks = [n.name for n in self.notifications]
+        twice = sorted({n for n in sinks if sinks.count(n) > 1})
+        if twice:
+            raise ValueError(f"notification names must be unique: {', '.join(twice)} used twice")
+        known = {r.name for r in self.repositories}
+        for sink in self.notifications:
+            strangers = sorted(set(sink.repositories or ()) - known)
+            if strangers:
+                raise ValueError(f"notification {sink.name!r} names repositories not in [[repositories]]: "
+                                 f"{', '.join(strangers)}")  # fmt: skip
         stores = [(r.name, uri) for r in self.repositories if (uri := self.operator_for(r).registry.artifacts)]
         for i, (name, uri) in enumerate(stores):
             for other, theirs in stores[i + 1 :]:

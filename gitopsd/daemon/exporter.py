@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 
@@ -21,14 +21,26 @@ class StateCollector(Collector):
     def __init__(self, state_dirs: Callable[[], Mapping[str, Path]]) -> None:
         self._state_dirs = state_dirs
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         runs = GaugeMetricFamily("gitopsd_runs", "Runs by phase.", labels=["repository", "phase"])
         versions = GaugeMetricFamily("gitopsd_versions_registered", "Registered versions.", labels=["repository"])
         applied = GaugeMetricFamily(
             "gitopsd_last_applied_commit_timestamp_seconds", "When the applied commit was applied.",
             labels=["repository"],
         )  # fmt: skip
+        sent = CounterMetricFamily(
+            "gitopsd_notifications", "Notification deliveries by sink and result (delivered, failed attempts, "
+            "dropped).", labels=["repository", "sink", "result"],
+        )  # fmt: skip
+        waiting = GaugeMetricFamily(
+            "gitopsd_notifications_pending", "Notifications waiting to be delivered, by sink.",
+            labels=["repository", "sink"],
+        )  # fmt: skip
         for name, state_dir in sorted(self._state_dirs().items()):
+            for sink, result, count in _rows(state_dir / "state.db", "SELECT sink, result, count FROM delivery_counts"):
+                sent.add_metric([name, str(sink), str(result)], float(count))
+            for sink, count in _rows(state_dir / "state.db", "SELECT sink, count(*) FROM deliveries GROUP BY sink"):
+                waiting.add_metric([name, str(sink)], float(count))
             for phase, count in _rows(state_dir / "state.db", "SELECT phase, count(*) FROM runs GROUP BY phase"):
                 runs.add_metric([name, str(phase)], float(count))
             for (count,) in _rows(state_dir / "registry.db", "SELECT count(*) FROM versions"):
@@ -39,6 +51,8 @@ class StateCollector(Collector):
         yield runs
         yield versions
         yield applied
+        yield sent
+        yield waiting
 
 
 def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:

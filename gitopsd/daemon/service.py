@@ -35,6 +35,7 @@ from gitopsd.daemon.config import (
     resolve_environment,
     resolve_secret,
 )
+from gitopsd.daemon.courier import Courier
 from gitopsd.daemon.exporter import Metrics
 from gitopsd.daemon.httpapi import Api, HookTarget, HttpServer
 from gitopsd.daemon.instance import InstanceLock
@@ -50,6 +51,7 @@ from gitopsd.source.redact import redact_url
 
 log = logging.getLogger("gitopsd")
 STOP_GRACE_S = 8.0
+COURIER_GRACE_S = 2.0
 
 
 @dataclass
@@ -60,6 +62,7 @@ class RepoRuntime:
     watch: BareRepoWatch | None = None
     elector: Elector | None = None
     secrets: dict[str, list[bytes]] = field(default_factory=dict)
+    courier: Courier | None = None
 
 
 class Daemon:
@@ -141,6 +144,9 @@ class Daemon:
             clean &= repo.worker.stop(max(0.1, deadline - time.monotonic()))
             if repo.elector is not None:
                 repo.elector.stop()  # after the pass: its lease is released once nothing more is done
+        for repo in self.repos.values():  # what is not delivered yet waits in state.db for the next start
+            if repo.courier is not None:
+                repo.courier.stop(max(0.1, min(COURIER_GRACE_S, deadline - time.monotonic())))
         self.http.stop()
         if self.local_http is not None:
             self.local_http.stop()
@@ -227,9 +233,12 @@ class Daemon:
             beat_s=min(30.0, self.notifier.watchdog_s / 3) if self.notifier.watchdog_s else 30.0,
         )
         runtime = RepoRuntime(config=repo, state_dir=state_dir, worker=worker, secrets=self._secrets(repo),
-                              elector=elector)  # fmt: skip
+                              elector=elector, courier=Courier(repo.name, state_dir / "state.db",
+                                                               self.config.notifications))  # fmt: skip
         self.repos[repo.name] = runtime
         worker.start()
+        if runtime.courier is not None:
+            runtime.courier.start()
         if elector is not None:
             elector.start()
         self.timer.every(repo.name, repo.poll_interval, lambda: worker.request("poll"))
@@ -248,6 +257,8 @@ class Daemon:
         runtime.worker.stop(STOP_GRACE_S)
         if runtime.elector is not None:
             runtime.elector.stop()
+        if runtime.courier is not None:
+            runtime.courier.stop(COURIER_GRACE_S)
 
     @staticmethod
     def _secrets(repo: RepositoryConfig) -> dict[str, list[bytes]]:
@@ -286,6 +297,9 @@ class Daemon:
             for runtime in self.repos.values():  # kept repositories: their secret files may have been rotated,
                 runtime.secrets = self._secrets(runtime.config)  # and what stalled may have been fixed
                 runtime.worker.retry_stalled()
+                if runtime.courier is not None:
+                    runtime.courier.configure(new.notifications)
+                    runtime.courier.retry_stalled()
             for name, (repo, *_) in wanted.items():
                 if name not in self.repos:
                     self._start(repo)
@@ -310,6 +324,9 @@ class Daemon:
 
     # reporting ----------------------------------------------------------------------------------------------
     def _passed(self, report: PassReport) -> None:
+        runtime = self.repos.get(report.repository)
+        if runtime is not None and runtime.courier is not None:
+            runtime.courier.enqueue()  # in the worker's thread, between passes: reads and INSERTs, no network
         self.metrics.pass_seconds.labels(report.repository).observe(report.seconds)
         self.metrics.passes.labels(report.repository, report.trigger.split(":")[0]).inc()
         if report.error:

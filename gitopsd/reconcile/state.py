@@ -107,6 +107,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX runs_commit ON runs (commit_id);
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE deliveries (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL,
+            subject TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, stalled INTEGER NOT NULL DEFAULT 0,
+            error TEXT NOT NULL DEFAULT '', UNIQUE (sink, key)
+        );
+        CREATE TABLE delivery_cursors (
+            sink TEXT PRIMARY KEY, event_seq INTEGER NOT NULL, status TEXT NOT NULL DEFAULT '',
+            rejected TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE delivery_counts (
+            sink TEXT NOT NULL, result TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (sink, result)
+        );
+        """,
+    ),
 )
 
 

@@ -62,6 +62,7 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         where, args = ("WHERE m.name = ?", (model,)) if model else ("", ())
         rows = conn.execute(_MODELS.format(where=where), args).fetchall()
         pending = _pending(conn)
+        notifications = _notifications(conn)
         alias_rows = conn.execute(
             "SELECT model, alias, version FROM reg.alias_moves WHERE seq IN "
             "(SELECT max(seq) FROM reg.alias_moves GROUP BY model, alias) AND version IS NOT NULL"
@@ -89,7 +90,8 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
     models = [_model(r, commit) for r in rows]
     for entry in models:
         entry["aliases"] = aliases.get(entry["name"], {})
-    return {"repository": repository, "models": models, "pending": pending, **({"lease": lease} if lease else {})}
+    return {"repository": repository, "models": models, "pending": pending, "notifications": notifications,
+            **({"lease": lease} if lease else {})}  # fmt: skip
 
 
 LEASE_FILE = "lease.json"
@@ -145,6 +147,46 @@ def _pending(conn: sqlite3.Connection) -> list[dict[str, Any]]:
          "next_retry_at": next_at or None, "error": redact_text(error) if error else ""}
         for kind, count, attempts, next_at, error in rows
     ]  # fmt: skip
+
+
+def _notifications(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The notification queue by sink (`daemon/deliveries.py`): how many wait, whether the sink is failing or
+    stalled, the next retry and the last error; and what it delivered, failed and dropped so far."""
+    try:
+        rows = conn.execute(
+            "SELECT sink, count(*), max(attempts), min(CASE WHEN next_at > 0 THEN next_at END), max(stalled), "
+            "(SELECT error FROM deliveries e WHERE e.sink = d.sink AND e.error != '' ORDER BY e.seq DESC LIMIT 1) "
+            "FROM deliveries d GROUP BY sink ORDER BY sink"
+        ).fetchall()
+        counts = conn.execute("SELECT sink, result, count FROM delivery_counts").fetchall()
+    except sqlite3.OperationalError:  # a state.db from before notifications
+        return []
+    totals: dict[str, dict[str, int]] = {}
+    for sink, result, count in counts:
+        totals.setdefault(sink, {})[result] = count
+    waiting = {sink: (count, attempts, next_at, bool(stalled), error or "")
+               for sink, count, attempts, next_at, stalled, error in rows}  # fmt: skip
+    out = []
+    for sink in sorted(set(waiting) | set(totals)):
+        count, attempts, next_at, stalled, error = waiting.get(sink, (0, 0, None, False, ""))
+        out.append({"sink": sink, "waiting": count, "attempts": attempts, "stalled": stalled,
+                    "next_retry_at": next_at if attempts else None, "error": redact_text(error) if error else "",
+                    "delivered": totals.get(sink, {}).get("delivered", 0),
+                    "failed": totals.get(sink, {}).get("failed", 0),
+                    "dropped": totals.get(sink, {}).get("dropped", 0)})  # fmt: skip
+    return out
+
+
+def notification_line(entry: dict[str, Any]) -> str | None:
+    """`notifications: 3 waiting for github-statuses: HTTP 503, next retry at ...`, for a failing sink only."""
+    if not entry["attempts"] or not entry["waiting"]:
+        return None
+    if entry["next_retry_at"] is None:  # queued since the last failure: tried at once
+        when = "retrying now"
+    else:
+        at = format_time(entry["next_retry_at"])
+        when = f"stalled until a reload (SIGHUP) or {at}" if entry["stalled"] else f"next retry at {at}"
+    return f"notifications: {entry['waiting']} waiting for {entry['sink']}: {entry['error']}, {when}"
 
 
 def _model(row: tuple[Any, ...], commit: str | None) -> dict[str, Any]:
@@ -222,6 +264,10 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
             at = format_time(entry["next_retry_at"] or 0)
             why = f" ({entry['attempts']} failed attempt(s), next retry at {at}: {entry['error']})"
         lines.append(f"  {entry['count']} {entry['waiting_for']}{why}")
+    for entry in doc.get("notifications", ()):
+        line = notification_line(entry)
+        if line:
+            lines.append(f"  {line}")
     header = ("MODEL", "READY", "VERSION", "ALIASES", "RUN", "PHASE", "REASON", "MESSAGE")
     table = [header]
     for m in doc["models"]:
