@@ -31,8 +31,9 @@ class Notifier:
             return
         with (
             socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
-            contextlib.suppress(OSError),  # systemd went away; nothing useful to do
+            contextlib.suppress(OSError),  # systemd went away, or its queue is full; nothing useful to do
         ):
+            sock.setblocking(False)  # a reader that stopped reading must never stall the daemon
             sock.sendto("\n".join(lines).encode(), self._address)
 
     def ready(self, status: str) -> None:
