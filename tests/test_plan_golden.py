@@ -88,6 +88,33 @@ def _policy_refusal(repo: GitRepo, state_dir: Path) -> list[str]:
     return ["--config", str(config)]
 
 
+TEAMS = """\
+[backends.local]
+type = "local"
+
+[[policies]]
+team = "vision"
+paths = ["models/vision/**"]
+max_gpu_hours_per_change = 0.25
+
+[[policies]]
+team = "everyone"
+max_gpus = 1
+"""
+
+
+def _team_policy(repo: GitRepo, state_dir: Path) -> list[str]:
+    config = state_dir.parent / "operator.toml"
+    config.write_text(TEAMS)
+    _branch(repo)
+    two_gpus = repo.read(MODEL).replace("  train:\n", "  train:\n    resources:\n      gpus: 2\n")
+    repo.write("models/vision/seg.yaml", two_gpus.replace("name: blobs", "name: seg"))  # 0.33 GPU-h > 0.25
+    repo.write("models/wide.yaml", two_gpus.replace("name: blobs", "name: wide"))  # 2 GPUs > everyone's 1
+    repo.edit(MODEL, "  train:\n", "  train:\n    resources:\n      gpus: 1\n")  # within everyone's rule
+    repo.commit("A segmenter for vision, a wide model, one GPU for blobs")
+    return ["--config", str(config)]
+
+
 def _no_timeout(repo: GitRepo, state_dir: Path) -> list[str]:
     _branch(repo)
     repo.edit("gitops.yaml", "  timeout: 10m\n", "")
@@ -105,6 +132,7 @@ CASES: dict[str, tuple[Callable[[GitRepo, Path], list[str]], int]] = {
     "alias-move": (_alias_move, 0),
     "removed-model": (_removed_model, 0),
     "policy-refusal": (_policy_refusal, 1),
+    "team-policy": (_team_policy, 1),
     "no-timeout": (_no_timeout, 0),
 }
 

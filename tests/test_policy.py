@@ -275,6 +275,18 @@ def test_a_weekly_budget_is_inclusive_and_counts_each_admitted_training() -> Non
     }
 
 
+def test_small_gpu_hours_are_said_with_two_significant_digits_so_they_never_read_as_the_limit() -> None:
+    found = rules(PolicyRule(team="t", max_gpu_hours_per_change=0.25, max_gpu_hours_per_week=0.3))
+    assert budget_refusals([ask("a", gpus=2, timeout_s=600)], found, now=NOW) == {
+        "a": "team t: 0.33 for this training > 0.25 allowed per change (policies[0])"
+    }
+    week = [spent("models/m.yaml", 1, 0.5, 0.22)]  # 1 GPU x 0.28 h
+    assert budget_refusals([ask("b", gpus=1, timeout_s=90)], found, week=week, now=NOW) == {
+        "b": "team t: 0.28 GPU-hours used in the last 7 days + 0.025 for this training > 0.3 allowed per week "
+        "(policies[0])"
+    }
+
+
 def test_a_per_change_budget_counts_what_this_change_started_already() -> None:
     rule = PolicyRule(team="t", max_gpu_hours_per_change=10)
     a, b = ask("a", gpus=2, timeout_s=3 * 3600), ask("b", gpus=1, timeout_s=4 * 3600)

@@ -14,7 +14,12 @@ def test_a_full_notify_socket_never_blocks_the_sender(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as reader:
         reader.bind(str(path))  # bound, never read: its queue fills after a few hundred datagrams
         notifier = Notifier(str(path))
-        sender = threading.Thread(target=lambda: [notifier.watchdog() for _ in range(5000)], daemon=True)
+
+        def ping() -> None:
+            for _ in range(5000):
+                notifier.watchdog()
+
+        sender = threading.Thread(target=ping, daemon=True)
         sender.start()
         sender.join(timeout=30)
         assert not sender.is_alive(), "the watchdog ping blocked on a socket nobody reads"

@@ -77,7 +77,7 @@ def plan_command(
     elif fmt == "markdown":
         click.echo(planreport.render_markdown(plan), nl=False)
     else:
-        if result is not None:
+        if result is not None and base is None:  # against this state directory: what a reconcile would do now
             click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
             for action in result.actions:
                 click.echo("  " + planreport.term(explain(action, outcome.head)))

@@ -148,7 +148,9 @@ def render_text(plan: ChangePlan) -> str:
         cost = ""
         if entry.trains and entry.gpus:
             cost = f" [{entry.gpus} GPU(s), {_entry_hours(entry)} GPU-hours]"
-        lines.append(f"  {term(entry.model)}: {what}{cost}: {term(_headline(entry))}")
+        headline = _headline(entry)
+        said = f"{what}{cost}: " if not headline.startswith(what) else ""  # not "refused: refused by policy: ..."
+        lines.append(f"  {term(entry.model)}: {said}{term(headline)}")
         lines += [f"      {term(_alias_text(a))}" for a in entry.aliases]
         lines += [f"      cancels {term(c)}" for c in entry.cancels]
         lines += [f"      continues: {term(c)}" for c in entry.continues]

@@ -157,6 +157,12 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
+def _hours(value: float) -> str:
+    """GPU-hours as a message says them: one decimal, and two significant digits under one hour, so that a small
+    ask never reads as equal to a small limit ("0.33 > 0.25", not "0.3 > 0.25")."""
+    return f"{value:.2g}" if 0 < value < 1 else f"{value:.1f}"
+
+
 def static_refusal(ask: Ask, rules: Rules) -> str | None:
     """Why a model's spec breaks a static limit of its deciding rule, or None."""
     found = deciding(ask.path, rules)
@@ -284,12 +290,12 @@ def _over(
         return None
     limit = rule.max_gpu_hours_per_change
     if limit is not None and change[index] + hours > limit + 1e-9:
-        before = f"{change[index]:.1f} GPU-hours for other trainings of this change + " if change[index] else ""
-        return f"{team}: {before}{hours:.1f} for this training > {_num(limit)} allowed per change {where}"
+        before = f"{_hours(change[index])} GPU-hours for other trainings of this change + " if change[index] else ""
+        return f"{team}: {before}{_hours(hours)} for this training > {_num(limit)} allowed per change {where}"
     limit = rule.max_gpu_hours_per_week
     if limit is not None and used[index] + this_change[index] + hours > limit + 1e-9:
-        others = f" + {this_change[index]:.1f} for other trainings of this change" if this_change[index] else ""
-        return (f"{team}: {used[index]:.1f} GPU-hours used in the last 7 days{others} + {hours:.1f} for this "
+        others = f" + {_hours(this_change[index])} for other trainings of this change" if this_change[index] else ""
+        return (f"{team}: {_hours(used[index])} GPU-hours used in the last 7 days{others} + {_hours(hours)} for this "
                 f"training > {_num(limit)} allowed per week {where}")  # fmt: skip
     return None
 
