@@ -67,7 +67,7 @@ def run_phases(state_dir: Path, model: str) -> list[str]:
 
 
 WEEK_MESSAGE = re.compile(
-    r"team vision: 0\.8 GPU-hours used in the last 7 days \+ 0\.3 for this training > 1 allowed per week "
+    r"team vision: 0\.8 GPU-hours used in the last 7 days \+ 0\.33 for this training > 1 allowed per week "
     r"\(policies\[0\]\)"
 )
 
@@ -143,7 +143,9 @@ def test_static_limits_refuse_in_plan_and_daemon_and_name_the_rule(
     config = tmp_path / "gitopsd.toml"
     config.write_text('[[policies]]\nteam = "vision"\npaths = ["models/vision/**"]\nmax_gpus = 1\nmax_retries = 0\n')
     two_teams(demo_repo)
-    planned = gitopsd(state_dir, "--config", str(config), "plan", "--repo", str(demo_repo.path)).stdout
+    done = gitopsd(state_dir, "--config", str(config), "plan", "--repo", str(demo_repo.path), check=False)
+    assert done.returncode == 1, "a refusal fails the plan, so CI blocks the merge"
+    planned = done.stdout
     assert "  ! seg: refused at plan time: team vision: 2 GPUs > 1 allowed per model (policies[0])" in planned
     assert "+ train tag" in planned
     gitopsd(state_dir, "--config", str(config), "reconcile", "--repo", str(demo_repo.path), "--wait")
