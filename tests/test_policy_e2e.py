@@ -230,14 +230,20 @@ def test_a_finished_run_counts_from_its_start_as_its_backend_reports_it(
     assert run.created_at <= run.started_at <= run.ended_at
 
 
-def test_a_run_in_flight_is_never_refused_cancelled_or_blocked_by_a_budget_it_now_exceeds(
-    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
-) -> None:
+def slow_seg(demo_repo: GitRepo, tmp_path: Path) -> Path:
+    """Two teams, vision's seg training for a minute; returns the configuration with POLICY."""
     config = tmp_path / "gitopsd.toml"
     config.write_text(POLICY)
     two_teams(demo_repo)
     demo_repo.edit("models/vision/seg.yaml", "command: python3 train.py", "command: sleep 60; python3 train.py")
     demo_repo.commit("seg takes a minute")
+    return config
+
+
+def test_a_run_in_flight_is_never_refused_cancelled_or_blocked_by_a_budget_it_now_exceeds(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
+) -> None:
+    config = slow_seg(demo_repo, tmp_path)
     rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=load_config(config).operator())
     try:
         rec.reconcile()
@@ -260,11 +266,7 @@ def test_a_run_in_flight_is_never_refused_cancelled_or_blocked_by_a_budget_it_no
 def test_a_run_superseded_in_the_same_pass_holds_nothing_against_its_successor(
     demo_repo: GitRepo, state_dir: Path, tmp_path: Path
 ) -> None:
-    config = tmp_path / "gitopsd.toml"
-    config.write_text(POLICY)
-    two_teams(demo_repo)
-    demo_repo.edit("models/vision/seg.yaml", "command: python3 train.py", "command: sleep 60; python3 train.py")
-    demo_repo.commit("seg takes a minute")
+    config = slow_seg(demo_repo, tmp_path)
     state_dir.mkdir(parents=True)
     seed_past_run(state_dir, gpus=4, hours=0.125, ended_ago_h=30)  # 0.5, and 0.33 held by seg's run: 0.83 of 1.0
     rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path), operator=load_config(config).operator())
