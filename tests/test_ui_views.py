@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ FORGE = "https://forge.example/org/models/commit/{commit}"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UiContext, GitRepo]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[UiContext, GitRepo]:
     """One repository: blobs@1 with production -> 1 (then a refused move to 5), blobs-tuned@1 fine-tuned from it,
     and strict, whose gate fails."""
     root = tmp_path_factory.mktemp("ui")
@@ -63,7 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UiContext,
     finally:
         rec.close()
     ctx = UiContext(sources=discover(state_dir), commit_urls={"repo": FORGE}, started_at=123.0)
-    yield ctx, repo
+    return ctx, repo
 
 
 def test_overview_lists_every_model_with_condition_version_team_and_facets(world: tuple[UiContext, GitRepo]) -> None:
@@ -124,7 +123,7 @@ def test_a_failed_gate_shows_its_threshold_and_value(world: tuple[UiContext, Git
 
 
 def test_fine_tuned_version_graph_shows_its_base_chain(world: tuple[UiContext, GitRepo]) -> None:
-    ctx, repo = world
+    ctx, _ = world
     page = version_page(ctx, "repo", "blobs-tuned", 1)
     assert page is not None
     json.dumps(page, allow_nan=False)
