@@ -104,6 +104,9 @@ class UiApp:
             answer = Answer.json(exc.status, {"error": exc.message})
             if exc.allow:
                 answer.headers.append(("Allow", exc.allow))
+            if authenticate and exc.status == 404 and raw_path.startswith("/ui/api/"):
+                # what the API answers is not for a client without the token, not even which routes it has
+                answer = self._refuse(Route("api"), method, environ, self.token()) or answer
         except Exception:
             log.exception("HTTP %s %s failed", method, raw_path[:200])
             answer = Answer.json(500, {"error": "internal error; the gitopsd log says more"})
