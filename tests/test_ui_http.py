@@ -437,3 +437,14 @@ def test_nothing_under_static_is_hidden_or_nested() -> None:
     if STATIC.is_dir():
         assert not [p.name for p in STATIC.iterdir() if p.is_dir()], "static/ is flat: the allow-list has no paths"
     assert os.sep not in "".join(assets.ALLOWED)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("index.html", "text/html; charset=utf-8"), ("app.js", "text/javascript; charset=utf-8"),
+     ("uPlot.iife.min.js", "text/javascript; charset=utf-8"), ("uPlot.min.css", "text/css; charset=utf-8"),
+     ("uPlot.LICENSE", "text/plain; charset=utf-8"), ("LICENSE", "text/plain; charset=utf-8"),
+     ("logo.svg", "image/svg+xml"), ("favicon.ico", "image/x-icon"), ("data.bin", "application/octet-stream")],
+)  # fmt: skip
+def test_content_types_by_extension(name: str, kind: str) -> None:
+    assert assets.content_type(name) == kind

@@ -28,6 +28,7 @@ _TYPES = {
     ".woff2": "font/woff2",
     ".txt": "text/plain; charset=utf-8",
     ".md": "text/plain; charset=utf-8",
+    ".license": "text/plain; charset=utf-8",  # a vendored library's licence, e.g. uPlot.LICENSE
 }
 _COMPRESSIBLE = ("text/", "application/json", "image/svg+xml")
 
