@@ -110,7 +110,7 @@ def _context(ctx: click.Context) -> UiContext:
     return UiContext(
         sources=sources,
         commit_urls=commit_urls,
-        backends=tuple((name, b.type or name) for name, b in backends.items()),
+        backends=tuple({"name": name, "type": b.type or name} for name, b in backends.items()),
         lease_book=Path(shared) / "nvidia" / "leases.db",
         started_at=time.time(),
     )
