@@ -171,7 +171,8 @@ class UiApp:
             if cookie_ok(environ.get("HTTP_COOKIE", ""), token):
                 return Answer.redirect(next_path)
             return Answer(200, _HTML, login_form(next_path=next_path), cache="no-store")
-        if not same_origin(environ.get("HTTP_ORIGIN"), environ.get("HTTP_REFERER"), environ.get("HTTP_HOST")):
+        if not same_origin(environ.get("HTTP_ORIGIN"), environ.get("HTTP_REFERER"), environ.get("HTTP_HOST"),
+                           environ.get("HTTP_SEC_FETCH_SITE")):  # fmt: skip
             return Answer(403, _HTML, login_form(problem="refused: the form was sent from another site"))
         form = _form(environ)
         if form is None:

@@ -4,8 +4,9 @@ A browser cannot send `Authorization: Bearer` when it follows a link, so `POST /
 sets the cookie `gitopsd_ui`. Its value is HMAC-SHA256(token, "gitopsd-ui-session") in hex: the token itself
 never reaches the browser's storage, and a rotated token ends every session at once. Everything is compared in
 constant time. The cookie is `HttpOnly; SameSite=Strict; Path=/ui` (`Secure` over https), and the login POST
-is refused when its Origin (or Referer) names another host than the request's Host, so no other site can log
-a browser in. The dashboard only reads, so a session grants nothing the token does not.
+is refused unless the browser says it came from this origin (`Sec-Fetch-Site: same-origin`) or, from a
+browser that does not send that header, its Origin (or Referer) names the request's Host, so no other site can
+log a browser in. The dashboard only reads, so a session grants nothing the token does not.
 """
 
 from __future__ import annotations
@@ -61,9 +62,14 @@ def clear_cookie(*, secure: bool) -> str:
     return f"{COOKIE}=; Path=/ui; Max-Age=0; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
 
 
-def same_origin(origin: str | None, referer: str | None, host: str | None) -> bool:
-    """Whether a POST comes from a page of this host: its Origin (else its Referer) names `host`. A request with
-    neither (a script, curl) passes; an opaque `Origin: null` does not."""
+def same_origin(origin: str | None, referer: str | None, host: str | None, fetch_site: str | None = None) -> bool:
+    """Whether a POST comes from a page of this host. A browser's `Sec-Fetch-Site` (which no page can forge) says
+    it when sent: only `same-origin` passes. That header is needed because the dashboard's own
+    `Referrer-Policy: no-referrer` makes a browser send its login form with `Origin: null` and no Referer.
+    Without it, the Origin (else the Referer) must name `host`; a request with neither (a script, curl) passes;
+    an opaque `Origin: null` does not."""
+    if fetch_site is not None:
+        return fetch_site.strip().lower() == "same-origin"
     if not host:
         return origin is None and referer is None
     claimed = origin if origin is not None else referer

@@ -83,6 +83,18 @@ def test_same_origin(origin: str | None, referer: str | None, host: str | None, 
 
 
 @pytest.mark.parametrize(
+    ("origin", "fetch_site", "ok"),
+    [("null", "same-origin", True), (None, "Same-Origin", True), ("null", "cross-site", False),
+     ("http://h:1", "cross-site", False), ("http://h:1", "same-site", False), ("http://h:1", "none", False),
+     ("http://h:1", "", False)],
+)  # fmt: skip
+def test_a_browsers_sec_fetch_site_decides_when_sent(origin: str | None, fetch_site: str, ok: bool) -> None:
+    """Chromium posts the login form with `Origin: null` under the dashboard's `Referrer-Policy: no-referrer`
+    (tests/browser/test_login.py); its unforgeable `Sec-Fetch-Site` says where the form came from."""
+    assert same_origin(origin, None, "h:1", fetch_site) is ok
+
+
+@pytest.mark.parametrize(
     ("target", "goes"),
     [("/ui/models/demo/blobs?runs=a,b", "/ui/models/demo/blobs?runs=a,b"), ("/ui/cluster", "/ui/cluster"),
      (None, "/ui/"), ("", "/ui/"), ("//evil.example/ui/", "/ui/"), ("https://evil.example/ui/", "/ui/"),
@@ -163,8 +175,8 @@ def test_a_wrong_token_is_refused_and_never_logged(demo_state: Path, caplog: pyt
 
 
 def test_a_login_posted_from_another_site_is_refused(port: int) -> None:
-    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
-                    {"Referer": "http://evil.example/page"}):  # fmt: skip
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Referer": "http://evil.example/page"},
+                    {"Origin": "null", "Sec-Fetch-Site": "cross-site"}):  # fmt: skip
         reply = _login(port, TOKEN, headers=headers)
         assert reply.status == 403 and "set-cookie" not in reply.headers, headers
         assert b"another site" in reply.body
