@@ -25,6 +25,7 @@ def _page(title: str, body: str) -> bytes:
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'  # else the browser asks the server's root for /favicon.ico: a 404
         f"<title>{escape(title)} · gitopsd</title><style>{_STYLE}</style></head>"
         f'<body><main id="main">{body}</main></body></html>\n'
     ).encode()
