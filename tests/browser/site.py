@@ -128,7 +128,7 @@ class UiServer:
         env = {**os.environ, "GITOPSD_STATE_DIR": str(self.state)}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gitopsd", "ui", "--state-dir", str(self.state), "--listen",
+                [sys.executable, "-m", "gitopsd", "--state-dir", str(self.state), "ui", "--listen",
                  f"127.0.0.1:{self.port}"], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:

@@ -31,6 +31,7 @@ def _status(url: str) -> int:
 
 def test_the_daemons_dashboard_asks_for_the_token_and_logs_in(driver: Chrome, console: Console,
                                                                tmp_path: Path) -> None:  # fmt: skip
+    console.allow(r"/ui/login - Failed to load resource: .* 401")  # the answer to the wrong token, on purpose
     with start_daemon(tmp_path) as daemon:
         assert _status(daemon.url + "/ui/api/overview") == 401, "the API needs the token"
         driver.delete_all_cookies()
@@ -41,6 +42,7 @@ def test_the_daemons_dashboard_asks_for_the_token_and_logs_in(driver: Chrome, co
         field.send_keys("not-the-token")
         field.submit()
         until(driver, lambda: "/ui/login" in driver.current_url, "a wrong token stays on the login page")
+        assert "does not match" in wait_for(driver, '[role="alert"]').text
         assert driver.get_cookie("gitopsd_ui") is None
 
         field = wait_for(driver, 'input[name="token"]')
