@@ -55,4 +55,7 @@ def test_the_daemons_dashboard_asks_for_the_token_and_logs_in(driver: Chrome, co
         cookie = driver.get_cookie("gitopsd_ui")
         assert cookie is not None and cookie["httpOnly"] and cookie["path"] == "/ui"
         assert daemon.token not in cookie["value"], "the browser never keeps the token itself"
+        driver.get(daemon.url + "/ui/cluster")  # the daemon's own view of its backends
+        backends = wait_for(driver, '[data-testid="backends"]')
+        until(driver, lambda: "local" in backends.text, "the daemon's backends are listed")
         driver.delete_all_cookies()
