@@ -201,7 +201,9 @@ export class MetricCharts {
     const tables = runs.map((r) => columns(this.data.get(r.id).series[name]));
     const first = this.runs.length ? this.data.get(this.runs[0].id) : null;
     const firstCount = first && first.series[name] ? first.series[name].length : 0;
-    const key = runs.map((r) => r.id).join("\u0000") + "\u0000" + this.xLabel();
+    // The plot is rebuilt when its series change (runs, their labels with the phase, the x axis); otherwise its
+    // data is replaced in place.
+    const key = JSON.stringify([runs.map((r) => r.label), this.xLabel(), this.gates]);
     let chart = this.charts.get(name);
     if (!chart) {
       const holder = h("div", { class: "chart-plot" });
