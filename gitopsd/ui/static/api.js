@@ -1,6 +1,7 @@
 // The JSON API client: GET only, same origin (the session cookie goes along), errors sorted into what the page
-// does about them: Unreachable (network failure or a 5xx: show the banner and retry with backoff), NotFound /
-// BadRequest (show the server's message in the page), Unauthorized (go to the login page).
+// does about them: Unreachable (network failure, or 502/503/504 from a proxy: show the banner and retry with
+// backoff), any other error status (show the server's message in the page: 404 unknown model, 400 bad query,
+// 500 a server fault the gitopsd log explains), 401 (go to the login page).
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -40,7 +41,8 @@ export async function getJSON(path) {
   } catch (_) {
     body = null;
   }
-  if (resp.status >= 500) {
+  // A proxy or a tunnel with nothing behind it: the daemon is away (restarting), worth the banner and a retry.
+  if (resp.status === 502 || resp.status === 503 || resp.status === 504) {
     throw new Unreachable(resp.status, `HTTP ${resp.status}`);
   }
   if (!resp.ok) {

@@ -32,6 +32,20 @@ function cssVar(name, fallback) {
   return v || fallback;
 }
 
+/** Text on a background box, so a label stays readable over the curves; fillStyle is the text colour. */
+function label(ctx, text, x, y, align, dpr) {
+  const colour = ctx.fillStyle;
+  const w = ctx.measureText(text).width;
+  const x0 = align === "right" ? x - w : x;
+  ctx.fillStyle = cssVar("--bg", "#ffffff");
+  ctx.globalAlpha = 0.85;
+  ctx.fillRect(x0 - 2 * dpr, y - 12 * dpr, w + 4 * dpr, 16 * dpr);
+  ctx.globalAlpha = 1;
+  ctx.fillStyle = colour;
+  ctx.textAlign = align;
+  ctx.fillText(text, x, y);
+}
+
 /** uPlot plugin: gate thresholds (horizontal dashed lines, labelled) and verdict markers (vertical). */
 function overlays(getGates, getVerdicts) {
   return {
@@ -47,7 +61,7 @@ function overlays(getGates, getVerdicts) {
           for (const gate of getGates()) {
             const y = u.valToPos(gate.threshold, "y", true);
             if (!Number.isFinite(y) || y < top || y > top + height) continue;
-            ctx.strokeStyle = cssVar("--gate", "#b35900");
+            ctx.strokeStyle = cssVar("--gate", "#a35200");
             ctx.fillStyle = ctx.strokeStyle;
             ctx.setLineDash([8 * dpr, 5 * dpr]);
             ctx.beginPath();
@@ -55,23 +69,21 @@ function overlays(getGates, getVerdicts) {
             ctx.lineTo(left + width, y);
             ctx.stroke();
             ctx.setLineDash([]);
-            ctx.textAlign = "right";
-            ctx.fillText(`gate ${gate.text}`, left + width - 4 * dpr, y - 4 * dpr);
+            label(ctx, `gate ${gate.text}`, left + width - 4 * dpr, y - 4 * dpr, "right", dpr);
           }
-          for (const v of getVerdicts()) {
+          getVerdicts().forEach((v, i) => {
             const x = u.valToPos(v.step, "x", true);
-            if (!Number.isFinite(x) || x < left || x > left + width) continue;
+            if (!Number.isFinite(x) || x < left || x > left + width) return;
             ctx.strokeStyle = v.color;
-            ctx.fillStyle = v.color;
             ctx.setLineDash([3 * dpr, 3 * dpr]);
             ctx.beginPath();
             ctx.moveTo(x, top);
             ctx.lineTo(x, top + height);
             ctx.stroke();
             ctx.setLineDash([]);
-            ctx.textAlign = "left";
-            ctx.fillText(`${v.kind === "divergence" ? "✕" : "■"} ${v.kind}`, x + 4 * dpr, top + 14 * dpr);
-          }
+            ctx.fillStyle = v.color;
+            label(ctx, `${v.kind === "divergence" ? "✕" : "■"} ${v.kind} (${v.run})`, x + 4 * dpr, top + (14 + 16 * (i % 6)) * dpr, "left", dpr);
+          });
           ctx.restore();
         },
       ],
@@ -189,7 +201,9 @@ export class MetricCharts {
     const tables = runs.map((r) => columns(this.data.get(r.id).series[name]));
     const first = this.runs.length ? this.data.get(this.runs[0].id) : null;
     const firstCount = first && first.series[name] ? first.series[name].length : 0;
-    const key = runs.map((r) => r.id).join("\u0000") + "\u0000" + this.xLabel();
+    // The plot is rebuilt when its series change (runs, their labels with the phase, the x axis); otherwise its
+    // data is replaced in place.
+    const key = JSON.stringify([runs.map((r) => r.label), this.xLabel(), this.gates]);
     let chart = this.charts.get(name);
     if (!chart) {
       const holder = h("div", { class: "chart-plot" });
@@ -235,7 +249,7 @@ export class MetricCharts {
     const verdicts = () =>
       runs
         .filter((r) => r.verdict && Number.isFinite(Number(r.verdict.step)))
-        .map((r) => ({ step: Number(r.verdict.step), kind: r.verdict.kind, color: runStyle(index.get(r.id)).stroke }));
+        .map((r) => ({ step: Number(r.verdict.step), kind: r.verdict.kind, run: r.id, color: runStyle(index.get(r.id)).stroke }));
     const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
     const opts = {
       width: this.plotWidth(this.charts.get(name)),

@@ -3,7 +3,7 @@
 // Polled every 2 s while a run is live (metrics with since=, so only new points travel), every 10 s otherwise
 // to notice a new run.
 
-import { ApiError, getJSON } from "./api.js";
+import { ApiError, getJSON, Unreachable } from "./api.js";
 import { MetricCharts, runStyle } from "./charts.js";
 import {
   badge,
@@ -133,7 +133,7 @@ export function modelPage(ctx) {
       if (!m.live && !isLive(run)) done.add(id);
       else done.delete(id);
     } catch (err) {
-      if (err instanceof ApiError && !(err.status >= 500 || err.status === 0)) {
+      if (err instanceof ApiError && !(err instanceof Unreachable)) {
         missing.add(id);
         done.add(id);
       } else throw err;
@@ -492,7 +492,7 @@ export function modelPage(ctx) {
       logLive = isLive(runById(id));
       replace(els.logInfo, `Run ${id}: ${l.truncated ? `the last ${LOG_BYTES / 1024} KiB` : "the whole log"}${logLive ? ", updated while it runs" : ""}.`);
     } catch (err) {
-      if (err instanceof ApiError && err.status > 0 && err.status < 500) {
+      if (err instanceof ApiError && !(err instanceof Unreachable)) {
         replace(els.log, "");
         replace(els.logInfo, `No log for ${id}: ${err.message}`);
         logLive = false;

@@ -5,7 +5,7 @@
 // never changes (the shell only checks the server's heartbeat).
 
 import { getJSON } from "./api.js";
-import { bytes, chips, h, link, num, replace, seg, timeEl } from "./dom.js";
+import { bytes, chips, fmtTime, h, link, num, replace, seg, timeEl } from "./dom.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_NODES = 500;
@@ -62,6 +62,13 @@ export function rows(nodes, edges) {
   return out;
 }
 
+/** A detail value: epoch seconds under a time-like key shown as a local time (the raw value in its title). */
+function detailValue(key, value) {
+  const s = String(value);
+  if (/(^|_)(at|time)$/.test(key) && /^\d{9,11}(\.\d+)?$/.test(s)) return h("span", { title: s }, fmtTime(Number(s)));
+  return s;
+}
+
 function nodeBox(n, incoming) {
   const label = n.url ? link(n.url, n.label, { class: "node-link" }) : h("span", null, n.label);
   const detail = Object.entries(n.detail || {});
@@ -70,7 +77,7 @@ function nodeBox(n, incoming) {
     { class: `node node-${String(n.kind).replace(/[^a-z]/g, "")}`, "data-testid": "lineage-node", "data-kind": n.kind, "data-node": n.id },
     h("div", { class: "node-kind" }, n.kind),
     h("div", { class: "node-label" }, label),
-    detail.length ? h("dl", { class: "node-detail" }, detail.map(([k, v]) => [h("dt", null, k), h("dd", null, String(v))])) : null,
+    detail.length ? h("dl", { class: "node-detail" }, detail.map(([k, v]) => [h("dt", null, k), h("dd", null, detailValue(k, v))])) : null,
     incoming.length ? h("p", { class: "sr-only" }, `from ${incoming.map((e) => `${e.fromLabel} (${e.label || "edge"})`).join(", ")}`) : null,
   );
 }
