@@ -213,6 +213,13 @@ document.addEventListener("click", (e) => {
   navigate(url.pathname + url.search);
 });
 
+// The skip link moves keyboard focus to the page's content, not only the scroll position.
+document.querySelector(".skip-link").addEventListener("click", (e) => {
+  e.preventDefault();
+  main.focus();
+  main.scrollIntoView();
+});
+
 addEventListener("popstate", () => route(true));
 
 route(false);

@@ -62,6 +62,17 @@ function runCell(run) {
   );
 }
 
+/** The labels other than team (which has its own column), small under the name. */
+function otherLabels(labels) {
+  const rest = Object.entries(labels || {}).filter(([k]) => k !== "team");
+  if (!rest.length) return null;
+  return h(
+    "ul",
+    { class: "chips labels" },
+    rest.map(([k, v]) => h("li", null, h("span", { class: "chip-key" }, k), "=", v)),
+  );
+}
+
 function modelRow(m) {
   const latest = m.latest_version;
   return h(
@@ -77,6 +88,7 @@ function modelRow(m) {
       { scope: "row" },
       link(modelHref(m.repository, m.name), m.name, { "data-focus-key": `${m.repository}/${m.name}` }),
       m.suspend ? h("span", { class: "tag" }, "suspended") : null,
+      otherLabels(m.labels),
     ),
     h("td", null, m.repository),
     h("td", null, badge(m.condition)),
