@@ -3,6 +3,7 @@ by `gitopsd reconcile` with the local backend into a state directory that `gitop
 
 What it holds, one model per scenario of tests/browser:
 - `blobs`: the demo model of `gitopsd init`, Ready at v1, alias `production: 1`;
+- `flat`: a training whose loss never improves, stopped by its plateau rule (patience 2) after a few reports;
 - `blobs-tuned`: fine-tuned from `blobs@production` (`base:`), so its version's lineage has a base;
 - `strict`: trains fine but its gate `accuracy >= 1.01` can never pass: the run fails on the gate;
 - `hostile`: its team label and its training's output carry HTML (`<img src=x onerror=...>`) that the page must
@@ -44,6 +45,20 @@ for step in range(1, 68):
         handle.write(json.dumps({"step": step, "loss": 1.0 / step, "accuracy": 1.0 - 1.0 / (step + 1)}) + "\\n")
     time.sleep(0.3)
 (out / "model.json").write_text("{}")
+'''
+
+FLAT_TRAIN = '''"""A loss that never improves, one report every 0.25 s for at most 15 s: the plateau rule stops it."""
+import json
+import os
+import time
+from pathlib import Path
+
+out = Path(os.environ["GITOPSD_OUTPUT_DIR"])
+for epoch in range(1, 61):
+    with Path(os.environ["GITOPSD_METRICS_FILE"]).open("a") as handle:
+        handle.write(json.dumps({"epoch": epoch, "loss": 0.5, "accuracy": 0.5}) + "\\n")
+    (out / "model.json").write_text("{}")
+    time.sleep(0.25)
 '''
 
 HOSTILE_TRAIN = f'''"""Write a metrics line under a hostile name, print HTML, and fail."""
@@ -92,6 +107,10 @@ def build(root: Path) -> tuple[GitRepo, Path]:
     _variant(repo, "strict", gates="  validate:\n    - accuracy >= 1.01\n")
     _variant(repo, "hostile", team=f'"{HOSTILE}"', command="python3 hostile.py", workdir="hostile", gates="")
     repo.write("hostile/hostile.py", HOSTILE_TRAIN)
+    _variant(repo, "flat", gates="", command="python3 flat.py", workdir="flat")
+    flat = repo.read("models/flat.yaml").replace("patience: 5, min_delta: 0.0001", "patience: 2, min_delta: 0.01")
+    repo.write("models/flat.yaml", flat)
+    repo.write("flat/flat.py", FLAT_TRAIN)
     tuned = repo.read(MODEL).replace("name: blobs", "name: blobs-tuned")
     tuned = tuned.replace("  aliases:\n    production: 1\n", "  base: blobs@production\n")
     repo.write("models/blobs-tuned.yaml", tuned.replace("team: demo", "team: tuning"))

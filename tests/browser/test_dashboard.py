@@ -133,6 +133,26 @@ def test_a_failed_gate_shows_its_threshold_line_and_the_reason(page: Page, site:
     assert driver.title == "strict · gitopsd"
 
 
+def test_the_model_page_shows_versions_the_alias_timeline_and_a_plateau_stop(page: Page, site: Site) -> None:
+    driver = page(f"/ui/models/{site.repository}/blobs")
+    versions = wait_for(driver, '[data-testid="versions"]')
+    until(driver, lambda: "v1" in versions.text or "blobs@1" in versions.text, "version 1 is listed")
+    wait_for(driver, '[data-testid="alias-history"] [data-testid="alias-event"]')
+    events = driver.find_elements(By.CSS_SELECTOR, '[data-testid="alias-history"] [data-testid="alias-event"]')
+    kinds = [event.get_attribute("data-kind") for event in events]
+    assert "refused" in kinds and "set" in kinds, f"the first pass refused production (no v1 yet), then set it: {kinds}"
+    assert "production" in events[kinds.index("set")].text
+    lines = driver.find_elements(By.CSS_SELECTOR, '[data-testid="gate-line"]')
+    assert {(g.get_attribute("data-metric"), g.get_attribute("data-threshold")) for g in lines} >= {
+        ("accuracy", "0.9"), ("loss", "0.5")}  # fmt: skip
+
+    driver.get(site.url(f"/ui/models/{site.repository}/flat"))
+    verdict = wait_for(driver, '[data-testid="verdict"]')
+    until(driver, lambda: "plateau" in (verdict.text + (verdict.get_attribute("title") or "")).lower(),
+          "the plateau stop is marked as such")  # fmt: skip
+    until(driver, lambda: points(driver, "loss") >= 3, "the reports before the stop are drawn")
+
+
 def test_the_lineage_of_a_fine_tuned_version_links_to_its_base(page: Page, site: Site) -> None:
     driver = page(f"/ui/versions/{site.repository}/blobs-tuned/1")
     graph = wait_for(driver, '[data-testid="lineage-graph"]')
