@@ -32,7 +32,8 @@ export async function getJSON(path) {
     clearTimeout(timer);
   }
   if (resp.status === 401) {
-    location.assign("/ui/login");
+    // The session ended: log in again, then come back to this page (the server only follows /ui/ paths).
+    location.assign(`/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`);
     throw new ApiError(401, "login needed");
   }
   let body = null;
