@@ -26,7 +26,9 @@ demo: $(STAMP)
 	$(BIN)/gitopsd status
 
 test: $(STAMP)
-	tools/ensure-debs git=git sqlite3=sqlite3 systemd-analyze=systemd sshd=openssh-server ssh-keygen=openssh-client curl=curl
+	tools/ensure-debs git=git sqlite3=sqlite3 systemd-analyze=systemd sshd=openssh-server ssh-keygen=openssh-client curl=curl \
+		chromium=chromium chromedriver=chromium-driver
+	# chromium and its driver: the dashboard's browser tests (tests/browser, Selenium, headless).
 	# Real servers, started once and stopped whatever pytest's result: a multi-node Slurm for tests/slurm (two
 	# nodes, each in its own namespaces; root; see tools/slurm/up.sh and docs/cluster.md) and SeaweedFS for the
 	# S3 store (tools/s3/up.sh; `weed` comes from the [test] extra).
@@ -60,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/supervisor.py
 	$(BIN)/python bench/slurm.py
+	$(BIN)/python bench/ui.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
 PREFIX ?= /opt/gitopsd

@@ -105,3 +105,29 @@ def test_output_limits_are_an_operator_setting(tmp_path: Path) -> None:
     assert load_config(_write(tmp_path, BASE)).output_limits.limits().artifact_bytes == 100 << 30
     with pytest.raises(PermanentError, match=r"output_limits.artifact_files"):
         load_config(_write(tmp_path, BASE + "[output_limits]\nartifact_files = 0\n"))
+
+
+def test_commit_url_is_an_http_link_template_with_the_commit(tmp_path: Path) -> None:
+    link = "https://github.com/ml-team/models/commit/{commit}"
+    config = load_config(_write(tmp_path, BASE + f'commit_url = "{link}"\n'))
+    assert config.repositories[0].commit_url == link
+    assert load_config(_write(tmp_path, BASE)).repositories[0].commit_url is None, "no link unless configured"
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("https://github.com/org/models/commit/", "write {commit} where the commit goes"),
+        ("ftp://host/{commit}", "expected an http(s) URL"),
+        ("javascript:alert(1)//{commit}", "expected an http(s) URL"),
+        ("/relative/{commit}", "expected an http(s) URL"),
+        ("https://host/{commit}/{0.__class__}", "no other { or }"),
+        ("https://user:pass@host/{commit}", "no credentials"),
+        ("https://host/{commit} x", "no spaces"),
+    ],
+)
+def test_a_bad_commit_url_is_refused_naming_its_key(tmp_path: Path, template: str, said: str) -> None:
+    with pytest.raises(PermanentError) as caught:
+        load_config(_write(tmp_path, BASE + f'commit_url = "{template}"\n'))
+    assert "repositories[0].commit_url" in str(caught.value)
+    assert said in str(caught.value)

@@ -22,6 +22,7 @@ from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits,
 from gitopsd.cli.daemon import gpus, run, trigger
 from gitopsd.cli.doctor import doctor
 from gitopsd.cli.registry import history, lineage, promote, registry
+from gitopsd.cli.ui import ui
 from gitopsd.cli.usage import usage
 from gitopsd.source.redact import redact_text
 
@@ -447,7 +448,7 @@ def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
         click.echo(path.read_text(errors="replace"), nl=False)
 
 
-for command in (registry, lineage, history, promote, run, trigger, gpus, doctor, usage, comment):
+for command in (registry, lineage, history, promote, run, trigger, gpus, doctor, usage, comment, ui):
     cli.add_command(command)
 
 

@@ -18,6 +18,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -119,6 +120,16 @@ class RepositoryConfig(_Config):
         default=None, description="This repository's own artifact store (default: [registry] artifacts/<name>)."
     )
     verify: VerifyConfig | None = Field(default=None, description="Require signed commits (default: no check).")
+    commit_url: str | None = Field(
+        default=None,
+        description="The dashboard links a commit here: an http(s) URL with {commit}, e.g. "
+        "https://github.com/org/models/commit/{commit}.",
+    )
+
+    @field_validator("commit_url")
+    @classmethod
+    def _commit_link(cls, value: str | None) -> str | None:
+        return value if value is None else check_commit_url(value)
 
     def watched(self) -> Path | None:
         """The bare repository to watch for pushes, if any."""
@@ -384,6 +395,23 @@ def _nested(a: str, b: str) -> bool:
     """Whether one store URI is the other or lies inside it."""
     a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
     return a.startswith(b) or b.startswith(a)
+
+
+def check_commit_url(template: str) -> str:
+    """`template` if it can link a commit in the dashboard: an http(s) URL holding `{commit}` and no other brace,
+    no credentials and no space; ValueError saying what to write otherwise."""
+    example = "e.g. https://github.com/org/models/commit/{commit}"
+    parts = urlsplit(template)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL with {{commit}}, {example}")
+    rest = template.replace("{commit}", "")
+    if "{commit}" not in template or "{" in rest or "}" in rest:
+        raise ValueError(f"write {{commit}} where the commit goes, and no other {{ or }}, {example}")
+    if "@" in parts.netloc:
+        raise ValueError("no credentials in a link every browser of the dashboard gets")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in template):
+        raise ValueError("no spaces or control characters in the URL")
+    return template
 
 
 def load_config(path: Path) -> DaemonConfig:

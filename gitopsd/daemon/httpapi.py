@@ -1,4 +1,5 @@
-"""The daemon's HTTP face: health, readiness, Prometheus metrics, status, manual triggers and forge webhooks.
+"""The daemon's HTTP face: health, readiness, Prometheus metrics, status, manual triggers, forge webhooks, and
+the read-only dashboard under /ui (`gitopsd.ui.app`, mounted here on both listeners).
 
 A small WSGI application served by waitress (a well-kept pure-Python production server) on a loopback address
 by default. Handlers answer at once: a webhook is verified, deduplicated and turned into a trigger on the
@@ -24,6 +25,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from gitopsd.daemon.apiauth import bearer_matches, is_protected
 from gitopsd.daemon.webhooks import PROVIDERS, Verdict, judge
+from gitopsd.ui.app import UiApp
 
 log = logging.getLogger("gitopsd")
 
@@ -57,6 +59,7 @@ class Api:
         on_delivery: Callable[[str, str], None],
         token: Callable[[], bytes | None] = lambda: None,
         on_unauthorized: Callable[[str], None] = lambda endpoint: None,
+        ui: UiApp | None = None,
     ) -> None:
         self.registry = registry
         self.targets = targets
@@ -66,6 +69,7 @@ class Api:
         self.on_delivery = on_delivery
         self.token = token
         self.on_unauthorized = on_unauthorized
+        self.ui = ui
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._seen_lock = threading.Lock()
         self._refusals = _Throttle(every_s=10.0)
@@ -81,6 +85,9 @@ class Api:
     def _serve(self, environ: dict[str, Any], start_response: StartResponse, *, authenticate: bool) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/")
+        if self.ui is not None and (path == "/ui" or path.startswith("/ui/")):
+            # The dashboard authenticates itself: the same token, also as its login cookie (gitopsd.ui.session).
+            return self.ui.serve(environ, start_response, authenticate=authenticate)
         query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
         extra: list[tuple[str, str]] = []
         try:

@@ -1,9 +1,9 @@
 """`gitopsd run`: the long-running service on a login node.
 
 One worker per repository, fed by a poll timer, a watch on a local bare repository and forge webhooks; an HTTP
-server for health, readiness, metrics, status, triggers and webhooks; the systemd notify protocol (READY once
-every repository had its first pass, STATUS after each pass, WATCHDOG while every worker is alive, RELOADING on
-SIGHUP, STOPPING on SIGTERM). SIGTERM lets each worker finish its current pass, so nothing is left
+server for health, readiness, metrics, status, triggers, webhooks and the dashboard (/ui); the systemd notify
+protocol (READY once every repository had its first pass, STATUS after each pass, WATCHDOG while every worker is
+alive, RELOADING on SIGHUP, STOPPING on SIGTERM). SIGTERM lets each worker finish its current pass, so nothing is left
 half-recorded, then exits 0. SIGHUP re-reads the configuration; an invalid one (a syntax error, a secret
 reference that cannot be resolved) is logged as one line and the old one kept. Every secret (the API token, the webhook
 secrets, `[environment]`) is read at start and again on SIGHUP, so a rotated secret takes effect without a
@@ -48,6 +48,8 @@ from gitopsd.reconcile.launch import check_runs_dirs
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.reconcile.statusview import read_status
 from gitopsd.source.redact import redact_url
+from gitopsd.ui.app import UiApp
+from gitopsd.ui.views import UiContext
 
 log = logging.getLogger("gitopsd")
 STOP_GRACE_S = 8.0
@@ -81,6 +83,8 @@ class Daemon:
         self._reload = False
         self._ready = False
         self._lock = threading.Lock()
+        self._started_at = time.time()
+        self._ui: tuple[DaemonConfig, UiContext] | None = None
         assert self.config.state_dir is not None  # for_daemon checked it
         self._instance = InstanceLock(self.config.state_dir)  # last: a refused start holds nothing
 
@@ -370,7 +374,31 @@ class Daemon:
             on_delivery=lambda provider, result: self.metrics.deliveries.labels(provider, result).inc(),
             token=lambda: self._token,
             on_unauthorized=lambda endpoint: self.metrics.unauthorized.labels(endpoint).inc(),
-        )
+            ui=UiApp(self._ui_context, token=lambda: self._token,
+                     on_unauthorized=lambda endpoint: self.metrics.unauthorized.labels(endpoint).inc()),
+        )  # fmt: skip
+
+    def _ui_context(self) -> UiContext:
+        """What the dashboard shows: this configuration's repositories (rebuilt after a reload changed it)."""
+        config = self.config
+        if self._ui is None or self._ui[0] is not config:
+            self._ui = (config, ui_context(config, started_at=self._started_at))
+        return self._ui[1]
+
+
+def ui_context(config: DaemonConfig, *, started_at: float) -> UiContext:
+    """The dashboard's view of a configuration: each repository's state directory and commit link, the backends,
+    and the GPU lease book of the nvidia backend (its `leases` setting, else the shared state directory's)."""
+    assert config.state_dir is not None  # for_daemon checked it
+    leases = next((Path(str(b.settings["leases"])) for name, b in config.backends.items()
+                   if (b.type or name) == "nvidia" and b.settings.get("leases")), None)  # fmt: skip
+    return UiContext(
+        sources={r.name: config.state_dir_of(r) for r in config.repositories},
+        commit_urls={r.name: r.commit_url for r in config.repositories if r.commit_url},
+        backends=tuple({"name": name, "type": backend.type or name} for name, backend in config.backends.items()),
+        lease_book=leases or config.state_dir / "nvidia" / "leases.db",
+        started_at=started_at,
+    )
 
 
 def _override_listen(http: HttpConfig, listen: str) -> HttpConfig:

@@ -46,6 +46,10 @@ from gitopsd.spec.policy import WEEK_S, Ask, Spent, budget_refusals, next_look, 
 
 log = logging.getLogger("gitopsd")
 
+ALIAS_REFUSED_EVENT = "AliasRefused"
+"""The event kind of an alias move the applied commit asks for and that cannot be made (`plan_aliases`); its
+reason is the alias, its message why. Recorded once per model, alias and commit."""
+
 #: How often a reconciler looks for uploads a killed writer left in its store (see `ArtifactStore`).
 SWEEP_EVERY_S = 3600.0
 
@@ -442,6 +446,12 @@ class Reconciler:
                         self._alias_state.pop((name, record.alias), None)
                     else:
                         self._alias_state[(name, record.alias)] = record.version
+            if refused:
+                self.fence()  # the event log is the active daemon's to write ([standby])
+            for alias, problem in _refused_aliases(wanted, refused):  # for the alias history (`gitopsd.ui`)
+                if self.state.event_once(name, ALIAS_REFUSED_EVENT, reason=alias, message=problem,
+                                         commit_id=desired.commit):  # fmt: skip
+                    log.info("%s: %s (commit %s)", name, problem, desired.commit[:12])
             if tuple(refused) != self._alias_problems.get(name, ()):
                 touched.add(name)
             if refused:
@@ -580,6 +590,14 @@ class Reconciler:
             delay = min(delay * 1.5, 2.0)
             result = self.reconcile(trigger)
         return result
+
+
+def _refused_aliases(declared: Mapping[str, object], refused: list[str]) -> Iterator[tuple[str, str]]:
+    """(alias, why) for each refusal of `plan_aliases`, whose messages start with `alias NAME`."""
+    for problem in refused:
+        alias = next((a for a in declared if problem.startswith((f"alias {a} ", f"alias {a}:"))), None)
+        if alias is not None:
+            yield alias, problem
 
 
 def _with(row: SourceRow, **changes: Any) -> SourceRow:

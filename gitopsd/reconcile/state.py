@@ -125,6 +125,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        # Each model's spec labels (`metadata.labels`, JSON), for the dashboard's team filter (`gitopsd.ui`).
+        # Rows of older state directories get {} and their labels with the next pass that writes them.
+        """
+        ALTER TABLE models ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+        """,
+    ),
 )
 
 
@@ -186,6 +194,8 @@ class ModelRow:
     spec_digest: str
     backend: str
     suspend: bool
+    labels: str = "{}"
+    """The spec's `metadata.labels` as canonical JSON (sorted keys): a string, so rows compare and hash."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -406,6 +416,19 @@ class StateStore:
                 "commit_id": commit_id,
             }
         )
+
+    def event_once(self, model: str, kind: str, *, reason: str, message: str, commit_id: str) -> bool:
+        """Append the event unless one of the same model, kind, commit and reason is already in the log; whether
+        it was appended. For what a pass finds again and again (an alias refused at a commit): once per commit,
+        also across restarts."""
+        with self.transaction():
+            seen = self.conn.execute(
+                "SELECT 1 FROM events WHERE model = ? AND kind = ? AND commit_id = ? AND reason = ? LIMIT 1",
+                (model, kind, commit_id, reason),
+            ).fetchone()
+            if seen is None:
+                self._event(model, None, kind, reason, message, commit_id)
+        return seen is None
 
     def last_event(self) -> int:
         """The sequence number of the newest event: it moves whenever any run or condition changes."""

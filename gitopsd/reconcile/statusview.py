@@ -32,7 +32,10 @@ ORDER BY m.name
 """
 
 
-def _open(state_dir: Path) -> sqlite3.Connection | None:
+def open_readonly(state_dir: Path) -> sqlite3.Connection | None:
+    """`state.db` opened read-only with `registry.db` attached as `reg` (an empty `reg.versions` and
+    `reg.alias_moves` when there is none yet); None when the directory holds no state. Also the dashboard's
+    (`gitopsd.ui.views`) way in."""
     db = state_dir / "state.db"
     if not db.exists():
         return None
@@ -51,7 +54,7 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
     """The status document: the repository's source state and one entry per model (and, with `[standby]`, the
     lease: which daemon is active)."""
     lease = read_lease(state_dir)
-    conn = _open(state_dir)
+    conn = open_readonly(state_dir)
     if conn is None:
         return {"repository": None, "models": [], **({"lease": lease} if lease else {})}
     with conn:

@@ -7,6 +7,7 @@ touched one model of ten thousand costs one model's work.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Set
 
 from gitopsd.model import Condition
@@ -36,6 +37,7 @@ def row_of(model: DesiredModel) -> ModelRow:
         spec_digest=model.spec_digest,
         backend=model.train.backend,
         suspend=model.suspend,
+        labels=json.dumps(dict(model.spec.metadata.labels), sort_keys=True),
     )
 
 

@@ -1,0 +1,147 @@
+"""Reading a run directory for the dashboard: only inside the state directory's `runs/`, bounded, no link followed.
+
+A run directory is the training's to write, and a run id reaches the dashboard in a URL. So a run is found by
+its row in `state.db` first (an unknown id is simply absent), its directory must be exactly
+`<state_dir>/runs/<run_id>` once every symbolic link is resolved (a run kept on an operator's shared run root, or a
+`runs/<id>` that is a link, is not shown), and every file below it is opened one component at a time with no
+link followed and nothing that blocks (`registry.beneath`), read up to a cap, and decoded with replacement.
+Whatever is refused reads as absent: the dashboard shows nothing rather than something it should not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gitopsd.registry.beneath import OutputRefused, open_beneath
+
+RUNS = "runs"
+RECORD_LIMIT = 64 * 1024
+"""Largest backend record (`slurm/segments.json`, `local/state.json`) read."""
+MAX_LOG_FILES = 256
+"""Most entries of a run's `logs/` looked at to find its newest log."""
+
+
+def run_dir_of(state_dir: Path, run_id: str, recorded: str | None = None) -> Path | None:
+    """`<state_dir>/runs/<run_id>` when it is a real directory there (no link anywhere below `runs/`) and, when
+    given, the run directory `state.db` records resolves to the same place; else None."""
+    if not run_id or run_id in {".", ".."} or "/" in run_id or "\0" in run_id or len(run_id) > 255:
+        return None
+    runs = Path(os.path.realpath(state_dir / RUNS))
+    candidate = state_dir / RUNS / run_id
+    try:
+        if Path(os.path.realpath(candidate)) != runs / run_id or not candidate.is_dir() or candidate.is_symlink():
+            return None
+        if recorded is not None and Path(os.path.realpath(recorded)) != runs / run_id:
+            return None
+    except (OSError, ValueError):
+        return None
+    return candidate
+
+
+def _open(run_dir: Path, rel: str) -> tuple[int, os.stat_result] | None:
+    """A regular file below `run_dir`, opened with no link followed; None when absent or refused."""
+    try:
+        root = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fd, st = open_beneath(root, rel, "run", directory=False)
+    except (OSError, OutputRefused):
+        return None
+    finally:
+        os.close(root)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def read_record(run_dir: Path, rel: str, limit: int = RECORD_LIMIT) -> dict[str, Any] | None:
+    """The JSON object in `run_dir/rel`, or None when it is absent, refused, too large or not an object."""
+    opened = _open(run_dir, rel)
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
+        if st.st_size > limit:
+            return None
+        raw = os.read(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def open_file(run_dir: Path, rel: str) -> tuple[int, os.stat_result] | None:
+    """`_open` for callers that read the file themselves (the metrics file); they close the descriptor."""
+    return _open(run_dir, rel)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tail:
+    data: bytes
+    truncated: bool
+    name: str
+
+
+def newest_log(run_dir: Path) -> str | None:
+    """The name of the most recently written regular file in `run_dir/logs` (the current segment's log)."""
+    try:
+        root = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        logs, _ = open_beneath(root, "logs", "run", directory=True)
+    except (OSError, OutputRefused):
+        return None
+    finally:
+        os.close(root)
+    best: tuple[int, str] | None = None
+    try:
+        with os.scandir(logs) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_LOG_FILES:
+                    break
+                if entry.is_file(follow_symlinks=False):
+                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                    if best is None or (mtime, entry.name) > best:
+                        best = (mtime, entry.name)
+    except OSError:
+        return None
+    finally:
+        os.close(logs)
+    return None if best is None else best[1]
+
+
+def tail(run_dir: Path, nbytes: int) -> Tail | None:
+    """The last `nbytes` of the run's newest log; None when it has none. A cut first line is dropped, so a
+    partial URL (whose credentials `redact` could no longer recognise) never starts the text."""
+    name = newest_log(run_dir)
+    if name is None:
+        return None
+    opened = _open(run_dir, f"logs/{name}")
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
+        start = max(0, st.st_size - nbytes)
+        data = os.pread(fd, nbytes, start)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    truncated = start > 0
+    if truncated:
+        newline = data.find(b"\n")
+        data = data[newline + 1 :] if newline >= 0 else b""
+    return Tail(data=data, truncated=truncated, name=name)
