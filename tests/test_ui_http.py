@@ -426,7 +426,7 @@ def test_the_daemon_context_names_each_repository_its_link_backends_and_lease_bo
     ctx = ui_context(load_config(config), started_at=5.0)
     assert ctx.sources == {"a": tmp_path / "state" / "a", "b": tmp_path / "state" / "b"}
     assert ctx.commit_urls == {"a": "https://git.example.org/a/commit/{commit}"}
-    assert set(ctx.backends) == {("local", "local"), ("gpu", "nvidia")}
+    assert sorted(ctx.backends, key=str) == [{"name": "gpu", "type": "nvidia"}, {"name": "local", "type": "local"}]
     assert (ctx.lease_book, ctx.started_at) == (tmp_path / "leases.db", 5.0)
     plain = tmp_path / "plain.toml"
     plain.write_text(f'state_dir = "{tmp_path / "state"}"\n[[repositories]]\nname = "a"\nurl = "x"\n')

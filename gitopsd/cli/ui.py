@@ -88,10 +88,9 @@ def ui(ctx: click.Context, listen: str, token_file: Path | None, open_browser: s
 
 
 def _context(ctx: click.Context) -> UiContext:
-    """Where the data is: the repositories found in the state directory; commit links and backends from the
-    operator's configuration (--config, else the default one if it exists)."""
+    """Where the data is: the repositories found in the state directory; commit links, backends and the GPU lease
+    book from the operator's configuration (--config, else the default one if it exists)."""
     from gitopsd.backends.protocol import SHARED_STATE_ENV
-    from gitopsd.spec.operator import Operator
     from gitopsd.ui.sources import discover
     from gitopsd.ui.views import UiContext
 
@@ -101,17 +100,17 @@ def _context(ctx: click.Context) -> UiContext:
         fail(f"no state.db in {directory} nor in a directory directly under it: nothing was reconciled there "
              "yet (`gitopsd reconcile --repo URL`), or give --state-dir (a daemon's state_dir works too)")  # fmt: skip
     config = _config(ctx)
-    backends = config.backends if config is not None else Operator().backends
     commit_urls: dict[str, str] = {}
     if config is not None and config.state_dir is not None:
         by_dir = {(config.state_dir / r.name).absolute(): r.commit_url for r in config.repositories if r.commit_url}
         commit_urls = {name: by_dir[path.absolute()] for name, path in sources.items() if path.absolute() in by_dir}
-    shared = os.environ.get(SHARED_STATE_ENV) or (config.state_dir if config and config.state_dir else directory)
+    shared = os.environ.get(SHARED_STATE_ENV) or (config.state_dir if config and config.state_dir else None)
     return UiContext(
         sources=sources,
         commit_urls=commit_urls,
-        backends=tuple((name, b.type or name) for name, b in backends.items()),
-        lease_book=Path(shared) / "nvidia" / "leases.db",
+        # without a configuration: the backends the models name (views.cluster), the lease book beside the state
+        backends=tuple({"name": n, "type": b.type or n} for n, b in config.backends.items()) if config else (),
+        lease_book=Path(shared) / "nvidia" / "leases.db" if shared else None,
         started_at=time.time(),
     )
 

@@ -395,7 +395,7 @@ def ui_context(config: DaemonConfig, *, started_at: float) -> UiContext:
     return UiContext(
         sources={r.name: config.state_dir_of(r) for r in config.repositories},
         commit_urls={r.name: r.commit_url for r in config.repositories if r.commit_url},
-        backends=tuple((name, backend.type or name) for name, backend in config.backends.items()),
+        backends=tuple({"name": name, "type": backend.type or name} for name, backend in config.backends.items()),
         lease_book=leases or config.state_dir / "nvidia" / "leases.db",
         started_at=started_at,
     )

@@ -166,7 +166,10 @@ class UiApp:
         if token is None:
             return Answer(401, _HTML, no_token_page())
         if method != "POST":
-            query = dict(parse_qsl(environ.get("QUERY_STRING", ""), max_num_fields=20))
+            try:
+                query = dict(parse_qsl(environ.get("QUERY_STRING", ""), max_num_fields=20))
+            except ValueError:  # over 20 fields: nobody's login link
+                query = {}
             next_path = safe_next(query.get("next"))
             if cookie_ok(environ.get("HTTP_COOKIE", ""), token):
                 return Answer.redirect(next_path)

@@ -179,6 +179,8 @@ def test_after_login_no_redirect_leaves_the_dashboard(port: int) -> None:
 
 
 def test_an_oversized_or_empty_login_is_refused(port: int) -> None:
+    crowded = call(port, "/ui/login?" + "&".join(f"k{i}=v" for i in range(30)))
+    assert crowded.status == 200 and b'name="next" value="/ui/"' in crowded.body
     big = call(port, "/ui/login", method="POST", body=b"token=" + b"a" * 5000, headers=FORM)
     assert big.status == 413 and "set-cookie" not in big.headers
     empty = call(port, "/ui/login", method="POST", body=b"", headers=FORM)
