@@ -32,8 +32,7 @@ from gitopsd.model import Condition, ConditionType, Phase, Reason  # noqa: E402
 from gitopsd.reconcile.state import ModelRow, RunRecord, SourceRow, StateStore  # noqa: E402
 from gitopsd.registry.store import ArtifactRef  # noqa: E402
 from gitopsd.registry.versions import Registry  # noqa: E402
-from gitopsd.ui import metricsfile  # noqa: E402
-from gitopsd.ui.views import UiContext, model_page, overview, run_metrics  # noqa: E402
+from gitopsd.ui.views import UiContext, clear_caches, model_page, overview, run_metrics  # noqa: E402
 
 COMMIT = "c" * 40
 
@@ -123,7 +122,7 @@ def main() -> int:
         results = [
             (f"overview, {opts.models} models", timed(lambda: overview(ctx), opts.repeat), 1.0),
             (f"model page + {opts.runs} x {opts.points} points, first load",
-             timed(model_page_load, opts.repeat, metricsfile.CACHE.clear), None),
+             timed(model_page_load, opts.repeat, clear_caches), None),
             (f"model page + {opts.runs} x {opts.points} points, cached", timed(model_page_load, opts.repeat), 1.0),
             (f"live poll of {opts.runs} runs (since=end)", timed(poll, opts.repeat), None),
         ]  # fmt: skip

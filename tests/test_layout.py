@@ -16,7 +16,7 @@ SUBSYSTEMS = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_
 def test_the_top_folder_is_short_and_every_subsystem_is_a_folder() -> None:
     entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
     assert len(entries) <= 14, entries  # dunder files, py.typed, the vocabulary and the subsystems
-    assert SUBSYSTEMS == ["backends", "cli", "daemon", "reconcile", "registry", "source", "spec"]
+    assert SUBSYSTEMS == ["backends", "cli", "daemon", "reconcile", "registry", "source", "spec", "ui"]
     loose = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
     assert loose == {"model", "errors", "units"}, "only the shared vocabulary lives at the top"
 

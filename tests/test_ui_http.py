@@ -296,16 +296,21 @@ def test_head_has_the_headers_of_get_and_no_body(port: int, path: str) -> None:
 
 def _listing(root: Path) -> dict[str, tuple[int, int]]:
     """Every file's size and mtime, but SQLite's shared-memory index (`-shm`), which every reader of a WAL
-    database maps and updates, read-only connections too."""
+    database maps and updates, read-only connections too, and an empty write-ahead log (`-wal`), which SQLite
+    creates for a reader when the last writer removed it (a write would give it a size)."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
-            if p.is_file() and not p.name.endswith("-shm")}  # fmt: skip
+            if p.is_file() and not p.name.endswith("-shm")
+            and not (p.name.endswith("-wal") and p.stat().st_size == 0)}  # fmt: skip
 
 
-def _start_ui(state: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+def _start_ui(state: Path, *args: str, own_option: bool = False) -> tuple[subprocess.Popen[str], int]:
+    """`gitopsd --state-dir DIR ui`, or with `own_option` the command's own `gitopsd ui --state-dir DIR` (which
+    wins over GITOPSD_STATE_DIR)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "gitopsd", "--state-dir", str(state), "ui", "--listen",
-                                f"127.0.0.1:{port}", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
+    where = ["ui", "--state-dir", str(state)] if own_option else ["--state-dir", str(state), "ui"]
+    env = {**os.environ, "GITOPSD_STATE_DIR": "/nonexistent"} if own_option else None
+    process = subprocess.Popen([sys.executable, "-m", "gitopsd", *where, "--listen", f"127.0.0.1:{port}", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -332,6 +337,7 @@ def test_gitopsd_ui_serves_a_state_directory_read_only_until_sigterm(demo_state:
     assert process.returncode == 0, out
     assert f"open http://127.0.0.1:{port}/ui/" in out
     assert f"ssh -L {port}:127.0.0.1:{port} <login-node>" in out
+    assert "every user of this host can open it" in out, "a shared login node is named as the risk it is"
     assert "Traceback" not in out
     assert _listing(demo_state) == before, "the dashboard writes nothing in the state directory"
 
@@ -340,7 +346,7 @@ def test_gitopsd_ui_finds_the_repositories_of_a_daemon_state_directory(demo_stat
     parent = tmp_path / "daemon-state"
     parent.mkdir()
     (parent / "vision").symlink_to(demo_state, target_is_directory=True)
-    process, port = _start_ui(parent)
+    process, port = _start_ui(parent, own_option=True)
     try:
         doc = json.loads(call(port, "/ui/api/overview").body)
         assert {m["repository"] for m in doc["models"]} == {"vision"}

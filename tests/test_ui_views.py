@@ -11,10 +11,10 @@ import pytest
 
 from gitopsd.cli.scaffold import init_demo
 from gitopsd.reconcile.reconciler import Reconciler
-from gitopsd.ui import metricsfile
 from gitopsd.ui.sources import discover
 from gitopsd.ui.views import (
     UiContext,
+    clear_caches,
     cluster,
     heartbeat,
     model_page,
@@ -276,7 +276,7 @@ def test_plateau_and_divergence_verdicts_with_their_step(tmp_path: Path, world: 
     target.commit()
     target.close()
     (state_dir / "registry.db").write_bytes((ctx.sources["repo"] / "registry.db").read_bytes())
-    metricsfile.CACHE.clear()
+    clear_caches()
     copy = UiContext(sources={"v": state_dir})
     plateau = model_page(copy, "v", "blobs")
     diverged = model_page(copy, "v", "strict")

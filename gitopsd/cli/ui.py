@@ -32,6 +32,12 @@ DEFAULT_LISTEN = "127.0.0.1:8089"
 
 
 @click.command("ui")
+@click.option(
+    "--state-dir",
+    "ui_state_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The state directory to show (one repository's, or a daemon's state_dir); default: gitopsd's own --state-dir.",
+)
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve on (port 0: any).")
 @click.option(
     "--token-file",
@@ -47,8 +53,10 @@ DEFAULT_LISTEN = "127.0.0.1:8089"
     help="Open the dashboard in this host's web browser.",
 )
 @click.pass_context
-def ui(ctx: click.Context, listen: str, token_file: Path | None, open_browser: str) -> None:
+def ui(ctx: click.Context, ui_state_dir: Path | None, listen: str, token_file: Path | None, open_browser: str) -> None:
     """The read-only web dashboard of the state directory, served until Ctrl-C."""
+    if ui_state_dir is not None:
+        ctx.obj["state_dir"] = ui_state_dir.expanduser().absolute()
     from gitopsd.daemon.apiauth import check_token, listen_problem
     from gitopsd.daemon.config import LISTEN
     from gitopsd.daemon.httpapi import HttpServer
@@ -81,6 +89,9 @@ def ui(ctx: click.Context, listen: str, token_file: Path | None, open_browser: s
     names = ", ".join(sorted(context.sources))
     click.echo(f"gitopsd ui: {len(context.sources)} repository(ies) ({names}) from {state_dir(ctx)}, read-only")
     click.echo(f"open {url}" + (" and log in with the token of --token-file" if guarded else ""))
+    if not guarded:
+        click.echo("note: without --token-file every user of this host can open it; on a shared login node give "
+                   "--token-file FILE")  # fmt: skip
     click.echo(f"from a laptop: ssh -L {server.port}:127.0.0.1:{server.port} <login-node>, then open "
                f"http://127.0.0.1:{server.port}/ui/")  # fmt: skip
     click.echo("Ctrl-C stops it")

@@ -1,10 +1,11 @@
 """Reading a run directory for the dashboard: only inside the state directory's `runs/`, bounded, no link followed.
 
 A run directory is the training's to write, and a run id reaches the dashboard in a URL. So a run is found by
-its row in `state.db` first (an unknown id is simply absent), its directory must be exactly
-`<state_dir>/runs/<run_id>` once every symbolic link is resolved (a run kept on an operator's shared run root, or a
-`runs/<id>` that is a link, is not shown), and every file below it is opened one component at a time with no
-link followed and nothing that blocks (`registry.beneath`), read up to a cap, and decoded with replacement.
+its row in `state.db` first (an unknown id is simply absent); its directory is the one `state.db` records (the
+daemon wrote it: `<state_dir>/runs/<run_id>`, or `<runs_dir>/<run_id>` on a Slurm backend's shared run root)
+and must be a real directory named after the run, no link, where it is said to be once every symbolic link
+above it is resolved; every file below it is opened one component at a time with no link followed and nothing
+that blocks (`registry.beneath`), read up to a cap, and decoded with replacement.
 Whatever is refused reads as absent: the dashboard shows nothing rather than something it should not.
 """
 
@@ -27,16 +28,16 @@ MAX_LOG_FILES = 256
 
 
 def run_dir_of(state_dir: Path, run_id: str, recorded: str | None = None) -> Path | None:
-    """`<state_dir>/runs/<run_id>` when it is a real directory there (no link anywhere below `runs/`) and, when
-    given, the run directory `state.db` records resolves to the same place; else None."""
+    """The run's directory: the one `state.db` records (`recorded`) when given, else `<state_dir>/runs/<run_id>`;
+    None unless it is a real directory (not a link) named `run_id` in the directory its path names."""
     if not run_id or run_id in {".", ".."} or "/" in run_id or "\0" in run_id or len(run_id) > 255:
         return None
-    runs = Path(os.path.realpath(state_dir / RUNS))
-    candidate = state_dir / RUNS / run_id
+    candidate = Path(recorded) if recorded else state_dir / RUNS / run_id
+    if not candidate.is_absolute() or candidate.name != run_id:
+        return None
     try:
-        if Path(os.path.realpath(candidate)) != runs / run_id or not candidate.is_dir() or candidate.is_symlink():
-            return None
-        if recorded is not None and Path(os.path.realpath(recorded)) != runs / run_id:
+        where = Path(os.path.realpath(candidate.parent))
+        if Path(os.path.realpath(candidate)) != where / run_id or candidate.is_symlink() or not candidate.is_dir():
             return None
     except (OSError, ValueError):
         return None

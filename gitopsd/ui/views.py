@@ -16,6 +16,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -491,14 +492,60 @@ def run_metrics(
         return {"run_id": run_id, "x": "index", "series": {}, "offset": 0, "total_points": 0,
                 "downsampled": False, "live": live}  # fmt: skip
     window = metricsfile.window(curves, max(0, since))
+    key = (str(run_dir), window.offset, max(0, since), points)
+    thinned = _THINNED.get(key)
+    if thinned is None:
+        thinned = _thin(window, points)
+        _THINNED.put(key, thinned)
+    series, downsampled = thinned
+    return {"run_id": run_id, "x": window.axis, "series": series, "offset": window.offset,
+            "total_points": window.points, "downsampled": downsampled, "live": live}  # fmt: skip
+
+
+def _thin(window: metricsfile.Window, points: int) -> tuple[dict[str, list[list[float]]], bool]:
     series: dict[str, list[list[float]]] = {}
     thinned = False
     for name, values in window.series.items():
         kept = downsample(values, points)
         thinned = thinned or len(kept) < len(values)
         series[redact_text(name)] = [[x, y] for x, y in kept]
-    return {"run_id": run_id, "x": window.axis, "series": series, "offset": window.offset,
-            "total_points": window.points, "downsampled": thinned, "live": live}  # fmt: skip
+    return series, thinned
+
+
+class _Memo:
+    """The last few thinned curves, by (run directory, bytes read, since, points): a page that several people
+    keep open, or that polls a finished run, thins each curve once. The key changes when the file grows."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, int, int, int], tuple[dict[str, list[list[float]]], bool]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, int, int]) -> tuple[dict[str, list[list[float]]], bool] | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def put(self, key: tuple[str, int, int, int], value: tuple[dict[str, list[list[float]]], bool]) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_THINNED = _Memo(64)
+
+
+def clear_caches() -> None:
+    """Forget every parsed and thinned curve (benchmarks of a first load, tests)."""
+    metricsfile.CACHE.clear()
+    _THINNED.clear()
 
 
 def run_log(ctx: UiContext, repo: str, run_id: str, *, nbytes: int = DEFAULT_LOG_BYTES) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 huge or endless metrics, markup in names and messages, credentials in URLs.
 
 The JSON it builds is data: markup stays a plain string (the page inserts text with textContent), every
-credential is redacted, nothing outside `<state_dir>/runs/<run_id>` is read, and memory and time stay bounded.
+credential is redacted, nothing outside the run directory `state.db` records is read, and memory and time stay bounded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gitopsd.reconcile.state import ModelRow, RunRecord, SourceRow, StateStore
 from gitopsd.registry.store import ArtifactRef
 from gitopsd.registry.versions import Registry
 from gitopsd.ui import metricsfile
-from gitopsd.ui.views import UiContext, model_page, overview, run_log, run_metrics, version_page
+from gitopsd.ui.views import UiContext, clear_caches, model_page, overview, run_log, run_metrics, version_page
 
 TOKEN = "tok-" + "9" * 20
 SCRIPT = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -61,7 +61,7 @@ def state_dir(tmp_path: Path) -> Path:
     (good / "logs").mkdir()
     (good / "out" / "metrics.jsonl").write_text('{"step": 1, "acc": 0.5}\n')
     (good / "logs" / "output.log").write_text(f"cloning https://user:{TOKEN}@forge.example/x.git\n{SCRIPT}\n")
-    metricsfile.CACHE.clear()
+    clear_caches()
     return directory
 
 
@@ -103,6 +103,24 @@ def test_a_run_dir_that_is_a_link_or_recorded_elsewhere_is_not_read(
     with StateStore(state_dir / "state.db") as store:
         store.conn.execute("UPDATE runs SET run_dir = ? WHERE id = 'outside'", (str(outside),))
     assert run_metrics(ctx, "r", "outside") is None
+
+
+def test_a_run_on_a_shared_run_root_is_read_where_state_db_records_it(state_dir: Path, tmp_path: Path) -> None:
+    """A Slurm backend keeps its runs under the operator's `runs_dir`: the dashboard follows the record there, but
+    only to a real directory named after the run (a link in its place reads as absent)."""
+    shared = tmp_path / "scratch" / "gitopsd-runs"
+    real = shared / "outside"
+    (real / "out").mkdir(parents=True)
+    (real / "out" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n')
+    with StateStore(state_dir / "state.db") as store:
+        store.conn.execute("UPDATE runs SET run_dir = ? WHERE id = 'outside'", (str(real),))
+    ctx = ctx_of(state_dir)
+    doc = run_metrics(ctx, "r", "outside")
+    assert doc is not None and doc["series"]["loss"] == [[1.0, 0.5], [2.0, 0.25]]
+    moved = shared / "moved"
+    real.rename(moved)
+    os.symlink(moved, real)
+    assert run_metrics(ctx, "r", "outside") is None, "a run directory replaced by a link is not followed"
 
 
 def test_links_inside_a_run_dir_are_not_followed(state_dir: Path, secret_file: Path) -> None:
