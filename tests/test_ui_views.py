@@ -208,7 +208,9 @@ def test_cluster_and_heartbeat(world: tuple[UiContext, GitRepo]) -> None:
     doc = cluster(ctx)
     json.dumps(doc, allow_nan=False)
     assert (doc["gpus"] is None) == (doc["gpus_error"] is not None)
-    assert doc["backends"] == [{"name": "local", "type": None, "available": None, "message": ""}]
+    (local,) = doc["backends"]
+    assert (local["name"], local["available"]) == ("local", True), "it just ran the world's trainings"
+    assert local["message"].startswith("a run moved ") and local["message"].endswith(" ago")
     assert doc["queue"] == []
     named = UiContext(sources=ctx.sources, backends=[{"name": "gpu", "type": "nvidia"}])
     assert [b["name"] for b in cluster(named)["backends"]] == ["gpu"]
@@ -234,6 +236,24 @@ def test_queue_and_unavailable_backend(tmp_path: Path, world: tuple[UiContext, G
     assert (queued["model"], queued["phase"], queued["message"], queued["since"]) == ("strict", "Queued", "Priority", 5)
     (local,) = doc["backends"]
     assert local["available"] is False and "pw" not in local["message"] and "***@slurm.example" in local["message"]
+
+
+def test_a_backend_not_heard_from_for_a_while_is_neither_up_nor_down(
+    tmp_path: Path, world: tuple[UiContext, GitRepo]
+) -> None:
+    ctx, _ = world
+    state_dir = tmp_path / "old"
+    state_dir.mkdir()
+    source = sqlite3.connect(ctx.sources["repo"] / "state.db")
+    target = sqlite3.connect(state_dir / "state.db")
+    source.backup(target)
+    source.close()
+    target.execute("UPDATE runs SET updated_at = 1000")
+    target.commit()
+    target.close()
+    (local,) = cluster(UiContext(sources={"old": state_dir}))["backends"]
+    assert local["available"] is None
+    assert local["message"] == "last answered at 1970-01-01 00:16:40 UTC (no run since)"
 
 
 def test_an_unreadable_state_db_is_said_not_raised(tmp_path: Path) -> None:

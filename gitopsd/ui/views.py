@@ -30,6 +30,7 @@ from gitopsd.spec.gates import parse_gate
 from gitopsd.ui import lineagegraph, metricsfile, runfiles
 from gitopsd.ui.downsample import downsample
 from gitopsd.ui.lineagegraph import commit_link, redacted
+from gitopsd.units import format_duration, format_time
 
 DEFAULT_POINTS = 1000
 MAX_POINTS = 5000
@@ -660,6 +661,7 @@ def cluster(ctx: UiContext) -> dict[str, Any]:
     gpus = _with_leases(inventory, _leases(ctx)) if inventory is not None else None
     unavailable: dict[str, str] = {}
     seen: dict[str, str | None] = {}
+    heard: dict[str, float] = {}
     queue: list[dict[str, Any]] = []
     marks = ",".join("?" * len(QUEUED_PHASES))
     for name, state_dir in sorted(ctx.sources.items()):
@@ -672,6 +674,9 @@ def cluster(ctx: UiContext) -> dict[str, Any]:
                     seen.setdefault(r["backend"], None)
                     if r["reason"] == Reason.BACKEND_UNAVAILABLE:
                         unavailable.setdefault(r["backend"], _msg(r["message"]))
+                for r in _rows(conn, "SELECT backend, max(updated_at) AS at FROM runs WHERE reason != ? "
+                                     "GROUP BY backend", (str(Reason.BACKEND_UNAVAILABLE),)):  # fmt: skip
+                    heard[r["backend"]] = max(heard.get(r["backend"], 0.0), r["at"] or 0.0)
                 troubles = {r["key"].partition(":")[2]: r["message"] for r in
                             _rows(conn, "SELECT key, message FROM troubles")}  # fmt: skip
                 for r in _rows(conn, f"SELECT id, model, backend, job_id, phase, reason, message, created_at "
@@ -684,12 +689,28 @@ def cluster(ctx: UiContext) -> dict[str, Any]:
             continue
     configured: list[tuple[str, str | None]] = [(str(b.get("name")), b.get("type")) for b in ctx.backends]
     configured = configured or [(n, None) for n in sorted(seen)]
-    backends = [
-        {"name": n, "type": t, "available": False if n in unavailable else None, "message": unavailable.get(n, "")}
-        for n, t in configured
-    ]
+    backends = [_backend(n, t, unavailable.get(n), heard.get(n), time.time()) for n, t in configured]
     queue.sort(key=lambda q: q["since"] or 0.0)
     return {"gpus": gpus, "gpus_error": error, "backends": backends, "queue": queue}
+
+
+def _ago(seconds: float) -> str:
+    return format_duration(max(0, int(seconds)) // 60 * 60) if seconds >= 60 else f"{max(0, int(seconds))}s"
+
+
+HEARD_RECENTLY_S = 15 * 60
+"""A backend that changed one of its runs this recently answered the daemon: available."""
+
+
+def _backend(name: str, kind: str | None, unavailable: str | None, heard: float | None, now: float) -> dict[str, Any]:
+    """Whether a backend answers, from what the daemon recorded: a model stalled on it says no (with its message),
+    a run it moved in the last 15 minutes says yes, and otherwise the page says when it last answered."""
+    if unavailable is not None:
+        return {"name": name, "type": kind, "available": False, "message": unavailable}
+    if heard and now - heard < HEARD_RECENTLY_S:
+        return {"name": name, "type": kind, "available": True, "message": f"a run moved {_ago(now - heard)} ago"}
+    said = f"last answered at {format_time(heard)} (no run since)" if heard else "no run on it yet"
+    return {"name": name, "type": kind, "available": None, "message": said}
 
 
 def heartbeat(ctx: UiContext) -> dict[str, Any]:
