@@ -245,8 +245,24 @@ class HttpServer:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
-        self._server.close()
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Finish the requests in progress (up to `timeout_s`), then close the listener, every connection and the
+        loop's wake-up pipe from the loop's own thread, and wait for it to end.
+
+        The order matters: a worker thread that finishes a request wakes the loop by writing a byte to that pipe.
+        waitress's own `close()` shuts the pipe while workers and connections live on, so a late worker writes its
+        byte to whatever file descriptor reused the pipe's number: a new client's socket (which then reads
+        `xHTTP/1.1 ...`) or, in the daemon, an open database file.
+        """
+        from waitress import wasyncore
+
+        server = self._server
+        server.task_dispatcher.shutdown(timeout=timeout_s)  # no worker is left to wake the loop after this
+        if self.thread.is_alive():
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            self.thread.join(timeout_s)
+        else:
+            wasyncore.close_all(server._map)
 
 
 def _waitress_cap(max_body: int) -> int:
