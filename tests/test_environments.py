@@ -282,6 +282,17 @@ def test_old_and_new_lineage_show_and_verify(tmp_path: Path) -> None:
     assert f"environment {env.digest} (3 packages" in shown
     assert "2 version(s) verified" in gitopsd(state, "registry", "verify").stdout
 
+    record = state / "artifacts" / "records" / (environments.PREFIX + env.hex) / "00000001.json"
+    record.chmod(0o644)
+    record.write_bytes(env.record().replace(b"2.0.1", b"6.6.6"))
+    failed = gitopsd(state, "registry", "verify", check=False)
+    assert failed.returncode == 1 and f"blobs@2: its environment record {env.digest}" in failed.stderr
+    record.unlink()
+    failed = gitopsd(state, "registry", "verify", check=False)
+    assert failed.returncode == 1 and "missing" in failed.stderr
+    record.write_bytes(env.record())
+    assert "2 version(s) verified" in gitopsd(state, "registry", "verify").stdout
+
     with Registry(state / "registry.db") as reg:  # a registry that lost the row (restored from a copy)
         assert reg.conn is not None
         reg.conn.execute("DROP TRIGGER environments_no_delete")
