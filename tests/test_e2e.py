@@ -285,6 +285,8 @@ def test_lineage_names_code_data_job_host_and_python_packages(
     assert lineage["exit_code"] == 0
     assert lineage["python"].startswith("3.")
     assert lineage["packages"], "the packages of the training's Python are recorded"
+    assert lineage["environment"].startswith("sha256:"), "by the digest of their environment, stored once"
+    assert "packages" not in lineage["job"]
     assert version["artifact"]["size"] > 0
     shown = gitopsd(state_dir, "lineage", "blobs@1").stdout
     assert lineage["run_key"] in shown and "accuracy >= 0.9" in shown

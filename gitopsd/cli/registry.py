@@ -56,7 +56,9 @@ def _version_doc(v: Any) -> dict[str, Any]:
     }
 
 
-def _get_version(ctx: click.Context, label: str) -> Any:
+def _get_version(ctx: click.Context, label: str) -> tuple[Any, dict[str, str] | None]:
+    """The version LABEL names and the packages it was trained with (None when its environment is unknown)."""
+    from gitopsd.registry.environments import packages_of
     from gitopsd.registry.versions import parse_label
 
     try:
@@ -65,9 +67,10 @@ def _get_version(ctx: click.Context, label: str) -> Any:
         raise click.UsageError(str(exc)) from exc
     with open_registry(ctx) as reg:
         version = reg.get(name, number)
-    if version is None:
-        fail(f"no version {label}")
-    return version
+        if version is None:
+            fail(f"no version {label}")
+        packages = packages_of(version.lineage, reg.conn)
+    return version, packages
 
 
 @registry.command("show")
@@ -75,7 +78,11 @@ def _get_version(ctx: click.Context, label: str) -> Any:
 @click.pass_context
 def registry_show(ctx: click.Context, label: str) -> None:
     """Show one version (NAME@N) as JSON."""
-    click.echo(json.dumps(_version_doc(_get_version(ctx, label)), indent=2))
+    version, packages = _get_version(ctx, label)
+    doc = _version_doc(version)
+    if "environment" in version.lineage:  # named by digest: shown with its packages, as inline ones were
+        doc["lineage"]["packages"] = packages
+    click.echo(json.dumps(doc, indent=2))
 
 
 def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | None) -> Any:
@@ -193,7 +200,7 @@ def lineage(ctx: click.Context, label: str) -> None:
     """Where NAME@N came from: commit, code tree, data, job, host, metrics."""
     from gitopsd.source.redact import redact_url
 
-    v = _get_version(ctx, label)
+    v, packages = _get_version(ctx, label)
     lin = v.lineage
     job = lin.get("job", {})
     rows = [
@@ -213,6 +220,11 @@ def lineage(ctx: click.Context, label: str) -> None:
         ("exit code", lin.get("exit_code")),
         ("python", lin.get("python")),
     ]
+    if "environment" in lin:
+        known = "unknown to this registry"
+        if packages is not None:
+            known = f"{len(packages)} packages, listed by `gitopsd registry show {v.label}`"
+        rows.append(("environment", f"{lin['environment']} ({known})"))
     if lin.get("base"):
         rows.append(("base", f"{lin['base']['label']} (from {lin['base']['ref']}, sha256:{lin['base']['sha256']})"))
         rows.append(("chain", " <- ".join(_base_chain(ctx, v))))

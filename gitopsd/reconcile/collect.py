@@ -7,6 +7,10 @@ and the artifact are read as hostile input (`reconcile.outputs`): no link follow
 within `OutputLimits`; a refused output fails the run with reason OutputRefused and a message that names it.
 The artifact is copied into the store and its digest verified before the version row is written;
 registration is idempotent by run id, so a crash anywhere in here is repaired by collecting again.
+
+The packages of the training's Python are not copied into every lineage: the environment is stored once by
+its digest (`registry.environments`), before the version that names it, and lineage says
+`"environment": "sha256:..."`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from gitopsd.model import Reason
 from gitopsd.reconcile.metrics import MetricsReader, latest_metrics
 from gitopsd.reconcile.outputs import OutputLimits, opened_artifact, over_limit, sized
 from gitopsd.reconcile.state import RunRecord
+from gitopsd.registry import environments
 from gitopsd.registry.beneath import OutputRefused
 from gitopsd.registry.recovery import save_version
 from gitopsd.registry.store import ArtifactStore
@@ -106,6 +111,9 @@ def collect(
     if fence is not None:
         fence()
     refuse_reused_number(registry, store, run.model)
+    environment = environments.from_job(job)
+    if environment is not None and registry.conn is not None:
+        environments.save(store, registry.conn, environment)
     version = registry.register(
         model=run.model,
         run_id=run.id,
@@ -113,7 +121,7 @@ def collect(
         artifact=artifact,
         metrics={k: v for k, v in metrics.items() if math.isfinite(v)},  # JSON has no NaN; gates saw them
         gates=gates,
-        lineage=lineage(run, snapshot, job),
+        lineage=lineage(run, snapshot, job, environment),
         created_at=time.time(),
     )
     save_version(store, version)
@@ -140,8 +148,16 @@ def refuse_reused_number(registry: Registry, store: ArtifactStore, model: str) -
         )
 
 
-def lineage(run: RunRecord, snapshot: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to say where a version came from and to train it again."""
+def lineage(
+    run: RunRecord, snapshot: dict[str, Any], job: dict[str, Any], environment: environments.Environment | None = None
+) -> dict[str, Any]:
+    """Everything needed to say where a version came from and to train it again.
+
+    With `environment` (the one `job` lists, already stored), its packages are named by digest, not copied.
+    """
+    if environment is not None:
+        job = {key: value for key, value in job.items() if key != "packages"}
+    found = {"environment": environment.digest} if environment is not None else {"packages": job.get("packages", {})}
     return {
         "repo": snapshot["repo_url"],
         "commit": snapshot["commit"],
@@ -163,6 +179,6 @@ def lineage(run: RunRecord, snapshot: dict[str, Any], job: dict[str, Any]) -> di
         "ended_at": job.get("ended_at", run.ended_at),
         "exit_code": job.get("exit_code", run.exit_code),
         "python": job.get("python") or sys.version.split()[0],
-        "packages": job.get("packages", {}),
+        **found,
         "gitopsd": {"host": platform.node(), "python": sys.version.split()[0]},
     }

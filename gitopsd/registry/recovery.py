@@ -3,7 +3,8 @@ artifacts, so the registry can be rebuilt from the store alone after a disaster.
 
 Version `NAME@N` is the record `records/NAME/N`. The alias moves of model NAME are the records
 `records/ALIASES.NAME/1, 2, …` in the order they happened (model names are lowercase, so the upper-case prefix
-can never collide with a model). `rebuild` replays both into an empty registry database.
+can never collide with a model). The training environments versions name by digest are the records
+`records/ENVIRONMENT.<hex>/1` (`environments`). `rebuild` replays all three into an empty registry database.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.errors import IntegrityError, PermanentError
+from gitopsd.registry import environments
 from gitopsd.registry.aliases import AliasBook, AliasRecord
 from gitopsd.registry.store import ArtifactRef, ArtifactStore
 from gitopsd.registry.versions import Registry, Version
@@ -38,6 +40,21 @@ def parse_version(raw: bytes, where: str) -> Version:
         return Version(**data)
     except (ValueError, TypeError, KeyError) as exc:
         raise IntegrityError(f"version record {where} is not readable: {exc}") from exc
+
+
+def parse_environment(name: str, number: int, raw: bytes) -> environments.Environment:
+    """The environment in the store's record `name` (`ENVIRONMENT.<hex>`); `IntegrityError` when the record does
+    not hash to its name, which a rebuild refuses rather than restore an environment no version can trust."""
+    hex_digest = name.removeprefix(environments.PREFIX)
+    if number != 1:
+        raise IntegrityError(f"record {name}@{number}: an environment record is number 1")
+    try:
+        return environments.parse_record(raw, hex_digest)
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"record {name}@{number}: {exc}; move it out of the store's records/ to rebuild without it (the "
+            "versions that name it then show their environment as unknown)"
+        ) from None
 
 
 def save_version(store: ArtifactStore, version: Version) -> None:
@@ -96,9 +113,13 @@ def import_missing(store: ArtifactStore, registry: Registry) -> tuple[int, int]:
     had: dict[str, int] = {}
     versions: list[Version] = []
     journals: dict[str, list[tuple[int, bytes]]] = {}
+    found: list[environments.Environment] = []
     for name, number, raw in store.records():
         if name.startswith(ALIASES_PREFIX):
             journals.setdefault(name.removeprefix(ALIASES_PREFIX), []).append((number, raw))
+            continue
+        if name.startswith(environments.PREFIX):
+            found.append(parse_environment(name, number, raw))
             continue
         version = parse_version(raw, f"{name}@{number}")
         if (version.model, version.number) != (name, number):
@@ -120,9 +141,10 @@ def import_missing(store: ArtifactStore, registry: Registry) -> tuple[int, int]:
                 data = json.loads(raw)
                 data.pop("record", None)
                 moves.append(AliasRecord(**data))
-    if versions:
+    if versions or found:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            environments.insert(conn, found)
             _insert_versions(conn, versions)
             conn.execute("COMMIT")
         except BaseException:
@@ -151,12 +173,15 @@ def rebuild(store: ArtifactStore, registry_path: Path) -> tuple[int, int]:
         raise PermanentError(f"{registry_path} exists: move it away first; rebuild never overwrites a registry")
     versions: list[Version] = []
     moves: list[AliasRecord] = []
+    found: list[environments.Environment] = []
     for name, number, raw in store.records():
         where = f"{name}@{number}"
         if name.startswith(ALIASES_PREFIX):
             data = json.loads(raw)
             data.pop("record", None)
             moves.append(AliasRecord(**data))
+        elif name.startswith(environments.PREFIX):
+            found.append(parse_environment(name, number, raw))
         else:
             version = parse_version(raw, where)
             if (version.model, version.number) != (name, number):
@@ -167,6 +192,7 @@ def rebuild(store: ArtifactStore, registry_path: Path) -> tuple[int, int]:
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
+            environments.insert(conn, found)
             _insert_versions(conn, versions)
             conn.execute("COMMIT")
         except BaseException:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from gitopsd.errors import GitopsdError, IntegrityError
+from gitopsd.registry import environments
 from gitopsd.registry.recovery import version_record
 from gitopsd.registry.store import ArtifactStore
 from gitopsd.registry.versions import Version
@@ -106,6 +107,7 @@ def _check_store(
 
 
 def _verify_versions(store: ArtifactStore, members: list[Version], report: Report) -> None:
+    checked: set[str] = set()
     for index, version in enumerate(members):
         try:
             try:
@@ -116,7 +118,23 @@ def _verify_versions(store: ArtifactStore, members: list[Version], report: Repor
                 report.problems.append(
                     f"{version.label}: its record in {store.uri} is missing or differs from the registry"
                 )
+            _verify_environment(store, version, checked, report)
         except GitopsdError as exc:  # the store failed midway (an outage, revoked credentials)
             rest = members[index:]
             report.problems.append(f"store {store.uri}: {exc}; {len(rest)} version(s) not checked ({_labels(rest)})")
             return
+
+
+def _verify_environment(store: ArtifactStore, version: Version, checked: set[str], report: Report) -> None:
+    """The environment a version names by digest must be in its store, intact (each digest read once)."""
+    hex_digest = environments.hex_of(version.lineage.get("environment"))
+    if hex_digest is None or hex_digest in checked:
+        return
+    checked.add(hex_digest)
+    raw = store.get_record(environments.PREFIX + hex_digest, 1)
+    try:
+        if raw is None:
+            raise IntegrityError("missing")
+        environments.parse_record(raw, hex_digest)
+    except IntegrityError as exc:
+        report.problems.append(f"{version.label}: its environment record sha256:{hex_digest} in {store.uri}: {exc}")

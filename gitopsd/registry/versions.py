@@ -86,6 +86,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         END;
         """,
     ),
+    (
+        3,
+        """
+        -- Training environments by digest (registry/environments.py): content-addressed, so write-once; a
+        -- second insert of a digest is skipped (RAISE(IGNORE)), which also keeps INSERT OR REPLACE out.
+        CREATE TABLE environments (
+            digest TEXT PRIMARY KEY,
+            python TEXT,
+            packages TEXT NOT NULL
+        );
+        CREATE TRIGGER environments_once BEFORE INSERT ON environments
+        WHEN EXISTS (SELECT 1 FROM environments WHERE digest = NEW.digest)
+        BEGIN
+            SELECT RAISE(IGNORE);
+        END;
+        CREATE TRIGGER environments_no_update BEFORE UPDATE ON environments
+        BEGIN
+            SELECT RAISE(ABORT, 'environments are content-addressed and immutable (UPDATE refused)');
+        END;
+        CREATE TRIGGER environments_no_delete BEFORE DELETE ON environments
+        BEGIN
+            SELECT RAISE(ABORT, 'environments are content-addressed and immutable (DELETE refused)');
+        END;
+        """,
+    ),
 ]
 """Numbered schema changes, applied in order, each in its own transaction, each recorded in `migrations`."""
 

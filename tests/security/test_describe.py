@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gitopsd.backends.local.backend import python_environment
+from gitopsd.backends.local.pyenv import python_environment
 from tests.security.conftest import Canary
 
 

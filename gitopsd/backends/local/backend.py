@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib.metadata
-import json
 import math
 import os
 import pwd
@@ -42,6 +40,7 @@ from gitopsd.backends.local import landlock
 from gitopsd.backends.local.confine import Policy, Probe, RunPaths, build_policy, parse_settings, refusal
 from gitopsd.backends.local.hostfacts import RealFs, host_facts
 from gitopsd.backends.local.memory import MIB, host_memory_mb
+from gitopsd.backends.local.pyenv import python_environment
 from gitopsd.backends.local.supervisor import (
     LaunchSpec,
     RunFiles,
@@ -134,48 +133,6 @@ def _positive(settings: Mapping[str, Any], key: str, default: float, *, backend:
     if value > _MOST[key]:
         raise PermanentError(f"backend {backend!r} setting {key}: expected at most {_MOST[key]}, got {value!r}")
     return value
-
-
-_LIST_PACKAGES = (
-    "import importlib.metadata as m, json, sys; "
-    "print(json.dumps({'python': sys.version.split()[0], "
-    "'packages': {d.metadata['Name']: d.version for d in m.distributions() if d.metadata['Name']}}))"
-)
-
-
-def python_environment(venv: str | None) -> dict[str, Any]:
-    """The Python a training ran with (its venv's, else `python3` on PATH) and its installed packages.
-
-    A venv built from a repository's requirements is read, not run: a package's `.pth` file would run code at
-    interpreter start, with whatever environment the interpreter got. Its version comes from `pyvenv.cfg` and
-    its packages from their metadata. The host's `python3` (the operator's, not the repository's) is asked, in
-    isolated mode and with none of the daemon's environment. An interpreter that cannot answer gives {}.
-    """
-    if venv:
-        return _venv_environment(Path(venv))
-    try:
-        done = subprocess.run(
-            ["python3", "-I", "-c", _LIST_PACKAGES], capture_output=True, text=True, timeout=20, check=True,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
-        )  # fmt: skip
-        data: dict[str, Any] = json.loads(done.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return {}
-    return {"python": data.get("python"), "packages": dict(sorted(data.get("packages", {}).items()))}
-
-
-def _venv_environment(venv: Path) -> dict[str, Any]:
-    try:
-        config = (venv / "pyvenv.cfg").read_text(errors="replace")[:4096]
-    except OSError:
-        return {}
-    version = next((v.strip() for k, _, v in (line.partition("=") for line in config.splitlines())
-                    if k.strip() in ("version", "version_info")), None)  # fmt: skip
-    sites = [str(p) for p in sorted(venv.glob("lib/python*/site-packages"))]
-    packages = {
-        d.metadata["Name"]: d.version for d in importlib.metadata.distributions(path=sites) if d.metadata["Name"]
-    }
-    return {"python": version, "packages": dict(sorted(packages.items()))}
 
 
 class LocalBackend:
@@ -332,7 +289,7 @@ class LocalBackend:
         facts.update({key: record.get(key) for key in _EXIT_FACTS})
         venv = self._own_venv(record.get("venv"))
         facts.update(python=record.get("python"), venv=venv, max_parallel=record.get("max_parallel"))
-        environment = python_environment(venv)
+        environment = python_environment(venv, self.state_dir / "local" / "environments")
         facts["python"] = facts["python"] or environment.get("python")
         facts["packages"] = environment.get("packages", {})
         return facts
