@@ -138,6 +138,8 @@ def test_fine_tuned_version_graph_shows_its_base_chain(world: tuple[UiContext, G
     assert commits and all(n["url"] and n["url"].startswith("https://forge.example/") for n in commits)
     kinds = {n["kind"] for n in page["graph"]["nodes"]}
     assert kinds == {"commit", "spec", "run", "job", "artifact", "version"}
+    runs = [n for n in page["graph"]["nodes"] if n["kind"] == "run"]
+    assert runs and all(n["detail"]["environment"].startswith("sha256:") for n in runs), "the training's packages"
     tuned = model_page(ctx, "repo", "blobs-tuned")
     assert tuned is not None and tuned["versions"][0]["base"] == {"model": "blobs", "version": 1}
 

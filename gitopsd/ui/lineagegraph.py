@@ -197,7 +197,8 @@ def graph(versions: Sequence[Mapping[str, Any]], *, repository: str, commit_url:
             _details([("run_id", lineage.get("run_id")), ("attempt", lineage.get("attempt")),
                       ("backend", backend.get("name")), ("backend_type", backend.get("type")),
                       ("started_at", lineage.get("started_at")), ("ended_at", lineage.get("ended_at")),
-                      ("exit_code", lineage.get("exit_code")), ("python", lineage.get("python"))]),
+                      ("exit_code", lineage.get("exit_code")), ("python", lineage.get("python")),
+                      ("environment", lineage.get("environment"))]),
         )  # fmt: skip
         job_id = lineage.get("job_id") or job.get("job_id")
         job_node = g.node(
