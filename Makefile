@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/slurm.py
 	$(BIN)/python bench/ui.py
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/listings.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
 PREFIX ?= /opt/gitopsd

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -19,41 +20,25 @@ def registry() -> None:
 
 @registry.command("list")
 @click.argument("model", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (indented on a terminal).")
 @click.pass_context
 def registry_list(ctx: click.Context, model: str | None, as_json: bool) -> None:
-    """List versions (of MODEL, or all)."""
+    """List versions (of MODEL, or all), each as it is read."""
+    from gitopsd.cli.jsonstream import indent_for, stdout, write_array, write_lines
+    from gitopsd.registry.listing import summaries, version_texts
+
+    out = stdout()
     with open_registry(ctx) as reg:
-        versions = reg.list(model)
-    if as_json:
-        click.echo(json.dumps([_version_doc(v) for v in versions], indent=2))
-        return
-    for v in versions:
-        shown = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
-        click.echo(
-            f"{v.label:<24} sha256:{v.artifact.sha256[:12]}  {v.artifact.size:>10} B  "
-            f"commit {v.lineage.get('commit', '')[:12]}  {shown}"
-        )
+        if as_json:
+            indent = indent_for(out)
+            write_array(version_texts(reg, model, indent=indent), out, indent=indent)
+            return
+        write_lines((_version_line(v) for v in summaries(reg, model)), out)
 
 
-def _version_doc(v: Any) -> dict[str, Any]:
-    from gitopsd.source.redact import redact_url
-
-    lineage = dict(v.lineage)
-    if isinstance(lineage.get("repo"), str):  # versions registered before URLs were redacted in lineage
-        lineage["repo"] = redact_url(lineage["repo"])
-    return {
-        "model": v.model,
-        "version": v.number,
-        "label": v.label,
-        "run_id": v.run_id,
-        "run_key": v.run_key,
-        "artifact": {"sha256": v.artifact.sha256, "size": v.artifact.size, "uri": v.artifact.uri},
-        "metrics": v.metrics,
-        "gates": v.gates,
-        "lineage": lineage,
-        "created_at": v.created_at,
-    }
+def _version_line(v: Any) -> str:
+    shown = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
+    return f"{v.label:<24} sha256:{v.sha256[:12]}  {v.size:>10} B  commit {v.commit[:12]}  {shown}"
 
 
 def _get_version(ctx: click.Context, label: str) -> tuple[Any, dict[str, str] | None]:
@@ -78,8 +63,10 @@ def _get_version(ctx: click.Context, label: str) -> tuple[Any, dict[str, str] | 
 @click.pass_context
 def registry_show(ctx: click.Context, label: str) -> None:
     """Show one version (NAME@N) as JSON."""
+    from gitopsd.registry.listing import version_doc
+
     version, packages = _get_version(ctx, label)
-    doc = _version_doc(version)
+    doc = version_doc(version)
     if "environment" in version.lineage:  # named by digest: shown with its packages, as inline ones were
         doc["lineage"]["packages"] = packages
     click.echo(json.dumps(doc, indent=2))
@@ -273,41 +260,36 @@ def promote(ctx: click.Context, label: str, alias: str, clone: Path, force: bool
 
 @click.command()
 @click.argument("model")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (indented on a terminal).")
 @click.pass_context
 def history(ctx: click.Context, model: str, as_json: bool) -> None:
-    """MODEL's versions and alias moves, oldest first, with their commits."""
-    from gitopsd.registry.aliases import AliasBook
+    """MODEL's versions and alias moves, oldest first, with their commits, each as it is read."""
+    from gitopsd.cli.jsonstream import indent_for, stdout, write_array, write_lines
+    from gitopsd.registry.listing import history as entries_of
 
+    out = stdout()
     with open_registry(ctx) as reg:
-        versions = reg.list(model)
-        moves = AliasBook(reg.conn).history(model)
-    entries: list[dict[str, Any]] = [
-        {"at": v.created_at, "event": "registered", "version": v.number, "commit": v.lineage.get("commit", ""),
-         "subject": v.lineage.get("commit_info", {}).get("subject", ""), "run_key": v.run_key,
-         "artifact": v.artifact.sha256}
-        for v in versions
-    ]  # fmt: skip
-    entries += [
-        {"at": m.at, "event": f"alias {m.kind}", "alias": m.alias, "version": m.version, "previous": m.previous,
-         "commit": m.commit_id, "subject": m.subject}
-        for m in moves
-    ]  # fmt: skip
-    entries.sort(key=lambda e: e["at"])
-    if not entries:
-        fail(f"no history for {model!r}")
-    if as_json:
-        click.echo(json.dumps(entries, indent=2))
-        return
-    for e in entries:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
-        if e["event"] == "registered":
-            what = f"{model}@{e['version']} registered (sha256:{e['artifact'][:12]})"
-        else:
-            previous = f"{model}@{e['previous']}" if e["previous"] else "-"
-            target = f"{model}@{e['version']}" if e["version"] else "nothing"
-            what = f"{e['alias']} {e['event'].removeprefix('alias ')}: {previous} -> {target}"
-        click.echo(f"{when}  {e['commit'][:12]}  {what}  ({e['subject']})")
+        entries = entries_of(reg, model)
+        first = next(entries, None)
+        if first is None:
+            fail(f"no history for {model!r}")
+        entries = itertools.chain((first,), entries)
+        if as_json:
+            indent = indent_for(out)
+            write_array((json.dumps(e, indent=indent) for e in entries), out, indent=indent)
+            return
+        write_lines((_history_line(model, e) for e in entries), out)
+
+
+def _history_line(model: str, e: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+    if e["event"] == "registered":
+        what = f"{model}@{e['version']} registered (sha256:{e['artifact'][:12]})"
+    else:
+        previous = f"{model}@{e['previous']}" if e["previous"] else "-"
+        target = f"{model}@{e['version']}" if e["version"] else "nothing"
+        what = f"{e['alias']} {e['event'].removeprefix('alias ')}: {previous} -> {target}"
+    return f"{when}  {e['commit'][:12]}  {what}  ({e['subject']})"
 
 
 def _base_chain(ctx: click.Context, version: Any) -> list[str]:

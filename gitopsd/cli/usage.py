@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 @click.command()
 @click.option("--window", default="7d", show_default=True, help="How far back to count, e.g. '24h', '7d', '30d'.")
 @click.option("--by", type=click.Choice(["team", "model"]), default="team", show_default=True, help="Group by.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (indented on a terminal).")
 @click.option(
     "--config",
     "config_path",
@@ -77,7 +78,7 @@ def usage(ctx: click.Context, window: str, by: str, as_json: bool, config_path: 
                      for u in merged],
             "total_gpu_hours": round(total, 6),
         }  # fmt: skip
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(doc, indent=2 if sys.stdout.isatty() else None))  # indented for a person, as every --json
         return
     click.echo(f"GPU-hours in the last {format_duration(window_s)} (since {format_time(since)}), by {by}:")
     if not merged:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping, Set
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 
 LATEST = "latest"
@@ -106,19 +106,22 @@ class AliasBook:
         return records
 
     def history(self, model: str | None = None) -> list[AliasRecord]:
+        return list(self.moves(model))
+
+    def moves(self, model: str | None = None, *, by_time: bool = False) -> Iterator[AliasRecord]:
+        """The moves in the order they were made (`by_time`: by their time, then that order), one at a time."""
         if self.conn is None:
-            return []
+            return
         where, args = ("WHERE model = ?", (model,)) if model else ("", ())
+        order = "at, seq" if by_time else "seq"
         rows = self.conn.execute(
-            "SELECT model, alias, version, previous, kind, commit_id, subject, at FROM alias_moves "
-            f"{where} ORDER BY seq",
+            f"SELECT model, alias, version, previous, kind, commit_id, subject, at FROM alias_moves {where} "
+            f"ORDER BY {order}",
             args,
         )
-        return [
-            AliasRecord(model=r[0], alias=r[1], version=r[2], previous=r[3], kind=r[4], commit_id=r[5],
-                        subject=r[6], at=r[7])
-            for r in rows
-        ]  # fmt: skip
+        for r in rows:
+            yield AliasRecord(model=r[0], alias=r[1], version=r[2], previous=r[3], kind=r[4], commit_id=r[5],
+                              subject=r[6], at=r[7])  # fmt: skip
 
     def restore(self, records: list[AliasRecord]) -> None:
         """Replay recorded moves into an empty alias history (disaster recovery)."""

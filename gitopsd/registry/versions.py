@@ -13,6 +13,7 @@ import builtins
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -168,7 +169,8 @@ def _to_json(value: object, what: str, model: str, run_id: str) -> str:
         ) from exc
 
 
-def _version(row: tuple[Any, ...]) -> Version:
+def version_from_row(row: tuple[Any, ...]) -> Version:
+    """The version of a row of `_COLUMNS` (its JSON decoded: a row that is not JSON raises ValueError)."""
     model, number, run_id, run_key, sha, size, uri, metrics, gates, lineage, created_at = row
     return Version(
         model=model,
@@ -274,7 +276,7 @@ class Registry:
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> Version | None:
         rows = self._rows(sql, params)
-        return _version(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def register(
         self,
@@ -313,7 +315,7 @@ class Registry:
                 conn.execute("ROLLBACK")
             raise
         if existing is None:
-            return _version((*row, *encoded, created_at))
+            return version_from_row((*row, *encoded, created_at))
         if existing.model != model:
             raise PermanentError(
                 f"run {run_id} is already registered as {existing.label}; it cannot also become a version of {model!r}"
@@ -328,11 +330,21 @@ class Registry:
 
     def list(self, model: str | None = None) -> builtins.list[Version]:
         """All versions (or one model's), ordered by model then number."""
+        return [version_from_row(row) for row in self.rows(model)]
+
+    def rows(self, model: str | None = None, *, extra: str = "", by_time: bool = False) -> Iterator[tuple[Any, ...]]:
+        """The raw rows behind `list` (the columns of `_COLUMNS`, then those of `extra`, SQL expressions), read
+        from a cursor as they are consumed, so a listing of any size holds one row at a time
+        (`gitopsd.registry.listing`). `by_time`: one model's, oldest first (then by number)."""
+        if self._closed:
+            raise PermanentError(f"registry {self.path} is closed")
+        if self._conn is None:
+            return iter(())
+        columns = f"{_COLUMNS}, {extra}" if extra else _COLUMNS
         if model is None:
-            rows = self._rows(f"SELECT {_COLUMNS} FROM versions ORDER BY model, number")
-        else:
-            rows = self._rows(f"SELECT {_COLUMNS} FROM versions WHERE model = ? ORDER BY number", (model,))
-        return [_version(row) for row in rows]
+            return self._conn.execute(f"SELECT {columns} FROM versions ORDER BY model, number")
+        order = "created_at, number" if by_time else "number"
+        return self._conn.execute(f"SELECT {columns} FROM versions WHERE model = ? ORDER BY {order}", (model,))
 
     def by_run_id(self, run_id: str) -> Version | None:
         return self._one(f"SELECT {_COLUMNS} FROM versions WHERE run_id = ?", (run_id,))
