@@ -41,7 +41,7 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def probe(python: str) -> dict[str, Any]:
+def probe(python: str, cwd: str) -> dict[str, Any]:
     """Where the interpreter `python` finds gitopsd, and which of its start-up modules have no bytecode (so that
     every start compiles them)."""
     code = (
@@ -50,19 +50,19 @@ def probe(python: str) -> dict[str, Any]:
         " 'uncompiled': [f for f in (m.__file__, s.__file__)"
         " if not os.path.exists(importlib.util.cache_from_source(f))]}))"
     )
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd=cwd)
     found: dict[str, Any] = json.loads(done.stdout)
     return found
 
 
-def measure(cases: dict[str, list[str]], env: dict[str, str], rounds: int, warmup: int) -> dict[str, Any]:
+def measure(cases: dict[str, list[str]], env: dict[str, str], cwd: str, rounds: int, warmup: int) -> dict[str, Any]:
     wall: dict[str, list[float]] = {name: [] for name in cases}
     cpu: dict[str, list[float]] = {name: [] for name in cases}
     for round_ in range(warmup + rounds):
         for name, argv in cases.items():
             cpu0 = children_cpu()
             started = time.perf_counter()
-            done = subprocess.run(argv, capture_output=True, env=env, text=True)
+            done = subprocess.run(argv, capture_output=True, env=env, text=True, cwd=cwd)
             elapsed = time.perf_counter() - started
             spent = children_cpu() - cpu0
             check(name, done)
@@ -107,9 +107,9 @@ def main() -> int:
             "gitopsd --help": [str(script), "--help"],
             "gitopsd status (empty state dir)": [str(script), "status"],
         }
-        found = probe(python)
+        found = probe(python, tmp)  # not here: `python -c` would import the gitopsd of the current directory
         load_before = os.getloadavg()
-        samples = measure(cases, env, opts.rounds, opts.warmup)
+        samples = measure(cases, env, tmp, opts.rounds, opts.warmup)
         load_after = os.getloadavg()
     results = []
     for name in cases:
