@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Editable installs read gitopsd from this tree, so tests and the demo run the code being edited. Where
+# PYTHONDONTWRITEBYTECODE is set (many containers and CI runners) nothing would write the tree's bytecode and
+# every command would compile what it imports (about 20 ms a start): compile it at install and before `bench`.
+BYTECODE := $(BIN)/python -m compileall -q gitopsd backends/nvidia/gitopsd_nvidia backends/slurm/gitopsd_slurm
 DEMO_DIR ?= demo
 export GITOPSD_STATE_DIR ?= $(CURDIR)/$(DEMO_DIR)/state
 
@@ -13,6 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,lint]' -e backends/nvidia -e backends/slurm
+	$(BYTECODE)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -65,6 +70,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/ui.py
 	$(BIN)/python bench/collect.py
 	$(BIN)/python bench/listings.py
+	$(BYTECODE)
+	$(BIN)/python bench/startup.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
 PREFIX ?= /opt/gitopsd

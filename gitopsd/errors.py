@@ -11,9 +11,12 @@ and field they are about.
 from __future__ import annotations
 
 import errno
-import random
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 #: Characters that would break or forge a line of a log, a terminal or a status page, and lone surrogates,
 #: which no UTF-8 log, database or terminal can hold (a file name that is not UTF-8 decodes to them).
@@ -109,5 +112,7 @@ def retry_delay(attempt: int, *, base_s: float = RETRY_BASE_S, cap_s: float = RE
                 rand: random.Random | None = None) -> float:  # fmt: skip
     """Seconds to wait before retry number `attempt` (1 for the first): capped exponential, with "equal
     jitter" (between half and all of the step), so that many failures after one outage do not retry in step."""
+    import random  # here, not at the top: the command line imports this module on every start, and rarely retries
+
     step = min(cap_s, base_s * 2.0 ** min(max(attempt, 1) - 1, 64))
     return step * (0.5 + 0.5 * (rand or random).random())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from fractions import Fraction
 
 __all__ = [
     "DURATION_PATTERN",
@@ -129,6 +128,8 @@ def parse_duration(value: str | int) -> int:
 
 
 def _parse_unit_duration(value: str, text: str) -> int:
+    from fractions import Fraction  # here, not at the top: `gitopsd status` imports this module but parses nothing
+
     total = Fraction(0)
     last_rank: int | None = None
     pos = 0
@@ -208,6 +209,8 @@ def parse_memory(value: str | int) -> int:
         elif unit.lower() in {u.lower() for u in _MEMORY_UNITS if u}:
             hint = " (units are case-sensitive)"
         raise ValueError(f"invalid memory size {value!r}: unknown unit {unit!r}{hint}; expected {_MEMORY_FORMS}")
+    from fractions import Fraction
+
     size_bytes = Fraction(number) * factor
     mib = -((-size_bytes) // _MIB)  # ceiling division
     return int(mib)

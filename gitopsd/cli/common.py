@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from gitopsd.source.redact import redact_text
-
 if TYPE_CHECKING:
     from gitopsd.daemon.config import DaemonConfig, RepositoryConfig
     from gitopsd.reconcile.outputs import OutputLimits
@@ -90,6 +88,8 @@ def refuse_beside_a_lease(ctx: click.Context, command: str) -> None:
 
 def fail(message: str) -> NoReturn:
     """Print `message` (any URL in it without credentials) and exit 1."""
+    from gitopsd.source.redact import redact_text
+
     click.echo(f"error: {redact_text(message)}", err=True)
     raise SystemExit(1)
 

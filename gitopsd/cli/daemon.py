@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +124,8 @@ def _base_url(listen: str) -> str:
 def gpus(ctx: click.Context, as_json: bool, config_path: Path | None) -> None:
     """This host's NVIDIA GPUs and MIG instances as the nvidia backend sees them (NVML), and the run that
     holds each one."""
+    import sqlite3
+
     from gitopsd.errors import GitopsdError
 
     try:

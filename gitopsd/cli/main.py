@@ -7,10 +7,7 @@ has no status yet (nothing reconciled it, or its daemon has not finished a pass)
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +21,6 @@ from gitopsd.cli.doctor import doctor
 from gitopsd.cli.registry import history, lineage, promote, registry
 from gitopsd.cli.ui import ui
 from gitopsd.cli.usage import usage
-from gitopsd.source.redact import redact_text
 
 if TYPE_CHECKING:
     from gitopsd.reconcile.planner import Action
@@ -57,6 +53,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool) -> None:
     """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
     ctx.obj = {"state_dir": state_dir.expanduser().absolute(), "config": config}
+    import logging
+
     from gitopsd.daemon.logdedup import RepeatFilter
     from gitopsd.daemon.logs import RedactUrls
 
@@ -132,6 +130,8 @@ def validate(ctx: click.Context, path: Path) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of spec files (for editors and CI)."""
+    import json
+
     from gitopsd.spec.schema import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
@@ -311,6 +311,8 @@ def reconcile(
     finally:
         rec.close()
     if result.error:
+        from gitopsd.source.redact import redact_text
+
         click.echo(redact_text(result.error), err=True)
     click.echo(
         f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight"
@@ -360,6 +362,8 @@ def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, con
         fail(f"no model {model!r} in the applied commit")
     if as_json:
         # Indented for a person; compact (and several times faster on 10,000 models) for a pipe.
+        import json
+
         out: Any = next(iter(docs.values())) if len(docs) == 1 else {"repositories": docs}
         click.echo(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
         for name, why in missing.items():
@@ -462,6 +466,8 @@ def main() -> None:
         from gitopsd.errors import GitopsdError
 
         if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+            import traceback
+
             traceback.print_exc()
         what = str(exc) if isinstance(exc, GitopsdError) else f"{type(exc).__name__}: {exc}"
         click.echo(f"error: {what}", err=True)

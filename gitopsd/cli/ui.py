@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -24,6 +20,8 @@ import click
 from gitopsd.cli.common import DEFAULT_CONFIG, fail, state_dir
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from gitopsd.daemon.config import DaemonConfig
     from gitopsd.daemon.httpapi import HttpServer
     from gitopsd.ui.views import UiContext
@@ -143,11 +141,16 @@ def _config(ctx: click.Context) -> DaemonConfig | None:
 
 def _shown_host(host: str) -> str:
     """The host to put in the URL: an any-address (0.0.0.0, [::]) is shown as this host's name."""
+    import socket
+
     return socket.getfqdn() if host.strip("[]") in ("0.0.0.0", "::") else host
 
 
 def _serve(server: HttpServer, open_url: str | None) -> None:
     """Run `server` until SIGINT or SIGTERM, then close it."""
+    import signal
+    import threading
+
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

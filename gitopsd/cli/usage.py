@@ -8,10 +8,8 @@ running daemon. With `--config FILE`, every repository of that daemon configurat
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +34,9 @@ if TYPE_CHECKING:
 @click.pass_context
 def usage(ctx: click.Context, window: str, by: str, as_json: bool, config_path: Path | None) -> None:
     """GPU-hours per team (or per model) over a window: runs in flight count up to now."""
+    import sqlite3
+    from dataclasses import replace
+
     from gitopsd.errors import GitopsdError
     from gitopsd.reconcile.usage import read_spent
     from gitopsd.spec.policy import applicable

@@ -1,0 +1,77 @@
+"""`gitopsd --help` and `gitopsd status` start without loading the heavy libraries.
+
+Start-up time is measured by `bench/startup.py` (`make bench`), never here; what a test can hold fixed is the
+cause of a slow start: a module-level import of a library that these commands do not need. Each case runs the
+real command line in a fresh interpreter with `-X importtime`, which lists every module the process imported,
+including those imported while the command ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+#: What the group's callback loads before any subcommand runs, `--help` included: its logging handler's filters.
+LOGGING_SETUP = {"gitopsd.daemon", "gitopsd.daemon.logdedup", "gitopsd.daemon.logs", "gitopsd.source",
+                 "gitopsd.source.redact"}  # fmt: skip
+
+#: Libraries gitopsd depends on that take milliseconds each to import, and that neither command needs.
+HEAVY = ("pygit2", "pydantic", "boto3", "botocore", "sqlite_utils", "waitress", "prometheus_client", "yaml",
+         "ruamel", "apscheduler", "watchfiles")  # fmt: skip
+
+
+def _run(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `gitopsd ARGS` on an empty state directory and no operator configuration; the modules it imported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPSD_")}
+    env |= {"GITOPSD_STATE_DIR": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "gitopsd", *args], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=60)  # fmt: skip
+    modules = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    modules.discard("imported package")  # the header line
+    return done, modules
+
+
+def _heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+def test_the_heavy_libraries_are_installed() -> None:
+    """Otherwise their absence from the commands below would prove nothing."""
+    assert [name for name in HEAVY if importlib.util.find_spec(name) is None] == []
+
+
+def test_importtime_sees_a_heavy_import(tmp_path: Path) -> None:
+    """The detector works: `gitopsd schema` builds the schema with pydantic, and the list says so."""
+    done, modules = _run(["schema"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pydantic" in _heavy(modules)
+    assert "gitopsd.spec.schema" in modules
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["status", "--help"], ["registry", "--help"]])
+def test_help_imports_no_heavy_library_and_nothing_beyond_the_commands(args: list[str], tmp_path: Path) -> None:
+    done, modules = _run(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Usage: " in done.stdout
+    assert _heavy(modules) == []
+    ours = sorted(m for m in modules if m == "gitopsd" or m.startswith("gitopsd."))
+    assert "gitopsd.cli.main" in ours
+    # help loads the command modules (their options and docstrings) and nothing they call; a subcommand's help
+    # runs the group's callback first
+    allowed = LOGGING_SETUP if args[0] != "-h" and args[0] != "--help" else set()
+    assert [m for m in ours if m != "gitopsd" and not m.startswith("gitopsd.cli") and m not in allowed] == []
+    assert {"gitopsd.cli.doctorcore", "gitopsd.cli.doctorfacts", "gitopsd.cli.plan"}.isdisjoint(ours)
+
+
+def test_status_of_an_empty_state_dir_imports_no_heavy_library(tmp_path: Path) -> None:
+    done, modules = _run(["status"], tmp_path)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "nothing reconciled yet" in done.stdout
+    assert _heavy(modules) == []
+    assert "gitopsd.reconcile.statusview" in modules  # it ran the real status, not a shortcut
+    assert {"gitopsd.reconcile.reconciler", "gitopsd.registry.versions", "gitopsd.spec.schema"}.isdisjoint(modules)
