@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/supervisor.py
 	$(BIN)/python bench/slurm.py
 	$(BIN)/python bench/ui.py
+	$(BIN)/python bench/specload.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
 PREFIX ?= /opt/gitopsd
