@@ -257,3 +257,48 @@ def test_problems_restored_from_the_cache_are_the_problems_stored(tmp_path: Path
     assert cache.parsed({"models/a.yaml": blob}) == {"models/a.yaml": speccache.Parsed(None, problems)}
     assert cache.parsed({"models/b.yaml": blob}) == {}
     cache.close()
+
+
+@pytest.mark.parametrize("few", [0, 10_000])
+def test_looking_up_few_blobs_or_reading_the_whole_cache_gives_the_same(
+    repo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    source, state = source_of(repo, tmp_path), tmp_path / "state"
+    head = repo.git("rev-parse", "HEAD")
+    expected = outcome(lambda: cached_loader(source, state).load(head))
+    monkeypatch.setattr(speccache, "FEW", few)
+    counting = Counting(monkeypatch)
+    assert outcome(lambda: cached_loader(source, state).load(head)) == expected
+    assert counting.paths == []
+    repo.write("models/extra/m0.yaml", model_file("m0", epochs=7))
+    commit = repo.commit("One change")
+    source.fetch()
+    loader = cached_loader(source, state)
+    loader.load(head)
+    counting.paths.clear()
+    got = outcome(lambda: loader.load(commit))
+    assert counting.paths == ["models/extra/m0.yaml"]
+    assert got == outcome(lambda: DesiredLoader(source).load(commit))
+
+
+def test_a_cache_another_process_holds_locked_costs_only_the_write(repo: GitRepo, tmp_path: Path) -> None:
+    source, state = source_of(repo, tmp_path), tmp_path / "state"
+    head = repo.git("rev-parse", "HEAD")
+    loader = cached_loader(source, state)
+    assert loader.cache is not None
+    blocker = sqlite3.connect(state / CACHE_FILE, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        loader.cache._require().execute("PRAGMA busy_timeout = 10")
+        assert outcome(lambda: loader.load(head)) == outcome(lambda: DesiredLoader(source).load(head))
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert loader.cache.parsed({MODEL: blob_of(repo, MODEL)}) == {}  # nothing was stored while it was locked
+    problem = SpecProblem(file=MODEL, line=1, field="", message="x")
+    loader.cache.store_parsed({MODEL: (blob_of(repo, MODEL), speccache.Parsed(None, (problem,)))})
+    assert loader.cache.parsed({MODEL: blob_of(repo, MODEL)})  # and the cache is still in use afterwards
+
+
+def blob_of(repo: GitRepo, path: str) -> str:
+    return repo.git("rev-parse", f"HEAD:{path}")

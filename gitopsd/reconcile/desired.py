@@ -325,9 +325,11 @@ class DesiredLoader:
             else:
                 keyed_by = digest([files[path], context, code_tree, requirements])
                 used_keys.append(keyed_by)
-                if cached_keys is None:
-                    cached_keys = self.cache.keys()
-                known = cached_keys.get(keyed_by)
+                if previous:  # an incremental load: the few models that changed, looked up one by one
+                    known = self.cache.keys([keyed_by]).get(keyed_by)
+                else:
+                    cached_keys = self.cache.keys() if cached_keys is None else cached_keys
+                    known = cached_keys.get(keyed_by)
                 if known is None:
                     known = fresh_keys[keyed_by] = Keys(*keys_for(spec, train, code_tree, requirements))
                 run_key, spec_digest = known.run_key, known.spec_digest

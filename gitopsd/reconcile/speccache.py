@@ -39,6 +39,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import yaml
@@ -58,6 +59,8 @@ FORMAT = 1
 #: Rows kept beyond twice the spec files of the last commit stored, before the cache forgets old blobs.
 SLACK_ROWS = 1000
 BUSY_TIMEOUT_MS = 2000
+#: Up to this many blobs are looked up one query per 500; more, and the whole generation is read at once.
+FEW = 2000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS parsed (
@@ -181,9 +184,34 @@ class SpecCache:
             self._conn.close()
             self._conn = None
 
-    def _failed(self, what: str, exc: Exception) -> None:
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        """A busy database (another process writing for longer than the timeout) costs this one call; any other
+        error closes the cache for the rest of this process."""
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            log.debug("spec cache: %s skipped: %s", what, exc)
+            return
         log.warning("spec cache: %s failed, loading without it: %s", what, exc)
         self.close()
+
+    def _rows(self, query: str, column: str, wanted: set[str] | None) -> list[Any]:
+        """The rows of `query` (which selects one generation); when `wanted` is small, only those whose `column`
+        is in it (a pass with a few new blobs does not read the whole cache)."""
+        conn = self._conn
+        if conn is None:
+            return []
+        try:
+            if wanted is None or len(wanted) > FEW:
+                return conn.execute(query, (self.generation,)).fetchall()
+            rows: list[Any] = []
+            ordered = sorted(wanted)
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows += conn.execute(f"{query} AND {column} IN ({marks})", (self.generation, *chunk)).fetchall()
+            return rows
+        except sqlite3.Error as exc:
+            self._failed("reading", exc)
+            return []
 
     # ---- parsed blobs ---------------------------------------------------------------------------------------
 
@@ -192,16 +220,10 @@ class SpecCache:
         if self._conn is None or not wanted:
             return {}
         blobs = set(wanted.values())
-        try:
-            rows = self._conn.execute(
-                "SELECT blob, path, ok, payload, mac FROM parsed WHERE generation = ?", (self.generation,)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            self._failed("reading", exc)
-            return {}
+        rows = self._rows("SELECT blob, path, ok, payload, mac FROM parsed WHERE generation = ?", "blob", blobs)
         found: dict[tuple[str, str], tuple[int, str]] = {}
         for blob, path, ok, payload, mac in rows:
-            if blob not in blobs or not isinstance(payload, str) or not isinstance(mac, bytes):
+            if blob not in blobs or not isinstance(payload, str) or not isinstance(mac, bytes) or ok not in (0, 1):
                 continue
             expected = _mac(self._key, self.generation, "parsed", str(blob), str(path), str(ok), payload)
             if hmac.compare_digest(mac, expected):
@@ -242,17 +264,12 @@ class SpecCache:
 
     # ---- run keys -------------------------------------------------------------------------------------------
 
-    def keys(self) -> dict[str, Keys]:
-        """By the digest of their inputs, the run keys and spec digests the cache knows."""
+    def keys(self, wanted: Iterable[str] | None = None) -> dict[str, Keys]:
+        """By the digest of their inputs, the run keys and spec digests the cache knows: of `wanted`, or all."""
         if self._conn is None:
             return {}
-        try:
-            rows = self._conn.execute(
-                "SELECT inputs, run_key, spec_digest, mac FROM keyed WHERE generation = ?", (self.generation,)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            self._failed("reading", exc)
-            return {}
+        query = "SELECT inputs, run_key, spec_digest, mac FROM keyed WHERE generation = ?"
+        rows = self._rows(query, "inputs", None if wanted is None else set(wanted))
         out: dict[str, Keys] = {}
         for digest, run_key, spec_digest, mac in rows:
             if not isinstance(mac, bytes):
