@@ -10,9 +10,10 @@ committed with pygit2), then times the real `gitopsd` command, each measurement 
 - the first `plan` and the first `reconcile --once` after a commit that changes one spec (it stays suspended, so
   nothing is submitted and every repetition measures the same work).
 
-`--gitopsd PATH` times another installation (e.g. one of the commit before the cache) on the same repository, to
-compare. A benchmark reports; it exits 0 even when a target is missed, unless --check is given; 2 when a command
-failed.
+`--gitopsd PATH` times another installation; `--against PATH` times a second one alternately with the first, run
+by run (e.g. an installation of the commit before the cache), so that both see the same load on a shared
+machine. Each row has the median wall-clock time (what the targets are about) and the median CPU time. A
+benchmark reports; it exits 0 even when a target is missed, unless --check is given; 2 when a command failed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +50,8 @@ class Row:
     measured_ms: float
     target_ms: float | None
     samples_ms: tuple[float, ...]
+    cpu_ms: float
+    cpu_samples_ms: tuple[float, ...]
 
     @property
     def verdict(self) -> str:
@@ -60,13 +64,28 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def timed(argv: list[str], env: dict[str, str], *, ok: tuple[int, ...] = (0,)) -> float:
+@dataclass(frozen=True)
+class Sample:
+    """One command: wall-clock and CPU (user + system) milliseconds. On a shared machine the wall clock also
+    counts waiting for a core; the CPU time does not."""
+
+    wall_ms: float
+    cpu_ms: float
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str]) -> Sample:
+    cpu = _cpu_s()
     start = time.perf_counter()
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False)
-    elapsed = (time.perf_counter() - start) * 1000
-    if done.returncode not in ok:
+    sample = Sample(wall_ms=(time.perf_counter() - start) * 1000, cpu_ms=(_cpu_s() - cpu) * 1000)
+    if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
-    return elapsed
+    return sample
 
 
 def edit_one(repo: BenchRepo, index: int, round_: int) -> None:
@@ -83,13 +102,19 @@ def edit_one(repo: BenchRepo, index: int, round_: int) -> None:
     repo.head = repo._commit(root.write(), f"Edit {model_name(index)}", [repo.head])
 
 
-def row(name: str, samples: list[float], target: float | None) -> Row:
-    measured = statistics.median(samples)
-    say(f"{name}: {measured:,.0f} ms (samples: {', '.join(f'{s:.0f}' for s in samples)})")
-    return Row(name=name, measured_ms=measured, target_ms=target, samples_ms=tuple(samples))
+def row(name: str, samples: list[Sample], target: float | None) -> Row:
+    wall = [s.wall_ms for s in samples]
+    cpu = [s.cpu_ms for s in samples]
+    measured, cpu_median = statistics.median(wall), statistics.median(cpu)
+    shown = ", ".join(f"{s.wall_ms:.0f}" for s in samples)
+    say(f"{name}: {measured:,.0f} ms wall, {cpu_median:,.0f} ms CPU (wall samples: {shown})")
+    return Row(name=name, measured_ms=measured, target_ms=target, samples_ms=tuple(wall), cpu_ms=cpu_median,
+               cpu_samples_ms=tuple(cpu))  # fmt: skip
 
 
-def measure(gitopsd: str, models: int, runs: int, work: Path) -> list[Row]:
+def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row]:
+    """Every measurement for each of `commands` (the first is the one measured against the targets; another is
+    timed alternately with it, run by run, so that both see the same load on a shared machine)."""
     start = time.perf_counter()
     repo = BenchRepo(work / "repo.git", models)
     say(f"generated and committed {models} specs in {time.perf_counter() - start:.1f} s")
@@ -98,30 +123,40 @@ def measure(gitopsd: str, models: int, runs: int, work: Path) -> list[Row]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPSD_")}
     env["XDG_CONFIG_HOME"] = str(config)
     url = str(repo.path)
-    rows: list[Row] = []
+    labels = ["", *(f" [{c}]" for c in commands[1:])]
+    states = [str(work / f"state{i}") for i in range(len(commands))]
+    found: dict[tuple[str, int], list[Sample]] = {}
 
-    cold = []
-    for index in range(runs):
-        cold.append(timed([gitopsd, "--state-dir", str(work / f"fresh{index}"), "plan", "--repo", url], env))
-    rows.append(row(f"`plan`, cold (no state dir), {models} specs, median of {runs}", cold, 1000))
+    def run(what: str, index: int, *args: str) -> None:
+        found.setdefault((what, index), []).append(timed([commands[index], "--state-dir", *args], env))
 
-    state = str(work / "state")
-    for _ in range(2):  # untimed: the first pass fills the state directory (and its cache)
-        timed([gitopsd, "--state-dir", state, "reconcile", "--once", "--repo", url], env)
-    warm_reconcile, warm_plan = [], []
+    for attempt in range(runs):
+        for i in range(len(commands)):
+            run("cold", i, str(work / f"fresh{i}-{attempt}"), "plan", "--repo", url)
+    for i, state in enumerate(states):
+        for _ in range(2):  # untimed: the first pass fills the state directory (and its cache)
+            timed([commands[i], "--state-dir", state, "reconcile", "--once", "--repo", url], env)
     for _ in range(runs):
-        warm_reconcile.append(timed([gitopsd, "--state-dir", state, "reconcile", "--once"], env))
-        warm_plan.append(timed([gitopsd, "--state-dir", state, "plan"], env))
-    rows.append(row(f"`reconcile --once`, warm, nothing changed, median of {runs}", warm_reconcile, 150))
-    rows.append(row(f"`plan`, warm, nothing changed, median of {runs}", warm_plan, 150))
-
-    first_plan, first_reconcile = [], []
+        for i, state in enumerate(states):
+            run("warm reconcile", i, state, "reconcile", "--once")
+            run("warm plan", i, state, "plan")
     for round_ in range(runs):
         edit_one(repo, round_, round_)
-        first_plan.append(timed([gitopsd, "--state-dir", state, "plan"], env))
-        first_reconcile.append(timed([gitopsd, "--state-dir", state, "reconcile", "--once"], env))
-    rows.append(row(f"first `plan` after a one-spec commit, median of {runs}", first_plan, 200))
-    rows.append(row(f"first `reconcile --once` after a one-spec commit, median of {runs}", first_reconcile, 200))
+        for i, state in enumerate(states):
+            run("first plan", i, state, "plan")
+            run("first reconcile", i, state, "reconcile", "--once")
+    names = {
+        "cold": (f"`plan`, cold (no state dir), {models} specs", 1000),
+        "warm reconcile": ("`reconcile --once`, warm, nothing changed", 150),
+        "warm plan": ("`plan`, warm, nothing changed", 150),
+        "first plan": ("first `plan` after a one-spec commit", 200),
+        "first reconcile": ("first `reconcile --once` after a one-spec commit", 200),
+    }
+    rows = [
+        row(f"{name}, median of {runs}{labels[i]}", found[(what, i)], target if i == 0 else None)
+        for what, (name, target) in names.items()
+        for i in range(len(commands))
+    ]
     start_up = [timed([sys.executable, "-c", "pass"], env) for _ in range(runs)]
     rows.append(row(f"`python -c pass`, median of {runs} (interpreter start-up, for reference)", start_up, None))
     return rows
@@ -132,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=10_000, help="model specs (default 10000)")
     parser.add_argument("--runs", type=int, default=5, help="runs of each command (default 5)")
     parser.add_argument("--gitopsd", help="the gitopsd command to time (default: the one beside this Python)")
+    parser.add_argument("--against", help="another gitopsd command, timed alternately with it (rows marked)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "specload.json", help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -139,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     load = [os.getloadavg()[0]]
     try:
         with tempfile.TemporaryDirectory(prefix="gitopsd-specload-") as tmp:
-            rows = measure(gitopsd, args.models, args.runs, Path(tmp))
+            commands = [gitopsd, *([args.against] if args.against else [])]
+            rows = measure(commands, args.models, args.runs, Path(tmp))
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     load.append(os.getloadavg()[0])
-    cells = [(r.name, f"{r.measured_ms:,.0f} ms", "-" if r.target_ms is None else f"<= {r.target_ms:g} ms", r.verdict)
-             for r in rows]  # fmt: skip
+    cells = [(f"{r.name} (CPU {r.cpu_ms:,.0f} ms)", f"{r.measured_ms:,.0f} ms",
+              "-" if r.target_ms is None else f"<= {r.target_ms:g} ms", r.verdict) for r in rows]  # fmt: skip
     print(f"\n{render(cells)}\n")
     doc = {
         "gitopsd": gitopsd,
