@@ -154,3 +154,23 @@ def test_load_model_gives_the_same_model_and_the_same_errors_either_way(monkeypa
     with pytest.raises(SpecError) as careful_error:
         load.load_model(bad, "models/m1.yaml")
     assert careful_error.value.problems == fast_error.value.problems
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(max_size=10),
+        st.sampled_from(["", "~", "null", "yes", "Off", "0x1f", "-.inf", "1:2", "2001-12-14", "<<", "=", "!a", "*b"]),
+    ),
+    implicit=st.tuples(st.booleans(), st.booleans()),
+)
+def test_tags_are_resolved_exactly_as_the_loader_resolves_them(text: str, implicit: tuple[bool, bool]) -> None:
+    from yaml.nodes import ScalarNode
+
+    from gitopsd.spec.yamlplain import _Builder
+
+    parser = yaml.CSafeLoader("")
+    try:
+        assert _Builder(parser).tag_of(text, implicit) == parser.resolve(ScalarNode, text, implicit)  # type: ignore[no-untyped-call]
+    finally:
+        parser.dispose()

@@ -70,13 +70,28 @@ class _Builder:
     """One document's values from libyaml's events; raises `_NotPlain` at the first thing it leaves to the
     careful path."""
 
-    __slots__ = ("get", "nodes", "resolve", "suspect")
+    __slots__ = ("get", "implicit", "nodes", "resolve", "suspect")
 
     def __init__(self, parser: yaml.CSafeLoader) -> None:
         self.get: Callable[[], Event | None] = parser.get_event
         self.resolve: Callable[..., str] = parser.resolve
+        # The loader's implicit resolvers by first character, as `Resolver.resolve` reads them; with any path
+        # resolver (none is registered for the safe loader) every scalar goes through `resolve` itself.
+        implicit: dict[str | None, list[tuple[str, Any]]] = parser.yaml_implicit_resolvers
+        self.implicit = None if parser.yaml_path_resolvers or None in implicit else implicit
         self.nodes = 0
         self.suspect = False
+
+    def tag_of(self, text: str, implicit: tuple[bool, bool]) -> str:
+        """`Resolver.resolve(ScalarNode, text, implicit)`, without its per-call overhead when that is the same."""
+        resolvers = self.implicit
+        if resolvers is None:
+            return self.resolve(ScalarNode, text, implicit)
+        if implicit[0]:
+            for tag, pattern in resolvers.get(text[0] if text else "", ()):
+                if pattern.match(text):
+                    return tag
+        return _STR
 
     def document(self) -> Plain:
         get = self.get
@@ -128,7 +143,7 @@ class _Builder:
         text: str = event.value
         if event.anchor is not None or event.tag not in _IMPLICIT:
             raise _NotPlain  # an anchor, or an explicit tag
-        tag = self.resolve(ScalarNode, text, event.implicit)
+        tag = self.tag_of(text, event.implicit)
         if tag == _STR:
             if len(text) > MAX_TEXT_CHARS or suspect_text(text):
                 self.suspect = True
