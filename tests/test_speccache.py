@@ -302,3 +302,27 @@ def test_a_cache_another_process_holds_locked_costs_only_the_write(repo: GitRepo
 
 def blob_of(repo: GitRepo, path: str) -> str:
     return repo.git("rev-parse", f"HEAD:{path}")
+
+
+def test_the_collector_paused_for_a_load_is_back_afterwards_even_when_the_commit_is_rejected(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    import gc
+
+    source = source_of(repo, tmp_path)
+    good = repo.git("rev-parse", "HEAD")
+    repo.write("models/extra/m1.yaml", "kind: [\n")
+    bad = repo.commit("Broken YAML")
+    source.fetch()
+    assert gc.isenabled()
+    DesiredLoader(source).load(good)
+    assert gc.isenabled()
+    with pytest.raises(SpecError):
+        DesiredLoader(source).load(bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        DesiredLoader(source).load(good)
+        assert not gc.isenabled()  # whoever turned it off keeps it off
+    finally:
+        gc.enable()
