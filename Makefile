@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/listings.py
 	$(BYTECODE)
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/specload.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
 PREFIX ?= /opt/gitopsd

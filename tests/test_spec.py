@@ -770,3 +770,22 @@ def load_problems(text: str, file: str) -> list[SpecProblem] | None:
     except SpecError as exc:
         return exc.problems
     return None
+
+
+def test_copied_settings_share_nothing_mutable_with_the_original() -> None:
+    from gitopsd.spec.schema import copy_settings
+
+    original: dict[str, Any] = {
+        "partition": "gpu",
+        "n": 2,
+        "x": 1.5,
+        "on": True,
+        "none": None,
+        "list": [1, {"a": [2]}],
+        "s": {3},
+    }
+    copied = copy_settings(original)
+    assert copied == original
+    assert copied["list"] is not original["list"] and copied["list"][1] is not original["list"][1]
+    assert copied["list"][1]["a"] is not original["list"][1]["a"]
+    assert copied["s"] is not original["s"]  # an unusual type is deep-copied all the same

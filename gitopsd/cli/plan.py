@@ -7,7 +7,9 @@ repository whose Git alternates are the state directory's mirror and, for a loca
 object store, so nothing is copied and a REF may be anything the clone knows (`HEAD`, `origin/main`, a tag, a
 commit id). A remote repository is fetched into the scratch repository (its branches, or a commit id they reach).
 On a fresh, empty state directory (a CI runner) nothing is known of versions or runs, and each model is judged
-by its own change.
+by its own change. The state directory's parse cache (`reconcile/speccache.py`) is read, never written: a plan
+parses only the spec files whose blobs the daemon or a `reconcile` has not seen, and keeps no cache of its own
+anywhere (a fresh CI runner has none to reuse, and a plan must leave no file behind).
 """
 
 from __future__ import annotations
@@ -171,11 +173,13 @@ def _plan(
     from gitopsd.errors import GitopsdError, PermanentError, SpecError
     from gitopsd.reconcile import changeplan
     from gitopsd.reconcile.reconciler import Reconciler
+    from gitopsd.reconcile.speccache import SpecCache
 
     _copy_databases(directory, scratch)
     try:
         rec = Reconciler(state_dir=scratch, url=url, branch=branch, operator=operator(ctx),
-                         verify=policy or verify_policy(ctx), limits=output_limits(ctx))  # fmt: skip
+                         verify=policy or verify_policy(ctx), limits=output_limits(ctx),
+                         spec_cache=SpecCache.open(directory, writable=False))  # fmt: skip
     except PermanentError as exc:
         fail(str(exc).replace(str(scratch), str(directory)))
     head_label = branch or (known.branch if known is not None and known.branch else "HEAD")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend, can_checkpoint
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
@@ -29,6 +29,7 @@ from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import Action, Actual, Cancel, Failure, Submit, Wait, Want, plan
+from gitopsd.reconcile.speccache import SpecCache
 from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
@@ -98,6 +99,8 @@ class Paths:
 class Reconciler:
     """Reconciles one repository (URL or path, branch) into one state directory."""
 
+    _spec_cache: SpecCache | None = None  # set in __init__ once the state directory is known to be this one's
+
     def __init__(
         self,
         *,
@@ -108,6 +111,7 @@ class Reconciler:
         verify: VerifyPolicy | None = None,
         limits: OutputLimits | None = None,
         fence: Callable[[], None] | None = None,
+        spec_cache: SpecCache | Literal["own"] | None = "own",
     ) -> None:
         """`operator`: the operator's backends and store (default: one local backend, a file store here).
         `verify`: the operator's signed-commit policy; None applies commits without checking signatures.
@@ -132,7 +136,8 @@ class Reconciler:
                 f"state directory {state_dir} already tracks {redact_url(known.url)}; "
                 f"use another --state-dir for {self.source.shown}"
             )
-        self.loader = DesiredLoader(self.source, self.operator)
+        self._spec_cache = SpecCache.open(state_dir, writable=True) if spec_cache == "own" else spec_cache
+        self.loader = DesiredLoader(self.source, self.operator, cache=self._spec_cache)
         self.verifier = CommitVerifier(verify) if verify is not None else None
         self._refusal_logged = ""
         self._rejection_logged = ""  # the commit whose rejection was logged: once, not on every pass
@@ -191,6 +196,8 @@ class Reconciler:
     def close(self) -> None:
         self.state.close()
         self.registry.close()
+        if self._spec_cache is not None:
+            self._spec_cache.close()
 
     def reconcile(self, trigger: str = "cli", *, dry_run: bool = False, at: str | None = None) -> PassResult:
         """One pass. With `dry_run`, return the plan without applying it or recording anything; with `at` too,

@@ -4,9 +4,12 @@ A bad commit is rejected whole and `gitopsd status` shows why, so errors must po
 has to fix, and list all problems at once rather than one per push. Loading must also stay cheap for
 repositories with thousands of models, so there are two paths: the fast one parses with libyaml and validates
 with pydantic, and only when that fails (or a mapping repeats a key, which YAML would silently accept) is the
-YAML node tree composed to find line numbers and to explain each problem in words. Both paths parse with the
-bounded loader of `gitopsd.spec.yamlbound` and check every string with `gitopsd.spec.text`, so no spelling of
-YAML makes a document expand beyond its bounds or smuggles a control character into a value.
+YAML node tree composed to find line numbers and to explain each problem in words. Before both, a plain document
+(no alias, merge key, tag or repeated key: nearly every spec) is built in one walk by `gitopsd.spec.yamlplain`;
+that path only ever returns a model that validates, and leaves everything else to the two paths here. All paths
+parse with libyaml within the bounds of `gitopsd.spec.yamlbound` and check every string with
+`gitopsd.spec.text`, so no spelling of YAML makes a document expand beyond its bounds or smuggles a control
+character into a value.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from gitopsd.spec.fields import API_VERSION
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, choose_backend
 from gitopsd.spec.text import forbidden_char, unsafe_values
 from gitopsd.spec.yamlbound import BoundedLoader, Refused
+from gitopsd.spec.yamlplain import build_plain
 
 __all__ = ["check_models", "load_model", "load_repository"]
 
@@ -146,6 +150,12 @@ def _load(text: str, file: str, cls: type[Spec]) -> Spec:
 
 def _load_bounded(text: str, file: str, cls: type[Spec]) -> Spec:
     kind = _kind_of(cls)
+    plain = build_plain(text)
+    if plain is not None and not plain.suspect and isinstance(plain.value, dict) and plain.value.get("kind") == kind:
+        try:
+            return cls.model_validate(plain.value)
+        except ValidationError:
+            pass  # the careful path below explains every problem with its line
     duplicates = False
     try:
         data = yaml.load(text, Loader=_FastLoader)

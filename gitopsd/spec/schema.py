@@ -59,6 +59,11 @@ from gitopsd.spec.fields import (
 )
 from gitopsd.spec.gates import Gate, parse_gate
 
+#: The meaning of spec files as this code reads them. Bump it with any change to the models below, their field
+#: types or their loading that changes what a file means or which files are refused: caches of parsed specs
+#: (`gitopsd.reconcile.speccache`) are keyed by it, and by a digest of this package's source besides.
+SCHEMA_VERSION = 1
+
 # ---- models ---------------------------------------------------------------------------------------
 
 
@@ -147,7 +152,8 @@ class RepositorySpec(_Spec):
 
     def keyed_settings(self, name: str) -> dict[str, Any]:
         """The settings of backend `name` that a repository may choose, and so enter the run key."""
-        return copy.deepcopy(self._keyed.get(name, {}))
+        settings: dict[str, Any] = copy_settings(self._keyed.get(name, {}))
+        return settings
 
     def backend_type(self, name: str) -> str:
         """The plugin type of a declared backend (its name unless `type` says otherwise)."""
@@ -358,6 +364,19 @@ class ResolvedTrain:
     checkpoint: Checkpoint | None = None
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def copy_settings(value: Any) -> Any:
+    """A deep copy of backend settings (YAML or TOML values: mappings, lists, scalars), made for each model, so
+    faster than `copy.deepcopy` for the usual shapes; any other type is left to `copy.deepcopy`."""
+    if type(value) is dict:
+        return {k: v if type(v) in _SCALARS else copy_settings(v) for k, v in value.items()}
+    if type(value) is list:
+        return [v if type(v) in _SCALARS else copy_settings(v) for v in value]
+    return value if type(value) in _SCALARS else copy.deepcopy(value)
+
+
 def _first(*values: int | None) -> int | None:
     return next((v for v in values if v is not None), None)
 
@@ -407,7 +426,7 @@ def resolve_train(model: ModelSpec, repo: RepositorySpec, *, file: str | None = 
     return ResolvedTrain(
         backend=backend,
         backend_type=repo.backend_type(backend),
-        settings=copy.deepcopy(repo.backends[backend].settings),
+        settings=copy_settings(repo.backends[backend].settings),
         keyed_settings=repo.keyed_settings(backend),
         command=train.command,
         workdir=train.workdir,

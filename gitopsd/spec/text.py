@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MAX_INTEGER", "MAX_TEXT_CHARS", "describe_char", "forbidden_char", "unsafe_values"]
+__all__ = ["MAX_INTEGER", "MAX_TEXT_CHARS", "describe_char", "forbidden_char", "suspect_text", "unsafe_values"]
 
 #: The longest string a spec may hold anywhere (a command, a description, an environment value).
 MAX_TEXT_CHARS = 65_536
@@ -28,6 +28,8 @@ MAX_INTEGER = 2**53
 _BIDI = "\u202a-\u202e\u2066-\u2069"
 _ONE_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}]")
 _MULTI_LINE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{_BIDI}]")
+#: A match when `text` holds any character forbidden somewhere (None: clean everywhere); one search per string.
+suspect_text = _ONE_LINE.search
 _NAMES = {
     "\n": "a newline",
     "\r": "a carriage return",
@@ -87,7 +89,7 @@ def unsafe_values(data: Any, kind: str) -> Iterator[tuple[tuple[int | str, ...],
     key. The document must be bounded (see `gitopsd.spec.yamlbound`); shared nodes are visited once each
     time they are referenced, as the validator will.
     """
-    suspect = _ONE_LINE.search  # every forbidden character is one of these: clean text costs one search
+    suspect = suspect_text  # every forbidden character is one of these: clean text costs one search
     stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
     while stack:
         loc, value = stack.pop()
