@@ -272,7 +272,8 @@ def test_a_setting_json_cannot_hold_exactly_writes_no_record(tmp_path: Path) -> 
     good = settled.Settled(commit="c", backends={"b": ("slurm", {"x": [1, 2]})}, unavailable={}, fingerprint="f")
     assert settled.write(tmp_path, key, generation, good)
     assert settled.read(tmp_path, key, generation) == good
-    for odd in ({"x": (1, 2)}, {1: "int key"}, {"when": object()}):
+    odd_settings: list[dict[Any, Any]] = [{"x": (1, 2)}, {1: "int key"}, {"when": object()}]
+    for odd in odd_settings:
         record = settled.Settled(commit="c", backends={"b": ("slurm", odd)}, unavailable={}, fingerprint="f")
         assert not settled.write(tmp_path, key, generation, record)
         assert not (tmp_path / settled.RECORD_FILE).exists()
