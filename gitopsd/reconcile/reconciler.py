@@ -324,6 +324,7 @@ class Reconciler:
         _, unavailable = self.observer.check(record.backends)
         if unavailable != dict(record.unavailable):
             return None
+        log.debug("commit %s: settled since the last pass (%s), nothing to load", commit[:12], settled.RECORD_FILE)
         self.state.set_source(row)
         self._sweep_uploads()  # as the full pass of a new process would
         return PassResult(commit=commit, actions=(), active=0, error=row.error)
