@@ -77,13 +77,24 @@ class Observer:
 
     def backends(self, desired: DesiredState, runs: Iterable[RunRecord]) -> tuple[dict[str, Backend], dict[str, str]]:
         """The backends this pass needs, and why each of the others cannot be used now."""
+        return self.check(self.needed(desired, runs))
+
+    def needed(self, desired: DesiredState, runs: Iterable[RunRecord]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The backends a pass needs (its models' and its runs'), by name: (type, settings)."""
+        needed: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name in sorted(set(self._used.of(desired).values()) | {r.backend for r in runs}):
+            config = desired.repo.backends.get(name)
+            settings = dict(config.settings) if config else {}
+            needed[name] = (desired.repo.backend_type(name) if config else name, settings)
+        return needed
+
+    def check(self, needed: Mapping[str, tuple[str, Mapping[str, Any]]]) -> tuple[dict[str, Backend], dict[str, str]]:
+        """Each needed backend's plugin (made once per type and settings), checked now; and why the others
+        cannot be used."""
         usable: dict[str, Backend] = {}
         unavailable: dict[str, str] = {}
-        names = set(self._used.of(desired).values()) | {r.backend for r in runs}
-        for name in sorted(names):
-            config = desired.repo.backends.get(name)
-            type_ = desired.repo.backend_type(name) if config else name
-            settings = dict(config.settings) if config else {}
+        for name, (type_, given) in sorted(needed.items()):
+            settings = dict(given)
             key = (type_, repr(sorted(settings.items())))
             try:
                 cached = self._plugins.get(name)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from gitopsd.backends.protocol import RUNS_DIR_SETTING, Backend, can_checkpoint
 from gitopsd.errors import GitopsdError, PermanentError, SourceUnavailable, SpecError
 from gitopsd.model import Phase, Reason, Resources
+from gitopsd.reconcile import settled
 from gitopsd.reconcile.adopt import Adopter
 from gitopsd.reconcile.apply import Applier
 from gitopsd.reconcile.desired import DesiredLoader, DesiredModel, DesiredState, PerModel, digest
@@ -29,7 +30,8 @@ from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import Action, Actual, Cancel, Failure, Submit, Wait, Want, plan
-from gitopsd.reconcile.speccache import SpecCache
+from gitopsd.reconcile.speccache import SpecCache, state_key
+from gitopsd.reconcile.speccache import generation as spec_generation
 from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
@@ -100,6 +102,7 @@ class Reconciler:
     """Reconciles one repository (URL or path, branch) into one state directory."""
 
     _spec_cache: SpecCache | None = None  # set in __init__ once the state directory is known to be this one's
+    _settled_generation: str | None = None  # `settled.code_generation`, computed when first needed
 
     def __init__(
         self,
@@ -112,13 +115,16 @@ class Reconciler:
         limits: OutputLimits | None = None,
         fence: Callable[[], None] | None = None,
         spec_cache: SpecCache | Literal["own"] | None = "own",
+        settled_pass: bool = True,
     ) -> None:
         """`operator`: the operator's backends and store (default: one local backend, a file store here).
         `verify`: the operator's signed-commit policy; None applies commits without checking signatures.
         `limits`: caps on what a run's outputs may be (operator settings; default `OutputLimits()`).
         `fence`: with `[standby]`, what raises `LeaseLost` when this daemon no longer holds the repository's
         lease; it is called before every side effect, and each pass first adopts the runs another daemon
-        started (`reconcile.adopt`). None: no lease, no adoption."""
+        started (`reconcile.adopt`). None: no lease, no adoption.
+        `settled_pass`: a first pass may skip loading the commit when the state directory's settled-pass record
+        (`reconcile/settled.py`) shows that a full pass would do nothing; False always runs the full pass."""
         self.state_dir = state_dir
         self.operator = operator or Operator()
         self.branch = branch
@@ -181,7 +187,7 @@ class Reconciler:
         self._alias_state = self.aliases.current()
         self._alias_seen: dict[str, tuple[tuple[tuple[str, str], ...], int]] = {}
         self._alias_problems: dict[str, tuple[str, ...]] = {}
-        self._frozen = False
+        self._frozen, self._settled_pass = False, settled_pass  # gc frozen once; may a first pass be skipped
         self._settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
         self._retry_at = float("inf")  # when a settled state must be looked at again (a retry falls due)
         self._next_sweep = 0.0  # when to look for unfinished uploads in the store next
@@ -214,6 +220,8 @@ class Reconciler:
                 return PassResult(commit=row.applied_commit, actions=(), active=0, error=problem)
         commit, row = self._fetch(row) if at is None or not dry_run else (at, row)
         refusal = self._verify(commit, row)
+        if not refusal and not dry_run and at is None and (quick := self._resume_settled(commit, row)) is not None:
+            return quick
         if refusal:
             desired, row = self._last_good(row), _with(row, error_reason=Reason.SIGNATURE_INVALID, error=refusal)
         else:
@@ -265,10 +273,89 @@ class Reconciler:
             desired, unavailable, versions, active, actions, self._alias_problems, wants, touched, troubles
         )
         retry_at = self._next_due(actions, waiting)
-        if not tried and not active and not touched:
+        self._note_settled(desired, row, unavailable, retry_at, quiet=not tried and not active and not touched,
+                           done=not actions and commit == desired.commit)  # fmt: skip
+        return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error, retry_at=retry_at)
+
+    def _settled_fingerprint(self, row: SourceRow) -> str:
+        """A digest of everything a pass reads besides the commit's specs and the backends' health: the source
+        row, the event log, attempts and failures, the retry book, the outbox, the registry's versions and
+        aliases, and the operator's configuration and output limits."""
+        return digest(
+            {
+                "source": [row.url, row.branch, row.applied_commit],
+                "event": self.state.last_event(),
+                "attempts": sorted(self.state.attempts().items()),
+                "failures": sorted(self.state.last_failures().items()),
+                "troubles": sorted((k, asdict(t)) for k, t in self.troubles.all().items()),
+                "outbox": [asdict(e) for e in self.outbox.entries()],
+                "versions": sorted(self.registry.key_numbers().items()),
+                "aliases": sorted(self.aliases.current().items()),
+                "operator": self.operator.model_dump_json(),
+                "limits": repr(self.limits),
+            }
+        )
+
+    def _settled_key(self, *, create: bool) -> tuple[bytes, str] | None:
+        """The state directory's MAC key and the code's generation, or None when the record cannot be used."""
+        if not self._settled_pass or self.adopter is not None:  # a standby daemon adopts on every pass
+            return None
+        key = state_key(self.state_dir, create=create)
+        if key is None:
+            return None
+        if self._settled_generation is None:
+            self._settled_generation = settled.code_generation(spec_generation())
+        return key, self._settled_generation
+
+    def _resume_settled(self, commit: str | None, row: SourceRow) -> PassResult | None:
+        """The first pass of a process, when the settled-pass record shows that a full pass would find what the
+        daemon's settled shortcut finds (same commit, no run in flight, same backends' health, nothing else
+        changed): that shortcut's result, without loading the commit. None: run the full pass."""
+        if commit is None or row.error or commit != row.applied_commit or self.loader.last_good is not None:
+            return None
+        signing = self._settled_key(create=False)
+        if signing is None:
+            return None
+        record = settled.read(self.state_dir, *signing)
+        if record is None or record.commit != commit or self.state.active_runs():
+            return None
+        if record.fingerprint != self._settled_fingerprint(row):
+            return None
+        _, unavailable = self.observer.check(record.backends)
+        if unavailable != dict(record.unavailable):
+            return None
+        log.debug("commit %s: settled since the last pass (%s), nothing to load", commit[:12], settled.RECORD_FILE)
+        self.state.set_source(row)
+        self._sweep_uploads()  # as the full pass of a new process would
+        return PassResult(commit=commit, actions=(), active=0, error=row.error)
+
+    def _note_settled(
+        self,
+        desired: DesiredState,
+        row: SourceRow,
+        unavailable: Mapping[str, str],
+        retry_at: float | None,
+        *,
+        quiet: bool,
+        done: bool,
+    ) -> None:
+        """After a full pass that applied: when it was `quiet` (nothing tried, no run in flight, nothing touched),
+        the daemon's settled state; when moreover it planned nothing for the fetched commit (`done`) and nothing
+        falls due later, a settled-pass record for the next process, else none."""
+        if quiet:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
             self._retry_at = float("inf") if retry_at is None else retry_at
-        return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error, retry_at=retry_at)
+        last = quiet and done and retry_at is None and not self._over_budget and not row.error
+        signing = self._settled_key(create=True) if last else None
+        if signing is None:
+            settled.forget(self.state_dir)
+            return
+        needed = self.observer.needed(desired, [])
+        record = settled.Settled(
+            commit=desired.commit, backends=needed, unavailable=dict(unavailable),
+            fingerprint=self._settled_fingerprint(row),
+        )  # fmt: skip
+        settled.write(self.state_dir, *signing, record)
 
     def take_over(self) -> tuple[int, int]:
         """This daemon just became the repository's active one (`[standby]`): import the versions and alias

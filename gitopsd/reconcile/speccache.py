@@ -48,7 +48,7 @@ import gitopsd
 from gitopsd.errors import SpecProblem
 from gitopsd.spec.schema import SCHEMA_VERSION, ModelSpec
 
-__all__ = ["CACHE_FILE", "KEY_FILE", "Keys", "Parsed", "SpecCache", "generation"]
+__all__ = ["CACHE_FILE", "KEY_FILE", "Keys", "Parsed", "SpecCache", "generation", "state_key"]
 
 log = logging.getLogger("gitopsd")
 
@@ -328,6 +328,16 @@ def _restore(ok: int, payload: str, path: str) -> Parsed | None:
         )
         return Parsed(None, restored) if restored and len(restored) == len(problems) else None
     except (pydantic.ValidationError, ValueError, TypeError):
+        return None
+
+
+def state_key(state_dir: Path, *, create: bool) -> bytes | None:
+    """The state directory's MAC key (`speccache.key`), made when `create`; None when there is none or it cannot
+    be read. The settled-pass record (`reconcile/settled.py`) is signed with it too."""
+    try:
+        return _key(state_dir / KEY_FILE, create=create)
+    except OSError as exc:
+        log.warning("key %s not usable: %s", state_dir / KEY_FILE, exc)
         return None
 
 

@@ -1,0 +1,155 @@
+"""The settled-pass record: what lets a new process see that a pass would change nothing, without loading specs.
+
+A daemon keeps its desired state in memory and, when a pass finds the same commit, no run in flight, no backend
+newly unavailable and no new event since a pass that did nothing, it returns at once (`Reconciler.reconcile`).
+Every `gitopsd reconcile --once` is a new process: it has no memory, so it would load and validate every spec of
+the commit (most of a second at 10,000 specs) only to find again that nothing is to be done.
+
+This module keeps that "nothing to do" across processes. A full pass that ends settled (no action, nothing
+tried, no run in flight, nothing touched, no retry or budget look due, no model refused by a budget) writes one
+record to `STATE_DIR/settled.json`: the commit, the backends that pass needed (their names, types and settings,
+so the next process can check them again), which of them were unavailable, and a fingerprint of everything else
+a pass reads (`Reconciler._settled_fingerprint`: the source row, the event log's last id, the attempts, the
+failures, the retry book, the outbox, the registry's versions and aliases, the operator's configuration and
+output limits). A new process whose fetched commit, fingerprint and backend check all equal the record's skips
+the load and returns what the daemon's own shortcut returns; any difference runs the full pass.
+
+It is an optimisation only. The record is keyed by the *generation* of the code (the parse cache's generation
+plus the source of `gitopsd.reconcile`, `gitopsd.registry` and `gitopsd.backends`) and carries a keyed BLAKE2b
+MAC with the parse cache's key (`speccache.key`). A missing, truncated, garbled, foreign or forged record, or one
+from other code, is ignored, and the full pass runs (and writes a fresh record when it ends settled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RECORD_FILE", "Settled", "code_generation", "forget", "read", "write"]
+
+RECORD_FILE = "settled.json"
+#: The layout of the record and its MAC.
+FORMAT = 1
+#: A record larger than this is not read (it holds a few lines per backend, not per model).
+MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settled:
+    """What a settled pass saw: its commit, the backends it needed (name: [type, settings]), those unavailable
+    (name: why), and the fingerprint of the rest of the state it read."""
+
+    commit: str
+    backends: Mapping[str, tuple[str, Mapping[str, Any]]]
+    unavailable: Mapping[str, str]
+    fingerprint: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "backends": {name: [type_, dict(settings)] for name, (type_, settings) in sorted(self.backends.items())},
+            "unavailable": dict(sorted(self.unavailable.items())),
+            "fingerprint": self.fingerprint,
+        }
+
+
+def code_generation(spec_generation: str) -> str:
+    """The parse cache's generation plus a digest of the source of the pass itself (reconcile, registry and the
+    built-in backends): a record is used only by the code that wrote it."""
+    package = Path(__file__).resolve().parent.parent
+    source = hashlib.sha256()
+    for folder in ("reconcile", "registry", "backends"):
+        for path in sorted((package / folder).rglob("*.py")):
+            source.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"settled {FORMAT}; {spec_generation}; pass {source.hexdigest()[:16]}"
+
+
+def _mac(key: bytes, generation: str, text: str) -> str:
+    return hashlib.blake2b(f"{generation}\0{text}".encode(), key=key, digest_size=32).hexdigest()
+
+
+def _canonical(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def read(state_dir: Path, key: bytes, generation: str) -> Settled | None:
+    """The record of `state_dir`, or None when there is none or it does not check out in every respect."""
+    path = state_dir / RECORD_FILE
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            return None
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or set(doc) != {"generation", "payload", "mac"}:
+            return None
+        payload, mac = doc["payload"], doc["mac"]
+        if doc["generation"] != generation or not isinstance(payload, dict) or not isinstance(mac, str):
+            return None
+        if not hmac.compare_digest(mac, _mac(key, generation, _canonical(payload))):
+            return None
+        return _settled_of(payload)
+    except (OSError, ValueError, TypeError, KeyError):  # missing, unreadable, not JSON, not this shape
+        return None
+
+
+def _settled_of(payload: Mapping[str, Any]) -> Settled | None:
+    commit, backends, unavailable, fingerprint = (
+        payload["commit"], payload["backends"], payload["unavailable"], payload["fingerprint"],
+    )  # fmt: skip
+    if not (isinstance(commit, str) and isinstance(fingerprint, str)):
+        return None
+    if not (isinstance(backends, dict) and isinstance(unavailable, dict)):
+        return None
+    parsed: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    for name, value in backends.items():
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+            return None
+        if not isinstance(value[1], dict):
+            return None
+        parsed[name] = (value[0], value[1])
+    if not all(isinstance(why, str) for why in unavailable.values()):
+        return None
+    return Settled(commit=commit, backends=parsed, unavailable=dict(unavailable), fingerprint=fingerprint)
+
+
+def write(state_dir: Path, key: bytes, generation: str, settled: Settled) -> bool:
+    """Store `settled` atomically (mode 0600); False, and no record, when it cannot be stored exactly (a backend
+    setting JSON would change, a full disk)."""
+    payload = settled.payload()
+    try:
+        text = _canonical(payload)
+    except (TypeError, ValueError):  # a setting JSON cannot hold
+        forget(state_dir)
+        return False
+    if _settled_of(json.loads(text)) != _settled_of(payload):  # e.g. a tuple or a date in a backend setting
+        forget(state_dir)
+        return False
+    doc = json.dumps({"generation": generation, "payload": payload, "mac": _mac(key, generation, text)})
+    path = state_dir / RECORD_FILE
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(doc)
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        forget(state_dir)
+        return False
+    return True
+
+
+def forget(state_dir: Path) -> None:
+    """No record: the next new process runs a full pass."""
+    with contextlib.suppress(OSError):
+        (state_dir / RECORD_FILE).unlink(missing_ok=True)
