@@ -699,6 +699,44 @@ def test_json_schema_describes_both_kinds() -> None:
     assert defs["TrainSpec"]["properties"]["command"]["description"]
 
 
+def test_json_schema_shows_the_defaults_made_per_model() -> None:
+    """Empty mappings, lists and sections are made per model (pydantic would deep-copy a static one for every
+    model); the schema still shows each as the field's default, exactly as a model that leaves it out has it."""
+    defs = json_schema()["$defs"]
+    model = ModelSpec.model_validate(yaml.safe_load(MINIMAL_MODEL.format(name="m")))
+    body, train = model.spec, model.spec.train
+    shown = {
+        ("Metadata", "labels"): model.metadata.labels,
+        ("TrainSpec", "env"): train.env,
+        ("TrainSpec", "modules"): train.modules,
+        ("ConvergenceSpec", "nan"): body.convergence.nan,
+        ("ModelBody", "aliases"): body.aliases,
+        ("ModelBody", "data"): body.data,
+        ("ModelBody", "validate"): body.validate_gates,
+        ("ModelBody", "convergence"): body.convergence.model_dump(),
+    }
+    for (name, field), value in shown.items():
+        assert defs[name]["properties"][field]["default"] == value, (name, field)
+    assert "default" not in defs["RegistryConfig"]["properties"]["tags"]  # a factory it never showed
+
+
+def test_defaults_are_not_shared_between_models() -> None:
+    text = MINIMAL_MODEL.format(name="m")
+    one, two = load_model(text, "models/a.yaml"), load_model(text, "models/b.yaml")
+    pairs = [
+        (one.metadata.labels, two.metadata.labels),
+        (one.spec.train.env, two.spec.train.env),
+        (one.spec.train.modules, two.spec.train.modules),
+        (one.spec.aliases, two.spec.aliases),
+        (one.spec.data, two.spec.data),
+        (one.spec.validate_gates, two.spec.validate_gates),
+        (one.spec.convergence, two.spec.convergence),
+        (one.spec.convergence.nan, two.spec.convergence.nan),
+    ]
+    assert all(a == b and a is not b for a, b in pairs)
+    assert "labels" not in one.metadata.model_fields_set and "convergence" not in one.spec.model_fields_set
+
+
 def test_json_schema_accepts_the_examples_and_rejects_typos() -> None:
     schema = json_schema()
     repo = yaml.safe_load(REPOSITORY_EXAMPLE)

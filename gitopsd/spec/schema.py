@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,8 @@ from pydantic import (
     TypeAdapter,
     model_validator,
 )
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.model import Checkpoint, Resources
@@ -166,7 +169,7 @@ class Metadata(_Spec):
         default=None, description="Free text; never affects training. May span lines; no other control characters."
     )
     labels: dict[str, LabelValue] = Field(
-        default={}, description="Free string labels, one line each; never affect training."
+        default_factory=dict, description="Free string labels, one line each; never affect training."
     )
 
 
@@ -193,7 +196,7 @@ class TrainSpec(_Spec):
     backend: Name | None = Field(default=None, description="A backend of gitops.yaml; else defaults.backend.")
     command: CommandText = Field(description="Shell command that trains the model.")
     workdir: RepoPath = Field(default=".", description="Repository-relative directory the command runs in.")
-    env: dict[EnvKey, EnvValue] = Field(default={}, description="Environment variables; values are strings.")
+    env: dict[EnvKey, EnvValue] = Field(default_factory=dict, description="Environment variables; values are strings.")
     python: PythonSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
     retries: Retries | None = Field(default=None, description="Times a failed training is retried.")
@@ -205,7 +208,7 @@ class TrainSpec(_Spec):
         "(SCRIPT.py ARGS, or -m MODULE ARGS). Other than none needs a Slurm backend.",
     )
     modules: list[ModuleName] = Field(
-        default=[],
+        default_factory=list,
         max_length=MAX_MODULES,
         description="Environment modules (Lmod) loaded on the compute node before the command, e.g. cuda/12.1.",
     )
@@ -296,7 +299,7 @@ class PlateauSpec(_Spec):
 class ConvergenceSpec(_Spec):
     """Rules checked on the metrics while the training runs, to stop a hopeless run early."""
 
-    nan: list[Metric] = Field(default=[], description="Metrics that must stay finite.")
+    nan: list[Metric] = Field(default_factory=list, description="Metrics that must stay finite.")
     diverge: DivergeSpec | None = None
     plateau: PlateauSpec | None = None
 
@@ -305,16 +308,20 @@ class ModelBody(_Spec):
     """The `spec` of a model file."""
 
     suspend: bool = Field(default=False, description="When true, nothing is trained or moved for this model.")
-    aliases: dict[Name, AliasTarget] = Field(default={}, description="Alias name -> version number or 'latest'.")
+    aliases: dict[Name, AliasTarget] = Field(
+        default_factory=dict, description="Alias name -> version number or 'latest'."
+    )
     base: BaseRef | None = Field(
         default=None,
         description="Fine-tune from this version: NAME@N or NAME@ALIAS; its artifact is handed to the run.",
     )
     train: TrainSpec
-    data: list[DataSpec] = Field(default=[], description="Inputs, each pinned by its SHA-256.")
+    data: list[DataSpec] = Field(default_factory=list, description="Inputs, each pinned by its SHA-256.")
     outputs: OutputsSpec
-    validate_gates: list[GateText] = Field(default=[], alias="validate", description="Gates, e.g. 'accuracy >= 0.9'.")
-    convergence: ConvergenceSpec = ConvergenceSpec()
+    validate_gates: list[GateText] = Field(
+        default_factory=list, alias="validate", description="Gates, e.g. 'accuracy >= 0.9'."
+    )
+    convergence: ConvergenceSpec = Field(default_factory=ConvergenceSpec)
 
     @model_validator(mode="after")
     def _unique_data(self) -> ModelBody:
@@ -454,6 +461,24 @@ def _checkpoint(model: ModelSpec, timeout_s: int | None, file: str | None) -> Ch
     return spec.resolved()
 
 
+class _Defaults(GenerateJsonSchema):
+    """Shows the default of a field whose default is made per model (`default_factory`) as if it were static.
+
+    An empty mapping, list or section as a static default is deep-copied by pydantic for every model that leaves
+    the field out (most of a model's validation time); a factory makes a fresh one for much less, and the schema
+    still says what the default is. Only the factories below are shown, so the schema stays what it was."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        for shown in _SHOWN_FACTORIES:
+            if factory is shown:
+                return shown()
+        return super().get_default_value(schema)
+
+
+_SHOWN_FACTORIES: tuple[Callable[[], object], ...] = (dict, list, ConvergenceSpec)
+
+
 @functools.cache
 def _either() -> TypeAdapter[RepositorySpec | ModelSpec]:
     return TypeAdapter(Annotated[RepositorySpec | ModelSpec, Field(discriminator="kind")])
@@ -461,7 +486,7 @@ def _either() -> TypeAdapter[RepositorySpec | ModelSpec]:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) for both kinds of spec file, chosen by `kind`; for editors and CI."""
-    schema = copy.deepcopy(_either().json_schema(by_alias=True, mode="validation"))
+    schema = copy.deepcopy(_either().json_schema(by_alias=True, mode="validation", schema_generator=_Defaults))
     _close_keyed_mappings(schema)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
