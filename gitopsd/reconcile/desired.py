@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from gitopsd.backends.protocol import check_settings
 from gitopsd.errors import PermanentError, SpecError, SpecProblem
+from gitopsd.reconcile.canonical import canonical_json
 from gitopsd.reconcile.speccache import Keys, Parsed, SpecCache
 from gitopsd.source.mirror import Source
 from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems
@@ -66,8 +66,7 @@ class DesiredState:
 
 def digest(value: Any) -> str:
     """sha256 of the canonical JSON of `value`."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
 def training_identity(model: ModelSpec, train: ResolvedTrain) -> dict[str, Any]:
