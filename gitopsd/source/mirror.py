@@ -36,6 +36,7 @@ _EXECUTABLE = 0o100755
 _LINK = 0o120000
 _TREE = 0o040000
 _COMMIT = 0o160000
+_BLOB_OBJECT = int(pygit2.enums.ObjectType.BLOB)
 #: Blobs larger than this are streamed into their file by `git cat-file`, never held in memory.
 STREAM_ABOVE = 1024 * 1024
 #: The longest symbolic link target exported (PATH_MAX).
@@ -277,11 +278,17 @@ class Source:
         return int(size)
 
     def blob_bytes(self, blob_id: str) -> bytes:
-        """The whole content of a blob (check `blob_size` first: this reads it all into memory)."""
-        blob = self.repo.get(blob_id)
-        if not isinstance(blob, pygit2.Blob):
+        """The whole content of a blob (check `blob_size` first: this reads it all into memory).
+
+        Read from the object database without making a `pygit2.Blob` (less than half the time of
+        `repo.get(id).data`: a cold load reads every spec file)."""
+        try:
+            kind, data = self.repo.odb.read(pygit2.Oid(hex=blob_id))
+        except (KeyError, ValueError, pygit2.GitError):
+            kind, data = None, b""
+        if kind != _BLOB_OBJECT:
             raise SourceUnavailable(f"object {blob_id} is not a blob in the mirror of {self.shown}")
-        return blob.data
+        return bytes(data)
 
     def changed_spec_files(self, old: str, new: str) -> set[str]:
         """Spec paths added, modified or deleted between two commits, from a tree diff."""
