@@ -429,3 +429,25 @@ def test_bad_policy_configuration_is_named_by_its_toml_path(tmp_path: Path, text
     with pytest.raises(PermanentError) as caught:
         load_config(config(tmp_path, text))
     assert error in str(caught.value)
+
+
+def test_the_week_of_other_repositories_adds_to_this_one_for_the_rules_they_share() -> None:
+    """A rule that covers several repositories budgets them together: what the others used (`elsewhere`, by rule
+    index) adds to this repository's week; an index without a weekly budget has nothing to add to."""
+    weekly = PolicyRule(team="t", paths=["models/t/**"], max_gpu_hours_per_week=10)
+    per_change = PolicyRule(team="u", paths=["models/u/**"], max_gpu_hours_per_change=100)
+    found = rules(weekly, per_change)
+    week = [spent("models/t/old.yaml", 1, 6, 1)]  # 5 GPU-hours here
+    training = ask("new", "models/t/new.yaml", gpus=1, timeout_s=2 * 3600)  # 2 GPU-hours
+    assert budget_refusals([training], found, week=week, now=NOW) == {}, "5 + 2 <= 10"
+    assert budget_refusals([training], found, week=week, elsewhere={0: 4.0, 1: 50.0}, now=NOW) == {
+        "new": "team t: 9.0 GPU-hours used in the last 7 days + 2.0 for this training > 10 allowed per week "
+        "(policies[0])"
+    }, "5 here + 4 elsewhere + 2 > 10; rule 1 has no weekly budget to add 50 to"
+
+
+def test_an_hour_or_more_is_said_with_one_decimal() -> None:
+    found = rules(PolicyRule(team="t", max_gpu_hours_per_change=0.5))
+    assert budget_refusals([ask("a", gpus=1, timeout_s=3600)], found, now=NOW) == {
+        "a": "team t: 1.0 for this training > 0.5 allowed per change (policies[0])"
+    }
