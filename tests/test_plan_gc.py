@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from gitopsd.cli import plan as plan_module
 from gitopsd.cli.main import cli
+from gitopsd.reconcile.desired import collector_paused
 from tests.conftest import GitRepo
 
 
@@ -50,10 +51,10 @@ def test_the_collector_is_off_during_a_plan_and_back_after_it(
 
 def test_a_collector_that_was_off_stays_off_and_an_error_gives_it_back(collector: None) -> None:
     gc.disable()
-    with plan_module._collector_paused():
+    with collector_paused():
         assert not gc.isenabled()
     assert not gc.isenabled()
     gc.enable()
-    with pytest.raises(RuntimeError), plan_module._collector_paused():
+    with pytest.raises(RuntimeError), collector_paused():
         raise RuntimeError("planning failed")
     assert gc.isenabled()

@@ -14,8 +14,6 @@ anywhere (a fresh CI runner has none to reuse, and a plan must leave no file beh
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import sqlite3
 import tempfile
 from contextlib import closing
@@ -29,7 +27,7 @@ from gitopsd.cli.common import fail, operator, output_limits, state_dir, verify_
 from gitopsd.source.redact import redact_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     import pygit2
 
@@ -62,6 +60,7 @@ def plan_command(
 ) -> None:
     """Print the plan in `fmt` and exit with its code (0 fine; 1 invalid or refused)."""
     from gitopsd.reconcile import planreport
+    from gitopsd.reconcile.desired import collector_paused
 
     directory = state_dir(ctx)
     known = _known_source(directory)
@@ -69,7 +68,9 @@ def plan_command(
         if known is None:
             raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo = known.url
-    with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch, _collector_paused():
+    # The cyclic collector is off for the whole plan (two commits' models, the dry run, the report): a plan makes
+    # no reference cycles worth collecting, and the scans would be about a tenth of a cold plan.
+    with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch, collector_paused():
         outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
     plan, result = outcome.plan, outcome.result
     if plan.error:
@@ -89,21 +90,6 @@ def plan_command(
                 click.echo(f"  ! {planreport.term(name)}: {planreport.term(why)}")
         click.echo(planreport.render_text(plan))
     raise SystemExit(plan.exit_code)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a plan is made (back as it was afterwards). A plan is one short
-    pass that builds every model of two commits, its dry run and its report, and makes no reference cycles worth
-    collecting (the same peak memory either way at 10,000 specs); the collector would scan that growing heap again
-    and again, about a tenth of a cold plan. Its garbage is freed by reference counting as usual meanwhile."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _known_source(directory: Path) -> SourceRow | None:

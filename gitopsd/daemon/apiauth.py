@@ -10,12 +10,11 @@ needs a token, or the configuration is refused. Tokens are compared in constant 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import string
 
 from gitopsd.errors import PermanentError
+from gitopsd.ui.session import bearer_ok
 
 MIN_TOKEN_BYTES = 16
 _TOKEN_CHARS = frozenset((string.ascii_letters + string.digits + string.punctuation).encode())
@@ -75,13 +74,6 @@ def is_protected(path: str) -> bool:
 
 
 def bearer_matches(header: str, token: bytes | None) -> bool:
-    """Whether an Authorization header carries `token`; constant time, and never true without a token."""
-    scheme, _, given = header.strip().partition(" ")
-    if token is None or scheme.lower() != "bearer":
-        return False
-    try:
-        candidate = given.strip().encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    # Digests first, so that the comparison takes as long whatever the length of what was sent.
-    return hmac.compare_digest(hashlib.sha256(candidate).digest(), hashlib.sha256(token).digest())
+    """Whether an Authorization header carries `token`; constant time, and never true without a token. The same
+    check as the dashboard's (`gitopsd.ui.session.bearer_ok`), which the daemon serves with the API."""
+    return token is not None and bearer_ok(header, token)

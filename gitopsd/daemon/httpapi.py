@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from prometheus_client.registry import CollectorRegistry
 from gitopsd.daemon.apiauth import bearer_matches, is_protected
 from gitopsd.daemon.webhooks import PROVIDERS, Verdict, judge
 from gitopsd.ui.app import UiApp
+from gitopsd.ui.session import Throttle
 
 log = logging.getLogger("gitopsd")
 
@@ -72,7 +72,7 @@ class Api:
         self.ui = ui
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._seen_lock = threading.Lock()
-        self._refusals = _Throttle(every_s=10.0)
+        self._refusals = Throttle(every_s=10.0)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """The authenticated application: the API and metrics need the bearer token."""
@@ -193,26 +193,6 @@ class Api:
         # that no client can add a time series to /metrics (or text to its labels) per request.
         self.on_delivery(provider if provider in PROVIDERS else "unknown", verdict.result)
         return verdict.status, *_json({"result": verdict.result, "message": verdict.message})
-
-
-class _Throttle:
-    """At most one log line per `every_s` seconds: a client guessing tokens must not flood the journal."""
-
-    def __init__(self, *, every_s: float) -> None:
-        self._every_s = every_s
-        self._last = -float("inf")
-        self._skipped = 0
-        self._lock = threading.Lock()
-
-    def due(self) -> int | None:
-        """None while quiet; else how many lines were skipped since the last one (and the clock restarts)."""
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self._every_s:
-                self._skipped += 1
-                return None
-            skipped, self._skipped, self._last = self._skipped, 0, now
-            return skipped
 
 
 def _json(doc: Any) -> tuple[str, bytes]:

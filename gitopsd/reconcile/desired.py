@@ -152,7 +152,7 @@ def backend_setting_problems(repo: RepositorySpec, file: str = REPO_SPEC) -> lis
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while a commit loads. A load makes tens of thousands of objects that
     live on (the models) and no reference cycles; the collector would scan the growing heap again and again,
     about a third of a 10,000-spec load. Its garbage is freed by reference counting as usual meanwhile."""
@@ -200,7 +200,7 @@ class DesiredLoader:
         if self._rejected is not None and self._rejected[0] == commit:
             raise self._rejected[1]
         try:
-            with _collector_paused():
+            with collector_paused():
                 files, sizes, specs, repo = self._parse(commit)
                 models = self._resolve(commit, repo, specs, files)
         except SpecError as exc:

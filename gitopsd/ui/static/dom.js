@@ -139,6 +139,12 @@ export function chips(obj, fmt = (v) => String(v)) {
 }
 
 /** A table with a caption and <th scope="col"> headers; returns {table, tbody}. */
+/** The breadcrumb trail of a page: `items` (links or text) from the overview down, the last one the page itself. */
+export function crumbs(...items) {
+  const parts = items.flatMap((item, i) => (i ? [" › ", item] : [item]));
+  return h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, ...parts);
+}
+
 export function table(caption, headers, attrs = {}) {
   const tbody = h("tbody");
   const tableEl = h(

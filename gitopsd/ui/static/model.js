@@ -10,6 +10,7 @@ import {
   bytes,
   chips,
   commitEl,
+  crumbs,
   duration,
   h,
   link,
@@ -205,15 +206,7 @@ export function modelPage(ctx) {
     els.log = h("pre", { class: "log", "data-testid": "log-tail", tabindex: "0", "aria-label": "Training log tail" });
     replace(
       ctx.main,
-      h(
-        "nav",
-        { class: "crumbs", "aria-label": "Breadcrumb" },
-        link("/ui/", "Overview"),
-        " › ",
-        h("span", null, repo),
-        " › ",
-        h("span", { "aria-current": "page" }, name),
-      ),
+      crumbs(link("/ui/", "Overview"), h("span", null, repo), h("span", { "aria-current": "page" }, name)),
       els.header,
       h("section", { "aria-labelledby": "h-curves" }, h("h2", { id: "h-curves" }, "Training curves"), els.gates, els.picker, els.chartNote, els.charts),
       h("section", { "aria-labelledby": "h-runs" }, h("h2", { id: "h-runs" }, "Runs"), runsT.table, els.runsMore),

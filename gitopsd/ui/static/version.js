@@ -5,7 +5,7 @@
 // never changes (the shell only checks the server's heartbeat).
 
 import { getJSON } from "./api.js";
-import { bytes, chips, fmtTime, h, link, num, replace, seg, timeEl } from "./dom.js";
+import { bytes, chips, crumbs, fmtTime, h, link, num, replace, seg, timeEl } from "./dom.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_NODES = 500;
@@ -173,15 +173,10 @@ export function versionPage(ctx) {
       const a = doc.artifact || {};
       replace(
         ctx.main,
-        h(
-          "nav",
-          { class: "crumbs", "aria-label": "Breadcrumb" },
+        crumbs(
           link("/ui/", "Overview"),
-          " › ",
           h("span", null, repo),
-          " › ",
           link(`/ui/models/${seg(repo)}/${seg(model)}`, doc.model),
-          " › ",
           h("span", { "aria-current": "page" }, `v${doc.number}`),
         ),
         h("h1", { tabindex: "-1" }, `${doc.model}@${doc.number}`),
