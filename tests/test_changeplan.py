@@ -287,11 +287,11 @@ def test_report_invariants(pairs: dict[str, tuple[dict | None, dict | None]], kn
     dry=st.sampled_from(["submit", "nothing", "blocked", "waiting"]),
 )
 def test_a_model_kept_as_the_same_object_is_reported_as_an_equal_copy_would_be(
-    variant: dict, known: bool, registered: bool, flying: bool, dry: str  # type: ignore[type-arg]
+    variant: dict[str, object], known: bool, registered: bool, flying: bool, dry: str
 ) -> None:
     """The loader hands on the same object for a model whose inputs did not move, and the report skips comparing
     it with itself: what it says must be exactly what comparing two equal, separately loaded models says."""
-    same, twin = model(**variant), model(**variant)
+    same, twin = model(**variant), model(**variant)  # type: ignore[arg-type]
     assert same is not twin and same == twin
     facts = Facts(
         known=known,
