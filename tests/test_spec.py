@@ -19,7 +19,7 @@ from gitopsd.spec.fields import API_VERSION
 from gitopsd.spec.load import check_models, load_model, load_repository
 from gitopsd.spec.operator import Operator, OperatorBackend
 from gitopsd.spec.resolve import load_repository_for
-from gitopsd.spec.schema import ModelSpec, RepositorySpec, json_schema, resolve_train
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, json_schema, resolve_train
 
 SHA = "0123456789abcdef" * 4
 #: An operator that offers the documented example's backend, with a setting of its own.
@@ -258,6 +258,46 @@ def test_with_several_backends_and_no_default_a_model_must_choose() -> None:
     repo = load_repository("apiVersion: gitopsd/v1\nkind: Repository\nbackends: {a: {type: local}, b: {}}\n")
     with pytest.raises(SpecError, match="no backend chosen"):
         resolve_train(load_model(MINIMAL_MODEL.format(name="m"), "m.yaml"), repo)
+
+
+def test_one_train_resolver_for_many_models_gives_what_resolving_each_alone_gives() -> None:
+    """The loader resolves every model of a commit with one `TrainResolver`: each result is what `resolve_train`
+    gives that model, refusals included, and no model shares a settings mapping with another."""
+    operator = Operator(backends={"local": OperatorBackend(type="local", settings={"max_parallel": 2}),
+                                  "slurm": OperatorBackend(allow={"partition": ["gpu", "cpu"]})})  # fmt: skip
+    repos = [
+        default_repository(),
+        load_repository_for(OPERATOR, REPOSITORY_EXAMPLE),
+        load_repository_for(operator, "apiVersion: gitopsd/v1\nkind: Repository\n"
+                            "backends: {local: {}, slurm: {settings: {partition: gpu}}}\n"
+                            "defaults: {retries: 2, timeout: 2h, resources: {cpus: 4, gpus: 1, nodes: 2}}\n"),
+    ]  # fmt: skip
+    models = [
+        load_model(MINIMAL_MODEL.format(name="m"), "m.yaml"),
+        load_model(MODEL_EXAMPLE, "models/iris.yaml"),
+        load_model(model_text(resources="{gpus: 2}"), "a.yaml"),
+        load_model(model_text(resources="{cpus: 2, memory: 3Gi, nodes: 3}", retries="0", timeout="5m"), "b.yaml"),
+        load_model(model_text(backend="slurm"), "c.yaml"),
+        load_model(model_text(backend="local", checkpoint="{before: 60}", timeout="10m"), "d.yaml"),
+    ]
+    for repo in repos:
+        resolver = TrainResolver(repo)
+        resolved: list[ResolvedTrain] = []
+        for model in models:
+            try:
+                alone: object = resolve_train(model, repo, file="f.yaml")
+            except SpecError as exc:
+                alone = exc.problems
+            try:
+                shared: object = resolver.resolve(model, file="f.yaml")
+            except SpecError as exc:
+                shared = exc.problems
+            assert shared == alone
+            if isinstance(shared, ResolvedTrain):
+                resolved.append(shared)
+        assert resolved
+        settings = [id(d) for t in resolved for d in (t.settings, t.keyed_settings)]
+        assert len(set(settings)) == len(settings)
 
 
 # ---- cross-file checks ---------------------------------------------------------------------------------------

@@ -410,6 +410,8 @@ def _entry(
     key = submit.run_key if submit is not None else dry_run.run_keys.get(name, new.run_key)
     if old is None:
         change, why = "added", [Because(code=Why.NEW_MODEL, text="new model")]
+    elif old is new:  # the loader keeps the object of a model whose inputs did not move: nothing can differ
+        change, why = "unchanged", []
     else:
         why = training_changes(old, new)
         if old.suspend and not new.suspend:
@@ -485,7 +487,7 @@ def _same(
         tail = f" (its run key is training: run {live[0].run_id})"
     else:
         tail = ""
-    spec = spec_changes(old, new) if old is not None else []
+    spec = spec_changes(old, new) if old is not None and old is not new else []
     pending = facts.known and submit is not None
     if spec:
         said = "this change trains nothing new" if pending else "nothing trains"

@@ -36,7 +36,7 @@ from gitopsd.spec.layout import REPO_SPEC
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
-from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, repository_paths, resolve_train
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, repository_paths
 
 T = TypeVar("T")
 log = logging.getLogger("gitopsd")
@@ -328,10 +328,11 @@ class DesiredLoader:
         models: dict[str, DesiredModel] = {}
         inputs_now: dict[str, tuple[str | None, ...]] = {}
         problems: list[SpecProblem] = []
+        resolver = TrainResolver(repo)
         for path, spec in specs.items():
             old = by_path.get(path)
             same_spec = old is not None and self._inputs.get(path, ())[:2] == (files[path], repo_digest)
-            train = old.train if old is not None and same_spec else resolve_train(spec, repo, file=path)
+            train = old.train if old is not None and same_spec else resolver.resolve(spec, file=path)
             code_tree = object_id(train.workdir)
             requirements = object_id(train.requirements) if train.requirements else None
             if code_tree is None or (train.requirements and requirements is None):

@@ -384,22 +384,18 @@ def copy_settings(value: Any) -> Any:
     return value if type(value) in _SCALARS else copy.deepcopy(value)
 
 
-def _first(*values: int | None) -> int | None:
-    return next((v for v in values if v is not None), None)
-
-
 def choose_backend(model: ModelSpec, repo: RepositorySpec) -> tuple[str | None, str]:
     """The backend a model trains on, or None and the reason why there is none."""
-    declared = ", ".join(sorted(repo.backends))
     name = model.spec.train.backend or repo.defaults.backend
+    if name is not None and name in repo.backends:
+        return name, ""
+    declared = ", ".join(sorted(repo.backends))
     if name is None:
         if len(repo.backends) == 1:
             return next(iter(repo.backends)), ""
         why = "no backend chosen: set spec.train.backend, or defaults.backend in gitops.yaml"
         return None, f"{why} (available: {declared})"
-    if name not in repo.backends:
-        return None, f"backend {name!r} is not available to this repository (available: {declared})"
-    return name, ""
+    return None, f"backend {name!r} is not available to this repository (available: {declared})"
 
 
 def repository_paths(model: ModelSpec, train: ResolvedTrain) -> list[tuple[str, str]]:
@@ -416,34 +412,61 @@ def repository_paths(model: ModelSpec, train: ResolvedTrain) -> list[tuple[str, 
 
 def resolve_train(model: ModelSpec, repo: RepositorySpec, *, file: str | None = None) -> ResolvedTrain:
     """Merge the model's train section with the repository defaults; SpecError if its backend is unknown."""
-    backend, why = choose_backend(model, repo)
-    if backend is None:
-        where = file or f"model {model.name}"
-        raise SpecError([SpecProblem(file=where, line=None, field="spec.train.backend", message=why)])
-    train, defaults = model.spec.train, repo.defaults
-    mine, theirs = train.resources, defaults.resources
-    resources = Resources(
-        cpus=_first(mine.cpus, theirs.cpus) or 1,
-        memory_mb=_first(mine.memory, theirs.memory),
-        gpus=_first(mine.gpus, theirs.gpus) or 0,
-        nodes=_first(mine.nodes, theirs.nodes) or 1,
-        launcher=train.launcher,
-        modules=tuple(train.modules),
-    )
-    return ResolvedTrain(
-        backend=backend,
-        backend_type=repo.backend_type(backend),
-        settings=copy_settings(repo.backends[backend].settings),
-        keyed_settings=repo.keyed_settings(backend),
-        command=train.command,
-        workdir=train.workdir,
-        env=dict(train.env),
-        requirements=train.python.requirements if train.python else None,
-        resources=resources,
-        retries=_first(train.retries, defaults.retries) or 0,
-        timeout_s=_first(train.timeout, defaults.timeout),
-        checkpoint=_checkpoint(model, _first(train.timeout, defaults.timeout), file),
-    )
+    return TrainResolver(repo).resolve(model, file=file)
+
+
+class TrainResolver:
+    """`resolve_train` for the many models of one repository: what depends on the repository alone (its defaults,
+    each backend's type and settings) is read once, not once per model. Each model still gets its own copies of
+    the settings, as from `resolve_train`."""
+
+    def __init__(self, repo: RepositorySpec) -> None:
+        self.repo = repo
+        defaults = repo.defaults
+        self._default_backend = defaults.backend
+        self._only = next(iter(repo.backends)) if len(repo.backends) == 1 else None
+        self._backends = {
+            name: (repo.backend_type(name), config.settings, repo.keyed_settings(name))
+            for name, config in repo.backends.items()
+        }
+        res = defaults.resources
+        self._cpus, self._memory, self._gpus, self._nodes = res.cpus, res.memory, res.gpus, res.nodes
+        self._retries, self._timeout = defaults.retries, defaults.timeout
+
+    def resolve(self, model: ModelSpec, *, file: str | None = None) -> ResolvedTrain:
+        train = model.spec.train
+        backend = train.backend or self._default_backend or self._only
+        if backend is None or backend not in self._backends:
+            backend, why = choose_backend(model, self.repo)  # says why there is none
+            if backend is None:
+                where = file or f"model {model.name}"
+                raise SpecError([SpecProblem(file=where, line=None, field="spec.train.backend", message=why)])
+        backend_type, settings, keyed = self._backends[backend]
+        mine = train.resources
+        timeout = train.timeout if train.timeout is not None else self._timeout
+        retries = train.retries if train.retries is not None else self._retries
+        resources = Resources(
+            cpus=(mine.cpus if mine.cpus is not None else self._cpus) or 1,
+            memory_mb=mine.memory if mine.memory is not None else self._memory,
+            gpus=(mine.gpus if mine.gpus is not None else self._gpus) or 0,
+            nodes=(mine.nodes if mine.nodes is not None else self._nodes) or 1,
+            launcher=train.launcher,
+            modules=tuple(train.modules),
+        )
+        return ResolvedTrain(
+            backend=backend,
+            backend_type=backend_type,
+            settings=copy_settings(settings),
+            keyed_settings=copy_settings(keyed),
+            command=train.command,
+            workdir=train.workdir,
+            env=dict(train.env),
+            requirements=train.python.requirements if train.python else None,
+            resources=resources,
+            retries=retries or 0,
+            timeout_s=timeout,
+            checkpoint=_checkpoint(model, timeout, file) if train.checkpoint is not None else None,
+        )
 
 
 def _checkpoint(model: ModelSpec, timeout_s: int | None, file: str | None) -> Checkpoint | None:
