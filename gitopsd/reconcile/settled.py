@@ -18,8 +18,8 @@ record before importing pydantic, PyYAML, pygit2 or sqlite-utils at all.
 
 It is an optimisation only. The record is keyed by the *generation* of the code (`code_generation`: gitopsd's
 version, the source of the pass and of spec loading, the versions of the spec libraries) and carries a keyed
-BLAKE2b MAC with the parse cache's key (`speccache.key`). A missing, truncated, garbled, foreign or forged record, or one
-from other code, is ignored, and the full pass runs (and writes a fresh record when it ends settled).
+BLAKE2b MAC with the parse cache's key (`speccache.key`). A missing, truncated, garbled, foreign or forged record,
+or one from other code, is ignored, and the full pass runs (and writes a fresh record when it ends settled).
 """
 
 from __future__ import annotations
