@@ -30,7 +30,11 @@ from gitopsd.source.redact import redact_text, redact_url
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
 from gitopsd.source.treepath import escape
 from gitopsd.source.urls import is_git_repository as _is_git_repository
-from gitopsd.source.urls import is_local_url, local_path, normalise_url
+
+# re-exported: callers import them from here, as before they moved to `urls`
+from gitopsd.source.urls import is_local_url as is_local_url  # noqa: PLC0414
+from gitopsd.source.urls import local_path as local_path  # noqa: PLC0414
+from gitopsd.source.urls import normalise_url as normalise_url  # noqa: PLC0414
 from gitopsd.spec.bounds import SpecLimits, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
 
