@@ -14,7 +14,6 @@ import os
 import stat
 import tempfile
 from collections.abc import Mapping, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -162,9 +161,17 @@ class BackendFactory(Protocol):
     def __call__(self, *, name: str, settings: Mapping[str, Any], state_dir: Path) -> Backend: ...
 
 
+def _entry_points() -> Sequence[Any]:
+    """The installed plugins' entry points; importlib.metadata (~25 ms) is imported only when they are looked up,
+    not by every module that imports the protocol."""
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
 def available_types() -> dict[str, str]:
     """Installed backend types and the object each entry point names."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {ep.name: ep.value for ep in _entry_points()}
 
 
 def check_settings(type_: str, *, name: str, settings: Mapping[str, Any]) -> None:
@@ -172,7 +179,7 @@ def check_settings(type_: str, *, name: str, settings: Mapping[str, Any]) -> Non
 
     Nothing happens for a type that is not installed here (using it reports that) or a plugin without a check.
     """
-    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_]
+    matches = [ep for ep in _entry_points() if ep.name == type_]
     if not matches:
         return
     try:
@@ -186,7 +193,7 @@ def check_settings(type_: str, *, name: str, settings: Mapping[str, Any]) -> Non
 
 def load_backend(type_: str, *, name: str, settings: Mapping[str, Any], state_dir: Path) -> Backend:
     """Instantiate the backend plugin registered under `type_`."""
-    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_]
+    matches = [ep for ep in _entry_points() if ep.name == type_]
     if not matches:
         known = ", ".join(sorted(available_types())) or "none"
         raise BackendUnavailable(f"backend type {type_!r} is not installed (installed: {known})")

@@ -31,7 +31,6 @@ from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.planner import Action, Actual, Cancel, Failure, Submit, Wait, Want, plan
 from gitopsd.reconcile.speccache import SpecCache, state_key
-from gitopsd.reconcile.speccache import generation as spec_generation
 from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
@@ -103,6 +102,7 @@ class Reconciler:
 
     _spec_cache: SpecCache | None = None  # set in __init__ once the state directory is known to be this one's
     _settled_generation: str | None = None  # `settled.code_generation`, computed when first needed
+    _setup: object = None  # `_settled_setup`, computed when first needed
 
     def __init__(
         self,
@@ -278,23 +278,19 @@ class Reconciler:
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error, retry_at=retry_at)
 
     def _settled_fingerprint(self, row: SourceRow) -> str:
-        """A digest of everything a pass reads besides the commit's specs and the backends' health: the source
-        row, the event log, attempts and failures, the retry book, the outbox, the registry's versions and
-        aliases, and the operator's configuration and output limits."""
-        return digest(
-            {
-                "source": [row.url, row.branch, row.applied_commit],
-                "event": self.state.last_event(),
-                "attempts": sorted(self.state.attempts().items()),
-                "failures": sorted(self.state.last_failures().items()),
-                "troubles": sorted((k, asdict(t)) for k, t in self.troubles.all().items()),
-                "outbox": [asdict(e) for e in self.outbox.entries()],
-                "versions": sorted(self.registry.key_numbers().items()),
-                "aliases": sorted(self.aliases.current().items()),
-                "operator": self.operator.model_dump_json(),
-                "limits": repr(self.limits),
-            }
-        )
+        """`settled.fingerprint` of this reconciler's state and setup."""
+        return settled.fingerprint(
+            row, state=self.state, troubles=self.troubles, outbox=self.outbox, registry=self.registry,
+            aliases=self.aliases, setup=self._settled_setup(),
+        )  # fmt: skip
+
+    def _settled_setup(self) -> object:
+        """`settled.DEFAULT_SETUP` when this reconciler runs with the built-in operator, output limits and no
+        signature policy (what `quickpass` can check without pydantic), else the configuration itself."""
+        if self._setup is None:
+            default = self.operator == Operator() and self.limits == OutputLimits() and self.verifier is None
+            self._setup = settled.DEFAULT_SETUP if default else [self.operator.model_dump_json(), repr(self.limits)]
+        return self._setup
 
     def _settled_key(self, *, create: bool) -> tuple[bytes, str] | None:
         """The state directory's MAC key and the code's generation, or None when the record cannot be used."""
@@ -304,7 +300,7 @@ class Reconciler:
         if key is None:
             return None
         if self._settled_generation is None:
-            self._settled_generation = settled.code_generation(spec_generation())
+            self._settled_generation = settled.code_generation()
         return key, self._settled_generation
 
     def _resume_settled(self, commit: str | None, row: SourceRow) -> PassResult | None:

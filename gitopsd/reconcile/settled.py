@@ -9,15 +9,17 @@ This module keeps that "nothing to do" across processes. A full pass that ends s
 tried, no run in flight, nothing touched, no retry or budget look due, no model refused by a budget) writes one
 record to `STATE_DIR/settled.json`: the commit, the backends that pass needed (their names, types and settings,
 so the next process can check them again), which of them were unavailable, and a fingerprint of everything else
-a pass reads (`Reconciler._settled_fingerprint`: the source row, the event log's last id, the attempts, the
-failures, the retry book, the outbox, the registry's versions and aliases, the operator's configuration and
-output limits). A new process whose fetched commit, fingerprint and backend check all equal the record's skips
-the load and returns what the daemon's own shortcut returns; any difference runs the full pass.
+a pass reads (`fingerprint`: the source row, the event log's last id, the attempts, the failures, the retry
+book, the outbox, the registry's versions and aliases, the operator's setup). A new process whose fetched
+commit, fingerprint and backend check all equal the record's skips the load and returns what the daemon's own
+shortcut returns; any difference runs the full pass. `gitopsd reconcile --once` goes further
+(`reconcile/quickpass.py`): with the built-in setup (`DEFAULT_SETUP`) and a local repository it checks the
+record before importing pydantic, PyYAML, pygit2 or sqlite-utils at all.
 
-It is an optimisation only. The record is keyed by the *generation* of the code (the parse cache's generation
-plus the source of `gitopsd.reconcile`, `gitopsd.registry` and `gitopsd.backends`) and carries a keyed BLAKE2b
-MAC with the parse cache's key (`speccache.key`). A missing, truncated, garbled, foreign or forged record, or one
-from other code, is ignored, and the full pass runs (and writes a fresh record when it ends settled).
+It is an optimisation only. The record is keyed by the *generation* of the code (`code_generation`: gitopsd's
+version, the source of the pass and of spec loading, the versions of the spec libraries) and carries a keyed
+BLAKE2b MAC with the parse cache's key (`speccache.key`). A missing, truncated, garbled, foreign or forged record,
+or one from other code, is ignored, and the full pass runs (and writes a fresh record when it ends settled).
 """
 
 from __future__ import annotations
@@ -25,21 +27,38 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RECORD_FILE", "Settled", "code_generation", "forget", "read", "write"]
+import gitopsd
+from gitopsd.reconcile.canonical import canonical_json
+
+if TYPE_CHECKING:
+    from gitopsd.reconcile.outbox import Outbox
+    from gitopsd.reconcile.state import SourceRow, StateStore
+    from gitopsd.reconcile.troubles import RetryBook
+    from gitopsd.registry.aliases import AliasBook
+    from gitopsd.registry.versions import Registry
+
+__all__ = ["DEFAULT_SETUP", "RECORD_FILE", "Settled", "code_generation", "fingerprint", "forget", "read", "write"]
 
 RECORD_FILE = "settled.json"
 #: The layout of the record and its MAC.
 FORMAT = 1
 #: A record larger than this is not read (it holds a few lines per backend, not per model).
 MAX_BYTES = 1 << 20
+#: The operator part of the fingerprint of a pass with the built-in defaults: no operator configuration (one
+#: `local` backend, a file store in the state directory), the default output limits, no signature policy. The
+#: quick path (`quickpass`) can show that without pydantic; any other setup is its configuration's JSON.
+DEFAULT_SETUP = "default"
+#: Installed libraries whose version changes how specs load, and the file of each that holds its version.
+LIBRARY_VERSION_FILES = (("pydantic", "version.py"), ("yaml", "__init__.py"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,15 +80,59 @@ class Settled:
         }
 
 
-def code_generation(spec_generation: str) -> str:
-    """The parse cache's generation plus a digest of the source of the pass itself (reconcile, registry and the
-    built-in backends): a record is used only by the code that wrote it."""
+def code_generation() -> str:
+    """What a record must have been written by to be used: this gitopsd (its version and the source of the pass:
+    reconcile, registry, backends, spec loading, the Git source) and the libraries that load specs (the bytes of
+    pydantic's and PyYAML's version files, read without importing them, so that `quickpass` can compute this
+    before any heavy import). A record is used only by the code that wrote it."""
     package = Path(__file__).resolve().parent.parent
     source = hashlib.sha256()
-    for folder in ("reconcile", "registry", "backends"):
+    for folder in ("reconcile", "registry", "backends", "spec", "source"):
         for path in sorted((package / folder).rglob("*.py")):
             source.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return f"settled {FORMAT}; {spec_generation}; pass {source.hexdigest()[:16]}"
+    for library, version_file in LIBRARY_VERSION_FILES:
+        source.update(library.encode() + b"\0" + _library_file(library, version_file) + b"\0")
+    return f"settled {FORMAT}; gitopsd {gitopsd.__version__}; pass {source.hexdigest()[:16]}"
+
+
+def _library_file(library: str, name: str) -> bytes:
+    """The bytes of a file of an installed package, found without importing the package (b"" when there is
+    none: then the full pass fails to import it anyway)."""
+    try:
+        spec = importlib.util.find_spec(library)
+        if spec is None or spec.origin is None:
+            return b""
+        return (Path(spec.origin).parent / name).read_bytes()
+    except (ImportError, ValueError, OSError):
+        return b""
+
+
+def fingerprint(
+    row: SourceRow,
+    *,
+    state: StateStore,
+    troubles: RetryBook,
+    outbox: Outbox,
+    registry: Registry,
+    aliases: AliasBook,
+    setup: object,
+) -> str:
+    """A digest of everything a pass reads besides the commit's specs and the backends' health: the source row,
+    the event log, attempts and failures, the retry book, the outbox, the registry's versions and aliases, and
+    the operator's `setup` (`DEFAULT_SETUP`, or its configuration and output limits). The same function for the
+    full pass (`Reconciler`) and the quick one (`quickpass`), so they cannot disagree on what it covers."""
+    value = {
+        "source": [row.url, row.branch, row.applied_commit],
+        "event": state.last_event(),
+        "attempts": sorted(state.attempts().items()),
+        "failures": sorted(state.last_failures().items()),
+        "troubles": sorted((k, asdict(t)) for k, t in troubles.all().items()),
+        "outbox": [asdict(e) for e in outbox.entries()],
+        "versions": sorted(registry.key_numbers().items()),
+        "aliases": sorted(aliases.current().items()),
+        "setup": setup,
+    }
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
 def _mac(key: bytes, generation: str, text: str) -> str:

@@ -33,8 +33,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,6 +44,8 @@ import yaml
 
 import gitopsd
 from gitopsd.errors import SpecProblem
+from gitopsd.reconcile.statekey import KEY_FILE, state_key
+from gitopsd.reconcile.statekey import key as _key
 from gitopsd.spec.schema import SCHEMA_VERSION, ModelSpec
 
 __all__ = ["CACHE_FILE", "KEY_FILE", "Keys", "Parsed", "SpecCache", "generation", "state_key"]
@@ -53,7 +53,6 @@ __all__ = ["CACHE_FILE", "KEY_FILE", "Keys", "Parsed", "SpecCache", "generation"
 log = logging.getLogger("gitopsd")
 
 CACHE_FILE = "speccache.db"
-KEY_FILE = "speccache.key"
 #: The layout of this module's tables and MACs.
 FORMAT = 1
 #: Rows kept beyond twice the spec files of the last commit stored, before the cache forgets old blobs.
@@ -329,40 +328,3 @@ def _restore(ok: int, payload: str, path: str) -> Parsed | None:
         return Parsed(None, restored) if restored and len(restored) == len(problems) else None
     except (pydantic.ValidationError, ValueError, TypeError):
         return None
-
-
-def state_key(state_dir: Path, *, create: bool) -> bytes | None:
-    """The state directory's MAC key (`speccache.key`), made when `create`; None when there is none or it cannot
-    be read. The settled-pass record (`reconcile/settled.py`) is signed with it too."""
-    try:
-        return _key(state_dir / KEY_FILE, create=create)
-    except OSError as exc:
-        log.warning("key %s not usable: %s", state_dir / KEY_FILE, exc)
-        return None
-
-
-def _key(path: Path, *, create: bool) -> bytes | None:
-    """The MAC key of a state directory's cache; made (0600, atomically) when `create` and there is none, or
-    when the one there was cut short by a crash (the entries it signed are then misses)."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        key = b""
-    if len(key) == 32 or not create:
-        return key if len(key) == 32 else None
-    path.unlink(missing_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(32))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temp, path)  # never replaces a key another process made meanwhile: both then use that one
-    except FileExistsError:
-        pass
-    finally:
-        temp.unlink(missing_ok=True)
-    key = path.read_bytes()
-    return key if len(key) == 32 else None

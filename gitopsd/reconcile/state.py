@@ -2,8 +2,9 @@
 
 This is the memory that makes gitopsd crash-safe: a run row is committed before its job is submitted, so after
 any crash the next pass knows every job that might exist. Schema changes are numbered migrations recorded in the
-database. Writes go through sqlite-utils; the read-only status path lives in `statusview` and uses plain sqlite3
-so that `gitopsd status` never pays for this module's imports.
+database. Inserts and updates of runs, events, models and conditions go through sqlite-utils, imported when
+first needed, so that the settled-pass check of `gitopsd reconcile --once` (`quickpass`), which only reads and
+writes the source row, never pays for it; the read-only status path lives in `statusview` and uses plain sqlite3.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from gitopsd.errors import PermanentError
 from gitopsd.model import Condition, Phase
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
@@ -266,7 +268,16 @@ class StateStore:
                 f"cannot read {path}: {exc} (the file is damaged or not a gitopsd state database: move it away "
                 "and reconcile again; runs in flight are then found by their run ids)"
             ) from exc
-        self.db = sqlite_utils.Database(self.conn)
+        self._db: sqlite_utils.Database | None = None
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, made on the first insert or update (its import costs ~70 ms)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     def close(self) -> None:
         self.conn.close()
@@ -499,5 +510,12 @@ class StateStore:
         return SourceRow(**data)
 
     def set_source(self, source: SourceRow) -> None:
+        row = asdict(source)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in row)
         with self.transaction():
-            self.db.table("sources").upsert({"id": 1, **asdict(source)}, pk="id")
+            self.conn.execute(
+                f"INSERT INTO sources (id, {columns}) VALUES (1, {marks}) ON CONFLICT (id) DO UPDATE SET {updates}",
+                tuple(row.values()),
+            )

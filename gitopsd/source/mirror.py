@@ -29,6 +29,12 @@ from gitopsd.source.credentials import EnvCredentials
 from gitopsd.source.redact import redact_text, redact_url
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
 from gitopsd.source.treepath import escape
+from gitopsd.source.urls import is_git_repository as _is_git_repository
+
+# re-exported: callers import them from here, as before they moved to `urls`
+from gitopsd.source.urls import is_local_url as is_local_url  # noqa: PLC0414
+from gitopsd.source.urls import local_path as local_path  # noqa: PLC0414
+from gitopsd.source.urls import normalise_url as normalise_url  # noqa: PLC0414
 from gitopsd.spec.bounds import SpecLimits, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
 
@@ -41,37 +47,6 @@ _BLOB_OBJECT = int(pygit2.enums.ObjectType.BLOB)
 STREAM_ABOVE = 1024 * 1024
 #: The longest symbolic link target exported (PATH_MAX).
 _MAX_LINK = 4096
-
-
-def is_local_url(url: str) -> bool:
-    """A path or file:// URL: a repository on this host's file systems."""
-    return url.startswith("file://") or ("://" not in url and not is_ssh_url(url))
-
-
-def local_path(url: str) -> Path | None:
-    """The directory of a local repository's URL (a path or file://[localhost]/path), None for a remote one."""
-    if not is_local_url(url):
-        return None
-    if url.startswith("file://"):
-        rest = url.removeprefix("file://")
-        rest = rest.removeprefix("localhost") if rest.startswith("localhost/") else rest
-        return Path(rest) if rest.startswith("/") else None
-    return Path(url)
-
-
-def _is_git_repository(path: Path) -> bool:
-    """Whether `path` is a repository git can fetch from: bare (HEAD and objects/) or with a .git."""
-    try:
-        return ((path / "HEAD").is_file() and (path / "objects").is_dir()) or (path / ".git").exists()
-    except OSError:
-        return False
-
-
-def normalise_url(url: str) -> str:
-    """Local paths become absolute so a mirror keeps working from any current directory."""
-    if "://" in url or is_ssh_url(url):
-        return url
-    return str(Path(url).expanduser().resolve())
 
 
 def remote_heads(url: str) -> dict[str, str]:

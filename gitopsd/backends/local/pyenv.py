@@ -22,7 +22,6 @@ rewritten, and a cache that cannot be written only costs the next run the same q
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -128,6 +127,8 @@ def _venv_environment(venv: Path, cache_dir: Path | None) -> dict[str, Any]:
     listing = package_listing(sites)  # before reading: a change while reading is seen next time
     version = next((v.strip() for k, _, v in (line.partition("=") for line in config.splitlines())
                     if k.strip() in ("version", "version_info")), None)  # fmt: skip
+    import importlib.metadata  # ~25 ms, paid only when a venv's packages are read, not by every backend check
+
     packages = {
         d.metadata["Name"]: d.version for d in importlib.metadata.distributions(path=sites) if d.metadata["Name"]
     }

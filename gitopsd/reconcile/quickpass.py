@@ -1,0 +1,244 @@
+"""`gitopsd reconcile --once` with nothing to do, decided before any heavy import.
+
+A settled state directory (`settled.py`) already lets a new process skip loading the specs, but only after it
+has imported pydantic, PyYAML, pygit2 and sqlite-utils, parsed the operator's configuration, built a whole
+`Reconciler` and fetched with pygit2: about 0.4 s of a pass that does nothing. This module makes the same
+decision with the standard library, sqlite3 and gitopsd's light modules, and returns the applied commit when
+it can show that the full pass would return at once with nothing done; otherwise None, and the caller runs the
+full pass exactly as before. It applies only where everything the full pass reads can be checked here:
+
+- no operator configuration and no signature policy (`settled.DEFAULT_SETUP`: the built-in `local` backend, a
+  file store in the state directory, the default output limits), so there is no `[standby]` lease, no
+  `runs_dir` and no `[environment]`; with a configuration the full pass runs;
+- a local repository (a path or file:// URL): its heads and its HEAD are listed by `git ls-remote`, and so are
+  the mirror's; they must be equal (a full pass would then fetch nothing) and give the commit of the record. A
+  remote URL always takes the full pass: the network round trip, not the imports, dominates there;
+- the record reads and verifies (`settled.read`, same key and code generation), the tracked URL is the one
+  asked for, no run is in flight, no trouble waits for the operator (a new process forgives those), the
+  registry holds versions or its store holds no record to restore, the fingerprint (`settled.fingerprint`,
+  the very function of the full pass) is the record's, and every backend of the record is a built-in `local`
+  one that checks out as it did.
+
+Then it does what the full pass does on that shortcut: it writes the source row (fetched commit, time,
+trigger `cli`, no error) to state.db and sweeps the store's stale uploads. What it skips is harmless: the parse
+cache is not opened (it is an optimisation only) and the mirror is not touched (it already equals the remote).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gitopsd.errors import GitopsdError
+from gitopsd.reconcile import settled
+from gitopsd.reconcile.outbox import Outbox
+from gitopsd.reconcile.state import StateStore
+from gitopsd.reconcile.statekey import state_key
+from gitopsd.reconcile.troubles import RetryBook
+from gitopsd.registry.aliases import AliasBook
+from gitopsd.registry.filestore import FileStore
+from gitopsd.registry.store import STALE_UPLOAD_S
+from gitopsd.registry.versions import Registry
+from gitopsd.source.urls import is_git_repository, local_path, normalise_url
+
+__all__ = ["Listing", "parse_listing", "quick_reconcile"]
+
+log = logging.getLogger("gitopsd")
+
+#: How long one `git ls-remote` of a local repository may take before the full pass is left to decide.
+LIST_TIMEOUT_S = 30.0
+_OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+_NAME = re.compile(r"[^\s\x00-\x1f\x7f]+")
+
+#: A repository's listing: its HEAD's symbolic target (None when HEAD is detached or unborn) and its branches.
+Listing = tuple[str | None, dict[str, str]]
+
+
+def quick_reconcile(
+    state_dir: Path, repo: str | None, branch: str | None, *, configured: bool, verified: bool
+) -> str | None:
+    """The commit a full `reconcile` pass of `state_dir` would report with no action and no run in flight,
+    when that can be shown without the full pass (see the module docstring); None when not, or not sure.
+    `repo`, `branch`: as given on the command line; `configured`: an operator configuration is in force;
+    `verified`: a signature policy was given."""
+    if configured or verified:
+        return None
+    db = state_dir / "state.db"
+    if not db.is_file() or not (state_dir / settled.RECORD_FILE).is_file():
+        return None
+    key = state_key(state_dir, create=False)
+    if key is None:
+        return None
+    record = settled.read(state_dir, key, settled.code_generation())
+    if record is None:
+        return None
+    try:
+        state = StateStore(db)
+    except GitopsdError:
+        return None
+    try:
+        return _settled_commit(state, state_dir, record, repo, branch)
+    except (GitopsdError, OSError, ValueError, sqlite3.Error):  # whatever the full pass meets, it reports itself
+        return None
+    finally:
+        state.close()
+
+
+def _settled_commit(
+    state: StateStore, state_dir: Path, record: settled.Settled, repo: str | None, branch: str | None
+) -> str | None:
+    known = state.source()
+    if known is None:
+        return None
+    url = normalise_url(known.url if repo is None else repo)
+    branch = (branch or known.branch) if repo is None else branch
+    path = local_path(url)
+    if url != known.url or path is None or not is_git_repository(path):
+        return None
+    if branch is not None and branch.startswith("-"):
+        return None
+    troubles = RetryBook(state.conn, time.time)
+    if any(trouble.permanent for trouble in troubles.all().values()):  # a new Reconciler forgives them
+        return None
+    registry = Registry(state_dir / "registry.db")
+    try:
+        if not registry.latest_numbers() and next(iter(_store(state_dir).records()), None) is not None:
+            return None  # a lost registry that the full pass restores from its store
+        row = replace(known, branch=branch, trigger="cli")
+        commit = remote_commit(str(path), state_dir / "source.git", branch)
+        if commit is None or commit != row.applied_commit or record.commit != commit:
+            return None
+        row = replace(row, fetched_commit=commit, fetched_at=time.time(), error_reason="", error="")
+        if state.active_runs():
+            return None
+        found = settled.fingerprint(
+            row, state=state, troubles=troubles, outbox=Outbox(state.conn, time.time), registry=registry,
+            aliases=AliasBook(registry.conn), setup=settled.DEFAULT_SETUP,
+        )  # fmt: skip
+        if found != record.fingerprint or local_unavailable(record.backends, state_dir) != dict(record.unavailable):
+            return None
+    finally:
+        registry.close()
+    log.debug("commit %s: settled since the last pass (%s), nothing to load", commit[:12], settled.RECORD_FILE)
+    state.set_source(row)
+    _sweep_uploads(state_dir)
+    return commit
+
+
+def _store(state_dir: Path) -> FileStore:
+    """The artifact store of the built-in setup."""
+    return FileStore(state_dir / "artifacts")
+
+
+def _sweep_uploads(state_dir: Path) -> None:
+    """As a new process's first full pass does: abort the uploads a killed writer left unfinished."""
+    try:
+        aborted = _store(state_dir).abort_stale_uploads(STALE_UPLOAD_S)
+    except GitopsdError as exc:
+        log.warning("artifact store: unfinished uploads not swept: %s", exc)
+        return
+    if aborted:
+        log.info("artifact store: aborted %d unfinished upload(s) older than %.0f h", aborted, STALE_UPLOAD_S / 3600)
+
+
+def local_unavailable(needed: Mapping[str, tuple[str, Mapping[str, Any]]], state_dir: Path) -> dict[str, str] | None:
+    """Why each needed backend cannot be used now (as `Observer.check` says it), or None when one is not of the
+    built-in `local` type (only the full pass looks plugins up)."""
+    if any(type_ != "local" for type_, _ in needed.values()):
+        return None
+    from gitopsd.backends.local.backend import LocalBackend
+
+    unavailable: dict[str, str] = {}
+    for name, (_, given) in sorted(needed.items()):
+        try:
+            LocalBackend(name=name, settings=dict(given), state_dir=state_dir).check()
+        except Exception as exc:  # as the full pass: a backend's failure is a reason, not a crash
+            unavailable[name] = str(exc) or type(exc).__name__
+    return unavailable
+
+
+def remote_commit(remote: str, mirror: Path, branch: str | None) -> str | None:
+    """The commit a full pass would fetch and resolve for `branch` (default: the remote's HEAD), when the
+    mirror already holds exactly the remote's branches and HEAD, so that the fetch would transfer nothing;
+    None otherwise or when either cannot be listed."""
+    if not (mirror / "HEAD").is_file():
+        return None
+    listings = _list_both(remote, str(mirror))
+    if listings is None:
+        return None
+    (head, heads), mirrored = listings
+    if head is None or (head, heads) != mirrored:
+        return None
+    return heads.get(f"refs/heads/{branch}" if branch else head)
+
+
+def _list_both(remote: str, mirror: str) -> tuple[Listing, Listing] | None:
+    """`git ls-remote --symref` of both repositories, run side by side."""
+    if remote.startswith("-") or mirror.startswith("-"):
+        return None
+    running: list[subprocess.Popen[str]] = []
+    try:
+        for where in (remote, mirror):
+            running.append(_ls_remote(where))
+    except OSError:
+        for process in running:
+            process.kill()
+            process.communicate()
+        return None
+    outputs: list[str | None] = []
+    for process in running:
+        try:
+            out, _ = process.communicate(timeout=LIST_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            out = None
+        outputs.append(out if process.returncode == 0 else None)
+    remote_out, mirror_out = outputs
+    if remote_out is None or mirror_out is None:
+        return None
+    first, second = parse_listing(remote_out), parse_listing(mirror_out)
+    if first is None or second is None:
+        return None
+    return first, second
+
+
+def _ls_remote(where: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["git", "ls-remote", "--symref", "--", where], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, errors="replace",
+    )  # fmt: skip
+
+
+def parse_listing(text: str) -> Listing | None:
+    """`git ls-remote --symref` output as (HEAD's target, branch -> commit); None for anything that is not
+    exactly that form (a garbled or hostile listing: the full pass decides)."""
+    head: str | None = None
+    heads: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 2 or not _NAME.fullmatch(parts[1]):
+            return None
+        value, name = parts
+        if value.startswith("ref: "):
+            target = value.removeprefix("ref: ")
+            if name != "HEAD" or head is not None or not target.startswith("refs/heads/"):
+                return None
+            if not _NAME.fullmatch(target):
+                return None
+            head = target
+            continue
+        if not _OID.fullmatch(value):
+            return None
+        if name.startswith("refs/heads/"):
+            if name in heads:
+                return None
+            heads[name] = value
+    return head, heads
