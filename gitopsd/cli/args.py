@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -33,7 +34,7 @@ class Context:
     """What the top-level options give every command: the state directory, the operator's configuration file
     (None: the default one, if it exists), --verbose, and that configuration once loaded."""
 
-    __slots__ = ("state_dir", "config", "verbose", "loaded_config")
+    __slots__ = ("config", "loaded_config", "state_dir", "verbose")
 
     def __init__(self, state_dir: Path, config: Path | None = None, verbose: bool = False) -> None:
         self.state_dir = state_dir
@@ -54,7 +55,7 @@ class Param:
     """One argument or option: argparse's `add_argument` parameters, plus `envvar` (the default when the
     option is not given; empty counts as unset) and `multiple` (repeatable; the values as a tuple)."""
 
-    __slots__ = ("flags", "kwargs", "envvar", "multiple")
+    __slots__ = ("envvar", "flags", "kwargs", "multiple")
 
     def __init__(self, flags: tuple[str, ...], kwargs: dict[str, Any], envvar: str | None = None,
                  multiple: bool = False) -> None:  # fmt: skip
@@ -97,7 +98,7 @@ Handler = Callable[..., None]
 class Command:
     """A command: `gitopsd NAME` or, in a group, `gitopsd GROUP NAME`; its help is the handler's docstring."""
 
-    __slots__ = ("name", "handler", "params", "group")
+    __slots__ = ("group", "handler", "name", "params")
 
     def __init__(self, name: str, handler: Handler, params: tuple[Param, ...], group: str | None = None) -> None:
         self.name = name
@@ -140,19 +141,14 @@ def command(name: str, *params: Param, group: str | None = None) -> Callable[[Ha
     return declare
 
 
+@lru_cache(maxsize=1)
 def _width() -> int:
     """The help's width: the terminal's, at most MAX_WIDTH; asked once (argparse makes a formatter per option)."""
-    global _WIDTH
-    if _WIDTH is None:
-        try:  # what shutil.get_terminal_size says, without importing shutil (and its compression modules)
-            columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 80
-        _WIDTH = min(MAX_WIDTH, columns - 2)
-    return _WIDTH
-
-
-_WIDTH: int | None = None
+    try:  # what shutil.get_terminal_size says, without importing shutil (and its compression modules)
+        columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        columns = 80
+    return min(MAX_WIDTH, columns - 2)
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -179,7 +175,7 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def path(*, exists: bool = False, dir_okay: bool = True, file_okay: bool = True) -> Callable[[str], Path]:
+def path_arg(*, exists: bool = False, dir_okay: bool = True, file_okay: bool = True) -> Callable[[str], Path]:
     """An argument type: a Path; `exists` refuses one that does not exist, `dir_okay=False` a directory and
     `file_okay=False` a file (each only when it exists)."""
 
@@ -235,10 +231,9 @@ def _translate_once() -> None:
     """argparse translates each of its own phrases ("options", "show this help message and exit") through
     gettext at every use, and gettext looks for catalogues on disk every time it finds none: dozens of
     look-ups for one parser. Remember each translation instead; the words are the same."""
-    from functools import lru_cache
-
-    if not hasattr(argparse._, "cache_info"):
-        argparse._ = lru_cache(maxsize=None)(argparse._)  # type: ignore[attr-defined]
+    translate = getattr(argparse, "_")  # noqa: B009 (argparse declares no `_`)
+    if not hasattr(translate, "cache_info"):
+        setattr(argparse, "_", lru_cache(maxsize=None)(translate))  # noqa: B010 (argparse declares no `_`)
 
 
 def chosen(args: Sequence[str], top: Sequence[Param]) -> str | None:
@@ -265,12 +260,12 @@ def build_parser(top: Sequence[Param], only: str | None = None) -> argparse.Argu
     parser.add_argument("--version", action=_Version)
     subs = parser.add_subparsers(title="commands", metavar="COMMAND", dest="_name")
     grouped: dict[str, argparse._SubParsersAction[Any]] = {}
-    entries = [(c.group or c.name, c) for c in GRAMMAR.commands]
+    entries: list[tuple[str, Command | None]] = [(c.group or c.name, c) for c in GRAMMAR.commands]
     entries += [(name, None) for name in GRAMMAR.groups if name]
     for top_name, cmd in sorted(entries, key=lambda e: (e[0], e[1] is not None, e[1].name if e[1] else "")):
         if cmd is None:  # a group: its subparser holds its commands
-            doc = GRAMMAR.groups[top_name]
-            gp = subs.add_parser(top_name, help=summary(doc), description=_description(doc),
+            group_doc = GRAMMAR.groups[top_name]
+            gp = subs.add_parser(top_name, help=summary(group_doc), description=_description(group_doc),
                                  formatter_class=_Formatter, allow_abbrev=False)  # fmt: skip
             grouped[top_name] = gp.add_subparsers(title="commands", metavar="COMMAND", dest="_sub")
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gitopsd.cli.args import Context, arg, command, opt, path
+from gitopsd.cli.args import Context, arg, command, opt, path_arg
 from gitopsd.cli.common import fail
 from gitopsd.cli.console import echo
 
@@ -30,7 +30,7 @@ def _read(path: Path) -> str | None:
 
 @command(
     "comment",
-    arg("plan_file", type=path(dir_okay=False)),
+    arg("plan_file", type=path_arg(dir_okay=False)),
     opt(
         "--forge",
         choices=["auto", "github", "gitlab", "gitea"],
@@ -50,16 +50,22 @@ def _read(path: Path) -> str | None:
         "--append",
         dest="appendix",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         multiple=True,
         help="A log to add as a collapsed code block when it is not empty (e.g. the output of gitopsd validate).",
     ),
-    opt("--timeout", metavar="FLOAT", type=float, default=30.0, show_default=True,
-        help="Seconds each request may take."),  # fmt: skip
+    opt(
+        "--timeout", metavar="FLOAT", type=float, default=30.0, show_default=True, help="Seconds each request may take."
+    ),
 )
 def comment(
     ctx: Context,
-    plan_file: Path, forge: str, token_env: str | None, number: int | None, appendix: tuple[Path, ...], timeout: float
+    plan_file: Path,
+    forge: str,
+    token_env: str | None,
+    number: int | None,
+    appendix: tuple[Path, ...],
+    timeout: float,
 ) -> None:
     """Post PLAN_FILE (the output of `gitopsd plan --format markdown`) on this CI job's pull or merge request,
     editing the plan comment an earlier run posted instead of adding one per push.

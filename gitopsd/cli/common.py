@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-
 if TYPE_CHECKING:
     from gitopsd.cli.args import Context
     from gitopsd.daemon.config import DaemonConfig, RepositoryConfig

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gitopsd.cli.args import Context, command, opt, path
+from gitopsd.cli.args import Context, command, opt, path_arg
 from gitopsd.cli.common import fail, state_dir
 from gitopsd.cli.console import echo
 
@@ -17,7 +17,7 @@ from gitopsd.cli.console import echo
         "--config",
         dest="config_path",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         required=True,
         envvar="GITOPSD_CONFIG",
         help="The daemon's TOML configuration [env: GITOPSD_CONFIG].",
@@ -44,7 +44,7 @@ def run(ctx: Context, config_path: Path, listen: str | None) -> None:
         "--config",
         dest="config_path",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         envvar="GITOPSD_CONFIG",
         help="Find the daemon's address (http.local_listen, else http.listen) and its API token (http.token) in "
         "this configuration [env: GITOPSD_CONFIG].",
@@ -125,7 +125,7 @@ def _base_url(listen: str) -> str:
         "--config",
         dest="config_path",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         help="Show the GPU leases of this daemon configuration's runs (default: those of GITOPSD_STATE_DIR).",
     ),
 )

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from gitopsd.cli.args import Context, command, opt, path
+from gitopsd.cli.args import Context, command, opt, path_arg
 from gitopsd.cli.common import fail
 from gitopsd.cli.console import echo
 
@@ -22,22 +22,38 @@ from gitopsd.cli.console import echo
         "--config",
         dest="config_path",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         envvar="GITOPSD_CONFIG",
         help="The daemon's configuration [env: GITOPSD_CONFIG] (default: ~/.config/gitopsd/config.toml, else "
         "/etc/gitopsd/gitopsd.toml).",
     ),
     opt("--json", dest="as_json_out", flag=True, help="Machine-readable output."),
-    opt("--probe-wait", metavar="FLOAT", type=float, default=60.0, show_default=True,
-        help="Seconds a probe job may wait to start before it is cancelled (and the check fails)."),  # fmt: skip
+    opt(
+        "--probe-wait",
+        metavar="FLOAT",
+        type=float,
+        default=60.0,
+        show_default=True,
+        help="Seconds a probe job may wait to start before it is cancelled (and the check fails).",
+    ),
     opt("--no-probe", flag=True, help="Submit no probe jobs."),
-    opt("--unit", dest="units", metavar="FILE", type=path(dir_okay=False), multiple=True,
+    opt(
+        "--unit",
+        dest="units",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        multiple=True,
         help="A systemd unit file to check (default: /etc/systemd/system/gitopsd.service and "
-             "~/.config/systemd/user/gitopsd.service, where present)."),  # fmt: skip
+        "~/.config/systemd/user/gitopsd.service, where present).",
+    ),
 )
 def doctor(
     ctx: Context,
-    config_path: Path | None, as_json_out: bool, probe_wait: float, no_probe: bool, units: tuple[Path, ...]
+    config_path: Path | None,
+    as_json_out: bool,
+    probe_wait: float,
+    no_probe: bool,
+    units: tuple[Path, ...],
 ) -> None:
     """Check a deployment as an admin would: Git, directories, Slurm (controller, association, a probe job per
     partition), stores, NVML and the systemd unit; each line pass/fail/warn/skip with its fix.

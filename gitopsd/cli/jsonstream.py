@@ -10,8 +10,8 @@ it again). A listing's array is written as its elements come, so nothing holds t
     ]
 
 and on a terminal, with `indent`, exactly the bytes `json.dumps(elements, indent=indent)` gives. A reader that
-goes away early (`| head`) ends the command quietly: `gitopsd.cli.main` turns the broken pipe into exit status 1 without a
-message, as it did before listings streamed.
+goes away early (`| head`) ends the command quietly: `gitopsd.cli.main` turns the broken pipe into exit status 1
+without a message, as it did before listings streamed.
 """
 
 from __future__ import annotations

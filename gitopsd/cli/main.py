@@ -17,14 +17,13 @@ from gitopsd.cli import doctor as _doctor  # noqa: F401
 from gitopsd.cli import registry as _registry  # noqa: F401
 from gitopsd.cli import ui as _ui  # noqa: F401
 from gitopsd.cli import usage as _usage  # noqa: F401
-from gitopsd.cli.args import Context, UsageError, arg, command, group, opt, path
+from gitopsd.cli.args import Context, UsageError, arg, command, group, opt, path_arg
 from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, state_dir, verify_policy
 from gitopsd.cli.console import echo
 
 if TYPE_CHECKING:
     import argparse
 
-    from gitopsd.cli.args import Param
     from gitopsd.reconcile.planner import Action
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.source.verify import VerifyPolicy
@@ -47,7 +46,7 @@ TOP_OPTIONS = (
         "--config",
         dest="_config",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         envvar="GITOPSD_CONFIG",
         help="The operator's configuration: backends, artifact store, limits (default: "
         "$XDG_CONFIG_HOME/gitopsd/config.toml if it exists, else one local backend) [env: GITOPSD_CONFIG].",
@@ -150,16 +149,20 @@ VERIFY_OPTIONS = (
     opt(
         "--verify-allowed-signers",
         metavar="PATH",
-        type=path(exists=True),
+        type=path_arg(exists=True),
         help="Refuse commits not signed by a key of this SSH allowed-signers file.",
     ),
     opt(
         "--verify-gpg-keyring",
         metavar="PATH",
-        type=path(exists=True),
+        type=path_arg(exists=True),
         help="Refuse commits not signed by a key of this OpenPGP keyring or GnuPG home.",
     ),
-    opt("--verify-since", metavar="COMMIT", help="With --verify-*: a trusted commit; commits it reaches are not checked."),
+    opt(
+        "--verify-since",
+        metavar="COMMIT",
+        help="With --verify-*: a trusted commit; commits it reaches are not checked.",
+    ),
 )
 
 
@@ -176,9 +179,7 @@ def _policy(allowed_signers: Path | None, gpg_keyring: Path | None, since: str |
         raise UsageError(str(exc)) from None
 
 
-def _reconciler(
-    ctx: Context, repo: str | None, branch: str | None, verify: VerifyPolicy | None = None
-) -> Reconciler:
+def _reconciler(ctx: Context, repo: str | None, branch: str | None, verify: VerifyPolicy | None = None) -> Reconciler:
     from gitopsd.errors import PermanentError
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.reconcile.state import StateStore
@@ -286,7 +287,9 @@ def _explain(action: Action, desired: Any) -> str:
     "reconcile",
     opt("--repo", metavar="TEXT", help="Git URL or local path of the GitOps repository (default: the one tracked)."),
     opt("--branch", metavar="TEXT", help="Branch to follow (default: the remote's default branch)."),
-    opt("--once", dest="mode", action="store_const", const="once", default="once", help="One pass, then exit (default)."),
+    opt(
+        "--once", dest="mode", action="store_const", const="once", default="once", help="One pass, then exit (default)."
+    ),
     opt("--wait", dest="mode", action="store_const", const="wait", help="Pass until every run has finished."),
     opt("--timeout", type=float, default=3600, show_default=True, help="Seconds --wait waits at most."),
     *VERIFY_OPTIONS,
@@ -321,9 +324,7 @@ def reconcile(
         from gitopsd.source.redact import redact_text
 
         echo(redact_text(result.error), err=True)
-    echo(
-        f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight"
-    )
+    echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight")
     if result.error or (mode == "wait" and result.active):
         raise SystemExit(1)
 
@@ -337,7 +338,7 @@ def reconcile(
         "--config",
         dest="config_path",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         help="Show every repository of this daemon configuration (read-only, while it runs).",
     ),
 )
@@ -437,7 +438,9 @@ def _no_status_yet(directory: Path) -> str:
 
 
 @command(
-    "logs", arg("model"), opt("--run", dest="run_id", metavar="TEXT", help="A specific run (default: the model's latest).")
+    "logs",
+    arg("model"),
+    opt("--run", dest="run_id", metavar="TEXT", help="A specific run (default: the model's latest)."),
 )
 def logs(ctx: Context, model: str, run_id: str | None) -> None:
     """Print the output of MODEL's latest run."""
@@ -493,7 +496,9 @@ def _run(args: list[str]) -> None:
     namespace, extras = parser.parse_known_args(args)
     cmd = getattr(namespace, "_command", None)
     if extras:  # said by the command's own parser, so that its usage is the one shown
-        where = cmd.path if cmd is not None else " ".join(filter(None, [namespace._name, getattr(namespace, "_sub", None)]))
+        where = (
+            cmd.path if cmd is not None else " ".join(filter(None, [namespace._name, getattr(namespace, "_sub", None)]))
+        )
         subparser(parser, where).error(f"unrecognized arguments: {' '.join(extras)}")
     if cmd is None:  # `gitopsd` or `gitopsd GROUP` alone: the help, as a usage error
         shown = subparser(parser, namespace._name) if namespace._name else parser

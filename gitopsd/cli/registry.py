@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gitopsd.cli.args import Context, UsageError, arg, at_least_zero, command, group, opt, path
+from gitopsd.cli.args import Context, UsageError, arg, at_least_zero, command, group, opt, path_arg
 from gitopsd.cli.common import fail, open_registry, operator, state_dir
 from gitopsd.cli.console import echo
-
 
 REGISTRY = group("registry", "Registered versions: list, show, verify, rebuild.")
 
@@ -169,9 +168,7 @@ def registry_rebuild(ctx: Context, store_uri: str | None, endpoint_url: str | No
     except GitopsdError as exc:
         fail(str(exc))
         raise
-    echo(
-        f"rebuilt {state_dir(ctx) / 'registry.db'} from {store.uri}: {versions} version(s), {moves} alias move(s)"
-    )
+    echo(f"rebuilt {state_dir(ctx) / 'registry.db'} from {store.uri}: {versions} version(s), {moves} alias move(s)")
 
 
 @command("lineage", arg("label"))
@@ -223,7 +220,7 @@ def lineage(ctx: Context, label: str) -> None:
     opt(
         "--clone",
         metavar="DIRECTORY",
-        type=path(file_okay=False),
+        type=path_arg(file_okay=False),
         default=".",
         show_default=True,
         help="A local clone of the GitOps repository to commit in.",

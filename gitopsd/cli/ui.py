@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gitopsd.cli.args import Context, UsageError, command, opt, path
+from gitopsd.cli.args import Context, UsageError, command, opt, path_arg
 from gitopsd.cli.common import DEFAULT_CONFIG, fail, state_dir
 from gitopsd.cli.console import echo
 
@@ -35,7 +35,7 @@ DEFAULT_LISTEN = "127.0.0.1:8089"
         "--state-dir",
         dest="ui_state_dir",
         metavar="DIRECTORY",
-        type=path(file_okay=False),
+        type=path_arg(file_okay=False),
         help="The state directory to show (one repository's, or a daemon's state_dir); default: gitopsd's own "
         "--state-dir.",
     ),
@@ -43,7 +43,7 @@ DEFAULT_LISTEN = "127.0.0.1:8089"
     opt(
         "--token-file",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         help="A file holding the token a browser logs in with (at least 16 random characters); needed when --listen "
         "is reachable from other hosts.",
     ),

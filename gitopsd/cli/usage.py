@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gitopsd.cli.args import Context, UsageError, command, opt, path
+from gitopsd.cli.args import Context, UsageError, command, opt, path_arg
 from gitopsd.cli.common import fail, operator, state_dir
 from gitopsd.cli.console import echo
 
@@ -23,15 +23,20 @@ if TYPE_CHECKING:
 
 @command(
     "usage",
-    opt("--window", metavar="TEXT", default="7d", show_default=True,
-        help="How far back to count, e.g. '24h', '7d', '30d'."),  # fmt: skip
+    opt(
+        "--window",
+        metavar="TEXT",
+        default="7d",
+        show_default=True,
+        help="How far back to count, e.g. '24h', '7d', '30d'.",
+    ),
     opt("--by", choices=["team", "model"], default="team", show_default=True, help="Group by."),
     opt("--json", dest="as_json", flag=True, help="Machine-readable output (indented on a terminal)."),
     opt(
         "--config",
         dest="config_path",
         metavar="FILE",
-        type=path(dir_okay=False),
+        type=path_arg(dir_okay=False),
         help="Count every repository of this daemon configuration (read-only, while it runs).",
     ),
 )

@@ -24,7 +24,7 @@ class _Seen:
     """When a message was last written, and how many repeats were dropped since (a plain class: `dataclasses`
     imports `inspect`, milliseconds every command's start would pay for this filter)."""
 
-    __slots__ = ("written_at", "dropped")
+    __slots__ = ("dropped", "written_at")
 
     def __init__(self, written_at: float, dropped: int = 0) -> None:
         self.written_at = written_at
