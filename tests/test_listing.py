@@ -393,7 +393,7 @@ def test_a_reader_that_goes_away_ends_it_quietly(tmp_path: Path, args: list[str]
     assert reader.stdout.read(100)  # like `| head -c 100`
     reader.stdout.close()
     stderr = reader.stderr.read().decode()
-    assert reader.wait(timeout=60) == 1, "a broken pipe is exit 1, as click makes it"
+    assert reader.wait(timeout=60) == 1, "a broken pipe is exit 1, as it always was"
     assert stderr == "", stderr
 
 

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from gitopsd.cli import plan as plan_module
-from gitopsd.cli.main import cli
 from gitopsd.reconcile.desired import collector_paused
+from tests.cli import invoke
 from tests.conftest import GitRepo
 
 
@@ -27,7 +26,11 @@ def collector() -> Iterator[None]:
 
 
 def test_the_collector_is_off_during_a_plan_and_back_after_it(
-    demo_repo: GitRepo, state_dir: Path, monkeypatch: pytest.MonkeyPatch, collector: None
+    demo_repo: GitRepo,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    collector: None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     seen: list[bool] = []
     real = plan_module._plan
@@ -38,13 +41,13 @@ def test_the_collector_is_off_during_a_plan_and_back_after_it(
 
     monkeypatch.setattr(plan_module, "_plan", spy)
     gc.enable()
-    done = CliRunner().invoke(cli, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
+    done = invoke(capsys, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
     assert done.exit_code == 0, done.output
     assert seen == [False]
     assert gc.isenabled()
     demo_repo.write("models/broken.yaml", "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: b}\n")
     demo_repo.commit("A model without a spec")
-    done = CliRunner().invoke(cli, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
+    done = invoke(capsys, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
     assert done.exit_code == 1 and "models/broken.yaml" in done.output
     assert gc.isenabled()
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import click
-
+from gitopsd.cli.args import Context, arg, command, opt, path_arg
 from gitopsd.cli.common import fail
+from gitopsd.cli.console import echo
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024  # a plan or log larger than this is cut anyway: read no more
 
@@ -28,33 +28,44 @@ def _read(path: Path) -> str | None:
         fail(f"cannot read {path}: {exc.strerror}")
 
 
-@click.command()
-@click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--forge",
-    type=click.Choice(["auto", "github", "gitlab", "gitea"]),
-    default="auto",
-    show_default=True,
-    help="The forge whose API gets the comment; auto: from GITHUB_ACTIONS, GITLAB_CI, GITEA_ACTIONS. Use gitea "
-    "for Forgejo too.",
+@command(
+    "comment",
+    arg("plan_file", type=path_arg(dir_okay=False)),
+    opt(
+        "--forge",
+        choices=["auto", "github", "gitlab", "gitea"],
+        default="auto",
+        show_default=True,
+        help="The forge whose API gets the comment; auto: from GITHUB_ACTIONS, GITLAB_CI, GITEA_ACTIONS. Use gitea "
+        "for Forgejo too.",
+    ),
+    opt(
+        "--token-env",
+        metavar="NAME",
+        help="The environment variable that holds the token (default: GITHUB_TOKEN on GitHub and Gitea, "
+        "GITOPSD_GITLAB_TOKEN on GitLab, whose CI_JOB_TOKEN cannot write notes).",
+    ),
+    opt("--number", metavar="INTEGER", type=int, help="The pull/merge request (default: from the CI's environment)."),
+    opt(
+        "--append",
+        dest="appendix",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        multiple=True,
+        help="A log to add as a collapsed code block when it is not empty (e.g. the output of gitopsd validate).",
+    ),
+    opt(
+        "--timeout", metavar="FLOAT", type=float, default=30.0, show_default=True, help="Seconds each request may take."
+    ),
 )
-@click.option(
-    "--token-env",
-    metavar="NAME",
-    help="The environment variable that holds the token (default: GITHUB_TOKEN on GitHub and Gitea, "
-    "GITOPSD_GITLAB_TOKEN on GitLab, whose CI_JOB_TOKEN cannot write notes).",
-)
-@click.option("--number", type=int, help="The pull/merge request (default: from the CI's environment).")
-@click.option(
-    "--append",
-    "appendix",
-    type=click.Path(path_type=Path, dir_okay=False),
-    multiple=True,
-    help="A log to add as a collapsed code block when it is not empty (e.g. the output of gitopsd validate).",
-)
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds each request may take.")
 def comment(
-    plan_file: Path, forge: str, token_env: str | None, number: int | None, appendix: tuple[Path, ...], timeout: float
+    ctx: Context,
+    plan_file: Path,
+    forge: str,
+    token_env: str | None,
+    number: int | None,
+    appendix: tuple[Path, ...],
+    timeout: float,
 ) -> None:
     """Post PLAN_FILE (the output of `gitopsd plan --format markdown`) on this CI job's pull or merge request,
     editing the plan comment an earlier run posted instead of adding one per push.
@@ -80,11 +91,11 @@ def comment(
         token = target.token
         logs = [(f"Output of <code>{_title(path)}</code>", _read(path) or "") for path in appendix]
         body = compose_body(_read(plan_file), appendix=logs, run_url=target.run_url, limit=BODY_LIMIT[chosen])
-        posted = upsert(target, body, timeout=timeout, warn=lambda line: click.echo(_clean(line, token), err=True))
+        posted = upsert(target, body, timeout=timeout, warn=lambda line: echo(_clean(line, token), err=True))
     except CommentError as exc:
         fail(_clean(str(exc), token))
     where = f": {posted.url}" if posted.url else ""
-    click.echo(f"{posted.action} the plan comment (id {posted.comment_id}) on {target.what}{where}")
+    echo(f"{posted.action} the plan comment (id {posted.comment_id}) on {target.what}{where}")
 
 
 def _title(path: Path) -> str:

@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-import click
-
 if TYPE_CHECKING:
+    from gitopsd.cli.args import Context
     from gitopsd.daemon.config import DaemonConfig, RepositoryConfig
     from gitopsd.reconcile.outputs import OutputLimits
     from gitopsd.registry.versions import Registry
@@ -20,12 +19,11 @@ DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local"
 DEFAULT_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "gitopsd" / "config.toml"
 
 
-def state_dir(ctx: click.Context) -> Path:
-    path: Path = ctx.obj["state_dir"]
-    return path
+def state_dir(ctx: Context) -> Path:
+    return ctx.state_dir
 
 
-def operator(ctx: click.Context) -> Operator:
+def operator(ctx: Context) -> Operator:
     """The operator's backends and store for this state directory: from `--config` (or $GITOPSD_CONFIG, else
     $XDG_CONFIG_HOME/gitopsd/config.toml if it exists), else the built-in default (one `local` backend, a file
     store in the state directory). A daemon configuration whose repository lives in this state directory gives
@@ -38,28 +36,27 @@ def operator(ctx: click.Context) -> Operator:
     return config.operator_for(repo) if repo is not None else config.operator()
 
 
-def output_limits(ctx: click.Context) -> OutputLimits | None:
+def output_limits(ctx: Context) -> OutputLimits | None:
     """The caps on a training's outputs from the operator's configuration, if there is one."""
     config, _ = _configuration(ctx)
     return config.output_limits.limits() if config is not None else None
 
 
-def verify_policy(ctx: click.Context) -> VerifyPolicy | None:
+def verify_policy(ctx: Context) -> VerifyPolicy | None:
     """The signed-commit policy the operator's configuration sets for the repository of this state directory."""
     _, repo = _configuration(ctx)
     return repo.verify.policy() if repo is not None and repo.verify is not None else None
 
 
-def _configuration(ctx: click.Context) -> tuple[DaemonConfig | None, RepositoryConfig | None]:
+def _configuration(ctx: Context) -> tuple[DaemonConfig | None, RepositoryConfig | None]:
     """The operator's configuration file (loaded once, its [environment] exported), and its repository whose
     state directory this is, if any."""
     from gitopsd.daemon.config import apply_environment, load_config
     from gitopsd.errors import GitopsdError
 
-    if "loaded_config" in ctx.obj:
-        loaded: tuple[DaemonConfig | None, RepositoryConfig | None] = ctx.obj["loaded_config"]
-        return loaded
-    path: Path | None = ctx.obj.get("config")
+    if ctx.loaded_config is not None:
+        return ctx.loaded_config
+    path = ctx.config
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     found: tuple[DaemonConfig | None, RepositoryConfig | None] = (None, None)
@@ -72,11 +69,11 @@ def _configuration(ctx: click.Context) -> tuple[DaemonConfig | None, RepositoryC
         here = state_dir(ctx)
         mine = [r for r in config.repositories if config.state_dir and config.state_dir_of(r).absolute() == here]
         found = (config, mine[0] if mine else None)
-    ctx.obj["loaded_config"] = found
+    ctx.loaded_config = found
     return found
 
 
-def refuse_beside_a_lease(ctx: click.Context, command: str) -> None:
+def refuse_beside_a_lease(ctx: Context, command: str) -> None:
     """Refuse a command that would act on a repository whose daemons share a lease (`[standby]`): it would act
     beside the active daemon, which alone may submit, cancel and register."""
     config, repo = _configuration(ctx)
@@ -88,13 +85,14 @@ def refuse_beside_a_lease(ctx: click.Context, command: str) -> None:
 
 def fail(message: str) -> NoReturn:
     """Print `message` (any URL in it without credentials) and exit 1."""
+    from gitopsd.cli.console import echo
     from gitopsd.source.redact import redact_text
 
-    click.echo(f"error: {redact_text(message)}", err=True)
+    echo(f"error: {redact_text(message)}", err=True)
     raise SystemExit(1)
 
 
-def open_registry(ctx: click.Context) -> Registry:
+def open_registry(ctx: Context) -> Registry:
     from gitopsd.registry.versions import Registry
 
     return Registry(state_dir(ctx) / "registry.db", readonly=True)

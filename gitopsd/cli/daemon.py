@@ -6,22 +6,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
-
+from gitopsd.cli.args import Context, command, opt, path_arg
 from gitopsd.cli.common import fail, state_dir
+from gitopsd.cli.console import echo
 
 
-@click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    envvar="GITOPSD_CONFIG",
-    help="The daemon's TOML configuration [env: GITOPSD_CONFIG].",
+@command(
+    "run",
+    opt(
+        "--config",
+        dest="config_path",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        required=True,
+        envvar="GITOPSD_CONFIG",
+        help="The daemon's TOML configuration [env: GITOPSD_CONFIG].",
+    ),
+    opt("--listen", metavar="TEXT", help="Override http.listen, e.g. 127.0.0.1:0 for any free port."),
 )
-@click.option("--listen", help="Override http.listen, e.g. 127.0.0.1:0 for any free port.")
-def run(config_path: Path, listen: str | None) -> None:
+def run(ctx: Context, config_path: Path, listen: str | None) -> None:
     """Run the daemon: poll, watch and webhooks trigger reconcile passes; systemd notify; HTTP API."""
     from gitopsd.daemon.service import Daemon
     from gitopsd.errors import GitopsdError
@@ -34,18 +37,21 @@ def run(config_path: Path, listen: str | None) -> None:
     raise SystemExit(daemon.run())
 
 
-@click.command()
-@click.option("--repo", "repo_name", help="Only this repository (default: all).")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="GITOPSD_CONFIG",
-    help="Find the daemon's address (http.local_listen, else http.listen) and its API token (http.token) in "
-    "this configuration [env: GITOPSD_CONFIG].",
+@command(
+    "trigger",
+    opt("--repo", dest="repo_name", metavar="TEXT", help="Only this repository (default: all)."),
+    opt(
+        "--config",
+        dest="config_path",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        envvar="GITOPSD_CONFIG",
+        help="Find the daemon's address (http.local_listen, else http.listen) and its API token (http.token) in "
+        "this configuration [env: GITOPSD_CONFIG].",
+    ),
+    opt("--url", metavar="TEXT", help="The daemon's base URL (default: from --config, else http://127.0.0.1:9090)."),
 )
-@click.option("--url", help="The daemon's base URL (default: from --config, else http://127.0.0.1:9090).")
-def trigger(repo_name: str | None, config_path: Path | None, url: str | None) -> None:
+def trigger(ctx: Context, repo_name: str | None, config_path: Path | None, url: str | None) -> None:
     """Ask the running daemon for a reconcile pass now.
 
     The API wants the daemon's bearer token: from $GITOPSD_API_TOKEN, else read through --config's http.token
@@ -102,7 +108,7 @@ def trigger(repo_name: str | None, config_path: Path | None, url: str | None) ->
     except OSError as exc:
         fail(f"cannot reach the daemon at {redact_url(url)}: {exc}")
         raise
-    click.echo("triggered: " + ", ".join(doc["triggered"]))
+    echo("triggered: " + ", ".join(doc["triggered"]))
 
 
 def _base_url(listen: str) -> str:
@@ -112,16 +118,18 @@ def _base_url(listen: str) -> str:
     return f"http://{host}:{port}"
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Show the GPU leases of this daemon configuration's runs (default: those of GITOPSD_STATE_DIR).",
+@command(
+    "gpus",
+    opt("--json", dest="as_json", flag=True, help="Machine-readable output."),
+    opt(
+        "--config",
+        dest="config_path",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        help="Show the GPU leases of this daemon configuration's runs (default: those of GITOPSD_STATE_DIR).",
+    ),
 )
-@click.pass_context
-def gpus(ctx: click.Context, as_json: bool, config_path: Path | None) -> None:
+def gpus(ctx: Context, as_json: bool, config_path: Path | None) -> None:
     """This host's NVIDIA GPUs and MIG instances as the nvidia backend sees them (NVML), and the run that
     holds each one."""
     import sqlite3
@@ -151,6 +159,6 @@ def gpus(ctx: click.Context, as_json: bool, config_path: Path | None) -> None:
         fail(f"cannot read the GPU leases in {book}: {exc}")
         raise
     if as_json:
-        click.echo(json.dumps(inventory_json(inventory, leased), indent=2))
+        echo(json.dumps(inventory_json(inventory, leased), indent=2))
     else:
-        click.echo(render_table(inventory, leased), nl=False)
+        echo(render_table(inventory, leased), nl=False)

@@ -11,29 +11,49 @@ import json
 import sys
 from pathlib import Path
 
-import click
-
+from gitopsd.cli.args import Context, command, opt, path_arg
 from gitopsd.cli.common import fail
+from gitopsd.cli.console import echo
 
 
-@click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="GITOPSD_CONFIG",
-    help="The daemon's configuration [env: GITOPSD_CONFIG] (default: ~/.config/gitopsd/config.toml, else "
-    "/etc/gitopsd/gitopsd.toml).",
+@command(
+    "doctor",
+    opt(
+        "--config",
+        dest="config_path",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        envvar="GITOPSD_CONFIG",
+        help="The daemon's configuration [env: GITOPSD_CONFIG] (default: ~/.config/gitopsd/config.toml, else "
+        "/etc/gitopsd/gitopsd.toml).",
+    ),
+    opt("--json", dest="as_json_out", flag=True, help="Machine-readable output."),
+    opt(
+        "--probe-wait",
+        metavar="FLOAT",
+        type=float,
+        default=60.0,
+        show_default=True,
+        help="Seconds a probe job may wait to start before it is cancelled (and the check fails).",
+    ),
+    opt("--no-probe", flag=True, help="Submit no probe jobs."),
+    opt(
+        "--unit",
+        dest="units",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        multiple=True,
+        help="A systemd unit file to check (default: /etc/systemd/system/gitopsd.service and "
+        "~/.config/systemd/user/gitopsd.service, where present).",
+    ),
 )
-@click.option("--json", "as_json_out", is_flag=True, help="Machine-readable output.")
-@click.option("--probe-wait", type=float, default=60.0, show_default=True,
-              help="Seconds a probe job may wait to start before it is cancelled (and the check fails).")  # fmt: skip
-@click.option("--no-probe", is_flag=True, help="Submit no probe jobs.")
-@click.option("--unit", "units", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
-              help="A systemd unit file to check (default: /etc/systemd/system/gitopsd.service and "
-                   "~/.config/systemd/user/gitopsd.service, where present).")  # fmt: skip
 def doctor(
-    config_path: Path | None, as_json_out: bool, probe_wait: float, no_probe: bool, units: tuple[Path, ...]
+    ctx: Context,
+    config_path: Path | None,
+    as_json_out: bool,
+    probe_wait: float,
+    no_probe: bool,
+    units: tuple[Path, ...],
 ) -> None:
     """Check a deployment as an admin would: Git, directories, Slurm (controller, association, a probe job per
     partition), stores, NVML and the systemd unit; each line pass/fail/warn/skip with its fix.
@@ -53,8 +73,8 @@ def doctor(
         fail(str(exc))
     checks = list(gather(config, path, probe_wait=None if no_probe else probe_wait, units=units))
     if as_json_out:
-        click.echo(json.dumps({"config": str(path), **as_json(checks)}, indent=2 if sys.stdout.isatty() else None))
+        echo(json.dumps({"config": str(path), **as_json(checks)}, indent=2 if sys.stdout.isatty() else None))
     else:
-        click.echo(f"gitopsd doctor: {path}")
-        click.echo(render(checks))
+        echo(f"gitopsd doctor: {path}")
+        echo(render(checks))
     raise SystemExit(exit_code(checks))

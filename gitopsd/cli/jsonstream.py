@@ -10,8 +10,8 @@ it again). A listing's array is written as its elements come, so nothing holds t
     ]
 
 and on a terminal, with `indent`, exactly the bytes `json.dumps(elements, indent=indent)` gives. A reader that
-goes away early (`| head`) ends the command quietly: click turns the broken pipe into exit status 1 without a
-message, as it did before listings streamed.
+goes away early (`| head`) ends the command quietly: `gitopsd.cli.main` turns the broken pipe into exit status 1
+without a message, as it did before listings streamed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-import click
+from gitopsd.cli.console import plain
 
 
 def indent_for(out: TextIO) -> int | None:
@@ -41,13 +41,13 @@ def write_array(elements: Iterable[str], out: TextIO, *, indent: int | None = No
 
 
 def write_lines(lines: Iterable[str], out: TextIO) -> None:
-    """Write each line as `click.echo` would (escape sequences removed when `out` is not a terminal), without a
+    """Write each line as `console.echo` would (escape sequences removed when `out` is not a terminal), without a
     flush per line."""
     strip = not out.isatty()
     for line in lines:
-        out.write((click.unstyle(line) if strip and "\x1b" in line else line) + "\n")
+        out.write((plain(line) if strip else line) + "\n")
 
 
 def stdout() -> TextIO:
-    """Where click.echo writes."""
+    """Where `console.echo` writes."""
     return sys.stdout

@@ -8,51 +8,57 @@ has no status yet (nothing reconciled it, or its daemon has not finished a pass)
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import click
-
-from gitopsd.cli.comment import comment
+from gitopsd.cli import comment as _comment  # noqa: F401  (each module declares its commands)
+from gitopsd.cli import daemon as _daemon  # noqa: F401
+from gitopsd.cli import doctor as _doctor  # noqa: F401
+from gitopsd.cli import registry as _registry  # noqa: F401
+from gitopsd.cli import ui as _ui  # noqa: F401
+from gitopsd.cli import usage as _usage  # noqa: F401
+from gitopsd.cli.args import Context, UsageError, arg, command, group, opt, path_arg
 from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, state_dir, verify_policy
-from gitopsd.cli.daemon import gpus, run, trigger
-from gitopsd.cli.doctor import doctor
-from gitopsd.cli.registry import history, lineage, promote, registry
-from gitopsd.cli.ui import ui
-from gitopsd.cli.usage import usage
+from gitopsd.cli.console import echo
 
 if TYPE_CHECKING:
+    import argparse
+
     from gitopsd.reconcile.planner import Action
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.source.verify import VerifyPolicy
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+group("", "gitopsd: declare models in Git; gitopsd trains them and registers immutable versions.")
+
+#: The options before the command, for every command: they make its Context.
+TOP_OPTIONS = (
+    opt(
+        "--state-dir",
+        dest="_state_dir",
+        metavar="PATH",
+        type=Path,
+        envvar="GITOPSD_STATE_DIR",
+        default=DEFAULT_STATE_DIR,
+        help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].  "
+        "[default: $XDG_STATE_HOME/gitopsd, else ~/.local/state/gitopsd]",
+    ),
+    opt(
+        "--config",
+        dest="_config",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        envvar="GITOPSD_CONFIG",
+        help="The operator's configuration: backends, artifact store, limits (default: "
+        "$XDG_CONFIG_HOME/gitopsd/config.toml if it exists, else one local backend) [env: GITOPSD_CONFIG].",
+    ),
+    opt("-v", "--verbose", dest="_verbose", flag=True, help="Log every step."),
+)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    envvar="GITOPSD_STATE_DIR",
-    default=DEFAULT_STATE_DIR,
-    show_default="$XDG_STATE_HOME/gitopsd, else ~/.local/state/gitopsd",
-    help="Where gitopsd keeps its databases, mirror, runs and artifacts [env: GITOPSD_STATE_DIR].",
-)
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="GITOPSD_CONFIG",
-    help="The operator's configuration: backends, artifact store, limits (default: "
-    "$XDG_CONFIG_HOME/gitopsd/config.toml if it exists, else one local backend) [env: GITOPSD_CONFIG].",
-)
-@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
-@click.version_option(package_name="gitopsd")
-@click.pass_context
-def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool) -> None:
-    """gitopsd: declare models in Git; gitopsd trains them and registers immutable versions."""
-    ctx.obj = {"state_dir": state_dir.expanduser().absolute(), "config": config}
+def _context(namespace: argparse.Namespace) -> Context:
+    """The top-level options as every command sees them, with logging set up as --verbose asks."""
+    ctx = Context(state_dir=namespace._state_dir.expanduser().absolute(), config=namespace._config,
+                  verbose=namespace._verbose)  # fmt: skip
     import logging
 
     from gitopsd.daemon.logdedup import RepeatFilter
@@ -62,25 +68,28 @@ def cli(ctx: click.Context, state_dir: Path, config: Path | None, verbose: bool)
     handler.addFilter(RedactUrls())  # no credential in a URL reaches the terminal, whoever logs it
     handler.addFilter(RepeatFilter())  # `reconcile --wait` meets the same warning on every pass: say it once
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if ctx.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         handlers=[handler],
     )
-    if not verbose:  # "Found credentials in environment variables." is no news on a terminal
+    if not ctx.verbose:  # "Found credentials in environment variables." is no news on a terminal
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    return ctx
 
 
-@cli.command()
-@click.argument("directory", type=click.Path(path_type=Path))
-@click.option(
-    "--ci-only",
-    is_flag=True,
-    help="Add only the CI files (.github/workflows/gitopsd.yml, .gitlab-ci.yml) to the existing repository "
-    "DIRECTORY, never over a file that exists; commit them yourself.",
+@command(
+    "init",
+    arg("directory", type=Path),
+    opt(
+        "--ci-only",
+        flag=True,
+        help="Add only the CI files (.github/workflows/gitopsd.yml, .gitlab-ci.yml) to the existing repository "
+        "DIRECTORY, never over a file that exists; commit them yourself.",
+    ),
 )
-def init(directory: Path, ci_only: bool) -> None:
+def init(ctx: Context, directory: Path, ci_only: bool) -> None:
     """Create a demo GitOps repository in DIRECTORY, with one commit and CI files that plan every pull request."""
     from gitopsd.cli.scaffold import init_demo, write_ci_files
 
@@ -90,25 +99,23 @@ def init(directory: Path, ci_only: bool) -> None:
         except OSError as exc:
             fail(str(exc))
         for rel in done.written:
-            click.echo(f"wrote {directory / rel}")
+            echo(f"wrote {directory / rel}")
         for rel in done.skipped:
-            click.echo(f"skipped {directory / rel}: it exists (compare it with `gitopsd init` in an empty directory)")
+            echo(f"skipped {directory / rel}: it exists (compare it with `gitopsd init` in an empty directory)")
         if done.written:
-            click.echo("next: commit them, and see their comments for the token and variables they use")
+            echo("next: commit them, and see their comments for the token and variables they use")
         return
     try:
         commit = init_demo(directory)
     except FileExistsError as exc:
         fail(str(exc))
-    click.echo(f"created {directory} at commit {commit[:12]}: one model (blobs), trained in about a second")
-    click.echo("with .github/workflows/gitopsd.yml and .gitlab-ci.yml: they plan every pull/merge request")
-    click.echo(f"next: gitopsd reconcile --repo {directory} --wait && gitopsd status")
+    echo(f"created {directory} at commit {commit[:12]}: one model (blobs), trained in about a second")
+    echo("with .github/workflows/gitopsd.yml and .gitlab-ci.yml: they plan every pull/merge request")
+    echo(f"next: gitopsd reconcile --repo {directory} --wait && gitopsd status")
 
 
-@cli.command()
-@click.argument("path", type=click.Path(path_type=Path), default=".")
-@click.pass_context
-def validate(ctx: click.Context, path: Path) -> None:
+@command("validate", arg("path", optional=True, type=Path, default="."))
+def validate(ctx: Context, path: Path) -> None:
     """Check the spec files of a working tree (default: the current directory); exit 1 on any problem."""
     from gitopsd.errors import SpecError
     from gitopsd.reconcile.desired import backend_setting_problems
@@ -121,41 +128,42 @@ def validate(ctx: click.Context, path: Path) -> None:
             raise SpecError(problems)
     except SpecError as exc:
         for problem in exc.problems:
-            click.echo(str(problem), err=True)
+            echo(str(problem), err=True)
         fail(f"{len(exc.problems)} problem(s) in {path}")
     names = ", ".join(sorted(m.name for m in specs.models.values())) or "none"
-    click.echo(f"{path}: valid; {len(specs.models)} model(s): {names}")
+    echo(f"{path}: valid; {len(specs.models)} model(s): {names}")
 
 
-@cli.command()
-def schema() -> None:
+@command("schema")
+def schema(ctx: Context) -> None:
     """Print the JSON Schema of spec files (for editors and CI)."""
     import json
 
     from gitopsd.spec.schema import json_schema
 
-    click.echo(json.dumps(json_schema(), indent=2))
+    echo(json.dumps(json_schema(), indent=2))
 
 
-def _verify_options(command: _F) -> _F:
-    """--verify-allowed-signers, --verify-gpg-keyring, --verify-since: refuse commits not signed by allowed keys."""
-    path = click.Path(exists=True, path_type=Path)
-    command = click.option(
+#: --verify-allowed-signers, --verify-gpg-keyring, --verify-since: refuse commits not signed by allowed keys.
+VERIFY_OPTIONS = (
+    opt(
+        "--verify-allowed-signers",
+        metavar="PATH",
+        type=path_arg(exists=True),
+        help="Refuse commits not signed by a key of this SSH allowed-signers file.",
+    ),
+    opt(
+        "--verify-gpg-keyring",
+        metavar="PATH",
+        type=path_arg(exists=True),
+        help="Refuse commits not signed by a key of this OpenPGP keyring or GnuPG home.",
+    ),
+    opt(
         "--verify-since",
         metavar="COMMIT",
         help="With --verify-*: a trusted commit; commits it reaches are not checked.",
-    )(command)
-    command = click.option(
-        "--verify-gpg-keyring",
-        type=path,
-        help="Refuse commits not signed by a key of this OpenPGP keyring or GnuPG home.",
-    )(command)
-    command = click.option(
-        "--verify-allowed-signers",
-        type=path,
-        help="Refuse commits not signed by a key of this SSH allowed-signers file.",
-    )(command)
-    return command
+    ),
+)
 
 
 def _policy(allowed_signers: Path | None, gpg_keyring: Path | None, since: str | None) -> VerifyPolicy | None:
@@ -163,17 +171,15 @@ def _policy(allowed_signers: Path | None, gpg_keyring: Path | None, since: str |
 
     if allowed_signers is None and gpg_keyring is None:
         if since is not None:
-            raise click.UsageError("--verify-since needs --verify-allowed-signers or --verify-gpg-keyring")
+            raise UsageError("--verify-since needs --verify-allowed-signers or --verify-gpg-keyring")
         return None
     try:
         return VerifyPolicy(allowed_signers=allowed_signers, gpg_keyring=gpg_keyring, since=since)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
-def _reconciler(
-    ctx: click.Context, repo: str | None, branch: str | None, verify: VerifyPolicy | None = None
-) -> Reconciler:
+def _reconciler(ctx: Context, repo: str | None, branch: str | None, verify: VerifyPolicy | None = None) -> Reconciler:
     from gitopsd.errors import PermanentError
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.reconcile.state import StateStore
@@ -185,7 +191,7 @@ def _reconciler(
             with StateStore(directory / "state.db") as store:
                 known = store.source()
         if known is None:
-            raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
+            raise UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo, branch = known.url, branch or known.branch
     try:
         verify = verify or verify_policy(ctx)
@@ -202,31 +208,32 @@ def _reconciler(
         raise
 
 
-@cli.command()
-@click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
-@click.option(
-    "--branch",
-    metavar="REF",
-    help="The change to plan: a branch, a remote-tracking branch (origin/NAME), a tag or a commit id of a local "
-    "--repo; a branch or commit id of a remote one (default: the tracked branch, else HEAD).",
+@command(
+    "plan",
+    opt("--repo", metavar="TEXT", help="Git URL or local path of the GitOps repository (default: the one tracked)."),
+    opt(
+        "--branch",
+        metavar="REF",
+        help="The change to plan: a branch, a remote-tracking branch (origin/NAME), a tag or a commit id of a local "
+        "--repo; a branch or commit id of a remote one (default: the tracked branch, else HEAD).",
+    ),
+    opt(
+        "--base",
+        metavar="REF",
+        help="Compare with this commit (same forms as --branch) instead of the state directory's applied commit.",
+    ),
+    opt(
+        "--format",
+        dest="fmt",
+        choices=["text", "markdown", "json"],
+        default="text",
+        show_default=True,
+        help="text for a terminal, markdown for a pull-request comment, json (schema gitopsd.plan/v1).",
+    ),
+    *VERIFY_OPTIONS,
 )
-@click.option(
-    "--base",
-    metavar="REF",
-    help="Compare with this commit (same forms as --branch) instead of the state directory's applied commit.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "markdown", "json"]),
-    default="text",
-    show_default=True,
-    help="text for a terminal, markdown for a pull-request comment, json (schema gitopsd.plan/v1).",
-)
-@_verify_options
-@click.pass_context
 def plan(
-    ctx: click.Context,
+    ctx: Context,
     repo: str | None,
     branch: str | None,
     base: str | None,
@@ -276,16 +283,19 @@ def _explain(action: Action, desired: Any) -> str:
     return repr(action)
 
 
-@cli.command()
-@click.option("--repo", help="Git URL or local path of the GitOps repository (default: the one tracked).")
-@click.option("--branch", help="Branch to follow (default: the remote's default branch).")
-@click.option("--once", "mode", flag_value="once", default=True, help="One pass, then exit (default).")
-@click.option("--wait", "mode", flag_value="wait", help="Pass until every run has finished.")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds --wait waits at most.")
-@_verify_options
-@click.pass_context
+@command(
+    "reconcile",
+    opt("--repo", metavar="TEXT", help="Git URL or local path of the GitOps repository (default: the one tracked)."),
+    opt("--branch", metavar="TEXT", help="Branch to follow (default: the remote's default branch)."),
+    opt(
+        "--once", dest="mode", action="store_const", const="once", default="once", help="One pass, then exit (default)."
+    ),
+    opt("--wait", dest="mode", action="store_const", const="wait", help="Pass until every run has finished."),
+    opt("--timeout", type=float, default=3600, show_default=True, help="Seconds --wait waits at most."),
+    *VERIFY_OPTIONS,
+)
 def reconcile(
-    ctx: click.Context,
+    ctx: Context,
     repo: str | None,
     branch: str | None,
     mode: str,
@@ -321,26 +331,26 @@ def reconcile(
     if result.error:
         from gitopsd.source.redact import redact_text
 
-        click.echo(redact_text(result.error), err=True)
-    click.echo(
-        f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight"
-    )
+        echo(redact_text(result.error), err=True)
+    echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight")
     if result.error or (mode == "wait" and result.active):
         raise SystemExit(1)
 
 
-@cli.command()
-@click.argument("model", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--wide", is_flag=True, help="Do not shorten messages.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Show every repository of this daemon configuration (read-only, while it runs).",
+@command(
+    "status",
+    arg("model", optional=True),
+    opt("--json", dest="as_json", flag=True, help="Machine-readable output."),
+    opt("--wide", flag=True, help="Do not shorten messages."),
+    opt(
+        "--config",
+        dest="config_path",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        help="Show every repository of this daemon configuration (read-only, while it runs).",
+    ),
 )
-@click.pass_context
-def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, config_path: Path | None) -> None:
+def status(ctx: Context, model: str | None, as_json: bool, wide: bool, config_path: Path | None) -> None:
     """Per model: what Git wants, what is, and why they differ.
 
     Exit codes: 0 status shown; 1 an error (a state.db that cannot be read, an invalid --config, no such
@@ -373,14 +383,14 @@ def status(ctx: click.Context, model: str | None, as_json: bool, wide: bool, con
         import json
 
         out: Any = next(iter(docs.values())) if len(docs) == 1 else {"repositories": docs}
-        click.echo(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
+        echo(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
         for name, why in missing.items():
-            click.echo(f"{name + ': ' if name else ''}{why}", err=True)
+            echo(f"{name + ': ' if name else ''}{why}", err=True)
     else:
         for name, doc in docs.items():
             if name:
-                click.echo(f"== {name} ==")
-            click.echo(missing[name] if name in missing else render(doc, wide=wide))
+                echo(f"== {name} ==")
+            echo(missing[name] if name in missing else render(doc, wide=wide))
     if missing:
         raise SystemExit(3)
 
@@ -435,11 +445,12 @@ def _no_status_yet(directory: Path) -> str:
     return f"nothing reconciled yet in {directory} (run `gitopsd reconcile --repo URL|PATH`, or `gitopsd run`)"
 
 
-@cli.command()
-@click.argument("model")
-@click.option("--run", "run_id", help="A specific run (default: the model's latest).")
-@click.pass_context
-def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
+@command(
+    "logs",
+    arg("model"),
+    opt("--run", dest="run_id", metavar="TEXT", help="A specific run (default: the model's latest)."),
+)
+def logs(ctx: Context, model: str, run_id: str | None) -> None:
     """Print the output of MODEL's latest run."""
     import sqlite3
 
@@ -456,29 +467,64 @@ def logs(ctx: click.Context, model: str, run_id: str | None) -> None:
     if not files:
         fail(f"run {row[0]} has no logs yet")
     for path in files:
-        click.echo(f"==> {path} <==")
-        click.echo(path.read_text(errors="replace"), nl=False)
+        echo(f"==> {path} <==")
+        echo(path.read_text(errors="replace"), nl=False)
 
 
-for command in (registry, lineage, history, promote, run, trigger, gpus, doctor, usage, comment, ui):
-    cli.add_command(command)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """The console script: no Python traceback reaches a user unless they ask for it with --verbose."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        _run(args)
+    except (KeyboardInterrupt, EOFError):
+        echo("\nAborted!", err=True)
+        raise SystemExit(1) from None
+    except BrokenPipeError:
+        _quiet_stdout()  # the reader went away (`| head`): end quietly, as a failure
+        raise SystemExit(1) from None
     except Exception as exc:
         from gitopsd.errors import GitopsdError
 
-        if "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]:
+        if "-v" in args or "--verbose" in args:
             import traceback
 
             traceback.print_exc()
         what = str(exc) if isinstance(exc, GitopsdError) else f"{type(exc).__name__}: {exc}"
-        click.echo(f"error: {what}", err=True)
+        echo(f"error: {what}", err=True)
         if not isinstance(exc, GitopsdError):
-            click.echo("(an unexpected error; run with --verbose for the traceback)", err=True)
+            echo("(an unexpected error; run with --verbose for the traceback)", err=True)
         raise SystemExit(1) from None
+
+
+def _run(args: list[str]) -> None:
+    """Parse `args` and run the command they name; a usage error exits 2 with the command's usage."""
+    from gitopsd.cli.args import build_parser, chosen, options_of, subparser
+
+    parser = build_parser(TOP_OPTIONS, only=chosen(args, TOP_OPTIONS))
+    namespace, extras = parser.parse_known_args(args)
+    cmd = getattr(namespace, "_command", None)
+    if extras:  # said by the command's own parser, so that its usage is the one shown
+        where = (
+            cmd.path if cmd is not None else " ".join(filter(None, [namespace._name, getattr(namespace, "_sub", None)]))
+        )
+        subparser(parser, where).error(f"unrecognized arguments: {' '.join(extras)}")
+    if cmd is None:  # `gitopsd` or `gitopsd GROUP` alone: the help, as a usage error
+        shown = subparser(parser, namespace._name) if namespace._name else parser
+        shown.print_help(sys.stderr)
+        raise SystemExit(2)
+    try:
+        cmd.handler(_context(namespace), **options_of(cmd, namespace))
+    except UsageError as exc:
+        subparser(parser, cmd.path).error(str(exc))
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush meets no closed pipe either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

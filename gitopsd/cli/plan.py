@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
+from gitopsd.cli.args import Context, UsageError
 from gitopsd.cli.common import fail, operator, output_limits, state_dir, verify_policy
+from gitopsd.cli.console import echo
 from gitopsd.source.redact import redact_text
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class _Planned:
 
 
 def plan_command(
-    ctx: click.Context,
+    ctx: Context,
     *,
     repo: str | None,
     branch: str | None,
@@ -66,7 +66,7 @@ def plan_command(
     known = _known_source(directory)
     if repo is None:
         if known is None:
-            raise click.UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
+            raise UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo = known.url
     # The cyclic collector is off for the whole plan (two commits' models, the dry run, the report): a plan makes
     # no reference cycles worth collecting, and the scans would be about a tenth of a cold plan.
@@ -74,21 +74,21 @@ def plan_command(
         outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
     plan, result = outcome.plan, outcome.result
     if plan.error:
-        click.echo(redact_text(plan.error), err=True)
+        echo(redact_text(plan.error), err=True)
     for problem in plan.problems:
-        click.echo(str(problem), err=True)
+        echo(str(problem), err=True)
     if fmt == "json":
-        click.echo(planreport.render_json(plan))
+        echo(planreport.render_json(plan))
     elif fmt == "markdown":
-        click.echo(planreport.render_markdown(plan), nl=False)
+        echo(planreport.render_markdown(plan), nl=False)
     else:
         if result is not None and base is None:  # against this state directory: what a reconcile would do now
-            click.echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
+            echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
             for action in result.actions:
-                click.echo("  " + planreport.term(explain(action, outcome.head)))
+                echo("  " + planreport.term(explain(action, outcome.head)))
             for name, why in sorted(result.blocked.items()):
-                click.echo(f"  ! {planreport.term(name)}: {planreport.term(why)}")
-        click.echo(planreport.render_text(plan))
+                echo(f"  ! {planreport.term(name)}: {planreport.term(why)}")
+        echo(planreport.render_text(plan))
     raise SystemExit(plan.exit_code)
 
 
@@ -164,7 +164,7 @@ def _resolve(repo: pygit2.Repository, ref: str, where: str, *, remote: bool) -> 
 
 
 def _plan(
-    ctx: click.Context,
+    ctx: Context,
     scratch: Path,
     directory: Path,
     known: SourceRow | None,

@@ -8,21 +8,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
-
+from gitopsd.cli.args import Context, UsageError, arg, at_least_zero, command, group, opt, path_arg
 from gitopsd.cli.common import fail, open_registry, operator, state_dir
+from gitopsd.cli.console import echo
+
+REGISTRY = group("registry", "Registered versions: list, show, verify, rebuild.")
 
 
-@click.group()
-def registry() -> None:
-    """Registered versions: list, show, verify, rebuild."""
-
-
-@registry.command("list")
-@click.argument("model", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (indented on a terminal).")
-@click.pass_context
-def registry_list(ctx: click.Context, model: str | None, as_json: bool) -> None:
+@command(
+    "list",
+    arg("model", optional=True),
+    opt("--json", dest="as_json", flag=True, help="Machine-readable output (indented on a terminal)."),
+    group=REGISTRY,
+)
+def registry_list(ctx: Context, model: str | None, as_json: bool) -> None:
     """List versions (of MODEL, or all), each as it is read."""
     from gitopsd.cli.jsonstream import indent_for, stdout, write_array, write_lines
     from gitopsd.registry.listing import summaries, version_texts
@@ -41,7 +40,7 @@ def _version_line(v: Any) -> str:
     return f"{v.label:<24} sha256:{v.sha256[:12]}  {v.size:>10} B  commit {v.commit[:12]}  {shown}"
 
 
-def _get_version(ctx: click.Context, label: str) -> tuple[Any, dict[str, str] | None]:
+def _get_version(ctx: Context, label: str) -> tuple[Any, dict[str, str] | None]:
     """The version LABEL names and the packages it was trained with (None when its environment is unknown)."""
     from gitopsd.registry.environments import packages_of
     from gitopsd.registry.versions import parse_label
@@ -49,7 +48,7 @@ def _get_version(ctx: click.Context, label: str) -> tuple[Any, dict[str, str] | 
     try:
         name, number = parse_label(label)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     with open_registry(ctx) as reg:
         version = reg.get(name, number)
         if version is None:
@@ -58,10 +57,8 @@ def _get_version(ctx: click.Context, label: str) -> tuple[Any, dict[str, str] | 
     return version, packages
 
 
-@registry.command("show")
-@click.argument("label")
-@click.pass_context
-def registry_show(ctx: click.Context, label: str) -> None:
+@command("show", arg("label"), group=REGISTRY)
+def registry_show(ctx: Context, label: str) -> None:
     """Show one version (NAME@N) as JSON."""
     from gitopsd.registry.listing import version_doc
 
@@ -69,10 +66,10 @@ def registry_show(ctx: click.Context, label: str) -> None:
     doc = version_doc(version)
     if "environment" in version.lineage:  # named by digest: shown with its packages, as inline ones were
         doc["lineage"]["packages"] = packages
-    click.echo(json.dumps(doc, indent=2))
+    echo(json.dumps(doc, indent=2))
 
 
-def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | None) -> Any:
+def _artifact_store(ctx: Context, uri: str | None, endpoint_url: str | None) -> Any:
     """The store named on the command line, else the one the operator's configuration gives this state dir."""
     from gitopsd.registry.stores import open_store
 
@@ -83,36 +80,34 @@ def _artifact_store(ctx: click.Context, uri: str | None, endpoint_url: str | Non
     return open_store(uri, state_dir(ctx) / "artifacts", endpoint_url=endpoint_url, object_lock_days=lock_days)
 
 
-_store_options = [
-    click.option(
-        "--store", "store_uri", help="Artifact store URI (default: the one the operator's configuration names)."
+STORE_OPTIONS = (
+    opt(
+        "--store",
+        dest="store_uri",
+        metavar="TEXT",
+        help="Artifact store URI (default: the one the operator's configuration names).",
     ),
-    click.option("--endpoint-url", help="Endpoint of an S3-compatible store."),
-]
-
-
-def _with_store_options(func: Any) -> Any:
-    for option in reversed(_store_options):
-        func = option(func)
-    return func
-
-
-@registry.command("verify")
-@_with_store_options
-@click.option(
-    "--stale-after",
-    "stale_after_s",
-    type=click.FloatRange(min=0),
-    default=3600.0,
-    show_default=True,
-    help="Seconds after which an unfinished upload counts as abandoned.",
+    opt("--endpoint-url", metavar="TEXT", help="Endpoint of an S3-compatible store."),
 )
-@click.option(
-    "--abort-stale-uploads", is_flag=True, help="Abort abandoned unfinished uploads instead of reporting them."
+
+
+@command(
+    "verify",
+    *STORE_OPTIONS,
+    opt(
+        "--stale-after",
+        dest="stale_after_s",
+        metavar="FLOAT",
+        type=at_least_zero,
+        default=3600.0,
+        show_default=True,
+        help="Seconds after which an unfinished upload counts as abandoned.",
+    ),
+    opt("--abort-stale-uploads", flag=True, help="Abort abandoned unfinished uploads instead of reporting them."),
+    group=REGISTRY,
 )
-@click.pass_context
 def registry_verify(
-    ctx: click.Context, store_uri: str | None, endpoint_url: str | None, stale_after_s: float, abort_stale_uploads: bool
+    ctx: Context, store_uri: str | None, endpoint_url: str | None, stale_after_s: float, abort_stale_uploads: bool
 ) -> None:
     """Re-hash every version's artifact and check its record, each in the store it was stored in (all in --store
     if given); check every store is reachable; exit 1 if anything is missing, altered or unreachable."""
@@ -136,13 +131,13 @@ def registry_verify(
         fail(str(exc))
     report.problems.extend(journals)
     for line in report.notes:
-        click.echo(line)
+        echo(line)
     for line in report.problems:
-        click.echo(line, err=True)
+        echo(line, err=True)
     where = ", ".join(report.stores)
     if report.problems:
         fail(f"{len(report.problems)} problem(s) in {report.versions} version(s) in {where}")
-    click.echo(f"{report.versions} version(s) verified: artifacts and records intact in {where}")
+    echo(f"{report.versions} version(s) verified: artifacts and records intact in {where}")
 
 
 def _journal_problems(reg: Any, store: Any) -> list[str]:
@@ -161,10 +156,8 @@ def _journal_problems(reg: Any, store: Any) -> list[str]:
         return []  # an unreachable store is verify's own problem line
 
 
-@registry.command("rebuild")
-@_with_store_options
-@click.pass_context
-def registry_rebuild(ctx: click.Context, store_uri: str | None, endpoint_url: str | None) -> None:
+@command("rebuild", *STORE_OPTIONS, group=REGISTRY)
+def registry_rebuild(ctx: Context, store_uri: str | None, endpoint_url: str | None) -> None:
     """Recreate registry.db from the artifact store's records alone (disaster recovery)."""
     from gitopsd.errors import GitopsdError
     from gitopsd.registry.recovery import rebuild
@@ -175,15 +168,11 @@ def registry_rebuild(ctx: click.Context, store_uri: str | None, endpoint_url: st
     except GitopsdError as exc:
         fail(str(exc))
         raise
-    click.echo(
-        f"rebuilt {state_dir(ctx) / 'registry.db'} from {store.uri}: {versions} version(s), {moves} alias move(s)"
-    )
+    echo(f"rebuilt {state_dir(ctx) / 'registry.db'} from {store.uri}: {versions} version(s), {moves} alias move(s)")
 
 
-@click.command()
-@click.argument("label")
-@click.pass_context
-def lineage(ctx: click.Context, label: str) -> None:
+@command("lineage", arg("label"))
+def lineage(ctx: Context, label: str) -> None:
     """Where NAME@N came from: commit, code tree, data, job, host, metrics."""
     from gitopsd.source.redact import redact_url
 
@@ -221,22 +210,24 @@ def lineage(ctx: click.Context, label: str) -> None:
         rows.append(("gate", f"{gate['gate']}: {gate['value']} {'passed' if gate['passed'] else 'FAILED'}"))
     rows.append(("metrics", ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))))
     for key, value in rows:
-        click.echo(f"{key:<11} {value}")
+        echo(f"{key:<11} {value}")
 
 
-@click.command()
-@click.argument("label")
-@click.option("--alias", required=True, help="The alias to move, e.g. production.")
-@click.option(
-    "--clone",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=".",
-    show_default=True,
-    help="A local clone of the GitOps repository to commit in.",
+@command(
+    "promote",
+    arg("label"),
+    opt("--alias", metavar="TEXT", required=True, help="The alias to move, e.g. production."),
+    opt(
+        "--clone",
+        metavar="DIRECTORY",
+        type=path_arg(file_okay=False),
+        default=".",
+        show_default=True,
+        help="A local clone of the GitOps repository to commit in.",
+    ),
+    opt("--force", flag=True, help="Commit even if this state directory has no such version."),
 )
-@click.option("--force", is_flag=True, help="Commit even if this state directory has no such version.")
-@click.pass_context
-def promote(ctx: click.Context, label: str, alias: str, clone: Path, force: bool) -> None:
+def promote(ctx: Context, label: str, alias: str, clone: Path, force: bool) -> None:
     """Point ALIAS at LABEL (NAME@N) by a commit in a local clone; review and push it yourself."""
     from gitopsd.errors import PermanentError, SpecError
     from gitopsd.registry.promote import promote as do_promote
@@ -245,7 +236,7 @@ def promote(ctx: click.Context, label: str, alias: str, clone: Path, force: bool
     try:
         name, number = parse_label(label)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     if not force:
         with open_registry(ctx) as reg:
             if reg.get(name, number) is None:
@@ -255,14 +246,15 @@ def promote(ctx: click.Context, label: str, alias: str, clone: Path, force: bool
     except (PermanentError, SpecError) as exc:
         fail(str(exc))
         raise
-    click.echo(f"{path}: {alias} -> {label}, committed {commit[:12]} (not pushed)")
+    echo(f"{path}: {alias} -> {label}, committed {commit[:12]} (not pushed)")
 
 
-@click.command()
-@click.argument("model")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (indented on a terminal).")
-@click.pass_context
-def history(ctx: click.Context, model: str, as_json: bool) -> None:
+@command(
+    "history",
+    arg("model"),
+    opt("--json", dest="as_json", flag=True, help="Machine-readable output (indented on a terminal)."),
+)
+def history(ctx: Context, model: str, as_json: bool) -> None:
     """MODEL's versions and alias moves, oldest first, with their commits, each as it is read."""
     from gitopsd.cli.jsonstream import indent_for, stdout, write_array, write_lines
     from gitopsd.registry.listing import history as entries_of
@@ -292,7 +284,7 @@ def _history_line(model: str, e: dict[str, Any]) -> str:
     return f"{when}  {e['commit'][:12]}  {what}  ({e['subject']})"
 
 
-def _base_chain(ctx: click.Context, version: Any) -> list[str]:
+def _base_chain(ctx: Context, version: Any) -> list[str]:
     """NAME@N, then the version it was fine-tuned from, and so on back to a model trained from scratch."""
     from gitopsd.registry.versions import parse_label
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
+from gitopsd.cli.args import Context, UsageError, command, opt, path_arg
 from gitopsd.cli.common import DEFAULT_CONFIG, fail, state_dir
+from gitopsd.cli.console import echo
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -29,32 +29,36 @@ if TYPE_CHECKING:
 DEFAULT_LISTEN = "127.0.0.1:8089"
 
 
-@click.command("ui")
-@click.option(
-    "--state-dir",
-    "ui_state_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The state directory to show (one repository's, or a daemon's state_dir); default: gitopsd's own --state-dir.",
+@command(
+    "ui",
+    opt(
+        "--state-dir",
+        dest="ui_state_dir",
+        metavar="DIRECTORY",
+        type=path_arg(file_okay=False),
+        help="The state directory to show (one repository's, or a daemon's state_dir); default: gitopsd's own "
+        "--state-dir.",
+    ),
+    opt("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve on (port 0: any)."),
+    opt(
+        "--token-file",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        help="A file holding the token a browser logs in with (at least 16 random characters); needed when --listen "
+        "is reachable from other hosts.",
+    ),
+    opt(
+        "--open-browser",
+        choices=["yes", "no"],
+        default="no",
+        show_default=True,
+        help="Open the dashboard in this host's web browser.",
+    ),
 )
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve on (port 0: any).")
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="A file holding the token a browser logs in with (at least 16 random characters); needed when --listen "
-    "is reachable from other hosts.",
-)
-@click.option(
-    "--open-browser",
-    type=click.Choice(["yes", "no"]),
-    default="no",
-    show_default=True,
-    help="Open the dashboard in this host's web browser.",
-)
-@click.pass_context
-def ui(ctx: click.Context, ui_state_dir: Path | None, listen: str, token_file: Path | None, open_browser: str) -> None:
+def ui(ctx: Context, ui_state_dir: Path | None, listen: str, token_file: Path | None, open_browser: str) -> None:
     """The read-only web dashboard of the state directory, served until Ctrl-C."""
     if ui_state_dir is not None:
-        ctx.obj["state_dir"] = ui_state_dir.expanduser().absolute()
+        ctx.state_dir = ui_state_dir.expanduser().absolute()
     from gitopsd.daemon.apiauth import check_token, listen_problem
     from gitopsd.daemon.config import LISTEN
     from gitopsd.daemon.httpapi import HttpServer
@@ -62,7 +66,7 @@ def ui(ctx: click.Context, ui_state_dir: Path | None, listen: str, token_file: P
     from gitopsd.ui.app import UiApp
 
     if not re.fullmatch(LISTEN, listen):
-        raise click.BadParameter(f"{listen!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}", param_hint="--listen")
+        raise UsageError(f"{listen!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}", option="--listen")
     token: bytes | None = None
     if token_file is not None:
         try:
@@ -85,18 +89,18 @@ def ui(ctx: click.Context, ui_state_dir: Path | None, listen: str, token_file: P
         fail(f"cannot listen on {listen}: {exc.strerror or exc}; choose another port with --listen 127.0.0.1:PORT")
     url = f"http://{_shown_host(host)}:{server.port}/ui/"
     names = ", ".join(sorted(context.sources))
-    click.echo(f"gitopsd ui: {len(context.sources)} repository(ies) ({names}) from {state_dir(ctx)}, read-only")
-    click.echo(f"open {url}" + (" and log in with the token of --token-file" if guarded else ""))
+    echo(f"gitopsd ui: {len(context.sources)} repository(ies) ({names}) from {state_dir(ctx)}, read-only")
+    echo(f"open {url}" + (" and log in with the token of --token-file" if guarded else ""))
     if not guarded:
-        click.echo("note: without --token-file every user of this host can open it; on a shared login node give "
+        echo("note: without --token-file every user of this host can open it; on a shared login node give "
                    "--token-file FILE")  # fmt: skip
-    click.echo(f"from a laptop: ssh -L {server.port}:127.0.0.1:{server.port} <login-node>, then open "
+    echo(f"from a laptop: ssh -L {server.port}:127.0.0.1:{server.port} <login-node>, then open "
                f"http://127.0.0.1:{server.port}/ui/")  # fmt: skip
-    click.echo("Ctrl-C stops it")
+    echo("Ctrl-C stops it")
     _serve(server, url if open_browser == "yes" else None)
 
 
-def _context(ctx: click.Context) -> UiContext:
+def _context(ctx: Context) -> UiContext:
     """Where the data is: the repositories found in the state directory; commit links, backends and the GPU lease
     book from the operator's configuration (--config, else the default one if it exists)."""
     from gitopsd.backends.protocol import SHARED_STATE_ENV
@@ -124,11 +128,11 @@ def _context(ctx: click.Context) -> UiContext:
     )
 
 
-def _config(ctx: click.Context) -> DaemonConfig | None:
+def _config(ctx: Context) -> DaemonConfig | None:
     from gitopsd.daemon.config import load_config
     from gitopsd.errors import GitopsdError
 
-    path: Path | None = ctx.obj.get("config")
+    path = ctx.config
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     if path is None:
@@ -166,4 +170,4 @@ def _serve(server: HttpServer, open_url: str | None) -> None:
     while not stop.wait(1.0):
         pass
     server.stop()
-    click.echo("gitopsd ui stopped")
+    echo("gitopsd ui stopped")

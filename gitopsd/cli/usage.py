@@ -13,26 +13,34 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
+from gitopsd.cli.args import Context, UsageError, command, opt, path_arg
 from gitopsd.cli.common import fail, operator, state_dir
+from gitopsd.cli.console import echo
 
 if TYPE_CHECKING:
     from gitopsd.spec.policy import Usage
 
 
-@click.command()
-@click.option("--window", default="7d", show_default=True, help="How far back to count, e.g. '24h', '7d', '30d'.")
-@click.option("--by", type=click.Choice(["team", "model"]), default="team", show_default=True, help="Group by.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (indented on a terminal).")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Count every repository of this daemon configuration (read-only, while it runs).",
+@command(
+    "usage",
+    opt(
+        "--window",
+        metavar="TEXT",
+        default="7d",
+        show_default=True,
+        help="How far back to count, e.g. '24h', '7d', '30d'.",
+    ),
+    opt("--by", choices=["team", "model"], default="team", show_default=True, help="Group by."),
+    opt("--json", dest="as_json", flag=True, help="Machine-readable output (indented on a terminal)."),
+    opt(
+        "--config",
+        dest="config_path",
+        metavar="FILE",
+        type=path_arg(dir_okay=False),
+        help="Count every repository of this daemon configuration (read-only, while it runs).",
+    ),
 )
-@click.pass_context
-def usage(ctx: click.Context, window: str, by: str, as_json: bool, config_path: Path | None) -> None:
+def usage(ctx: Context, window: str, by: str, as_json: bool, config_path: Path | None) -> None:
     """GPU-hours per team (or per model) over a window: runs in flight count up to now."""
     import sqlite3
     from dataclasses import replace
@@ -46,9 +54,9 @@ def usage(ctx: click.Context, window: str, by: str, as_json: bool, config_path: 
     try:
         window_s = parse_duration(window)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--window") from None
+        raise UsageError(str(exc), option="--window") from None
     if window_s <= 0:
-        raise click.BadParameter("must be longer than 0s", param_hint="--window")
+        raise UsageError("must be longer than 0s", option="--window")
     until = time.time()
     since = until - window_s
     if config_path is None:
@@ -79,19 +87,19 @@ def usage(ctx: click.Context, window: str, by: str, as_json: bool, config_path: 
                      for u in merged],
             "total_gpu_hours": round(total, 6),
         }  # fmt: skip
-        click.echo(json.dumps(doc, indent=2 if sys.stdout.isatty() else None))  # indented for a person, as every --json
+        echo(json.dumps(doc, indent=2 if sys.stdout.isatty() else None))  # indented for a person, as every --json
         return
-    click.echo(f"GPU-hours in the last {format_duration(window_s)} (since {format_time(since)}), by {by}:")
+    echo(f"GPU-hours in the last {format_duration(window_s)} (since {format_time(since)}), by {by}:")
     if not merged:
-        click.echo("  no run with GPUs in this window")
+        echo("  no run with GPUs in this window")
         return
     width = max(len(by), *(len(u.key) for u in merged), len("total"))
-    click.echo(f"  {by.upper():<{width}}  {'GPU-HOURS':>10}  {'RUNS':>5}  {'IN FLIGHT':>9}")
+    echo(f"  {by.upper():<{width}}  {'GPU-HOURS':>10}  {'RUNS':>5}  {'IN FLIGHT':>9}")
     for u in merged:
-        click.echo(f"  {u.key:<{width}}  {u.gpu_hours:>10.1f}  {u.runs:>5}  {u.in_flight:>9}")
+        echo(f"  {u.key:<{width}}  {u.gpu_hours:>10.1f}  {u.runs:>5}  {u.in_flight:>9}")
     runs = sum(u.runs for u in merged)
     flying = sum(u.in_flight for u in merged)
-    click.echo(f"  {'total':<{width}}  {total:>10.1f}  {runs:>5}  {flying:>9}")
+    echo(f"  {'total':<{width}}  {total:>10.1f}  {runs:>5}  {flying:>9}")
 
 
 def _merge(rows: list[Usage]) -> list[Usage]:

@@ -14,8 +14,6 @@ import fcntl
 import os
 from pathlib import Path
 
-from gitopsd.errors import PermanentError
-
 LOCK_NAME = "daemon.lock"
 
 
@@ -29,6 +27,8 @@ class InstanceLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            from gitopsd.errors import PermanentError  # here: `gitopsd status` reads serving_daemon without it
+
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                 raise PermanentError(f"cannot lock {self.path}: {exc.strerror}") from None

@@ -16,15 +16,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 DEFAULT_WINDOW_S = 600.0
 
 
-@dataclass
 class _Seen:
-    written_at: float
-    dropped: int = 0
+    """When a message was last written, and how many repeats were dropped since (a plain class: `dataclasses`
+    imports `inspect`, milliseconds every command's start would pay for this filter)."""
+
+    __slots__ = ("dropped", "written_at")
+
+    def __init__(self, written_at: float, dropped: int = 0) -> None:
+        self.written_at = written_at
+        self.dropped = dropped
 
 
 class RepeatFilter(logging.Filter):

@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from gitopsd_nvidia.backend import NvidiaBackend
 from gitopsd_nvidia.inventory import as_json, read_inventory, render_table
 from gitopsd_nvidia.nvml import Nvml
 
-from gitopsd.cli.main import cli
 from gitopsd.errors import BackendUnavailable
 from gitopsd.model import JobState
+from tests.cli import invoke
 from tests.nvidia.conftest import WAIT_FOR_GO, GpuJob, go, new_job, poll, ref_of, state_is
 from tests.nvidia.fake_nvml import (
     PYNVML_VERSION,
@@ -138,39 +137,42 @@ def test_a_function_missing_from_an_older_driver_is_a_missing_value(machine: Fak
 
 
 def test_gitopsd_gpus_names_the_run_that_holds_each_device(
-    machine: FakeMachine, backend: NvidiaBackend, make_job: GpuJob, tmp_path: Path
+    machine: FakeMachine, backend: NvidiaBackend, make_job: GpuJob, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     machine.gpus[:] = [h100(0), h100(1)]
     job = make_job(WAIT_FOR_GO)
     ref = ref_of(job, backend.submit(job))
     [lease] = backend.leases.all()
-    runner = CliRunner()
-    shown = runner.invoke(cli, ["--state-dir", str(tmp_path / "state"), "gpus"])
+    shown = invoke(capsys, ["--state-dir", str(tmp_path / "state"), "gpus"])
     assert shown.exit_code == 0, shown.output
     rows = {uuid: line for line in shown.output.splitlines() for uuid in (gpu_uuid(0), gpu_uuid(1)) if uuid in line}
     assert job.run_id in rows[lease.uuid]
     assert job.run_id not in "".join(row for uuid, row in rows.items() if uuid != lease.uuid)
-    doc = json.loads(runner.invoke(cli, ["--state-dir", str(tmp_path / "state"), "gpus", "--json"]).output)
+    doc = json.loads(invoke(capsys, ["--state-dir", str(tmp_path / "state"), "gpus", "--json"]).output)
     assert {g["uuid"]: g["leased_by"] for g in doc["gpus"]} == {
         gpu_uuid(0): job.run_id if lease.uuid == gpu_uuid(0) else None,
         gpu_uuid(1): job.run_id if lease.uuid == gpu_uuid(1) else None,
     }
     go(job)
     poll(backend, [ref], state_is(ref, JobState.SUCCEEDED))
-    freed = runner.invoke(cli, ["--state-dir", str(tmp_path / "state"), "gpus"]).output
+    freed = invoke(capsys, ["--state-dir", str(tmp_path / "state"), "gpus"]).output
     assert job.run_id not in freed
 
 
 def test_gitopsd_gpus_without_any_lease_book_shows_none(
-    machine: FakeMachine, fake: FakeNvmlLib, tmp_path: Path
+    machine: FakeMachine, fake: FakeNvmlLib, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shown = CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "nowhere"), "gpus"])
+    shown = invoke(capsys, ["--state-dir", str(tmp_path / "nowhere"), "gpus"])
     assert shown.exit_code == 0, shown.output
     assert "LEASED BY" in shown.output and not (tmp_path / "nowhere").exists()
 
 
 def test_gitopsd_gpus_with_a_daemon_config_reads_the_daemons_lease_book(
-    machine: FakeMachine, fake: FakeNvmlLib, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    machine: FakeMachine,
+    fake: FakeNvmlLib,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     daemon_state = tmp_path / "daemon"
     monkeypatch.setenv("GITOPSD_SHARED_STATE_DIR", str(daemon_state))  # as `gitopsd run` exports it
@@ -181,7 +183,7 @@ def test_gitopsd_gpus_with_a_daemon_config_reads_the_daemons_lease_book(
     config = tmp_path / "gitopsd.toml"
     config.write_text(f'state_dir = "{daemon_state}"\n[[repositories]]\nname = "team-a"\nurl = "/srv/git/a.git"\n')
     try:
-        shown = CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "mine"), "gpus", "--config", str(config)])
+        shown = invoke(capsys, ["--state-dir", str(tmp_path / "mine"), "gpus", "--config", str(config)])
         assert shown.exit_code == 0, shown.output
         assert job.run_id in shown.output
     finally:
