@@ -308,10 +308,10 @@ def reconcile(
     from gitopsd.cli.common import DEFAULT_CONFIG
     from gitopsd.reconcile.quickpass import quick_reconcile
 
-    configured = ctx.obj["config"] is not None or DEFAULT_CONFIG.is_file()
+    configured = ctx.config is not None or DEFAULT_CONFIG.is_file()
     verified = any(v is not None for v in (verify_allowed_signers, verify_gpg_keyring, verify_since))
     if commit := quick_reconcile(state_dir(ctx), repo, branch, configured=configured, verified=verified):
-        click.echo(f"commit {commit[:12]}: 0 action(s), 0 run(s) in flight")  # settled: what the full pass says
+        echo(f"commit {commit[:12]}: 0 action(s), 0 run(s) in flight")  # settled: what the full pass says
         return
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
     from gitopsd.cli.common import refuse_beside_a_lease
