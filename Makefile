@@ -3,7 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Editable installs read gitopsd from this tree, so tests and the demo run the code being edited. Where
+# Editable installs read gitopsd from this tree, so tests and the demo run the code being edited (a plain .pth
+# path entry: pyproject.toml's package-dir keeps setuptools from installing an import hook instead). Where
 # PYTHONDONTWRITEBYTECODE is set (many containers and CI runners) nothing would write the tree's bytecode and
 # every command would compile what it imports (about 20 ms a start): compile it at install and before `bench`.
 BYTECODE := $(BIN)/python -m compileall -q gitopsd backends/nvidia/gitopsd_nvidia backends/slurm/gitopsd_slurm

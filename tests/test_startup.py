@@ -72,3 +72,28 @@ def test_status_of_an_empty_state_dir_imports_no_heavy_library(tmp_path: Path) -
     assert _heavy(modules) == []
     assert "gitopsd.reconcile.statusview" in modules  # it ran the real status, not a shortcut
     assert {"gitopsd.reconcile.reconciler", "gitopsd.registry.versions", "gitopsd.spec.schema"}.isdisjoint(modules)
+
+
+def test_status_logs_nothing_so_it_skips_the_logging_setup(tmp_path: Path) -> None:
+    """`status` is declared `logs=False`: the logging set-up (with its URL redaction) is left out. That is safe
+    only while nothing status runs can log, i.e. imports `logging` at all: on a state directory with a status, an
+    empty one, and an unreadable one. With --config it loads the daemon's configuration and sets logging up."""
+    from gitopsd.reconcile.state import SourceRow, StateStore
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with StateStore(state / "state.db") as store:
+        store.set_source(SourceRow(url="https://user:secret@example.com/repo.git", branch="main"))
+    done, modules = _run(["status"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "secret" not in done.stdout + done.stderr
+    assert "logging" not in modules
+    (state / "state.db").write_bytes(b"not a database" * 100)
+    done, modules = _run(["status"], tmp_path)
+    assert done.returncode == 1 and "error:" in done.stderr
+    assert "logging" not in modules
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(f'state_dir = "{state}"\n[[repositories]]\nname = "r"\nurl = "https://example.com/r.git"\n')
+    done, modules = _run(["status", "--config", str(config)], tmp_path)
+    assert done.returncode in (1, 3), done.stderr[-2000:]
+    assert {"logging", "gitopsd.daemon.logs"} <= modules

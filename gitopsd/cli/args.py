@@ -98,13 +98,15 @@ Handler = Callable[..., None]
 class Command:
     """A command: `gitopsd NAME` or, in a group, `gitopsd GROUP NAME`; its help is the handler's docstring."""
 
-    __slots__ = ("group", "handler", "name", "params")
+    __slots__ = ("group", "handler", "logs", "name", "params")
 
-    def __init__(self, name: str, handler: Handler, params: tuple[Param, ...], group: str | None = None) -> None:
+    def __init__(self, name: str, handler: Handler, params: tuple[Param, ...], group: str | None = None,
+                 logs: bool = True) -> None:  # fmt: skip
         self.name = name
         self.handler = handler
         self.params = params
         self.group = group
+        self.logs = logs
 
     @property
     def path(self) -> str:
@@ -130,12 +132,14 @@ def group(name: str, doc: str) -> str:
     return name
 
 
-def command(name: str, *params: Param, group: str | None = None) -> Callable[[Handler], Handler]:
+def command(name: str, *params: Param, group: str | None = None, logs: bool = True) -> Callable[[Handler], Handler]:
     """Declare the decorated function as the handler of `gitopsd [GROUP] NAME`, called as
-    `handler(ctx, **options)`; its docstring is the command's help."""
+    `handler(ctx, **options)`; its docstring is the command's help. `logs=False`: the command imports nothing
+    that logs, so the logging set-up (milliseconds of imports) is left out; the handler calls
+    `main.setup_logging(ctx)` itself before any path that may log (tests/test_startup.py checks the rest)."""
 
     def declare(handler: Handler) -> Handler:
-        GRAMMAR.commands.append(Command(name=name, handler=handler, params=params, group=group))
+        GRAMMAR.commands.append(Command(name=name, handler=handler, params=params, group=group, logs=logs))
         return handler
 
     return declare

@@ -55,10 +55,18 @@ TOP_OPTIONS = (
 )
 
 
-def _context(namespace: argparse.Namespace) -> Context:
-    """The top-level options as every command sees them, with logging set up as --verbose asks."""
+def _context(namespace: argparse.Namespace, *, logs: bool = True) -> Context:
+    """The top-level options as every command sees them, with logging set up as --verbose asks (unless the
+    command does not log: `command(..., logs=False)`)."""
     ctx = Context(state_dir=namespace._state_dir.expanduser().absolute(), config=namespace._config,
                   verbose=namespace._verbose)  # fmt: skip
+    if logs:
+        setup_logging(ctx)
+    return ctx
+
+
+def setup_logging(ctx: Context) -> None:
+    """Log records to stderr, credentials in URLs redacted, repeats said once, at INFO (DEBUG with --verbose)."""
     import logging
 
     from gitopsd.daemon.logdedup import RepeatFilter
@@ -76,7 +84,6 @@ def _context(namespace: argparse.Namespace) -> Context:
     if not ctx.verbose:  # "Found credentials in environment variables." is no news on a terminal
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    return ctx
 
 
 @command(
@@ -349,6 +356,7 @@ def reconcile(
         type=path_arg(dir_okay=False),
         help="Show every repository of this daemon configuration (read-only, while it runs).",
     ),
+    logs=False,  # reading state.db logs nothing; --config sets logging up before it loads the configuration
 )
 def status(ctx: Context, model: str | None, as_json: bool, wide: bool, config_path: Path | None) -> None:
     """Per model: what Git wants, what is, and why they differ.
@@ -364,6 +372,7 @@ def status(ctx: Context, model: str | None, as_json: bool, wide: bool, config_pa
         from gitopsd.daemon.config import load_config
         from gitopsd.errors import GitopsdError
 
+        setup_logging(ctx)
         try:
             config = load_config(config_path)
         except GitopsdError as exc:
@@ -513,7 +522,7 @@ def _run(args: list[str]) -> None:
         shown.print_help(sys.stderr)
         raise SystemExit(2)
     try:
-        cmd.handler(_context(namespace), **options_of(cmd, namespace))
+        cmd.handler(_context(namespace, logs=cmd.logs), **options_of(cmd, namespace))
     except UsageError as exc:
         subparser(parser, cmd.path).error(str(exc))
 
