@@ -334,7 +334,8 @@ def test_with_a_configuration_the_quick_pass_agrees_with_the_full_pass(demo_repo
         "[http]\ntoken = \"file:{root}/token\"\n",
         "[backends.local.settings]\nruns_dir = \"{root}/runs\"\n",
         "[backends.gpu]\ntype = \"slurm\"\n",
-        "[[repositories]]\nname = \"quick\"\nurl = \"{root}/quick.git\"\nverify = {{ allowed_signers = \"/signers\" }}\n",
+        "[[repositories]]\nname = \"quick\"\nurl = \"{root}/quick.git\"\n"
+        "verify = {{ allowed_signers = \"/signers\" }}\n",
         "[[repositories]]\nname = \"quick\"\nurl = \"{root}/elsewhere.git\"\n",
         "[[repositories]]\nname = \"quick\"\nurl = \"{root}/quick.git\"\nbranch = \"other\"\n",
         "[registry]\nartifacts = \"s3://bucket/models\"\n",
