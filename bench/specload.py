@@ -6,7 +6,9 @@ spec. This script builds the repository of `bench/run.py` (10,000 suspended mode
 committed with pygit2), then times the real `gitopsd` command, each measurement a few runs, and reports medians:
 
 - `plan`, cold: a state directory that does not exist (a fresh CI runner), so nothing is cached;
-- `reconcile --once` and `plan` on a warm state directory, nothing changed;
+- `reconcile --once` and `plan` on a warm state directory, nothing changed; `reconcile --once` also with an
+  operator configuration (`--config`, the `local` backend with settings, output limits), in its own state
+  directory;
 - the first `plan` and the first `reconcile --once` after a commit that changes one spec (it stays suspended, so
   nothing is submitted and every repetition measures the same work).
 
@@ -38,6 +40,20 @@ from run import BRANCH, BenchRepo, gitopsd_command, model_name, model_yaml
 OUT_DIR = Path(__file__).resolve().parent / "out"
 _BLOB = pygit2.enums.FileMode.BLOB
 _TREE = pygit2.enums.FileMode.TREE
+
+
+#: An operator's configuration of the kind the quick settled pass applies to (docs/architecture.md): the
+#: built-in `local` backend with settings of its own, output limits, data roots.
+OPERATOR_CONFIG = """\
+data_roots = ["/nonexistent/data"]
+
+[backends.local]
+type = "local"
+settings = { max_parallel = 2, grace_s = 5 }
+
+[output_limits]
+metrics_bytes = 2000000
+"""
 
 
 class BenchError(Exception):
@@ -120,11 +136,14 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
     say(f"generated and committed {models} specs in {time.perf_counter() - start:.1f} s")
     config = work / "config"  # no operator configuration: the built-in local backend
     config.mkdir()
+    operator = work / "operator.toml"  # and, in other state directories, an operator's configuration
+    operator.write_text(OPERATOR_CONFIG)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPSD_")}
     env["XDG_CONFIG_HOME"] = str(config)
     url = str(repo.path)
     labels = ["", *(f" [{c}]" for c in commands[1:])]
     states = [str(work / f"state{i}") for i in range(len(commands))]
+    configured = [str(work / f"configured{i}") for i in range(len(commands))]
     found: dict[tuple[str, int], list[Sample]] = {}
 
     def run(what: str, index: int, *args: str) -> None:
@@ -136,9 +155,12 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
     for i, state in enumerate(states):
         for _ in range(2):  # untimed: the first pass fills the state directory (and its cache)
             timed([commands[i], "--state-dir", state, "reconcile", "--once", "--repo", url], env)
+            timed([commands[i], "--state-dir", configured[i], "--config", str(operator), "reconcile", "--once",
+                   "--repo", url], env)  # fmt: skip
     for _ in range(runs):
         for i, state in enumerate(states):
             run("warm reconcile", i, state, "reconcile", "--once")
+            run("warm configured", i, configured[i], "--config", str(operator), "reconcile", "--once")
             run("warm plan", i, state, "plan")
     for round_ in range(runs):
         edit_one(repo, round_, round_)
@@ -148,6 +170,7 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
     names = {
         "cold": (f"`plan`, cold (no state dir), {models} specs", 1000),
         "warm reconcile": ("`reconcile --once`, warm, nothing changed", 150),
+        "warm configured": ("`reconcile --once`, warm, nothing changed, with an operator configuration", 150),
         "warm plan": ("`plan`, warm, nothing changed", 150),
         "first plan": ("first `plan` after a one-spec commit", 200),
         "first reconcile": ("first `reconcile --once` after a one-spec commit", 200),

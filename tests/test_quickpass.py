@@ -15,17 +15,21 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gitopsd.cli.args import Context
+from gitopsd.cli.common import settled_setup
+from gitopsd.daemon.config import load_config
 from gitopsd.errors import BackendUnavailable
 from gitopsd.model import Reason
-from gitopsd.reconcile import quickpass, settled
+from gitopsd.reconcile import configsource, quickpass, settled
 from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outbox import Outbox
+from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.reconcile.state import StateStore
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook
@@ -38,7 +42,8 @@ HEAVY = ("pydantic", "yaml", "pygit2", "sqlite_utils", "importlib.metadata")
 
 def _quick(pair: Pair, **flags: Any) -> str | None:
     pair.new("quick").close()  # bring the quick directory's remote up to the repository's commits
-    return quickpass.quick_reconcile(pair.root / "quick", None, None, configured=flags.get("configured", False),
+    config = flags.get("config", getattr(pair, "config", None))
+    return quickpass.quick_reconcile(pair.root / "quick", None, None, config=config,
                                      verified=flags.get("verified", False))  # fmt: skip
 
 
@@ -171,30 +176,32 @@ def test_a_change_the_record_does_not_describe_takes_the_full_pass(pair: Pair, t
     pair.settle()  # trains blobs, registers version 1 in the registry and its store
     assert _quick(pair) is not None
     tamper(pair.root / "quick")
-    assert quickpass.quick_reconcile(pair.root / "quick", None, None, configured=False, verified=False) is None
+    assert quickpass.quick_reconcile(pair.root / "quick", None, None, config=None, verified=False) is None
 
 
 def test_a_remote_branch_the_mirror_lacks_takes_the_full_pass_which_fetches_it(pair: Pair) -> None:
     _suspended_and_settled(pair)
     assert _quick(pair) is not None
     _mirror_behind(pair.root / "quick")
-    assert quickpass.quick_reconcile(pair.root / "quick", None, None, configured=False, verified=False) is None
+    assert quickpass.quick_reconcile(pair.root / "quick", None, None, config=None, verified=False) is None
     rec = pair.new("quick")
     rec.reconcile("cli")
     rec.close()
-    assert quickpass.quick_reconcile(pair.root / "quick", None, None, configured=False, verified=False) is not None
+    assert quickpass.quick_reconcile(pair.root / "quick", None, None, config=None, verified=False) is not None
 
 
 def test_a_configuration_a_signature_policy_or_another_repository_takes_the_full_pass(pair: Pair) -> None:
     _suspended_and_settled(pair)
     state_dir = pair.root / "quick"
     assert _quick(pair) is not None
-    assert _quick(pair, configured=True) is None
+    config = pair.root / "operator.toml"
+    config.write_text("")  # a configuration: its digest is not the built-in setup of the record
+    assert _quick(pair, config=config) is None
     assert _quick(pair, verified=True) is None
-    assert quickpass.quick_reconcile(state_dir, str(pair.repo.path), None, configured=False, verified=False) is None
-    assert quickpass.quick_reconcile(state_dir, None, "no-such-branch", configured=False, verified=False) is None
-    assert quickpass.quick_reconcile(state_dir, None, "-x", configured=False, verified=False) is None
-    assert quickpass.quick_reconcile(pair.root / "nowhere", None, None, configured=False, verified=False) is None
+    assert quickpass.quick_reconcile(state_dir, str(pair.repo.path), None, config=None, verified=False) is None
+    assert quickpass.quick_reconcile(state_dir, None, "no-such-branch", config=None, verified=False) is None
+    assert quickpass.quick_reconcile(state_dir, None, "-x", config=None, verified=False) is None
+    assert quickpass.quick_reconcile(pair.root / "nowhere", None, None, config=None, verified=False) is None
 
 
 @pytest.mark.parametrize(
@@ -235,9 +242,176 @@ def test_the_command_line_answers_a_settled_pass_without_heavy_imports(pair: Pai
     assert sorted(m for m in modules if m in HEAVY or m.split(".")[0] in HEAVY) == []
     assert "gitopsd.reconcile.reconciler" not in modules
 
-    config = tmp_path / "operator.toml"  # with an operator configuration, the full pass: the detector works
-    config.write_text("")
+    config = tmp_path / "operator.toml"  # a new operator configuration: the full pass (the detector works) ...
+    config.write_text(f'state_dir = "{pair.root}"\n[backends.local]\nsettings = {{ max_parallel = 2 }}\n'
+                      "[output_limits]\nmetrics_bytes = 2000000\n")  # fmt: skip
     done, modules = run("--config", str(config))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == f"commit {commit[:12]}: 0 action(s), 0 run(s) in flight\n"
     assert "gitopsd.reconcile.reconciler" in modules and "pygit2" in modules
+    done, modules = run("--config", str(config))  # ... which leaves a record made under it: the quick pass
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"commit {commit[:12]}: 0 action(s), 0 run(s) in flight\n"
+    assert sorted(m for m in modules if m in HEAVY or m.split(".")[0] in HEAVY) == []
+    assert "gitopsd.reconcile.reconciler" not in modules
+
+    config.write_text(config.read_text() + 'log_level = "loud"\n')  # one that the full pass refuses
+    done, _ = run("--config", str(config))
+    assert done.returncode == 1 and "log_level" in done.stderr and done.stdout == ""
+
+
+# --- with an operator configuration ------------------------------------------------------------------------------
+
+PLAIN = """\
+state_dir = "{root}"
+data_roots = ["/nonexistent/data"]
+
+[backends.local]
+type = "local"
+settings = {{ max_parallel = 2, grace_s = 5 }}
+
+[output_limits]
+metrics_bytes = 2000000
+artifact_files = 5000
+
+[registry]
+artifacts = "file://{root}/store/"
+
+[[repositories]]
+name = "quick"
+url = "{root}/quick.git"
+
+[[repositories]]
+name = "full"
+url = "{root}/full.git"
+"""
+
+
+@dataclass
+class Configured(Pair):
+    """A `Pair` whose reconcilers are made as the command line makes them under the configuration `config`: its
+    operator and output limits for the repository entry that serves the state directory, and its digest (the
+    URL and branch are the tracked source's, as `gitopsd reconcile` without --repo takes them)."""
+
+    config: Path = Path("/nonexistent")
+
+    def new(self, which: str) -> Reconciler:
+        plain = super().new(which)  # clones and pushes the directory's remote
+        plain.close()
+        config = load_config(self.config)
+        here = self.root / which
+        mine = [r for r in config.repositories if config.state_dir and config.state_dir_of(r).absolute() == here]
+        repo = mine[0] if mine else None
+        return Reconciler(state_dir=here, url=plain.url,
+                          operator=config.operator_for(repo) if repo else config.operator(),
+                          limits=config.output_limits.limits(), setup=config.settled_setup(repo),
+                          settled_pass=which == "quick")  # fmt: skip
+
+
+def _configured(demo_repo: GitRepo, tmp_path: Path, text: str = PLAIN) -> Configured:
+    config = tmp_path / "operator.toml"
+    config.write_text(text.format(root=tmp_path))
+    return Configured(repo=demo_repo, root=tmp_path, config=config)
+
+
+def test_with_a_configuration_the_quick_pass_agrees_with_the_full_pass(demo_repo: GitRepo, tmp_path: Path) -> None:
+    pair = _configured(demo_repo, tmp_path)
+    pair.settle()  # trains blobs on the configured backend, registers version 1 in the configured store
+    assert (tmp_path / "store" / "quick").is_dir() and (tmp_path / "store" / "full").is_dir()
+    assert probe(pair) is True
+    assert probe(pair) is True
+    demo_repo.edit(MODEL, "  train:\n", "  aliases: {prod: 1}\n  train:\n")
+    demo_repo.commit("An alias")
+    assert probe(pair) is False
+    assert [probe(pair) for _ in range(2)][-1] is True
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "[standby]\nlease_dir = \"{root}/lease\"\n",
+        "[environment]\nSLURM_CONF = \"/etc/slurm.conf\"\n",
+        "[http]\ntoken = \"file:{root}/token\"\n",
+        "[backends.local.settings]\nruns_dir = \"{root}/runs\"\n",
+        "[backends.gpu]\ntype = \"slurm\"\n",
+        "[[repositories]]\nname = \"quick\"\nurl = \"{root}/quick.git\"\n"
+        "verify = {{ allowed_signers = \"/signers\" }}\n",
+        "[[repositories]]\nname = \"quick\"\nurl = \"{root}/elsewhere.git\"\n",
+        "[[repositories]]\nname = \"quick\"\nurl = \"{root}/quick.git\"\nbranch = \"other\"\n",
+        "[registry]\nartifacts = \"s3://bucket/models\"\n",
+        "state_dir = \"relative/state\"\n",
+        "not toml = = =\n",
+    ],
+    ids=["standby", "environment", "secret", "runs-dir", "plugin", "verify", "other-url", "other-branch", "s3",
+         "relative-state-dir", "not-toml"],
+)  # fmt: skip
+def test_what_the_digest_cannot_show_equal_takes_the_full_pass(demo_repo: GitRepo, tmp_path: Path, change: str) -> None:
+    base = "[backends.local]\nsettings = {{ max_parallel = 2 }}\n"
+    if change.startswith("state_dir"):  # top-level keys before any table
+        text = change + base
+    else:
+        text = 'state_dir = "{root}"\n' + ("" if "backends.local.settings" in change else base) + change
+    path = tmp_path / "operator.toml"
+    path.write_text(text.format(root=tmp_path))
+    found = configsource.plain(path, tmp_path / "quick")
+    if "elsewhere" in change or "branch" in change:  # the quick pass refuses the tracked source's mismatch
+        assert found is not None and found.repository is not None
+    else:
+        assert found is None
+    if change.startswith(("[standby]", "[[repositories]]")):  # the record of a full pass under it is not used
+        pair = Configured(repo=demo_repo, root=tmp_path, config=path)
+        _suspended_and_settled(pair)
+        assert (tmp_path / "quick" / settled.RECORD_FILE).is_file()
+        assert _quick(pair) is None
+
+
+def test_the_same_configuration_without_a_refused_part_is_quick(demo_repo: GitRepo, tmp_path: Path) -> None:
+    """The counterpart of the refusals: the same set-up with nothing refused takes the quick pass."""
+    path = tmp_path / "operator.toml"
+    path.write_text(f'state_dir = "{tmp_path}"\n[backends.local]\nsettings = {{ max_parallel = 2 }}\n'
+                    f'[[repositories]]\nname = "quick"\nurl = "{tmp_path}/quick.git"\n')  # fmt: skip
+    pair = Configured(repo=demo_repo, root=tmp_path, config=path)
+    _suspended_and_settled(pair)
+    assert _quick(pair) is not None
+
+
+def test_an_edited_or_moved_configuration_takes_the_full_pass(demo_repo: GitRepo, tmp_path: Path) -> None:
+    pair = _configured(demo_repo, tmp_path)
+    _suspended_and_settled(pair)
+    assert _quick(pair) is not None
+    text = pair.config.read_text()
+    moved = tmp_path / "elsewhere.toml"
+    moved.write_text(text)
+    assert _quick(pair, config=moved) is None  # the same bytes at another path
+    pair.config.write_text(text.replace("max_parallel = 2", "max_parallel = 3"))  # one byte
+    assert _quick(pair) is None
+    pair.config.write_text(text)
+    assert _quick(pair) is not None  # back as it was: the record still describes it
+    assert _quick(pair, config=None) is None  # no configuration: the built-in setup is another one
+    (tmp_path / "linked.toml").symlink_to(pair.config)
+    assert _quick(pair, config=tmp_path / "linked.toml") is not None  # the path is the resolved one
+
+
+def test_the_command_line_the_daemon_and_the_quick_path_name_a_configuration_alike(tmp_path: Path) -> None:
+    path = tmp_path / "operator.toml"
+    path.write_text(PLAIN.format(root=tmp_path))
+    config = load_config(path)
+    for which, repo in (("quick", config.repositories[0]), ("full", config.repositories[1]), ("none", None)):
+        found = configsource.plain(path, tmp_path / which)
+        assert found is not None
+        ctx = Context(state_dir=tmp_path / which, config=path)
+        assert found.setup == settled_setup(ctx) == config.settled_setup(repo)  # the daemon: `Daemon._start`
+        operator = config.operator_for(repo) if repo else config.operator()
+        assert found.store == operator.registry.artifacts
+    assert len({configsource.plain(path, tmp_path / w).setup for w in ("quick", "full", "none")}) == 3  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("artifacts", ["file:///a/b/", "file:///a//b/../c", "file:///a/./b"])
+def test_the_quick_path_finds_the_configured_store_as_the_configuration_does(tmp_path: Path, artifacts: str) -> None:
+    path = tmp_path / "operator.toml"
+    for extra in ("", f'artifacts = "{artifacts}x"\n'):
+        path.write_text(f'state_dir = "{tmp_path}"\n[registry]\nartifacts = "{artifacts}"\n'
+                        f'[[repositories]]\nname = "quick"\nurl = "/r"\n{extra}')  # fmt: skip
+        config = load_config(path)
+        found = configsource.plain(path, tmp_path / "quick")
+        assert found is not None and found.store == config.operator_for(config.repositories[0]).registry.artifacts

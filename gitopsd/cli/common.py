@@ -48,6 +48,21 @@ def verify_policy(ctx: Context) -> VerifyPolicy | None:
     return repo.verify.policy() if repo is not None and repo.verify is not None else None
 
 
+def configuration_path(ctx: Context) -> Path | None:
+    """The operator's configuration file in force: `--config` (or $GITOPSD_CONFIG), else
+    $XDG_CONFIG_HOME/gitopsd/config.toml if it exists; None: the built-in default."""
+    if ctx.config is not None:
+        return ctx.config
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def settled_setup(ctx: Context) -> str | None:
+    """The operator part of a settled-pass record (`gitopsd.reconcile.configsource`) for the configuration in
+    force, as it applies to this state directory; None without one."""
+    config, repo = _configuration(ctx)
+    return config.settled_setup(repo) if config is not None else None
+
+
 def _configuration(ctx: Context) -> tuple[DaemonConfig | None, RepositoryConfig | None]:
     """The operator's configuration file (loaded once, its [environment] exported), and its repository whose
     state directory this is, if any."""
@@ -56,9 +71,7 @@ def _configuration(ctx: Context) -> tuple[DaemonConfig | None, RepositoryConfig 
 
     if ctx.loaded_config is not None:
         return ctx.loaded_config
-    path = ctx.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
+    path = configuration_path(ctx)
     found: tuple[DaemonConfig | None, RepositoryConfig | None] = (None, None)
     if path is not None:
         try:

@@ -18,7 +18,7 @@ from gitopsd.cli import registry as _registry  # noqa: F401
 from gitopsd.cli import ui as _ui  # noqa: F401
 from gitopsd.cli import usage as _usage  # noqa: F401
 from gitopsd.cli.args import Context, UsageError, arg, command, group, opt, path_arg
-from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, state_dir, verify_policy
+from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, settled_setup, state_dir, verify_policy
 from gitopsd.cli.console import echo
 
 if TYPE_CHECKING:
@@ -209,6 +209,7 @@ def _reconciler(ctx: Context, repo: str | None, branch: str | None, verify: Veri
             operator=operator(ctx),
             verify=verify,
             limits=output_limits(ctx),
+            setup=settled_setup(ctx),
         )
     except PermanentError as exc:
         fail(str(exc))
@@ -312,12 +313,12 @@ def reconcile(
     verify_since: str | None,
 ) -> None:
     """Fetch the repository and move actual state towards what it declares."""
-    from gitopsd.cli.common import DEFAULT_CONFIG
+    from gitopsd.cli.common import configuration_path
     from gitopsd.reconcile.quickpass import quick_reconcile
 
-    configured = ctx.config is not None or DEFAULT_CONFIG.is_file()
+    config = configuration_path(ctx)
     verified = any(v is not None for v in (verify_allowed_signers, verify_gpg_keyring, verify_since))
-    if commit := quick_reconcile(state_dir(ctx), repo, branch, configured=configured, verified=verified):
+    if commit := quick_reconcile(state_dir(ctx), repo, branch, config=config, verified=verified):
         echo(f"commit {commit[:12]}: 0 action(s), 0 run(s) in flight")  # settled: what the full pass says
         return
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)

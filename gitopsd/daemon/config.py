@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -36,6 +37,7 @@ from gitopsd.backends.protocol import SHARED_STATE_ENV
 from gitopsd.daemon.apiauth import listen_problem, local_listen_problem
 from gitopsd.daemon.lease import Timing
 from gitopsd.errors import PermanentError
+from gitopsd.reconcile.configsource import SECRET_REF, setup_of
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.source.verify import VerifyPolicy
 from gitopsd.spec.fields import StoreUri
@@ -43,7 +45,6 @@ from gitopsd.spec.operator import AbsolutePath, Operator, OperatorBackend, Opera
 from gitopsd.spec.policy import PolicyRule, applicable
 from gitopsd.units import parse_duration
 
-SECRET_REF = r"^(file:|env:|credential:).+"
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
 
 
@@ -268,6 +269,7 @@ class NotificationConfig(_Config):
 
 
 class DaemonConfig(_Config):
+    _source: tuple[Path, str] | None = PrivateAttr(default=None)  # the file and text `load_config` parsed
     state_dir: Path | None = Field(default=None, description="Required by `gitopsd run`.")
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -382,6 +384,15 @@ class DaemonConfig(_Config):
                 peers.append((other.name, str(self.state_dir_of(other)), theirs))
         return tuple(peers)
 
+    def settled_setup(self, repo: RepositoryConfig | None) -> str | None:
+        """The operator part of a settled-pass fingerprint (`gitopsd.reconcile.configsource`) of a reconciler
+        whose operator and output limits this configuration gives, for repository `repo` (None: `operator()`);
+        None when it was not loaded from a file."""
+        if self._source is None:
+            return None
+        path, text = self._source
+        return setup_of(path, text, None if repo is None else repo.name)
+
     def for_daemon(self, path: Path) -> DaemonConfig:
         """This configuration, if `gitopsd run` can serve it; PermanentError naming what is missing."""
         if self.state_dir is None:
@@ -417,16 +428,19 @@ def check_commit_url(template: str) -> str:
 def load_config(path: Path) -> DaemonConfig:
     """Parse and validate FILE; every problem is named with its TOML path."""
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise PermanentError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PermanentError(f"{path}: invalid TOML: {exc}") from exc
     try:
-        return DaemonConfig.model_validate(data)
+        config = DaemonConfig.model_validate(data)
     except ValidationError as exc:
         lines = [f"{path}: {_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise PermanentError("\n".join(lines)) from None
+    config._source = (path, text)
+    return config
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -217,6 +217,7 @@ class Daemon:
         operator = self.config.operator_for(repo)
         verify = repo.verify.policy() if repo.verify else None
         limits = self.config.output_limits.limits()
+        setup = self.config.settled_setup(repo)
         standby = self.config.standby
         elector = (
             Elector(repo.name, LeaseDir(Path(standby.lease_dir) / repo.name), standby.timing(),
@@ -227,7 +228,8 @@ class Daemon:
 
         def make() -> Reconciler | Leased:
             inner = Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator,
-                               verify=verify, limits=limits, fence=elector.fence if elector else None)  # fmt: skip
+                               verify=verify, limits=limits, fence=elector.fence if elector else None,
+                               setup=setup)  # fmt: skip
             return Leased(inner, elector) if elector is not None else inner
 
         worker = Worker(

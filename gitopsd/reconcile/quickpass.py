@@ -7,9 +7,13 @@ decision with the standard library, sqlite3 and gitopsd's light modules, and ret
 it can show that the full pass would return at once with nothing done; otherwise None, and the caller runs the
 full pass exactly as before. It applies only where everything the full pass reads can be checked here:
 
-- no operator configuration and no signature policy (`settled.DEFAULT_SETUP`: the built-in `local` backend, a
-  file store in the state directory, the default output limits), so there is no `[standby]` lease, no
-  `runs_dir` and no `[environment]`; with a configuration the full pass runs;
+- no signature policy, and either no operator configuration (`settled.DEFAULT_SETUP`: the built-in `local`
+  backend, a file store in the state directory, the default output limits) or a configuration file that
+  `configsource.plain` accepts (only `local` backends, no `runs_dir`, no `[standby]`, no `[environment]`, no
+  secret reference, no `verify`, a local artifact store; its module docstring says why each), whose digest
+  (`configsource.setup_of`: the file's path and text, the repository entry serving the state directory) the
+  record's fingerprint then holds, and whose repository entry, if one serves this state directory, names the
+  tracked URL and branch;
 - a local repository (a path or file:// URL): its heads and its HEAD are listed by `git ls-remote`, and so are
   the mirror's; they must be equal (a full pass would then fetch nothing) and give the commit of the record. A
   remote URL always takes the full pass: the network round trip, not the imports, dominates there;
@@ -37,14 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.errors import GitopsdError
-from gitopsd.reconcile import settled
+from gitopsd.reconcile import configsource, settled
 from gitopsd.reconcile.outbox import Outbox
 from gitopsd.reconcile.state import StateStore
 from gitopsd.reconcile.statekey import state_key
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook
-from gitopsd.registry.filestore import FileStore
-from gitopsd.registry.store import STALE_UPLOAD_S
+from gitopsd.registry.store import STALE_UPLOAD_S, ArtifactStore
+from gitopsd.registry.stores import open_store
 from gitopsd.registry.versions import Registry
 from gitopsd.source.urls import is_git_repository, local_path, normalise_url
 
@@ -57,18 +61,23 @@ LIST_TIMEOUT_S = 30.0
 _OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _NAME = re.compile(r"[^\s\x00-\x1f\x7f]+")
 
+#: No operator configuration: the built-in setup.
+BUILT_IN = configsource.Plain(setup=settled.DEFAULT_SETUP, store=None, repository=None)
 #: A repository's listing: its HEAD's symbolic target (None when HEAD is detached or unborn) and its branches.
 Listing = tuple[str | None, dict[str, str]]
 
 
 def quick_reconcile(
-    state_dir: Path, repo: str | None, branch: str | None, *, configured: bool, verified: bool
+    state_dir: Path, repo: str | None, branch: str | None, *, config: Path | None, verified: bool
 ) -> str | None:
     """The commit a full `reconcile` pass of `state_dir` would report with no action and no run in flight,
     when that can be shown without the full pass (see the module docstring); None when not, or not sure.
-    `repo`, `branch`: as given on the command line; `configured`: an operator configuration is in force;
-    `verified`: a signature policy was given."""
-    if configured or verified:
+    `repo`, `branch`: as given on the command line; `config`: the operator's configuration file in force, if
+    any; `verified`: a signature policy was given."""
+    if verified:
+        return None
+    setup = BUILT_IN if config is None else configsource.plain(config, state_dir)
+    if setup is None:
         return None
     db = state_dir / "state.db"
     if not db.is_file() or not (state_dir / settled.RECORD_FILE).is_file():
@@ -84,7 +93,7 @@ def quick_reconcile(
     except GitopsdError:
         return None
     try:
-        return _settled_commit(state, state_dir, record, repo, branch)
+        return _settled_commit(state, state_dir, record, repo, branch, setup)
     except (GitopsdError, OSError, ValueError, sqlite3.Error):  # whatever the full pass meets, it reports itself
         return None
     finally:
@@ -92,7 +101,12 @@ def quick_reconcile(
 
 
 def _settled_commit(
-    state: StateStore, state_dir: Path, record: settled.Settled, repo: str | None, branch: str | None
+    state: StateStore,
+    state_dir: Path,
+    record: settled.Settled,
+    repo: str | None,
+    branch: str | None,
+    setup: configsource.Plain,
 ) -> str | None:
     known = state.source()
     if known is None:
@@ -104,12 +118,14 @@ def _settled_commit(
         return None
     if branch is not None and branch.startswith("-"):
         return None
+    if setup.repository is not None and (normalise_url(setup.repository[0]), setup.repository[1]) != (url, branch):
+        return None  # the configuration serves this state directory with another repository
     troubles = RetryBook(state.conn, time.time)
     if any(trouble.permanent for trouble in troubles.all().values()):  # a new Reconciler forgives them
         return None
     registry = Registry(state_dir / "registry.db")
     try:
-        if not registry.latest_numbers() and next(iter(_store(state_dir).records()), None) is not None:
+        if not registry.latest_numbers() and next(iter(_store(state_dir, setup).records()), None) is not None:
             return None  # a lost registry that the full pass restores from its store
         row = replace(known, branch=branch, trigger="cli")
         commit = remote_commit(str(path), state_dir / "source.git", branch)
@@ -120,7 +136,7 @@ def _settled_commit(
             return None
         found = settled.fingerprint(
             row, state=state, troubles=troubles, outbox=Outbox(state.conn, time.time), registry=registry,
-            aliases=AliasBook(registry.conn), setup=settled.DEFAULT_SETUP,
+            aliases=AliasBook(registry.conn), setup=setup.setup,
         )  # fmt: skip
         if found != record.fingerprint or local_unavailable(record.backends, state_dir) != dict(record.unavailable):
             return None
@@ -128,19 +144,19 @@ def _settled_commit(
         registry.close()
     log.debug("commit %s: settled since the last pass (%s), nothing to load", commit[:12], settled.RECORD_FILE)
     state.set_source(row)
-    _sweep_uploads(state_dir)
+    _sweep_uploads(state_dir, setup)
     return commit
 
 
-def _store(state_dir: Path) -> FileStore:
-    """The artifact store of the built-in setup."""
-    return FileStore(state_dir / "artifacts")
+def _store(state_dir: Path, setup: configsource.Plain) -> ArtifactStore:
+    """The artifact store of the state directory: the default one in it, or the configuration's local one."""
+    return open_store(setup.store, state_dir / "artifacts")
 
 
-def _sweep_uploads(state_dir: Path) -> None:
+def _sweep_uploads(state_dir: Path, setup: configsource.Plain) -> None:
     """As a new process's first full pass does: abort the uploads a killed writer left unfinished."""
     try:
-        aborted = _store(state_dir).abort_stale_uploads(STALE_UPLOAD_S)
+        aborted = _store(state_dir, setup).abort_stale_uploads(STALE_UPLOAD_S)
     except GitopsdError as exc:
         log.warning("artifact store: unfinished uploads not swept: %s", exc)
         return

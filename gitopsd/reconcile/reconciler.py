@@ -103,6 +103,7 @@ class Reconciler:
     _spec_cache: SpecCache | None = None  # set in __init__ once the state directory is known to be this one's
     _settled_generation: str | None = None  # `settled.code_generation`, computed when first needed
     _setup: object = None  # `_settled_setup`, computed when first needed
+    _configured: str | None = None  # the `setup` given: the configuration file's digest
 
     def __init__(
         self,
@@ -116,6 +117,7 @@ class Reconciler:
         fence: Callable[[], None] | None = None,
         spec_cache: SpecCache | Literal["own"] | None = "own",
         settled_pass: bool = True,
+        setup: str | None = None,
     ) -> None:
         """`operator`: the operator's backends and store (default: one local backend, a file store here).
         `verify`: the operator's signed-commit policy; None applies commits without checking signatures.
@@ -124,8 +126,10 @@ class Reconciler:
         lease; it is called before every side effect, and each pass first adopts the runs another daemon
         started (`reconcile.adopt`). None: no lease, no adoption.
         `settled_pass`: a first pass may skip loading the commit when the state directory's settled-pass record
-        (`reconcile/settled.py`) shows that a full pass would do nothing; False always runs the full pass."""
-        self.state_dir = state_dir
+        (`reconcile/settled.py`) shows that a full pass would do nothing; False always runs the full pass.
+        `setup`: when `operator` and `limits` come from an operator's configuration file, that file's
+        `DaemonConfig.settled_setup`, the record's operator part (which `quickpass` can compute too)."""
+        self.state_dir, self._configured = state_dir, setup
         self.operator = operator or Operator()
         self.branch = branch
         self.paths = Paths(root=state_dir)
@@ -285,11 +289,17 @@ class Reconciler:
         )  # fmt: skip
 
     def _settled_setup(self) -> object:
-        """`settled.DEFAULT_SETUP` when this reconciler runs with the built-in operator, output limits and no
-        signature policy (what `quickpass` can check without pydantic), else the configuration itself."""
+        """Without a signature policy, what `quickpass` can check without pydantic: the configuration file's
+        digest when one was given (`setup`), else `settled.DEFAULT_SETUP` with the built-in operator and output
+        limits. Otherwise the configuration itself."""
         if self._setup is None:
             default = self.operator == Operator() and self.limits == OutputLimits() and self.verifier is None
-            self._setup = settled.DEFAULT_SETUP if default else [self.operator.model_dump_json(), repr(self.limits)]
+            if self._configured is not None and self.verifier is None:
+                self._setup = self._configured
+            elif default:
+                self._setup = settled.DEFAULT_SETUP
+            else:
+                self._setup = [self.operator.model_dump_json(), repr(self.limits)]
         return self._setup
 
     def _settled_key(self, *, create: bool) -> tuple[bytes, str] | None:

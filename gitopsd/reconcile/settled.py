@@ -57,6 +57,9 @@ MAX_BYTES = 1 << 20
 #: `local` backend, a file store in the state directory), the default output limits, no signature policy. The
 #: quick path (`quickpass`) can show that without pydantic; any other setup is its configuration's JSON.
 DEFAULT_SETUP = "default"
+#: How an operator's configuration is validated and applied to a state directory: a record made under a
+#: configuration (`configsource.setup_of`) is used only by the code that validated that configuration.
+CONFIG_SOURCES = ("daemon/config.py", "cli/common.py")
 #: Installed libraries whose version changes how specs load, and the file of each that holds its version.
 LIBRARY_VERSION_FILES = (("pydantic", "version.py"), ("yaml", "__init__.py"))
 
@@ -82,14 +85,16 @@ class Settled:
 
 def code_generation() -> str:
     """What a record must have been written by to be used: this gitopsd (its version and the source of the pass:
-    reconcile, registry, backends, spec loading, the Git source) and the libraries that load specs (the bytes of
-    pydantic's and PyYAML's version files, read without importing them, so that `quickpass` can compute this
-    before any heavy import). A record is used only by the code that wrote it."""
+    reconcile, registry, backends, spec loading, the Git source, how a configuration is validated) and the
+    libraries that load specs (the bytes of pydantic's and PyYAML's version files, read without importing them,
+    so that `quickpass` can compute this before any heavy import). A record is used only by the code that wrote it."""
     package = Path(__file__).resolve().parent.parent
     source = hashlib.sha256()
     for folder in ("reconcile", "registry", "backends", "spec", "source"):
         for path in sorted((package / folder).rglob("*.py")):
             source.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in CONFIG_SOURCES:
+        source.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
     for library, version_file in LIBRARY_VERSION_FILES:
         source.update(library.encode() + b"\0" + _library_file(library, version_file) + b"\0")
     return f"settled {FORMAT}; gitopsd {gitopsd.__version__}; pass {source.hexdigest()[:16]}"
