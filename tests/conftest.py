@@ -14,6 +14,10 @@ import pytest
 from gitopsd.cli.scaffold import init_demo
 from gitopsd.reconcile.reconciler import Reconciler
 
+# The S3 server's fixtures, declared once for the whole suite: a session fixture imported into two test modules
+# is two fixtures, and started two servers whose credentials took turns in the environment.
+from tests.s3server import s3_bucket, s3_endpoint, s3_server  # noqa: F401
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test User",
     "GIT_AUTHOR_EMAIL": "test@example.invalid",

@@ -249,7 +249,7 @@ def endpoint_client(endpoint: S3Endpoint, *, retries: int = 3, timeout: float = 
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint.url,
         region_name="us-east-1",
@@ -270,7 +270,9 @@ def s3_client(endpoint_url: str) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint_url, config=Config(s3={"addressing_style": "path"}))
+    # A session of its own: boto3's default session keeps the first credentials it resolved for the process.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint_url, config=Config(s3={"addressing_style": "path"}))
 
 
 def new_bucket(client: Any, *, object_lock: bool = False) -> str:

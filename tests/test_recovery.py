@@ -12,7 +12,7 @@ import pytest
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.spec.operator import Operator, OperatorRegistry
 from tests.conftest import GitRepo, gitopsd
-from tests.s3server import s3_bucket, s3_client, s3_endpoint, s3_server  # noqa: F401
+from tests.s3server import s3_client
 
 MODEL = "models/blobs.yaml"
 
@@ -59,8 +59,8 @@ def test_file_store_rebuild_restores_every_version_alias_and_lineage(
 def test_s3_store_holds_artifacts_by_digest_and_rebuilds(
     demo_repo: GitRepo,
     state_dir: Path,
-    s3_server: str,  # noqa: F811
-    s3_bucket: str,  # noqa: F811
+    s3_server: str,
+    s3_bucket: str,
 ) -> None:
     client = s3_client(s3_server)
     bucket = s3_bucket

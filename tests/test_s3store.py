@@ -26,7 +26,7 @@ from gitopsd.errors import IntegrityError, PermanentError, TransientError
 from gitopsd.registry.filestore import FileStore
 from gitopsd.registry.store import ArtifactStore
 from gitopsd.registry.stores import open_store
-from tests.s3server import s3_bucket, s3_client, s3_endpoint, s3_server  # noqa: F401
+from tests.s3server import s3_client
 
 MiB = 1 << 20
 
@@ -38,12 +38,12 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 @pytest.fixture
-def client(s3_server: str) -> Any:  # noqa: F811
+def client(s3_server: str) -> Any:
     return s3_client(s3_server)
 
 
 @pytest.fixture
-def bucket(s3_bucket: str) -> str:  # noqa: F811
+def bucket(s3_bucket: str) -> str:
     return s3_bucket
 
 
@@ -54,7 +54,7 @@ def _s3store(endpoint: str, bucket: str, **kwargs: Any) -> Any:
 
 
 @pytest.fixture
-def s3store(s3_server: str, bucket: str) -> Any:  # noqa: F811
+def s3store(s3_server: str, bucket: str) -> Any:
     return _s3store(s3_server, bucket)
 
 
@@ -224,7 +224,7 @@ def test_s3_layout_is_prefix_sha256_and_records(s3store: Any, client: Any, bucke
     }
 
 
-def test_s3_store_without_prefix_uses_the_bucket_root(s3_server: str, client: Any, bucket: str, tmp_path: Path) -> None:  # noqa: F811
+def test_s3_store_without_prefix_uses_the_bucket_root(s3_server: str, client: Any, bucket: str, tmp_path: Path) -> None:
     from gitopsd.registry.s3store import S3Store
 
     store = S3Store(bucket, endpoint_url=s3_server)
@@ -308,7 +308,7 @@ _UPLOAD_CHILD = textwrap.dedent(
 
 
 def test_large_artifact_streams_in_parts_with_bounded_memory(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     client: Any,
     bucket: str,
     tmp_path: Path,
@@ -341,7 +341,7 @@ def test_large_artifact_streams_in_parts_with_bounded_memory(
         assert hashlib.file_digest(back, "sha256").hexdigest() == digest.hexdigest()
 
 
-def test_object_lock_retains_objects_and_records(s3_server: str, client: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_object_lock_retains_objects_and_records(s3_server: str, client: Any, tmp_path: Path) -> None:
     from tests.s3server import drop_bucket, new_bucket
 
     locked = new_bucket(client, object_lock=True)
@@ -367,7 +367,7 @@ def test_s3_records_skip_stray_keys(s3store: Any, client: Any, bucket: str) -> N
     assert list(s3store.records()) == [("iris", 1, b"one")]
 
 
-def test_open_store_resolves_s3_uris_and_sees_the_same_records(s3store: Any, s3_server: str, tmp_path: Path) -> None:  # noqa: F811
+def test_open_store_resolves_s3_uris_and_sees_the_same_records(s3store: Any, s3_server: str, tmp_path: Path) -> None:
     s3store.put_record("iris", 1, b"{}")
     reopened = open_store(s3store.uri, tmp_path / "unused", endpoint_url=s3_server)
     assert reopened.uri == s3store.uri
@@ -377,7 +377,7 @@ def test_open_store_resolves_s3_uris_and_sees_the_same_records(s3store: Any, s3_
 
 def test_endpoint_comes_from_aws_endpoint_url_when_not_given(
     s3store: Any,
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -391,7 +391,7 @@ def test_open_store_refuses_an_s3_uri_without_bucket(tmp_path: Path) -> None:
         open_store("s3:///models", tmp_path)
 
 
-def test_a_missing_bucket_is_a_permanent_error_naming_it(s3_server: str, tmp_path: Path) -> None:  # noqa: F811
+def test_a_missing_bucket_is_a_permanent_error_naming_it(s3_server: str, tmp_path: Path) -> None:
     from gitopsd.registry.s3store import S3Store
 
     store = S3Store("no-such-bucket-here", endpoint_url=s3_server)
@@ -401,7 +401,7 @@ def test_a_missing_bucket_is_a_permanent_error_naming_it(s3_server: str, tmp_pat
         store.verify("ab" * 32)
 
 
-def test_an_unreachable_endpoint_is_transient_and_names_endpoint_and_bucket(s3_server: str) -> None:  # noqa: F811
+def test_an_unreachable_endpoint_is_transient_and_names_endpoint_and_bucket(s3_server: str) -> None:
     from gitopsd.registry.s3store import S3Store
 
     store = S3Store("models", endpoint_url="http://127.0.0.1:9")
@@ -410,7 +410,7 @@ def test_an_unreachable_endpoint_is_transient_and_names_endpoint_and_bucket(s3_s
 
 
 def test_missing_credentials_are_permanent_and_say_where_they_come_from(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from gitopsd.registry.s3store import S3Store
@@ -432,7 +432,7 @@ def test_missing_credentials_are_permanent_and_say_where_they_come_from(
     ],
 )
 def test_s3_error_responses_become_transient_or_permanent(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     code: str,
     status: int,
     kind: type[Exception],
