@@ -530,6 +530,16 @@ def test_the_phase_follows_the_job() -> None:
     assert plan({"iris": WANT}, _actual(queued)) == [SetPhase(model="iris", run_id="run-1", phase=Phase.RUNNING)]
 
 
+def test_a_job_seen_running_carries_when_its_backend_says_it_started() -> None:
+    """So that its GPU-hours count from its start, not from the pass that first saw it running."""
+    queued = replace(RUNNING, phase=Phase.QUEUED, job=JobStatus(state=JobState.RUNNING, started_at=1000.5))
+    assert plan({"iris": WANT}, _actual(queued)) == [
+        SetPhase(model="iris", run_id="run-1", phase=Phase.RUNNING, started_at=1000.5)
+    ]
+    back = replace(RUNNING, job=JobStatus(state=JobState.PENDING, started_at=1000.5))  # requeued: no start
+    assert plan({"iris": WANT}, _actual(back)) == [SetPhase(model="iris", run_id="run-1", phase=Phase.QUEUED)]
+
+
 def test_nothing_is_submitted_to_an_unavailable_backend_or_for_a_suspended_model() -> None:
     assert plan({"iris": WANT}, _actual(unavailable={"slurm": "sbatch: command not found"})) == []
     assert plan({"iris": replace(WANT, suspend=True)}, _actual()) == []

@@ -9,6 +9,7 @@ again from what is then true (level-triggered). Nothing here decides what to do:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -148,7 +149,9 @@ class Applier:
                 phase=Phase.QUEUED,
             )
         elif isinstance(action, SetPhase):
-            started = time.time() if action.phase is Phase.RUNNING and run.started_at is None else run.started_at
+            started = run.started_at
+            if action.phase is Phase.RUNNING and started is None:
+                started = _running_since(run, action.started_at)
             message = f"job {run.job_id} is {action.phase}"
             self.state.update_run(run, event=str(action.phase), message=message, phase=action.phase, started_at=started)
         elif isinstance(action, Cancel):
@@ -259,10 +262,21 @@ class Applier:
         self.observer.forget(run.id)
 
 
+def _running_since(run: RunRecord, said: float | None) -> float:
+    """When a run seen running for the first time started: as its backend says, else now. What a backend says
+    can come from files a training writes, so it is held between the run's submission and now: a training cannot
+    count hours it did not run, nor hide the ones it did beyond what observing it late would (a training that
+    ends between two passes must not count zero GPU-hours because the pass saw it running after its end)."""
+    now = time.time()
+    if isinstance(said, bool) or not isinstance(said, int | float) or math.isnan(said):
+        return now
+    return min(max(float(said), run.created_at), now)
+
+
 def _started(run: RunRecord, job: Mapping[str, Any]) -> float | None:
     """When the run started: as recorded, else as its backend says (a job that ended between two passes was
     never seen running), so that its GPU-hours are counted from its start rather than its submission."""
     said = job.get("started_at")
     if run.started_at is None and isinstance(said, int | float) and not isinstance(said, bool):
-        return float(said)
+        return _running_since(run, said)  # held between its submission and now, as above
     return run.started_at

@@ -123,8 +123,11 @@ class Resubmit(Action):
 
 @dataclass(frozen=True, kw_only=True)
 class SetPhase(Action):
+    """A run's job moved on (queued -> running). `started_at`: when its backend says it started running."""
+
     run_id: str
     phase: Phase
+    started_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,7 +240,8 @@ def _plan_run(run: RunView, want: Want | None, actual: Actual) -> tuple[list[Act
         return [cancel], "alive" if reason is Reason.PLATEAUED else "failed"
     phase = Phase.QUEUED if job.state is JobState.PENDING else Phase.RUNNING
     if phase is not run.phase:
-        return [SetPhase(model=run.model, run_id=run.id, phase=phase)], "alive"
+        started = job.started_at if phase is Phase.RUNNING else None
+        return [SetPhase(model=run.model, run_id=run.id, phase=phase, started_at=started)], "alive"
     return [], "alive"
 
 
