@@ -37,6 +37,7 @@ from gitopsd.daemon.forges import (
 )
 from gitopsd.errors import GitopsdError, PermanentError, retry_delay
 from gitopsd.reconcile.troubles import describe
+from gitopsd.registry.sqlitewal import enable_wal
 from gitopsd.units import format_time
 
 log = logging.getLogger("gitopsd")
@@ -296,7 +297,7 @@ def _shared_connection(path: Path) -> sqlite3.Connection:
     """A connection the worker (enqueue) and the courier's thread share, one at a time under the lock."""
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    enable_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gitopsd.errors import PermanentError
 from gitopsd.model import Condition, Phase
+from gitopsd.registry.sqlitewal import enable_wal
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -218,7 +219,7 @@ def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    enable_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from gitopsd.errors import IntegrityError, PermanentError
+from gitopsd.registry.sqlitewal import enable_wal
 from gitopsd.registry.store import ArtifactRef, ArtifactStore
 
 _IMMUTABLE = "versions are immutable: register a new version instead"
@@ -223,7 +224,7 @@ class Registry:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
+        enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         self._conn = conn
         self._migrate()
