@@ -92,6 +92,11 @@ def opt(*flags: str, envvar: str | None = None, multiple: bool = False, show_def
     return Param(flags, kwargs, envvar=envvar, multiple=multiple)
 
 
+def config_opt(help: str, *, envvar: str | None = None) -> Param:
+    """`--config FILE`: the configuration file this command reads (as `config_path`; it must not be a folder)."""
+    return opt("--config", dest="config_path", metavar="FILE", type=path_arg(dir_okay=False), envvar=envvar, help=help)
+
+
 Handler = Callable[..., None]
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gitopsd.cli.args import Context, command, opt, path_arg
+from gitopsd.cli.args import Context, command, config_opt, opt, path_arg
 from gitopsd.cli.common import fail, state_dir
 from gitopsd.cli.console import echo
 
@@ -40,14 +40,10 @@ def run(ctx: Context, config_path: Path, listen: str | None) -> None:
 @command(
     "trigger",
     opt("--repo", dest="repo_name", metavar="TEXT", help="Only this repository (default: all)."),
-    opt(
-        "--config",
-        dest="config_path",
-        metavar="FILE",
-        type=path_arg(dir_okay=False),
-        envvar="GITOPSD_CONFIG",
-        help="Find the daemon's address (http.local_listen, else http.listen) and its API token (http.token) in "
+    config_opt(
+        "Find the daemon's address (http.local_listen, else http.listen) and its API token (http.token) in "
         "this configuration [env: GITOPSD_CONFIG].",
+        envvar="GITOPSD_CONFIG",
     ),
     opt("--url", metavar="TEXT", help="The daemon's base URL (default: from --config, else http://127.0.0.1:9090)."),
 )
@@ -121,12 +117,8 @@ def _base_url(listen: str) -> str:
 @command(
     "gpus",
     opt("--json", dest="as_json", flag=True, help="Machine-readable output."),
-    opt(
-        "--config",
-        dest="config_path",
-        metavar="FILE",
-        type=path_arg(dir_okay=False),
-        help="Show the GPU leases of this daemon configuration's runs (default: those of GITOPSD_STATE_DIR).",
+    config_opt(
+        "Show the GPU leases of this daemon configuration's runs (default: those of GITOPSD_STATE_DIR).",
     ),
 )
 def gpus(ctx: Context, as_json: bool, config_path: Path | None) -> None:

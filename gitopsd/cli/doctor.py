@@ -11,21 +11,17 @@ import json
 import sys
 from pathlib import Path
 
-from gitopsd.cli.args import Context, command, opt, path_arg
+from gitopsd.cli.args import Context, command, config_opt, opt, path_arg
 from gitopsd.cli.common import fail
 from gitopsd.cli.console import echo
 
 
 @command(
     "doctor",
-    opt(
-        "--config",
-        dest="config_path",
-        metavar="FILE",
-        type=path_arg(dir_okay=False),
-        envvar="GITOPSD_CONFIG",
-        help="The daemon's configuration [env: GITOPSD_CONFIG] (default: ~/.config/gitopsd/config.toml, else "
+    config_opt(
+        "The daemon's configuration [env: GITOPSD_CONFIG] (default: ~/.config/gitopsd/config.toml, else "
         "/etc/gitopsd/gitopsd.toml).",
+        envvar="GITOPSD_CONFIG",
     ),
     opt("--json", dest="as_json_out", flag=True, help="Machine-readable output."),
     opt(

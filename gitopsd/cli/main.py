@@ -17,7 +17,7 @@ from gitopsd.cli import doctor as _doctor  # noqa: F401
 from gitopsd.cli import registry as _registry  # noqa: F401
 from gitopsd.cli import ui as _ui  # noqa: F401
 from gitopsd.cli import usage as _usage  # noqa: F401
-from gitopsd.cli.args import Context, UsageError, arg, command, group, opt, path_arg
+from gitopsd.cli.args import Context, UsageError, arg, command, config_opt, group, opt, path_arg
 from gitopsd.cli.common import DEFAULT_STATE_DIR, fail, operator, output_limits, settled_setup, state_dir, verify_policy
 from gitopsd.cli.console import echo
 
@@ -350,12 +350,8 @@ def reconcile(
     arg("model", optional=True),
     opt("--json", dest="as_json", flag=True, help="Machine-readable output."),
     opt("--wide", flag=True, help="Do not shorten messages."),
-    opt(
-        "--config",
-        dest="config_path",
-        metavar="FILE",
-        type=path_arg(dir_okay=False),
-        help="Show every repository of this daemon configuration (read-only, while it runs).",
+    config_opt(
+        "Show every repository of this daemon configuration (read-only, while it runs).",
     ),
     logs=False,  # reading state.db logs nothing; --config sets logging up before it loads the configuration
 )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gitopsd.cli.args import Context, UsageError, command, opt, path_arg
+from gitopsd.cli.args import Context, UsageError, command, config_opt, opt
 from gitopsd.cli.common import fail, operator, state_dir
 from gitopsd.cli.console import echo
 
@@ -32,12 +32,8 @@ if TYPE_CHECKING:
     ),
     opt("--by", choices=["team", "model"], default="team", show_default=True, help="Group by."),
     opt("--json", dest="as_json", flag=True, help="Machine-readable output (indented on a terminal)."),
-    opt(
-        "--config",
-        dest="config_path",
-        metavar="FILE",
-        type=path_arg(dir_okay=False),
-        help="Count every repository of this daemon configuration (read-only, while it runs).",
+    config_opt(
+        "Count every repository of this daemon configuration (read-only, while it runs).",
     ),
 )
 def usage(ctx: Context, window: str, by: str, as_json: bool, config_path: Path | None) -> None:
