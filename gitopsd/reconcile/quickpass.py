@@ -47,7 +47,7 @@ from gitopsd.reconcile.state import StateStore
 from gitopsd.reconcile.statekey import state_key
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook
-from gitopsd.registry.store import STALE_UPLOAD_S, ArtifactStore
+from gitopsd.registry.store import ArtifactStore, sweep_stale_uploads
 from gitopsd.registry.stores import open_store
 from gitopsd.registry.versions import Registry
 from gitopsd.source.urls import is_git_repository, local_path, normalise_url
@@ -155,13 +155,7 @@ def _store(state_dir: Path, setup: configsource.Plain) -> ArtifactStore:
 
 def _sweep_uploads(state_dir: Path, setup: configsource.Plain) -> None:
     """As a new process's first full pass does: abort the uploads a killed writer left unfinished."""
-    try:
-        aborted = _store(state_dir, setup).abort_stale_uploads(STALE_UPLOAD_S)
-    except GitopsdError as exc:
-        log.warning("artifact store: unfinished uploads not swept: %s", exc)
-        return
-    if aborted:
-        log.info("artifact store: aborted %d unfinished upload(s) older than %.0f h", aborted, STALE_UPLOAD_S / 3600)
+    sweep_stale_uploads(lambda: _store(state_dir, setup))
 
 
 def local_unavailable(needed: Mapping[str, tuple[str, Mapping[str, Any]]], state_dir: Path) -> dict[str, str] | None:

@@ -38,7 +38,7 @@ from gitopsd.reconcile.usage import read_spent
 from gitopsd.registry.aliases import AliasBook, plan_aliases
 from gitopsd.registry.audit import push_tags
 from gitopsd.registry.recovery import import_missing, restore_lost, save_alias_journal
-from gitopsd.registry.store import STALE_UPLOAD_S
+from gitopsd.registry.store import sweep_stale_uploads
 from gitopsd.registry.versions import Registry, Version
 from gitopsd.source.mirror import Source
 from gitopsd.source.redact import redact_url
@@ -611,14 +611,7 @@ class Reconciler:
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_EVERY_S
-        try:
-            aborted = self.applier.store().abort_stale_uploads(STALE_UPLOAD_S)
-        except GitopsdError as exc:  # the store is down: the next sweep tries again
-            log.warning("artifact store: unfinished uploads not swept: %s", exc)
-            return
-        if aborted:
-            log.info("artifact store: aborted %d unfinished upload(s) older than %.0f h", aborted,
-                     STALE_UPLOAD_S / 3600)  # fmt: skip
+        sweep_stale_uploads(self.applier.store)
 
     def _send_alias_journal(self, entry: Entry) -> None:
         self.fence()

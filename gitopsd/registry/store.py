@@ -10,15 +10,16 @@ implement it, `stores.open_store` picks one for a registry's URI, and the helper
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
-from gitopsd.errors import IntegrityError
+from gitopsd.errors import GitopsdError, IntegrityError
 
 CHUNK = 1 << 20
 """Bytes per read when copying while hashing; large reads keep hashing, not syscalls, the bottleneck."""
@@ -145,3 +146,17 @@ def create_temp(directory: Path, stem: str) -> tuple[Path, IO[bytes]]:
         except FileExistsError:  # pragma: no cover - 64 random bits colliding
             continue
         return tmp, os.fdopen(fd, "wb")
+
+
+def sweep_stale_uploads(open_store: Callable[[], ArtifactStore]) -> None:
+    """Abort the uploads to the store `open_store` gives that a killed or cut-off writer left unfinished (older
+    than STALE_UPLOAD_S), and say so; a store that cannot be opened or reached is a warning: the next sweep tries
+    again."""
+    log = logging.getLogger("gitopsd")
+    try:
+        aborted = open_store().abort_stale_uploads(STALE_UPLOAD_S)
+    except GitopsdError as exc:
+        log.warning("artifact store: unfinished uploads not swept: %s", exc)
+        return
+    if aborted:
+        log.info("artifact store: aborted %d unfinished upload(s) older than %.0f h", aborted, STALE_UPLOAD_S / 3600)
