@@ -159,6 +159,12 @@ def test_a_new_process_skips_the_load_only_when_the_full_pass_would_do_nothing(p
     repo.commit("The alias moves")
     pair.after_change()
 
+    tuned = repo.read(MODEL).replace("  name: blobs\n", "  name: tuned\n").replace("  suspend: true\n", "")
+    repo.write("models/tuned.yaml", tuned.replace("spec:\n", "spec:\n  base: blobs@next\n"))
+    repo.edit(MODEL, "  aliases: {prod: 2}\n", "  aliases: {prod: 2, next: 9}\n")
+    repo.commit("An alias of a version to come, and a fine-tune waiting for it")
+    pair.after_change()  # refused and waiting on every pass, each new process's first: settled all the same
+
     repo.edit(MODEL, "    workdir: src\n", "    workdir: src\n    wrokdir: typo\n")
     repo.commit("An invalid commit")
     for _ in range(3):
@@ -177,8 +183,8 @@ def test_a_new_process_skips_the_load_only_when_the_full_pass_would_do_nothing(p
     pair.limits = OutputLimits(metrics_bytes=1 << 20)  # the operator's configuration changes
     pair.after_change()
 
-    repo.git("rm", "-q", MODEL)
-    repo.commit("The model is removed")
+    repo.git("rm", "-q", MODEL, "models/tuned.yaml")
+    repo.commit("The models are removed")
     pair.after_change()
 
 

@@ -266,7 +266,8 @@ class Reconciler:
         tried = self.applier.apply(actions, desired, backends, bases)
         if tried:
             versions = self.registry.key_numbers()
-        touched = self._sync_aliases(desired, versions) | rebased
+        moved, problems = self._sync_aliases(desired, versions)
+        touched = moved | problems | rebased
         waiting = self.outbox.drain({"alias-journal": self._send_alias_journal, "audit-tags": self._push_tags})
         self._sweep_uploads()
         active = self.state.active_runs()
@@ -277,7 +278,11 @@ class Reconciler:
             desired, unavailable, versions, active, actions, self._alias_problems, wants, touched, troubles
         )
         retry_at = self._next_due(actions, waiting)
-        self._note_settled(desired, row, unavailable, retry_at, quiet=not tried and not active and not touched,
+        # Refused aliases and the wants of fine-tuned or refused models are compared with what this process saw
+        # last: a new process finds them all "changed" on its first pass, and what changed is recorded by now. Only
+        # what this pass did (a submission, an alias moved) keeps the state from being settled, or a repository
+        # with a fine-tune or an alias of a version to come would never settle for `reconcile --once`.
+        self._note_settled(desired, row, unavailable, retry_at, quiet=not tried and not active and not moved,
                            done=not actions and commit == desired.commit)  # fmt: skip
         return PassResult(commit=commit, actions=tuple(actions), active=len(active), error=row.error, retry_at=retry_at)
 
@@ -516,13 +521,17 @@ class Reconciler:
         number = int(which) if which.isdigit() else self._alias_state.get((model, which))
         return self.registry.get(model, number) if number is not None else None
 
-    def _sync_aliases(self, desired: DesiredState, versions: Mapping[tuple[str, str], int]) -> set[str]:
-        """Move aliases to where the applied commit declares them; return the models whose aliases changed."""
+    def _sync_aliases(
+        self, desired: DesiredState, versions: Mapping[tuple[str, str], int]
+    ) -> tuple[set[str], set[str]]:
+        """Move aliases to where the applied commit declares them; return the models whose aliases moved, and
+        those whose refused aliases differ from what this process last saw."""
         numbers: dict[str, set[int]] = {}
         for (model, _), number in versions.items():
             numbers.setdefault(model, set()).add(number)
         declared = {name: aliases for name, aliases in self._alias_view.of(desired).items() if aliases}
-        touched: set[str] = set()
+        moved: set[str] = set()
+        problems: set[str] = set()
         for name in sorted(set(declared) | {m for m, _ in self._alias_state} | set(self._alias_seen)):
             wanted = declared.get(name, {})
             have = numbers.get(name, set())
@@ -553,15 +562,15 @@ class Reconciler:
                                          commit_id=desired.commit):  # fmt: skip
                     log.info("%s: %s (commit %s)", name, problem, desired.commit[:12])
             if tuple(refused) != self._alias_problems.get(name, ()):
-                touched.add(name)
+                problems.add(name)
             if refused:
                 self._alias_problems[name] = tuple(refused)
             else:
                 self._alias_problems.pop(name, None)
             if moves:
-                touched.add(name)
+                moved.add(name)
             self._alias_seen[name] = key
-        return touched
+        return moved, problems
 
     def _next_due(self, actions: list[Action], waiting: int) -> float | None:
         """When failed work falls due again: an attempt's backoff, a retry in the book, an outbox entry."""
