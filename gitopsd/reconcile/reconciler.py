@@ -350,7 +350,7 @@ class Reconciler:
         quiet: bool,
         done: bool,
     ) -> None:
-        """After a full pass that applied: when it was `quiet` (nothing tried, no run in flight, nothing touched),
+        """After a full pass that applied: when it was `quiet` (nothing tried, no run in flight, no alias moved),
         the daemon's settled state; when moreover it planned nothing for the fetched commit (`done`) and nothing
         falls due later, a settled-pass record for the next process, else none."""
         if quiet:

@@ -6,7 +6,7 @@ Every `gitopsd reconcile --once` is a new process: it has no memory, so it would
 the commit (most of a second at 10,000 specs) only to find again that nothing is to be done.
 
 This module keeps that "nothing to do" across processes. A full pass that ends settled (no action, nothing
-tried, no run in flight, nothing touched, no retry or budget look due, no model refused by a budget) writes one
+tried, no run in flight, no alias moved, no retry or budget look due, no model refused by a budget) writes one
 record to `STATE_DIR/settled.json`: the commit, the backends that pass needed (their names, types and settings,
 so the next process can check them again), which of them were unavailable, and a fingerprint of everything else
 a pass reads (`fingerprint`: the source row, the event log's last id, the attempts, the failures, the retry
