@@ -3,12 +3,15 @@ moves, removed and suspended models, refusals, GPU-hours and totals, on desired 
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gitopsd.cli.plan import _declared
 from gitopsd.model import Phase, Reason
 from gitopsd.reconcile.changeplan import (
     DryRun,
@@ -19,10 +22,13 @@ from gitopsd.reconcile.changeplan import (
     alias_changes,
     build,
     gpu_cost,
+    settled,
     training_changes,
 )
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, keys_for
-from gitopsd.reconcile.planner import Cancel, Submit, Wait
+from gitopsd.reconcile.planner import Cancel, Submit, Wait, Want
+from gitopsd.reconcile.state import StateStore
+from gitopsd.reconcile.summarize import row_of, want_of, with_want
 from gitopsd.spec.load import load_model
 from gitopsd.spec.schema import RepositorySpec, resolve_train
 
@@ -238,7 +244,7 @@ VARIANTS = st.fixed_dictionaries(
     optional={
         "tree": st.sampled_from(["t1", "t2"]), "team": st.sampled_from(["a", "b"]), "suspend": st.booleans(),
         "gpus": st.integers(0, 2), "timeout": st.sampled_from(["1h", None]), "sha": st.sampled_from([SHA_A, SHA_B]),
-        "retries": st.integers(0, 1),
+        "retries": st.integers(0, 1), "aliases": st.sampled_from(["{}", "{prod: 1}", "{prod: latest, next: 4}"]),
     },
 )  # fmt: skip
 
@@ -306,3 +312,52 @@ def test_a_model_kept_as_the_same_object_is_reported_as_an_equal_copy_would_be(
                           blocked_reasons={"m": Reason.BASE_UNAVAILABLE}),
     }[dry]  # fmt: skip
     assert one(same, same, facts, dry_run) == one(twin, same, facts, dry_run)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    variants=st.dictionaries(st.sampled_from(["a", "b", "c"]), VARIANTS, min_size=1),
+    registered=st.sets(st.sampled_from(["a", "b", "c"])),
+    pointing=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(1, 2)),
+    bound=st.sets(st.sampled_from(["a", "b", "c"])),
+    blocked=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.sampled_from(list(Reason)[:6])),
+)
+def test_a_settled_plan_from_the_recorded_rows_is_the_plan_of_the_commit_against_itself(
+    variants: dict[str, dict[str, object]],
+    registered: set[str],
+    pointing: dict[str, int],
+    bound: set[str],
+    blocked: dict[str, Reason],
+) -> None:
+    """What a pass writes of each model to the `models` table (real SQLite) and `settled` reads back tells the
+    plan that `build` tells with the commit loaded as base and head: versions, aliases where they point now,
+    run keys bound to a base's version, and refusals or waits."""
+    models = [model(n, **v) for n, v in variants.items()]  # type: ignore[arg-type]
+    keys = {m.name: "bound-" + m.run_key[:8] if m.name in bound else m.run_key for m in models}
+    facts = Facts(
+        known=True,
+        versions={(n, keys[n]): 1 for n in registered if n in keys},
+        aliases={(n, "prod"): number for n, number in pointing.items()},
+    )
+    wants = {m.name: _want(m, keys[m.name], blocked.get(m.name)) for m in models}
+    dry = DryRun(
+        blocked={n: w.blocked for n, w in wants.items() if w.blocked}, run_keys=keys,
+        blocked_reasons={n: w.blocked_reason for n, w in wants.items() if w.blocked},
+    )  # fmt: skip
+    commit = state(*models)
+    with tempfile.TemporaryDirectory() as scratch, StateStore(Path(scratch) / "state.db") as store:
+        store.sync_models({m.name: with_want(row_of(m), wants[m.name]) for m in models}, {})
+        lines = store.plan_lines()
+    recorded = DryRun(
+        blocked={line.name: line.blocked for line in lines if line.blocked},
+        blocked_reasons={line.name: Reason(line.blocked_reason) for line in lines if line.blocked},
+        run_keys={line.name: line.wanted_key for line in lines},
+    )  # fmt: skip
+    told = settled(commit=commit.commit, models=_declared(lines), facts=facts, dry_run=recorded)
+    assert told == build(base=commit, head=commit, facts=facts, dry_run=dry)
+
+
+def _want(m: DesiredModel, run_key: str, why: Reason | None) -> Want:
+    """What a pass wants of `m`: its run key (bound to a base's version), and why it may submit nothing."""
+    blocked = f"{why} of {m.name}" if why else ""
+    return replace(want_of(m), run_key=run_key, blocked=blocked, blocked_reason=why or Reason.BASE_UNAVAILABLE)

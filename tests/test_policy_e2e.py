@@ -195,7 +195,7 @@ def seed_past_run_of(state_dir: Path, model: str, path: str, *, gpus: int, hours
 def test_migration_4_takes_older_runs_gpus_from_their_snapshots(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     conn = connect(db)
-    migrate(conn, [m for m in MIGRATIONS if m[0] < 4])
+    migrate(conn, [m for m in MIGRATIONS if m[0] < 4], where=db)
     row = ("r1", "m", "k", "d", "c", "models/m.yaml", "local", "Registered", 1, "/x", 1.0, 2.0, 1.0, 2.0)
     for run_id in ("r1", "r2"):
         conn.execute("INSERT INTO runs (id, model, run_key, spec_digest, commit_id, spec_path, backend, phase, "

@@ -25,7 +25,7 @@ def test_an_old_state_dir_migrates_and_its_models_get_labels_on_the_next_pass(
 ) -> None:
     state_dir.mkdir(parents=True)
     conn = connect(state_dir / "state.db")
-    migrate(conn, [m for m in MIGRATIONS if m[0] < 6])
+    migrate(conn, [m for m in MIGRATIONS if m[0] < 6], where=state_dir / "state.db")
     conn.execute(
         "INSERT INTO models (name, spec_path, run_key, spec_digest, backend, suspend) "
         "VALUES ('old', 'models/old.yaml', 'k', 'd', 'local', 0)"

@@ -174,12 +174,12 @@ VERIFY_OPTIONS = (
 
 
 def _policy(allowed_signers: Path | None, gpg_keyring: Path | None, since: str | None) -> VerifyPolicy | None:
-    from gitopsd.source.verify import VerifyPolicy
-
     if allowed_signers is None and gpg_keyring is None:
         if since is not None:
             raise UsageError("--verify-since needs --verify-allowed-signers or --verify-gpg-keyring")
         return None
+    from gitopsd.source.verify import VerifyPolicy  # it imports pygit2: not for a plan told without Git
+
     try:
         return VerifyPolicy(allowed_signers=allowed_signers, gpg_keyring=gpg_keyring, since=since)
     except ValueError as exc:
@@ -258,7 +258,9 @@ def plan(
     from gitopsd.cli.plan import plan_command
 
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
-    plan_command(ctx, repo=repo, branch=branch, base=base, fmt=fmt, policy=policy, explain=_explain)
+    verified = any(v is not None for v in (verify_allowed_signers, verify_gpg_keyring, verify_since))
+    plan_command(ctx, repo=repo, branch=branch, base=base, fmt=fmt, policy=policy, verified=verified,
+                 explain=_explain)  # fmt: skip
 
 
 def _explain(action: Action, desired: Any) -> str:

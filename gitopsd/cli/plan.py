@@ -9,15 +9,18 @@ commit id). A remote repository is fetched into the scratch repository (its bran
 On a fresh, empty state directory (a CI runner) nothing is known of versions or runs, and each model is judged
 by its own change. The state directory's parse cache (`reconcile/speccache.py`) is read, never written: a plan
 parses only the spec files whose blobs the daemon or a `reconcile` has not seen, and keeps no cache of its own
-anywhere (a fresh CI runner has none to reuse, and a plan must leave no file behind).
+anywhere (a fresh CI runner has none to reuse, and a plan must leave no file behind). A plan of the applied
+commit against itself, when the settled-pass record (`reconcile/settled.py`) shows that a pass would do nothing,
+loads nothing at all: each line comes from the row the settling pass wrote of its model (`_settled_plan`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import tempfile
+from collections.abc import Mapping, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,15 +30,15 @@ from gitopsd.cli.console import echo
 from gitopsd.source.redact import redact_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator
 
     import pygit2
 
-    from gitopsd.reconcile.changeplan import ChangePlan, Facts
+    from gitopsd.reconcile.changeplan import ChangePlan, Declared, Facts
     from gitopsd.reconcile.desired import DesiredState
     from gitopsd.reconcile.planner import Action
-    from gitopsd.reconcile.reconciler import PassResult, Reconciler
-    from gitopsd.reconcile.state import SourceRow
+    from gitopsd.reconcile.reconciler import Reconciler
+    from gitopsd.reconcile.state import PlanLine, SourceRow
     from gitopsd.source.verify import VerifyPolicy
 
 FORMATS = ("text", "markdown", "json")
@@ -44,7 +47,10 @@ FORMATS = ("text", "markdown", "json")
 @dataclass(frozen=True, kw_only=True)
 class _Planned:
     plan: ChangePlan
-    result: PassResult | None  # None when the head could not be loaded
+    passed: bool = True  # whether a dry-run pass said what it would do (not when the head could not be loaded)
+    commit: str | None = None  # the pass's commit, its actions, and the models it may submit nothing for
+    actions: Sequence[Action] = ()
+    blocked: Mapping[str, str] = field(default_factory=dict)
     head: DesiredState | None = None
 
 
@@ -56,23 +62,38 @@ def plan_command(
     base: str | None,
     fmt: str,
     policy: VerifyPolicy | None,
+    verified: bool,
     explain: Callable[[Action, DesiredState | None], str],
 ) -> None:
-    """Print the plan in `fmt` and exit with its code (0 fine; 1 invalid or refused)."""
-    from gitopsd.reconcile import planreport
-    from gitopsd.reconcile.desired import collector_paused
-
+    """Print the plan in `fmt` and exit with its code (0 fine; 1 invalid or refused). `verified`: a signature
+    policy was given on the command line (`policy`, once parsed)."""
     directory = state_dir(ctx)
     known = _known_source(directory)
+    given = repo
     if repo is None:
         if known is None:
             raise UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo = known.url
-    # The cyclic collector is off for the whole plan (two commits' models, the dry run, the report): a plan makes
-    # no reference cycles worth collecting, and the scans would be about a tenth of a cold plan.
-    with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch, collector_paused():
-        outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
-    plan, result = outcome.plan, outcome.result
+    with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch:
+        _copy_databases(directory, Path(scratch))
+        outcome = None if base is not None else _settled_plan(ctx, Path(scratch), directory, known, given, branch,
+                                                              verified=verified)  # fmt: skip
+        if outcome is None:
+            from gitopsd.reconcile.desired import collector_paused
+
+            # The cyclic collector is off for the whole plan (two commits' models, the dry run, the report): a
+            # plan makes no reference cycles worth collecting, and the scans would be a tenth of a cold plan.
+            with collector_paused():
+                outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
+    _print(outcome, fmt, against_state=base is None, explain=explain)
+
+
+def _print(
+    outcome: _Planned, fmt: str, *, against_state: bool, explain: Callable[[Action, DesiredState | None], str]
+) -> None:
+    from gitopsd.reconcile import planreport
+
+    plan = outcome.plan
     if plan.error:
         echo(redact_text(plan.error), err=True)
     for problem in plan.problems:
@@ -82,14 +103,87 @@ def plan_command(
     elif fmt == "markdown":
         echo(planreport.render_markdown(plan), nl=False)
     else:
-        if result is not None and base is None:  # against this state directory: what a reconcile would do now
-            echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s)")
-            for action in result.actions:
+        if outcome.passed and against_state:  # against this state directory: what a reconcile would do now
+            echo(f"commit {(outcome.commit or 'none')[:12]}: {len(outcome.actions)} action(s)")
+            for action in outcome.actions:
                 echo("  " + planreport.term(explain(action, outcome.head)))
-            for name, why in sorted(result.blocked.items()):
+            for name, why in sorted(outcome.blocked.items()):
                 echo(f"  ! {planreport.term(name)}: {planreport.term(why)}")
         echo(planreport.render_text(plan))
     raise SystemExit(plan.exit_code)
+
+
+def _settled_plan(
+    ctx: Context,
+    scratch: Path,
+    directory: Path,
+    known: SourceRow | None,
+    repo: str | None,
+    branch: str | None,
+    *,
+    verified: bool,
+) -> _Planned | None:
+    """The plan of the state directory's settled commit against itself, told from what the pass that settled it
+    recorded (the settled-pass record, each model's row), without loading the commit; None when that record does
+    not vouch for it. `scratch` holds consistent copies of the databases."""
+    from gitopsd.cli.common import configuration_path
+    from gitopsd.reconcile import quickpass
+
+    if known is None or known.applied_commit is None:
+        return None
+    found = quickpass.settled_record(directory, configuration_path(ctx), verified)
+    if found is None:
+        return None
+    record, setup = found
+    from gitopsd.errors import GitopsdError
+    from gitopsd.model import Reason
+    from gitopsd.reconcile import changeplan
+    from gitopsd.reconcile.state import StateStore
+    from gitopsd.registry.aliases import AliasBook
+    from gitopsd.registry.versions import Registry
+    from gitopsd.source.urls import local_path
+
+    head_label = branch or known.branch or "HEAD"
+    try:
+        state, registry = StateStore(scratch / "state.db"), Registry(scratch / "registry.db")
+    except (GitopsdError, OSError, sqlite3.Error):
+        return None
+    try:
+        source = quickpass.settled_source(state, registry, directory, record, repo, branch, setup)
+        path = local_path(known.url)
+        if source is None or path is None or quickpass.local_commit(path, head_label) != source[0]:
+            return None  # --branch names another commit than the one the settled pass applied
+        rows = state.plan_lines()
+        versions, aliases = registry.key_numbers(), AliasBook(registry.conn).current()
+    except (GitopsdError, OSError, ValueError, sqlite3.Error):  # the full plan reports whatever it meets
+        return None
+    finally:
+        state.close()
+        registry.close()
+    if any(not row.wanted_key for row in rows):  # a row no pass of this gitopsd has written
+        return None
+    commit = source[0]
+    blocked = {row.name: row.blocked for row in rows if row.blocked}
+    dry = changeplan.DryRun(
+        blocked=blocked, unavailable=dict(record.unavailable), run_keys={row.name: row.wanted_key for row in rows},
+        blocked_reasons={row.name: Reason(row.blocked_reason) for row in rows if row.blocked},
+    )  # fmt: skip
+    facts = changeplan.Facts(known=True, versions=versions, aliases=aliases)
+    plan = changeplan.settled(commit=commit, models=_declared(rows), facts=facts, dry_run=dry,
+                              base_label="the applied commit", head_label=head_label)  # fmt: skip
+    return _Planned(plan=plan, commit=commit, blocked=blocked)
+
+
+def _declared(rows: Iterable[PlanLine]) -> Iterator[Declared]:
+    """What a pass recorded of each model, as its line of a plan needs it (positional: ten thousand of them)."""
+    import json
+
+    from gitopsd.reconcile.changeplan import Declared
+
+    for row in rows:
+        aliases = json.loads(row.aliases) if row.aliases != "{}" else {}
+        yield Declared(row.name, row.spec_path, bool(row.suspend), row.wanted_key, row.backend, row.gpus,
+                       row.gpu_hours, row.timeout_s, row.retries, aliases)  # fmt: skip
 
 
 def _known_source(directory: Path) -> SourceRow | None:
@@ -178,7 +272,6 @@ def _plan(
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.reconcile.speccache import SpecCache
 
-    _copy_databases(directory, scratch)
     try:
         rec = Reconciler(state_dir=scratch, url=url, branch=branch, operator=operator(ctx),
                          verify=policy or verify_policy(ctx), limits=output_limits(ctx),
@@ -198,16 +291,16 @@ def _plan(
         except SpecError as exc:
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
                                          head_label=head_label, problems=exc.problems)  # fmt: skip
-            return _Planned(plan=invalid, result=None)
+            return _Planned(plan=invalid, passed=False)
         except GitopsdError as exc:
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
                                          head_label=head_label, error=f"cannot plan {head_label}: {exc}")  # fmt: skip
-            return _Planned(plan=invalid, result=None)
+            return _Planned(plan=invalid, passed=False)
         result = rec.reconcile("plan", dry_run=True, at=head)
         if result.error:
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
                                          head_label=head_label, error=result.error)  # fmt: skip
-            return _Planned(plan=invalid, result=result)
+            return _Planned(plan=invalid, commit=result.commit, actions=result.actions, blocked=result.blocked)
         facts = _facts(rec, known_state=applied is not None)
         dry = changeplan.DryRun(
             actions=result.actions, blocked=result.blocked, unavailable=result.unavailable,
@@ -216,7 +309,8 @@ def _plan(
         )  # fmt: skip
         built = changeplan.build(base=base_state, head=head_state, facts=facts, dry_run=dry, base_label=base_label,
                                  head_label=head_label, notes=notes)  # fmt: skip
-        return _Planned(plan=built, result=result, head=head_state)
+        return _Planned(plan=built, commit=result.commit, actions=result.actions, blocked=result.blocked,
+                        head=head_state)  # fmt: skip
     finally:
         rec.close()
 

@@ -19,11 +19,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
+from typing import TYPE_CHECKING, NamedTuple
 
 from gitopsd.errors import SpecProblem
 from gitopsd.model import Reason
-from gitopsd.reconcile.desired import DesiredModel, DesiredState
 from gitopsd.reconcile.planner import Action, Cancel, Submit, Wait
+
+if TYPE_CHECKING:
+    from gitopsd.reconcile.desired import DesiredModel, DesiredState
 
 LATEST = "latest"
 
@@ -78,6 +82,9 @@ class Because:
     text: str
 
 
+SUSPENDED = Because(code=Why.SUSPENDED, text="suspended: nothing trains or moves")
+
+
 @dataclass(frozen=True, kw_only=True)
 class InFlight:
     """A run that has not ended, as the state directory records it."""
@@ -98,6 +105,22 @@ class Facts:
     aliases: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (model, alias) -> number
     in_flight: Sequence[InFlight] = ()
 
+    @cached_property
+    def aliases_of(self) -> Mapping[str, Mapping[str, int]]:
+        """model -> alias -> number: each model's aliases found once, not by a scan of all per model."""
+        found: dict[str, dict[str, int]] = {}
+        for (model, alias), number in self.aliases.items():
+            found.setdefault(model, {})[alias] = number
+        return found
+
+    @cached_property
+    def in_flight_of(self) -> Mapping[str, Sequence[InFlight]]:
+        """model -> its runs in flight, in the order of `in_flight`."""
+        found: dict[str, list[InFlight]] = {}
+        for run in self.in_flight:
+            found.setdefault(run.model, []).append(run)
+        return found
+
 
 @dataclass(frozen=True, kw_only=True)
 class DryRun:
@@ -108,6 +131,23 @@ class DryRun:
     blocked_reasons: Mapping[str, Reason] = field(default_factory=dict)
     run_keys: Mapping[str, str] = field(default_factory=dict)  # effective run keys (bound to base versions)
     unavailable: Mapping[str, str] = field(default_factory=dict)  # backend -> why it cannot be used now
+
+
+class Declared(NamedTuple):
+    """What the report line of a model the change leaves as it is needs: the same from a `DesiredModel` and from
+    the row a pass wrote of it (`StateStore.plan_lines`), so a settled plan can be told without loading the
+    commit. A named tuple: a settled plan makes one per model, at a third of a frozen dataclass's cost."""
+
+    name: str
+    path: str
+    suspend: bool
+    run_key: str  # the run key the pass wants (bound to its base model's version)
+    backend: str
+    gpus: int
+    gpu_hours: float | None
+    timeout_s: int | None
+    retries: int
+    aliases: Mapping[str, int | str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,9 +342,11 @@ def alias_changes(
     """Each alias of `model` that moves. With a known registry, from where it points now to where the head's
     declaration resolves (refused onto a version that does not exist); on a fresh state directory, from the base's
     declaration to the head's. `latest`, or the next number, on a model this change trains: the new version."""
+    current = dict(facts.aliases_of.get(model, {})) if facts.known else {}
+    if not (base or head or current):
+        return ()
     have = set(numbers)
     latest = max(have, default=None)
-    current = {a: v for (m, a), v in facts.aliases.items() if m == model} if facts.known else {}
     out: list[AliasChange] = []
     for alias in sorted(set(base) | set(head) | set(current)):
         target = head.get(alias)
@@ -382,8 +424,8 @@ def _continuing(model: str, facts: Facts, actions: Sequence[Action], key: str | 
     cancelled = {a.run_id for a in actions if isinstance(a, Cancel)}
     return tuple(
         f"run {r.run_id} ({r.phase})"
-        for r in facts.in_flight
-        if r.model == model and r.run_id not in cancelled and (key is None or r.run_key != key)
+        for r in facts.in_flight_of.get(model, ())
+        if r.run_id not in cancelled and (key is None or r.run_key != key)
     )
 
 
@@ -406,12 +448,17 @@ def _entry(
     numbers: set[int],
 ) -> Entry:
     name = new.name
+    if old is new:  # the loader keeps the object of a model whose inputs did not move: nothing can differ
+        gpus, hours = gpu_cost(new)
+        declared = Declared(name=name, path=new.path, suspend=new.suspend,
+                            run_key=dry_run.run_keys.get(name, new.run_key), backend=new.train.backend, gpus=gpus,
+                            gpu_hours=hours, timeout_s=new.train.timeout_s, retries=new.train.retries,
+                            aliases=new.spec.spec.aliases)  # fmt: skip
+        return unchanged(declared, actions, facts, dry_run, numbers)
     submit = next((a for a in actions if isinstance(a, Submit)), None)
     key = submit.run_key if submit is not None else dry_run.run_keys.get(name, new.run_key)
     if old is None:
         change, why = "added", [Because(code=Why.NEW_MODEL, text="new model")]
-    elif old is new:  # the loader keeps the object of a model whose inputs did not move: nothing can differ
-        change, why = "unchanged", []
     else:
         why = training_changes(old, new)
         if old.suspend and not new.suspend:
@@ -420,22 +467,14 @@ def _entry(
         change = "unchanged" if same and old.spec_digest == new.spec_digest else "modified"
     verdict, reasons, refused = Verdict.NONE, list[Because](), ""
     if new.suspend:
-        verdict, reasons = Verdict.SUSPEND, [Because(code=Why.SUSPENDED, text="suspended: nothing trains or moves")]
-    elif name in dry_run.blocked:
-        message = dry_run.blocked[name]
-        if dry_run.blocked_reasons.get(name, Reason.POLICY_DENIED) is Reason.BASE_UNAVAILABLE:
-            verdict, reasons = Verdict.WAIT, [*why, Because(code=Why.WAITING_FOR_BASE, text=message)]
-        else:
-            verdict, refused = Verdict.REFUSED, message
-            reasons = [*why, Because(code=Why.REFUSED, text=message)]
+        verdict, reasons = Verdict.SUSPEND, [SUSPENDED]
+    elif (held := _held(name, why, dry_run)) is not None:
+        verdict, reasons, refused = held
     elif why:
         verdict, reasons = _changed(new, key, why, actions, facts, dry_run)
     else:
-        verdict, reasons = _same(old, new, key, submit, facts)
-    attempt = None
-    if verdict is Verdict.TRAIN:
-        wait = next((a for a in actions if isinstance(a, Wait)), None)
-        attempt = submit.attempt if submit is not None else wait.failed + 1 if wait is not None else None
+        verdict, reasons = _same(name, spec_changes(old, new) if old is not None else [], key, submit, facts)
+    attempt = _attempt(verdict, submit, actions)
     aliases = alias_changes(
         model=name, base=dict(old.spec.spec.aliases) if old is not None else {}, head=dict(new.spec.spec.aliases),
         facts=facts, numbers=numbers, trains=verdict is Verdict.TRAIN,
@@ -449,12 +488,77 @@ def _entry(
     )  # fmt: skip
 
 
+def unchanged(declared: Declared, actions: Sequence[Action], facts: Facts, dry_run: DryRun, numbers: set[int]) -> Entry:
+    """The line of a model whose declaration the change leaves as it is (the same object in base and head):
+    `_entry` with nothing changed, from what `Declared` holds."""
+    name = declared.name
+    submit = next((a for a in actions if isinstance(a, Submit)), None)
+    key = submit.run_key if submit is not None else declared.run_key
+    verdict, reasons, refused = Verdict.NONE, list[Because](), ""
+    if declared.suspend:
+        verdict, reasons = Verdict.SUSPEND, [SUSPENDED]
+    elif (held := _held(name, [], dry_run)) is not None:
+        verdict, reasons, refused = held
+    else:
+        verdict, reasons = _same(name, [], key, submit, facts)
+    attempt = _attempt(verdict, submit, actions)
+    declared_aliases = dict(declared.aliases)
+    aliases = alias_changes(model=name, base=declared_aliases, head=declared_aliases, facts=facts, numbers=numbers,
+                            trains=verdict is Verdict.TRAIN)  # fmt: skip
+    return Entry(
+        model=name, path=declared.path, verdict=verdict, change="unchanged", reasons=tuple(reasons),
+        backend=declared.backend, gpus=declared.gpus, gpu_hours=declared.gpu_hours, timeout_s=declared.timeout_s,
+        retries=declared.retries, refused=refused, attempt=attempt, cancels=_cancels(actions),
+        continues=_continuing(name, facts, actions, None) if declared.suspend else (), aliases=aliases,
+    )  # fmt: skip
+
+
+def settled(
+    *,
+    commit: str,
+    models: Iterable[Declared],
+    facts: Facts,
+    dry_run: DryRun,
+    base_label: str = "",
+    head_label: str = "",
+) -> ChangePlan:
+    """The report of a commit against itself when a pass over it does nothing (`reconcile/settled.py`): every
+    model unchanged, each line from what the pass recorded of it, as `build` would give with both states loaded."""
+    numbers: dict[str, set[int]] = {}
+    for (model, _), number in facts.versions.items():
+        numbers.setdefault(model, set()).add(number)
+    entries = tuple(unchanged(m, (), facts, dry_run, numbers.get(m.name, set()))
+                    for m in sorted(models, key=lambda m: m.name))  # fmt: skip
+    unavailable = tuple(f"backend {name} unavailable: {why}" for name, why in sorted(dry_run.unavailable.items()))
+    return ChangePlan(base_commit=commit, head_commit=commit, base_label=base_label, head_label=head_label,
+                      entries=entries, notes=unavailable)  # fmt: skip
+
+
+def _held(name: str, why: list[Because], dry_run: DryRun) -> tuple[Verdict, list[Because], str] | None:
+    """What the dry run blocked: WAIT while its base model has no such version, else REFUSED with the refusal;
+    None when nothing blocks it. `why`: what changed, said first."""
+    if name not in dry_run.blocked:
+        return None
+    message = dry_run.blocked[name]
+    if dry_run.blocked_reasons.get(name, Reason.POLICY_DENIED) is Reason.BASE_UNAVAILABLE:
+        return Verdict.WAIT, [*why, Because(code=Why.WAITING_FOR_BASE, text=message)], ""
+    return Verdict.REFUSED, [*why, Because(code=Why.REFUSED, text=message)], message
+
+
+def _attempt(verdict: Verdict, submit: Submit | None, actions: Sequence[Action]) -> int | None:
+    """The attempt a training is: the submission's, or the one after a failed attempt's backoff."""
+    if verdict is not Verdict.TRAIN:
+        return None
+    wait = next((a for a in actions if isinstance(a, Wait)), None)
+    return submit.attempt if submit is not None else wait.failed + 1 if wait is not None else None
+
+
 def _changed(
     new: DesiredModel, key: str, why: list[Because], actions: Sequence[Action], facts: Facts, dry_run: DryRun
 ) -> tuple[Verdict, list[Because]]:
     """A model whose training changed (or is new): it trains unless a version, a run or spent retries stand for it."""
     registered = facts.versions.get((new.name, key))
-    live = [r for r in facts.in_flight if r.model == new.name and r.run_key == key]
+    live = [r for r in facts.in_flight_of.get(new.name, ()) if r.run_key == key]
     if registered is not None:
         return Verdict.NONE, [*why, Because(code=Why.ALREADY_REGISTERED, text=f"already registered as v{registered}")]
     if live:
@@ -474,20 +578,18 @@ def _changed(
     return Verdict.TRAIN, why
 
 
-def _same(
-    old: DesiredModel | None, new: DesiredModel, key: str, submit: Submit | None, facts: Facts
-) -> tuple[Verdict, list[Because]]:
-    """A model whose training is what the base had: label only, or unchanged; with a known state directory, a
-    reconcile may still train it (its key has no version yet), and the plan says so."""
-    registered = facts.versions.get((new.name, key))
-    live = [r for r in facts.in_flight if r.model == new.name and r.run_key == key]
+def _same(name: str, spec: list[str], key: str, submit: Submit | None, facts: Facts) -> tuple[Verdict, list[Because]]:
+    """A model whose training is what the base had: label only (`spec`: the fields that changed), or unchanged;
+    with a known state directory, a reconcile may still train it (its key has no version yet), and the plan says
+    so."""
+    registered = facts.versions.get((name, key))
+    live = [r for r in facts.in_flight_of.get(name, ()) if r.run_key == key]
     if registered is not None:
         tail = f" (its run key is registered as v{registered})"
     elif live:
         tail = f" (its run key is training: run {live[0].run_id})"
     else:
         tail = ""
-    spec = spec_changes(old, new) if old is not None and old is not new else []
     pending = facts.known and submit is not None
     if spec:
         said = "this change trains nothing new" if pending else "nothing trains"

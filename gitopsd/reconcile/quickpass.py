@@ -26,6 +26,8 @@ full pass exactly as before. It applies only where everything the full pass read
 Then it does what the full pass does on that shortcut: it writes the source row (fetched commit, time,
 trigger `cli`, no error) to state.db and sweeps the store's stale uploads. What it skips is harmless: the parse
 cache is not opened (it is an optimisation only) and the mirror is not touched (it already equals the remote).
+`gitopsd plan` asks the same question (`settled_record`, `settled_source`: they only read) of its copies of the
+databases.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from typing import Any
 
 from gitopsd.errors import GitopsdError
 from gitopsd.reconcile import configsource, settled
+from gitopsd.reconcile.configsource import Plain
 from gitopsd.reconcile.outbox import Outbox
-from gitopsd.reconcile.state import StateStore
+from gitopsd.reconcile.state import SourceRow, StateStore
 from gitopsd.reconcile.statekey import state_key
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook
@@ -52,7 +55,7 @@ from gitopsd.registry.stores import open_store
 from gitopsd.registry.versions import Registry
 from gitopsd.source.urls import is_git_repository, local_path, normalise_url
 
-__all__ = ["Listing", "parse_listing", "quick_reconcile"]
+__all__ = ["Listing", "local_commit", "parse_listing", "quick_reconcile", "settled_record", "settled_source"]
 
 log = logging.getLogger("gitopsd")
 
@@ -62,7 +65,7 @@ _OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _NAME = re.compile(r"[^\s\x00-\x1f\x7f]+")
 
 #: No operator configuration: the built-in setup.
-BUILT_IN = configsource.Plain(setup=settled.DEFAULT_SETUP, store=None, repository=None)
+BUILT_IN = Plain(setup=settled.DEFAULT_SETUP, store=None, repository=None)
 #: A repository's listing: its HEAD's symbolic target (None when HEAD is detached or unborn) and its branches.
 Listing = tuple[str | None, dict[str, str]]
 
@@ -74,40 +77,62 @@ def quick_reconcile(
     when that can be shown without the full pass (see the module docstring); None when not, or not sure.
     `repo`, `branch`: as given on the command line; `config`: the operator's configuration file in force, if
     any; `verified`: a signature policy was given."""
-    if verified:
+    found = settled_record(state_dir, config, verified)
+    if found is None:
         return None
-    setup = BUILT_IN if config is None else configsource.plain(config, state_dir)
-    if setup is None:
-        return None
-    db = state_dir / "state.db"
-    if not db.is_file() or not (state_dir / settled.RECORD_FILE).is_file():
-        return None
-    key = state_key(state_dir, create=False)
-    if key is None:
-        return None
-    record = settled.read(state_dir, key, settled.code_generation())
-    if record is None:
-        return None
+    record, setup = found
     try:
-        state = StateStore(db)
+        state = StateStore(state_dir / "state.db")
     except GitopsdError:
         return None
     try:
-        return _settled_commit(state, state_dir, record, repo, branch, setup)
+        registry = Registry(state_dir / "registry.db")
+        try:
+            source = settled_source(state, registry, state_dir, record, repo, branch, setup)
+        finally:
+            registry.close()
+        if source is None:
+            return None
+        commit, row = source
+        log.debug("commit %s: settled since the last pass (%s), nothing to load", commit[:12], settled.RECORD_FILE)
+        state.set_source(row)
+        _sweep_uploads(state_dir, setup)
+        return commit
     except (GitopsdError, OSError, ValueError, sqlite3.Error):  # whatever the full pass meets, it reports itself
         return None
     finally:
         state.close()
 
 
-def _settled_commit(
+def settled_record(state_dir: Path, config: Path | None, verified: bool) -> tuple[settled.Settled, Plain] | None:
+    """The state directory's settled-pass record and the setup it was made under, when the quick path applies
+    to this setup (see the module docstring) and the record reads and verifies; None otherwise."""
+    if verified:
+        return None
+    setup = BUILT_IN if config is None else configsource.plain(config, state_dir)
+    if setup is None:
+        return None
+    if not (state_dir / "state.db").is_file() or not (state_dir / settled.RECORD_FILE).is_file():
+        return None
+    key = state_key(state_dir, create=False)
+    if key is None:
+        return None
+    record = settled.read(state_dir, key, settled.code_generation())
+    return None if record is None else (record, setup)
+
+
+def settled_source(
     state: StateStore,
+    registry: Registry,
     state_dir: Path,
     record: settled.Settled,
     repo: str | None,
     branch: str | None,
-    setup: configsource.Plain,
-) -> str | None:
+    setup: Plain,
+) -> tuple[str, SourceRow] | None:
+    """The commit a full pass would fetch and find settled, and the source row it would then write, when `state`
+    and `registry` (the state directory's databases, or consistent copies of them) show it; None otherwise.
+    Reads only: the caller writes the row if it is a pass."""
     known = state.source()
     if known is None:
         return None
@@ -123,37 +148,31 @@ def _settled_commit(
     troubles = RetryBook(state.conn, time.time)
     if any(trouble.permanent for trouble in troubles.all().values()):  # a new Reconciler forgives them
         return None
-    registry = Registry(state_dir / "registry.db")
-    try:
-        if not registry.latest_numbers() and next(iter(_store(state_dir, setup).records()), None) is not None:
-            return None  # a lost registry that the full pass restores from its store
-        row = replace(known, branch=branch, trigger="cli")
-        commit = remote_commit(str(path), state_dir / "source.git", branch)
-        if commit is None or commit != row.applied_commit or record.commit != commit:
-            return None
-        row = replace(row, fetched_commit=commit, fetched_at=time.time(), error_reason="", error="")
-        if state.active_runs():
-            return None
-        found = settled.fingerprint(
-            row, state=state, troubles=troubles, outbox=Outbox(state.conn, time.time), registry=registry,
-            aliases=AliasBook(registry.conn), setup=setup.setup,
-        )  # fmt: skip
-        if found != record.fingerprint or local_unavailable(record.backends, state_dir) != dict(record.unavailable):
-            return None
-    finally:
-        registry.close()
-    log.debug("commit %s: settled since the last pass (%s), nothing to load", commit[:12], settled.RECORD_FILE)
-    state.set_source(row)
-    _sweep_uploads(state_dir, setup)
-    return commit
+    if not registry.latest_numbers() and next(iter(_store(state_dir, setup, create=False).records()), None):
+        return None  # a lost registry that the full pass restores from its store
+    row = replace(known, branch=branch, trigger="cli")
+    commit = remote_commit(str(path), state_dir / "source.git", branch)
+    if commit is None or commit != row.applied_commit or record.commit != commit:
+        return None
+    row = replace(row, fetched_commit=commit, fetched_at=time.time(), error_reason="", error="")
+    if state.active_runs():
+        return None
+    found = settled.fingerprint(
+        row, state=state, troubles=troubles, outbox=Outbox(state.conn, time.time), registry=registry,
+        aliases=AliasBook(registry.conn), setup=setup.setup,
+    )  # fmt: skip
+    if found != record.fingerprint or local_unavailable(record.backends, state_dir) != dict(record.unavailable):
+        return None
+    return commit, row
 
 
-def _store(state_dir: Path, setup: configsource.Plain) -> ArtifactStore:
-    """The artifact store of the state directory: the default one in it, or the configuration's local one."""
-    return open_store(setup.store, state_dir / "artifacts")
+def _store(state_dir: Path, setup: Plain, *, create: bool = True) -> ArtifactStore:
+    """The artifact store of the state directory: the default one in it, or the configuration's local one
+    (`create`: False to look without making its folders)."""
+    return open_store(setup.store, state_dir / "artifacts", create=create)
 
 
-def _sweep_uploads(state_dir: Path, setup: configsource.Plain) -> None:
+def _sweep_uploads(state_dir: Path, setup: Plain) -> None:
     """As a new process's first full pass does: abort the uploads a killed writer left unfinished."""
     sweep_stale_uploads(lambda: _store(state_dir, setup))
 
@@ -187,6 +206,22 @@ def remote_commit(remote: str, mirror: Path, branch: str | None) -> str | None:
     if head is None or (head, heads) != mirrored:
         return None
     return heads.get(f"refs/heads/{branch}" if branch else head)
+
+
+def local_commit(repo: Path, ref: str) -> str | None:
+    """The commit `ref` names in the local repository `repo` (as `gitopsd plan --branch` resolves it: a branch,
+    a tag, a commit id, HEAD), or None."""
+    if ref.startswith("-"):
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=LIST_TIMEOUT_S,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = done.stdout.strip()
+    return found if done.returncode == 0 and _OID.fullmatch(found) else None
 
 
 def _list_both(remote: str, mirror: str) -> tuple[Listing, Listing] | None:

@@ -1,17 +1,21 @@
-"""Recording conditions: what `gitopsd status` reads about each model at the end of a pass.
+"""Recording conditions: what `gitopsd status` (and a settled `plan`) reads about each model at the end of a pass.
 
 The pure summarizer (`conditions.summarize`) decides each model's condition; this module gathers the facts
 it needs, recomputes only the models a pass may have changed, and writes only what differs, so a pass that
-touched one model of ten thousand costs one model's work.
+touched one model of ten thousand costs one model's work. Each model's row also holds what `gitopsd plan` says
+of it while the commit stays as it is (`StateStore.plan_lines`), so a plan of a settled state directory loads
+no spec.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Set
+from dataclasses import replace
 
 from gitopsd.model import Condition
 from gitopsd.reconcile import conditions
+from gitopsd.reconcile.changeplan import gpu_cost
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, PerModel
 from gitopsd.reconcile.planner import Action, Wait, Want
 from gitopsd.reconcile.state import ModelRow, RunRecord, StateStore
@@ -30,6 +34,8 @@ def want_of(model: DesiredModel) -> Want:
 
 
 def row_of(model: DesiredModel) -> ModelRow:
+    """The row of a model as its spec alone gives it; `wanted` adds what the pass wanted of it."""
+    gpus, hours = gpu_cost(model)
     return ModelRow(
         name=model.name,
         spec_path=model.path,
@@ -38,7 +44,21 @@ def row_of(model: DesiredModel) -> ModelRow:
         backend=model.train.backend,
         suspend=model.suspend,
         labels=json.dumps(dict(model.spec.metadata.labels), sort_keys=True),
+        wanted_key=model.run_key,
+        gpus=gpus,
+        gpu_hours=hours,
+        timeout_s=model.train.timeout_s,
+        retries=model.train.retries,
+        aliases=json.dumps(dict(model.spec.spec.aliases), sort_keys=True),
     )
+
+
+def with_want(row: ModelRow, want: Want) -> ModelRow:
+    """`row` with the run key the pass wanted and why it may submit nothing (the same object when unchanged)."""
+    blocked = (want.run_key, want.blocked, str(want.blocked_reason) if want.blocked else "")
+    if (row.wanted_key, row.blocked, row.blocked_reason) == blocked:
+        return row
+    return replace(row, wanted_key=blocked[0], blocked=blocked[1], blocked_reason=blocked[2])
 
 
 def facts_of(run: RunRecord) -> conditions.RunFacts:
@@ -91,7 +111,7 @@ class Summary:
             dirty |= touched | {name for name in troubles.keys() | self._troubles.keys()
                                 if troubles.get(name) != self._troubles.get(name)}  # fmt: skip
         self._troubles = dict(troubles)
-        rows = self._rows.of(desired)
+        rows = {name: with_want(row, wants[name]) for name, row in self._rows.of(desired).items()}
         active = {r.model: r for r in active_runs}
         last = self.state.last_finished_runs()
         wanted = {name: c for name, c in known_conditions.items() if name in desired.models}

@@ -67,15 +67,17 @@ def store_os_error(exc: OSError, root: Path, action: str) -> GitopsdError:
 class FileStore:
     """A content-addressed store in a local (or shared, POSIX) directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """`create`: make the store's folders (False: only look, e.g. from `gitopsd plan`, which writes nothing)."""
         self.root = Path(root).absolute()
         self.uri = self.root.as_uri()
         self._objects = self.root / "sha256"
         self._records = self.root / "records"
         self._tmp = self.root / "tmp"
-        with self._os("create"):
-            self._objects.mkdir(parents=True, exist_ok=True)
-            self._tmp.mkdir(parents=True, exist_ok=True)
+        if create:
+            with self._os("create"):
+                self._objects.mkdir(parents=True, exist_ok=True)
+                self._tmp.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def _os(self, action: str) -> Iterator[None]:

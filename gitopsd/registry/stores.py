@@ -20,15 +20,17 @@ def open_store(
     *,
     endpoint_url: str | None = None,
     object_lock_days: int | None = None,
+    create: bool = True,
 ) -> ArtifactStore:
     """The store named by a registry's artifact URI.
 
     None -> a `FileStore` at `default_root`; `file:///abs/dir` -> a `FileStore` there; `s3://bucket/prefix` ->
     an `S3Store` (credentials from the standard AWS chain; `endpoint_url` else boto3's `AWS_ENDPOINT_URL`).
-    `object_lock_days` applies to S3 only: a file store's objects are already read-only.
+    `object_lock_days` applies to S3 only: a file store's objects are already read-only. `create`: False opens a
+    file store without making its folders (to look only).
     """
     if uri is None:
-        return FileStore(default_root)
+        return FileStore(default_root, create=create)
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
@@ -50,4 +52,4 @@ def open_store(
         raise PermanentError(
             f"artifact store URI {uri!r} does not name an absolute local directory: expected file:///absolute/dir"
         )
-    return FileStore(Path(unquote(parsed.path)))
+    return FileStore(Path(unquote(parsed.path)), create=create)

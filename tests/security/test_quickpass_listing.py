@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gitopsd.reconcile import quickpass
+from tests.conftest import GitRepo
 
 OID = "a" * 40
 GOOD = f"ref: refs/heads/main\tHEAD\n{OID}\tHEAD\n{OID}\trefs/heads/main\n{'b' * 40}\trefs/tags/v1\n"
@@ -48,3 +49,23 @@ def test_nothing_that_looks_like_an_option_reaches_git(tmp_path: Path) -> None:
     assert quickpass.remote_commit(f"--upload-pack=touch {marker}", mirror, None) is None
     assert quickpass.remote_commit(str(tmp_path), Path(f"--upload-pack=touch {marker}"), None) is None
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "--output={marker}",  # an option of rev-parse
+        "-C{marker}",
+        "HEAD:README.md",  # a blob, not a commit
+        "HEAD^{{tree}}",
+        "main@{{upstream}}",  # no upstream here
+        "no-such-branch",
+    ],
+)
+def test_a_plan_branch_names_a_commit_or_nothing(demo_repo: GitRepo, tmp_path: Path, ref: str) -> None:
+    """`gitopsd plan --branch REF` on a settled state directory: REF goes to `git rev-parse` after
+    --end-of-options, and only a commit it names is taken (anything else: the full plan, which says why)."""
+    marker = tmp_path / "ran"
+    assert quickpass.local_commit(demo_repo.path, ref.format(marker=marker)) is None
+    assert not marker.exists()
+    assert quickpass.local_commit(demo_repo.path, "HEAD") == demo_repo.git("rev-parse", "HEAD")
