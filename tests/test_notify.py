@@ -18,8 +18,9 @@ import pytest
 from gitopsd.daemon.config import NotificationConfig
 from gitopsd.daemon.courier import Courier
 from gitopsd.reconcile.reconciler import Reconciler
-from gitopsd.reconcile.state import MIGRATIONS, StateStore, connect, migrate
+from gitopsd.reconcile.state import MIGRATIONS, StateStore, connect
 from gitopsd.reconcile.statusview import read_status, render
+from gitopsd.registry.sqlitedb import migrate
 from tests.conftest import GitRepo
 from tests.fakesinks import (
     BAD_GATEWAY,
@@ -464,7 +465,7 @@ def test_a_long_history_is_queued_whole_in_slices(
 
 def test_status_reads_a_state_database_from_before_notifications(tmp_path: Path) -> None:
     conn = connect(tmp_path / "state.db")
-    migrate(conn, [m for m in MIGRATIONS if m[0] < 5], where=tmp_path / "state.db")
+    migrate(conn, [m for m in MIGRATIONS if m[0] < 5], what=str(tmp_path / "state.db"))
     conn.close()
     assert read_status(tmp_path)["notifications"] == []
     StateStore(tmp_path / "state.db").close()  # the daemon opens it: migration 5 adds the queue

@@ -19,7 +19,8 @@ import pytest
 from gitopsd.daemon.config import load_config
 from gitopsd.model import Phase
 from gitopsd.reconcile.reconciler import Reconciler
-from gitopsd.reconcile.state import MIGRATIONS, RunRecord, StateStore, connect, migrate
+from gitopsd.reconcile.state import MIGRATIONS, RunRecord, StateStore, connect
+from gitopsd.registry.sqlitedb import migrate
 from tests.conftest import GitRepo, gitopsd
 from tests.test_e2e import MODEL, model_status
 
@@ -195,7 +196,7 @@ def seed_past_run_of(state_dir: Path, model: str, path: str, *, gpus: int, hours
 def test_migration_4_takes_older_runs_gpus_from_their_snapshots(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     conn = connect(db)
-    migrate(conn, [m for m in MIGRATIONS if m[0] < 4], where=db)
+    migrate(conn, [m for m in MIGRATIONS if m[0] < 4], what=str(db))
     row = ("r1", "m", "k", "d", "c", "models/m.yaml", "local", "Registered", 1, "/x", 1.0, 2.0, 1.0, 2.0)
     for run_id in ("r1", "r2"):
         conn.execute("INSERT INTO runs (id, model, run_key, spec_digest, commit_id, spec_path, backend, phase, "

@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from gitopsd.reconcile.reconciler import ALIAS_REFUSED_EVENT, Reconciler
-from gitopsd.reconcile.state import MIGRATIONS, StateStore, connect, migrate
+from gitopsd.reconcile.state import MIGRATIONS, StateStore, connect
+from gitopsd.registry.sqlitedb import migrate
 from tests.conftest import GitRepo
 
 MODEL = "models/blobs.yaml"
@@ -25,7 +26,7 @@ def test_an_old_state_dir_migrates_and_its_models_get_labels_on_the_next_pass(
 ) -> None:
     state_dir.mkdir(parents=True)
     conn = connect(state_dir / "state.db")
-    migrate(conn, [m for m in MIGRATIONS if m[0] < 6], where=state_dir / "state.db")
+    migrate(conn, [m for m in MIGRATIONS if m[0] < 6], what=str(state_dir / "state.db"))
     conn.execute(
         "INSERT INTO models (name, spec_path, run_key, spec_digest, backend, suspend) "
         "VALUES ('old', 'models/old.yaml', 'k', 'd', 'local', 0)"

@@ -37,7 +37,7 @@ from gitopsd.daemon.forges import (
 )
 from gitopsd.errors import GitopsdError, PermanentError, retry_delay
 from gitopsd.reconcile.troubles import describe
-from gitopsd.registry.sqlitewal import enable_wal
+from gitopsd.registry.sqlitedb import enable_wal
 from gitopsd.units import format_time
 
 log = logging.getLogger("gitopsd")

@@ -22,11 +22,13 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from gitopsd.daemon.config import STATUS_KINDS, NotificationConfig
 from gitopsd.daemon.forges import shorten
+from gitopsd.registry.sqlitedb import immediate
 from gitopsd.source.redact import redact_text
 
 log = logging.getLogger("gitopsd")
@@ -222,8 +224,7 @@ class DeliveryQueue:
         """Queue `found` for `sink` and move its cursor, in one transaction; returns how many old deliveries
         were dropped to keep the sink within its `max_pending`."""
         now = self.clock()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.conn):
             for notice in found:
                 if notice.kind == "status":  # a newer status of the same commit makes a waiting one moot
                     self.conn.execute("DELETE FROM deliveries WHERE sink = ? AND kind = 'status' AND subject = ?",
@@ -240,10 +241,6 @@ class DeliveryQueue:
                 (sink.name, cursor.event_seq, cursor.status, cursor.rejected),
             )
             dropped = self._bound(sink)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return dropped
 
     def _bound(self, sink: NotificationConfig) -> int:
@@ -317,16 +314,5 @@ class DeliveryQueue:
         row = self.conn.execute("SELECT min(next_at) FROM deliveries").fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
-    def _transaction(self) -> _Tx:
-        return _Tx(self.conn)
-
-
-class _Tx:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self.conn)

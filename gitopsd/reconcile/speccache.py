@@ -34,7 +34,7 @@ import hmac
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ import gitopsd
 from gitopsd.errors import SpecProblem
 from gitopsd.reconcile.statekey import KEY_FILE, state_key
 from gitopsd.reconcile.statekey import key as _key
+from gitopsd.registry.sqlitedb import immediate
 from gitopsd.spec.schema import SCHEMA_VERSION, ModelSpec
 
 __all__ = ["CACHE_FILE", "KEY_FILE", "Keys", "Parsed", "SpecCache", "generation", "state_key"]
@@ -167,16 +168,8 @@ class SpecCache:
             raise sqlite3.OperationalError("the spec cache is closed")
         return self._conn
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._require()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._require())
 
     def close(self) -> None:
         if self._conn is not None:

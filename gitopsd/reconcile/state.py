@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gitopsd.errors import PermanentError
 from gitopsd.model import Condition, Phase
-from gitopsd.registry.sqlitewal import enable_wal
+from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -272,45 +272,6 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, migrations: Iterable[tuple[int, str]], *, where: Path) -> None:
-    """Apply the migrations not yet recorded, each in its own transaction; refuse a database that a newer
-    gitopsd migrated further (its rows have columns this code does not know)."""
-    migrations = tuple(migrations)
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL)")
-    done = {row[0] for row in conn.execute("SELECT number FROM migrations")}
-    known = max((number for number, _ in migrations), default=0)
-    if max(done, default=0) > known:
-        raise PermanentError(
-            f"{where} has schema migration {max(done)} but this gitopsd knows only up to {known}: it was written "
-            "by a newer gitopsd; upgrade gitopsd (or use another state directory)"
-        )
-    for number, sql in migrations:
-        if number in done:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _statements(sql):
-                conn.execute(statement)
-            conn.execute("INSERT INTO migrations VALUES (?, ?)", (number, time.time()))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-
-def _statements(sql: str) -> Iterator[str]:
-    """Split a migration into statements, keeping trigger bodies whole."""
-    buffer = ""
-    for line in sql.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                yield buffer.strip()
-            buffer = ""
-    if buffer.strip():
-        yield buffer.strip()
-
-
 class StateStore:
     """The reconciler's read-write view of `state.db`."""
 
@@ -318,7 +279,7 @@ class StateStore:
         self.path = path
         try:
             self.conn = connect(path)
-            migrate(self.conn, MIGRATIONS, where=path)
+            migrate(self.conn, MIGRATIONS, what=str(path))
         except sqlite3.DatabaseError as exc:
             raise PermanentError(
                 f"cannot read {path}: {exc} (the file is damaged or not a gitopsd state database: move it away "
@@ -346,13 +307,8 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.conn):
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
 
     # runs ------------------------------------------------------------------------------------------------
     def create_run(self, run: RunRecord, *, message: str, snapshot: Mapping[str, Any] | None = None) -> None:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 
+from gitopsd.registry.sqlitedb import immediate
+
 LATEST = "latest"
 
 
@@ -130,14 +132,9 @@ class AliasBook:
 
     def _insert(self, records: list[AliasRecord]) -> None:
         assert self.conn is not None
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.conn):
             self.conn.executemany(
                 "INSERT INTO alias_moves (model, alias, version, previous, kind, commit_id, subject, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r.model, r.alias, r.version, r.previous, r.kind, r.commit_id, r.subject, r.at) for r in records],
             )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise

@@ -18,6 +18,7 @@ from typing import Any
 from gitopsd.errors import IntegrityError, PermanentError
 from gitopsd.registry import environments
 from gitopsd.registry.aliases import AliasBook, AliasRecord
+from gitopsd.registry.sqlitedb import immediate
 from gitopsd.registry.store import ArtifactRef, ArtifactStore
 from gitopsd.registry.versions import Registry, Version
 
@@ -142,14 +143,9 @@ def import_missing(store: ArtifactStore, registry: Registry) -> tuple[int, int]:
                 data.pop("record", None)
                 moves.append(AliasRecord(**data))
     if versions or found:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             environments.insert(conn, found)
             _insert_versions(conn, versions)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     book.restore(moves)
     return len(versions), len(moves)
 
@@ -190,14 +186,9 @@ def rebuild(store: ArtifactStore, registry_path: Path) -> tuple[int, int]:
     with Registry(registry_path) as registry:
         conn = registry.conn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             environments.insert(conn, found)
             _insert_versions(conn, versions)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         moves.sort(key=lambda m: m.at)
         AliasBook(conn).restore(moves)
     return len(versions), len(moves)

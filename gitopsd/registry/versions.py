@@ -12,7 +12,6 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from gitopsd.errors import IntegrityError, PermanentError
-from gitopsd.registry.sqlitewal import enable_wal
+from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate
 from gitopsd.registry.store import ArtifactRef, ArtifactStore
 
 _IMMUTABLE = "versions are immutable: register a new version instead"
@@ -148,19 +147,6 @@ def parse_label(label: str) -> tuple[str, int]:
     return model, int(number)
 
 
-def _split_statements(sql: str) -> list[str]:
-    """Cut a script into complete statements (trigger bodies keep their inner semicolons)."""
-    statements: list[str] = []
-    pending = ""
-    for piece in sql.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n\t;"):
-                statements.append(pending.strip())
-            pending = ""
-    return statements
-
-
 def _to_json(value: object, what: str, model: str, run_id: str) -> str:
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False)
@@ -230,30 +216,7 @@ class Registry:
         self._migrate()
 
     def _migrate(self) -> None:
-        conn = self._writable()
-        conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-        known = max(number for number, _ in MIGRATIONS)
-        (newest,) = conn.execute("SELECT COALESCE(MAX(number), 0) FROM migrations").fetchone()
-        if newest > known:
-            raise PermanentError(
-                f"registry {self.path} has schema migration {newest} but this gitopsd knows only up to "
-                f"{known}: upgrade gitopsd"
-            )
-        for number, sql in MIGRATIONS:
-            if number <= newest:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have applied it while we waited for the write lock.
-                if conn.execute("SELECT 1 FROM migrations WHERE number = ?", (number,)).fetchone() is None:
-                    for statement in _split_statements(sql):
-                        conn.execute(statement)
-                    conn.execute("INSERT INTO migrations (number, applied_at) VALUES (?, ?)", (number, time.time()))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise PermanentError(f"registry {self.path}: migration {number} failed: {exc}") from exc
+        migrate(self._writable(), MIGRATIONS, what=f"registry {self.path}")
 
     @property
     def conn(self) -> sqlite3.Connection | None:
@@ -298,8 +261,7 @@ class Registry:
             _to_json(gates, "gates", model, run_id),
             _to_json(lineage, "lineage", model, run_id),
         )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             existing = self.by_run_id(run_id)
             if existing is None:
                 (number,) = conn.execute(
@@ -310,11 +272,6 @@ class Registry:
                     f"INSERT INTO versions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*row, *encoded, created_at),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         if existing is None:
             return version_from_row((*row, *encoded, created_at))
         if existing.model != model:
