@@ -106,6 +106,14 @@ class Facts:
     in_flight: Sequence[InFlight] = ()
 
     @cached_property
+    def numbers_of(self) -> Mapping[str, set[int]]:
+        """model -> the numbers of its versions."""
+        found: dict[str, set[int]] = {}
+        for (model, _), number in self.versions.items():
+            found.setdefault(model, set()).add(number)
+        return found
+
+    @cached_property
     def aliases_of(self) -> Mapping[str, Mapping[str, int]]:
         """model -> alias -> number: each model's aliases found once, not by a scan of all per model."""
         found: dict[str, dict[str, int]] = {}
@@ -396,9 +404,7 @@ def build(
     by_model: dict[str, list[Action]] = {}
     for action in dry_run.actions:
         by_model.setdefault(action.model, []).append(action)
-    numbers: dict[str, set[int]] = {}
-    for (model, _), number in facts.versions.items():
-        numbers.setdefault(model, set()).add(number)
+    numbers = facts.numbers_of
     before = base.models if base is not None else {}
     entries: list[Entry] = []
     for name in sorted(before.keys() | head.models.keys()):
@@ -494,7 +500,7 @@ def unchanged(declared: Declared, actions: Sequence[Action], facts: Facts, dry_r
     name = declared.name
     submit = next((a for a in actions if isinstance(a, Submit)), None)
     key = submit.run_key if submit is not None else declared.run_key
-    verdict, reasons, refused = Verdict.NONE, list[Because](), ""
+    refused = ""
     if declared.suspend:
         verdict, reasons = Verdict.SUSPEND, [SUSPENDED]
     elif (held := _held(name, [], dry_run)) is not None:
@@ -524,9 +530,7 @@ def settled(
 ) -> ChangePlan:
     """The report of a commit against itself when a pass over it does nothing (`reconcile/settled.py`): every
     model unchanged, each line from what the pass recorded of it, as `build` would give with both states loaded."""
-    numbers: dict[str, set[int]] = {}
-    for (model, _), number in facts.versions.items():
-        numbers.setdefault(model, set()).add(number)
+    numbers = facts.numbers_of
     entries = tuple(unchanged(m, (), facts, dry_run, numbers.get(m.name, set()))
                     for m in sorted(models, key=lambda m: m.name))  # fmt: skip
     unavailable = tuple(f"backend {name} unavailable: {why}" for name, why in sorted(dry_run.unavailable.items()))
