@@ -10,6 +10,7 @@ with the full one, byte for byte in every format, exit code included; the full o
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -55,14 +56,33 @@ def _every_kind(repo: GitRepo) -> None:
     repo.commit("Every kind of plan line")
 
 
-def _plans(state_dir: Path, *args: str) -> list[tuple[int, str, str]]:
-    return [_plan(state_dir, "--format", fmt, *args) for fmt in FORMATS]
+def _plans(state_dir: Path, *args: str, given: tuple[str, ...] = ()) -> list[tuple[int, str, str]]:
+    return [_plan(state_dir, "--format", fmt, *args, given=given) for fmt in FORMATS]
 
 
-def _plan(state_dir: Path, *args: str) -> tuple[int, str, str]:
-    done = gitopsd(state_dir, "plan", *args, check=False)
+def _plan(state_dir: Path, *args: str, given: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    """`gitopsd [given] plan args`: exit code, stdout, stderr."""
+    done = gitopsd(state_dir, *given, "plan", *args, check=False)
     assert "Traceback" not in done.stderr
     return done.returncode, done.stdout, done.stderr
+
+
+def _heavy_imports(state_dir: Path, *given: str) -> list[str]:
+    """The spec and Git libraries a `gitopsd [given] plan` imported (none: it loaded no spec)."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['gitopsd', *{list(given)!r}, 'plan']\n"
+        "try:\n"
+        "    runpy.run_module('gitopsd', run_name='__main__')\n"
+        "finally:\n"
+        "    print(sorted(m for m in ('pydantic', 'yaml', 'pygit2') if m in sys.modules), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
+    assert "Traceback" not in done.stderr
+    found = ast.literal_eval(done.stderr.strip().splitlines()[-1])
+    assert isinstance(found, list)
+    return [str(name) for name in found]
 
 
 def _files(state_dir: Path) -> dict[str, str]:
@@ -103,21 +123,12 @@ def test_the_settled_plan_is_the_full_plan_in_every_format(settled_dir: Path) ->
     assert (models["huge"]["gpus"], models["huge"]["gpu_hours"]) == (2, 4.0)
 
 
-def test_the_settled_plan_loads_nothing_and_writes_nothing(settled_dir: Path, tmp_path: Path) -> None:
+def test_the_settled_plan_loads_nothing_and_writes_nothing(settled_dir: Path) -> None:
     before = _files(settled_dir)
-    probe = (
-        "import runpy, sys\n"
-        "sys.argv = ['gitopsd', 'plan']\n"
-        "try:\n"
-        "    runpy.run_module('gitopsd', run_name='__main__')\n"
-        "finally:\n"
-        "    print(sorted(m for m in ('pydantic', 'yaml', 'pygit2') if m in sys.modules), file=sys.stderr)\n"
-    )
-    env = {**os.environ, "GITOPSD_STATE_DIR": str(settled_dir)}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 1 and "huge: refused" in done.stdout
-    assert done.stderr.strip().splitlines()[-1] == "[]", "no spec is loaded, no Git library imported"
+    assert _heavy_imports(settled_dir) == [], "no spec is loaded, no Git library imported"
     assert _files(settled_dir) == before
+    settled.forget(settled_dir)
+    assert _heavy_imports(settled_dir) == ["pydantic", "pygit2", "yaml"], "without the record: the full plan"
 
 
 def test_a_plan_the_record_does_not_vouch_for_is_the_full_one(demo_repo: GitRepo, settled_dir: Path) -> None:
@@ -159,3 +170,35 @@ def test_a_state_database_of_a_newer_gitopsd_is_refused_by_name(settled_dir: Pat
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert f"{settled_dir / 'state.db'} has schema migration 999 but this gitopsd knows only up to" in done.stderr
     assert "upgrade gitopsd" in done.stderr
+
+
+OPERATOR = """\
+[backends.local]
+type = "local"
+settings = {{ max_parallel = 2, grace_s = 5 }}
+
+[output_limits]
+metrics_bytes = 2000000
+
+[registry]
+artifacts = "file://{root}/store/"
+"""
+
+
+def test_under_an_operator_configuration_the_settled_plan_is_the_full_plan(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "operator.toml"
+    config.write_text(OPERATOR.format(root=tmp_path))
+    _every_kind(demo_repo)
+    given = ("--config", str(config))
+    gitopsd(state_dir, *given, "reconcile", "--repo", str(demo_repo.path), "--wait")
+    gitopsd(state_dir, *given, "reconcile", "--wait")
+    gitopsd(state_dir, *given, "reconcile", "--once")
+    assert (state_dir / settled.RECORD_FILE).is_file()
+    assert _heavy_imports(state_dir, *given) == []
+    quick = _plans(state_dir, given=given)
+    settled.forget(state_dir)
+    assert quick == _plans(state_dir, given=given)
+    code, text, _ = quick[0]
+    assert code == 1 and "  huge: refused at plan time" in text
