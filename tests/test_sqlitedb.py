@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from gitopsd.errors import PermanentError
-from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate, statements
+from gitopsd.reconcile.state import StateStore
+from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate, snapshot, statements
 
 
 def _open_and_write(path: str, worker: int, start: Any) -> None:
@@ -126,3 +127,33 @@ def test_a_database_a_newer_gitopsd_migrated_is_refused_by_name(tmp_path: Path) 
     migrate(conn, SCHEMA, what="n.db")
     with pytest.raises(PermanentError, match=r"n\.db has schema migration 2 but this gitopsd knows only up to 1"):
         migrate(conn, SCHEMA[:1], what="n.db")
+
+
+def test_a_snapshot_sees_one_state_of_each_database_whatever_is_written_meanwhile(tmp_path: Path) -> None:
+    writer = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    enable_wal(writer)
+    migrate(writer, SCHEMA, what="s.db")
+    _write(writer, "INSERT INTO t (x) VALUES (1)")
+    reader = sqlite3.connect(f"{(tmp_path / 's.db').as_uri()}?mode=ro", uri=True, isolation_level=None)
+    with snapshot(reader, None):
+        assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+        _write(writer, "INSERT INTO t (x) VALUES (2)")
+        assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    assert not reader.in_transaction
+    assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
+def test_a_read_only_state_store_writes_nothing_and_wants_this_codes_schema(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    before = path.read_bytes()
+    with StateStore(path, readonly=True) as store:
+        assert store.models() == {}
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.conn.execute("DELETE FROM models")
+    assert path.read_bytes() == before
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DELETE FROM migrations WHERE number = (SELECT MAX(number) FROM migrations)")
+    conn.close()
+    with pytest.raises(PermanentError, match="a pass updates it"):
+        StateStore(path, readonly=True)

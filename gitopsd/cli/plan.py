@@ -74,17 +74,14 @@ def plan_command(
         if known is None:
             raise UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
         repo = known.url
-    with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch:
-        _copy_databases(directory, Path(scratch))
-        outcome = None if base is not None else _settled_plan(ctx, Path(scratch), directory, known, given, branch,
-                                                              verified=verified)  # fmt: skip
-        if outcome is None:
-            from gitopsd.reconcile.desired import collector_paused
+    outcome = None if base is not None else _settled_plan(ctx, directory, known, given, branch, verified=verified)
+    if outcome is None:
+        from gitopsd.reconcile.desired import collector_paused
 
-            # The cyclic collector is off for the whole plan (two commits' models, the dry run, the report): a
-            # plan makes no reference cycles worth collecting, and the scans would be a tenth of a cold plan.
-            with collector_paused():
-                outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
+        # The cyclic collector is off for the whole plan (two commits' models, the dry run, the report): a plan
+        # makes no reference cycles worth collecting, and the scans would be about a tenth of a cold plan.
+        with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch, collector_paused():
+            outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
     _print(outcome, fmt, against_state=base is None, explain=explain)
 
 
@@ -115,7 +112,6 @@ def _print(
 
 def _settled_plan(
     ctx: Context,
-    scratch: Path,
     directory: Path,
     known: SourceRow | None,
     repo: str | None,
@@ -125,7 +121,8 @@ def _settled_plan(
 ) -> _Planned | None:
     """The plan of the state directory's settled commit against itself, told from what the pass that settled it
     recorded (the settled-pass record, each model's row), without loading the commit; None when that record does
-    not vouch for it. `scratch` holds consistent copies of the databases."""
+    not vouch for it. The databases are read in place, read-only, each in one snapshot: however long their
+    history, nothing is copied."""
     from gitopsd.cli.common import configuration_path
     from gitopsd.reconcile import quickpass
 
@@ -140,26 +137,27 @@ def _settled_plan(
     from gitopsd.reconcile import changeplan
     from gitopsd.reconcile.state import StateStore
     from gitopsd.registry.aliases import AliasBook
+    from gitopsd.registry.sqlitedb import snapshot
     from gitopsd.registry.versions import Registry
     from gitopsd.source.urls import local_path
 
     head_label = branch or known.branch or "HEAD"
     try:
-        state, registry = StateStore(scratch / "state.db"), Registry(scratch / "registry.db")
+        state = StateStore(directory / "state.db", readonly=True)
     except (GitopsdError, OSError, sqlite3.Error):
         return None
     try:
-        source = quickpass.settled_source(state, registry, directory, record, repo, branch, setup)
-        path = local_path(known.url)
-        if source is None or path is None or quickpass.local_commit(path, head_label) != source[0]:
-            return None  # --branch names another commit than the one the settled pass applied
-        rows = state.plan_lines()
-        versions, aliases = registry.key_numbers(), AliasBook(registry.conn).current()
+        with Registry(directory / "registry.db", readonly=True) as registry, snapshot(state.conn, registry.conn):
+            source = quickpass.settled_source(state, registry, directory, record, repo, branch, setup)
+            path = local_path(known.url)
+            if source is None or path is None or quickpass.local_commit(path, head_label) != source[0]:
+                return None  # --branch names another commit than the one the settled pass applied
+            rows = state.plan_lines()
+            versions, aliases = registry.key_numbers(), AliasBook(registry.conn).current()
     except (GitopsdError, OSError, ValueError, sqlite3.Error):  # the full plan reports whatever it meets
         return None
     finally:
         state.close()
-        registry.close()
     if any(not row.wanted_key for row in rows):  # a row no pass of this gitopsd has written
         return None
     commit = source[0]
@@ -272,6 +270,7 @@ def _plan(
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.reconcile.speccache import SpecCache
 
+    _copy_databases(directory, scratch)
     try:
         rec = Reconciler(state_dir=scratch, url=url, branch=branch, operator=operator(ctx),
                          verify=policy or verify_policy(ctx), limits=output_limits(ctx),

@@ -261,6 +261,22 @@ class SourceRow:
     error: str = ""
 
 
+def _reading(path: Path) -> sqlite3.Connection:
+    """`path` opened read-only, when this code's migrations are all applied to it (else PermanentError: the next
+    pass applies them)."""
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        (newest,) = conn.execute("SELECT COALESCE(MAX(number), 0) FROM migrations").fetchone()
+        known = max(number for number, _ in MIGRATIONS)
+        if newest != known:
+            raise PermanentError(f"{path} has schema migration {newest}, this gitopsd's is {known}: a pass updates it")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in WAL mode with the pragmas every gitopsd database uses."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,13 +289,17 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class StateStore:
-    """The reconciler's read-write view of `state.db`."""
+    """The reconciler's read-write view of `state.db` (`readonly`: a view that writes nothing, not even a
+    migration: `gitopsd plan` reading the state directory it must leave as it is)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         try:
-            self.conn = connect(path)
-            migrate(self.conn, MIGRATIONS, what=str(path))
+            if readonly:
+                self.conn = _reading(path)
+            else:
+                self.conn = connect(path)
+                migrate(self.conn, MIGRATIONS, what=str(path))
         except sqlite3.DatabaseError as exc:
             raise PermanentError(
                 f"cannot read {path}: {exc} (the file is damaged or not a gitopsd state database: move it away "

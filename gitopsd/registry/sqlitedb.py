@@ -9,7 +9,8 @@ lock. `enable_wal` asks first (a database already in WAL mode needs no switch) a
 
 A write is one `immediate` transaction: it takes the write lock at BEGIN, so two processes that read and then
 write never deadlock upgrading their locks (one waits for the other instead), and it commits when its block
-ends or rolls back whatever the block raised (a commit that fails too).
+ends or rolls back whatever the block raised (a commit that fails too). A `snapshot` is the reader's side: the
+queries of one block see one state of each database.
 
 A schema is a list of numbered migrations, recorded in the database's `migrations` table as they are applied,
 each in its own transaction; a process that waited for the write lock while another applied one skips it. A
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 
 from gitopsd.errors import PermanentError
 
-__all__ = ["enable_wal", "immediate", "migrate", "statements"]
+__all__ = ["enable_wal", "immediate", "migrate", "snapshot", "statements"]
 
 
 @contextmanager
@@ -55,6 +56,21 @@ def enable_wal(conn: sqlite3.Connection, *, timeout_s: float = 30.0) -> None:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.02)
+
+
+@contextmanager
+def snapshot(*conns: sqlite3.Connection | None) -> Iterator[None]:
+    """Read transactions on `conns` (None: a database that does not exist), so that every query of the block sees
+    each database as it was at its first read, whatever other processes write meanwhile."""
+    opened = [conn for conn in conns if conn is not None]
+    try:
+        for conn in opened:
+            conn.execute("BEGIN")
+        yield
+    finally:
+        for conn in opened:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[tuple[int, str]], *, what: str) -> None:
