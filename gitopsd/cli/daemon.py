@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ def trigger(ctx: Context, repo_name: str | None, config_path: Path | None, url: 
     The API wants the daemon's bearer token: from $GITOPSD_API_TOKEN, else read through --config's http.token
     reference. A daemon with http.local_listen is asked there, on loopback, without a token.
     """
+    import json
     import os
     import urllib.error
     import urllib.request
@@ -124,6 +124,7 @@ def _base_url(listen: str) -> str:
 def gpus(ctx: Context, as_json: bool, config_path: Path | None) -> None:
     """This host's NVIDIA GPUs and MIG instances as the nvidia backend sees them (NVML), and the run that
     holds each one."""
+    import json
     import sqlite3
 
     from gitopsd.errors import GitopsdError

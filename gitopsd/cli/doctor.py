@@ -7,7 +7,6 @@ command runs, so that `gitopsd --help` and `gitopsd status` do not pay for them.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -55,6 +54,8 @@ def doctor(
     partition), stores, NVML and the systemd unit; each line pass/fail/warn/skip with its fix.
 
     Exit codes: 0 nothing failed (warnings and skips are only told); 1 a check failed, or no configuration."""
+    import json
+
     from gitopsd.cli.doctorcore import as_json, exit_code, render
     from gitopsd.cli.doctorfacts import default_config, gather
     from gitopsd.daemon.config import load_config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,8 @@ def _get_version(ctx: Context, label: str) -> tuple[Any, dict[str, str] | None]:
 @command("show", arg("label"), group=REGISTRY)
 def registry_show(ctx: Context, label: str) -> None:
     """Show one version (NAME@N) as JSON."""
+    import json
+
     from gitopsd.registry.listing import version_doc
 
     version, packages = _get_version(ctx, label)
@@ -256,6 +257,8 @@ def promote(ctx: Context, label: str, alias: str, clone: Path, force: bool) -> N
 )
 def history(ctx: Context, model: str, as_json: bool) -> None:
     """MODEL's versions and alias moves, oldest first, with their commits, each as it is read."""
+    import json
+
     from gitopsd.cli.jsonstream import indent_for, stdout, write_array, write_lines
     from gitopsd.registry.listing import history as entries_of
 

@@ -7,7 +7,6 @@ running daemon. With `--config FILE`, every repository of that daemon configurat
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
 )
 def usage(ctx: Context, window: str, by: str, as_json: bool, config_path: Path | None) -> None:
     """GPU-hours per team (or per model) over a window: runs in flight count up to now."""
+    import json
     import sqlite3
     from dataclasses import replace
 
