@@ -204,7 +204,7 @@ def run_fields(run: RunRecord) -> dict[str, str]:
     return {"model": run.model, "run_id": run.id, "commit": run.commit_id[:12], "reason": run.reason}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelRow:
     """What the last applied commit wants of one model, as `gitopsd status` shows it."""
 

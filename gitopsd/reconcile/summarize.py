@@ -34,23 +34,29 @@ def want_of(model: DesiredModel) -> Want:
 
 
 def row_of(model: DesiredModel) -> ModelRow:
-    """The row of a model as its spec alone gives it; `wanted` adds what the pass wanted of it."""
+    """The row of a model as its spec alone gives it; `with_want` adds what the pass wanted of it."""
     gpus, hours = gpu_cost(model)
+    train = model.train
     return ModelRow(
         name=model.name,
         spec_path=model.path,
         run_key=model.run_key,
         spec_digest=model.spec_digest,
-        backend=model.train.backend,
+        backend=train.backend,
         suspend=model.suspend,
-        labels=json.dumps(dict(model.spec.metadata.labels), sort_keys=True),
+        labels=_canonical(model.spec.metadata.labels),
         wanted_key=model.run_key,
         gpus=gpus,
         gpu_hours=hours,
-        timeout_s=model.train.timeout_s,
-        retries=model.train.retries,
-        aliases=json.dumps(dict(model.spec.spec.aliases), sort_keys=True),
+        timeout_s=train.timeout_s,
+        retries=train.retries,
+        aliases=_canonical(model.spec.spec.aliases),
     )
+
+
+def _canonical(mapping: Mapping[str, object]) -> str:
+    """A mapping of the spec as canonical JSON (sorted keys); most are empty, and cost nothing then."""
+    return json.dumps(dict(mapping), sort_keys=True) if mapping else "{}"
 
 
 def with_want(row: ModelRow, want: Want) -> ModelRow:
