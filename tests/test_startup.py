@@ -72,6 +72,7 @@ def test_status_of_an_empty_state_dir_imports_no_heavy_library(tmp_path: Path) -
     assert _heavy(modules) == []
     assert "gitopsd.reconcile.statusview" in modules  # it ran the real status, not a shortcut
     assert {"gitopsd.reconcile.reconciler", "gitopsd.registry.versions", "gitopsd.spec.schema"}.isdisjoint(modules)
+    assert {"sqlite3", "json"}.isdisjoint(modules), "no database to read, no document to decode"
 
 
 def test_status_logs_nothing_so_it_skips_the_logging_setup(tmp_path: Path) -> None:

@@ -419,9 +419,11 @@ def _unreadable(db: Path) -> bool:
 
 def _read_status(directory: Path, model: str | None) -> dict[str, Any]:
     """The status document of one state directory; a state.db that cannot be read is one error line."""
-    import sqlite3
-
     from gitopsd.reconcile.statusview import read_status
+
+    if not (directory / "state.db").exists():  # nothing to read, nor to fail on: sqlite3 is not even loaded
+        return read_status(directory, model)
+    import sqlite3
 
     try:
         return read_status(directory, model)

@@ -8,14 +8,15 @@ credential in a URL never leaves the state database, whatever wrote it there.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitopsd.source.redact import redact_text, redact_url
 from gitopsd.units import format_time
+
+if TYPE_CHECKING:
+    import sqlite3
 
 _MODELS = """
 SELECT m.name, m.spec_path, m.run_key, m.backend, m.suspend,
@@ -39,6 +40,8 @@ def open_readonly(state_dir: Path) -> sqlite3.Connection | None:
     db = state_dir / "state.db"
     if not db.exists():
         return None
+    import sqlite3  # not before there is a database: `status` of an empty state directory starts faster
+
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     registry = state_dir / "registry.db"
     if registry.exists():
@@ -105,10 +108,17 @@ def read_lease(state_dir: Path) -> dict[str, Any] | None:
     """The lease as this state directory's daemon last saw it; None without `[standby]`."""
     try:
         with (state_dir / LEASE_FILE).open("rb") as handle:
-            data = json.loads(handle.read(1 << 16))
+            data = _json(handle.read(1 << 16))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("role") in ("active", "standby") else None
+
+
+def _json(text: str | bytes) -> Any:
+    """JSON decoded; `json` is imported by the first document there is to decode, not by every `status`."""
+    import json
+
+    return json.loads(text)
 
 
 def lease_line(lease: dict[str, Any], now: float | None = None) -> str:
@@ -139,6 +149,8 @@ _WAITING_FOR = {
 
 def _pending(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """The outbox by kind: how many entries wait, their failed attempts, the next retry and the last error."""
+    import sqlite3
+
     try:
         rows = conn.execute(
             "SELECT kind, count(*), max(attempts), min(next_at), max(error) FROM outbox GROUP BY kind ORDER BY kind"
@@ -155,6 +167,8 @@ def _pending(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 def _notifications(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """The notification queue by sink (`daemon/deliveries.py`): how many wait, whether the sink is failing or
     stalled, the next retry and the last error; and what it delivered, failed and dropped so far."""
+    import sqlite3
+
     try:
         rows = conn.execute(
             "SELECT sink, count(*), max(attempts), min(CASE WHEN next_at > 0 THEN next_at END), max(stalled), "
@@ -232,7 +246,7 @@ def _model(row: tuple[Any, ...], commit: str | None) -> dict[str, Any]:
         "message": redact_text(message) if message else "not reconciled yet",
         "latest_version": latest,
         "run": run,
-        "metrics": json.loads(metrics) if metrics else {},
+        "metrics": _json(metrics) if metrics else {},
         "spec_path": spec_path,
         "run_key": run_key,
         "backend": backend,
