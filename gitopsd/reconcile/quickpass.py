@@ -26,8 +26,8 @@ full pass exactly as before. It applies only where everything the full pass read
 Then it does what the full pass does on that shortcut: it writes the source row (fetched commit, time,
 trigger `cli`, no error) to state.db and sweeps the store's stale uploads. What it skips is harmless: the parse
 cache is not opened (it is an optimisation only) and the mirror is not touched (it already equals the remote).
-`gitopsd plan` asks the same question (`settled_record`, `settled_source`: they only read) of its copies of the
-databases.
+`gitopsd plan` asks the same question (`settled_record`, `settled_source`: they only read) of the databases,
+opened read-only.
 """
 
 from __future__ import annotations
@@ -86,11 +86,8 @@ def quick_reconcile(
     except GitopsdError:
         return None
     try:
-        registry = Registry(state_dir / "registry.db")
-        try:
+        with Registry(state_dir / "registry.db") as registry:
             source = settled_source(state, registry, state_dir, record, repo, branch, setup)
-        finally:
-            registry.close()
         if source is None:
             return None
         commit, row = source
@@ -131,7 +128,7 @@ def settled_source(
     setup: Plain,
 ) -> tuple[str, SourceRow] | None:
     """The commit a full pass would fetch and find settled, and the source row it would then write, when `state`
-    and `registry` (the state directory's databases, or consistent copies of them) show it; None otherwise.
+    and `registry` (the state directory's databases, read-write or read-only) show it; None otherwise.
     Reads only: the caller writes the row if it is a pass."""
     known = state.source()
     if known is None:
