@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 import sqlite3
 import subprocess
@@ -16,6 +15,7 @@ from gitopsd.registry import versions as registry_module
 from gitopsd.registry.filestore import FileStore
 from gitopsd.registry.store import ArtifactRef
 from gitopsd.registry.versions import Registry, Version, parse_label
+from tests.race import race
 
 NEXT = len(registry_module.MIGRATIONS) + 1
 """The number a test migration gets: one past the real ones."""
@@ -126,16 +126,8 @@ def _register_many(path: str, worker: int, count: int, start: Any) -> None:
 
 def test_concurrent_processes_never_share_a_number(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
     workers, count = 4, 100
-    procs = [ctx.Process(target=_register_many, args=(str(path), w, count, start)) for w in range(workers)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0] * workers
+    race(_register_many, path, workers, count, spawn=True, timeout=120)
     with Registry(path, readonly=True) as reg:
         versions = reg.list("iris")
     assert sorted(v.number for v in versions) == list(range(1, workers * count + 1))

@@ -4,7 +4,6 @@ transaction commits whole or not at all; a database a newer gitopsd migrated is 
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from gitopsd.errors import PermanentError
 from gitopsd.reconcile.state import StateStore
 from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate, snapshot, statements
+from tests.race import race
 
 
 def _open_and_write(path: str, worker: int, start: Any) -> None:
@@ -28,15 +28,7 @@ def _open_and_write(path: str, worker: int, start: Any) -> None:
 def test_processes_racing_to_open_a_new_database_all_switch_it_to_wal(tmp_path: Path) -> None:
     for attempt in range(5):  # the race is in the first moments of a new file: give it several new files
         path = tmp_path / f"race{attempt}.db"
-        ctx = multiprocessing.get_context("fork")
-        start = ctx.Event()
-        procs = [ctx.Process(target=_open_and_write, args=(str(path), w, start)) for w in range(6)]
-        for p in procs:
-            p.start()
-        start.set()
-        for p in procs:
-            p.join(timeout=60)
-        assert [p.exitcode for p in procs] == [0] * 6
+        race(_open_and_write, path, 6)
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert sorted(r[0] for r in conn.execute("SELECT worker FROM t")) == list(range(6))
@@ -62,7 +54,7 @@ SCHEMA = (
 )
 
 
-def _open_and_migrate(path: str, start: Any) -> None:
+def _open_and_migrate(path: str, _worker: int, start: Any) -> None:
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     start.wait()
     enable_wal(conn)
@@ -73,15 +65,7 @@ def _open_and_migrate(path: str, start: Any) -> None:
 def test_processes_racing_to_migrate_a_new_database_apply_each_migration_once(tmp_path: Path) -> None:
     for attempt in range(3):
         path = tmp_path / f"race{attempt}.db"
-        ctx = multiprocessing.get_context("fork")
-        start = ctx.Event()
-        procs = [ctx.Process(target=_open_and_migrate, args=(str(path), start)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        start.set()
-        for p in procs:
-            p.join(timeout=60)
-        assert [p.exitcode for p in procs] == [0] * 4
+        race(_open_and_migrate, path, 4)
         conn = sqlite3.connect(path)
         assert [n for (n,) in conn.execute("SELECT number FROM migrations ORDER BY number")] == [1, 2]
         conn.close()
