@@ -211,16 +211,19 @@ def test_a_configuration_a_signature_policy_or_another_repository_takes_the_full
         {"local": ("local", {"max_parallel": 2}), "other": ("local", {"grace_s": 1})},
         {"local": ("local", {"max_parallel": -1})},
         {"local": ("local", {"max_parallel": "many"}), "b": ("local", {})},
+        {"local": ("local", {"grace_s": 0}), "b": ("local", {"memory_poll_s": 99_999})},
+        {"local": ("local", {"confine": "yes"}), "b": ("local", {"confine_read": ["relative/path"]})},
+        {"local": ("local", {"confine": False, "max_parallel": 0})},
     ],
 )
 def test_the_local_backend_check_is_the_observers(needed: dict[str, Any], tmp_path: Path) -> None:
     with StateStore(tmp_path / "state.db") as store:
         _, expected = Observer(store, tmp_path).check(needed)
-    assert quickpass.local_unavailable(needed, tmp_path) == expected
+    assert quickpass.local_unavailable(needed) == expected
 
 
 def test_another_backend_type_is_left_to_the_full_pass(tmp_path: Path) -> None:
-    assert quickpass.local_unavailable({"gpu": ("slurm", {})}, tmp_path) is None
+    assert quickpass.local_unavailable({"gpu": ("slurm", {})}) is None
 
 
 def test_the_command_line_answers_a_settled_pass_without_heavy_imports(pair: Pair, tmp_path: Path) -> None:
@@ -241,6 +244,7 @@ def test_the_command_line_answers_a_settled_pass_without_heavy_imports(pair: Pai
     assert done.stdout == f"commit {commit[:12]}: 0 action(s), 0 run(s) in flight\n"
     assert sorted(m for m in modules if m in HEAVY or m.split(".")[0] in HEAVY) == []
     assert "gitopsd.reconcile.reconciler" not in modules
+    assert "gitopsd.backends.local.backend" not in modules  # its readiness is asked without it
 
     config = tmp_path / "operator.toml"  # a new operator configuration: the full pass (the detector works) ...
     config.write_text(f'state_dir = "{pair.root}"\n[backends.local]\nsettings = {{ max_parallel = 2 }}\n'

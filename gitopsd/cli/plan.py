@@ -17,7 +17,6 @@ loads nothing at all: each line comes from the row the settling pass wrote of it
 from __future__ import annotations
 
 import sqlite3
-import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -76,6 +75,8 @@ def plan_command(
         repo = known.url
     outcome = None if base is not None else _settled_plan(ctx, directory, known, given, branch, verified=verified)
     if outcome is None:
+        import tempfile
+
         from gitopsd.reconcile.desired import collector_paused
 
         # The cyclic collector is off for the whole plan (two commits' models, the dry run, the report): a plan

@@ -33,7 +33,6 @@ import json
 import os
 import posixpath
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,8 @@ class Plain:
 def plain(path: Path, state_dir: Path) -> Plain | None:
     """The configuration at `path` as it applies to `state_dir`, when nothing in it is refused (see the module
     docstring); None otherwise."""
+    import tomllib  # here, not above: a settled pass with no configuration file never needs it
+
     try:
         text = path.read_text()
         doc = tomllib.loads(text)

@@ -11,7 +11,6 @@ per-model details are cut first, with a line saying how many were left out, and 
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from typing import Any
@@ -58,7 +57,7 @@ def md(text: object) -> str:
     line = _WWW.sub(r"\1\\.", line)
     line = _LEADING.sub(_leading, line)
     line = line.replace("@", "@" + _ZWSP).replace("#", "\\#" + _ZWSP).replace("->", "→")
-    return html.escape(line, quote=False)
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # html.escape, quote=False
 
 
 def _leading(match: re.Match[str]) -> str:
@@ -125,10 +124,13 @@ def _headline(entry: Entry) -> str:
     """The one sentence of the summary: the verdict's main reason."""
     if entry.verdict is Verdict.REFUSED:
         return entry.refused
-    return "; ".join(r.text for r in entry.reasons) or entry.change
+    return "; ".join([r.text for r in entry.reasons]) or entry.change
 
 
 # ---- text ---------------------------------------------------------------------------------------------------
+
+#: What a model's line says it does, before its reason.
+_WHAT = {verdict: verdict.value for verdict in Verdict} | {Verdict.TRAIN: "trains", Verdict.NONE: "no training"}
 
 
 def render_text(plan: ChangePlan) -> str:
@@ -140,21 +142,22 @@ def render_text(plan: ChangePlan) -> str:
     if plan.problems:
         lines.append(f"  ! the head commit is invalid: {len(plan.problems)} problem(s) in its spec files, listed above")
     quiet = 0
-    for entry in plan.entries:
+    for entry in plan.entries:  # ten thousand in a large plan: each step here is paid per model
         if not entry.interesting:
             quiet += 1
             continue
-        what = "trains" if entry.trains else entry.verdict.value if entry.verdict is not Verdict.NONE else "no training"
+        what = _WHAT[entry.verdict]
         cost = ""
-        if entry.trains and entry.gpus:
+        if entry.gpus and entry.verdict is Verdict.TRAIN:
             cost = f" [{entry.gpus} GPU(s), {_entry_hours(entry)} GPU-hours]"
         headline = _headline(entry)
         said = f"{what}{cost}: " if not headline.startswith(what) else ""  # not "refused: refused by policy: ..."
         lines.append(f"  {term(entry.model)}: {said}{term(headline)}")
-        lines += [f"      {term(_alias_text(a))}" for a in entry.aliases]
-        lines += [f"      cancels {term(c)}" for c in entry.cancels]
-        lines += [f"      continues: {term(c)}" for c in entry.continues]
-        lines += [f"      note: {term(n)}" for n in entry.notes]
+        if entry.aliases or entry.cancels or entry.continues or entry.notes:
+            lines += [f"      {term(_alias_text(a))}" for a in entry.aliases]
+            lines += [f"      cancels {term(c)}" for c in entry.cancels]
+            lines += [f"      continues: {term(c)}" for c in entry.continues]
+            lines += [f"      note: {term(n)}" for n in entry.notes]
     if quiet:
         lines.append(f"  ({quiet} unchanged model(s) not shown)")
     lines += [f"  ! {term(note)}" for note in plan.notes]

@@ -158,7 +158,7 @@ def settled_source(
         row, state=state, troubles=troubles, outbox=Outbox(state.conn, time.time), registry=registry,
         aliases=AliasBook(registry.conn), setup=setup.setup,
     )  # fmt: skip
-    if found != record.fingerprint or local_unavailable(record.backends, state_dir) != dict(record.unavailable):
+    if found != record.fingerprint or local_unavailable(record.backends) != dict(record.unavailable):
         return None
     return commit, row
 
@@ -174,20 +174,15 @@ def _sweep_uploads(state_dir: Path, setup: Plain) -> None:
     sweep_stale_uploads(lambda: _store(state_dir, setup))
 
 
-def local_unavailable(needed: Mapping[str, tuple[str, Mapping[str, Any]]], state_dir: Path) -> dict[str, str] | None:
+def local_unavailable(needed: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, str] | None:
     """Why each needed backend cannot be used now (as `Observer.check` says it), or None when one is not of the
     built-in `local` type (only the full pass looks plugins up)."""
     if any(type_ != "local" for type_, _ in needed.values()):
         return None
-    from gitopsd.backends.local.backend import LocalBackend
+    from gitopsd.backends.local.readiness import unavailable
 
-    unavailable: dict[str, str] = {}
-    for name, (_, given) in sorted(needed.items()):
-        try:
-            LocalBackend(name=name, settings=dict(given), state_dir=state_dir).check()
-        except Exception as exc:  # as the full pass: a backend's failure is a reason, not a crash
-            unavailable[name] = str(exc) or type(exc).__name__
-    return unavailable
+    found = {name: unavailable(name, dict(given)) for name, (_, given) in sorted(needed.items())}
+    return {name: why for name, why in found.items() if why is not None}
 
 
 def remote_commit(remote: str, mirror: Path, branch: str | None) -> str | None:

@@ -30,7 +30,6 @@ import hmac
 import importlib.util
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -203,7 +202,7 @@ def write(state_dir: Path, key: bytes, generation: str, settled: Settled) -> boo
         return False
     doc = json.dumps({"generation": generation, "payload": payload, "mac": _mac(key, generation, text)})
     path = state_dir / RECORD_FILE
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

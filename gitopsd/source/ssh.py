@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +63,8 @@ def _environment() -> Iterator[dict[str, str]]:
     if not env.get("GITOPSD_GIT_SSH_PASSPHRASE"):
         yield env
         return
+    import tempfile  # here: `source.urls` imports this module on every command's start, for `is_ssh_url`
+
     with tempfile.TemporaryDirectory(prefix="gitopsd-askpass-") as private:  # 0700
         askpass = os.path.join(private, "askpass")
         with open(askpass, "w", encoding="ascii") as fh:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import math
 import os
 import pwd
 import signal
@@ -37,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.backends.local import landlock
-from gitopsd.backends.local.confine import Policy, Probe, RunPaths, build_policy, parse_settings, refusal
+from gitopsd.backends.local.confine import Policy, Probe, RunPaths, build_policy, parse_settings
 from gitopsd.backends.local.hostfacts import RealFs, host_facts
 from gitopsd.backends.local.memory import MIB, host_memory_mb
 from gitopsd.backends.local.pyenv import python_environment
+from gitopsd.backends.local.readiness import check_confinement, check_host, check_settings, positive
 from gitopsd.backends.local.supervisor import (
     LaunchSpec,
     RunFiles,
@@ -51,7 +51,7 @@ from gitopsd.backends.local.supervisor import (
 )
 from gitopsd.backends.local.venv import KEY_HEX
 from gitopsd.backends.protocol import thread_env
-from gitopsd.errors import BackendUnavailable, PermanentError, TransientError
+from gitopsd.errors import PermanentError, TransientError
 from gitopsd.model import Job, JobRef, JobState, JobStatus, Resources
 from gitopsd.units import format_size
 
@@ -119,22 +119,6 @@ def clean_env(job: Job) -> dict[str, str]:
     return env
 
 
-#: The largest value of each numeric setting: far above any real need, finite so no repository asks for more.
-_MOST = {"max_parallel": 10_000, "grace_s": 3_600, "memory_poll_s": 3_600}
-
-
-def _positive(settings: Mapping[str, Any], key: str, default: float, *, backend: str, integer: bool) -> Any:
-    """A positive number from the backend's settings, or a PermanentError that names the setting and value."""
-    value = settings.get(key, default)
-    allowed = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value) or value <= 0:
-        expected = "a positive integer" if integer else "a positive number of seconds"
-        raise PermanentError(f"backend {backend!r} setting {key}: expected {expected}, got {value!r}")
-    if value > _MOST[key]:
-        raise PermanentError(f"backend {backend!r} setting {key}: expected at most {_MOST[key]}, got {value!r}")
-    return value
-
-
 class LocalBackend:
     """Runs jobs as supervised process groups on this host. See the module docstring."""
 
@@ -154,33 +138,21 @@ class LocalBackend:
         self.confinement = parse_settings(settings, backend=name)
         self.probe = probe
         self.protect = (self.state_dir, *protect)
-        self.max_parallel: int = _positive(settings, "max_parallel", os.cpu_count() or 1, backend=name, integer=True)
-        self.grace_s: float = float(_positive(settings, "grace_s", 5.0, backend=name, integer=False))
-        self.memory_poll_s = float(_positive(settings, "memory_poll_s", 1.0, backend=name, integer=False))
+        self.max_parallel: int = positive(settings, "max_parallel", os.cpu_count() or 1, backend=name, integer=True)
+        self.grace_s: float = float(positive(settings, "grace_s", 5.0, backend=name, integer=False))
+        self.memory_poll_s = float(positive(settings, "memory_poll_s", 1.0, backend=name, integer=False))
         self.host = socket.gethostname()
         self._children: list[subprocess.Popen[bytes]] = []
 
     @staticmethod
     def check_settings(*, name: str, settings: Mapping[str, Any]) -> None:
         """Refuse bad settings when the commit that declares them is loaded, without building a backend."""
-        _positive(settings, "max_parallel", 1, backend=name, integer=True)
-        _positive(settings, "grace_s", 5.0, backend=name, integer=False)
-        _positive(settings, "memory_poll_s", 1.0, backend=name, integer=False)
+        check_settings(name=name, settings=settings)
 
     # -- protocol -------------------------------------------------------------------------------------------
 
     def check(self) -> None:
-        if not os.access("/bin/sh", os.X_OK):
-            raise BackendUnavailable(f"backend {self.name!r}: /bin/sh is missing or not executable")
-        if not Path("/proc/self/stat").is_file():
-            raise BackendUnavailable(f"backend {self.name!r}: /proc is not mounted; it is needed to track jobs")
-        self._check_confinement()
-
-    def _check_confinement(self) -> None:
-        """Refuse to run trainings unconfined on a kernel without (a recent enough) Landlock, unless told to."""
-        refused = refusal(self.confinement, self.probe(), backend=self.name)
-        if refused is not None:
-            raise BackendUnavailable(refused)
+        check_host(self.name, self.confinement, self.probe)
 
     def admit(self, resources: Resources) -> str | None:
         """Refuse what this host can never give: more CPUs or memory than it has. GPUs are the nvidia backend's.
@@ -215,7 +187,7 @@ class LocalBackend:
             return existing
         if not job.workdir.is_dir():
             raise PermanentError(f"run {job.run_id}: workdir {job.workdir} does not exist or is not a directory")
-        self._check_confinement()
+        check_confinement(self.name, self.confinement, self.probe)
         policy = self._policy(job, files) if self.confinement.enabled else None  # its errors come first
         self._reap()
         files.local_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -111,9 +110,9 @@ def _syscall(libc: ctypes.CDLL, name: str) -> Callable[..., int]:
 
 def probe() -> Probe:
     """The Landlock ABI of the running kernel, or 0 with the reason it cannot be used."""
-    machine = platform.machine()
-    if platform.system() != "Linux":
-        return Probe(abi=0, reason=f"Landlock is a Linux feature and this host runs {platform.system()}")
+    system, machine = os.uname().sysname, os.uname().machine  # what platform.system() and .machine() say
+    if system != "Linux":
+        return Probe(abi=0, reason=f"Landlock is a Linux feature and this host runs {system}")
     if machine not in _KNOWN_MACHINES:
         return Probe(abi=0, reason=f"gitopsd does not know the Landlock system call numbers on {machine}")
     try:

@@ -1,5 +1,6 @@
-"""`gitopsd plan` pauses Python's cyclic collector while it plans, and always gives it back as it found it: plan
-also runs inside other processes (tests, a forge integration), which must not be left without it."""
+"""`gitopsd plan` and `gitopsd reconcile --once` pause Python's cyclic collector while they work, and always give
+it back as they found it: they also run inside other processes (tests, a forge integration), which must not be
+left without it. `reconcile --wait`, which may pass for an hour, keeps it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from gitopsd.cli import plan as plan_module
 from gitopsd.reconcile.desired import collector_paused
+from gitopsd.reconcile.reconciler import Reconciler
 from tests.cli import invoke
 from tests.conftest import GitRepo
 
@@ -50,6 +52,39 @@ def test_the_collector_is_off_during_a_plan_and_back_after_it(
     done = invoke(capsys, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
     assert done.exit_code == 1 and "models/broken.yaml" in done.output
     assert gc.isenabled()
+
+
+def test_the_collector_is_off_during_one_reconcile_pass_and_on_while_it_waits(
+    demo_repo: GitRepo,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    collector: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seen: list[bool] = []
+    real = Reconciler.reconcile
+
+    def spy(self: Reconciler, *args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Reconciler, "reconcile", spy)
+    gc.enable()
+    suspended = demo_repo.path / "models"
+    for spec in suspended.glob("*.yaml"):  # nothing trains: --wait returns after its first pass
+        spec.write_text(spec.read_text().replace("spec:\n", "spec:\n  suspend: true\n", 1))
+    demo_repo.commit("Suspend every model")
+    base = ["--state-dir", str(state_dir), "reconcile", "--repo", str(demo_repo.path)]
+    done = invoke(capsys, [*base, "--once"])
+    assert done.exit_code == 0, done.output
+    assert seen == [False] and gc.isenabled()
+    demo_repo.write("models/broken.yaml", "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: b}\n")
+    demo_repo.commit("A model without a spec")
+    done = invoke(capsys, [*base, "--once"])
+    assert done.exit_code == 1 and gc.isenabled()
+    seen.clear()
+    done = invoke(capsys, [*base, "--wait", "--timeout", "60"])
+    assert seen and all(seen) and gc.isenabled()
 
 
 def test_a_collector_that_was_off_stays_off_and_an_error_gives_it_back(collector: None) -> None:
