@@ -5,7 +5,7 @@ left without it. `reconcile --wait`, which may pass for an hour, keeps it."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,22 +27,33 @@ def collector() -> Iterator[None]:
         gc.disable()
 
 
-def test_the_collector_is_off_during_a_plan_and_back_after_it(
-    demo_repo: GitRepo,
-    state_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    collector: None,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    seen: list[bool] = []
-    real = plan_module._plan
+Spy = Callable[[object, str], list[bool]]
 
-    def spy(*args: object, **kwargs: object) -> object:
-        seen.append(gc.isenabled())
-        return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(plan_module, "_plan", spy)
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch, collector: None) -> Spy:
+    """`spy(owner, name)` wraps `owner.name` to note, at each call, whether the collector is on; the collector is
+    on when the test starts."""
+
+    def wrap(owner: object, name: str) -> list[bool]:
+        seen: list[bool] = []
+        real = getattr(owner, name)
+
+        def noting(*args: object, **kwargs: object) -> object:
+            seen.append(gc.isenabled())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, noting)
+        return seen
+
     gc.enable()
+    return wrap
+
+
+def test_the_collector_is_off_during_a_plan_and_back_after_it(
+    demo_repo: GitRepo, state_dir: Path, spy: Spy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = spy(plan_module, "_plan")
     done = invoke(capsys, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
     assert done.exit_code == 0, done.output
     assert seen == [False]
@@ -55,23 +66,10 @@ def test_the_collector_is_off_during_a_plan_and_back_after_it(
 
 
 def test_the_collector_is_off_during_one_reconcile_pass_and_on_while_it_waits(
-    demo_repo: GitRepo,
-    state_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    collector: None,
-    capsys: pytest.CaptureFixture[str],
+    demo_repo: GitRepo, state_dir: Path, spy: Spy, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    seen: list[bool] = []
-    real = Reconciler.reconcile
-
-    def spy(self: Reconciler, *args: object, **kwargs: object) -> object:
-        seen.append(gc.isenabled())
-        return real(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Reconciler, "reconcile", spy)
-    gc.enable()
-    suspended = demo_repo.path / "models"
-    for spec in suspended.glob("*.yaml"):  # nothing trains: --wait returns after its first pass
+    seen = spy(Reconciler, "reconcile")
+    for spec in (demo_repo.path / "models").glob("*.yaml"):  # nothing trains: --wait returns after its first pass
         spec.write_text(spec.read_text().replace("spec:\n", "spec:\n  suspend: true\n", 1))
     demo_repo.commit("Suspend every model")
     base = ["--state-dir", str(state_dir), "reconcile", "--repo", str(demo_repo.path)]
