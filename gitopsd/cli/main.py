@@ -333,15 +333,9 @@ def reconcile(
         check_runs_dirs(operator(ctx))
     except PermanentError as exc:
         fail(str(exc))
-    from gitopsd.reconcile.desired import collector_paused
-
     rec = _reconciler(ctx, repo, branch, policy)
     try:
-        if mode == "wait":
-            result = rec.reconcile_until_settled(timeout_s=timeout)
-        else:  # one pass, then the process ends: the cyclic collector's scans of the models would be a tenth of it
-            with collector_paused():
-                result = rec.reconcile("cli")
+        result = rec.reconcile_until_settled(timeout_s=timeout) if mode == "wait" else rec.reconcile("cli")
     finally:
         rec.close()
     if result.error:
