@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from gitopsd.backends.local import landlock
+from gitopsd.backends.local import landlock, readiness
 from gitopsd.backends.local.backend import LocalBackend
 from gitopsd.backends.local.confine import (
     Access,
@@ -415,6 +415,7 @@ def test_without_landlock_a_training_is_refused_and_never_started_unless_the_ope
         local.check()
     if "confine_network" not in settings:
         assert "set `confine: false` in the settings of backend 'local'" in str(refused.value)
+    assert readiness.unavailable("local", settings, lambda: probe) == str(refused.value)  # the quick pass's word
     with pytest.raises(BackendUnavailable, match=re.escape(expected)):
         local.submit(job)
     assert not (job.run_dir / "local").exists()
@@ -422,6 +423,7 @@ def test_without_landlock_a_training_is_refused_and_never_started_unless_the_ope
 
     opted_out = LocalBackend(name="local", settings={"confine": False}, state_dir=daemon_state, probe=lambda: probe)
     opted_out.check()
+    assert readiness.unavailable("local", {"confine": False}, lambda: probe) is None
     ref = submit(opted_out, job)
     assert wait_finished(opted_out, ref).state is JobState.SUCCEEDED
     assert (tmp_path / "started").exists()
