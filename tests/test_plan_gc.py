@@ -1,5 +1,6 @@
 """`gitopsd plan` pauses Python's cyclic collector while it plans, and always gives it back as it found it: plan
-also runs inside other processes (tests, a forge integration), which must not be left without it."""
+also runs inside other processes (tests, a forge integration), which must not be left without it. A loader's
+first commit, which lives as long as its process, is frozen out of the collector's sight before it resumes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from gitopsd.cli import plan as plan_module
-from gitopsd.reconcile.desired import collector_paused
+from gitopsd.errors import SpecError
+from gitopsd.reconcile.desired import DesiredLoader, collector_paused
+from gitopsd.source.mirror import Source
 from tests.cli import invoke
 from tests.conftest import GitRepo
 
@@ -19,10 +22,16 @@ from tests.conftest import GitRepo
 def collector() -> Iterator[None]:
     enabled = gc.isenabled()
     yield
+    gc.unfreeze()  # what a test froze goes back to the collector, as in a process that never froze it
     if enabled:
         gc.enable()
     else:
         gc.disable()
+
+
+def _frozen(obj: object) -> bool:
+    """Whether `obj` is in the collector's permanent generation: tracked, yet in none of the three it scans."""
+    return gc.is_tracked(obj) and not any(any(o is obj for o in gc.get_objects(g)) for g in range(3))
 
 
 def test_the_collector_is_off_during_a_plan_and_back_after_it(
@@ -61,3 +70,33 @@ def test_a_collector_that_was_off_stays_off_and_an_error_gives_it_back(collector
     with pytest.raises(RuntimeError), collector_paused():
         raise RuntimeError("planning failed")
     assert gc.isenabled()
+
+
+def test_a_loaders_first_commit_is_frozen_and_later_ones_are_not(
+    demo_repo: GitRepo, tmp_path: Path, collector: None
+) -> None:
+    source = Source(str(demo_repo.path), tmp_path / "mirror.git")
+    source.fetch()
+    first = demo_repo.git("rev-parse", "HEAD")
+    demo_repo.write("models/broken.yaml", "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: b}\n")
+    broken = demo_repo.commit("A model without a spec")
+    demo_repo.git("rm", "-q", "models/broken.yaml")
+    demo_repo.commit("Fixed")
+    source.fetch()
+    gc.unfreeze()
+    gc.enable()
+    loader = DesiredLoader(source)
+    with pytest.raises(SpecError):
+        loader.load(broken)  # a commit that is never in force is not kept
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    state = loader.load(first)
+    models = list(state.models.values())
+    assert models and all(_frozen(m) and _frozen(m.spec) for m in models)
+    assert gc.isenabled()
+    demo_repo.write("models/extra.yaml", next(iter(demo_repo.path.glob("models/*.yaml"))).read_text()
+                    .replace("name: ", "name: extra-", 1))  # fmt: skip
+    third = demo_repo.commit("One more model")
+    source.fetch()
+    later = loader.load(third)
+    added = [m for name, m in later.models.items() if name not in state.models]
+    assert added and not any(_frozen(m) for m in added) and gc.isenabled()

@@ -9,7 +9,6 @@ commit between the applied one and the tip is not signed by an allowed key (`sou
 
 from __future__ import annotations
 
-import gc
 import logging
 import sqlite3
 import time
@@ -191,7 +190,7 @@ class Reconciler:
         self._alias_state = self.aliases.current()
         self._alias_seen: dict[str, tuple[tuple[tuple[str, str], ...], int]] = {}
         self._alias_problems: dict[str, tuple[str, ...]] = {}
-        self._frozen, self._settled_pass = False, settled_pass  # gc frozen once; may a first pass be skipped
+        self._settled_pass = settled_pass  # may a first pass be skipped
         self._settled: tuple[str, tuple[tuple[str, str], ...], int] | None = None
         self._retry_at = float("inf")  # when a settled state must be looked at again (a retry falls due)
         self._next_sweep = 0.0  # when to look for unfinished uploads in the store next
@@ -230,11 +229,6 @@ class Reconciler:
             desired, row = self._last_good(row), _with(row, error_reason=Reason.SIGNATURE_INVALID, error=refusal)
         else:
             desired, row = self._load(commit, row)
-        if desired is not None and not self._frozen:
-            # The first desired state lives as long as the daemon: move it out of the cyclic collector's
-            # sight, so later passes do not rescan tens of thousands of long-lived spec objects.
-            gc.freeze()
-            self._frozen = True
         if not dry_run:
             self.state.set_source(row)
         self._adopt(desired, dry_run)
