@@ -63,14 +63,21 @@ class RunningDaemon:
                 return exc.code, {"text": raw.decode(errors="replace")}
 
     def read_notify(self, until: str, timeout: float = 20) -> list[str]:
-        """Collect notify datagrams until one contains `until`."""
+        """Collect notify datagrams until one contains `until`; a daemon that exits meanwhile fails at once,
+        with the end of its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
             try:
                 datagram = self.notify.recv(4096).decode()
             except TimeoutError:
-                break
+                if self.process.poll() is not None:
+                    tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+                    raise AssertionError(
+                        f"the daemon exited {self.process.returncode} before {until!r}; got {self.messages}; "
+                        f"its log ends:\n{tail}"
+                    ) from None
+                continue
             self.messages.append(datagram)
             if until in datagram:
                 return self.messages

@@ -12,7 +12,7 @@ import pytest
 
 from gitopsd.errors import PermanentError
 from gitopsd.reconcile.state import StateStore
-from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate, snapshot, statements
+from gitopsd.registry.sqlitedb import created, enable_wal, immediate, migrate, snapshot, statements
 from tests.race import race
 
 
@@ -97,13 +97,34 @@ def test_a_write_commits_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [x for (x,) in conn.execute("SELECT x FROM t")] == [1]
 
 
-def test_a_failing_migration_is_named_and_leaves_nothing_half_applied(tmp_path: Path) -> None:
+def test_a_failing_migration_is_named_and_leaves_none_of_the_pending_ones_applied(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
     broken = (*SCHEMA, (3, "CREATE TABLE u (x); CREATE TABLE t (x);"))
     with pytest.raises(PermanentError, match=r"m\.db: migration 3 failed: table t already exists"):
         migrate(conn, broken, what="m.db")
+    assert not created(conn), "a new database gets its whole schema or none of it"
+    migrate(conn, SCHEMA[:1], what="m.db")
+    with pytest.raises(PermanentError, match=r"m\.db: migration 3 failed"):
+        migrate(conn, broken, what="m.db")
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'u'").fetchone() is None
-    assert [n for (n,) in conn.execute("SELECT number FROM migrations")] == [1, 2]
+    assert [c[1] for c in conn.execute("PRAGMA table_info(t)")] == ["x"], "migration 2 went back with 3"
+    assert [n for (n,) in conn.execute("SELECT number FROM migrations")] == [1]
+    migrate(conn, SCHEMA, what="m.db")
+    assert [n for (n,) in conn.execute("SELECT number FROM migrations")] == [1, 2] and created(conn)
+
+
+def test_a_reader_finds_no_schema_or_all_of_it_while_a_new_database_is_made(tmp_path: Path) -> None:
+    writer = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    enable_wal(writer)  # the file exists from here on, with no table yet
+    reader = sqlite3.connect(f"{(tmp_path / 'r.db').as_uri()}?mode=ro", uri=True, isolation_level=None)
+    assert not created(reader)
+    writer.execute("BEGIN IMMEDIATE")  # a migration another process holds open: the reader still sees nothing
+    writer.execute("CREATE TABLE half (x)")
+    assert not created(reader)
+    writer.execute("ROLLBACK")
+    migrate(writer, SCHEMA, what="r.db")
+    assert created(reader)
+    assert {n for (n,) in reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {"migrations", "t"}
 
 
 def test_a_database_a_newer_gitopsd_migrated_is_refused_by_name(tmp_path: Path) -> None:

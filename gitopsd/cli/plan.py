@@ -188,12 +188,15 @@ def _declared(rows: Iterable[PlanLine]) -> Iterator[Declared]:
 def _known_source(directory: Path) -> SourceRow | None:
     """What the state directory tracks, read without writing (None for a fresh one)."""
     from gitopsd.reconcile.state import SourceRow
+    from gitopsd.registry.sqlitedb import created
 
     db = directory / "state.db"
     if not db.exists():
         return None
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+            if not created(conn):
+                return None  # a state.db another process is creating: nothing is tracked in it yet
             conn.row_factory = sqlite3.Row
             row = conn.execute("SELECT * FROM sources WHERE id = 1").fetchone()
     except sqlite3.Error as exc:

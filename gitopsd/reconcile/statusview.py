@@ -35,14 +35,19 @@ ORDER BY m.name
 
 def open_readonly(state_dir: Path) -> sqlite3.Connection | None:
     """`state.db` opened read-only with `registry.db` attached as `reg` (an empty `reg.versions` and
-    `reg.alias_moves` when there is none yet); None when the directory holds no state. Also the dashboard's
-    (`gitopsd.ui.views`) way in."""
+    `reg.alias_moves` when there is none yet); None when the directory holds no state, or a state.db still being
+    created (no table yet: a daemon starting). Also the dashboard's (`gitopsd.ui.views`) way in."""
     db = state_dir / "state.db"
     if not db.exists():
         return None
     import sqlite3  # not before there is a database: `status` of an empty state directory starts faster
 
+    from gitopsd.registry.sqlitedb import created
+
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    if not created(conn):
+        conn.close()
+        return None
     registry = state_dir / "registry.db"
     if registry.exists():
         conn.execute("ATTACH DATABASE ? AS reg", (f"file:{registry}?mode=ro",))

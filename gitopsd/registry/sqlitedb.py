@@ -12,10 +12,11 @@ write never deadlock upgrading their locks (one waits for the other instead), an
 ends or rolls back whatever the block raised (a commit that fails too). A `snapshot` is the reader's side: the
 queries of one block see one state of each database.
 
-A schema is a list of numbered migrations, recorded in the database's `migrations` table as they are applied,
-each in its own transaction; a process that waited for the write lock while another applied one skips it. A
-database that a newer gitopsd migrated further is refused by name: its rows have columns this code does not
-know, and reading them would fail somewhere less clear.
+A schema is a list of numbered migrations, recorded in the database's `migrations` table; those a database lacks
+are applied together in one transaction, so that a reader never finds part of a schema (`created` tells a
+database still being made, with no table yet, from a damaged one), and a process that waited for the write lock
+while another applied them skips them. A database that a newer gitopsd migrated further is refused by name: its
+rows have columns this code does not know, and reading them would fail somewhere less clear.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 
 from gitopsd.errors import PermanentError
 
-__all__ = ["enable_wal", "immediate", "migrate", "snapshot", "statements"]
+__all__ = ["created", "enable_wal", "immediate", "migrate", "snapshot", "statements"]
 
 
 @contextmanager
@@ -74,29 +75,54 @@ def snapshot(*conns: sqlite3.Connection | None) -> Iterator[None]:
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[tuple[int, str]], *, what: str) -> None:
-    """Apply the `migrations` (number, SQL script) that `conn`'s database has not recorded, in order. `what`
+    """Apply the `migrations` (number, SQL script) that `conn`'s database has not recorded, in order and in one
+    transaction: another process sees the schema as it was or as it is after all of them, never part of it (a
+    new database's tables appear together), and a migration that fails leaves none of them applied. `what`
     names the database in errors ("registry /x/registry.db"): a newer schema, a migration that fails."""
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL)")
     known = max((number for number, _ in migrations), default=0)
-    (newest,) = conn.execute("SELECT COALESCE(MAX(number), 0) FROM migrations").fetchone()
+    if _recorded(conn) >= {number for number, _ in migrations}:
+        _refuse_newer(conn, known, what)
+        return  # nothing to apply: no write lock taken
+    applying: int | None = None
+    try:
+        with immediate(conn):
+            conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL)")
+            _refuse_newer(conn, known, what)
+            done = _recorded(conn)  # again under the write lock: another process may have applied some meanwhile
+            for number, sql in migrations:
+                if number in done:
+                    continue
+                applying = number
+                for statement in statements(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO migrations (number, applied_at) VALUES (?, ?)", (number, time.time()))
+    except sqlite3.Error as exc:
+        if applying is None:
+            raise
+        raise PermanentError(f"{what}: migration {applying} failed: {exc}") from exc
+
+
+def _recorded(conn: sqlite3.Connection) -> set[int]:
+    """The migrations the database records (none before its `migrations` table exists)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone() is None:
+        return set()
+    return {number for (number,) in conn.execute("SELECT number FROM migrations")}
+
+
+def _refuse_newer(conn: sqlite3.Connection, known: int, what: str) -> None:
+    newest = max(_recorded(conn), default=0)
     if newest > known:
         raise PermanentError(
             f"{what} has schema migration {newest} but this gitopsd knows only up to {known}: it was written by a "
             "newer gitopsd; upgrade gitopsd"
         )
-    done = {number for (number,) in conn.execute("SELECT number FROM migrations")}
-    for number, sql in migrations:
-        if number in done:
-            continue
-        try:
-            with immediate(conn):
-                # Another process may have applied it while this one waited for the write lock.
-                if conn.execute("SELECT 1 FROM migrations WHERE number = ?", (number,)).fetchone() is None:
-                    for statement in statements(sql):
-                        conn.execute(statement)
-                    conn.execute("INSERT INTO migrations (number, applied_at) VALUES (?, ?)", (number, time.time()))
-        except sqlite3.Error as exc:
-            raise PermanentError(f"{what}: migration {number} failed: {exc}") from exc
+
+
+def created(conn: sqlite3.Connection) -> bool:
+    """Whether `conn`'s database has a schema yet. A process that creates a database makes the file before its
+    first migration commits; a reader that finds no table in it has found a database still being created, not a
+    damaged one."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone() is not None
 
 
 def statements(sql: str) -> list[str]:

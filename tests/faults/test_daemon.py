@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -29,6 +30,26 @@ def test_status_of_a_corrupt_state_database_is_one_line_naming_the_file(tmp_path
 def test_status_without_a_state_database_exits_3_and_says_why(tmp_path: Path) -> None:
     done = gitopsd(tmp_path / "state", "status", check=False)
     assert done.returncode == 3 and "nothing reconciled yet in" in done.stdout
+
+
+def test_a_state_database_still_being_created_is_no_state_yet_not_a_damaged_one(
+    tmp_path: Path, demo_repo: GitRepo
+) -> None:
+    """A daemon or command that creates state.db makes the file before its schema commits (a standby starting
+    while `gitopsd status` looks at it): status and plan read that as nothing reconciled yet."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    creating = sqlite3.connect(state_dir / "state.db", isolation_level=None)
+    creating.execute("PRAGMA journal_mode=WAL")
+    creating.execute("BEGIN IMMEDIATE")  # the first migration, not committed yet
+    creating.execute("CREATE TABLE sources (id INTEGER PRIMARY KEY)")
+    for args in (["status"], ["status", "--json"]):
+        done = gitopsd(state_dir, *args, check=False)
+        assert done.returncode == 3 and "nothing reconciled yet in" in done.stdout + done.stderr, done.stderr
+    planned = gitopsd(state_dir, "plan", "--repo", str(demo_repo.path), check=False)
+    assert planned.returncode == 0 and "blobs" in planned.stdout, planned.stderr
+    creating.execute("ROLLBACK")
+    creating.close()
 
 
 def test_status_while_the_daemon_runs_says_what_the_daemon_has_done(daemon: RunningDaemon) -> None:  # noqa: F811
