@@ -413,6 +413,24 @@ def test_a_daemon_without_a_token_serves_no_dashboard_like_no_api(tmp_path: Path
         assert call(daemon_port(daemon.url), "/ui/static/index.html").status == 200
 
 
+@pytest.mark.parametrize("setting", ["listen", "local_listen"])
+def test_a_daemon_whose_address_is_taken_stops_with_one_line_naming_the_setting(tmp_path: Path, setting: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        listen = busy if setting == "listen" else free_port()
+        local = f'local_listen = "127.0.0.1:{busy}"\n' if setting == "local_listen" else ""
+        config = tmp_path / "gitopsd.toml"
+        config.write_text(f'state_dir = "{tmp_path / "state"}"\n[http]\nlisten = "127.0.0.1:{listen}"\n{local}'
+                          f'[[repositories]]\nname = "demo"\nurl = "{tmp_path / "repo.git"}"\n')  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "gitopsd", "run", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "unexpected" not in done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{busy} (http.{setting} in {config}): " in done.stderr, done.stderr
+    assert "choose another port" in done.stderr
+
+
 def daemon_port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 

@@ -97,9 +97,9 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_signal)
         self.timer = PollTimer()
         self._web = self._api()
-        self.http = self._serve(self.config.http.listen, local=False)
+        self.http = self._first_listener(self.config.http.listen, local=False)
         self.local_http = (
-            self._serve(local_listen, local=True) if (local_listen := self.config.http.local_listen) else None
+            self._first_listener(local_listen, local=True) if (local_listen := self.config.http.local_listen) else None
         )
         self._listening = (self.config.http.listen, self.config.http.local_listen)
         for repo in self.config.repositories:
@@ -180,6 +180,22 @@ class Daemon:
             log.info("gitopsd listening on http://%s:%d (the API and /metrics need %s)", server.host, server.port,
                      guard)  # fmt: skip
         return server
+
+    def _first_listener(self, listen: str, *, local: bool) -> HttpServer:
+        """`_serve` at start: an address that cannot be bound stops the daemon with a PermanentError naming the
+        setting, the file and the fix (a port another process holds, an address not of this host)."""
+        try:
+            return self._serve(listen, local=local)
+        except OSError as exc:
+            if local:  # the main listener is bound by now: close it, as a daemon that stops does
+                self.http.stop()
+            where = "--listen" if not local and self._listen_override is not None else (
+                f"{'http.local_listen' if local else 'http.listen'} in {self.config_path}"
+            )  # fmt: skip
+            raise PermanentError(
+                f"cannot listen on {listen} ({where}): {exc.strerror or exc}; another process holds the port or the "
+                "address is not this host's: stop it or choose another port"
+            ) from None
 
     def _rebind(self, old: HttpServer | None, listen: str | None, *, local: bool) -> tuple[HttpServer | None, bool]:
         """The listener for `listen` after a reload changed it, and whether it is bound there. The new address is
