@@ -95,6 +95,21 @@ def _gitopsd(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Comp
                           env=base | {"XDG_CONFIG_HOME": str(cwd / "config"), **env}, cwd=cwd, timeout=60)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "command", [["status"], ["reconcile", "--repo", "nowhere"], ["plan", "--repo", "nowhere"], ["history", "m"]]
+)
+def test_a_file_where_the_state_dir_must_be_is_one_line_naming_it(tmp_path: Path, command: list[str]) -> None:
+    file = tmp_path / "state"
+    file.write_text("not a directory\n")
+    for given, blocking in ((file, "it"), (file / "below", str(file))):
+        done = _gitopsd(["--state-dir", str(given), *command], {}, tmp_path)
+        said = (
+            f"error: state directory {given}: {blocking} is a file, not a directory (--state-dir or GITOPSD_STATE_DIR)"
+        )
+        assert (done.returncode, done.stderr.strip(), done.stdout) == (1, said, ""), done.stderr
+    assert file.read_text() == "not a directory\n"
+
+
 def test_the_state_dir_comes_from_the_environment_unless_given(tmp_path: Path) -> None:
     from_env = _gitopsd(["status"], {"GITOPSD_STATE_DIR": str(tmp_path / "env")}, tmp_path)
     assert from_env.returncode == 3 and f"nothing reconciled yet in {tmp_path / 'env'} " in from_env.stdout

@@ -20,7 +20,14 @@ DEFAULT_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")
 
 
 def state_dir(ctx: Context) -> Path:
-    return ctx.state_dir
+    """The state directory the command works in; an error naming it when a file stands where it, or a folder
+    above it, must be (the command would otherwise fail somewhere less clear)."""
+    path = ctx.state_dir
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "it" if existing == path else str(existing)
+        fail(f"state directory {path}: {where} is a file, not a directory (--state-dir or GITOPSD_STATE_DIR)")
+    return path
 
 
 def operator(ctx: Context) -> Operator:

@@ -80,12 +80,11 @@ def test_a_damaged_state_database_is_one_line_naming_it_and_verbose_shows_the_tr
 
 
 def test_verbose_shows_the_traceback_of_an_unexpected_error(demo_repo: GitRepo, tmp_path: Path) -> None:
-    (tmp_path / "a-file").write_text("")
-    state_dir = tmp_path / "a-file" / "state"  # an operating-system error gitopsd has no words of its own for
+    state_dir = tmp_path / ("x" * 300)  # an operating-system error gitopsd has no words of its own for
     quiet = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), check=False)
     loud = gitopsd(state_dir, "--verbose", "reconcile", "--repo", str(demo_repo.path), check=False)
     assert quiet.returncode == loud.returncode == 1
-    assert "Traceback" not in quiet.stderr and "Not a directory" in quiet.stderr and "--verbose" in quiet.stderr
+    assert "Traceback" not in quiet.stderr and "File name too long" in quiet.stderr and "--verbose" in quiet.stderr
     assert "Traceback" in loud.stderr
 
 
