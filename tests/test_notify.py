@@ -17,6 +17,7 @@ import pytest
 
 from gitopsd.daemon.config import NotificationConfig
 from gitopsd.daemon.courier import Courier
+from gitopsd.daemon.forges import RETRY_AFTER_MAX_S, _retry_after
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.reconcile.state import MIGRATIONS, StateStore, connect
 from gitopsd.reconcile.statusview import read_status, render
@@ -202,6 +203,14 @@ def test_5xx_and_a_timeout_are_retried_with_backoff_and_delivered_once(
         assert (entry["waiting"], entry["delivered"], entry["failed"]) == (0, 1, 4)
         assert "delivered to gh after 4 failed attempt(s)" in caplog.text
         assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("120", 120.0), ("", None), ("soon", None), ("\u00b2", None), ("9" * 400, RETRY_AFTER_MAX_S)],
+)
+def test_a_retry_after_header_is_seconds_capped_at_an_hour_or_nothing(header: str, seconds: float | None) -> None:
+    assert _retry_after(header, now=0.0) == seconds  # "\u00b2" is a digit to str.isdigit that float() refuses
 
 
 def test_429_waits_as_long_as_retry_after_says(reconciler: Reconciler, clock: Clock) -> None:

@@ -323,12 +323,19 @@ def _write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("label", "parsed"), [("iris@3", ("iris", 3)), ("team@x@12", ("team@x", 12))])
+@pytest.mark.parametrize(
+    ("label", "parsed"),
+    [("iris@3", ("iris", 3)), ("team@x@12", ("team@x", 12)), ("m@9223372036854775807", ("m", 2**63 - 1))],
+)
 def test_parse_label(label: str, parsed: tuple[str, int]) -> None:
     assert parse_label(label) == parsed
 
 
-@pytest.mark.parametrize("label", ["iris", "iris@", "@3", "iris@0", "iris@-1", "iris@three", "iris@3.0"])
+@pytest.mark.parametrize(
+    "label",
+    ["iris", "iris@", "@3", "iris@0", "iris@-1", "iris@three", "iris@3.0", "iris@\u00b2", "iris@\u0663",
+     "iris@9223372036854775808", "iris@" + "9" * 30],
+)  # fmt: skip
 def test_parse_label_rejects_malformed_labels(label: str) -> None:
     with pytest.raises(ValueError, match=r"is not of the form MODEL@N"):
         parse_label(label)

@@ -133,7 +133,7 @@ def event_payload(row: Mapping[str, Any], repository: str) -> dict[str, Any] | N
 
 def _version(text: str) -> int | None:
     _, _, number = text.rpartition("@")
-    return int(number) if number.isdigit() else None
+    return int(number) if number.isascii() and number.isdigit() else None
 
 
 def notices(sink: NotificationConfig, cursor: Cursor, facts: Facts, *, now: float) -> tuple[list[Notice], Cursor]:

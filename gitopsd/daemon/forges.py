@@ -206,7 +206,7 @@ def _retry_after(value: str, now: float) -> float | None:
     value = value.strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not str.isdigit alone: "²" is a digit that float() refuses
         return min(float(value), RETRY_AFTER_MAX_S)
     try:
         return max(0.0, min(parsedate_to_datetime(value).timestamp() - now, RETRY_AFTER_MAX_S))

@@ -140,9 +140,10 @@ class Version:
 
 
 def parse_label(label: str) -> tuple[str, int]:
-    """Split `"iris@3"` into `("iris", 3)`."""
+    """Split `"iris@3"` into `("iris", 3)`; N is ASCII digits, and no larger than any number a registry stores
+    (SQLite's integers)."""
     model, sep, number = label.rpartition("@")
-    if not sep or not model or not number.isdigit() or int(number) < 1:
+    if not sep or not model or not (number.isascii() and number.isdigit()) or not 0 < int(number) < 2**63:
         raise ValueError(f"version label {label!r} is not of the form MODEL@N with N a whole number >= 1")
     return model, int(number)
 

@@ -315,8 +315,20 @@ ModuleName = Annotated[
 ]
 
 BASE_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?@([1-9][0-9]*|[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?)$"
+
+
+def _base_version(value: str) -> str:
+    """NAME@N names a version: N, all digits, from 1 to MAX_VERSION (a larger one is never stored, and would
+    not fit the registry's integers)."""
+    number = value.rpartition("@")[2]
+    if number.isdigit() and not 0 < int(number) <= MAX_VERSION:
+        raise problem(f"invalid base model {_short(value)}: a version number is 1, 2, ... at most {MAX_VERSION}")
+    return value
+
+
 BaseRef = Annotated[
     str,
     _matching(BASE_PATTERN, "base model", "NAME@N (a version) or NAME@ALIAS (e.g. blobs@production)"),
+    AfterValidator(_base_version),
     WithJsonSchema({"type": "string", "pattern": BASE_PATTERN}),
 ]

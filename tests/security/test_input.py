@@ -187,6 +187,8 @@ def test_a_failing_command_is_retried_with_a_backoff_and_status_says_when(demo_r
         (MODEL, "    workdir: src\n", "    workdir: src\n    retries: 101\n", "spec.train.retries", "100"),
         ("gitops.yaml", "keep: 3", "keep: 10001", "runs.keep", "10000"),
         ("gitops.yaml", "keep: 3", "keep: 1000000000000000000000000000000", "runs.keep", "2**53"),
+        (MODEL, "spec:\n", "spec:\n  base: other@99999999999999999999\n", "spec.base", "1000000000"),
+        (MODEL, "spec:\n", "spec:\n  base: other@1000000001\n", "spec.base", "1000000000"),
     ],
 )
 def test_absurd_retries_and_runs_keep_are_spec_errors_naming_the_field(
