@@ -82,7 +82,8 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused_in_one_line(daemon: Ru
 
 def test_a_removed_repository_is_named_clearly_and_logged_once(daemon: RunningDaemon) -> None:  # noqa: F811
     bare = Path(daemon.source()["url"])
-    shutil.rmtree(bare)
+    gone = bare.rename(bare.with_name("removed.git"))  # at once: a pass the watcher starts meanwhile must not
+    shutil.rmtree(gone)  # find a repository half deleted ("branch 'main' not found"), a second message
     auth = {"Authorization": f"Bearer {daemon.token}"}
     for _ in range(3):
         before = daemon.passes("manual")
