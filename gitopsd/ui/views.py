@@ -1,4 +1,4 @@
-"""The dashboard's JSON documents (docs in /work/notes/UI15-CONTRACT.md's shapes): one function per API route.
+"""The dashboard's JSON documents, one function per API route (`ui.routing`; tests/test_ui_views.py pins them).
 
 Each function reads the state directories of `UiContext.sources` read-only (`statusview.open_readonly`: sqlite
 `mode=ro` URIs, no write lock, works while the daemon runs) and the run directories through `ui.runfiles`
