@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gitopsd.errors import PermanentError
 from gitopsd.model import Condition, Phase
-from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate
+from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate, recorded
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -267,7 +267,7 @@ def _reading(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row
-        (newest,) = conn.execute("SELECT COALESCE(MAX(number), 0) FROM migrations").fetchone()
+        newest = max(recorded(conn), default=0)
         known = max(number for number, _ in MIGRATIONS)
         if newest != known:
             raise PermanentError(f"{path} has schema migration {newest}, this gitopsd's is {known}: a pass updates it")

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 from gitopsd.errors import PermanentError
 
-__all__ = ["created", "enable_wal", "immediate", "migrate", "snapshot", "statements"]
+__all__ = ["created", "enable_wal", "immediate", "migrate", "recorded", "snapshot", "statements"]
 
 
 @contextmanager
@@ -80,15 +80,16 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[tuple[int, str]], *, 
     new database's tables appear together), and a migration that fails leaves none of them applied. `what`
     names the database in errors ("registry /x/registry.db"): a newer schema, a migration that fails."""
     known = max((number for number, _ in migrations), default=0)
-    if _recorded(conn) >= {number for number, _ in migrations}:
-        _refuse_newer(conn, known, what)
+    done = recorded(conn)
+    _refuse_newer(done, known, what)
+    if done >= {number for number, _ in migrations}:
         return  # nothing to apply: no write lock taken
     applying: int | None = None
     try:
         with immediate(conn):
             conn.execute("CREATE TABLE IF NOT EXISTS migrations (number INTEGER PRIMARY KEY, applied_at REAL)")
-            _refuse_newer(conn, known, what)
-            done = _recorded(conn)  # again under the write lock: another process may have applied some meanwhile
+            done = recorded(conn)  # again under the write lock: another process may have applied some meanwhile
+            _refuse_newer(done, known, what)
             for number, sql in migrations:
                 if number in done:
                     continue
@@ -102,15 +103,15 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[tuple[int, str]], *, 
         raise PermanentError(f"{what}: migration {applying} failed: {exc}") from exc
 
 
-def _recorded(conn: sqlite3.Connection) -> set[int]:
-    """The migrations the database records (none before its `migrations` table exists)."""
+def recorded(conn: sqlite3.Connection) -> set[int]:
+    """The migrations `conn`'s database records (none before its `migrations` table exists)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone() is None:
         return set()
     return {number for (number,) in conn.execute("SELECT number FROM migrations")}
 
 
-def _refuse_newer(conn: sqlite3.Connection, known: int, what: str) -> None:
-    newest = max(_recorded(conn), default=0)
+def _refuse_newer(done: set[int], known: int, what: str) -> None:
+    newest = max(done, default=0)
     if newest > known:
         raise PermanentError(
             f"{what} has schema migration {newest} but this gitopsd knows only up to {known}: it was written by a "
