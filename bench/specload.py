@@ -8,7 +8,8 @@ committed with pygit2), then times the real `gitopsd` command, each measurement 
 - `plan`, cold: a state directory that does not exist (a fresh CI runner), so nothing is cached;
 - `reconcile --once` and `plan` on a warm state directory, nothing changed; `reconcile --once` also with an
   operator configuration (`--config`, the `local` backend with settings, output limits), in its own state
-  directory;
+  directory; `plan` also as a pull-request comment (`--format markdown`) and as piped JSON, which time the
+  report's other two faces on 10,000 models (no target);
 - the first `plan` and the first `reconcile --once` after a commit that changes one spec (it stays suspended, so
   nothing is submitted and every repetition measures the same work).
 
@@ -162,16 +163,20 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
             run("warm reconcile", i, state, "reconcile", "--once")
             run("warm configured", i, configured[i], "--config", str(operator), "reconcile", "--once")
             run("warm plan", i, state, "plan")
+            run("warm markdown", i, state, "plan", "--format", "markdown")
+            run("warm json", i, state, "plan", "--format", "json")
     for round_ in range(runs):
         edit_one(repo, round_, round_)
         for i, state in enumerate(states):
             run("first plan", i, state, "plan")
             run("first reconcile", i, state, "reconcile", "--once")
-    names = {
+    names: dict[str, tuple[str, int | None]] = {
         "cold": (f"`plan`, cold (no state dir), {models} specs", 1000),
         "warm reconcile": ("`reconcile --once`, warm, nothing changed", 150),
         "warm configured": ("`reconcile --once`, warm, nothing changed, with an operator configuration", 150),
         "warm plan": ("`plan`, warm, nothing changed", 150),
+        "warm markdown": ("`plan --format markdown`, warm, nothing changed (a pull-request comment)", None),
+        "warm json": ("`plan --format json`, warm, nothing changed, piped", None),
         "first plan": ("first `plan` after a one-spec commit", 200),
         "first reconcile": ("first `reconcile --once` after a one-spec commit", 200),
     }

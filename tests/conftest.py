@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,3 +85,23 @@ def gitopsd(state_dir: Path, *args: str, check: bool = True, timeout: float = 12
     if check and done.returncode != 0:
         raise AssertionError(f"gitopsd {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def on_a_terminal(state_dir: Path, *args: str, code: int = 0) -> str:
+    """Run the real `gitopsd` with its stdout on a pseudo-terminal; what it wrote there (it must exit `code`)."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
+    done = subprocess.Popen([sys.executable, "-m", "gitopsd", *args], stdout=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert done.wait(timeout=120) == code
+    return b"".join(chunks).decode().replace("\r\n", "\n")

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from gitopsd.cli.plan import _declared
 from gitopsd.model import Phase, Reason
 from gitopsd.reconcile.changeplan import (
+    AliasChange,
+    ChangePlan,
     DryRun,
+    Entry,
     Facts,
     InFlight,
     Verdict,
@@ -23,6 +26,7 @@ from gitopsd.reconcile.changeplan import (
     build,
     gpu_cost,
     settled,
+    totals,
     training_changes,
 )
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, keys_for
@@ -361,3 +365,41 @@ def _want(m: DesiredModel, run_key: str, why: Reason | None) -> Want:
     """What a pass wants of `m`: its run key (bound to a base's version), and why it may submit nothing."""
     blocked = f"{why} of {m.name}" if why else ""
     return replace(want_of(m), run_key=run_key, blocked=blocked, blocked_reason=why or Reason.BASE_UNAVAILABLE)
+
+
+_ENTRIES = st.lists(
+    st.builds(
+        Entry,
+        model=st.text(min_size=1, max_size=4),
+        path=st.just("models/m.yaml"),
+        verdict=st.sampled_from(Verdict),
+        change=st.sampled_from(["added", "modified", "removed", "unchanged"]),
+        reasons=st.just(()),
+        gpus=st.integers(0, 8),
+        gpu_hours=st.none() | st.floats(0, 1e4),
+        cancels=st.lists(st.just("run r: why"), max_size=2).map(tuple),
+        aliases=st.lists(st.builds(AliasChange, alias=st.just("prod"), from_version=st.none(),
+                                   from_target=st.none(), to_version=st.just(1), to_target=st.none()),
+                         max_size=2).map(tuple),
+    ),
+    max_size=30,
+)  # fmt: skip
+
+
+@given(entries=_ENTRIES)
+def test_the_totals_sum_the_trainings_and_count_the_rest(entries: list[Entry]) -> None:
+    """Counted in one pass (ten thousand entries); the sums as they are defined, entry by entry."""
+    found = totals(entries)
+    training = [e for e in entries if e.verdict is Verdict.TRAIN]
+    assert found.models == len(entries)
+    assert found.trainings == len(training)
+    assert found.gpus == sum(e.gpus for e in training)
+    assert found.gpu_hours == sum(e.gpu_hours or 0.0 for e in training)
+    assert found.unbounded == tuple(e.model for e in training if e.gpu_hours is None)
+    for count, verdict in ((found.refused, Verdict.REFUSED), (found.waiting, Verdict.WAIT),
+                           (found.removed, Verdict.REMOVE), (found.suspended, Verdict.SUSPEND)):  # fmt: skip
+        assert count == sum(e.verdict is verdict for e in entries)
+    assert found.cancelled == sum(len(e.cancels) for e in entries)
+    assert found.alias_moves == sum(len(e.aliases) for e in entries)
+    plan = ChangePlan(base_commit=None, head_commit=None, base_label="", head_label="", entries=tuple(entries))
+    assert plan.exit_code == (1 if found.refused else 0)

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import pty
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from gitopsd.registry.listing import history, summaries, version_doc, version_te
 from gitopsd.registry.store import ArtifactRef
 from gitopsd.registry.versions import Registry
 from gitopsd.source.redact import redact_url
-from tests.conftest import gitopsd
+from tests.conftest import gitopsd, on_a_terminal
 
 COLUMNS = (
     "model, number, run_id, run_key, artifact_sha256, artifact_size, artifact_uri, metrics, gates, lineage, created_at"
@@ -347,29 +346,9 @@ def test_the_command_line_streams_what_the_old_one_printed(registry: Path) -> No
     assert len(text) == len(shown) and text[0].startswith(time.strftime("%Y-%m-%d", time.localtime(shown[0]["at"])))
 
 
-def _on_a_terminal(state_dir: Path, *args: str) -> str:
-    """Run gitopsd with stdout on a pseudo-terminal; what it wrote there."""
-    leader, follower = pty.openpty()
-    env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
-    done = subprocess.Popen([sys.executable, "-m", "gitopsd", *args], stdout=follower, env=env)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the other side closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    assert done.wait(timeout=60) == 0
-    return b"".join(chunks).decode().replace("\r\n", "\n")
-
-
 def test_a_terminal_gets_the_old_indented_json(registry: Path) -> None:
-    assert _on_a_terminal(registry.parent, "registry", "list", "mnist", "--json") == _old_json(registry, "mnist")
-    history_text = _on_a_terminal(registry.parent, "history", "tuned", "--json")
+    assert on_a_terminal(registry.parent, "registry", "list", "mnist", "--json") == _old_json(registry, "mnist")
+    history_text = on_a_terminal(registry.parent, "history", "tuned", "--json")
     assert history_text == json.dumps(_old_history(registry, "tuned"), indent=2) + "\n"
 
 

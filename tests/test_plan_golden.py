@@ -20,7 +20,7 @@ from pathlib import Path
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from tests.conftest import GitRepo, gitopsd
+from tests.conftest import GitRepo, gitopsd, on_a_terminal
 
 GOLDEN = Path(__file__).parent / "golden" / "plan"
 MODEL = "models/blobs.yaml"
@@ -175,9 +175,21 @@ def test_the_plan_of_each_kind_of_change_matches_its_golden_markdown_and_json(
     assert (md_code, json_code) == (code, code), (markdown, text)
     doc = json.loads(text)
     assert doc["exit_code"] == code
+    assert text.count("\n") == 1, "piped, the document is one line"
     _check(f"{case}.md", _stable(markdown, demo_repo))
-    _check(f"{case}.json", _stable(text, demo_repo))
+    _check(f"{case}.json", _stable(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", demo_repo))
     assert _listing(state_dir) == state_before, "a plan writes nothing into the state directory"
+
+
+def test_a_terminal_gets_the_plan_indented_and_a_pipe_on_one_line(demo_repo: GitRepo, state_dir: Path) -> None:
+    """As every --json of the command line: a person reads it indented, a program gets the C encoder's one line
+    (several times faster on ten thousand models)."""
+    _code_change(demo_repo, state_dir)
+    args = ["plan", "--repo", str(demo_repo.path), "--base", "main", "--branch", "change", "--format", "json"]
+    piped = gitopsd(state_dir, *args).stdout
+    assert piped.count("\n") == 1
+    shown = on_a_terminal(state_dir, *args)
+    assert shown == json.dumps(json.loads(piped), indent=2, ensure_ascii=False) + "\n"
 
 
 def _listing(state_dir: Path) -> dict[str, tuple[int, int]]:

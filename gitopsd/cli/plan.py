@@ -17,6 +17,7 @@ loads nothing at all: each line comes from the row the settling pass wrote of it
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -96,8 +97,8 @@ def _print(
         echo(redact_text(plan.error), err=True)
     for problem in plan.problems:
         echo(str(problem), err=True)
-    if fmt == "json":
-        echo(planreport.render_json(plan))
+    if fmt == "json":  # indented on a terminal, on one line when piped: as every --json of the command line
+        echo(planreport.render_json(plan, indent=2 if sys.stdout.isatty() else None))
     elif fmt == "markdown":
         echo(planreport.render_markdown(plan), nl=False)
     else:

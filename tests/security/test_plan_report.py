@@ -5,6 +5,8 @@ inject markdown or HTML into it, and no repository can make the comment too larg
   quotes such a value: the comment keeps one HTML comment (the marker), no tag, no mention, every table row its
   cells; the JSON is still JSON and carries the text as it is;
 - `md()` on every character class that means something to markdown or HTML;
+- `term()`, the terminal's face, writes out every control character and redacts every credential, whatever the
+  text (its shortcut for plain ASCII changes nothing);
 - 3,000 models with long reasons: the comment stays within GitHub's 65,536 characters, the summary stays, and
   a line says how many models were left out of the details.
 """
@@ -16,10 +18,13 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gitopsd.errors import SpecProblem
+from gitopsd.errors import SpecProblem, _printable
 from gitopsd.reconcile.changeplan import Because, ChangePlan, Entry, Verdict, Why, invalid
-from gitopsd.reconcile.planreport import MARKER, MAX_MARKDOWN, md, render_markdown
+from gitopsd.reconcile.planreport import MARKER, MAX_MARKDOWN, md, render_markdown, term
+from gitopsd.source.redact import redact_text
 from tests.conftest import GitRepo, gitopsd
 
 MODEL = "models/blobs.yaml"
@@ -102,6 +107,26 @@ def test_an_invalid_spec_quoting_hostile_text_cannot_inject_into_the_comment(
     assert "cannot be planned" in done.stdout and "spec.train.backend" in done.stdout.replace("\\", "")
     doc = json.loads(gitopsd(state_dir, *args, "--format", "json", check=False).stdout)
     assert doc["valid"] is False and doc["exit_code"] == 1 and len(doc["problems"]) >= 2
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("m00001", "m00001"),
+    ("a\x7fb", "a\\x7fb"),
+    ("x\x1b[31mred", "x\\x1b[31mred"),
+    ("line\nforged", "line\\nforged"),
+    ("fetch https://user:tok@host/r.git failed", "fetch https://***@host/r.git failed"),
+    ("caf\u00e9\u202e", "caf\u00e9\\u202e"),
+])  # fmt: skip
+def test_term_writes_out_control_characters_and_redacts_credentials(text: str, shown: str) -> None:
+    assert term(text) == shown
+
+
+_PIECES = st.characters() | st.sampled_from(["https://", "u:p@", "\x7f", "\x1b", "?token=", "\udc80", "\u2028"])
+
+
+@given(st.lists(_PIECES).map("".join))
+def test_term_is_the_escaped_redacted_text_for_any_text(text: str) -> None:
+    assert term(text) == _printable(redact_text(text))
 
 
 def _many(count: int, hours: float | None = 1.0) -> ChangePlan:
