@@ -68,14 +68,15 @@ def _plan(state_dir: Path, *args: str, given: tuple[str, ...] = ()) -> tuple[int
 
 
 def _heavy_imports(state_dir: Path, *given: str) -> list[str]:
-    """The spec and Git libraries a `gitopsd [given] plan` imported (none: it loaded no spec)."""
+    """The spec and Git libraries and the planner a `gitopsd [given] plan` imported (none: it loaded no spec and
+    has no action to plan)."""
     probe = (
         "import runpy, sys\n"
         f"sys.argv = ['gitopsd', *{list(given)!r}, 'plan']\n"
         "try:\n"
         "    runpy.run_module('gitopsd', run_name='__main__')\n"
         "finally:\n"
-        "    print(sorted(m for m in ('pydantic', 'yaml', 'pygit2') if m in sys.modules), file=sys.stderr)\n"
+        "    print(sorted(m for m in ('pydantic', 'yaml', 'pygit2', 'gitopsd.reconcile.planner') if m in sys.modules), file=sys.stderr)\n"
     )
     env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
@@ -128,7 +129,8 @@ def test_the_settled_plan_loads_nothing_and_writes_nothing(settled_dir: Path) ->
     assert _heavy_imports(settled_dir) == [], "no spec is loaded, no Git library imported"
     assert _files(settled_dir) == before
     settled.forget(settled_dir)
-    assert _heavy_imports(settled_dir) == ["pydantic", "pygit2", "yaml"], "without the record: the full plan"
+    full = ["gitopsd.reconcile.planner", "pydantic", "pygit2", "yaml"]
+    assert _heavy_imports(settled_dir) == full, "without the record: the full plan"
 
 
 def test_a_plan_the_record_does_not_vouch_for_is_the_full_one(demo_repo: GitRepo, settled_dir: Path) -> None:

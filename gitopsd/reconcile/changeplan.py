@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from gitopsd.errors import SpecProblem
 from gitopsd.model import Reason
-from gitopsd.reconcile.planner import Action, Cancel, Submit, Wait
 
 if TYPE_CHECKING:
     from gitopsd.reconcile.desired import DesiredModel, DesiredState
+    from gitopsd.reconcile.planner import Action, Cancel, Submit, Wait
 
 LATEST = "latest"
 
@@ -423,15 +423,35 @@ def build(
     )  # fmt: skip
 
 
+def _submit_of(actions: Sequence[Action]) -> Submit | None:
+    # The planner's classes are imported where a plan has actions: a settled plan has none, and building the
+    # planner's thirteen dataclasses is a few ms of its start.
+    from gitopsd.reconcile.planner import Submit
+
+    return next((a for a in actions if isinstance(a, Submit)), None)
+
+
+def _wait_of(actions: Sequence[Action]) -> Wait | None:
+    from gitopsd.reconcile.planner import Wait
+
+    return next((a for a in actions if isinstance(a, Wait)), None)
+
+
+def _cancelled(actions: Sequence[Action]) -> list[Cancel]:
+    from gitopsd.reconcile.planner import Cancel
+
+    return [a for a in actions if isinstance(a, Cancel)]
+
+
 def _cancels(actions: Sequence[Action]) -> tuple[str, ...]:
-    return tuple(f"run {a.run_id}: {a.message}" for a in actions if isinstance(a, Cancel))
+    return tuple(f"run {a.run_id}: {a.message}" for a in _cancelled(actions))
 
 
 def _continuing(model: str, facts: Facts, actions: Sequence[Action], key: str | None) -> tuple[str, ...]:
     runs = facts.in_flight_of.get(model)
     if not runs:
         return ()
-    cancelled = {a.run_id for a in actions if isinstance(a, Cancel)}
+    cancelled = {a.run_id for a in _cancelled(actions)}
     return tuple(
         f"run {r.run_id} ({r.phase})" for r in runs if r.run_id not in cancelled and (key is None or r.run_key != key)
     )
@@ -463,7 +483,7 @@ def _entry(
                             gpu_hours=hours, timeout_s=new.train.timeout_s, retries=new.train.retries,
                             aliases=new.spec.spec.aliases)  # fmt: skip
         return unchanged(declared, actions, facts, dry_run, numbers)
-    submit = next((a for a in actions if isinstance(a, Submit)), None)
+    submit = _submit_of(actions)
     key = submit.run_key if submit is not None else dry_run.run_keys.get(name, new.run_key)
     if old is None:
         change, why = "added", [Because(code=Why.NEW_MODEL, text="new model")]
@@ -501,7 +521,7 @@ def unchanged(declared: Declared, actions: Sequence[Action], facts: Facts, dry_r
     `_entry` with nothing changed, from what `Declared` holds. A settled plan makes one per model with no actions,
     so that case does no work for them."""
     name = declared.name
-    submit = next((a for a in actions if isinstance(a, Submit)), None) if actions else None
+    submit = _submit_of(actions) if actions else None
     key = submit.run_key if submit is not None else declared.run_key
     refused = ""
     reasons: tuple[Because, ...]
@@ -562,7 +582,7 @@ def _attempt(verdict: Verdict, submit: Submit | None, actions: Sequence[Action])
     """The attempt a training is: the submission's, or the one after a failed attempt's backoff."""
     if verdict is not Verdict.TRAIN:
         return None
-    wait = next((a for a in actions if isinstance(a, Wait)), None)
+    wait = _wait_of(actions)
     return submit.attempt if submit is not None else wait.failed + 1 if wait is not None else None
 
 
@@ -576,12 +596,12 @@ def _changed(
         return Verdict.NONE, [*why, Because(code=Why.ALREADY_REGISTERED, text=f"already registered as v{registered}")]
     if live:
         return Verdict.NONE, [*why, Because(code=Why.IN_FLIGHT, text=f"already training: run {live[0].run_id}")]
-    if any(isinstance(a, Submit) for a in actions):
+    if _submit_of(actions) is not None:
         return Verdict.TRAIN, why
     if new.train.backend in dry_run.unavailable:
         text = f"backend {new.train.backend} is unavailable now: it trains once the backend is back"
         return Verdict.TRAIN, [*why, Because(code=Why.BACKEND_UNAVAILABLE, text=text)]
-    wait = next((a for a in actions if isinstance(a, Wait)), None)
+    wait = _wait_of(actions)
     if wait is not None:
         text = f"attempt {wait.failed} failed: attempt {wait.failed + 1} starts after its backoff"
         return Verdict.TRAIN, [*why, Because(code=Why.RETRYING, text=text)]

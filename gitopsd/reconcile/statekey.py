@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 
 __all__ = ["KEY_FILE", "key", "state_key"]
@@ -39,10 +38,10 @@ def key(path: Path, *, create: bool) -> bytes | None:
     if len(key) == 32 or not create:
         return key if len(key) == 32 else None
     path.unlink(missing_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, secrets.token_bytes(32))
+        os.write(fd, os.urandom(32))  # what secrets.token_bytes reads; secrets costs an import
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +139,7 @@ def copy_chunks_hashing(chunks: Iterable[bytes], dst: IO[bytes]) -> tuple[str, i
 def create_temp(directory: Path, stem: str) -> tuple[Path, IO[bytes]]:
     """A new, exclusively created file in `directory`; its mode follows the umask like any user file."""
     while True:
-        tmp = directory / f".{stem}.{secrets.token_hex(8)}.part"
+        tmp = directory / f".{stem}.{os.urandom(8).hex()}.part"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # pragma: no cover - 64 random bits colliding
