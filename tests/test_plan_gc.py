@@ -12,7 +12,8 @@ import pytest
 
 from gitopsd.cli import plan as plan_module
 from gitopsd.errors import SpecError
-from gitopsd.reconcile.desired import DesiredLoader, collector_paused
+from gitopsd.reconcile.desired import DesiredLoader
+from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.source.mirror import Source
 from tests.cli import invoke
 from tests.conftest import GitRepo
@@ -41,18 +42,23 @@ def test_the_collector_is_off_during_a_plan_and_back_after_it(
     collector: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    seen: list[bool] = []
-    real = plan_module._plan
+    seen: list[tuple[str, bool]] = []
 
-    def spy(*args: object, **kwargs: object) -> object:
-        seen.append(gc.isenabled())
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def spy(name: str) -> None:
+        real = getattr(plan_module, name)
 
-    monkeypatch.setattr(plan_module, "_plan", spy)
+        def called(*args: object, **kwargs: object) -> object:
+            seen.append((name, gc.isenabled()))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(plan_module, name, called)
+
+    for name in ("_settled_plan", "_plan", "_print"):  # the settled plan's check, the full plan, the report
+        spy(name)
     gc.enable()
     done = invoke(capsys, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
     assert done.exit_code == 0, done.output
-    assert seen == [False]
+    assert seen == [("_settled_plan", False), ("_plan", False), ("_print", False)]
     assert gc.isenabled()
     demo_repo.write("models/broken.yaml", "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: b}\n")
     demo_repo.commit("A model without a spec")

@@ -76,7 +76,8 @@ def _heavy_imports(state_dir: Path, *given: str) -> list[str]:
         "try:\n"
         "    runpy.run_module('gitopsd', run_name='__main__')\n"
         "finally:\n"
-        "    print(sorted(m for m in ('pydantic', 'yaml', 'pygit2', 'gitopsd.reconcile.planner') if m in sys.modules), file=sys.stderr)\n"
+        "    found = ('pydantic', 'yaml', 'pygit2', 'gitopsd.reconcile.planner')\n"
+        "    print(sorted(m for m in found if m in sys.modules), file=sys.stderr)\n"
     )
     env = {**os.environ, "GITOPSD_STATE_DIR": str(state_dir)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)

@@ -18,17 +18,16 @@ has run out of them, not what it trains, and a model without them keeps the dige
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 from gitopsd.backends.protocol import check_settings
 from gitopsd.errors import PermanentError, SpecError, SpecProblem
 from gitopsd.reconcile.canonical import canonical_json
+from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.reconcile.speccache import Keys, Parsed, SpecCache
 from gitopsd.source.mirror import Source
 from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems
@@ -149,27 +148,6 @@ def backend_setting_problems(repo: RepositorySpec, file: str = REPO_SPEC) -> lis
         except Exception as exc:  # a plugin's bug must not reject a commit; constructing it will say more
             log.warning("backend %s: settings check failed: %s", name, exc)
     return problems
-
-
-@contextlib.contextmanager
-def collector_paused(*, freeze: bool = False) -> Iterator[None]:
-    """Python's cyclic garbage collector off while a commit loads. A load makes tens of thousands of objects that
-    live on (the models) and no reference cycles; the collector would scan the growing heap again and again,
-    about a third of a 10,000-spec load. Its garbage is freed by reference counting as usual meanwhile.
-
-    Objects made while the collector is off are still its youngest, and the first collection after it resumes
-    scans every one of them (about 90 ms after a 10,000-spec load). With `freeze`, what is alive when the work
-    succeeds is moved to the collector's permanent generation first (`gc.freeze`): for state that lives as long
-    as the process, which no collection then scans again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-        if freeze:
-            gc.freeze()
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class DesiredLoader:
