@@ -17,7 +17,6 @@ loads nothing at all: each line comes from the row the settling pass wrote of it
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 from gitopsd.cli.args import Context, UsageError
 from gitopsd.cli.common import fail, operator, output_limits, state_dir, verify_policy
 from gitopsd.cli.console import echo
+from gitopsd.cli.jsonstream import indent_for, stdout
 from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.source.redact import redact_text
 
@@ -99,7 +99,7 @@ def _print(
     for problem in plan.problems:
         echo(str(problem), err=True)
     if fmt == "json":  # indented on a terminal, on one line when piped: as every --json of the command line
-        echo(planreport.render_json(plan, indent=2 if sys.stdout.isatty() else None))
+        echo(planreport.render_json(plan, indent=indent_for(stdout())))
     elif fmt == "markdown":
         echo(planreport.render_markdown(plan), nl=False)
     else:
