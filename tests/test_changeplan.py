@@ -31,6 +31,7 @@ from gitopsd.reconcile.changeplan import (
 )
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, keys_for
 from gitopsd.reconcile.planner import Cancel, Submit, Wait, Want
+from gitopsd.reconcile.planreport import render_markdown, render_text
 from gitopsd.reconcile.state import StateStore
 from gitopsd.reconcile.summarize import row_of, want_of, with_want
 from gitopsd.spec.load import load_model
@@ -189,6 +190,34 @@ def test_suspended_and_resumed_models() -> None:
     assert suspended.verdict is Verdict.SUSPEND and suspended.continues == ("run r1 (Running)",)
     resumed = one(model(suspend=True), model())
     assert resumed.verdict is Verdict.TRAIN and [r.code for r in resumed.reasons] == [Why.RESUMED]
+
+
+def test_a_model_that_stays_suspended_is_counted_not_listed_unless_a_run_or_an_alias_moves() -> None:
+    stays = one(model(suspend=True), model(suspend=True))
+    assert (stays.verdict, stays.change, stays.interesting) == (Verdict.SUSPEND, "unchanged", False)
+    assert one(model(), model(suspend=True)).interesting, "suspending it is a change: listed"
+    assert one(None, model(suspend=True)).interesting, "a new suspended model is listed"
+    run = InFlight(model="m", run_id="r1", run_key="k", phase="Running")
+    flying = one(model(suspend=True), model(suspend=True), Facts(known=True, in_flight=(run,)), DryRun())
+    assert flying.continues == ("run r1 (Running)",) and flying.interesting, "its run in flight is named"
+    pinned = model(suspend=True, aliases="{prod: 1}")
+    moved = one(pinned, pinned, Facts(known=True, versions={("m", pinned.run_key): 1}), DryRun())
+    assert moved.aliases and moved.interesting, "an alias that moves is listed"
+
+
+def test_the_reports_count_the_models_that_stay_suspended_and_list_the_change() -> None:
+    paused, idle, changed = model("paused", suspend=True), model("idle"), model("changed")
+    head = state(paused, idle, model("changed", tree="t2"))
+    plan = build(base=state(paused, idle, changed), head=head, facts=Facts(), dry_run=DryRun(actions=(
+        submit(head.models["changed"]),)))  # fmt: skip
+    text = render_text(plan).splitlines()
+    assert [line for line in text if line.startswith("  ")] == [
+        "  changed: trains: code tree changed (src)",
+        "  (2 unchanged model(s) not shown; 1 of them suspended)",
+    ]
+    comment = render_markdown(plan)
+    assert "paused" not in comment and "| changed |" in comment.replace("**", "")
+    assert "2 unchanged model(s) not shown." in comment and " · 1 suspended" in comment
 
 
 def test_a_removed_model_cancels_its_runs_and_drops_its_aliases() -> None:

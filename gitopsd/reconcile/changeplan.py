@@ -199,8 +199,11 @@ class Entry(NamedTuple):
 
     @property
     def interesting(self) -> bool:
-        """Whether the summary table must show it: anything but a quiet "nothing trains, nothing moves"."""
-        return self.verdict is not Verdict.NONE or self.change != "unchanged" or bool(self.aliases or self.cancels)
+        """Whether the summary table must show it: anything but a quiet "nothing trains, nothing moves", which an
+        unchanged model also is when it stays suspended (its runs in flight, if any, are named: it is shown)."""
+        if self.change != "unchanged" or self.aliases or self.cancels or self.continues:
+            return True
+        return self.verdict is not Verdict.NONE and self.verdict is not Verdict.SUSPEND
 
 
 @dataclass(frozen=True, kw_only=True)

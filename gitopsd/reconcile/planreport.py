@@ -147,10 +147,11 @@ def render_text(plan: ChangePlan) -> str:
         lines.append(f"  ! {term(plan.error)}")
     if plan.problems:
         lines.append(f"  ! the head commit is invalid: {len(plan.problems)} problem(s) in its spec files, listed above")
-    quiet = 0
+    quiet = paused = 0
     for entry in plan.entries:  # ten thousand in a large plan: each step here is paid per model
         if not entry.interesting:
             quiet += 1
+            paused += entry.verdict is Verdict.SUSPEND
             continue
         what = _WHAT[entry.verdict]
         cost = ""
@@ -165,7 +166,8 @@ def render_text(plan: ChangePlan) -> str:
             lines += [f"      continues: {term(c)}" for c in entry.continues]
             lines += [f"      note: {term(n)}" for n in entry.notes]
     if quiet:
-        lines.append(f"  ({quiet} unchanged model(s) not shown)")
+        of_them = f"; {paused} of them suspended" if paused else ""
+        lines.append(f"  ({quiet} unchanged model(s) not shown{of_them})")
     lines += [f"  ! {term(note)}" for note in plan.notes]
     totals = plan.totals
     if plan.valid:
