@@ -1,5 +1,5 @@
-"""`python -m gitopsd` runs the command line."""
+"""`python -m gitopsd` runs the command line, as the `gitopsd` console script does."""
 
-from gitopsd.cli.main import main
+from gitopsd.cli.entry import main
 
 main()

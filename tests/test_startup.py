@@ -98,3 +98,36 @@ def test_status_logs_nothing_so_it_skips_the_logging_setup(tmp_path: Path) -> No
     done, modules = _run(["status", "--config", str(config)], tmp_path)
     assert done.returncode in (1, 3), done.stderr[-2000:]
     assert {"logging", "gitopsd.daemon.logs"} <= modules
+
+
+#: Imports the command line as `{how}` does, noting at each collection whether it came while the command line was
+#: being imported; prints that, and whether the collector is on once the command (`--version`) has run.
+_ENTRY_PROBE = """
+import gc, sys
+
+during = []
+gc.callbacks.append(lambda phase, info: phase == "start" and during.append(
+    "gitopsd.cli.main" in sys.modules and not hasattr(sys.modules["gitopsd.cli.main"], "main")))
+try:
+    {how}
+except SystemExit:
+    pass
+print(any(during), gc.isenabled())
+"""
+
+
+@pytest.mark.parametrize(("how", "collects"), [("import gitopsd.cli.main", "True"),  # the probe sees collections
+                                               ("import gitopsd.__main__", "False")])  # fmt: skip
+def test_the_command_line_is_imported_with_the_collector_off_and_runs_with_it_on(
+    how: str, collects: str, tmp_path: Path
+) -> None:
+    """The console script and `python -m gitopsd` import the command line with the cyclic collector paused (a
+    dozen young collections that would find nothing), and hand the command the collector switched on again."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="gitopsd")
+    assert script.value == "gitopsd.cli.entry:main"
+    done = subprocess.run([sys.executable, "-c", _ENTRY_PROBE.format(how=how), "--version"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == [collects, "True"]
