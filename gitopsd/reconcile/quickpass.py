@@ -40,7 +40,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitopsd.errors import GitopsdError
 from gitopsd.reconcile import configsource, settled
@@ -50,10 +50,11 @@ from gitopsd.reconcile.state import SourceRow, StateStore
 from gitopsd.reconcile.statekey import state_key
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.registry.aliases import AliasBook
-from gitopsd.registry.store import ArtifactStore, sweep_stale_uploads
-from gitopsd.registry.stores import open_store
 from gitopsd.registry.versions import Registry
 from gitopsd.source.urls import is_git_repository, local_path, normalise_url
+
+if TYPE_CHECKING:
+    from gitopsd.registry.store import ArtifactStore
 
 __all__ = ["Listing", "local_commit", "parse_listing", "quick_reconcile", "settled_record", "settled_source"]
 
@@ -165,12 +166,17 @@ def settled_source(
 
 def _store(state_dir: Path, setup: Plain, *, create: bool = True) -> ArtifactStore:
     """The artifact store of the state directory: the default one in it, or the configuration's local one
-    (`create`: False to look without making its folders)."""
+    (`create`: False to look without making its folders). Imported here: a settled `plan` asks for it only
+    when the registry is empty."""
+    from gitopsd.registry.stores import open_store
+
     return open_store(setup.store, state_dir / "artifacts", create=create)
 
 
 def _sweep_uploads(state_dir: Path, setup: Plain) -> None:
     """As a new process's first full pass does: abort the uploads a killed writer left unfinished."""
+    from gitopsd.registry.store import sweep_stale_uploads
+
     sweep_stale_uploads(lambda: _store(state_dir, setup))
 
 
