@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from gitopsd.backends.local import landlock, readiness
 from gitopsd.backends.local.backend import LocalBackend
@@ -33,6 +36,7 @@ from gitopsd.backends.local.confine import (
     Probe,
     Rule,
     RunPaths,
+    _minimal,
     build_policy,
     parse_settings,
     refusal,
@@ -588,6 +592,24 @@ def test_the_policy_grants_the_system_python_and_run_and_carves_out_what_holds_s
     assert policy.hidden == ("/etc/gitopsd",)
     assert policy.tmp_dir == f"{RUN}/tmp"
     assert "/etc/* (2 entries)" in policy.summary() and "hidden from it: /etc/gitopsd" in policy.summary()
+
+
+_PATHS = st.lists(st.sampled_from(["a", "b", "ab", "a.b"]), max_size=4).map(lambda parts: "/" + "/".join(parts))
+
+
+@examples(max_examples=300, deadline=None)
+@given(st.lists(st.builds(Rule, path=_PATHS, access=st.sampled_from(list(Access))), max_size=40))
+def test_a_policy_keeps_each_path_once_at_its_strongest_and_drops_what_an_ancestor_grants(granted: list[Rule]) -> None:
+    """`_minimal`, by its definition: a path appears once, with the strongest access any rule gives it, unless a
+    directory above it ("/" included) is granted at least as much; siblings that share a prefix ("/a", "/ab")
+    are not each other's ancestors."""
+    strength = {Access.LIST: 0, Access.READ: 1, Access.WRITE: 2}
+    strongest = {path: max((r.access for r in granted if r.path == path), key=strength.__getitem__)
+                 for path in {r.path for r in granted}}  # fmt: skip
+    expected = [Rule(path=path, access=access) for path, access in sorted(strongest.items())
+                if not any(other != path and (other == "/" or path.startswith(other + "/"))
+                           and strength[held] >= strength[access] for other, held in strongest.items())]  # fmt: skip
+    assert list(_minimal(granted)) == expected
 
 
 def test_a_root_training_keeps_proc_read_only_where_root_could_change_kernel_settings() -> None:

@@ -33,7 +33,7 @@ supervisor imports it.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
@@ -299,7 +299,9 @@ def _carve(
 
 
 def _minimal(rules: Iterable[Rule]) -> tuple[Rule, ...]:
-    """The rules without duplicates and without those that an ancestor rule with as much access covers."""
+    """The rules without duplicates and without those that an ancestor rule with as much access covers. Each
+    path looks up its own ancestors (as many as it has directories), not every other rule: a host's policy has
+    a few hundred rules, and comparing each with all the others cost about 40 ms per training started."""
     strongest: dict[str, Access] = {}
     for rule in rules:
         held = strongest.get(rule.path)
@@ -307,13 +309,18 @@ def _minimal(rules: Iterable[Rule]) -> tuple[Rule, ...]:
             strongest[rule.path] = rule.access
     kept = []
     for path, access in sorted(strongest.items()):
-        if any(
-            other != path and within(path, other) and _STRENGTH[held] >= _STRENGTH[access]
-            for other, held in strongest.items()
-        ):
-            continue
-        kept.append(Rule(path=path, access=access))
+        if not any(_STRENGTH[held] >= _STRENGTH[access] for held in _ancestors_held(path, strongest)):
+            kept.append(Rule(path=path, access=access))
     return tuple(kept)
+
+
+def _ancestors_held(path: str, granted: Mapping[str, Access]) -> Iterator[Access]:
+    """The access `granted` gives each directory above `path` (a normalised absolute path), "/" included."""
+    while (parent := posixpath.dirname(path)) != path:
+        path = parent
+        held = granted.get(path)
+        if held is not None:
+            yield held
 
 
 def build_policy(settings: ConfineSettings, run: RunPaths, host: HostFacts, fs: FsView, *, backend: str) -> Policy:
