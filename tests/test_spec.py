@@ -335,6 +335,28 @@ def test_check_models_lists_every_cross_file_problem_at_once() -> None:
     assert len(fields) == 5
 
 
+def test_a_base_model_must_be_declared_and_bases_must_not_form_a_cycle() -> None:
+    def tuned(name: str, base: str | None) -> tuple[str, ModelSpec]:
+        text = MINIMAL_MODEL.format(name=name)
+        if base is not None:
+            text = text.replace("spec:\n", f"spec:\n  base: {base}\n")
+        return f"models/{name}.yaml", load_model(text, f"models/{name}.yaml")
+
+    chain = dict([tuned("root", None), tuned("mid", "root@production"), tuned("leaf", "mid@2")])
+    check_models(chain, default_repository())  # a chain that ends at a declared model is fine
+    broken = dict([*chain.items(), tuned("orphan", "ghost@1"), tuned("a", "b@1"), tuned("b", "c@latest"),
+                   tuned("c", "a@1")])  # fmt: skip
+    with pytest.raises(SpecError) as info:
+        check_models(broken, default_repository())
+    assert [(p.file, p.message) for p in info.value.problems] == [
+        ("models/a.yaml", "base models form a cycle: a -> b -> c -> a"),
+        ("models/b.yaml", "base models form a cycle: b -> c -> a -> b"),
+        ("models/c.yaml", "base models form a cycle: c -> a -> b -> c"),
+        ("models/orphan.yaml", "base model 'ghost' is not declared in this repository"),
+    ]
+    assert {p.field for p in info.value.problems} == {"spec.base"}
+
+
 def test_check_models_accepts_a_consistent_repository() -> None:
     models = {f"models/{n}.yaml": load_model(MINIMAL_MODEL.format(name=n), f"models/{n}.yaml") for n in "abc"}
     check_models(models, load_repository(REPOSITORY_EXAMPLE))

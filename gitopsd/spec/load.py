@@ -92,6 +92,7 @@ def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
     by_name: dict[str, list[str]] = defaultdict(list)
     for path in sorted(models):
         by_name[models[path].name].append(path)
+    bases = {m.name: m.spec.base.split("@")[0] for m in models.values() if m.spec.base}  # once: not per fine-tune
     for path in sorted(models):
         model = models[path]
         others = [p for p in by_name[model.name] if p != path]
@@ -101,18 +102,18 @@ def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
         backend, why = choose_backend(model, repo)
         if backend is None:
             problems.append(SpecProblem(file=path, line=None, field="spec.train.backend", message=why))
-        problems.extend(_base_problems(path, model, models, by_name))
+        problems.extend(_base_problems(path, model, bases, by_name))
     if problems:
         raise SpecError(problems)
 
 
 def _base_problems(
-    path: str, model: ModelSpec, models: Mapping[str, ModelSpec], by_name: Mapping[str, list[str]]
+    path: str, model: ModelSpec, bases: Mapping[str, str], by_name: Mapping[str, list[str]]
 ) -> list[SpecProblem]:
-    """A base model must be declared in the repository, and following bases must never come back around."""
+    """A base model must be declared in the repository, and following bases (`bases`: each fine-tuned model's
+    base model by name) must never come back around."""
     if model.spec.base is None:
         return []
-    bases = {m.name: m.spec.base.split("@")[0] for m in models.values() if m.spec.base}
     name = bases[model.name]
     if name not in by_name:
         return [SpecProblem(file=path, line=None, field="spec.base",
