@@ -59,29 +59,45 @@ def _refusals(state_dir: Path) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def test_a_refused_alias_move_is_an_event_once_per_commit_also_across_restarts(
+def _pass(demo_repo: GitRepo, state_dir: Path) -> None:
+    """One new process's passes until settled, as a restarted daemon or a `reconcile --once` makes them."""
+    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
+    try:
+        rec.reconcile_until_settled(timeout_s=60)
+        rec.reconcile("test")
+    finally:
+        rec.close()
+
+
+def test_a_refused_alias_move_is_one_event_from_where_it_began_until_it_changes_or_an_alias_moves(
     demo_repo: GitRepo, state_dir: Path
 ) -> None:
     demo_repo.edit(MODEL, "spec:\n  train:", "spec:\n  aliases:\n    production: 3\n  train:")
     commit = demo_repo.commit("Promote a version that does not exist")
-    for _ in range(2):  # a restarted daemon finds the same refusal: still one event
-        rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
-        try:
-            rec.reconcile_until_settled(timeout_s=60)
-            rec.reconcile("test")
-        finally:
-            rec.close()
-    refusals = _refusals(state_dir)
-    assert len(refusals) == 1, refusals
-    model, message, at = refusals[0]
-    assert (model, at) == ("blobs", commit)
-    assert message.startswith("alias production -> blobs@3 refused"), message
+    _pass(demo_repo, state_dir)
+    first = _refusals(state_dir)  # refused before blobs@1 is registered ("none is registered yet"), then after
+    assert [(m, c) for m, _, c in first] == [("blobs", commit)] * 2, first
+    assert first[-1][1].startswith("alias production -> blobs@3 refused"), first
+    assert first[-1][1].endswith("latest is blobs@1)"), first
+    _pass(demo_repo, state_dir)  # a restarted daemon finds the same refusal: no new event
+    assert _refusals(state_dir) == first
+
+    demo_repo.write("NOTES.md", "a commit that leaves the model as it is\n")
+    demo_repo.commit("Unrelated")
+    _pass(demo_repo, state_dir)  # a new process at a new commit: the refusal goes on, no new event
+    assert _refusals(state_dir) == first
 
     demo_repo.edit(MODEL, "production: 3", "production: 4")
     other = demo_repo.commit("Promote another version that does not exist")
-    rec = Reconciler(state_dir=state_dir, url=str(demo_repo.path))
-    try:
-        rec.reconcile_until_settled(timeout_s=60)
-    finally:
-        rec.close()
-    assert [(m, c) for m, _, c in _refusals(state_dir)] == [("blobs", commit), ("blobs", other)]
+    _pass(demo_repo, state_dir)
+    assert [(m, c) for m, _, c in _refusals(state_dir)] == [("blobs", commit)] * 2 + [("blobs", other)]
+
+    demo_repo.edit(MODEL, "production: 4", "production: 1")
+    demo_repo.commit("Promote the version that exists")
+    _pass(demo_repo, state_dir)
+    demo_repo.edit(MODEL, "production: 1", "production: 4")
+    again = demo_repo.commit("The same mistake again")
+    _pass(demo_repo, state_dir)  # the alias moved in between: the same words are a new refusal
+    refusals = _refusals(state_dir)
+    assert [c for _, _, c in refusals] == [commit, commit, other, again]
+    assert refusals[2][1] == refusals[3][1]

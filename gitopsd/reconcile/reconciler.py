@@ -49,7 +49,11 @@ log = logging.getLogger("gitopsd")
 
 ALIAS_REFUSED_EVENT = "AliasRefused"
 """The event kind of an alias move the applied commit asks for and that cannot be made (`plan_aliases`); its
-reason is the alias, its message why. Recorded once per model, alias and commit."""
+reason is the alias, its message why. Recorded where the refusal begins and when it says something else (a
+new target, a new latest version): a refusal that lasts over many commits, restarts and `reconcile --once`
+processes is one event, until an alias of the model moves (`ALIAS_MOVED_EVENT`) and closes it."""
+ALIAS_MOVED_EVENT = "AliasMoved"
+"""The event kind of an alias set, moved or removed as the applied commit declares; its reason is the kind."""
 
 #: How often a reconciler looks for uploads a killed writer left in its store (see `ArtifactStore`).
 SWEEP_EVERY_S = 3600.0
@@ -544,7 +548,8 @@ class Reconciler:
                     before = f"{name}@{record.previous}" if record.previous is not None else "nothing"
                     message = f"alias {record.alias} {record.kind}: {before} -> {target}"
                     log.info("%s: %s (commit %s)", name, message, desired.commit[:12])
-                    self.state.event(name, "AliasMoved", reason=record.kind, message=message, commit_id=desired.commit)
+                    self.state.event(name, ALIAS_MOVED_EVENT, reason=record.kind, message=message,
+                                     commit_id=desired.commit)  # fmt: skip
                     if record.version is None:
                         self._alias_state.pop((name, record.alias), None)
                     else:
@@ -553,7 +558,7 @@ class Reconciler:
                 self.fence()  # the event log is the active daemon's to write ([standby])
             for alias, problem in _refused_aliases(wanted, refused):  # for the alias history (`gitopsd.ui`)
                 if self.state.event_once(name, ALIAS_REFUSED_EVENT, reason=alias, message=problem,
-                                         commit_id=desired.commit):  # fmt: skip
+                                         commit_id=desired.commit, ended_by=ALIAS_MOVED_EVENT):  # fmt: skip
                     log.info("%s: %s (commit %s)", name, problem, desired.commit[:12])
             if tuple(refused) != self._alias_problems.get(name, ()):
                 problems.add(name)

@@ -460,18 +460,28 @@ class StateStore:
             }
         )
 
-    def event_once(self, model: str, kind: str, *, reason: str, message: str, commit_id: str) -> bool:
-        """Append the event unless one of the same model, kind, commit and reason is already in the log; whether
-        it was appended. For what a pass finds again and again (an alias refused at a commit): once per commit,
-        also across restarts."""
-        with self.transaction():
-            seen = self.conn.execute(
-                "SELECT 1 FROM events WHERE model = ? AND kind = ? AND commit_id = ? AND reason = ? LIMIT 1",
-                (model, kind, commit_id, reason),
-            ).fetchone()
-            if seen is None:
-                self._event(model, None, kind, reason, message, commit_id)
-        return seen is None
+    def event_once(self, model: str, kind: str, *, reason: str, message: str, commit_id: str, ended_by: str) -> bool:
+        """Append the event unless the newest word on its subject already says it: the newest event of `model`
+        that is of `kind` with this `reason`, or of kind `ended_by`, is of `kind` with this message. For what a
+        pass finds again and again (an alias refused): one event where it began, whatever the restarts, new
+        processes and commits since, until it says something else or an `ended_by` event (an alias of the model
+        moved) closes it. Whether it was appended. Asked first outside a transaction: a pass that finds ten
+        thousand known refusals writes nothing."""
+        if self._said(model, kind, reason, message, ended_by):
+            return False
+        with self.transaction():  # the lease makes this process the only writer; asked again inside all the same
+            if self._said(model, kind, reason, message, ended_by):
+                return False
+            self._event(model, None, kind, reason, message, commit_id)
+        return True
+
+    def _said(self, model: str, kind: str, reason: str, message: str, ended_by: str) -> bool:
+        newest = self.conn.execute(
+            "SELECT kind, message FROM events WHERE model = ? AND (kind = ? OR (kind = ? AND reason = ?))"
+            " ORDER BY seq DESC LIMIT 1",
+            (model, ended_by, kind, reason),
+        ).fetchone()
+        return newest is not None and (newest[0], newest[1]) == (kind, message)
 
     def last_event(self) -> int:
         """The sequence number of the newest event: it moves whenever any run or condition changes."""
