@@ -26,6 +26,7 @@ from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.spec import basechain
 from gitopsd.spec.fields import API_VERSION
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, choose_backend
 from gitopsd.spec.text import forbidden_char, unsafe_values
@@ -92,7 +93,8 @@ def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
     by_name: dict[str, list[str]] = defaultdict(list)
     for path in sorted(models):
         by_name[models[path].name].append(path)
-    bases = {m.name: m.spec.base.split("@")[0] for m in models.values() if m.spec.base}  # once: not per fine-tune
+    bases = {m.name: m.spec.base.split("@")[0] for m in models.values() if m.spec.base}
+    looped = basechain.cycles(bases)  # every chain walked once: a repository may be one long chain
     for path in sorted(models):
         model = models[path]
         others = [p for p in by_name[model.name] if p != path]
@@ -102,29 +104,25 @@ def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
         backend, why = choose_backend(model, repo)
         if backend is None:
             problems.append(SpecProblem(file=path, line=None, field="spec.train.backend", message=why))
-        problems.extend(_base_problems(path, model, bases, by_name))
+        problems.extend(_base_problems(path, model, bases, looped, by_name))
     if problems:
         raise SpecError(problems)
 
 
 def _base_problems(
-    path: str, model: ModelSpec, bases: Mapping[str, str], by_name: Mapping[str, list[str]]
+    path: str, model: ModelSpec, bases: Mapping[str, str], looped: Mapping[str, str], by_name: Mapping[str, list[str]]
 ) -> list[SpecProblem]:
-    """A base model must be declared in the repository, and following bases (`bases`: each fine-tuned model's
-    base model by name) must never come back around."""
+    """A base model must be declared in the repository (`bases`: each fine-tuned model's base model by name), and
+    following bases must never come back around (`looped`: `basechain.cycles`)."""
     if model.spec.base is None:
         return []
     name = bases[model.name]
     if name not in by_name:
         return [SpecProblem(file=path, line=None, field="spec.base",
                             message=f"base model {name!r} is not declared in this repository")]  # fmt: skip
-    seen = [model.name]
-    while name in bases and name not in seen:
-        seen.append(name)
-        name = bases[name]
-    if name in seen:
-        chain = " -> ".join([*seen, name])
-        return [SpecProblem(file=path, line=None, field="spec.base", message=f"base models form a cycle: {chain}")]
+    if model.name in looped:
+        message = f"base models form a cycle: {looped[model.name]}"
+        return [SpecProblem(file=path, line=None, field="spec.base", message=message)]
     return []
 
 

@@ -515,6 +515,28 @@ def test_a_repository_over_the_count_or_total_bound_is_refused_before_any_file_i
         load_tree(demo_repo.path, limits=SpecLimits(max_files=3))
 
 
+def test_a_repository_that_is_one_long_cycle_of_base_models_is_refused_at_once_in_short_lines(
+    tracked: Tracked,
+) -> None:
+    """3,000 models, each fine-tuned from the next and the last from the first. Following each model's chain on
+    its own made the check cubic (minutes for each pass, validate and plan of such a repository) and every
+    problem a list of all 3,000 names. Each is now named once, in a line that shows a few of them."""
+    count = 3000
+    model = tracked.repo.read(MODEL)
+    for index in range(count):
+        text = model.replace("name: blobs", f"name: m{index}")
+        tracked.repo.write(
+            f"models/ring/m{index}.yaml", text.replace("spec:\n", f"spec:\n  base: m{(index + 1) % count}@1\n")
+        )
+    tracked.repo.commit("A ring of fine-tunes")
+    report = refused(tracked, "models/ring/m0.yaml: spec.base: base models form a cycle: m0 -> m1 -> m2 -> ")
+    cycle = [line for line in report.splitlines() if "base models form a cycle" in line]
+    assert len(cycle) == count
+    assert max(map(len, report.splitlines())) < 200
+    assert "m1999.yaml: spec.base: base models form a cycle: m1999 -> m2000 -> m2001 -> m2002 -> m2003 -> m2004 -> " \
+           "m2005 -> ... -> m1999 (3000 steps)" in report  # fmt: skip
+
+
 def test_a_spec_that_is_not_utf8_is_refused_naming_the_byte_and_line(tracked: Tracked) -> None:
     text = tracked.repo.read(MODEL).replace("  suspend: true\n", "").replace("Separates", "Café separates")
     (tracked.repo.path / MODEL).write_bytes(text.encode("latin-1"))
