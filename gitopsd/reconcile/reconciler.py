@@ -10,6 +10,7 @@ commit between the applied one and the tip is not signed by an allowed key (`sou
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -54,6 +55,9 @@ new target, a new latest version): a refusal that lasts over many commits, resta
 processes is one event, until an alias of the model moves (`ALIAS_MOVED_EVENT`) and closes it."""
 ALIAS_MOVED_EVENT = "AliasMoved"
 """The event kind of an alias set, moved or removed as the applied commit declares; its reason is the kind."""
+
+#: The alias a refusal of `plan_aliases` is about: "alias NAME -> ..." or "alias NAME: ...".
+_ALIAS_OF = re.compile(r"alias ([^ :]+)[ :]")
 
 #: How often a reconciler looks for uploads a killed writer left in its store (see `ArtifactStore`).
 SWEEP_EVERY_S = 3600.0
@@ -694,11 +698,12 @@ class Reconciler:
 
 
 def _refused_aliases(declared: Mapping[str, object], refused: list[str]) -> Iterator[tuple[str, str]]:
-    """(alias, why) for each refusal of `plan_aliases`, whose messages start with `alias NAME`."""
+    """(alias, why) for each refusal of `plan_aliases`, whose messages start with `alias NAME` and a space or a
+    colon, which no alias name has: read off each message, not looked for among thousands of aliases."""
     for problem in refused:
-        alias = next((a for a in declared if problem.startswith((f"alias {a} ", f"alias {a}:"))), None)
-        if alias is not None:
-            yield alias, problem
+        found = _ALIAS_OF.match(problem)
+        if found is not None and found.group(1) in declared:
+            yield found.group(1), problem
 
 
 def _with(row: SourceRow, **changes: Any) -> SourceRow:

@@ -153,6 +153,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE models ADD COLUMN blocked_reason TEXT NOT NULL DEFAULT '';
         """,
     ),
+    (
+        8,
+        # What an event says last of one subject (`event_once`: an alias's refusal) and the newest event of a
+        # kind (an alias moved), each found in one index lookup: a model may declare thousands of aliases,
+        # and scanning its events for each of them made a pass quadratic in them.
+        """
+        CREATE INDEX events_subject ON events (model, kind, reason, seq);
+        CREATE INDEX events_kind ON events (model, kind, seq);
+        """,
+    ),
 )
 
 
@@ -477,11 +487,15 @@ class StateStore:
 
     def _said(self, model: str, kind: str, reason: str, message: str, ended_by: str) -> bool:
         newest = self.conn.execute(
-            "SELECT kind, message FROM events WHERE model = ? AND (kind = ? OR (kind = ? AND reason = ?))"
-            " ORDER BY seq DESC LIMIT 1",
-            (model, ended_by, kind, reason),
+            "SELECT seq, message FROM events WHERE model = ? AND kind = ? AND reason = ? ORDER BY seq DESC LIMIT 1",
+            (model, kind, reason),
         ).fetchone()
-        return newest is not None and (newest[0], newest[1]) == (kind, message)
+        if newest is None or newest[1] != message:
+            return False
+        closed = self.conn.execute(
+            "SELECT 1 FROM events WHERE model = ? AND kind = ? AND seq > ? LIMIT 1", (model, ended_by, newest[0])
+        ).fetchone()
+        return closed is None
 
     def last_event(self) -> int:
         """The sequence number of the newest event: it moves whenever any run or condition changes."""
