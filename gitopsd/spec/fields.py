@@ -43,6 +43,8 @@ MAX_PATIENCE = 1_000_000
 MAX_OBJECT_LOCK_DAYS = 36_500
 MAX_VERSION = 1_000_000_000
 MAX_MODULES = 64
+MAX_ALIASES = 100
+"""Aliases one model may declare: each is a registry row, an audit tag and an event when it moves or is refused."""
 MAX_MODULE_NAME = 200
 
 

@@ -306,6 +306,9 @@ def _problem(err: ErrorDetails, root: Node, file: str, cls: type[BaseModel]) -> 
         return SpecProblem(file=file, line=line, field=field, message=_unknown_key(cls, loc))
     if kind == "spec":
         return SpecProblem(file=file, line=line, field=field, message=err["msg"])
+    if kind == "too_long":  # a list or mapping over its bound (modules, aliases): the count, not the whole value
+        message = f"at most {ctx['max_length']} entries, got {len(err['input'])}"
+        return SpecProblem(file=file, line=line, field=field, message=message)
     template = _EXPECTED.get(kind)
     expected = template.format(**ctx) if template else err["msg"]
     if is_key:

@@ -31,6 +31,7 @@ from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.model import Checkpoint, Resources
 from gitopsd.spec.fields import (
     API_VERSION,
+    MAX_ALIASES,
     MAX_MODULES,
     AliasTarget,
     ApiVersion,
@@ -309,7 +310,7 @@ class ModelBody(_Spec):
 
     suspend: bool = Field(default=False, description="When true, nothing is trained or moved for this model.")
     aliases: dict[Name, AliasTarget] = Field(
-        default_factory=dict, description="Alias name -> version number or 'latest'."
+        default_factory=dict, max_length=MAX_ALIASES, description="Alias name -> version number or 'latest'."
     )
     base: BaseRef | None = Field(
         default=None,

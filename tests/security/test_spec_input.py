@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -580,6 +581,26 @@ def test_alias_names_are_refused_like_model_names() -> None:
     text += "spec: {aliases: {prod..x: 1}, train: {command: x}, outputs: {artifact: a}}\n"
     with pytest.raises(SpecError, match=r"spec.aliases\['prod..x'\]: invalid name 'prod..x'"):
         load_model(text, "m.yaml")
+
+
+@pytest.mark.parametrize(
+    ("field", "entries", "bound"),
+    [("aliases", lambda n: "{" + ", ".join(f"a{i}: 1" for i in range(n)) + "}", 100),
+     ("modules", lambda n: "[" + ", ".join(f"m{i}" for i in range(n)) + "]", 64)],
+)  # fmt: skip
+def test_aliases_and_modules_have_a_count_bound_that_the_error_names(
+    field: str, entries: Callable[[int], str], bound: int
+) -> None:
+    """Each alias is a registry row, an audit tag and an event when it moves or is refused: a model of 5,000
+    refused aliases cost a pass seconds on every commit. The error says the bound and the count, not the value."""
+    spec = "{aliases: %s, train: {command: x}, outputs: {artifact: a}}" if field == "aliases" else \
+           "{train: {command: x, modules: %s}, outputs: {artifact: a}}"  # fmt: skip
+    text = "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: m}\nspec: " + spec + "\n"
+    load_model(text % entries(bound), "m.yaml")
+    with pytest.raises(SpecError) as info:
+        load_model(text % entries(5000), "m.yaml")
+    where = "spec.aliases" if field == "aliases" else "spec.train.modules"
+    assert str(info.value).splitlines() == [f"m.yaml:4: {where}: at most {bound} entries, got 5000"]
 
 
 # ---- numbers over their bounds ----------------------------------------------------------------------------
