@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import difflib
 import types
+import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
@@ -87,6 +88,10 @@ def load_model(text: str, file: str) -> ModelSpec:
     return _load(text, file, ModelSpec)
 
 
+#: How many other files a problem about a model name used twice names.
+_OTHERS_SHOWN = 3
+
+
 def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
     """Check what no single file can: unique model names and declared backends. One SpecError for all."""
     problems: list[SpecProblem] = []
@@ -97,9 +102,11 @@ def check_models(models: Mapping[str, ModelSpec], repo: RepositorySpec) -> None:
     looped = basechain.cycles(bases)  # every chain walked once: a repository may be one long chain
     for path in sorted(models):
         model = models[path]
-        others = [p for p in by_name[model.name] if p != path]
-        if others:
-            message = f"model name {model.name!r} is also used by {', '.join(others)}; names must be unique"
+        same = by_name[model.name]
+        if len(same) > 1:  # the first few others: ten thousand files may share one name
+            others = [p for p in same[: _OTHERS_SHOWN + 1] if p != path][:_OTHERS_SHOWN]
+            more = f" and {len(same) - 1 - len(others)} more" if len(same) - 1 > len(others) else ""
+            message = f"model name {model.name!r} is also used by {', '.join(others)}{more}; names must be unique"
             problems.append(SpecProblem(file=path, line=None, field="metadata.name", message=message))
         backend, why = choose_backend(model, repo)
         if backend is None:
@@ -126,15 +133,18 @@ def _base_problems(
     return []
 
 
-def line_of(text: str | None, field: str) -> int | None:
-    """The line of `field` (dotted, as in SpecProblem.field) in a document that has already loaded cleanly."""
-    if text is None:
-        return None
-    root = yaml.compose(text, Loader=yaml.CSafeLoader)
-    if root is None:
-        return None
-    line, _ = _locate(root, tuple(field.split(".")))
-    return line
+def lines_in(text: str | None) -> Callable[[str], int | None]:
+    """The line of a field (dotted, as in SpecProblem.field) in a document that has already loaded cleanly;
+    the document is composed at the first field asked for, and only then, however many are asked."""
+    composed: list[Node | None] = []
+
+    def line_of(field: str) -> int | None:
+        if not composed:
+            composed.append(yaml.compose(text, Loader=yaml.CSafeLoader) if text is not None else None)
+        root = composed[0]
+        return _locate(root, tuple(field.split(".")))[0] if root is not None else None
+
+    return line_of
 
 
 # ---- the two paths --------------------------------------------------------------------------------
@@ -263,9 +273,9 @@ def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
     field = ""
     for part in loc:
         if isinstance(node, MappingNode):
-            match = [(k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == str(part)]
-            node = match[-1][1] if match else None
-            line = _line(match[-1][0]) if match else line
+            match = _entries(node).get(str(part))
+            node = match[1] if match else None
+            line = _line(match[0]) if match else line
             field += _key_text(part)
         elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
             node = node.value[part]
@@ -275,6 +285,20 @@ def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
             node = None
             field += f"[{part}]" if isinstance(part, int) else _key_text(part)
     return line, field.lstrip(".")
+
+
+#: Each mapping node's entries by key, made once per node: a document with thousands of problems in one mapping
+#: (an `env` of ten thousand numbers) would otherwise scan it once per problem.
+_ENTRIES: weakref.WeakKeyDictionary[MappingNode, dict[str, tuple[Node, Node]]] = weakref.WeakKeyDictionary()
+
+
+def _entries(node: MappingNode) -> dict[str, tuple[Node, Node]]:
+    """The node's scalar keys and their (key, value) nodes; a repeated key: its last entry, as loading keeps."""
+    found = _ENTRIES.get(node)
+    if found is None:
+        found = {k.value: (k, v) for k, v in node.value if isinstance(k, ScalarNode)}
+        _ENTRIES[node] = found
+    return found
 
 
 def _shown(value: object) -> str:

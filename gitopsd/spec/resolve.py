@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitopsd.errors import SpecError, SpecProblem
-from gitopsd.spec.load import line_of, load_repository
+from gitopsd.spec.load import lines_in, load_repository
 from gitopsd.spec.operator import OPERATOR_FILE, Operator, effective_backends, refusals
 from gitopsd.spec.schema import BackendConfig, ModelSpec, RepositorySpec
 
@@ -27,8 +27,9 @@ def resolve_repository(
     repo: RepositorySpec, operator: Operator, *, file: str = "gitops.yaml", text: str | None = None
 ) -> RepositorySpec:
     """`repo` with its backends replaced by the ones the operator lets it use; SpecError naming each refusal."""
+    line_of = lines_in(text)
     problems = [
-        SpecProblem(file=file, line=line_of(text, r.field), field=r.field, message=r.message)
+        SpecProblem(file=file, line=line_of(r.field), field=r.field, message=r.message)
         for r in refusals(repo.backends, operator)
     ]
     backends = {} if problems else effective_backends(repo.backends, operator)
@@ -36,7 +37,7 @@ def resolve_repository(
     if chosen is not None and not problems and chosen not in backends:
         offered = ", ".join(sorted(backends)) or "none"
         where = "declared in gitops.yaml" if repo.backends else f"offered by {OPERATOR_FILE}"
-        problems.append(SpecProblem(file=file, line=line_of(text, "defaults.backend"), field="defaults.backend",
+        problems.append(SpecProblem(file=file, line=line_of("defaults.backend"), field="defaults.backend",
                                     message=f"backend {chosen!r} is not {where} (available: {offered})"))  # fmt: skip
     if not backends and not problems:
         problems.append(SpecProblem(file=file, line=None, field="backends",
