@@ -61,6 +61,26 @@ def test_the_earliest_broken_line_is_blamed_whichever_rule_it_breaks() -> None:
     assert verdict == (Reason.DIVERGED, "loss = 9.0 exceeds 5.0 at metrics line 2")
 
 
+_NAMES = st.sampled_from(["loss", "acc", "lr", "grad"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_NAMES, unique=True),
+       st.lists(st.dictionaries(_NAMES, st.sampled_from([0.5, 1.0, NAN, INF, -INF])), max_size=6))  # fmt: skip
+def test_the_first_line_with_a_non_finite_watched_metric_is_blamed_on_the_first_such_rule(
+    finite: list[str], history: list[dict[str, float]]
+) -> None:
+    """By its definition: the first line where a metric the rules list is not finite, the first such metric in
+    the rules' order (whatever else the line holds, and however many metrics the rules list)."""
+    expected = None
+    for number, point in enumerate(history, start=1):
+        broken = [n for n in finite if n in point and not math.isfinite(point[n])]
+        if broken:
+            expected = (Reason.DIVERGED, f"{broken[0]} became {point[broken[0]]} at metrics line {number}")
+            break
+    assert judge(Rules(finite=tuple(finite)), history) == expected
+
+
 def test_divergence_is_reported_even_after_a_plateau() -> None:
     rules = Rules(finite=("loss",), plateau=Plateau(metric="loss", patience=2))
     verdict = judge(rules, [{"loss": 1.0}, {"loss": 1.0}, {"loss": 1.0}, {"loss": NAN}])

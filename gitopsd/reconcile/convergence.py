@@ -71,10 +71,13 @@ class Watch:
 
     def _divergence(self, point: Mapping[str, float]) -> tuple[Reason, str] | None:
         rules = self.rules
-        for name in rules.finite:
-            value = point.get(name)
-            if value is not None and not math.isfinite(value):
-                return Reason.DIVERGED, f"{name} became {value} at metrics line {self.points}"
+        if rules.finite:
+            # The point's own values first, the rules' names only once one of them is not finite: a spec may list
+            # thousands of metrics, and a training writes a point per step.
+            broken = {name for name, value in point.items() if not math.isfinite(value)}
+            name = next((n for n in rules.finite if n in broken), None) if broken else None
+            if name is not None:
+                return Reason.DIVERGED, f"{name} became {point[name]} at metrics line {self.points}"
         if rules.diverge_metric is not None and rules.diverge_above is not None:
             value = point.get(rules.diverge_metric)
             if value is not None and (not math.isfinite(value) or value > rules.diverge_above):
