@@ -228,6 +228,7 @@ def check_data(model: DesiredModel, tree: Path, data_roots: Sequence[str] = ()) 
     inside = [Path(os.path.realpath(tree))]
     if model.train.requirements and not _within(tree / model.train.requirements, inside):
         raise PermanentError(f"requirements {model.train.requirements} lead outside the repository: refused")
+    hashed: dict[str, str] = {}  # by real path: a file that many entries name (links, spellings) is read once
     for item in model.spec.spec.data:
         if "://" in item.uri and not item.uri.startswith("file://"):
             continue
@@ -239,7 +240,10 @@ def check_data(model: DesiredModel, tree: Path, data_roots: Sequence[str] = ()) 
         try:
             if not path.is_file():
                 raise PermanentError(f"data {item.uri} not found")
-            actual = sha256_file(path)
+            real = os.path.realpath(path)
+            actual = hashed.get(real)
+            if actual is None:
+                actual = hashed[real] = sha256_file(path)
         except OSError as exc:
             if not is_permanent(exc):
                 raise

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gitopsd.errors import PermanentError
 from tests.conftest import GitRepo, gitopsd
 from tests.security.conftest import Canary
 
@@ -130,3 +131,46 @@ def test_file_data_must_lie_under_the_operators_data_roots(
     assert "leads outside the operator's data_roots: refused" in json.dumps(status), status
     canary.assert_not_in(json.dumps(status))
     assert _digest(canary.file) not in json.dumps(status)
+
+
+def test_a_file_that_many_data_entries_name_through_links_is_hashed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository may name one large file through hundreds of links: each was hashed on its own before every
+    submission (a 1 GiB file named 500 times: 500 GiB read). Each real file is now read once per check; a link
+    to another file is still checked against its own digest."""
+    from gitopsd.reconcile import launch
+    from gitopsd.reconcile.desired import DesiredModel, keys_for
+    from gitopsd.registry import store
+    from gitopsd.spec.load import load_model
+    from gitopsd.spec.schema import RepositorySpec, resolve_train
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.bin").write_bytes(b"x" * 4096)
+    (tmp_path / "data" / "other.bin").write_bytes(b"y")
+    for index in range(200):
+        os.symlink("big.bin", tmp_path / "data" / f"link{index}.bin")
+    big, other = _digest(tmp_path / "data" / "big.bin"), _digest(tmp_path / "data" / "other.bin")
+    entries = [("data/big.bin", big), *((f"data/link{i}.bin", big) for i in range(200)), ("data/other.bin", other)]
+    data = "".join(f"    - {{uri: {uri}, sha256: '{sha}'}}\n" for uri, sha in entries)
+    text = (f"apiVersion: gitopsd/v1\nkind: Model\nmetadata: {{name: m}}\nspec:\n  train: {{command: x}}\n"
+            f"  data:\n{data}  outputs: {{artifact: a}}\n")  # fmt: skip
+    repo = RepositorySpec.model_validate({"apiVersion": "gitopsd/v1", "kind": "Repository", "backends": {"local": {}}})
+    spec = load_model(text, "models/m.yaml")
+    train = resolve_train(spec, repo)
+    run_key, spec_digest = keys_for(spec, train, "t", None)
+    model = DesiredModel(name="m", path="models/m.yaml", spec=spec, train=train, code_tree="t", run_key=run_key,
+                         spec_digest=spec_digest)  # fmt: skip
+    read: list[Path] = []
+
+    def sha256_file(path: Path) -> str:
+        read.append(path)
+        return store.sha256_file(path)
+
+    monkeypatch.setattr(launch, "sha256_file", sha256_file)
+    launch.check_data(model, tmp_path)
+    assert sorted(p.name for p in read) == ["big.bin", "other.bin"]
+    (tmp_path / "data" / "link7.bin").unlink()
+    os.symlink("other.bin", tmp_path / "data" / "link7.bin")
+    with pytest.raises(PermanentError, match=f"data data/link7.bin has sha256 {other}, but the spec says {big}"):
+        launch.check_data(model, tmp_path)
