@@ -532,15 +532,18 @@ class Reconciler:
         for (model, _), number in versions.items():
             numbers.setdefault(model, set()).add(number)
         declared = {name: aliases for name, aliases in self._alias_view.of(desired).items() if aliases}
+        pointing: dict[str, dict[str, int]] = {}  # each model's aliases as the registry has them, grouped once
+        for (model, alias), number in self._alias_state.items():
+            pointing.setdefault(model, {})[alias] = number
         moved: set[str] = set()
         problems: set[str] = set()
-        for name in sorted(set(declared) | {m for m, _ in self._alias_state} | set(self._alias_seen)):
+        for name in sorted(set(declared) | set(pointing) | set(self._alias_seen)):
             wanted = declared.get(name, {})
             have = numbers.get(name, set())
             key = (tuple(sorted((a, str(t)) for a, t in wanted.items())), max(have, default=0))
             if self._alias_seen.get(name) == key:
                 continue
-            current = {a: v for (m, a), v in self._alias_state.items() if m == name}
+            current = pointing.get(name, {})
             moves, refused = plan_aliases(name, wanted, have, current)
             if moves:
                 self.fence()  # an alias moves only while this daemon holds the lease ([standby])
