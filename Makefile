@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(BYTECODE)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/specload.py
+	$(BIN)/python bench/declared.py
 
 # Install gitopsd system-wide as a systemd service (root): a venv in $(PREFIX), the unit, its user and dirs.
 PREFIX ?= /opt/gitopsd

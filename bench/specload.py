@@ -95,13 +95,18 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(argv: list[str], env: dict[str, str]) -> Sample:
+def sampled(argv: list[str], env: dict[str, str]) -> tuple[Sample, subprocess.CompletedProcess[str]]:
+    """Run a command, output to /dev/null and stderr kept: its sample and what it did."""
     cpu = _cpu_s()
     start = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False)
-    sample = Sample(wall_ms=(time.perf_counter() - start) * 1000, cpu_ms=(_cpu_s() - cpu) * 1000)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, check=False)
+    return Sample(wall_ms=(time.perf_counter() - start) * 1000, cpu_ms=(_cpu_s() - cpu) * 1000), done
+
+
+def timed(argv: list[str], env: dict[str, str]) -> Sample:
+    sample, done = sampled(argv, env)
     if done.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
+        raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
     return sample
 
 
