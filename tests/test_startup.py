@@ -101,7 +101,8 @@ def test_status_logs_nothing_so_it_skips_the_logging_setup(tmp_path: Path) -> No
 
 
 #: Imports the command line as `{how}` does, noting at each collection whether it came while the command line was
-#: being imported; prints that, and whether the collector is on once the command (`--version`) has run.
+#: being imported; prints that, whether the collector is on once the command (`--version`) has run, and whether
+#: the import's objects were moved to the collector's permanent generation.
 _ENTRY_PROBE = """
 import gc, sys
 
@@ -112,17 +113,18 @@ try:
     {how}
 except SystemExit:
     pass
-print(any(during), gc.isenabled())
+print(any(during), gc.isenabled(), gc.get_freeze_count() > 10_000)
 """
 
 
-@pytest.mark.parametrize(("how", "collects"), [("import gitopsd.cli.main", "True"),  # the probe sees collections
-                                               ("import gitopsd.__main__", "False")])  # fmt: skip
+@pytest.mark.parametrize(("how", "collects", "frozen"), [("import gitopsd.cli.main", "True", "False"),  # control
+                                                         ("import gitopsd.__main__", "False", "True")])  # fmt: skip
 def test_the_command_line_is_imported_with_the_collector_off_and_runs_with_it_on(
-    how: str, collects: str, tmp_path: Path
+    how: str, collects: str, frozen: str, tmp_path: Path
 ) -> None:
     """The console script and `python -m gitopsd` import the command line with the cyclic collector paused (a
-    dozen young collections that would find nothing), and hand the command the collector switched on again."""
+    dozen young collections that would find nothing), freeze what the import made so that no later collection
+    scans it, and hand the command the collector switched on again."""
     from importlib.metadata import entry_points
 
     (script,) = entry_points(group="console_scripts", name="gitopsd")
@@ -130,4 +132,4 @@ def test_the_command_line_is_imported_with_the_collector_off_and_runs_with_it_on
     done = subprocess.run([sys.executable, "-c", _ENTRY_PROBE.format(how=how), "--version"], capture_output=True,
                           text=True, cwd=tmp_path, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == [collects, "True"]
+    assert done.stdout.split()[-3:] == [collects, "True", frozen]
