@@ -106,3 +106,41 @@ def test_a_loaders_first_commit_is_frozen_and_later_ones_are_not(
     later = loader.load(third)
     added = [m for name, m in later.models.items() if name not in state.models]
     assert added and not any(_frozen(m) for m in added) and gc.isenabled()
+
+
+def test_the_plan_is_freed_before_the_collector_resumes(
+    demo_repo: GitRepo,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    collector: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Alive when the collector resumed, a plan's entries (ten thousand in a big one) were scanned by its first
+    collection on the way out; they are freed by reference counting while it is still off."""
+    import weakref
+
+    plans: list[weakref.ref[object]] = []
+    alive_at_a_collection: list[bool] = []
+    real = plan_module._print
+
+    def printed(outcome: plan_module._Planned, *args: object, **kwargs: object) -> int:
+        plans.append(weakref.ref(outcome.plan))
+        return real(outcome, *args, **kwargs)  # type: ignore[arg-type]
+
+    def collecting(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and plans:
+            alive_at_a_collection.append(plans[-1]() is not None)
+
+    monkeypatch.setattr(plan_module, "_print", printed)
+    gc.enable()
+    threshold = gc.get_threshold()
+    gc.callbacks.append(collecting)
+    gc.set_threshold(1)  # a young collection at the first container made once the collector is back
+    try:
+        done = invoke(capsys, ["--state-dir", str(state_dir), "plan", "--repo", str(demo_repo.path)])
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(collecting)
+    assert done.exit_code == 0, done.output
+    assert plans and plans[0]() is None
+    assert alive_at_a_collection and not any(alive_at_a_collection)
