@@ -35,7 +35,7 @@ from gitopsd.source.urls import is_git_repository as _is_git_repository
 from gitopsd.source.urls import is_local_url as is_local_url  # noqa: PLC0414
 from gitopsd.source.urls import local_path as local_path  # noqa: PLC0414
 from gitopsd.source.urls import normalise_url as normalise_url  # noqa: PLC0414
-from gitopsd.spec.bounds import SpecLimits, too_many_files
+from gitopsd.spec.bounds import SpecLimits, too_many_entries, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
 
 _EXECUTABLE = 0o100755
@@ -225,9 +225,11 @@ class Source:
     def spec_files(self, commit: str, limits: SpecLimits | None = None) -> dict[str, str]:
         """Spec file path -> blob id for `gitops.yaml` and every `models/**/*.y(a)ml` blob in the commit.
 
-        A SpecError as soon as there are more than `limits.max_files` (the walk stops there).
+        A SpecError as soon as there are more than `limits.max_files`, or the walk has met more than
+        `limits.max_entries` files and directories (it stops there).
         """
-        most = (limits or SpecLimits()).max_files
+        limits = limits or SpecLimits()
+        most, walked = limits.max_files, 0
         tree = self._tree(commit)
         found: dict[str, str] = {}
         if REPO_SPEC in tree and isinstance(tree[REPO_SPEC], pygit2.Blob):
@@ -237,6 +239,9 @@ class Source:
         stack: list[tuple[pygit2.Tree, str]] = [(tree[SPEC_DIR], SPEC_DIR)]  # type: ignore[list-item]
         while stack:
             current, prefix = stack.pop()
+            walked += len(current)
+            if walked > limits.max_entries:
+                raise too_many_entries(limits)
             for entry in current:
                 path = f"{prefix}/{entry.name}"
                 if entry.filemode == _TREE:
@@ -244,7 +249,7 @@ class Source:
                 elif entry.filemode != _COMMIT and is_spec_path(path):
                     found[path] = str(entry.id)
                     if len(found) > most:
-                        raise too_many_files(limits or SpecLimits())
+                        raise too_many_files(limits)
         return found
 
     def blob_size(self, blob_id: str) -> int:

@@ -19,7 +19,7 @@ from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.spec.layout import SPEC_DIR
 from gitopsd.spec.text import forbidden_char
 
-__all__ = ["SpecLimits", "decode_spec", "size_problems", "too_many_files"]
+__all__ = ["SpecLimits", "decode_spec", "size_problems", "too_many_entries", "too_many_files"]
 
 _KIB = 1024
 _MIB = 1024 * _KIB
@@ -41,6 +41,9 @@ class SpecLimits:
     max_files: int = 100_000
     #: All spec files of one commit together.
     max_total_bytes: int = 256 * _MIB
+    #: Files and directories under models/ walked to find the spec files, spec files or not: a Git tree may name
+    #: one subtree many times over, so a few objects can spell billions of paths.
+    max_entries: int = 1_000_000
 
 
 def _bad_path(path: str) -> str | None:
@@ -57,6 +60,15 @@ def _bad_path(path: str) -> str | None:
 def too_many_files(limits: SpecLimits) -> SpecError:
     """The error for a commit with more than `limits.max_files` spec files."""
     message = f"more than {limits.max_files} spec files; a repository may have at most {limits.max_files}"
+    return SpecError([SpecProblem(file=SPEC_DIR + "/", line=None, field="", message=message)])
+
+
+def too_many_entries(limits: SpecLimits) -> SpecError:
+    """The error for a models/ directory with more than `limits.max_entries` files and directories."""
+    message = (
+        f"more than {limits.max_entries} files and directories under {SPEC_DIR}/ (spec files or not); a repository "
+        f"may have at most {limits.max_entries} there"
+    )
     return SpecError([SpecProblem(file=SPEC_DIR + "/", line=None, field="", message=message)])
 
 

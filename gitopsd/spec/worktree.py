@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitopsd.errors import SpecError, SpecProblem
-from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems, too_many_files
+from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems, too_many_entries, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
 from gitopsd.spec.load import check_models, load_model
 from gitopsd.spec.operator import Operator
@@ -54,14 +54,17 @@ def _submodule(root: Path, rel: str, declared: set[str]) -> str | None:
 
 
 def _spec_paths(root: Path, limits: SpecLimits) -> Iterator[Path]:
-    """gitops.yaml and the model files, in order; stops with a SpecError past `limits.max_files`."""
+    """gitops.yaml and the model files, in order; stops with a SpecError past `limits.max_files` spec files or
+    `limits.max_entries` files and directories under models/."""
     if (root / REPO_SPEC).is_file():
         yield root / REPO_SPEC
     spec_dir = root / SPEC_DIR
     if not spec_dir.is_dir():
         return
     found: list[Path] = []
-    for path in spec_dir.rglob("*"):
+    for walked, path in enumerate(spec_dir.rglob("*"), start=1):
+        if walked > limits.max_entries:
+            raise too_many_entries(limits)
         if path.suffix in (".yaml", ".yml") and path.is_file():
             found.append(path)
             if len(found) >= limits.max_files:

@@ -580,6 +580,40 @@ def test_a_gitops_yaml_of_thousands_of_refused_backends_is_composed_once_for_the
     assert composed == []
 
 
+def test_a_tree_that_names_one_subtree_over_and_over_is_refused_after_a_million_entries(tracked: Tracked) -> None:
+    """Six Git trees, each naming the next sixteen times, spell 16^5 paths under models/ (none a spec file): a
+    walk that counted only spec files read them all, and one more level multiplies that by sixteen. The walk
+    stops past `max_entries`, and the pass, `plan` and `status` say why."""
+    repo = pygit2.Repository(str(tracked.repo.path))
+    blob = repo.create_blob(b"not a spec\n")
+    level = repo.TreeBuilder()
+    for index in range(16):
+        level.insert(f"x{index}.txt", blob, pygit2.enums.FileMode.BLOB)
+    tree = level.write()
+    for _ in range(4):
+        level = repo.TreeBuilder()
+        for index in range(16):
+            level.insert(f"d{index}", tree, pygit2.enums.FileMode.TREE)
+        tree = level.write()
+    head = repo.head.peel(pygit2.Commit)
+    models = repo.TreeBuilder(head.tree["models"].id)
+    models.insert("bomb", tree, pygit2.enums.FileMode.TREE)
+    root = repo.TreeBuilder(head.tree)
+    root.insert("models", models.write(), pygit2.enums.FileMode.TREE)
+    signature = pygit2.Signature("attacker", "a@example.com")
+    bad = str(repo.create_commit("HEAD", signature, signature, "A tree bomb", root.write(), [head.id]))
+    why = "more than 1000000 files and directories under models/ (spec files or not)"
+    result = one_pass(tracked.state, tracked.repo.path)
+    assert f"commit {bad[:12]} rejected, {tracked.good[:12]} stays in force" in result.error and why in result.error
+    planned = gitopsd(tracked.state, "plan", check=False)
+    assert planned.returncode == 1 and why in planned.stderr, planned.stderr
+    assert why in gitopsd(tracked.state, "status", "--wide").stdout
+    for index in range(200):  # `validate` walks a working tree: the bound holds there too
+        tracked.repo.write(f"models/notes/n{index}.txt", "not a spec\n")
+    with pytest.raises(SpecError, match="more than 100 files and directories under models/"):
+        load_tree(tracked.repo.path, limits=SpecLimits(max_entries=100))
+
+
 def test_a_spec_that_is_not_utf8_is_refused_naming_the_byte_and_line(tracked: Tracked) -> None:
     text = tracked.repo.read(MODEL).replace("  suspend: true\n", "").replace("Separates", "Café separates")
     (tracked.repo.path / MODEL).write_bytes(text.encode("latin-1"))
