@@ -11,7 +11,8 @@ the object header, without reading them) so that the loader can refuse oversized
 streams every blob larger than `STREAM_ABOVE` bytes from `git cat-file` straight into its file, so a 1 GiB file
 in a workdir costs the daemon no more memory than a small one (a local repository is fetched by git for the
 same reason). Tree entries that could leave the export's
-directory (`..`, `.`, names with `/`) are refused.
+directory (`..`, `.`, names with `/`) are refused, and so is an export that would write more than
+`MAX_EXPORT_ENTRIES` files or `MAX_EXPORT_BYTES` bytes (weighed from the trees before anything is written).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gitopsd.source.urls import local_path as local_path  # noqa: PLC0414
 from gitopsd.source.urls import normalise_url as normalise_url  # noqa: PLC0414
 from gitopsd.spec.bounds import SpecLimits, too_many_entries, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
+from gitopsd.units import format_size
 
 _EXECUTABLE = 0o100755
 _LINK = 0o120000
@@ -47,6 +49,11 @@ _BLOB_OBJECT = int(pygit2.enums.ObjectType.BLOB)
 STREAM_ABOVE = 1024 * 1024
 #: The longest symbolic link target exported (PATH_MAX).
 _MAX_LINK = 4096
+#: The most files and directories, and bytes, one export may write: far above a real workdir, and checked from
+#: the trees and object headers before anything is written. Trees can name one subtree many times over, so a
+#: commit of a few objects could otherwise fill the run directory's disk.
+MAX_EXPORT_ENTRIES = 1_000_000
+MAX_EXPORT_BYTES = 100 * 1024**3
 
 
 def remote_heads(url: str) -> dict[str, str]:
@@ -328,8 +335,9 @@ class Source:
         Existing files are replaced. A path missing from the commit is an error, and so is a tree entry whose
         name could lead outside `dest`. Large blobs are streamed (see the module docstring).
         """
-        dest.mkdir(parents=True, exist_ok=True)
         root = self._tree(commit)
+        self._check_weight(root, sorted(set(paths)), commit)
+        dest.mkdir(parents=True, exist_ok=True)
         for path in sorted(set(paths)):
             if path in ("", "."):
                 self._export_tree(root, dest, commit)
@@ -348,6 +356,55 @@ class Source:
                 self._export_tree(obj, target, commit)
             else:
                 self._write_blob(obj.id, root[path].filemode, target)
+
+    def _check_weight(self, root: pygit2.Tree, paths: list[str], commit: str) -> None:
+        """Refuse (PermanentError) an export of `paths` that would write more than `MAX_EXPORT_ENTRIES` files and
+        directories or `MAX_EXPORT_BYTES` bytes, from the trees and object headers alone."""
+        weights: dict[pygit2.Oid, tuple[int, int]] = {}
+        entries = size = 0
+        for path in paths:
+            try:
+                obj = root if path in ("", ".") else root[path]
+            except KeyError:
+                continue  # missing: `export` says so
+            if isinstance(obj, pygit2.Tree):
+                more, grown = self._weigh(obj.id, weights)
+            elif isinstance(obj, pygit2.Blob):
+                more, grown = 1, self.repo.odb.read_header(obj.id)[1]
+            else:
+                continue  # a submodule: `export` says so
+            entries, size = entries + more, size + grown
+        if entries > MAX_EXPORT_ENTRIES or size > MAX_EXPORT_BYTES:
+            raise PermanentError(
+                f"commit {commit[:12]}: exporting {', '.join(paths)} would write {entries:,} files and directories "
+                f"({format_size(size)}); a run's tree may have at most {MAX_EXPORT_ENTRIES:,} "
+                f"({format_size(MAX_EXPORT_BYTES)})"
+            )
+
+    def _weigh(self, top: pygit2.Oid, weights: dict[pygit2.Oid, tuple[int, int]]) -> tuple[int, int]:
+        """Files and directories below the tree `top`, and their bytes: each distinct tree weighed once, however
+        many times the trees above name it."""
+        stack: list[tuple[pygit2.Oid, bool]] = [(top, False)]
+        while stack:
+            oid, children_done = stack.pop()
+            if oid in weights:
+                continue
+            tree = self.repo[oid]
+            assert isinstance(tree, pygit2.Tree)
+            if not children_done:
+                stack.append((oid, True))
+                stack.extend((e.id, False) for e in tree if e.filemode == _TREE and e.id not in weights)
+                continue
+            entries = size = 0
+            for entry in tree:
+                entries += 1
+                if entry.filemode == _TREE:
+                    below = weights[entry.id]
+                    entries, size = entries + below[0], size + below[1]
+                elif entry.filemode != _COMMIT:
+                    size += self.repo.odb.read_header(entry.id)[1]
+            weights[oid] = (entries, size)
+        return weights[top]
 
     def _export_tree(self, tree: pygit2.Tree, dest: Path, commit: str) -> None:
         stack: list[tuple[pygit2.Tree, Path]] = [(tree, dest)]

@@ -833,6 +833,32 @@ def test_a_tree_entry_named_dotdot_cannot_write_outside_the_run(demo_repo: GitRe
     assert not list(tmp_path.rglob("pwned.txt"))
 
 
+def test_a_workdir_that_names_one_subtree_over_and_over_fails_the_run_before_anything_is_written(
+    demo_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Eight trees, each naming the next sixteen times, spell 16^7 files (268 million) under src/: exported, they
+    would fill the run directory's disk. The export weighs the trees first (each distinct tree once) and the run
+    fails naming the bound; nothing of the tree is written."""
+    blob = git(demo_repo, "hash-object", "-w", "--stdin", stdin="x\n")
+    tree = git(demo_repo, "mktree", stdin="".join(f"100644 blob {blob}\tf{i}\n" for i in range(16)))
+    for _ in range(6):
+        tree = git(demo_repo, "mktree", stdin="".join(f"040000 tree {tree}\td{i}\n" for i in range(16)))
+    src = git(demo_repo, "ls-tree", "HEAD:src") + f"\n040000 tree {tree}\tbomb\n"
+    root = git(demo_repo, "ls-tree", "HEAD").replace(
+        git(demo_repo, "rev-parse", "HEAD:src"), git(demo_repo, "mktree", stdin=src)
+    )
+    commit = git(demo_repo, "commit-tree", git(demo_repo, "mktree", stdin=root + "\n"), "-p", "HEAD", "-m", "bomb")
+    git(demo_repo, "update-ref", "refs/heads/main", commit)
+    state = tmp_path / "state"
+    result = one_pass(state, demo_repo.path)
+    [(run_id, phase)] = runs(state)
+    assert phase == "Failed", result
+    shown = gitopsd(state, "status", "--wide").stdout
+    assert "would write 286,331,155 files and directories (512 MiB)" in shown, shown
+    assert "a run's tree may have at most 1,000,000 (100.0 GiB)" in shown, shown
+    assert not (state / "runs" / run_id / "tree" / "src").exists()
+
+
 def test_a_spec_file_whose_name_would_forge_a_log_line_is_refused(tracked: Tracked) -> None:
     forged = "models/x\n12:00:00 INFO blobs: registered blobs@9.yaml"
     tracked.repo.write(forged, tracked.repo.read(MODEL).replace("name: blobs", "name: forged"))
