@@ -29,7 +29,7 @@ def _escaped(char: str) -> str:
     return repr(char)[1:-1]
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """`text` with every control character written as its Python escape (a newline as \\n), and every byte of
     a name that is not UTF-8 as \\xNN."""
     return _UNPRINTABLE.sub(lambda m: _escaped(m.group()), text)
@@ -75,9 +75,9 @@ class SpecProblem:
 
     def __str__(self) -> str:
         """One line, whatever the file, field or message hold: a hostile spec cannot forge a log line."""
-        where = f"{_printable(self.file)}:{self.line}" if self.line else _printable(self.file)
-        field = f" {_printable(self.field)}:" if self.field else ""
-        return f"{where}:{field} {_printable(self.message)}"
+        where = f"{printable(self.file)}:{self.line}" if self.line else printable(self.file)
+        field = f" {printable(self.field)}:" if self.field else ""
+        return f"{where}:{field} {printable(self.message)}"
 
 
 class SpecError(PermanentError):

@@ -175,6 +175,7 @@ def registry_rebuild(ctx: Context, store_uri: str | None, endpoint_url: str | No
 @command("lineage", arg("label"))
 def lineage(ctx: Context, label: str) -> None:
     """Where NAME@N came from: commit, code tree, data, job, host, metrics."""
+    from gitopsd.errors import printable
     from gitopsd.source.redact import redact_url
 
     v, packages = _get_version(ctx, label)
@@ -210,8 +211,8 @@ def lineage(ctx: Context, label: str) -> None:
     for gate in v.gates:
         rows.append(("gate", f"{gate['gate']}: {gate['value']} {'passed' if gate['passed'] else 'FAILED'}"))
     rows.append(("metrics", ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))))
-    for key, value in rows:
-        echo(f"{key:<11} {value}")
+    for key, value in rows:  # a pusher wrote the subject, a training's environment the host and packages
+        echo(f"{key:<11} {printable(str(value))}")
 
 
 @command(
@@ -277,6 +278,8 @@ def history(ctx: Context, model: str, as_json: bool) -> None:
 
 
 def _history_line(model: str, e: dict[str, Any]) -> str:
+    from gitopsd.errors import printable
+
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
     if e["event"] == "registered":
         what = f"{model}@{e['version']} registered (sha256:{e['artifact'][:12]})"
@@ -284,7 +287,7 @@ def _history_line(model: str, e: dict[str, Any]) -> str:
         previous = f"{model}@{e['previous']}" if e["previous"] else "-"
         target = f"{model}@{e['version']}" if e["version"] else "nothing"
         what = f"{e['alias']} {e['event'].removeprefix('alias ')}: {previous} -> {target}"
-    return f"{when}  {e['commit'][:12]}  {what}  ({e['subject']})"
+    return f"{when}  {e['commit'][:12]}  {what}  ({printable(str(e['subject'] or ''))})"  # written by a pusher
 
 
 def _base_chain(ctx: Context, version: Any) -> list[str]:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from gitopsd.errors import SpecProblem, _printable
+from gitopsd.errors import SpecProblem, printable
 from gitopsd.reconcile.changeplan import AliasChange, ChangePlan, Entry, Totals, Verdict
 from gitopsd.source.redact import redact_text
 
@@ -73,7 +73,7 @@ def term(text: object) -> str:
     line = str(text)
     if line.isascii() and line.isprintable() and "://" not in line:
         return line  # nothing to write out or redact: most of the ten thousand names and reasons of a plan
-    return _printable(redact_text(line))
+    return printable(redact_text(line))
 
 
 def _short(commit: str | None) -> str:

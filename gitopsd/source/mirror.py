@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pygit2
 
-from gitopsd.errors import PermanentError, SourceUnavailable
+from gitopsd.errors import PermanentError, SourceUnavailable, printable
 from gitopsd.source.credentials import EnvCredentials
 from gitopsd.source.redact import redact_text, redact_url
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
@@ -52,6 +52,8 @@ _MAX_LINK = 4096
 #: The most files and directories, and bytes, one export may write: far above a real workdir, and checked from
 #: the trees and object headers before anything is written. Trees can name one subtree many times over, so a
 #: commit of a few objects could otherwise fill the run directory's disk.
+#: The most characters of a commit's subject or author that lineage keeps.
+MAX_COMMIT_TEXT = 200
 MAX_EXPORT_ENTRIES = 1_000_000
 MAX_EXPORT_BYTES = 100 * 1024**3
 
@@ -76,6 +78,12 @@ def remote_heads(url: str) -> dict[str, str]:
         except (pygit2.GitError, KeyError, ValueError) as exc:
             raise SourceUnavailable(f"cannot list {shown}: {redact_text(str(exc))}") from exc
     return {h.name: str(h.oid) for h in heads if h.name and h.name.startswith("refs/heads/")}
+
+
+def _shown(text: str) -> str:
+    """Commit text as lineage keeps it: printable, at most `MAX_COMMIT_TEXT` characters (then an ellipsis)."""
+    text = printable(text)
+    return text if len(text) <= MAX_COMMIT_TEXT else text[: MAX_COMMIT_TEXT - 1] + "…"
 
 
 class Source:
@@ -180,14 +188,17 @@ class Source:
         return obj.tree
 
     def commit_info(self, commit: str) -> dict[str, str | int]:
-        """Author, time and subject of a commit, for lineage and status."""
+        """Author, time and subject of a commit, for lineage and status: whoever pushed wrote them, so control
+        characters are escaped (an escape sequence would reach an operator's terminal through `history`) and
+        each is cut to `MAX_COMMIT_TEXT` characters (it is kept in every version's lineage and alias move)."""
         obj = self.repo.get(commit)
         assert isinstance(obj, pygit2.Commit)
+        subject = obj.message[: MAX_COMMIT_TEXT * 4].splitlines()[0] if obj.message else ""
         return {
             "commit": commit,
-            "author": f"{obj.author.name} <{obj.author.email}>",
+            "author": _shown(f"{obj.author.name} <{obj.author.email}>"),
             "time": obj.commit_time,
-            "subject": obj.message.splitlines()[0] if obj.message else "",
+            "subject": _shown(subject),
         }
 
     def object_id(self, commit: str, path: str) -> str | None:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitopsd.errors import SpecProblem, _printable
+from gitopsd.errors import SpecProblem, printable
 from gitopsd.reconcile.changeplan import Because, ChangePlan, Entry, Verdict, Why, invalid
 from gitopsd.reconcile.planreport import MARKER, MAX_MARKDOWN, md, render_markdown, term
 from gitopsd.source.redact import redact_text
@@ -126,7 +126,7 @@ _PIECES = st.characters() | st.sampled_from(["https://", "u:p@", "\x7f", "\x1b",
 
 @given(st.lists(_PIECES).map("".join))
 def test_term_is_the_escaped_redacted_text_for_any_text(text: str) -> None:
-    assert term(text) == _printable(redact_text(text))
+    assert term(text) == printable(redact_text(text))
 
 
 def _many(count: int, hours: float | None = 1.0) -> ChangePlan:
