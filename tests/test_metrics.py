@@ -121,6 +121,14 @@ def test_only_numeric_fields_are_kept_and_ints_become_floats() -> None:
     assert all(type(v) is float for v in point.values())
 
 
+def test_a_metric_name_with_a_control_character_or_too_long_is_ignored() -> None:
+    """A training names its metrics; an escape sequence in a name would reach an operator's terminal through
+    `registry list`, so such a name is skipped like a non-numeric field."""
+    names = ["loss", "\x1b]0;owned\x07acc", "bidi\u202eevil", "new\nline", "x" * 257, "y" * 256, "épsilon"]
+    point = parse_line(json.dumps(dict.fromkeys(names, 1.0)).encode())
+    assert point == {"loss": 1.0, "y" * 256: 1.0, "épsilon": 1.0}
+
+
 @pytest.mark.parametrize(
     "line",
     [b"", b"   ", b"not json", b"[1, 2, 3]", b"42", b'"loss"', b"null", b'{"loss": 1.0', b"\xff\xfe{}", b'{"x": "y"}'],

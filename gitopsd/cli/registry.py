@@ -35,8 +35,10 @@ def registry_list(ctx: Context, model: str | None, as_json: bool) -> None:
 
 
 def _version_line(v: Any) -> str:
-    shown = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
-    return f"{v.label:<24} sha256:{v.sha256[:12]}  {v.size:>10} B  commit {v.commit[:12]}  {shown}"
+    from gitopsd.errors import printable
+
+    shown = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))  # names a training wrote
+    return f"{v.label:<24} sha256:{v.sha256[:12]}  {v.size:>10} B  commit {v.commit[:12]}  {printable(shown)}"
 
 
 def _get_version(ctx: Context, label: str) -> tuple[Any, dict[str, str] | None]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from gitopsd.reconcile.outputs import SETTING, SHOWN, OutputLimits, open_output, over_limit, sized
 from gitopsd.registry.beneath import OutputRefused
+from gitopsd.spec.text import forbidden_char
 
 log = logging.getLogger("gitopsd")
 
@@ -38,6 +39,8 @@ MAX_NAMES = 1024
 """Most distinct metrics kept per run; later new names are ignored."""
 
 MAX_NAME_LENGTH = 256
+"""Longest metric name kept; a longer one, or one with a control character (an escape sequence would reach an
+operator's terminal through `registry list`), is ignored like a non-numeric field."""
 """Longest metric name kept; longer keys are ignored."""
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -74,7 +77,8 @@ def _numbers(line: bytes) -> dict[str, float]:
         return {}
     point: dict[str, float] = {}
     for key, value in data.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and len(key) <= MAX_NAME_LENGTH:
+        if (isinstance(value, int | float) and not isinstance(value, bool) and len(key) <= MAX_NAME_LENGTH
+                and forbidden_char(key) is None):  # fmt: skip
             try:
                 point[str(key)] = float(value)
             except OverflowError:
