@@ -270,6 +270,8 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
         if lease:
             return lease_line(lease)
         return "nothing reconciled yet in this state directory (run `gitopsd reconcile --repo URL|PATH`)"
+    from gitopsd.errors import printable  # not before: `status` of an empty state directory stays light
+
     applied = (repo["applied_commit"] or "none")[:12]
     fetched = (repo["fetched_commit"] or "none")[:12]
     lines.append(
@@ -278,13 +280,14 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
     )
     if lease:
         lines.append(f"  {lease_line(lease)}")
-    if repo["error"]:
-        lines.append(f"  {repo['error_reason']}: " + repo["error"].replace("\n", "\n    "))
+    if repo["error"]:  # one line per line of the error, each escaped: a spec file's name is any pusher's
+        shown = "\n    ".join(printable(line) for line in repo["error"].split("\n"))
+        lines.append(f"  {repo['error_reason']}: {shown}")
     for entry in doc.get("pending", ()):
         why = ""
         if entry["attempts"]:
             at = format_time(entry["next_retry_at"] or 0)
-            why = f" ({entry['attempts']} failed attempt(s), next retry at {at}: {entry['error']})"
+            why = f" ({entry['attempts']} failed attempt(s), next retry at {at}: {printable(entry['error'])})"
         lines.append(f"  {entry['count']} {entry['waiting_for']}{why}")
     for entry in doc.get("notifications", ()):
         line = notification_line(entry)
@@ -303,7 +306,7 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
                 run.get("id") or "-",
                 run.get("phase") or "-",
                 m["reason"],
-                m["message"],
+                printable(m["message"]),  # it may name what a training wrote (a file in its outputs)
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]

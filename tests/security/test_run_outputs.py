@@ -28,7 +28,7 @@ from gitopsd.model import JobRef
 from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.spec.operator import Operator, OperatorBackend
-from tests.conftest import GitRepo, gitopsd
+from tests.conftest import GitRepo, gitopsd, on_a_terminal
 from tests.security.conftest import Canary
 
 MODEL = "models/blobs.yaml"
@@ -249,6 +249,21 @@ def test_an_output_that_would_block_or_never_end_fails_the_run_and_the_pass_goes
     gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120)
     assert_refused(state_dir, canary, *fragments)
     assert "0 action(s)" in gitopsd(state_dir, "reconcile", timeout=60).stdout
+
+
+def test_a_file_a_training_names_with_escape_sequences_never_reaches_a_terminal_raw(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary
+) -> None:
+    """The refusal names the training's own file, and `status` printed messages as they were: a FIFO called
+    ESC]0;...BEL in a directory artifact retitled the operator's terminal. Messages are escaped when shown."""
+    script = ("good_metrics()\nos.makedirs(os.path.join(out, 'model'))\n"
+              "os.mkfifo(os.path.join(out, 'model', '\\x1b]0;owned\\x07\\x1b[2J'))\n")  # fmt: skip
+    add_hostile_model(demo_repo, script, artifact="model")
+    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120)
+    assert_refused(state_dir, canary, "is a FIFO (named pipe)")
+    for args in (("status",), ("status", "--wide")):
+        shown = on_a_terminal(state_dir, *args)
+        assert "\x1b" not in shown and "model/\\x1b]0;owned\\x07\\x1b[2J is a FIFO" in shown, shown
 
 
 def test_a_2_gib_metrics_file_is_refused_by_its_size_without_being_read(
