@@ -70,17 +70,13 @@ def setup_logging(ctx: Context) -> None:
     import logging
 
     from gitopsd.daemon.logdedup import RepeatFilter
-    from gitopsd.daemon.logs import RedactUrls
+    from gitopsd.daemon.logs import RedactUrls, TextFormatter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactUrls())  # no credential in a URL reaches the terminal, whoever logs it
     handler.addFilter(RepeatFilter())  # `reconcile --wait` meets the same warning on every pass: say it once
-    logging.basicConfig(
-        level=logging.DEBUG if ctx.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[handler],
-    )
+    handler.setFormatter(TextFormatter())  # no escape sequence either, and no line that passes for a log line
+    logging.basicConfig(level=logging.DEBUG if ctx.verbose else logging.INFO, handlers=[handler])
     if not ctx.verbose:  # "Found credentials in environment variables." is no news on a terminal
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

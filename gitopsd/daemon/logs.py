@@ -4,7 +4,8 @@ Call sites pass what the line is about as `extra` (model, run_id, commit, reason
 formatter turns those into fields, so `journalctl -o json` can be filtered by model or run. Secrets are never
 passed to a logger; `RedactUrls`, on every handler, is the last wall behind that rule: a URL with credentials
 that reaches a log line anyway (from a library's message or a traceback) is written without them.
-`RepeatFilter` (logdedup) writes a repeated identical warning or error once per ten minutes.
+`RepeatFilter` (logdedup) writes a repeated identical warning or error once per ten minutes. On a terminal,
+`TextFormatter` escapes control characters and indents a message's later lines.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 
 from gitopsd.daemon.logdedup import RepeatFilter
+from gitopsd.errors import printable
 from gitopsd.source.redact import redact_text
 
 FIELDS = ("repository", "model", "run_id", "commit", "reason", "trigger")
@@ -34,6 +36,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["error"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line)
+
+
+class TextFormatter(logging.Formatter):
+    """`TIME LEVEL message` for a terminal. A message may quote what a pusher or a training wrote (a file name in
+    a refusal), so control characters are escaped and each line after the first is indented: no escape
+    sequence reaches the terminal, and no text can pass for a log line of its own."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n    ".join(printable(line) for line in super().format(record).split("\n"))
 
 
 class RedactUrls(logging.Filter):
@@ -62,9 +76,7 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactUrls())
     handler.addFilter(RepeatFilter())
-    handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    )
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

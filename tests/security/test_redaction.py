@@ -123,6 +123,34 @@ def test_the_log_filter_redacts_messages_arguments_and_tracebacks() -> None:
     assert f"https://{REDACTED}@host/y.git refused" in lines[2]["error"]
 
 
+def test_a_text_log_line_escapes_control_characters_and_indents_what_could_pass_for_another_line() -> None:
+    """A log message may quote a name a training or a pusher chose: on a terminal, an escape sequence would act
+    and a newline could forge a line of its own. The daemon's text logs and the command line's both escape."""
+    from gitopsd.cli.args import Context
+    from gitopsd.cli.main import setup_logging
+    from gitopsd.daemon import logs
+
+    record = logging.LogRecord("gitopsd", logging.ERROR, __file__, 1, "run r failed: out/%s is a FIFO", (
+        "\x1b]0;owned\x07x\n12:00:00 INFO blobs@9 registered",), None)  # fmt: skip
+    text = logs.TextFormatter().format(record)
+    first, second = text.split("\n")
+    assert first.endswith("run r failed: out/\\x1b]0;owned\\x07x") and "\x1b" not in text
+    assert second == "    12:00:00 INFO blobs@9 registered is a FIFO"
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        for daemon in (True, False):
+            root.handlers[:] = []
+            if daemon:
+                logs.setup("info", "text")
+            else:
+                setup_logging(Context(state_dir=Path("."), config=None, verbose=False))
+            assert [type(h.formatter) for h in root.handlers] == [logs.TextFormatter]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
 # -- a credential in the repository URL, through the real daemon -------------------------------------------
 
 

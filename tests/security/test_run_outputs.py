@@ -254,12 +254,13 @@ def test_an_output_that_would_block_or_never_end_fails_the_run_and_the_pass_goes
 def test_a_file_a_training_names_with_escape_sequences_never_reaches_a_terminal_raw(
     demo_repo: GitRepo, state_dir: Path, canary: Canary
 ) -> None:
-    """The refusal names the training's own file, and `status` printed messages as they were: a FIFO called
-    ESC]0;...BEL in a directory artifact retitled the operator's terminal. Messages are escaped when shown."""
+    """The refusal names the training's own file, and `status` and the log printed messages as they were: a FIFO
+    called ESC]0;...BEL in a directory artifact retitled the operator's terminal. Both escape what they show."""
     script = ("good_metrics()\nos.makedirs(os.path.join(out, 'model'))\n"
               "os.mkfifo(os.path.join(out, 'model', '\\x1b]0;owned\\x07\\x1b[2J'))\n")  # fmt: skip
     add_hostile_model(demo_repo, script, artifact="model")
-    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120)
+    logged = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120).stderr
+    assert "is a FIFO" in logged and "\x1b" not in logged, "the log line about it is escaped too"
     assert_refused(state_dir, canary, "is a FIFO (named pipe)")
     for args in (("status",), ("status", "--wide")):
         shown = on_a_terminal(state_dir, *args)
