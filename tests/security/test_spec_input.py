@@ -812,18 +812,21 @@ def git(repo: GitRepo, *args: str, stdin: str | None = None) -> str:
     return done.stdout.strip()
 
 
+def push_under_src(repo: GitRepo, name: str, tree: str, message: str) -> None:
+    """Commit HEAD's tree with `tree` added to src/ as `name`, as a push would, whatever Git's own tools allow."""
+    src = git(repo, "ls-tree", "HEAD:src") + f"\n040000 tree {tree}\t{name}\n"
+    root = git(repo, "ls-tree", "HEAD").replace(git(repo, "rev-parse", "HEAD:src"), git(repo, "mktree", stdin=src))
+    commit = git(repo, "commit-tree", git(repo, "mktree", stdin=root + "\n"), "-p", "HEAD", "-m", message)
+    git(repo, "update-ref", "refs/heads/main", commit)
+
+
 def test_a_tree_entry_named_dotdot_cannot_write_outside_the_run(demo_repo: GitRepo, tmp_path: Path) -> None:
     """Git's own tools refuse such trees, but `git mktree` writes them and nothing stops a push."""
     blob = git(demo_repo, "hash-object", "-w", "--stdin", stdin="pwned\n")
     tree = git(demo_repo, "mktree", stdin=f"100644 blob {blob}\tpwned.txt\n")
     for _ in range(5):  # runs/ID/tree/src/../../../../.. is the state directory's parent
         tree = git(demo_repo, "mktree", stdin=f"040000 tree {tree}\t..\n")
-    src = git(demo_repo, "ls-tree", "HEAD:src") + f"\n040000 tree {tree}\t..\n"
-    root = git(demo_repo, "ls-tree", "HEAD").replace(
-        git(demo_repo, "rev-parse", "HEAD:src"), git(demo_repo, "mktree", stdin=src)
-    )
-    commit = git(demo_repo, "commit-tree", git(demo_repo, "mktree", stdin=root + "\n"), "-p", "HEAD", "-m", "escape")
-    git(demo_repo, "update-ref", "refs/heads/main", commit)
+    push_under_src(demo_repo, "..", tree, "escape")
     state = tmp_path / "state"
     result = one_pass(state, demo_repo.path)
     [(_, phase)] = runs(state)
@@ -843,12 +846,7 @@ def test_a_workdir_that_names_one_subtree_over_and_over_fails_the_run_before_any
     tree = git(demo_repo, "mktree", stdin="".join(f"100644 blob {blob}\tf{i}\n" for i in range(16)))
     for _ in range(6):
         tree = git(demo_repo, "mktree", stdin="".join(f"040000 tree {tree}\td{i}\n" for i in range(16)))
-    src = git(demo_repo, "ls-tree", "HEAD:src") + f"\n040000 tree {tree}\tbomb\n"
-    root = git(demo_repo, "ls-tree", "HEAD").replace(
-        git(demo_repo, "rev-parse", "HEAD:src"), git(demo_repo, "mktree", stdin=src)
-    )
-    commit = git(demo_repo, "commit-tree", git(demo_repo, "mktree", stdin=root + "\n"), "-p", "HEAD", "-m", "bomb")
-    git(demo_repo, "update-ref", "refs/heads/main", commit)
+    push_under_src(demo_repo, "bomb", tree, "bomb")
     state = tmp_path / "state"
     result = one_pass(state, demo_repo.path)
     [(run_id, phase)] = runs(state)
