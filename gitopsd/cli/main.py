@@ -458,7 +458,12 @@ def _no_status_yet(directory: Path) -> str:
 )
 def logs(ctx: Context, model: str, run_id: str | None) -> None:
     """Print the output of MODEL's latest run."""
+    import os
     import sqlite3
+
+    from gitopsd.cli.jsonstream import stdout, write_lines
+    from gitopsd.source.redact import redact_text
+    from gitopsd.ui.runfiles import log_lines, log_names, open_file, run_dir_of
 
     db = state_dir(ctx) / "state.db"
     if not db.exists():
@@ -469,12 +474,22 @@ def logs(ctx: Context, model: str, run_id: str | None) -> None:
     conn.close()
     if row is None:
         fail(f"no run of {model!r}" + (f" with id {run_id}" if run_id else ""))
-    files = sorted((Path(row[1]) / "logs").glob("*"))
-    if not files:
+    # The run directory is the training's to write: its logs are opened as the dashboard opens them (no link
+    # followed, nothing that blocks, only regular files), streamed, and credentials in URLs redacted.
+    run_dir = run_dir_of(state_dir(ctx), row[0], row[1])
+    names = log_names(run_dir) if run_dir is not None else []
+    if run_dir is None or not names:
         fail(f"run {row[0]} has no logs yet")
-    for path in files:
-        echo(f"==> {path} <==")
-        echo(path.read_text(errors="replace"), nl=False)
+    for name in names:
+        opened = open_file(run_dir, f"logs/{name}")
+        if opened is None:
+            continue
+        fd, _ = opened
+        try:
+            echo(f"==> {run_dir / 'logs' / name} <==")
+            write_lines(map(redact_text, log_lines(fd)), stdout())
+        finally:
+            os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> None:

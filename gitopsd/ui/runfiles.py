@@ -11,9 +11,11 @@ Whatever is refused reads as absent: the dashboard shows nothing rather than som
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,47 @@ def newest_log(run_dir: Path) -> str | None:
     finally:
         os.close(logs)
     return None if best is None else best[1]
+
+
+def log_names(run_dir: Path) -> list[str]:
+    """The regular files in `run_dir/logs` (no link, at most `MAX_LOG_FILES` looked at), by name."""
+    try:
+        root = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        logs, _ = open_beneath(root, "logs", "run", directory=True)
+    except (OSError, OutputRefused):
+        return []
+    finally:
+        os.close(root)
+    try:
+        with os.scandir(logs) as entries:
+            found = [
+                e.name for _, e in zip(range(MAX_LOG_FILES), entries, strict=False) if e.is_file(follow_symlinks=False)
+            ]
+    except OSError:
+        return []
+    finally:
+        os.close(logs)
+    return sorted(found)
+
+
+def log_lines(fd: int, *, longest: int = 1 << 20) -> Iterator[str]:
+    """The lines of the open log `fd`, decoded with replacement and read a chunk at a time: a training's log may
+    be any size, so memory does not grow with it. A line longer than `longest` characters comes in pieces."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    while chunk := os.read(fd, 1 << 20):
+        pending += decoder.decode(chunk)
+        *lines, pending = pending.split("\n")
+        yield from lines
+        while len(pending) > longest:
+            yield pending[:longest]
+            pending = pending[longest:]
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
 
 
 def tail(run_dir: Path, nbytes: int) -> Tail | None:

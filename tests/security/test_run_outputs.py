@@ -267,6 +267,30 @@ def test_a_file_a_training_names_with_escape_sequences_never_reaches_a_terminal_
         assert "\x1b" not in shown and "model/\\x1b]0;owned\\x07\\x1b[2J is a FIFO" in shown, shown
 
 
+def test_gitopsd_logs_follows_no_link_blocks_on_no_fifo_and_redacts_what_the_training_printed(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary
+) -> None:
+    """An unconfined training can write its run's logs/ directory: `gitopsd logs` printed every entry whole, so a
+    link there read the daemon's files, a FIFO hung the command, and a 3 MiB line was held at once. It now reads
+    the logs as the dashboard does, streamed, with credentials in URLs redacted."""
+    script = (
+        f"SECRET = {str(canary.file)!r}\n"
+        "logs = os.path.join(run_dir, 'logs')\n"
+        "os.symlink(SECRET, os.path.join(logs, 'leak.log'))\n"
+        "os.mkfifo(os.path.join(logs, 'zz.fifo'))\n"
+        "print('cloning https://alice:hunter2-canary@example.com/x.git', flush=True)\n"
+        "print('x' * (3 << 20), flush=True)\n"
+        "good_metrics()\nartifact()\n"
+    )
+    add_hostile_model(demo_repo, script)
+    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120)
+    shown = gitopsd(state_dir, "logs", HOSTILE, timeout=60).stdout
+    assert "cloning https://" in shown and "hunter2-canary" not in shown
+    assert "x" * (3 << 20) in shown.replace("\n", ""), "the long line is printed, in pieces"
+    assert "leak.log" not in shown and "zz.fifo" not in shown
+    canary.assert_not_in(shown)
+
+
 def test_a_2_gib_metrics_file_is_refused_by_its_size_without_being_read(
     demo_repo: GitRepo, state_dir: Path, canary: Canary
 ) -> None:
