@@ -151,6 +151,16 @@ def test_a_text_log_line_escapes_control_characters_and_indents_what_could_pass_
         root.setLevel(saved[1])
 
 
+def test_a_pass_error_reaches_the_terminal_escaped(state_dir: Path) -> None:
+    """A pass's error quotes what it could not reach (a path, a remote's own message): `reconcile` printed it
+    and its log line raw. Both escape it, as `plan` does."""
+    target = "/nonexistent/\x1b]0;owned\x07"
+    for command in ("reconcile", "plan"):
+        done = gitopsd(state_dir, command, "--repo", target, check=False)
+        assert done.returncode == 1 and "/nonexistent/\\x1b]0;owned\\x07" in done.stderr, done.stderr
+        assert "\x1b" not in done.stdout + done.stderr
+
+
 # -- a credential in the repository URL, through the real daemon -------------------------------------------
 
 
