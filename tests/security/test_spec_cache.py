@@ -67,7 +67,7 @@ def tracked(demo_repo: GitRepo, tmp_path: Path) -> tuple[GitRepo, Path, str]:
     demo_repo.edit(MODEL, *TYPO)
     demo_repo.commit("A typo")
     output = reconcile(tmp_path / "no-cache", demo_repo)
-    problem = next(line for line in output.splitlines() if "comand" in line)
+    problem = next(line.strip() for line in output.splitlines() if "comand" in line)  # a log line's is indented
     assert problem.startswith(f"{MODEL}:") and "spec.train.comand" in problem
     return demo_repo, state, problem
 
