@@ -35,6 +35,12 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(lambda m: _escaped(m.group()), text)
 
 
+def printable_lines(text: str, *, indent: str = "") -> str:
+    """`text` as lines for a terminal or a log: each line `printable`, every one after the first prefixed with
+    `indent` (so that none passes for a line of its own)."""
+    return f"\n{indent}".join(printable(line) for line in text.split("\n"))
+
+
 class GitopsdError(Exception):
     """Base class of every error gitopsd raises on purpose."""
 

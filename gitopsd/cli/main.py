@@ -335,10 +335,10 @@ def reconcile(
     finally:
         rec.close()
     if result.error:
-        from gitopsd.errors import printable
+        from gitopsd.errors import printable_lines
         from gitopsd.source.redact import redact_text
 
-        echo("\n".join(map(printable, redact_text(result.error).split("\n"))), err=True)  # a remote's words too
+        echo(printable_lines(redact_text(result.error)), err=True)  # it may quote a remote's words
     echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight")
     if result.error or (mode == "wait" and result.active):
         raise SystemExit(1)

@@ -27,7 +27,7 @@ from gitopsd.cli.args import Context, UsageError
 from gitopsd.cli.common import fail, operator, output_limits, state_dir, verify_policy
 from gitopsd.cli.console import echo
 from gitopsd.cli.jsonstream import indent_for, stdout
-from gitopsd.errors import printable
+from gitopsd.errors import printable_lines
 from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.source.redact import redact_text
 
@@ -101,7 +101,7 @@ def _print(
 
     plan = outcome.plan
     if plan.error:  # each line escaped: it may quote a remote's or a spec file's words
-        echo("\n".join(map(printable, redact_text(plan.error).split("\n"))), err=True)
+        echo(printable_lines(redact_text(plan.error)), err=True)
     for problem in plan.problems:
         echo(str(problem), err=True)
     if fmt == "json":  # indented on a terminal, on one line when piped: as every --json of the command line

@@ -16,7 +16,7 @@ import sys
 import time
 
 from gitopsd.daemon.logdedup import RepeatFilter
-from gitopsd.errors import printable
+from gitopsd.errors import printable_lines
 from gitopsd.source.redact import redact_text
 
 FIELDS = ("repository", "model", "run_id", "commit", "reason", "trigger")
@@ -47,7 +47,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        return "\n    ".join(printable(line) for line in super().format(record).split("\n"))
+        return printable_lines(super().format(record), indent="    ")
 
 
 class RedactUrls(logging.Filter):

@@ -270,7 +270,7 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
         if lease:
             return lease_line(lease)
         return "nothing reconciled yet in this state directory (run `gitopsd reconcile --repo URL|PATH`)"
-    from gitopsd.errors import printable  # not before: `status` of an empty state directory stays light
+    from gitopsd.errors import printable, printable_lines  # not before: an empty state directory's stays light
 
     applied = (repo["applied_commit"] or "none")[:12]
     fetched = (repo["fetched_commit"] or "none")[:12]
@@ -280,9 +280,8 @@ def render(doc: dict[str, Any], *, wide: bool = False) -> str:
     )
     if lease:
         lines.append(f"  {lease_line(lease)}")
-    if repo["error"]:  # one line per line of the error, each escaped: a spec file's name is any pusher's
-        shown = "\n    ".join(printable(line) for line in repo["error"].split("\n"))
-        lines.append(f"  {repo['error_reason']}: {shown}")
+    if repo["error"]:  # each line escaped: a spec file's name is any pusher's
+        lines.append(f"  {repo['error_reason']}: {printable_lines(repo['error'], indent='    ')}")
     for entry in doc.get("pending", ()):
         why = ""
         if entry["attempts"]:
