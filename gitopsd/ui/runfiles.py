@@ -97,57 +97,43 @@ class Tail:
     name: str
 
 
-def newest_log(run_dir: Path) -> str | None:
-    """The name of the most recently written regular file in `run_dir/logs` (the current segment's log)."""
+def _log_files(run_dir: Path) -> list[tuple[str, int]]:
+    """The regular files in `run_dir/logs` (no link followed, at most `MAX_LOG_FILES` looked at) and the time
+    each was last written (ns); [] when there is no such directory or it is refused."""
     try:
         root = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return None
+        return []
     try:
         logs, _ = open_beneath(root, "logs", "run", directory=True)
     except (OSError, OutputRefused):
-        return None
+        return []
     finally:
         os.close(root)
-    best: tuple[int, str] | None = None
+    found: list[tuple[str, int]] = []
     try:
         with os.scandir(logs) as entries:
             for count, entry in enumerate(entries):
                 if count >= MAX_LOG_FILES:
                     break
                 if entry.is_file(follow_symlinks=False):
-                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
-                    if best is None or (mtime, entry.name) > best:
-                        best = (mtime, entry.name)
+                    found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime_ns))
     except OSError:
-        return None
+        return []
     finally:
         os.close(logs)
-    return None if best is None else best[1]
+    return found
+
+
+def newest_log(run_dir: Path) -> str | None:
+    """The name of the most recently written regular file in `run_dir/logs` (the current segment's log)."""
+    found = _log_files(run_dir)
+    return max(found, key=lambda f: (f[1], f[0]))[0] if found else None
 
 
 def log_names(run_dir: Path) -> list[str]:
     """The regular files in `run_dir/logs` (no link, at most `MAX_LOG_FILES` looked at), by name."""
-    try:
-        root = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return []
-    try:
-        logs, _ = open_beneath(root, "logs", "run", directory=True)
-    except (OSError, OutputRefused):
-        return []
-    finally:
-        os.close(root)
-    try:
-        with os.scandir(logs) as entries:
-            found = [
-                e.name for _, e in zip(range(MAX_LOG_FILES), entries, strict=False) if e.is_file(follow_symlinks=False)
-            ]
-    except OSError:
-        return []
-    finally:
-        os.close(logs)
-    return sorted(found)
+    return sorted(name for name, _ in _log_files(run_dir))
 
 
 def log_lines(fd: int, *, longest: int = 1 << 20) -> Iterator[str]:
