@@ -820,6 +820,14 @@ def push_under_src(repo: GitRepo, name: str, tree: str, message: str) -> None:
     git(repo, "update-ref", "refs/heads/main", commit)
 
 
+def failed_run(state: Path, repo: GitRepo) -> tuple[str, str]:
+    """One pass of `repo` into `state`, whose one run must fail: its id, and what `status --wide` says."""
+    result = one_pass(state, repo.path)
+    [(run_id, phase)] = runs(state)
+    assert phase == "Failed", result
+    return run_id, gitopsd(state, "status", "--wide").stdout
+
+
 def test_a_tree_entry_named_dotdot_cannot_write_outside_the_run(demo_repo: GitRepo, tmp_path: Path) -> None:
     """Git's own tools refuse such trees, but `git mktree` writes them and nothing stops a push."""
     blob = git(demo_repo, "hash-object", "-w", "--stdin", stdin="pwned\n")
@@ -827,11 +835,7 @@ def test_a_tree_entry_named_dotdot_cannot_write_outside_the_run(demo_repo: GitRe
     for _ in range(5):  # runs/ID/tree/src/../../../../.. is the state directory's parent
         tree = git(demo_repo, "mktree", stdin=f"040000 tree {tree}\t..\n")
     push_under_src(demo_repo, "..", tree, "escape")
-    state = tmp_path / "state"
-    result = one_pass(state, demo_repo.path)
-    [(_, phase)] = runs(state)
-    assert phase == "Failed", result
-    events = gitopsd(state, "status", "--wide").stdout
+    _, events = failed_run(tmp_path / "state", demo_repo)
     assert "holds a tree entry named '..'; refusing to export it" in events
     assert not list(tmp_path.rglob("pwned.txt"))
 
@@ -848,10 +852,7 @@ def test_a_workdir_that_names_one_subtree_over_and_over_fails_the_run_before_any
         tree = git(demo_repo, "mktree", stdin="".join(f"040000 tree {tree}\td{i}\n" for i in range(16)))
     push_under_src(demo_repo, "bomb", tree, "bomb")
     state = tmp_path / "state"
-    result = one_pass(state, demo_repo.path)
-    [(run_id, phase)] = runs(state)
-    assert phase == "Failed", result
-    shown = gitopsd(state, "status", "--wide").stdout
+    run_id, shown = failed_run(state, demo_repo)
     assert "would write 286,331,155 files and directories (512 MiB)" in shown, shown
     assert "a run's tree may have at most 1,000,000 (100.0 GiB)" in shown, shown
     assert not (state / "runs" / run_id / "tree" / "src").exists()
