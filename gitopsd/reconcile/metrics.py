@@ -78,7 +78,7 @@ def _numbers(line: bytes) -> dict[str, float]:
     point: dict[str, float] = {}
     for key, value in data.items():
         if (isinstance(value, int | float) and not isinstance(value, bool) and len(key) <= MAX_NAME_LENGTH
-                and forbidden_char(key) is None):  # fmt: skip
+                and ((key.isascii() and key.isprintable()) or forbidden_char(key) is None)):  # fmt: skip
             try:
                 point[str(key)] = float(value)
             except OverflowError:
