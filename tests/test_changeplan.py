@@ -20,18 +20,20 @@ from gitopsd.reconcile.changeplan import (
     Entry,
     Facts,
     InFlight,
+    Omitted,
     Verdict,
     Why,
     alias_changes,
     build,
     gpu_cost,
+    quiet_when_settled,
     settled,
     totals,
     training_changes,
 )
 from gitopsd.reconcile.desired import DesiredModel, DesiredState, keys_for
 from gitopsd.reconcile.planner import Cancel, Submit, Wait, Want
-from gitopsd.reconcile.planreport import render_markdown, render_text
+from gitopsd.reconcile.planreport import render_markdown, render_text, to_json
 from gitopsd.reconcile.state import StateStore
 from gitopsd.reconcile.summarize import row_of, want_of, with_want
 from gitopsd.spec.load import load_model
@@ -381,6 +383,7 @@ def test_a_settled_plan_from_the_recorded_rows_is_the_plan_of_the_commit_against
     with tempfile.TemporaryDirectory() as scratch, StateStore(Path(scratch) / "state.db") as store:
         store.sync_models({m.name: with_want(row_of(m), wants[m.name]) for m in models}, {})
         lines = store.plan_lines()
+        noted, quiet, suspended = store.settled_quiet({name for name, _ in facts.aliases})
     recorded = DryRun(
         blocked={line.name: line.blocked for line in lines if line.blocked},
         blocked_reasons={line.name: Reason(line.blocked_reason) for line in lines if line.blocked},
@@ -388,6 +391,16 @@ def test_a_settled_plan_from_the_recorded_rows_is_the_plan_of_the_commit_against
     )  # fmt: skip
     told = settled(commit=commit.commit, models=_declared(lines), facts=facts, dry_run=recorded)
     assert told == build(base=commit, head=commit, facts=facts, dry_run=dry)
+    # The brief plan (text, markdown) reads only the rows of note and counts the rest, by the rule of
+    # `quiet_when_settled`: SQLite and Python draw the same line, and each omitted line is a quiet one.
+    rule = {d.name for d in _declared(lines) if quiet_when_settled(d, facts, recorded)}
+    assert {line.name for line in lines} - {line.name for line in noted} == rule
+    assert (quiet, suspended) == (len(rule), sum(line.suspend for line in lines if line.name in rule))
+    assert not any(e.interesting for e in told.entries if e.model in rule)
+    brief = settled(commit=commit.commit, models=_declared(noted), facts=facts, dry_run=recorded,
+                    omitted=Omitted(quiet, suspended))  # fmt: skip
+    assert brief.totals == told.totals and brief.exit_code == told.exit_code
+    assert render_text(brief) == render_text(told) and render_markdown(brief) == render_markdown(told)
 
 
 def _want(m: DesiredModel, run_key: str, why: Reason | None) -> Want:
@@ -432,3 +445,13 @@ def test_the_totals_sum_the_trainings_and_count_the_rest(entries: list[Entry]) -
     assert found.alias_moves == sum(len(e.aliases) for e in entries)
     plan = ChangePlan(base_commit=None, head_commit=None, base_label="", head_label="", entries=tuple(entries))
     assert plan.exit_code == (1 if found.refused else 0)
+
+
+def test_a_brief_plan_is_never_rendered_as_json() -> None:
+    """JSON lists every model: a plan that only counts its quiet ones would drop them silently, so it refuses."""
+    brief = ChangePlan(base_commit="a" * 40, head_commit="a" * 40, base_label="b", head_label="h",
+                       omitted=Omitted(models=3, suspended=1))  # fmt: skip
+    assert "(3 unchanged model(s) not shown; 1 of them suspended)" in render_text(brief)
+    assert (brief.totals.models, brief.totals.suspended) == (3, 1)
+    with pytest.raises(ValueError, match="JSON lists every model"):
+        to_json(brief)

@@ -44,11 +44,13 @@ TRAIN = """\
 
 def _every_kind(repo: GitRepo) -> None:
     """The demo's model with aliases, a fine-tune of it, a suspended model, a model waiting for that one's
-    version, and one the local backend refuses (more CPUs than any host, GPUs)."""
+    version, a suspended model with nothing else to say, and one the local backend refuses (more CPUs than any
+    host, GPUs)."""
     tuned = repo.read(MODEL).replace("  name: blobs\n", "  name: tuned\n")
     repo.write("models/tuned.yaml", tuned.replace("spec:\n", "spec:\n  base: blobs@production\n"))
     repo.edit(MODEL, "  validate:", "  aliases:\n    production: 1\n    newest: latest\n  validate:")
     repo.write("models/frozen.yaml", _spec("frozen", "  suspend: true\n  aliases:\n    stable: latest\n" + TRAIN))
+    repo.write("models/idle.yaml", _spec("idle", "  suspend: true\n" + TRAIN))  # quiet: counted, not listed
     repo.write("models/waiter.yaml", _spec("waiter", "  base: frozen@stable\n" + TRAIN))
     huge = TRAIN.replace("    workdir: src\n", "    workdir: src\n    timeout: 2h\n    resources:\n"
                          "      cpus: 9999\n      gpus: 2\n")  # fmt: skip
@@ -117,7 +119,7 @@ def test_the_settled_plan_is_the_full_plan_in_every_format(settled_dir: Path) ->
     for line in ("  frozen: suspended: nothing trains or moves\n",
                  "      alias stable: nothing -> latest (declared): refused, frozen has no version yet\n",
                  "  huge: refused at plan time: asks for 9999 CPUs", "  waiter: waiting for base model frozen@stable",
-                 "  (2 unchanged model(s) not shown)\n"):  # fmt: skip
+                 "  (3 unchanged model(s) not shown; 1 of them suspended)\n"):  # fmt: skip
         assert line in text
     models = {m["name"]: m for m in json.loads(quick[2][1])["models"]}
     for name in ("blobs", "tuned"):  # tuned's run key is bound to blobs@production: its wanted key

@@ -80,7 +80,9 @@ def plan_command(
     # thousand rows and entries; the report): a plan makes no reference cycles worth collecting and uploads
     # nothing, and the scans would be about a tenth of a cold plan and of a settled one.
     with collector_paused():
-        outcome = None if base is not None else _settled_plan(ctx, directory, known, given, branch, verified=verified)
+        outcome = None
+        if base is None:  # JSON lists every model; the text and markdown faces only count the quiet ones
+            outcome = _settled_plan(ctx, directory, known, given, branch, verified=verified, brief=fmt != "json")
         if outcome is None:
             import tempfile
 
@@ -127,11 +129,13 @@ def _settled_plan(
     branch: str | None,
     *,
     verified: bool,
+    brief: bool = False,
 ) -> _Planned | None:
     """The plan of the state directory's settled commit against itself, told from what the pass that settled it
     recorded (the settled-pass record, each model's row), without loading the commit; None when that record does
     not vouch for it. The databases are read in place, read-only, each in one snapshot: however long their
-    history, nothing is copied."""
+    history, nothing is copied. `brief`: the models whose lines are quiet are counted in SQLite, not read
+    (`changeplan.Omitted`): a settled plan of ten thousand models reads only those it shows."""
     from gitopsd.cli.common import configuration_path
     from gitopsd.reconcile import quickpass
 
@@ -144,6 +148,7 @@ def _settled_plan(
     from gitopsd.errors import GitopsdError
     from gitopsd.model import Reason
     from gitopsd.reconcile import changeplan
+    from gitopsd.reconcile.changeplan import Omitted
     from gitopsd.reconcile.state import StateStore
     from gitopsd.registry.aliases import AliasBook
     from gitopsd.registry.sqlitedb import snapshot
@@ -161,8 +166,13 @@ def _settled_plan(
             path = local_path(known.url)
             if source is None or path is None or quickpass.local_commit(path, head_label) != source[0]:
                 return None  # --branch names another commit than the one the settled pass applied
-            rows = state.plan_lines()
             versions, aliases = registry.key_numbers(), AliasBook(registry.conn).current()
+            omitted = Omitted()
+            if brief:
+                rows, *counts = state.settled_quiet({model for model, _ in aliases})
+                omitted = Omitted(*counts)
+            else:
+                rows = state.plan_lines()
     except (GitopsdError, OSError, ValueError, sqlite3.Error):  # the full plan reports whatever it meets
         return None
     finally:
@@ -177,7 +187,7 @@ def _settled_plan(
     )  # fmt: skip
     facts = changeplan.Facts(known=True, versions=versions, aliases=aliases)
     plan = changeplan.settled(commit=commit, models=_declared(rows), facts=facts, dry_run=dry,
-                              base_label="the applied commit", head_label=head_label)  # fmt: skip
+                              base_label="the applied commit", head_label=head_label, omitted=omitted)  # fmt: skip
     return _Planned(plan=plan, commit=commit, blocked=blocked)
 
 

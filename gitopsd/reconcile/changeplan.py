@@ -206,6 +206,18 @@ class Entry(NamedTuple):
         return self.verdict is not Verdict.NONE and self.verdict is not Verdict.SUSPEND
 
 
+class Omitted(NamedTuple):
+    """The models a brief plan counts instead of listing: each a quiet line ("unchanged", or "suspended" for
+    `suspended` of them) that a terminal or a pull-request comment only counts, so a settled plan of ten
+    thousand models makes no entry for them (`settled(omitted=...)`). JSON lists every model: never brief."""
+
+    models: int = 0
+    suspended: int = 0
+
+
+NONE_OMITTED = Omitted()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Totals:
     trainings: int
@@ -231,6 +243,7 @@ class ChangePlan:
     problems: tuple[SpecProblem, ...] = ()  # the head commit is invalid: nothing is planned
     error: str = ""  # the head could not be planned for another reason (source, signature)
     notes: tuple[str, ...] = ()  # backends unavailable, an invalid base
+    omitted: Omitted = NONE_OMITTED  # quiet models counted, not in `entries` (a brief settled plan)
 
     @property
     def valid(self) -> bool:
@@ -239,7 +252,7 @@ class ChangePlan:
     @cached_property
     def totals(self) -> Totals:
         """The sums over `entries`, counted once (every face of the report asks)."""
-        return totals(self.entries)
+        return totals(self.entries, self.omitted)
 
     @property
     def exit_code(self) -> int:
@@ -559,15 +572,25 @@ def settled(
     dry_run: DryRun,
     base_label: str = "",
     head_label: str = "",
+    omitted: Omitted = NONE_OMITTED,
 ) -> ChangePlan:
     """The report of a commit against itself when a pass over it does nothing (`reconcile/settled.py`): every
-    model unchanged, each line from what the pass recorded of it, as `build` would give with both states loaded."""
+    model unchanged, each line from what the pass recorded of it, as `build` would give with both states loaded.
+    `omitted`: the models not in `models` because their lines are quiet (`quiet`), counted by the caller."""
     numbers = facts.numbers_of
     entries = tuple(unchanged(m, (), facts, dry_run, numbers.get(m.name, set()))
                     for m in sorted(models, key=lambda m: m.name))  # fmt: skip
     unavailable = tuple(f"backend {name} unavailable: {why}" for name, why in sorted(dry_run.unavailable.items()))
     return ChangePlan(base_commit=commit, head_commit=commit, base_label=base_label, head_label=head_label,
-                      entries=entries, notes=unavailable)  # fmt: skip
+                      entries=entries, notes=unavailable, omitted=omitted)  # fmt: skip
+
+
+def quiet_when_settled(declared: Declared, facts: Facts, dry_run: DryRun) -> bool:
+    """Whether the line a settled plan gives `declared` (`unchanged` with no action) is quiet, told without making
+    it: nothing blocks the model and it has no alias, declared or held in the registry, so its line is a plain
+    "unchanged" or "suspended" (a settled state directory has no run in flight). A brief plan counts such models
+    (`Omitted`); `StateStore.settled_quiet` applies this very rule to the rows in SQL."""
+    return not (declared.aliases or declared.name in dry_run.blocked or declared.name in facts.aliases_of)
 
 
 def _held(name: str, why: list[Because], dry_run: DryRun) -> tuple[Verdict, list[Because], str] | None:
@@ -638,12 +661,13 @@ def _same(name: str, spec: list[str], key: str, submit: Submit | None, facts: Fa
     return Verdict.NONE, reasons
 
 
-def totals(entries: Iterable[Entry]) -> Totals:
+def totals(entries: Iterable[Entry], omitted: Omitted = NONE_OMITTED) -> Totals:
     """Sums over the trainings (GPUs, bounded GPU-hours, the models without a bound) and counts of the rest, in
-    one pass over the entries (ten thousand in a large plan)."""
+    one pass over the entries (ten thousand in a large plan), `omitted` ones included."""
     count = dict.fromkeys(Verdict, 0)
+    count[Verdict.SUSPEND], count[Verdict.NONE] = omitted.suspended, omitted.models - omitted.suspended
     hours: float = 0  # an int while nothing trains, as sum() gave: the JSON says 0, not 0.0
-    gpus, unbounded, cancelled, moves, models = 0, [], 0, 0, 0
+    gpus, unbounded, cancelled, moves, models = 0, [], 0, 0, omitted.models
     for e in entries:
         models += 1
         count[e.verdict] += 1

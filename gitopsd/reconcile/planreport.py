@@ -147,7 +147,7 @@ def render_text(plan: ChangePlan) -> str:
         lines.append(f"  ! {term(plan.error)}")
     if plan.problems:
         lines.append(f"  ! the head commit is invalid: {len(plan.problems)} problem(s) in its spec files, listed above")
-    quiet = paused = 0
+    quiet, paused = plan.omitted
     for entry in plan.entries:  # ten thousand in a large plan: each step here is paid per model
         if not entry.interesting:
             quiet += 1
@@ -190,6 +190,8 @@ def _text_bound(totals: Totals) -> str:
 
 def to_json(plan: ChangePlan) -> dict[str, Any]:
     """The plan as a `gitopsd.plan/v1` document (docs/pull-requests.md says what each field means)."""
+    if plan.omitted.models:
+        raise ValueError("a brief plan counts some models instead of listing them: JSON lists every model")
     totals = plan.totals
     return {
         "schema": SCHEMA,
@@ -285,7 +287,7 @@ def render_markdown(plan: ChangePlan, *, limit: int = MAX_MARKDOWN) -> str:
     if plan.notes:
         summary.append("")
     shown = [e for e in plan.entries if e.interesting]
-    quiet = len(plan.entries) - len(shown)
+    quiet = len(plan.entries) - len(shown) + plan.omitted.models
     tail = [f"{quiet} unchanged model(s) not shown.", ""] if quiet else []
     return _fit(head + summary, _TABLE, shown, _row, _details, limit, tail)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -512,6 +512,23 @@ class StateStore:
         cursor.row_factory = None
         rows = cursor.execute(f"SELECT {', '.join(PlanLine._fields)} FROM models ORDER BY name")
         return list(map(PlanLine._make, rows))
+
+    def settled_quiet(self, aliased: Collection[str]) -> tuple[list[PlanLine], int, int]:
+        """For a brief plan of the settled commit: the `PlanLine` of each model whose line may say more than
+        "unchanged" or "suspended" (blocked, declaring aliases, or among `aliased`: the models the registry holds
+        aliases of; and any row with no wanted key, which the caller refuses), by name; then how many other rows
+        there are and how many of those are suspended. `changeplan.quiet_when_settled` is the same rule in Python.
+        Two scans in SQLite, one tuple per model of note: ten thousand quiet models cost about a millisecond."""
+        noted = "blocked != '' OR aliases != '{}' OR wanted_key = '' OR name IN (SELECT value FROM json_each(?))"
+        names = json.dumps(sorted(aliased))
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(f"SELECT {', '.join(PlanLine._fields)} FROM models WHERE {noted} ORDER BY name", [names])
+        lines = list(map(PlanLine._make, rows))
+        quiet, suspended = cursor.execute(
+            f"SELECT count(*), coalesce(sum(suspend != 0), 0) FROM models WHERE NOT ({noted})", [names]
+        ).fetchone()
+        return lines, quiet, suspended
 
     def sync_models(self, wanted: Mapping[str, ModelRow], known: Mapping[str, ModelRow]) -> None:
         """Make the `models` table equal `wanted`, writing only the rows that differ from `known`."""
