@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gitopsd.errors import PermanentError
-from gitopsd.model import Condition, Phase
+from gitopsd.model import Condition, ConditionType, Phase, Reason
 from gitopsd.registry.sqlitedb import enable_wal, immediate, migrate, recorded
 
 if TYPE_CHECKING:
@@ -207,6 +207,10 @@ class RunRecord:
         data["phase"] = Phase(data["phase"])
         data["metrics"] = json.loads(data["metrics"] or "{}")
         return cls(**data)
+
+
+_CONDITION_TYPES = {str(t): t for t in ConditionType}
+_REASONS = {str(r): r for r in Reason}
 
 
 def run_fields(run: RunRecord) -> dict[str, str]:
@@ -503,8 +507,16 @@ class StateStore:
 
     # desired models and conditions -------------------------------------------------------------------------
     def models(self) -> dict[str, ModelRow]:
-        rows = self.conn.execute("SELECT * FROM models")
-        return {r["name"]: ModelRow(**{**dict(r), "suspend": bool(r["suspend"])}) for r in rows}
+        """Every model's row by name (ten thousand in a large repository: read as plain tuples)."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        fields = ModelRow.__dataclass_fields__
+        found = {}
+        for values in cursor.execute(f"SELECT {', '.join(fields)} FROM models"):
+            row = dict(zip(fields, values, strict=True))
+            row["suspend"] = bool(row["suspend"])
+            found[values[0]] = ModelRow(**row)
+        return found
 
     def plan_lines(self) -> list[PlanLine]:
         """Every model's `PlanLine`, by name: plain tuples, for a plan of ten thousand models in a few ms."""
@@ -544,10 +556,17 @@ class StateStore:
                 self.conn.execute("DELETE FROM conditions WHERE model = ?", (name,))
 
     def conditions(self) -> dict[str, Condition]:
-        from gitopsd.model import ConditionType, Reason
-
-        rows = self.conn.execute("SELECT model, type, reason, message FROM conditions")
-        return {r[0]: Condition(type=ConditionType(r[1]), reason=Reason(r[2]), message=r[3]) for r in rows}
+        """Every model's condition by name; each type and reason found in a dict, not by calling its enum (a
+        third of the time for ten thousand models); a value this gitopsd does not know raises ValueError."""
+        types, reasons = _CONDITION_TYPES, _REASONS
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute("SELECT model, type, reason, message FROM conditions")
+        return {
+            model: Condition(type=types.get(kind) or ConditionType(kind), reason=reasons.get(why) or Reason(why),
+                             message=message)
+            for model, kind, why, message in rows
+        }  # fmt: skip
 
     def set_conditions(self, wanted: Mapping[str, Condition], known: Mapping[str, Condition]) -> None:
         """Write the conditions that changed; each change of reason is also an event."""
