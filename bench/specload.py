@@ -10,6 +10,9 @@ committed with pygit2), then times the real `gitopsd` command, each measurement 
   operator configuration (`--config`, the `local` backend with settings, output limits), in its own state
   directory; `plan` also as a pull-request comment (`--format markdown`) and as piped JSON, which time the
   report's other two faces on 10,000 models (no target);
+- `reconcile --once` and `plan` on a copy of the warm state directory whose registry holds a long history (10
+  versions of every model, 100,000 in all, and their alias moves): a pass that finds nothing to do must not pay
+  for the history (same targets);
 - the first `plan` and the first `reconcile --once` after a commit that changes one spec (it stays suspended, so
   nothing is submitted and every repetition measures the same work).
 
@@ -26,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +43,8 @@ from report import render
 from run import BRANCH, BenchRepo, gitopsd_command, model_name, model_yaml
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+#: Versions of each model in the registry of the "history" rows (100,000 at 10,000 models).
+HISTORY_PER_MODEL = 10
 _BLOB = pygit2.enums.FileMode.BLOB
 _TREE = pygit2.enums.FileMode.TREE
 
@@ -124,6 +130,35 @@ def edit_one(repo: BenchRepo, index: int, round_: int) -> None:
     repo.head = repo._commit(root.write(), f"Edit {model_name(index)}", [repo.head])
 
 
+def add_history(state_dir: Path, models: int, per_model: int) -> int:
+    """Give the registry of `state_dir` a long history: `per_model` versions of each bench model, each of which
+    moved its `latest` alias, and a last move that took the alias away again (the specs declare none, so a pass
+    has nothing to do with them). Plain SQL inserts in one transaction into the registry's own schema, as
+    `bench/listings.py` builds its registry: registering them one by one would take most of a minute. Returns
+    how many versions it added."""
+    import sqlite3
+
+    at = time.time()
+    versions: list[tuple[object, ...]] = []
+    moves: list[tuple[object, ...]] = []
+    for i in range(models):
+        name = model_name(i)
+        for number in range(1, per_model + 1):
+            digest = f"{i:032x}{number:032x}"
+            versions.append((name, number, f"hist-{i}-{number}", digest, digest, 1024,
+                             f"file:///store/sha256/{digest[:2]}/{digest[2:]}", "{}", "[]", "{}", at))  # fmt: skip
+            moves.append((name, "latest", number, number - 1 or None, "moved", "0" * 40, "", at))
+        moves.append((name, "latest", None, per_model, "removed", "0" * 40, "", at))
+    with sqlite3.connect(state_dir / "registry.db") as conn:
+        conn.executemany(
+            "INSERT INTO versions (model, number, run_id, run_key, artifact_sha256, artifact_size, artifact_uri, "
+            "metrics, gates, lineage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", versions)  # fmt: skip
+        conn.executemany(
+            "INSERT INTO alias_moves (model, alias, version, previous, kind, commit_id, subject, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", moves)  # fmt: skip
+    return len(versions)
+
+
 def row(name: str, samples: list[Sample], target: float | None) -> Row:
     wall = [s.wall_ms for s in samples]
     cpu = [s.cpu_ms for s in samples]
@@ -170,6 +205,17 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
             run("warm plan", i, state, "plan")
             run("warm markdown", i, state, "plan", "--format", "markdown")
             run("warm json", i, state, "plan", "--format", "json")
+    history = [str(work / f"history{i}") for i in range(len(commands))]
+    added = 0
+    for i, state in enumerate(history):  # the warm state directory, and a registry 100,000 versions long
+        shutil.copytree(states[i], state)
+        added = add_history(Path(state), models, HISTORY_PER_MODEL)
+        for _ in range(2):  # untimed: the first pass sees the new history, the second writes the record again
+            timed([commands[i], "--state-dir", state, "reconcile", "--once"], env)
+    for _ in range(runs):
+        for i, state in enumerate(history):
+            run("history reconcile", i, state, "reconcile", "--once")
+            run("history plan", i, state, "plan")
     for round_ in range(runs):
         edit_one(repo, round_, round_)
         for i, state in enumerate(states):
@@ -182,6 +228,8 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
         "warm plan": ("`plan`, warm, nothing changed", 150),
         "warm markdown": ("`plan --format markdown`, warm, nothing changed (a pull-request comment)", None),
         "warm json": ("`plan --format json`, warm, nothing changed, piped", None),
+        "history reconcile": (f"`reconcile --once`, warm, nothing changed, {added:,} versions in the registry", 150),
+        "history plan": (f"`plan`, warm, nothing changed, {added:,} versions in the registry", 150),
         "first plan": ("first `plan` after a one-spec commit", 200),
         "first reconcile": ("first `reconcile --once` after a one-spec commit", 200),
     }

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitopsd.reconcile.reconciler import Reconciler
-from gitopsd.registry.aliases import AliasMove, kind_of, plan_aliases
+from gitopsd.registry.aliases import AliasBook, AliasMove, kind_of, plan_aliases
+from gitopsd.registry.sqlitedb import migrate
+from gitopsd.registry.versions import MIGRATIONS, Registry
 from tests.conftest import GitRepo, gitopsd
 
 MODEL = "models/blobs.yaml"
@@ -193,3 +197,46 @@ def test_a_model_waits_for_its_base(demo_repo: GitRepo, reconciler: Reconciler, 
     waiting = next(m for m in doc["models"] if m["name"] == "tuned")
     assert waiting["reason"] == "BaseUnavailable" and "blobs@production" in waiting["message"]
     assert waiting["run"] is None
+
+
+_MOVES = st.lists(
+    st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["latest", "production"]), st.none() | st.integers(1, 4)),
+    max_size=25,
+)
+
+
+def _scanned(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """Where each alias points, told from its newest move: what `alias_current` must always hold."""
+    rows = conn.execute("SELECT model, alias, version FROM alias_moves WHERE seq IN "
+                        "(SELECT max(seq) FROM alias_moves GROUP BY model, alias)")  # fmt: skip
+    return {(m, a): v for m, a, v in rows if v is not None}
+
+
+@settings(max_examples=50, deadline=None)
+@given(before=_MOVES, after=_MOVES)
+def test_where_aliases_point_is_kept_by_the_database_as_moves_are_appended(
+    before: list[tuple[str, str, int | None]], after: list[tuple[str, str, int | None]]
+) -> None:
+    """`current` reads a table a trigger keeps, not the whole history of moves: after any moves, made before the
+    table existed (an older registry, migrated on open) or after, it says what the newest move of each alias
+    says; a registry read-only that predates the table is read from the moves."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "registry.db"
+        with sqlite3.connect(path) as conn:  # the registry as the code before the table left it
+            migrate(conn, [m for m in MIGRATIONS if m[0] < 4], what="test registry")
+            book = AliasBook(conn)
+            book.record([AliasMove(model=m, alias=a, version=v, previous=None) for m, a, v in before],
+                        commit="0" * 40, subject="before")  # fmt: skip
+            older = book.current()
+        assert older == _scanned(sqlite3.connect(path))
+        with Registry(path, readonly=True) as registry:
+            assert AliasBook(registry.conn).current() == older
+        with Registry(path) as registry:  # migrated here
+            book = AliasBook(registry.conn)
+            assert registry.conn is not None
+            assert book.current() == older
+            for m, a, v in after:
+                book.record([AliasMove(model=m, alias=a, version=v, previous=None)], commit="1" * 40, subject="")
+                assert book.current() == _scanned(registry.conn)
+            for model in ("a", "b"):
+                assert book.current(model) == {k: v for k, v in book.current().items() if k[0] == model}

@@ -90,6 +90,24 @@ def test_queries(tmp_path: Path) -> None:
         assert by_key.label == "iris@3"
         assert reg.by_run_key("mnist", "kb") is None
         assert reg.registered_keys() == {"iris": {"ka", "kb"}, "mnist": {"ka"}}
+        assert reg.key_numbers() == {("iris", "ka"): 3, ("iris", "kb"): 2, ("mnist", "ka"): 1}
+        assert reg.key_numbers({"iris", "absent"}) == {("iris", "ka"): 3, ("iris", "kb"): 2}
+        assert reg.key_numbers(set()) == {}
+
+
+def test_the_newest_row_moves_with_every_registration_and_only_then(tmp_path: Path) -> None:
+    """What the settled-pass record digests instead of the whole history: it must change on each registration
+    (versions are only ever added) and stay put when nothing is registered, a repeated registration included."""
+    with Registry(tmp_path / "registry.db") as reg:
+        assert reg.empty() and reg.newest_row() == (0,)
+        seen = [reg.newest_row()]
+        for run_id, model in (("r1", "iris"), ("r2", "iris"), ("r3", "mnist")):
+            _register(reg, model, run_id)
+            seen.append(reg.newest_row())
+        _register(reg, "iris", "r2")  # idempotent: already version iris@2
+        assert reg.newest_row() == seen[-1]
+        assert len(set(seen)) == 4 and not reg.empty()
+        assert seen[-1][0] == 3  # the count leads
 
 
 def test_register_is_idempotent_by_run_id(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ from gitopsd.reconcile.outputs import OutputLimits
 from gitopsd.reconcile.reconciler import PassResult, Reconciler
 from gitopsd.reconcile.speccache import KEY_FILE
 from gitopsd.reconcile.state import StateStore
-from gitopsd.registry.aliases import AliasBook
+from gitopsd.registry.aliases import AliasBook, AliasMove
+from gitopsd.registry.store import ArtifactRef
 from gitopsd.registry.versions import Registry
 from tests.conftest import GitRepo
 
@@ -200,6 +201,27 @@ def test_a_change_of_state_outside_the_commit_runs_the_full_pass(pair: Pair) -> 
             rec.state.event("blobs", "Noted", reason="test", message="by hand")
         finally:
             rec.close()
+    pair.after_change()
+
+
+@pytest.mark.parametrize("change", ["version", "alias"])
+def test_a_version_or_an_alias_move_from_another_process_runs_the_full_pass(pair: Pair, change: str) -> None:
+    """The record digests the registry by its newest version and newest alias move (both tables only grow), not
+    by all of its history: a registration or a move by another process must still spoil it."""
+    repo = pair.repo
+    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
+    repo.commit("Suspended")
+    pair.settle()
+    assert pair.probe() == (True, False)
+    for which in ("quick", "full"):
+        with Registry(pair.root / which / "registry.db") as registry:
+            if change == "version":
+                registry.register(model="elsewhere", run_id="r-by-hand", run_key="k" * 64,
+                                  artifact=ArtifactRef(uri="file:///nowhere", sha256="0" * 64, size=1),
+                                  metrics={}, gates=[], lineage={}, created_at=1.0)  # fmt: skip
+            else:
+                AliasBook(registry.conn).record([AliasMove(model="blobs", alias="by-hand", version=1, previous=None)],
+                                                commit="0" * 40, subject="by hand")  # fmt: skip
     pair.after_change()
 
 

@@ -166,13 +166,15 @@ def _settled_plan(
             path = local_path(known.url)
             if source is None or path is None or quickpass.local_commit(path, head_label) != source[0]:
                 return None  # --branch names another commit than the one the settled pass applied
-            versions, aliases = registry.key_numbers(), AliasBook(registry.conn).current()
+            aliases = AliasBook(registry.conn).current()
             omitted = Omitted()
-            if brief:
+            if brief:  # the versions of the models shown only: however long the others' history
                 rows, *counts = state.settled_quiet({model for model, _ in aliases})
                 omitted = Omitted(*counts)
+                versions = registry.key_numbers({row.name for row in rows})
             else:
                 rows = state.plan_lines()
+                versions = registry.key_numbers()
     except (GitopsdError, OSError, ValueError, sqlite3.Error):  # the full plan reports whatever it meets
         return None
     finally:

@@ -146,7 +146,7 @@ def settled_source(
     troubles = RetryBook(state.conn, time.time)
     if any(trouble.permanent for trouble in troubles.all().values()):  # a new Reconciler forgives them
         return None
-    if not registry.latest_numbers() and next(iter(_store(state_dir, setup, create=False).records()), None):
+    if registry.empty() and next(iter(_store(state_dir, setup, create=False).records()), None):
         return None  # a lost registry that the full pass restores from its store
     row = replace(known, branch=branch, trigger="cli")
     commit = remote_commit(str(path), state_dir / "source.git", branch)

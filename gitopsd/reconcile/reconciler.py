@@ -597,7 +597,7 @@ class Reconciler:
     def _restore_lost_registry(self) -> str:
         """Before any version number is given: when the registry holds no version but the store holds
         records, rebuild it from the store. Returns why the pass cannot go on ("" when it can)."""
-        if self.registry.latest_numbers():
+        if not self.registry.empty():
             self._registry_checked = True
             return ""
         try:

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
+from typing import Any
 
 from gitopsd.registry.sqlitedb import immediate
 
@@ -83,16 +84,34 @@ class AliasBook:
         self.conn = conn
 
     def current(self, model: str | None = None) -> dict[tuple[str, str], int]:
-        """(model, alias) -> version, for every alias that points somewhere now."""
+        """(model, alias) -> version, for every alias that points somewhere now: read from `alias_current`, which
+        a trigger keeps as moves are appended, so the cost follows the aliases, not the length of their history.
+        A registry opened read-only before a pass applied that migration is read from the moves themselves."""
         if self.conn is None:
             return {}
-        where, args = ("WHERE model = ?", (model,)) if model else ("", ())
-        rows = self.conn.execute(
-            "SELECT model, alias, version FROM alias_moves WHERE seq IN "
-            f"(SELECT max(seq) FROM alias_moves {where} GROUP BY model, alias)",
-            args,
-        )
-        return {(m, a): v for m, a, v in rows if v is not None}
+        where, args = ("AND model = ?", (model,)) if model else ("", ())
+        try:
+            rows = self.conn.execute(
+                f"SELECT model, alias, version FROM alias_current WHERE version IS NOT NULL {where}", args
+            )
+        except sqlite3.OperationalError:  # no such table: an older registry, read-only
+            rows = self.conn.execute(
+                "SELECT model, alias, version FROM alias_moves WHERE version IS NOT NULL AND seq IN "
+                f"(SELECT max(seq) FROM alias_moves WHERE true {where} GROUP BY model, alias)",
+                args,
+            )
+        return {(m, a): v for m, a, v in rows}
+
+    def newest_move(self) -> tuple[Any, ...]:
+        """The newest move's sequence number and what it did (model, alias, version): moves are only ever
+        appended (the triggers refuse the rest), so this changes exactly when any alias moves. The settled-pass
+        record digests this, not every alias's position (a scan of all moves)."""
+        if self.conn is None:
+            return ()
+        found = self.conn.execute(
+            "SELECT seq, model, alias, version FROM alias_moves WHERE seq = (SELECT max(seq) FROM alias_moves)"
+        ).fetchone()
+        return tuple(found) if found else ()
 
     def record(self, moves: list[AliasMove], *, commit: str, subject: str) -> list[AliasRecord]:
         """Append the moves, in one transaction."""

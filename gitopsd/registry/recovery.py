@@ -94,7 +94,7 @@ def restore_lost(store: ArtifactStore, registry_path: Path) -> tuple[int, int] |
     the store keeps `NAME@1`."""
     if registry_path.exists():
         with Registry(registry_path, readonly=True) as registry:
-            if registry.latest_numbers():
+            if not registry.empty():
                 return None
     if next(iter(store.records()), None) is None:
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -109,6 +109,28 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TRIGGER environments_no_delete BEFORE DELETE ON environments
         BEGIN
             SELECT RAISE(ABORT, 'environments are content-addressed and immutable (DELETE refused)');
+        END;
+        """,
+    ),
+    (
+        4,
+        """
+        -- Where each alias points now (registry/aliases.py `current`), kept by a trigger as moves are appended:
+        -- read without scanning the moves, whose number grows with every registration that moves `latest`.
+        CREATE TABLE alias_current (
+            model TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version INTEGER,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (model, alias)
+        ) WITHOUT ROWID;
+        INSERT INTO alias_current (model, alias, version, seq)
+            SELECT model, alias, version, max(seq) FROM alias_moves GROUP BY model, alias;
+        CREATE TRIGGER alias_moves_current AFTER INSERT ON alias_moves
+        BEGIN
+            INSERT INTO alias_current (model, alias, version, seq) VALUES (NEW.model, NEW.alias, NEW.version, NEW.seq)
+            ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version, seq = excluded.seq
+            WHERE excluded.seq > alias_current.seq;
         END;
         """,
     ),
@@ -319,10 +341,33 @@ class Registry:
         """Model -> its newest version number, in one query."""
         return dict(self._rows("SELECT model, MAX(number) FROM versions GROUP BY model"))
 
-    def key_numbers(self) -> dict[tuple[str, str], int]:
-        """(model, run key) -> the newest version number trained from that key, in one query."""
-        rows = self._rows("SELECT model, run_key, MAX(number) FROM versions GROUP BY model, run_key")
+    def key_numbers(self, models: Collection[str] | None = None) -> dict[tuple[str, str], int]:
+        """(model, run key) -> the newest version number trained from that key, in one query; of `models` only,
+        when given (each looked up in the index, however long the others' history)."""
+        if models is None:
+            rows = self._rows("SELECT model, run_key, MAX(number) FROM versions GROUP BY model, run_key")
+        else:
+            rows = self._rows(
+                "SELECT model, run_key, MAX(number) FROM versions WHERE model IN (SELECT value FROM json_each(?)) "
+                "GROUP BY model, run_key",
+                (json.dumps(sorted(models)),),
+            )
         return {(model, run_key): number for model, run_key, number in rows}
+
+    def empty(self) -> bool:
+        """Whether no version is registered (one index step)."""
+        return not self._rows("SELECT 1 FROM versions LIMIT 1")
+
+    def newest_row(self) -> tuple[Any, ...]:
+        """How many versions there are and the newest row's identity (rowid, model, number, run id, artifact
+        digest): versions are only ever added (the triggers refuse the rest), so this changes exactly when the
+        registry's versions do. What the settled-pass record digests, at the cost of one count of the
+        smallest index instead of a read of all history."""
+        found = self._rows(
+            "SELECT (SELECT count(*) FROM versions), rowid, model, number, run_id, artifact_sha256 FROM versions "
+            "WHERE rowid = (SELECT max(rowid) FROM versions)"
+        )
+        return tuple(found[0]) if found else (0,)
 
     def registered_keys(self) -> dict[str, set[str]]:
         """Model -> every run key it has a version for, in one query."""
