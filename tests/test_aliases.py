@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gitopsd.reconcile import statusview
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.registry.aliases import AliasBook, AliasMove, kind_of, plan_aliases
 from gitopsd.registry.sqlitedb import migrate
@@ -229,6 +230,7 @@ def test_where_aliases_point_is_kept_by_the_database_as_moves_are_appended(
                         commit="0" * 40, subject="before")  # fmt: skip
             older = book.current()
         assert older == _scanned(sqlite3.connect(path))
+        assert _from_status(path) == older
         with Registry(path, readonly=True) as registry:
             assert AliasBook(registry.conn).current() == older
         with Registry(path) as registry:  # migrated here
@@ -240,3 +242,11 @@ def test_where_aliases_point_is_kept_by_the_database_as_moves_are_appended(
                 assert book.current() == _scanned(registry.conn)
             for model in ("a", "b"):
                 assert book.current(model) == {k: v for k, v in book.current().items() if k[0] == model}
+            assert _from_status(path) == book.current()
+
+
+def _from_status(registry: Path) -> dict[tuple[str, str], int]:
+    """What `gitopsd status` reads of the aliases, with the registry attached as it attaches it."""
+    with sqlite3.connect(":memory:") as conn:
+        conn.execute("ATTACH DATABASE ? AS reg", (f"file:{registry}?mode=ro",))
+        return {(m, a): v for m, a, v in statusview._current_aliases(conn)}

@@ -22,15 +22,28 @@ _MODELS = """
 SELECT m.name, m.spec_path, m.run_key, m.backend, m.suspend,
        c.type, c.reason, c.message, c.updated_at,
        r.id, r.backend, r.job_id, r.phase, r.attempt, r.metrics, r.reason, r.message,
-       v.latest
+       (SELECT max(number) FROM reg.versions v WHERE v.model = m.name) AS latest
 FROM models m
 LEFT JOIN conditions c ON c.model = m.name
 LEFT JOIN (SELECT model, max(rowid) AS last FROM runs GROUP BY model) lr ON lr.model = m.name
 LEFT JOIN runs r ON r.rowid = lr.last
-LEFT JOIN (SELECT model, max(number) AS latest FROM reg.versions GROUP BY model) v ON v.model = m.name
 {where}
 ORDER BY m.name
 """
+
+
+def _current_aliases(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """(model, alias, version) of every alias that points somewhere: from the table the registry keeps (its
+    migration 4), or, in a registry no pass has migrated yet, from the newest move of each alias."""
+    import sqlite3  # already loaded: `conn` is open
+
+    try:
+        return conn.execute("SELECT model, alias, version FROM reg.alias_current WHERE version IS NOT NULL").fetchall()
+    except sqlite3.OperationalError:  # no such table
+        return conn.execute(
+            "SELECT model, alias, version FROM reg.alias_moves WHERE seq IN "
+            "(SELECT max(seq) FROM reg.alias_moves GROUP BY model, alias) AND version IS NOT NULL"
+        ).fetchall()
 
 
 def open_readonly(state_dir: Path) -> sqlite3.Connection | None:
@@ -74,10 +87,7 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         rows = conn.execute(_MODELS.format(where=where), args).fetchall()
         pending = _pending(conn)
         notifications = _notifications(conn)
-        alias_rows = conn.execute(
-            "SELECT model, alias, version FROM reg.alias_moves WHERE seq IN "
-            "(SELECT max(seq) FROM reg.alias_moves GROUP BY model, alias) AND version IS NOT NULL"
-        ).fetchall()
+        alias_rows = _current_aliases(conn)
     conn.close()
     aliases: dict[str, dict[str, int]] = {}
     for name, alias, version in alias_rows:
