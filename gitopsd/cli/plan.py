@@ -11,7 +11,8 @@ by its own change. The state directory's parse cache (`reconcile/speccache.py`) 
 parses only the spec files whose blobs the daemon or a `reconcile` has not seen, and keeps no cache of its own
 anywhere (a fresh CI runner has none to reuse, and a plan must leave no file behind). A plan of the applied
 commit against itself, when the settled-pass record (`reconcile/settled.py`) shows that a pass would do nothing,
-loads nothing at all: each line comes from the row the settling pass wrote of its model (`_settled_plan`).
+loads nothing at all: each line comes from the row the settling pass wrote of its model (`_settled_plan`); on a
+terminal and as markdown only the rows that may say more than "unchanged" are read, the others counted.
 """
 
 from __future__ import annotations
