@@ -11,7 +11,6 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitopsd.reconcile import statusview
 from gitopsd.reconcile.reconciler import Reconciler
 from gitopsd.registry.aliases import AliasBook, AliasMove, kind_of, plan_aliases
 from gitopsd.registry.sqlitedb import migrate
@@ -249,4 +248,4 @@ def _from_status(registry: Path) -> dict[tuple[str, str], int]:
     """What `gitopsd status` reads of the aliases, with the registry attached as it attaches it."""
     with sqlite3.connect(":memory:") as conn:
         conn.execute("ATTACH DATABASE ? AS reg", (f"file:{registry}?mode=ro",))
-        return {(m, a): v for m, a, v in statusview._current_aliases(conn)}
+        return AliasBook(conn, schema="reg").current()

@@ -32,20 +32,6 @@ ORDER BY m.name
 """
 
 
-def _current_aliases(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-    """(model, alias, version) of every alias that points somewhere: from the table the registry keeps (its
-    migration 4), or, in a registry no pass has migrated yet, from the newest move of each alias."""
-    import sqlite3  # already loaded: `conn` is open
-
-    try:
-        return conn.execute("SELECT model, alias, version FROM reg.alias_current WHERE version IS NOT NULL").fetchall()
-    except sqlite3.OperationalError:  # no such table
-        return conn.execute(
-            "SELECT model, alias, version FROM reg.alias_moves WHERE seq IN "
-            "(SELECT max(seq) FROM reg.alias_moves GROUP BY model, alias) AND version IS NOT NULL"
-        ).fetchall()
-
-
 def open_readonly(state_dir: Path) -> sqlite3.Connection | None:
     """`state.db` opened read-only with `registry.db` attached as `reg` (an empty `reg.versions` and
     `reg.alias_moves` when there is none yet); None when the directory holds no state, or a state.db still being
@@ -87,10 +73,12 @@ def read_status(state_dir: Path, model: str | None = None) -> dict[str, Any]:
         rows = conn.execute(_MODELS.format(where=where), args).fetchall()
         pending = _pending(conn)
         notifications = _notifications(conn)
-        alias_rows = _current_aliases(conn)
+        from gitopsd.registry.aliases import AliasBook  # not before there is a database, as sqlite3
+
+        current = AliasBook(conn, schema="reg").current()  # the table the registry keeps, not all moves
     conn.close()
     aliases: dict[str, dict[str, int]] = {}
-    for name, alias, version in alias_rows:
+    for (name, alias), version in current.items():
         aliases.setdefault(name, {})[alias] = version
     keys = (
         "url",

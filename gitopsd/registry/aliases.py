@@ -80,8 +80,11 @@ def kind_of(move: AliasMove, subject: str) -> str:
 class AliasBook:
     """Alias positions and their history, in the registry database."""
 
-    def __init__(self, conn: sqlite3.Connection | None) -> None:
+    def __init__(self, conn: sqlite3.Connection | None, *, schema: str = "main") -> None:
+        """`schema`: the name the registry database has on `conn` ("reg" where state.db attached it, as
+        `gitopsd status` and the dashboard read it)."""
         self.conn = conn
+        self.schema = schema
 
     def current(self, model: str | None = None) -> dict[tuple[str, str], int]:
         """(model, alias) -> version, for every alias that points somewhere now: read from `alias_current`, which
@@ -90,14 +93,15 @@ class AliasBook:
         if self.conn is None:
             return {}
         where, args = ("AND model = ?", (model,)) if model else ("", ())
+        db = self.schema
         try:
             rows = self.conn.execute(
-                f"SELECT model, alias, version FROM alias_current WHERE version IS NOT NULL {where}", args
+                f"SELECT model, alias, version FROM {db}.alias_current WHERE version IS NOT NULL {where}", args
             )
         except sqlite3.OperationalError:  # no such table: an older registry, read-only
             rows = self.conn.execute(
-                "SELECT model, alias, version FROM alias_moves WHERE version IS NOT NULL AND seq IN "
-                f"(SELECT max(seq) FROM alias_moves WHERE true {where} GROUP BY model, alias)",
+                f"SELECT model, alias, version FROM {db}.alias_moves WHERE version IS NOT NULL AND seq IN "
+                f"(SELECT max(seq) FROM {db}.alias_moves WHERE true {where} GROUP BY model, alias)",
                 args,
             )
         return {(m, a): v for m, a, v in rows}

@@ -25,6 +25,7 @@ from typing import Any
 
 from gitopsd.model import ConditionType, Phase, Reason
 from gitopsd.reconcile.statusview import open_readonly, read_status
+from gitopsd.registry.aliases import AliasBook
 from gitopsd.source.redact import redact_text, redact_url
 from gitopsd.spec.gates import parse_gate
 from gitopsd.ui import lineagegraph, metricsfile, runfiles
@@ -367,7 +368,7 @@ def _model_page(conn: sqlite3.Connection, state_dir: Path, repo: str, model: str
     run_docs = [_run(state_dir, r, snapshots.get(r["id"]), stops.get(r["id"]), by_number) for r in runs]
     latest_snapshot = snapshots.get(ids[0]) if ids else None
     gates = [g for g in (_gate(t) for t in (latest_snapshot or {}).get("validate") or [] if isinstance(t, str)) if g]
-    aliases = _current_aliases(conn, model) if registry else {}
+    aliases = {a: v for (_, a), v in AliasBook(conn, schema="reg").current(model).items()} if registry else {}
     condition = cond[0]["type"] if cond and cond[0]["type"] in CONDITIONS else None
     return {
         "repository": repo,
@@ -429,12 +430,6 @@ def _version(row: sqlite3.Row) -> dict[str, Any]:
         "commit": lineage.get("commit") if isinstance(lineage.get("commit"), str) else None,
         "base": {"model": base[0], "version": base[1]} if base else None,
     }  # fmt: skip
-
-
-def _current_aliases(conn: sqlite3.Connection, model: str) -> dict[str, int]:
-    rows = _rows(conn, "SELECT alias, version FROM reg.alias_moves WHERE seq IN "
-                       "(SELECT max(seq) FROM reg.alias_moves WHERE model = ? GROUP BY alias)", (model,))  # fmt: skip
-    return {r["alias"]: r["version"] for r in rows if r["version"] is not None}
 
 
 def _alias_history(conn: sqlite3.Connection, model: str, registry: bool) -> list[dict[str, Any]]:
