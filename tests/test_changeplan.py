@@ -16,6 +16,7 @@ from gitopsd.model import Phase, Reason
 from gitopsd.reconcile.changeplan import (
     AliasChange,
     ChangePlan,
+    Declared,
     DryRun,
     Entry,
     Facts,
@@ -26,7 +27,6 @@ from gitopsd.reconcile.changeplan import (
     alias_changes,
     build,
     gpu_cost,
-    quiet_when_settled,
     settled,
     totals,
     training_changes,
@@ -401,6 +401,13 @@ def test_a_settled_plan_from_the_recorded_rows_is_the_plan_of_the_commit_against
                     omitted=Omitted(quiet, suspended))  # fmt: skip
     assert brief.totals == told.totals and brief.exit_code == told.exit_code
     assert render_text(brief) == render_text(told) and render_markdown(brief) == render_markdown(told)
+
+
+def quiet_when_settled(declared: Declared, facts: Facts, dry_run: DryRun) -> bool:
+    """The rule `StateStore.settled_quiet` applies in SQL, in Python: the line a settled plan gives `declared` is
+    quiet when nothing blocks the model and it has no alias, declared or held in the registry (a settled state
+    directory has no run in flight)."""
+    return not (declared.aliases or declared.name in dry_run.blocked or declared.name in facts.aliases_of)
 
 
 def _want(m: DesiredModel, run_key: str, why: Reason | None) -> Want:

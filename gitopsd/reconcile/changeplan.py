@@ -576,21 +576,14 @@ def settled(
 ) -> ChangePlan:
     """The report of a commit against itself when a pass over it does nothing (`reconcile/settled.py`): every
     model unchanged, each line from what the pass recorded of it, as `build` would give with both states loaded.
-    `omitted`: the models not in `models` because their lines are quiet (`quiet`), counted by the caller."""
+    `omitted`: the models not in `models` because their lines are quiet, counted by the caller
+    (`StateStore.settled_quiet`)."""
     numbers = facts.numbers_of
     entries = tuple(unchanged(m, (), facts, dry_run, numbers.get(m.name, set()))
                     for m in sorted(models, key=lambda m: m.name))  # fmt: skip
     unavailable = tuple(f"backend {name} unavailable: {why}" for name, why in sorted(dry_run.unavailable.items()))
     return ChangePlan(base_commit=commit, head_commit=commit, base_label=base_label, head_label=head_label,
                       entries=entries, notes=unavailable, omitted=omitted)  # fmt: skip
-
-
-def quiet_when_settled(declared: Declared, facts: Facts, dry_run: DryRun) -> bool:
-    """Whether the line a settled plan gives `declared` (`unchanged` with no action) is quiet, told without making
-    it: nothing blocks the model and it has no alias, declared or held in the registry, so its line is a plain
-    "unchanged" or "suspended" (a settled state directory has no run in flight). A brief plan counts such models
-    (`Omitted`); `StateStore.settled_quiet` applies this very rule to the rows in SQL."""
-    return not (declared.aliases or declared.name in dry_run.blocked or declared.name in facts.aliases_of)
 
 
 def _held(name: str, why: list[Because], dry_run: DryRun) -> tuple[Verdict, list[Because], str] | None:

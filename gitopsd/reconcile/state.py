@@ -529,7 +529,7 @@ class StateStore:
         """For a brief plan of the settled commit: the `PlanLine` of each model whose line may say more than
         "unchanged" or "suspended" (blocked, declaring aliases, or among `aliased`: the models the registry holds
         aliases of; and any row with no wanted key, which the caller refuses), by name; then how many other rows
-        there are and how many of those are suspended. `changeplan.quiet_when_settled` is the same rule in Python.
+        there are and how many of those are suspended (each line `changeplan.unchanged` gives them is a quiet one).
         Two scans in SQLite, one tuple per model of note: ten thousand quiet models cost about a millisecond."""
         noted = "blocked != '' OR aliases != '{}' OR wanted_key = '' OR name IN (SELECT value FROM json_each(?))"
         names = json.dumps(sorted(aliased))
