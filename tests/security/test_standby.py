@@ -4,7 +4,6 @@ directories are adopted only as far as Git backs them, and nothing in them decid
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,8 +63,8 @@ def test_forged_run_directories_are_not_adopted_and_gates_come_from_git(site: Si
     assert snapshot["outputs"]["artifact"] == "model.json"
     messages = [e["message"] for e in login2.state.events("blobs") if e["run_id"] == "blobs-0000000a"]
     assert messages and all("\n" not in m for m in messages), messages
-    shutil.rmtree(site.runs / real)  # nothing else was touched
-    assert sorted(p.name for p in site.runs.iterdir()) == sorted(
+    # nothing else was touched (the real run's training may still be writing in its directory)
+    assert sorted(p.name for p in site.runs.iterdir() if p.name != real) == sorted(
         ["blobs-0000000a", "blobs-0000000b", "blobs-0000000c", "blobs-0000000e", "blobs-0000000f", "blobs-00000010",
          "blobs-00000011", "blobs-00000012", "blobs-00000013"]
     )  # fmt: skip
