@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gitopsd.reconcile.changeplan import Facts, alias_changes
 from gitopsd.reconcile.reconciler import Reconciler
-from gitopsd.registry.aliases import AliasBook, AliasMove, kind_of, plan_aliases
+from gitopsd.registry.aliases import AliasBook, AliasMove, alias_targets, kind_of, plan_aliases
 from gitopsd.registry.sqlitedb import migrate
 from gitopsd.registry.versions import MIGRATIONS, Registry
 from tests.conftest import GitRepo, gitopsd
@@ -69,6 +70,29 @@ def test_applying_the_moves_converges(
     again, refused_again = plan_aliases("m", declared, versions, after)
     assert again == []
     assert refused_again == refused
+
+
+@given(
+    declared=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.one_of(st.integers(1, 6), st.just("latest"))),
+    base=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.one_of(st.integers(1, 6), st.just("latest"))),
+    versions=st.sets(st.integers(1, 5)),
+    current=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 5)),
+    trains=st.booleans(),
+)
+def test_the_newest_version_and_the_ones_named_decide_like_the_whole_history(
+    declared: dict[str, int | str], base: dict[str, int | str], versions: set[int], current: dict[str, int],
+    trains: bool,
+) -> None:  # fmt: skip
+    """A pass reads of a model's versions only the newest and those its aliases name (`Registry.alias_numbers`
+    of `alias_targets`), not its whole history: the daemon's moves and the plan's alias lines must be the same as
+    with every version."""
+    named = alias_targets([("m", base), ("m", declared)], [("m", alias) for alias in current])
+    read = {max(versions)} | (named.get("m", set()) & versions) if versions else set()
+    assert plan_aliases("m", declared, read, current) == plan_aliases("m", declared, versions, current)
+    facts = Facts(known=True, aliases={("m", alias): number for alias, number in current.items()})
+    lines = [alias_changes(model="m", base=base, head=declared, facts=facts, numbers=have, trains=trains)
+             for have in (read, versions)]  # fmt: skip
+    assert lines[0] == lines[1]
 
 
 def _aliases(state_dir: Path) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gitopsd.errors import PermanentError
 from gitopsd.registry import versions as registry_module
@@ -93,6 +95,38 @@ def test_queries(tmp_path: Path) -> None:
         assert reg.key_numbers() == {("iris", "ka"): 3, ("iris", "kb"): 2, ("mnist", "ka"): 1}
         assert reg.key_numbers({"iris", "absent"}) == {("iris", "ka"): 3, ("iris", "kb"): 2}
         assert reg.key_numbers(set()) == {}
+        # what a pass asks: the number of the one key each model wants now, never the rest of its history
+        assert reg.wanted_numbers({"iris": "ka", "mnist": "kb", "absent": "ka"}) == {("iris", "ka"): 3}
+        assert reg.wanted_numbers({"iris": "kb", "mnist": "ka"}) == {("iris", "kb"): 2, ("mnist", "ka"): 1}
+        assert reg.wanted_numbers({}) == {}
+        # what moving aliases asks: each model's newest number, and which of the numbers named are registered
+        assert reg.alias_numbers({"iris": {1, 7}, "mnist": set(), "absent": {1}}) == {"iris": {1, 3}, "mnist": {1}}
+        assert reg.alias_numbers({}) == {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    registered=st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["k1", "k2", "k3"])), max_size=12),
+    wanted=st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["k1", "k2", "k3"])),
+    named=st.dictionaries(st.sampled_from("abcd"), st.sets(st.integers(1, 8), max_size=3)),
+)
+def test_the_reads_of_a_pass_agree_with_the_whole_history(
+    tmp_path_factory: pytest.TempPathFactory, registered: list[tuple[str, str]], wanted: dict[str, str],
+    named: dict[str, set[int]],
+) -> None:  # fmt: skip
+    """`wanted_numbers` and `alias_numbers` read the index instead of every version: they must say what reading
+    the whole history says."""
+    with Registry(tmp_path_factory.mktemp("reg") / "registry.db") as reg:
+        for i, (model, run_key) in enumerate(registered):
+            _register(reg, model, f"r{i}", run_key=run_key, artifact=_artifact(i))
+        every = reg.key_numbers()
+        numbers: dict[str, set[int]] = {}
+        for version in reg.list():
+            numbers.setdefault(version.model, set()).add(version.number)
+        assert reg.wanted_numbers(wanted) == {(m, k): n for (m, k), n in every.items() if wanted.get(m) == k}
+        assert reg.alias_numbers(named) == {
+            model: {max(numbers[model])} | (named[model] & numbers[model]) for model in named if model in numbers
+        }
 
 
 def test_the_newest_row_moves_with_every_registration_and_only_then(tmp_path: Path) -> None:
@@ -210,6 +244,7 @@ def test_readonly_on_a_missing_file_is_empty_and_creates_nothing(tmp_path: Path)
         assert reg.latest("iris") is None
         assert reg.latest_numbers() == {}
         assert reg.registered_keys() == {}
+        assert reg.wanted_numbers({"iris": "k"}) == {} and reg.alias_numbers({"iris": {1}}) == {}
         assert reg.verify(FileStore(tmp_path / "store")) == []
     assert not path.exists()
     assert not path.parent.exists()

@@ -151,7 +151,7 @@ def _settled_plan(
     from gitopsd.reconcile import changeplan
     from gitopsd.reconcile.changeplan import Omitted
     from gitopsd.reconcile.state import StateStore
-    from gitopsd.registry.aliases import AliasBook
+    from gitopsd.registry.aliases import AliasBook, alias_targets
     from gitopsd.registry.sqlitedb import snapshot
     from gitopsd.registry.versions import Registry
     from gitopsd.source.urls import local_path
@@ -169,13 +169,14 @@ def _settled_plan(
                 return None  # --branch names another commit than the one the settled pass applied
             aliases = AliasBook(registry.conn).current()
             omitted = Omitted()
-            if brief:  # the versions of the models shown only: however long the others' history
+            if brief:  # the models shown only: however long the others' history
                 rows, *counts = state.settled_quiet({model for model, _ in aliases})
                 omitted = Omitted(*counts)
-                versions = registry.key_numbers({row.name for row in rows})
             else:
                 rows = state.plan_lines()
-                versions = registry.key_numbers()
+            declared = list(_declared(rows))
+            versions = registry.wanted_numbers({row.name: row.wanted_key for row in rows})
+            numbers = registry.alias_numbers(alias_targets(((d.name, d.aliases) for d in declared), aliases))
     except (GitopsdError, OSError, ValueError, sqlite3.Error):  # the full plan reports whatever it meets
         return None
     finally:
@@ -188,8 +189,8 @@ def _settled_plan(
         blocked=blocked, unavailable=dict(record.unavailable), run_keys={row.name: row.wanted_key for row in rows},
         blocked_reasons={row.name: Reason(row.blocked_reason) for row in rows if row.blocked},
     )  # fmt: skip
-    facts = changeplan.Facts(known=True, versions=versions, aliases=aliases)
-    plan = changeplan.settled(commit=commit, models=_declared(rows), facts=facts, dry_run=dry,
+    facts = changeplan.Facts(known=True, versions=versions, aliases=aliases, numbers=numbers)
+    plan = changeplan.settled(commit=commit, models=declared, facts=facts, dry_run=dry,
                               base_label="the applied commit", head_label=head_label, omitted=omitted)  # fmt: skip
     return _Planned(plan=plan, commit=commit, blocked=blocked)
 
@@ -325,7 +326,7 @@ def _plan(
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
                                          head_label=head_label, error=result.error)  # fmt: skip
             return _Planned(plan=invalid, commit=result.commit, actions=result.actions, blocked=result.blocked)
-        facts = _facts(rec, known_state=applied is not None)
+        facts = _facts(rec, [s for s in (base_state, head_state) if s is not None], known_state=applied is not None)
         dry = changeplan.DryRun(
             actions=result.actions, blocked=result.blocked, unavailable=result.unavailable,
             blocked_reasons={name: want.blocked_reason for name, want in result.wants.items() if want.blocked},
@@ -380,13 +381,18 @@ def _base_state(rec: Reconciler, base: str | None) -> tuple[DesiredState | None,
     return None, [f"base commit {base[:12]} {why}: every model of the head is shown as new"]
 
 
-def _facts(rec: Reconciler, *, known_state: bool) -> Facts:
+def _facts(rec: Reconciler, states: Sequence[DesiredState], *, known_state: bool) -> Facts:
+    """What the state directory knows of the models of `states` (the base and head)."""
     from gitopsd.reconcile.changeplan import Facts, InFlight
+    from gitopsd.registry.aliases import alias_targets
 
     runs = rec.state.active_runs()
+    aliases = rec.aliases.current()
+    declared = ((name, m.spec.spec.aliases) for state in states for name, m in state.models.items())
     return Facts(
         known=known_state,
         versions=rec.registry.key_numbers(),
-        aliases=rec.aliases.current(),
+        aliases=aliases,
         in_flight=tuple(InFlight(model=r.model, run_id=r.id, run_key=r.run_key, phase=str(r.phase)) for r in runs),
+        numbers=rec.registry.alias_numbers(alias_targets(declared, aliases)),
     )

@@ -104,14 +104,9 @@ class Facts:
     versions: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (model, run key) -> number
     aliases: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (model, alias) -> number
     in_flight: Sequence[InFlight] = ()
-
-    @cached_property
-    def numbers_of(self) -> Mapping[str, set[int]]:
-        """model -> the numbers of its versions."""
-        found: dict[str, set[int]] = {}
-        for (model, _), number in self.versions.items():
-            found.setdefault(model, set()).add(number)
-        return found
+    # model -> what its aliases need to know of its versions, read by `Registry.alias_numbers(alias_targets(...))`:
+    # the newest number, and those of the numbers its aliases name that are registered
+    numbers: Mapping[str, set[int]] = field(default_factory=dict)
 
     @cached_property
     def aliases_of(self) -> Mapping[str, Mapping[str, int]]:
@@ -421,7 +416,7 @@ def build(
     by_model: dict[str, list[Action]] = {}
     for action in dry_run.actions:
         by_model.setdefault(action.model, []).append(action)
-    numbers = facts.numbers_of
+    numbers = facts.numbers
     before = base.models if base is not None else {}
     entries: list[Entry] = []
     for name in sorted(before.keys() | head.models.keys()):
@@ -578,7 +573,7 @@ def settled(
     model unchanged, each line from what the pass recorded of it, as `build` would give with both states loaded.
     `omitted`: the models not in `models` because their lines are quiet, counted by the caller
     (`StateStore.settled_quiet`)."""
-    numbers = facts.numbers_of
+    numbers = facts.numbers
     entries = tuple(unchanged(m, (), facts, dry_run, numbers.get(m.name, set()))
                     for m in sorted(models, key=lambda m: m.name))  # fmt: skip
     unavailable = tuple(f"backend {name} unavailable: {why}" for name, why in sorted(dry_run.unavailable.items()))

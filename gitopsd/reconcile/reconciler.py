@@ -35,7 +35,7 @@ from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
 from gitopsd.reconcile.summarize import Summary
 from gitopsd.reconcile.troubles import RetryBook
 from gitopsd.reconcile.usage import read_spent
-from gitopsd.registry.aliases import AliasBook, plan_aliases
+from gitopsd.registry.aliases import AliasBook, alias_targets, plan_aliases
 from gitopsd.registry.audit import push_tags
 from gitopsd.registry.recovery import import_missing, restore_lost, save_alias_journal
 from gitopsd.registry.store import sweep_stale_uploads
@@ -248,7 +248,8 @@ class Reconciler:
         if not runs and not dry_run and settled == self._settled and self.troubles.clock() < self._retry_at:
             return PassResult(commit=commit, actions=(), active=0, error=row.error)
         views = self.observer.observe(runs, desired, backends, unavailable, record=not dry_run)
-        versions = self.registry.key_numbers()
+        wants, bases, rebased = self._effective_wants(desired, backends)
+        versions = self._wanted_numbers(wants)
         registered: dict[str, set[str]] = {}
         for model, run_key in versions:
             registered.setdefault(model, set()).add(run_key)
@@ -257,7 +258,6 @@ class Reconciler:
             runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable,
             now=time.time(), last_failures=failures,
         )  # fmt: skip
-        wants, bases, rebased = self._effective_wants(desired, backends)
         wants, actions, rebased = self._within_budgets(desired, wants, plan(wants, actual), rebased)
         if dry_run:
             return PassResult(
@@ -267,8 +267,8 @@ class Reconciler:
             )  # fmt: skip
         tried = self.applier.apply(actions, desired, backends, bases)
         if tried:
-            versions = self.registry.key_numbers()
-        moved, problems = self._sync_aliases(desired, versions)
+            versions = self._wanted_numbers(wants)
+        moved, problems = self._sync_aliases(desired)
         touched = moved | problems | rebased
         waiting = self.outbox.drain({"alias-journal": self._send_alias_journal, "audit-tags": self._push_tags})
         self._sweep_uploads()
@@ -523,21 +523,24 @@ class Reconciler:
         number = int(which) if which.isdigit() else self._alias_state.get((model, which))
         return self.registry.get(model, number) if number is not None else None
 
-    def _sync_aliases(
-        self, desired: DesiredState, versions: Mapping[tuple[str, str], int]
-    ) -> tuple[set[str], set[str]]:
+    def _wanted_numbers(self, wants: Mapping[str, Want]) -> dict[tuple[str, str], int]:
+        """(model, run key) -> newest version number, for the run key each model wants (the registry's index,
+        not its history: a pass costs the same with 100,000 versions as with none)."""
+        return self.registry.wanted_numbers({name: want.run_key for name, want in wants.items()})
+
+    def _sync_aliases(self, desired: DesiredState) -> tuple[set[str], set[str]]:
         """Move aliases to where the applied commit declares them; return the models whose aliases moved, and
         those whose refused aliases differ from what this process last saw."""
-        numbers: dict[str, set[int]] = {}
-        for (model, _), number in versions.items():
-            numbers.setdefault(model, set()).add(number)
         declared = {name: aliases for name, aliases in self._alias_view.of(desired).items() if aliases}
         pointing: dict[str, dict[str, int]] = {}  # each model's aliases as the registry has them, grouped once
         for (model, alias), number in self._alias_state.items():
             pointing.setdefault(model, {})[alias] = number
+        named: dict[str, set[int]] = {name: set() for name in self._alias_seen}
+        named |= alias_targets(declared.items(), self._alias_state)
+        numbers = self.registry.alias_numbers(named)  # each model's newest version, and those its aliases name
         moved: set[str] = set()
         problems: set[str] = set()
-        for name in sorted(set(declared) | set(pointing) | set(self._alias_seen)):
+        for name in sorted(named):
             wanted = declared.get(name, {})
             have = numbers.get(name, set())
             key = (tuple(sorted((a, str(t)) for a, t in wanted.items())), max(have, default=0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,19 @@ def plan_aliases(
     for alias in sorted(set(current) - set(declared)):
         moves.append(AliasMove(model=model, alias=alias, version=None, previous=current[alias]))
     return moves, refused
+
+
+def alias_targets(
+    declared: Iterable[tuple[str, Mapping[str, int | str]]], current: Iterable[tuple[str, str]]
+) -> dict[str, set[int]]:
+    """model -> the version numbers its aliases name, for each model that declares an alias (`declared`: model,
+    aliases) or holds one in the registry (`current`: (model, alias) keys): what `Registry.alias_numbers` must
+    read of each for `plan_aliases` (and `gitopsd plan`)."""
+    named: dict[str, set[int]] = {model: set() for model, _ in current}
+    for model, aliases in declared:
+        if aliases:
+            named.setdefault(model, set()).update(t for t in aliases.values() if isinstance(t, int))
+    return named
 
 
 def kind_of(move: AliasMove, subject: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -353,6 +353,38 @@ class Registry:
                 (json.dumps(sorted(models)),),
             )
         return {(model, run_key): number for model, run_key, number in rows}
+
+    def wanted_numbers(self, wanted: Mapping[str, str]) -> dict[tuple[str, str], int]:
+        """(model, run key) -> the newest version number trained from that key, for the one run key each model
+        in `wanted` (model -> run key) wants now; a key with no version is left out. Each is one step in the
+        (model, run key) index, so a pass pays for the models it plans, not for the registry's history."""
+        rows = self._rows(
+            "SELECT v.model, v.run_key, MAX(v.number) FROM json_each(?) AS k JOIN versions AS v "
+            "ON v.model = k.key AND v.run_key = k.value GROUP BY v.model, v.run_key",
+            (json.dumps(dict(wanted)),),
+        )
+        return {(model, run_key): number for model, run_key, number in rows}
+
+    def alias_numbers(self, named: Mapping[str, Collection[int]]) -> dict[str, set[int]]:
+        """What moving the aliases of each model in `named` needs to know of its versions: its newest number,
+        and which of the numbers its aliases name (`named[model]`) are registered. A model with no version is
+        left out. Index steps per model and number named, however long its history."""
+        found: dict[str, set[int]] = {}
+        newest = self._rows(
+            "SELECT k.value, (SELECT MAX(number) FROM versions WHERE model = k.value) AS newest FROM json_each(?) "
+            "AS k WHERE newest IS NOT NULL",
+            (json.dumps(sorted(named)),),
+        )
+        for model, number in newest:
+            found[model] = {number}
+        pairs = [[model, number] for model, numbers in named.items() if model in found for number in numbers]
+        for model, number in self._rows(
+            "SELECT v.model, v.number FROM json_each(?) AS k JOIN versions AS v "
+            "ON v.model = k.value ->> 0 AND v.number = k.value ->> 1",
+            (json.dumps(pairs),),
+        ):
+            found[model].add(number)
+        return found
 
     def empty(self) -> bool:
         """Whether no version is registered (one index step)."""
