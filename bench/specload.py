@@ -10,9 +10,9 @@ committed with pygit2), then times the real `gitopsd` command, each measurement 
   operator configuration (`--config`, the `local` backend with settings, output limits), in its own state
   directory; `plan` also as a pull-request comment (`--format markdown`) and as piped JSON, which time the
   report's other two faces on 10,000 models (no target);
-- `reconcile --once` and `plan` on a copy of the warm state directory whose registry holds a long history (10
-  versions of every model, 100,000 in all, and their alias moves): a pass that finds nothing to do must not pay
-  for the history (same targets);
+- `reconcile --once` and `plan` on a copy of the warm state directory with a long history (10 versions of every
+  model, 100,000 in all, their alias moves, and the 110,000 runs that made them, one failed attempt per model
+  among them): a pass that finds nothing to do must not pay for the history (same targets);
 - the first `plan` and the first `reconcile --once` after a commit that changes one spec (it stays suspended, so
   nothing is submitted and every repetition measures the same work).
 
@@ -131,24 +131,33 @@ def edit_one(repo: BenchRepo, index: int, round_: int) -> None:
 
 
 def add_history(state_dir: Path, models: int, per_model: int) -> int:
-    """Give the registry of `state_dir` a long history: `per_model` versions of each bench model, each of which
-    moved its `latest` alias, and a last move that took the alias away again (the specs declare none, so a pass
-    has nothing to do with them). Plain SQL inserts in one transaction into the registry's own schema, as
-    `bench/listings.py` builds its registry: registering them one by one would take most of a minute. Returns
-    how many versions it added."""
+    """Give `state_dir` a long history: `per_model` versions of each bench model, each trained by a run that
+    `state.db` remembers (after one failed attempt at the first), each of which moved its `latest` alias, and a
+    last move that took the alias away again (the specs declare none, so a pass has nothing to do with them).
+    Plain SQL inserts in one transaction into each database's own schema, as `bench/listings.py` builds its
+    registry: registering them one by one would take most of a minute. Returns how many versions it added."""
     import sqlite3
 
     at = time.time()
     versions: list[tuple[object, ...]] = []
     moves: list[tuple[object, ...]] = []
+    runs: list[tuple[object, ...]] = []
     for i in range(models):
         name = model_name(i)
+        runs.append((f"fail-{i}", name, f"{i:032x}{0:032x}", "Failed", None))
         for number in range(1, per_model + 1):
             digest = f"{i:032x}{number:032x}"
             versions.append((name, number, f"hist-{i}-{number}", digest, digest, 1024,
                              f"file:///store/sha256/{digest[:2]}/{digest[2:]}", "{}", "[]", "{}", at))  # fmt: skip
             moves.append((name, "latest", number, number - 1 or None, "moved", "0" * 40, "", at))
+            runs.append((f"hist-{i}-{number}", name, digest, "Registered", number))
         moves.append((name, "latest", None, per_model, "removed", "0" * 40, "", at))
+    with sqlite3.connect(state_dir / "state.db") as conn:
+        conn.executemany(
+            "INSERT INTO runs (id, model, run_key, spec_digest, commit_id, spec_path, backend, phase, attempt, "
+            "version, run_dir, created_at, updated_at, ended_at) "
+            f"VALUES (?1, ?2, ?3, 'history', '{'0' * 40}', 'models/x.yaml', 'local', ?4, 1, ?5, '/nonexistent', "
+            f"{at}, {at}, {at})", runs)  # fmt: skip
     with sqlite3.connect(state_dir / "registry.db") as conn:
         conn.executemany(
             "INSERT INTO versions (model, number, run_id, run_key, artifact_sha256, artifact_size, artifact_uri, "

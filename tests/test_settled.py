@@ -108,7 +108,8 @@ def snapshot(state_dir: Path) -> dict[str, Any]:
         # whether a pass saw a training Running depends on how fast it ran, not on the path taken
         events = [(e["model"], e["kind"], e["reason"]) for e in store.events(limit=1000) if e["kind"] != "Running"]
         runs = sorted((r.model, r.run_key, str(r.phase)) for r in store.runs_of_commit(source.applied_commit or ""))
-        attempts = sorted((k[0], k[1]) for k in store.attempts())
+        failed = store.conn.execute("SELECT model, run_key FROM runs WHERE phase = 'Failed'")
+        attempts = sorted(tuple(r) for r in failed)
     with Registry(state_dir / "registry.db") as registry:
         versions = sorted((v.model, v.number, v.run_key) for v in registry.list())
         aliases = AliasBook(registry.conn).current()
@@ -225,6 +226,30 @@ def test_a_version_or_an_alias_move_from_another_process_runs_the_full_pass(pair
     pair.after_change()
 
 
+@pytest.mark.parametrize("key", ["wanted", "old"])
+def test_a_failed_attempt_from_another_process_spoils_the_record_only_at_a_wanted_key(pair: Pair, key: str) -> None:
+    """The record digests the failed attempts at the run key each model wants (a lookup per model, not a read of
+    every run): one recorded there by another process, without an event, must spoil it; one at a key no model
+    wants any more changes nothing a pass reads, and the next pass may still skip."""
+    repo = pair.repo
+    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
+    repo.commit("Suspended")
+    pair.settle()
+    assert pair.probe() == (True, False)
+    for which in ("quick", "full"):
+        with StateStore(pair.root / which / "state.db") as store, store.conn:
+            store.conn.execute(
+                "INSERT INTO runs (id, model, run_key, spec_digest, commit_id, spec_path, backend, phase, attempt, "
+                "run_dir, created_at, updated_at, ended_at) SELECT 'by-hand', name, "
+                f"{'wanted_key' if key == 'wanted' else repr('0' * 64)}, spec_digest, '', spec_path, backend, "
+                "'Failed', 1, '/nonexistent', 1.0, 1.0, 1.0 FROM models WHERE name = 'blobs'"
+            )  # fmt: skip
+    if key == "wanted":
+        pair.after_change()
+    else:
+        assert pair.probe() == (True, False)
+
+
 def _unsuspended_but_recorded_as_settled(pair: Pair, tamper: Callable[[Path], None]) -> None:
     """Suspend and settle, then unsuspend in a commit whose record is planted: the full pass must still train."""
     repo = pair.repo
@@ -327,3 +352,19 @@ def test_a_signed_record_of_the_wrong_shape_is_ignored(tmp_path: Path, payload: 
     mac = settled._mac(key, generation, text)
     (tmp_path / settled.RECORD_FILE).write_text(json.dumps({"generation": generation, "payload": payload, "mac": mac}))
     assert settled.read(tmp_path, key, generation) is None
+
+
+def test_failed_attempts_are_looked_up_for_the_wanted_keys_not_read_from_every_run(tmp_path: Path) -> None:
+    """Every pass and every settled check reads the failed attempts: they must cost a lookup per model in the
+    index of failed runs, not a scan of every run ever registered (a long-lived repository has one per version)
+    or of every failure of keys no longer wanted."""
+    with StateStore(tmp_path / "state.db") as store:
+        executed: list[str] = []
+        store.conn.set_trace_callback(executed.append)
+        store.failed({"m": "k"})
+        store.failed()
+        store.conn.set_trace_callback(None)
+        plans = [str(row[3]) for sql in executed for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
+    runs = [p for p in plans if re.match(r"(SCAN|SEARCH) (r|x|runs)\b", p)]  # each read of the runs table
+    assert len(runs) == 4, plans
+    assert all("USING INDEX runs_failed (model=? AND run_key=?)" in p or "PRIMARY KEY" in p for p in runs), plans

@@ -253,10 +253,11 @@ class Reconciler:
         registered: dict[str, set[str]] = {}
         for model, run_key in versions:
             registered.setdefault(model, set()).add(run_key)
-        failures = {t: Failure(ended_at=at, reason=why) for t, (at, why) in self.state.last_failures().items()}
+        failed = self.state.failed({name: want.run_key for name, want in wants.items()})
         actual = Actual(
-            runs=views, registered=registered, failed_attempts=self.state.attempts(), unavailable=unavailable,
-            now=time.time(), last_failures=failures,
+            runs=views, registered=registered, failed_attempts={t: f.attempts for t, f in failed.items()},
+            unavailable=unavailable, now=time.time(),
+            last_failures={t: Failure(ended_at=f.ended_at, reason=f.reason) for t, f in failed.items()},
         )  # fmt: skip
         wants, actions, rebased = self._within_budgets(desired, wants, plan(wants, actual), rebased)
         if dry_run:

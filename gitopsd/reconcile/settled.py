@@ -122,16 +122,16 @@ def fingerprint(
     setup: object,
 ) -> str:
     """A digest of everything a pass reads besides the commit's specs and the backends' health: the source row,
-    the event log, attempts and failures, the retry book, the outbox, the registry's versions and aliases, and
-    the operator's `setup` (`DEFAULT_SETUP`, or its configuration and output limits). The same function for the
-    full pass (`Reconciler`) and the quick one (`quickpass`), so they cannot disagree on what it covers. Versions
-    and alias moves are only ever added, so their count and newest row stand for all of them: the cost does not
-    grow with the registry's history (100,000 versions took 0.3 s to digest whole)."""
+    the event log, the failed attempts at the run keys the models want, the retry book, the outbox, the
+    registry's versions and aliases, and the operator's `setup` (`DEFAULT_SETUP`, or its configuration and output
+    limits). The same function for the full pass (`Reconciler`) and the quick one (`quickpass`), so they cannot
+    disagree on what it covers. Versions and alias moves are only ever added, so their count and newest row stand
+    for all of them: the cost does not grow with the registry's history (100,000 versions took 0.3 s to digest
+    whole), nor with the runs' (each model's wanted key is looked up in the index of failed runs)."""
     value = {
         "source": [row.url, row.branch, row.applied_commit],
         "event": state.last_event(),
-        "attempts": sorted(state.attempts().items()),
-        "failures": sorted(state.last_failures().items()),
+        "failed": list(state.failed().items()),  # of the run keys the models' rows want: all a pass reads
         "troubles": sorted((k, asdict(t)) for k, t in troubles.all().items()),
         "outbox": [asdict(e) for e in outbox.entries()],
         "versions": registry.newest_row(),  # append-only tables: their newest row, not their whole history
