@@ -50,7 +50,7 @@ def test_numbers_count_up_per_model(tmp_path: Path) -> None:
             _register(reg, "mnist", "r5").label,
         ]
         assert labels == ["iris@1", "iris@2", "mnist@1", "iris@3", "mnist@2"]
-        assert reg.latest_numbers() == {"iris": 3, "mnist": 2}
+        assert reg.alias_numbers({"iris": set(), "mnist": set()}) == {"iris": {3}, "mnist": {2}}
 
 
 def test_registered_version_reads_back_identically(tmp_path: Path) -> None:
@@ -91,10 +91,6 @@ def test_queries(tmp_path: Path) -> None:
         assert by_key is not None
         assert by_key.label == "iris@3"
         assert reg.by_run_key("mnist", "kb") is None
-        assert reg.registered_keys() == {"iris": {"ka", "kb"}, "mnist": {"ka"}}
-        assert reg.key_numbers() == {("iris", "ka"): 3, ("iris", "kb"): 2, ("mnist", "ka"): 1}
-        assert reg.key_numbers({"iris", "absent"}) == {("iris", "ka"): 3, ("iris", "kb"): 2}
-        assert reg.key_numbers(set()) == {}
         # what a pass asks: the number of the one key each model wants now, never the rest of its history
         assert reg.wanted_numbers({"iris": "ka", "mnist": "kb", "absent": "ka"}) == {("iris", "ka"): 3}
         assert reg.wanted_numbers({"iris": "kb", "mnist": "ka"}) == {("iris", "kb"): 2, ("mnist", "ka"): 1}
@@ -119,9 +115,12 @@ def test_the_reads_of_a_pass_agree_with_the_whole_history(
     with Registry(tmp_path_factory.mktemp("reg") / "registry.db") as reg:
         for i, (model, run_key) in enumerate(registered):
             _register(reg, model, f"r{i}", run_key=run_key, artifact=_artifact(i))
-        every = reg.key_numbers()
+        every: dict[tuple[str, str], int] = {}  # the newest number of each run key, from every version
         numbers: dict[str, set[int]] = {}
         for version in reg.list():
+            every[(version.model, version.run_key)] = max(
+                version.number, every.get((version.model, version.run_key), 0)
+            )
             numbers.setdefault(version.model, set()).add(version.number)
         assert reg.wanted_numbers(wanted) == {(m, k): n for (m, k), n in every.items() if wanted.get(m) == k}
         assert reg.alias_numbers(named) == {
@@ -242,8 +241,6 @@ def test_readonly_on_a_missing_file_is_empty_and_creates_nothing(tmp_path: Path)
     with Registry(path, readonly=True) as reg:
         assert reg.list() == []
         assert reg.latest("iris") is None
-        assert reg.latest_numbers() == {}
-        assert reg.registered_keys() == {}
         assert reg.wanted_numbers({"iris": "k"}) == {} and reg.alias_numbers({"iris": {1}}) == {}
         assert reg.verify(FileStore(tmp_path / "store")) == []
     assert not path.exists()
@@ -255,9 +252,9 @@ def test_readonly_sees_versions_and_cannot_write(tmp_path: Path) -> None:
     writer = Registry(path)
     _register(writer, "iris", "r1")
     with Registry(path, readonly=True) as reader:
-        assert reader.latest_numbers() == {"iris": 1}
+        assert reader.alias_numbers({"iris": set()}) == {"iris": {1}}
         _register(writer, "iris", "r2")  # the daemon keeps writing while status reads
-        assert reader.latest_numbers() == {"iris": 2}
+        assert reader.alias_numbers({"iris": set()}) == {"iris": {2}}
         with pytest.raises(PermanentError, match="is open read-only"):
             _register(reader, "iris", "r3")
     writer.close()

@@ -326,12 +326,14 @@ def _plan(
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
                                          head_label=head_label, error=result.error)  # fmt: skip
             return _Planned(plan=invalid, commit=result.commit, actions=result.actions, blocked=result.blocked)
-        facts = _facts(rec, [s for s in (base_state, head_state) if s is not None], known_state=applied is not None)
         dry = changeplan.DryRun(
             actions=result.actions, blocked=result.blocked, unavailable=result.unavailable,
             blocked_reasons={name: want.blocked_reason for name, want in result.wants.items() if want.blocked},
             run_keys={name: want.run_key for name, want in result.wants.items()},
         )  # fmt: skip
+        wanted = {name: dry.run_keys.get(name, model.run_key) for name, model in head_state.models.items()}
+        states = [s for s in (base_state, head_state) if s is not None]
+        facts = _facts(rec, states, wanted, known_state=applied is not None)
         built = changeplan.build(base=base_state, head=head_state, facts=facts, dry_run=dry, base_label=base_label,
                                  head_label=head_label, notes=notes)  # fmt: skip
         return _Planned(plan=built, commit=result.commit, actions=result.actions, blocked=result.blocked,
@@ -381,8 +383,9 @@ def _base_state(rec: Reconciler, base: str | None) -> tuple[DesiredState | None,
     return None, [f"base commit {base[:12]} {why}: every model of the head is shown as new"]
 
 
-def _facts(rec: Reconciler, states: Sequence[DesiredState], *, known_state: bool) -> Facts:
-    """What the state directory knows of the models of `states` (the base and head)."""
+def _facts(rec: Reconciler, states: Sequence[DesiredState], wanted: Mapping[str, str], *, known_state: bool) -> Facts:
+    """What the state directory knows of the models of `states` (the base and head): the versions of the run key
+    each head model wants (`wanted`, the key `changeplan` judges it by), and what their aliases need."""
     from gitopsd.reconcile.changeplan import Facts, InFlight
     from gitopsd.registry.aliases import alias_targets
 
@@ -391,7 +394,7 @@ def _facts(rec: Reconciler, states: Sequence[DesiredState], *, known_state: bool
     declared = ((name, m.spec.spec.aliases) for state in states for name, m in state.models.items())
     return Facts(
         known=known_state,
-        versions=rec.registry.key_numbers(),
+        versions=rec.registry.wanted_numbers(wanted),
         aliases=aliases,
         in_flight=tuple(InFlight(model=r.model, run_id=r.id, run_key=r.run_key, phase=str(r.phase)) for r in runs),
         numbers=rec.registry.alias_numbers(alias_targets(declared, aliases)),

@@ -337,23 +337,6 @@ class Registry:
             (model, run_key),
         )
 
-    def latest_numbers(self) -> dict[str, int]:
-        """Model -> its newest version number, in one query."""
-        return dict(self._rows("SELECT model, MAX(number) FROM versions GROUP BY model"))
-
-    def key_numbers(self, models: Collection[str] | None = None) -> dict[tuple[str, str], int]:
-        """(model, run key) -> the newest version number trained from that key, in one query; of `models` only,
-        when given (each looked up in the index, however long the others' history)."""
-        if models is None:
-            rows = self._rows("SELECT model, run_key, MAX(number) FROM versions GROUP BY model, run_key")
-        else:
-            rows = self._rows(
-                "SELECT model, run_key, MAX(number) FROM versions WHERE model IN (SELECT value FROM json_each(?)) "
-                "GROUP BY model, run_key",
-                (json.dumps(sorted(models)),),
-            )
-        return {(model, run_key): number for model, run_key, number in rows}
-
     def wanted_numbers(self, wanted: Mapping[str, str]) -> dict[tuple[str, str], int]:
         """(model, run key) -> the newest version number trained from that key, for the one run key each model
         in `wanted` (model -> run key) wants now; a key with no version is left out. Each is one step in the
@@ -400,13 +383,6 @@ class Registry:
             "WHERE rowid = (SELECT max(rowid) FROM versions)"
         )
         return tuple(found[0]) if found else (0,)
-
-    def registered_keys(self) -> dict[str, set[str]]:
-        """Model -> every run key it has a version for, in one query."""
-        keys: dict[str, set[str]] = {}
-        for model, run_key in self._rows("SELECT DISTINCT model, run_key FROM versions"):
-            keys.setdefault(model, set()).add(run_key)
-        return keys
 
     def verify(self, store: ArtifactStore) -> builtins.list[str]:
         """Re-hash every version's artifact in `store`; one line per missing or tampered artifact."""

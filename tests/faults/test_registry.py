@@ -283,7 +283,7 @@ def test_an_audit_tag_push_that_fails_while_the_remote_is_gone_is_retried_from_t
     away = remote.parent / "remote-away.git"
     remote.rename(away)  # the remote goes away while the run trains
     rec.reconcile_until_settled(timeout_s=60)
-    assert rec.registry.latest_numbers() == {"blobs": 1}
+    assert [v.label for v in rec.registry.list()] == ["blobs@1"]
     (entry,) = rec.outbox.entries()
     assert (entry.kind, entry.attempts) == ("audit-tags", 1)
     assert "audit tag push(es) waiting for the Git remote" in gitopsd(state_dir, "status").stdout
