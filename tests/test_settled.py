@@ -63,6 +63,12 @@ class Pair:
             finally:
                 rec.close()
 
+    def suspend_and_settle(self) -> None:
+        """Commit the model suspended and settle both directories on that commit."""
+        self.repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
+        self.repo.commit("Suspended")
+        self.settle()
+
     def probe(self) -> tuple[bool, bool]:
         """One pass in each directory, by a new reconciler; the results and the state must be equal. Returns
         whether each pass skipped the load."""
@@ -191,10 +197,7 @@ def test_a_new_process_skips_the_load_only_when_the_full_pass_would_do_nothing(p
 
 
 def test_a_change_of_state_outside_the_commit_runs_the_full_pass(pair: Pair) -> None:
-    repo = pair.repo
-    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
-    repo.commit("Suspended")
-    pair.settle()
+    pair.suspend_and_settle()
     assert pair.probe() == (True, False)
     for which in ("quick", "full"):  # another process records an event: the record no longer describes the state
         rec = pair.new(which)
@@ -209,10 +212,7 @@ def test_a_change_of_state_outside_the_commit_runs_the_full_pass(pair: Pair) -> 
 def test_a_version_or_an_alias_move_from_another_process_runs_the_full_pass(pair: Pair, change: str) -> None:
     """The record digests the registry by its newest version and newest alias move (both tables only grow), not
     by all of its history: a registration or a move by another process must still spoil it."""
-    repo = pair.repo
-    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
-    repo.commit("Suspended")
-    pair.settle()
+    pair.suspend_and_settle()
     assert pair.probe() == (True, False)
     for which in ("quick", "full"):
         with Registry(pair.root / which / "registry.db") as registry:
@@ -231,10 +231,7 @@ def test_a_failed_attempt_from_another_process_spoils_the_record_only_at_a_wante
     """The record digests the failed attempts at the run key each model wants (a lookup per model, not a read of
     every run): one recorded there by another process, without an event, must spoil it; one at a key no model
     wants any more changes nothing a pass reads, and the next pass may still skip."""
-    repo = pair.repo
-    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
-    repo.commit("Suspended")
-    pair.settle()
+    pair.suspend_and_settle()
     assert pair.probe() == (True, False)
     for which in ("quick", "full"):
         with StateStore(pair.root / which / "state.db") as store, store.conn:
@@ -252,10 +249,7 @@ def test_a_failed_attempt_from_another_process_spoils_the_record_only_at_a_wante
 
 def _unsuspended_but_recorded_as_settled(pair: Pair, tamper: Callable[[Path], None]) -> None:
     """Suspend and settle, then unsuspend in a commit whose record is planted: the full pass must still train."""
-    repo = pair.repo
-    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
-    repo.commit("Suspended")
-    pair.settle()
+    pair.suspend_and_settle()
     tamper(pair.root / "quick")
     assert pair.probe() == (False, False)
 
@@ -286,10 +280,7 @@ def test_a_damaged_or_forged_record_is_ignored(pair: Pair, tamper: Callable[[Pat
 
 
 def test_a_record_copied_from_another_state_directory_does_not_verify(pair: Pair) -> None:
-    repo = pair.repo
-    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
-    repo.commit("Suspended")
-    pair.settle()
+    pair.suspend_and_settle()
     record = pair.root / "full" / settled.RECORD_FILE
     assert not record.exists()  # the full-only directory never writes one
     quick = pair.root / "quick"
@@ -307,12 +298,9 @@ def test_a_record_copied_from_another_state_directory_does_not_verify(pair: Pair
 
 
 def test_a_record_of_another_commit_is_not_used(pair: Pair) -> None:
-    repo = pair.repo
-    repo.edit(MODEL, "  train:\n", "  suspend: true\n  train:\n")
-    repo.commit("Suspended")
-    pair.settle()
-    repo.edit(MODEL, "  suspend: true\n", "")
-    repo.commit("Unsuspended")  # would train
+    pair.suspend_and_settle()
+    pair.repo.edit(MODEL, "  suspend: true\n", "")
+    pair.repo.commit("Unsuspended")  # would train
     result = pair.new("quick")
     try:
         assert [type(a).__name__ for a in result.reconcile().actions] == ["Submit"]
