@@ -416,23 +416,30 @@ class StateStore:
     def failed(self, wanted: Mapping[str, str] | None = None) -> dict[tuple[str, str, str], Failed]:
         """(model, run key, spec digest) -> how many runs ended Failed for it, and when and why the latest did
         (what a retry's backoff is measured from), for the run key each model wants: `wanted` (model -> run key),
-        else the `wanted_key` of each model's row (what the settled-pass record digests). Read in the index of
-        failed runs for those keys alone: neither the runs registered nor the failures of keys no longer wanted
-        cost anything."""
-        keys = (
-            "(SELECT key AS name, value AS run_key FROM json_each(?))"
-            if wanted is not None
-            else "(SELECT name, wanted_key AS run_key FROM models)"
-        )
+        else the `wanted_key` of each model's row (what the settled-pass record digests).
+
+        Read in the index of the failed runs alone (the runs registered cost nothing), whichever way is shorter:
+        all of them when there are no more of them than models asking, else each model's key looked up in it
+        (failures of keys no longer wanted cost nothing either)."""
+        (failures,) = self.conn.execute("SELECT count(*) FROM runs WHERE phase = 'Failed'").fetchone()
+        asking = len(wanted) if wanted is not None else self.conn.execute("SELECT count(*) FROM models").fetchone()[0]
+        params: tuple[str, ...] = ()
+        if failures <= asking:
+            source = "runs AS r" if wanted is not None else "runs AS r CROSS JOIN models AS w ON w.name = r.model"
+            keyed = "" if wanted is not None else "AND r.run_key = w.wanted_key"
+        else:
+            keys = "(SELECT key AS name, value AS wanted_key FROM json_each(?))" if wanted is not None else "models"
+            source, keyed = f"{keys} AS w CROSS JOIN runs AS r ON r.model = w.name", "AND r.run_key = w.wanted_key"
+            params = (json.dumps(dict(wanted)),) if wanted is not None else ()
         rows = self.conn.execute(
-            f"WITH f AS (SELECT r.model, r.run_key, r.spec_digest, count(*) AS n, max(r.rowid) AS newest FROM {keys} "
-            "AS w CROSS JOIN runs AS r ON r.model = w.name AND r.run_key = w.run_key AND r.phase = 'Failed' "
-            "GROUP BY r.model, r.run_key, r.spec_digest) "
+            f"WITH f AS (SELECT r.model, r.run_key, r.spec_digest, count(*) AS n, max(r.rowid) AS newest FROM {source} "
+            f"WHERE r.phase = 'Failed' {keyed} GROUP BY r.model, r.run_key, r.spec_digest) "
             "SELECT f.model, f.run_key, f.spec_digest, f.n, coalesce(x.ended_at, x.updated_at), x.reason "
             "FROM f JOIN runs AS x ON x.rowid = f.newest ORDER BY f.model, f.run_key, f.spec_digest",
-            (json.dumps(dict(wanted)),) if wanted is not None else (),
+            params,
         )
-        return {(r[0], r[1], r[2]): Failed(r[3], float(r[4]), str(r[5] or "")) for r in rows}
+        return {(r[0], r[1], r[2]): Failed(r[3], float(r[4]), str(r[5] or ""))
+                for r in rows if wanted is None or wanted.get(r[0]) == r[1]}  # fmt: skip
 
     def ended_runs(self, model: str, *, skip: int = 0) -> list[RunRecord]:
         """Ended runs of `model`, newest first, leaving out the newest `skip`."""
