@@ -450,12 +450,21 @@ class StateStore:
         )
         return [RunRecord.from_row(r) for r in rows]
 
-    def last_finished_runs(self) -> dict[str, RunRecord]:
-        """The most recent terminal run of each model."""
-        rows = self.conn.execute(
-            "SELECT * FROM runs WHERE rowid IN (SELECT max(rowid) FROM runs "
-            "WHERE phase IN ('Registered', 'Failed', 'Cancelled') GROUP BY model)"
-        )
+    def last_finished_runs(self, models: Collection[str] | None = None) -> dict[str, RunRecord]:
+        """The most recent terminal run of each model; of `models` only, when given (each found among the runs
+        of that model, in its index: a pass that recomputes a few models' conditions reads a few models' runs,
+        not every run ever recorded)."""
+        if models is None:
+            rows = self.conn.execute(
+                "SELECT * FROM runs WHERE rowid IN (SELECT max(rowid) FROM runs "
+                "WHERE phase IN ('Registered', 'Failed', 'Cancelled') GROUP BY model)"
+            )
+        else:
+            rows = self.conn.execute(
+                "SELECT r.* FROM json_each(?) AS k JOIN runs AS r ON r.rowid = (SELECT max(rowid) FROM runs "
+                "WHERE model = k.value AND phase IN ('Registered', 'Failed', 'Cancelled'))",
+                (json.dumps(sorted(models)),),
+            )
         return {r["model"]: RunRecord.from_row(r) for r in rows}
 
     def gpu_runs(self, since: float) -> list[RunRecord]:

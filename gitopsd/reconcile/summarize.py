@@ -119,10 +119,11 @@ class Summary:
         self._troubles = dict(troubles)
         rows = {name: with_want(row, wants[name]) for name, row in self._rows.of(desired).items()}
         active = {r.model: r for r in active_runs}
-        last = self.state.last_finished_runs()
+        recomputed = desired.models.keys() if dirty is None else dirty & desired.models.keys()
+        last = self.state.last_finished_runs(None if dirty is None else recomputed)
         wanted = {name: c for name, c in known_conditions.items() if name in desired.models}
         waits = {action.model: action for action in actions if isinstance(action, Wait)}
-        for name in desired.models if dirty is None else dirty & desired.models.keys():
+        for name in recomputed:
             model = desired.models[name]
             facts = conditions.ModelFacts(
                 want=wants[name],
