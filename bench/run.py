@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
+from history import HISTORY_PER_MODEL, add_history
 from report import render
 
 from gitopsd.model import ConditionType
@@ -305,7 +306,30 @@ def run(opts: Options, work: Path) -> tuple[list[Result], dict[str, str]]:
     times = time_command([sys.executable, "-c", "pass"], STATUS_RUNS)
     name = f"`python -c pass` subprocess, median of {STATUS_RUNS}"
     results.append(summarize(name, times, None, "interpreter start-up on this machine, for reference"))
+    results.append(history_passes(opts, repo, state_dir))
     return results, profiles
+
+
+def history_passes(opts: Options, repo: BenchRepo, state_dir: Path) -> Result:
+    """The one-spec pass again after the state directory gained a long history (`bench/history.py`: ten versions
+    of every model, their alias moves and their runs, one failed attempt each): a pass with work to do must pay for
+    the models it plans, not for the past."""
+    added = add_history(state_dir, [model_name(i) for i in range(opts.models)], HISTORY_PER_MODEL)
+    rec = Reconciler(state_dir=state_dir, url=str(repo.path), operator=OPERATOR)
+    try:
+        expect(rec.reconcile("bench"), "first pass over the history", submits=0)  # untimed: a new process's load
+        change: list[float] = []
+        first = CHANGE_PASSES + 1  # after the models the passes above trained (the profiled one included)
+        for index in range(first, first + CHANGE_PASSES):
+            repo.unsuspend(index)
+            ms, result = timed_pass(rec)
+            expect(result, f"one-spec pass {index + 1} over the history", submits=1)
+            change.append(ms)
+            settle(rec, model_name(index))
+    finally:
+        rec.close()
+    name = f"one spec changed (1 submit), {added:,} versions and their runs behind, median of {CHANGE_PASSES}"
+    return summarize(name, change, 300, "the same pass after the history was added to the state directory")
 
 
 def table(results: list[Result]) -> str:

@@ -39,12 +39,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pygit2
+from history import HISTORY_PER_MODEL, add_history
 from report import render
 from run import BRANCH, BenchRepo, gitopsd_command, model_name, model_yaml
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
-#: Versions of each model in the registry of the "history" rows (100,000 at 10,000 models).
-HISTORY_PER_MODEL = 10
 _BLOB = pygit2.enums.FileMode.BLOB
 _TREE = pygit2.enums.FileMode.TREE
 
@@ -130,44 +129,6 @@ def edit_one(repo: BenchRepo, index: int, round_: int) -> None:
     repo.head = repo._commit(root.write(), f"Edit {model_name(index)}", [repo.head])
 
 
-def add_history(state_dir: Path, models: int, per_model: int) -> int:
-    """Give `state_dir` a long history: `per_model` versions of each bench model, each trained by a run that
-    `state.db` remembers (after one failed attempt at the first), each of which moved its `latest` alias, and a
-    last move that took the alias away again (the specs declare none, so a pass has nothing to do with them).
-    Plain SQL inserts in one transaction into each database's own schema, as `bench/listings.py` builds its
-    registry: registering them one by one would take most of a minute. Returns how many versions it added."""
-    import sqlite3
-
-    at = time.time()
-    versions: list[tuple[object, ...]] = []
-    moves: list[tuple[object, ...]] = []
-    runs: list[tuple[object, ...]] = []
-    for i in range(models):
-        name = model_name(i)
-        runs.append((f"fail-{i}", name, f"{i:032x}{0:032x}", "Failed", None))
-        for number in range(1, per_model + 1):
-            digest = f"{i:032x}{number:032x}"
-            versions.append((name, number, f"hist-{i}-{number}", digest, digest, 1024,
-                             f"file:///store/sha256/{digest[:2]}/{digest[2:]}", "{}", "[]", "{}", at))  # fmt: skip
-            moves.append((name, "latest", number, number - 1 or None, "moved", "0" * 40, "", at))
-            runs.append((f"hist-{i}-{number}", name, digest, "Registered", number))
-        moves.append((name, "latest", None, per_model, "removed", "0" * 40, "", at))
-    with sqlite3.connect(state_dir / "state.db") as conn:
-        conn.executemany(
-            "INSERT INTO runs (id, model, run_key, spec_digest, commit_id, spec_path, backend, phase, attempt, "
-            "version, run_dir, created_at, updated_at, ended_at) "
-            f"VALUES (?1, ?2, ?3, 'history', '{'0' * 40}', 'models/x.yaml', 'local', ?4, 1, ?5, '/nonexistent', "
-            f"{at}, {at}, {at})", runs)  # fmt: skip
-    with sqlite3.connect(state_dir / "registry.db") as conn:
-        conn.executemany(
-            "INSERT INTO versions (model, number, run_id, run_key, artifact_sha256, artifact_size, artifact_uri, "
-            "metrics, gates, lineage, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", versions)  # fmt: skip
-        conn.executemany(
-            "INSERT INTO alias_moves (model, alias, version, previous, kind, commit_id, subject, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", moves)  # fmt: skip
-    return len(versions)
-
-
 def row(name: str, samples: list[Sample], target: float | None) -> Row:
     wall = [s.wall_ms for s in samples]
     cpu = [s.cpu_ms for s in samples]
@@ -218,7 +179,7 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
     added = 0
     for i, state in enumerate(history):  # the warm state directory, and a registry 100,000 versions long
         shutil.copytree(states[i], state)
-        added = add_history(Path(state), models, HISTORY_PER_MODEL)
+        added = add_history(Path(state), [model_name(i) for i in range(models)], HISTORY_PER_MODEL)
         for _ in range(2):  # untimed: the first pass sees the new history, the second writes the record again
             timed([commands[i], "--state-dir", state, "reconcile", "--once"], env)
     for _ in range(runs):

@@ -29,12 +29,13 @@ def test_failed_attempts_are_read_in_the_index_of_failed_runs_whichever_way_is_s
         with store.conn:
             for i in range(3):
                 _run(store, f"f{i}", "m", "k", "d", "Failed", float(i))
+            _run(store, "f-old", "m", "old", "d", "Failed", 9.0)  # a key the model no longer wants
             for i in range(50):
                 _run(store, f"r{i}", "m", f"k{i}", "d", "Registered", float(i))
         executed: list[str] = []
         store.conn.set_trace_callback(executed.append)
-        few = store.failed({"m": "k", **{f"other{i}": "k" for i in range(5)}})  # 3 failed runs, 6 models asking
-        many = store.failed({"m": "k"})  # 3 failed runs, 1 model asking
+        few = store.failed({"m": "k", **{f"other{i}": "k" for i in range(15)}})  # 4 failed runs, 16 models asking
+        many = store.failed({"m": "k"})  # 4 failed runs, 1 model asking
         store.failed()  # the models' rows ask (none here)
         store.conn.set_trace_callback(None)
         plans = [str(row[3]) for sql in executed for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
@@ -55,7 +56,7 @@ def test_failed_attempts_are_read_in_the_index_of_failed_runs_whichever_way_is_s
         ),
         max_size=14,
     ),
-    wanted=st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["k1", "k2"])),
+    wanted=st.dictionaries(st.sampled_from("abcdefghijkl"), st.sampled_from(["k1", "k2"])),
 )
 def test_failed_attempts_agree_with_every_run(
     tmp_path_factory: pytest.TempPathFactory, runs: list[tuple[str, str, str, str]], wanted: dict[str, str]
