@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waitress.server import create_server
+from gitopsd.daemon.httpapi import HttpServer
 
 
 @dataclass
@@ -72,15 +71,16 @@ class GitHttpServer:
 
 @contextmanager
 def git_http_server(root: Path, *, user: str, password: str) -> Iterator[GitHttpServer]:
-    """Serve the bare repositories under `root` until the block ends (and every request is answered)."""
+    """Serve the bare repositories under `root` until the block ends (and every request is answered).
+
+    gitopsd's own `HttpServer` runs it: it closes waitress from the loop's own thread. waitress's `close()` from
+    this thread would race the loop's `select` (EBADF in the loop thread) and could close descriptor numbers a
+    later test's server already reuses."""
     app = GitHttpServer(root=root, user=user, password=password)
-    server: Any = create_server(app, host="127.0.0.1", port=0, threads=4)
-    app.port = int(server.effective_port)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = HttpServer(app, "127.0.0.1", 0, max_body=1 << 30)
+    app.port = server.port
+    server.start()
     try:
         yield app
     finally:
-        server.task_dispatcher.shutdown(timeout=10)  # let every request be answered before the loop closes
-        server.close()
-        thread.join(timeout=5)
+        server.stop(timeout_s=10)  # every request answered, then closed from the loop's thread
