@@ -249,11 +249,12 @@ class Reconciler:
             return PassResult(commit=commit, actions=(), active=0, error=row.error)
         views = self.observer.observe(runs, desired, backends, unavailable, record=not dry_run)
         wants, bases, rebased = self._effective_wants(desired, backends)
-        versions = self._wanted_numbers(wants)
+        keys = {name: want.run_key for name, want in wants.items()}  # what the registry and the runs are asked
+        versions = self.registry.wanted_numbers(keys)
         registered: dict[str, set[str]] = {}
         for model, run_key in versions:
             registered.setdefault(model, set()).add(run_key)
-        failed = self.state.failed({name: want.run_key for name, want in wants.items()})
+        failed = self.state.failed(keys)
         actual = Actual(
             runs=views, registered=registered, failed_attempts={t: f.attempts for t, f in failed.items()},
             unavailable=unavailable, now=time.time(),
@@ -268,7 +269,7 @@ class Reconciler:
             )  # fmt: skip
         tried = self.applier.apply(actions, desired, backends, bases)
         if tried:
-            versions = self._wanted_numbers(wants)
+            versions = self.registry.wanted_numbers(keys)  # budgets block wants, never change their keys
         moved, problems = self._sync_aliases(desired)
         touched = moved | problems | rebased
         waiting = self.outbox.drain({"alias-journal": self._send_alias_journal, "audit-tags": self._push_tags})
@@ -523,11 +524,6 @@ class Reconciler:
         model, _, which = ref.partition("@")
         number = int(which) if which.isdigit() else self._alias_state.get((model, which))
         return self.registry.get(model, number) if number is not None else None
-
-    def _wanted_numbers(self, wants: Mapping[str, Want]) -> dict[tuple[str, str], int]:
-        """(model, run key) -> newest version number, for the run key each model wants (the registry's index,
-        not its history: a pass costs the same with 100,000 versions as with none)."""
-        return self.registry.wanted_numbers({name: want.run_key for name, want in wants.items()})
 
     def _sync_aliases(self, desired: DesiredState) -> tuple[set[str], set[str]]:
         """Move aliases to where the applied commit declares them; return the models whose aliases moved, and

@@ -166,8 +166,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         9,
         # The failed attempts of each (model, run key, spec digest), which every pass and the settled-pass record
-        # read (`attempts`, `last_failures`), found in an index of the failed runs alone: a scan of `runs` grew
-        # with every run ever registered (56 ms at 100,000 runs, 2,000 of them failed; 6.5 ms with it).
+        # read (`failed`), found in an index of the failed runs alone: a scan of `runs` grew with every run ever
+        # registered (56 ms at 100,000 runs, 2,000 of them failed; 6.5 ms with it).
         """
         CREATE INDEX runs_failed ON runs (model, run_key, spec_digest) WHERE phase = 'Failed';
         """,
