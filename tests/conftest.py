@@ -14,10 +14,14 @@ import pytest
 
 from gitopsd.cli.scaffold import init_demo
 from gitopsd.reconcile.reconciler import Reconciler
+from tests import fdwatch
 
 # The S3 server's fixtures, declared once for the whole suite: a session fixture imported into two test modules
 # is two fixtures, and started two servers whose credentials took turns in the environment.
 from tests.s3server import s3_bucket, s3_endpoint, s3_server  # noqa: F401
+
+# A descriptor closed twice names its culprit in the report of whatever fails on it later (tests/fdwatch.py).
+fdwatch.install()
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test User",

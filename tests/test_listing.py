@@ -366,13 +366,13 @@ def test_a_reader_that_goes_away_ends_it_quietly(tmp_path: Path, args: list[str]
             )
     conn.close()
     env = {**os.environ, "GITOPSD_STATE_DIR": str(tmp_path)}
-    reader = subprocess.Popen([sys.executable, "-m", "gitopsd", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=env)  # fmt: skip
-    assert reader.stdout is not None and reader.stderr is not None
-    assert reader.stdout.read(100)  # like `| head -c 100`
-    reader.stdout.close()
-    stderr = reader.stderr.read().decode()
-    assert reader.wait(timeout=60) == 1, "a broken pipe is exit 1, as it always was"
+    with subprocess.Popen([sys.executable, "-m", "gitopsd", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as reader:  # fmt: skip
+        assert reader.stdout is not None and reader.stderr is not None
+        assert reader.stdout.read(100)  # like `| head -c 100`
+        reader.stdout.close()
+        stderr = reader.stderr.read().decode()
+        assert reader.wait(timeout=60) == 1, "a broken pipe is exit 1, as it always was"
     assert stderr == "", stderr
 
 

@@ -86,21 +86,21 @@ def test_a_line_written_by_a_real_process_in_two_flushes_is_read_once_complete(t
         "    print('half', flush=True); sys.stdin.readline()\n"
         "    f.write(json.dumps({'step': 2, 'loss': float('inf')})[9:] + '\\n')\n"
     )
-    child = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", script, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdout is not None and child.stdin is not None
-    try:
-        assert child.stdout.readline() == "half\n"
-        reader = _reader(tmp_path)
-        [first] = reader.read()
-        assert first["step"] == 1.0
-        assert math.isnan(first["loss"])
-        child.stdin.write("go\n")
-        child.stdin.close()
-        assert child.wait(timeout=30) == 0
-    finally:
-        child.kill()
+    ) as child:
+        assert child.stdout is not None and child.stdin is not None
+        try:
+            assert child.stdout.readline() == "half\n"
+            reader = _reader(tmp_path)
+            [first] = reader.read()
+            assert first["step"] == 1.0
+            assert math.isnan(first["loss"])
+            child.stdin.write("go\n")
+            child.stdin.close()
+            assert child.wait(timeout=30) == 0
+        finally:
+            child.kill()
     assert list(reader.read()) == [{"step": 2.0, "loss": math.inf}]
 
 

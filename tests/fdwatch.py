@@ -1,0 +1,95 @@
+"""A test-suite diagnostic: who closed a file descriptor that another part of the process still owned.
+
+A descriptor closed twice, the second time after another thread has opened something under the same number,
+closes that thing: its owner fails later with EBADF (or writes into a stranger's file), far from the cause. In
+this suite the owner has been waitress's wake-up pipe, closed in `HttpServer.stop`, a test or more after the
+culprit ran. Such a failure is rare and cannot be reproduced at will, so it has to explain itself the first
+time it shows up, in CI.
+
+`install` wraps the two Python-level ways of closing a descriptor, `os.close` and a socket's close, and notes for
+each number the last close that succeeded: where (the two innermost frames outside this module) and in which
+thread. When a close then fails with EBADF, the note of the close before it is attached to the error
+(`add_note`, shown in its traceback) and issued as a `StaleCloseWarning`, which pytest lists in its summary even
+where the failing code suppresses the error. Closes made in C (a file object, a C library) are not seen: the
+note then says so, which narrows the search to those. The cost is a dictionary store per close.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import socket
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+__all__ = ["StaleCloseWarning", "install"]
+
+#: The last successful close of each descriptor number: where and in which thread.
+_closed: dict[int, str] = {}
+
+
+class StaleCloseWarning(UserWarning):
+    """A close failed with EBADF: the descriptor had already been closed, perhaps by code that did not own it."""
+
+
+#: Frames of these files are skipped: this module's own and the socket module's `close` around `_real_close`.
+_SKIPPED = {__file__, socket.__file__}
+
+
+def _caller() -> str:
+    frame: FrameType | None = sys._getframe(2)
+    places: list[str] = []
+    while frame is not None and len(places) < 2:
+        if frame.f_code.co_filename not in _SKIPPED:
+            places.append(f"{frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})")
+        frame = frame.f_back
+    return " <- ".join(places) + f" in thread {threading.current_thread().name!r}"
+
+
+def _explain(fd: int, exc: OSError) -> None:
+    before = _closed.get(fd, "no close through os.close or a socket (a file object or C code closed it)")
+    note = f"fd {fd} closed again by {_caller()}; it was last closed by {before}"
+    exc.add_note(note)
+    warnings.warn(note, StaleCloseWarning, stacklevel=3)
+
+
+def _watch_os_close(real: Callable[[int], None]) -> Callable[[int], None]:
+    @functools.wraps(real)
+    def close(fd: int) -> None:
+        try:
+            real(fd)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                _explain(fd, exc)
+            raise
+        _closed[fd] = _caller()
+
+    return close
+
+
+def _watch_socket_close(real: Callable[[socket.socket, Any], None]) -> Callable[..., None]:
+    def _real_close(self: socket.socket, *args: Any) -> None:
+        fd = self.fileno()
+        try:
+            real(self, *args)
+        except OSError as exc:
+            if exc.errno == errno.EBADF and fd >= 0:
+                _explain(fd, exc)
+            raise
+        if fd >= 0:
+            _closed[fd] = _caller()
+
+    return _real_close
+
+
+def install() -> None:
+    """Watch every Python-level close from now on (once per process)."""
+    if hasattr(os.close, "__wrapped__"):
+        return
+    os.close = _watch_os_close(os.close)  # type: ignore[assignment]
+    socket.socket._real_close = _watch_socket_close(socket.socket._real_close)  # type: ignore[attr-defined]

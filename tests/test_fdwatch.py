@@ -1,0 +1,41 @@
+"""The suite's stale-close diagnostic (`tests/fdwatch.py`): a second close of a descriptor names the first."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from tests.fdwatch import StaleCloseWarning
+
+#: Far above any descriptor the suite holds: numbers are handed out lowest first, so nothing can reuse it
+#: between the two closes (which would make the second close a stranger's descriptor, the very bug watched for).
+UNUSED = 900
+
+
+def test_a_second_os_close_names_the_first() -> None:
+    read, write = os.pipe()
+    os.close(read)
+    os.dup2(write, UNUSED)
+    os.close(write)
+    os.close(UNUSED)  # the first close: this line is the culprit the second one names
+    named = r"test_fdwatch.py:\d+ \(test_a_second_os_close_names_the_first\)"
+    with pytest.warns(StaleCloseWarning, match=named), pytest.raises(OSError, match="Bad file descriptor") as failed:
+        os.close(UNUSED)
+    assert f"fd {UNUSED} closed again by" in failed.value.__notes__[0]
+
+
+def test_a_socket_closed_under_its_owner_is_named() -> None:
+    """A socket whose descriptor someone closed with os.close: the socket's own close fails, and names that."""
+    first, second = socket.socketpair()
+    second.close()
+    os.dup2(first.fileno(), UNUSED)
+    first.close()
+    sock = socket.socket(fileno=UNUSED)
+    os.close(UNUSED)  # closed under the socket's feet
+    with (
+        pytest.warns(StaleCloseWarning, match=r"last closed by .*test_fdwatch.py:\d+"),
+        pytest.raises(OSError, match="Bad file descriptor"),
+    ):
+        sock.close()
