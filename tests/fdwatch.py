@@ -2,16 +2,16 @@
 
 A descriptor closed twice, the second time after another thread has opened something under the same number,
 closes that thing: its owner fails later with EBADF (or writes into a stranger's file), far from the cause. In
-this suite the owner has been waitress's wake-up pipe, closed in `HttpServer.stop`, a test or more after the
-culprit ran. Such a failure is rare and cannot be reproduced at will, so it has to explain itself the first
-time it shows up, in CI.
+this suite the owner has been waitress's wake-up pipe, found closed in `HttpServer.stop` (by a close, or by the
+write that wakes the loop). Such a failure is rare and cannot be reproduced at will, so it has to explain
+itself the first time it shows up, in CI.
 
 `install` wraps the two Python-level ways of closing a descriptor, `os.close` and a socket's close, and notes for
-each number the last close that succeeded: where (the two innermost frames outside this module) and in which
-thread. When a close then fails with EBADF, the note of the close before it is attached to the error
-(`add_note`, shown in its traceback) and issued as a `StaleCloseWarning`, which pytest lists in its summary even
-where the failing code suppresses the error. Closes made in C (a file object, a C library) are not seen: the
-note then says so, which narrows the search to those. The cost is a dictionary store per close.
+each number the last close that succeeded: where (the innermost frames outside this module) and in which
+thread. When a close, `os.read` or `os.write` then fails with EBADF, the note of the last close is attached to
+the error (`add_note`, shown in its traceback) and issued as a `StaleCloseWarning`, which pytest lists in its
+summary even where the failing code suppresses the error. Closes made in C (a file object, a C library) are not
+seen: the note then says so, which narrows the search to those. The cost is a dictionary store per close.
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ _closed: dict[int, str] = {}
 
 
 class StaleCloseWarning(UserWarning):
-    """A close failed with EBADF: the descriptor had already been closed, perhaps by code that did not own it."""
+    """A close, read or write failed with EBADF: the descriptor had been closed, perhaps by code that did not
+    own it."""
 
 
+#: How many frames of a close are noted.
+FRAMES = 4
 #: Frames of these files are skipped: this module's own and the socket module's `close` around `_real_close`.
 _SKIPPED = {__file__, socket.__file__}
 
@@ -44,16 +47,16 @@ _SKIPPED = {__file__, socket.__file__}
 def _caller() -> str:
     frame: FrameType | None = sys._getframe(2)
     places: list[str] = []
-    while frame is not None and len(places) < 2:
+    while frame is not None and len(places) < FRAMES:
         if frame.f_code.co_filename not in _SKIPPED:
             places.append(f"{frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})")
         frame = frame.f_back
     return " <- ".join(places) + f" in thread {threading.current_thread().name!r}"
 
 
-def _explain(fd: int, exc: OSError) -> None:
+def _explain(fd: int, exc: OSError, what: str) -> None:
     before = _closed.get(fd, "no close through os.close or a socket (a file object or C code closed it)")
-    note = f"fd {fd} closed again by {_caller()}; it was last closed by {before}"
+    note = f"fd {fd} {what} by {_caller()}; it was last closed by {before}"
     exc.add_note(note)
     warnings.warn(note, StaleCloseWarning, stacklevel=3)
 
@@ -65,11 +68,24 @@ def _watch_os_close(real: Callable[[int], None]) -> Callable[[int], None]:
             real(fd)
         except OSError as exc:
             if exc.errno == errno.EBADF:
-                _explain(fd, exc)
+                _explain(fd, exc, "closed again")
             raise
         _closed[fd] = _caller()
 
     return close
+
+
+def _watch_io(real: Callable[..., Any], what: str) -> Callable[..., Any]:
+    @functools.wraps(real)
+    def io(fd: int, *args: Any) -> Any:
+        try:
+            return real(fd, *args)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                _explain(fd, exc, what)
+            raise
+
+    return io
 
 
 def _watch_socket_close(real: Callable[[socket.socket, Any], None]) -> Callable[..., None]:
@@ -79,7 +95,7 @@ def _watch_socket_close(real: Callable[[socket.socket, Any], None]) -> Callable[
             real(self, *args)
         except OSError as exc:
             if exc.errno == errno.EBADF and fd >= 0:
-                _explain(fd, exc)
+                _explain(fd, exc, "closed again")
             raise
         if fd >= 0:
             _closed[fd] = _caller()
@@ -88,8 +104,10 @@ def _watch_socket_close(real: Callable[[socket.socket, Any], None]) -> Callable[
 
 
 def install() -> None:
-    """Watch every Python-level close from now on (once per process)."""
+    """Watch every Python-level close, read and write from now on (once per process)."""
     if hasattr(os.close, "__wrapped__"):
         return
     os.close = _watch_os_close(os.close)  # type: ignore[assignment]
+    os.read = _watch_io(os.read, "read after it was closed")
+    os.write = _watch_io(os.write, "written to after it was closed")
     socket.socket._real_close = _watch_socket_close(socket.socket._real_close)  # type: ignore[attr-defined]

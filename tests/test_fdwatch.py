@@ -39,3 +39,17 @@ def test_a_socket_closed_under_its_owner_is_named() -> None:
         pytest.raises(OSError, match="Bad file descriptor"),
     ):
         sock.close()
+
+
+def test_a_write_to_a_closed_descriptor_names_who_closed_it() -> None:
+    """What waitress's wake-up pipe met: its write end closed by someone else, then written to."""
+    read, write = os.pipe()
+    os.dup2(write, UNUSED)
+    os.close(write)
+    os.close(UNUSED)  # the culprit
+    with (
+        pytest.warns(StaleCloseWarning, match=r"written to after it was closed .*last closed by .*test_fdwatch.py"),
+        pytest.raises(OSError, match="Bad file descriptor"),
+    ):
+        os.write(UNUSED, b"x")
+    os.close(read)
