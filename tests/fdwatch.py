@@ -10,8 +10,9 @@ itself the first time it shows up, in CI.
 each number the last close that succeeded: where (the innermost frames outside this module) and in which
 thread. When a close, `os.read` or `os.write` then fails with EBADF, the note of the last close is attached to
 the error (`add_note`, shown in its traceback) and issued as a `StaleCloseWarning`, which pytest lists in its
-summary even where the failing code suppresses the error. Closes made in C (a file object, a C library) are not
-seen: the note then says so, which narrows the search to those. The cost is a dictionary store per close.
+summary even where the failing code suppresses the error. Closes made in C are not seen, but a file object made
+of a bare descriptor (`open(fd)`, `os.fdopen`), which closes it in C when it is closed or collected, is noted
+where it was made (an audit hook on "open"), and named too. The cost is a dictionary store per close.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ __all__ = ["StaleCloseWarning", "install"]
 
 #: The last successful close of each descriptor number: where and in which thread.
 _closed: dict[int, str] = {}
+#: The last file object made of each descriptor number (`open(fd)`, `os.fdopen`): where and in which thread.
+_wrapped: dict[int, str] = {}
 
 
 class StaleCloseWarning(UserWarning):
@@ -57,8 +60,16 @@ def _caller() -> str:
 def _explain(fd: int, exc: OSError, what: str) -> None:
     before = _closed.get(fd, "no close through os.close or a socket (a file object or C code closed it)")
     note = f"fd {fd} {what} by {_caller()}; it was last closed by {before}"
+    if fd in _wrapped:
+        note += f"; the last file object made of it (which closes it when closed or collected) came from {_wrapped[fd]}"
     exc.add_note(note)
     warnings.warn(note, StaleCloseWarning, stacklevel=3)
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """A file object made of a bare descriptor closes it in C, where no wrapper sees it: note where it was made."""
+    if event == "open" and isinstance(args[0], int):
+        _wrapped[args[0]] = _caller()
 
 
 def _watch_os_close(real: Callable[[int], None]) -> Callable[[int], None]:
@@ -110,4 +121,5 @@ def install() -> None:
     os.close = _watch_os_close(os.close)  # type: ignore[assignment]
     os.read = _watch_io(os.read, "read after it was closed")
     os.write = _watch_io(os.write, "written to after it was closed")
+    sys.addaudithook(_audit)
     socket.socket._real_close = _watch_socket_close(socket.socket._real_close)  # type: ignore[attr-defined]

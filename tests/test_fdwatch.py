@@ -53,3 +53,17 @@ def test_a_write_to_a_closed_descriptor_names_who_closed_it() -> None:
     ):
         os.write(UNUSED, b"x")
     os.close(read)
+
+
+def test_a_file_object_that_closed_a_descriptor_is_named_where_it_was_made() -> None:
+    """A file object closes its descriptor in C: the note names where it was made of the bare number."""
+    read, write = os.pipe()
+    os.dup2(write, UNUSED)
+    os.close(write)
+    os.fdopen(UNUSED, "wb").close()  # closes UNUSED in C
+    with (
+        pytest.warns(StaleCloseWarning, match=r"file object made of it .* came from .*test_fdwatch.py:\d+"),
+        pytest.raises(OSError, match="Bad file descriptor"),
+    ):
+        os.write(UNUSED, b"x")
+    os.close(read)
