@@ -60,6 +60,8 @@ def _caller() -> str:
 def _explain(fd: int, exc: OSError, what: str) -> None:
     before = _closed.get(fd, "no close through os.close or a socket (a file object or C code closed it)")
     note = f"fd {fd} {what} by {_caller()}; it was last closed by {before}"
+    alive = ", ".join(sorted(t.name for t in threading.enumerate()))
+    note += f"; threads alive now: {alive}"
     if fd in _wrapped:
         note += f"; the last file object made of it (which closes it when closed or collected) came from {_wrapped[fd]}"
     exc.add_note(note)
