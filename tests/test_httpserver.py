@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,3 +51,23 @@ def test_a_server_never_started_stops_too() -> None:
     before = _open_fds()
     HttpServer(_hello, "127.0.0.1", 0).stop()
     assert _open_fds() <= before
+
+
+def test_stop_writes_its_wake_up_byte_before_the_loop_can_close_the_pipe() -> None:
+    """A byte already waiting in the wake-up pipe (a worker's, as it finished a request) wakes the loop while stop()
+    hands over the closing task: the loop must not run that task, which closes the pipe, before stop() has written
+    its own byte, or the write meets a closed descriptor, or one the process has since reused."""
+    server = HttpServer(_hello, "127.0.0.1", 0)
+    server.start()
+    assert _get(server.port) == b"hello\n"
+    trigger = server._server.trigger
+    real_pull = trigger._physical_pull
+
+    def slow_pull() -> None:  # a byte is already there, and this thread is slow to write its own
+        os.write(trigger.trigger, b"x")
+        time.sleep(0.5)
+        real_pull()
+
+    trigger._physical_pull = slow_pull
+    server.stop()  # raised OSError: [Errno 9] Bad file descriptor, from the write after the loop closed the pipe
+    assert not server.thread.is_alive()

@@ -233,13 +233,21 @@ class HttpServer:
         waitress's own `close()` shuts the pipe while workers and connections live on, so a late worker writes its
         byte to whatever file descriptor reused the pipe's number: a new client's socket (which then reads
         `xHTTP/1.1 ...`) or, in the daemon, an open database file.
+
+        The closing task is handed over under the pipe's lock and the wake-up byte written before the lock is let
+        go (what `pull_trigger` does in two steps): the loop runs its tasks under that lock, and a byte a worker
+        left in the pipe would otherwise let it run this one, closing the pipe, before our own byte is written,
+        which then met a closed descriptor, or a reused one.
         """
         from waitress import wasyncore
 
         server = self._server
         server.task_dispatcher.shutdown(timeout=timeout_s)  # no worker is left to wake the loop after this
         if self.thread.is_alive():
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            trigger = server.trigger
+            with trigger.lock:
+                trigger.thunks.append(lambda: wasyncore.close_all(server._map))
+                trigger._physical_pull()
             self.thread.join(timeout_s)
         else:
             wasyncore.close_all(server._map)
