@@ -1,10 +1,10 @@
 """A test-suite diagnostic: who closed a file descriptor that another part of the process still owned.
 
 A descriptor closed twice, the second time after another thread has opened something under the same number,
-closes that thing: its owner fails later with EBADF (or writes into a stranger's file), far from the cause. In
-this suite the owner has been waitress's wake-up pipe, found closed in `HttpServer.stop` (by a close, or by the
-write that wakes the loop). Such a failure is rare and cannot be reproduced at will, so it has to explain
-itself the first time it shows up, in CI.
+closes that thing: its owner fails later with EBADF (or writes into a stranger's file), far from the cause. Such a
+failure is rare and cannot be reproduced at will, so it has to explain itself the first time it shows up. The
+first one it explained: waitress's wake-up pipe, written to by `HttpServer.stop` after the loop thread had
+already run stop's own closing task (fixed in `gitopsd/daemon/httpapi.py`).
 
 `install` wraps the two Python-level ways of closing a descriptor, `os.close` and a socket's close, and notes for
 each number the last close that succeeded: where (the innermost frames outside this module) and in which
