@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 from report import render  # noqa: E402
 from run import BenchRepo  # noqa: E402
+from sidevenv import venv_python  # noqa: E402
 
 PEERS = ("mlflow", "dvc")
 GITOPSD = str(Path(sys.executable).parent / "gitopsd")
@@ -126,24 +127,6 @@ class BenchError(Exception):
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def peers_python(venv: Path, install: bool) -> Path | None:
-    """The interpreter of a virtualenv that has MLflow and DVC, installing them there if asked; None if not."""
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import mlflow, dvc"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    if not install:
-        return None
-    say(f"installing {' and '.join(PEERS)} into {venv} (once; a few minutes)")
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", *PEERS], capture_output=True, text=True)
-    if done.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
-        say(done.stderr[-2000:])
-        return None
-    return python
 
 
 def run(argv: list[str], *, env: dict[str, str], cwd: Path, expect: Callable[[subprocess.CompletedProcess[str]], bool],
@@ -269,7 +252,7 @@ def main() -> int:
     parser.add_argument("--no-install", action="store_true", help="only use an existing peers virtualenv")
     parser.add_argument("--only", choices=["plan", "register", "status"], nargs="+")
     opts = parser.parse_args()
-    peers = peers_python(opts.venv, install=not opts.no_install)
+    peers = venv_python(opts.venv, PEERS, PEERS, install=not opts.no_install)
     if peers is None:
         print(f"MLflow and DVC are not installed in {opts.venv} and could not be (`pip install mlflow dvc`): "
               "nothing compared")  # fmt: skip

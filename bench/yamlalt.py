@@ -32,9 +32,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from run import model_yaml  # noqa: E402
+from sidevenv import venv_python  # noqa: E402
 
-#: The PyPI names of the candidates, and how each is imported and called in the child below.
+#: The PyPI names of the candidates, and the modules they install (called in the child below).
 LIBRARIES = ("pyyaml", "ryaml", "yaml-rs", "pyyaml-rs")
+MODULES = ("yaml", "ryaml", "yaml_rs", "pyyaml_rs")
 
 #: YAML 1.1 scalars whose meaning the candidates may read differently from PyYAML's safe loader.
 SCALARS = {
@@ -84,24 +86,6 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def libraries_python(venv: Path, install: bool) -> Path | None:
-    """The interpreter of a virtualenv with the candidate libraries, installing them if asked; None if not."""
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import yaml, ryaml, yaml_rs, pyyaml_rs"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    if not install:
-        return None
-    say(f"installing {', '.join(LIBRARIES)} into {venv} (once)")
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", *LIBRARIES], capture_output=True, text=True)
-    if done.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
-        say(done.stderr[-2000:])
-        return None
-    return python
-
-
 def ours(texts: list[str], rounds: int) -> dict[str, float]:
     """gitopsd's own readings, in this interpreter: libyaml's events alone (the floor under any reader built on
     them) and `build_plain` (the values, the bounds and the unsafe-text flags, in one walk)."""
@@ -137,7 +121,7 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, default=BENCH / "out" / "yaml-venv")
     parser.add_argument("--no-install", action="store_true", help="use an existing virtualenv only")
     opts = parser.parse_args()
-    python = libraries_python(opts.venv, install=not opts.no_install)
+    python = venv_python(opts.venv, LIBRARIES, MODULES, install=not opts.no_install)
     if python is None:
         print(f"the YAML libraries are not installed in {opts.venv} and could not be (`pip install "
               f"{' '.join(LIBRARIES)}`): nothing measured")  # fmt: skip
