@@ -16,12 +16,10 @@ installed the script says so and exits 0. Not part of `make bench`. Writes bench
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ sys.path.insert(0, str(BENCH))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from perdoc import best_us_per_text  # noqa: E402
 from run import model_yaml  # noqa: E402
 from sidevenv import venv_python  # noqa: E402
 
@@ -50,8 +49,10 @@ SCALARS = {
 
 #: Run in the libraries' virtualenv: time each parser on the texts, then read each scalar document.
 CHILD = """
-import gc, json, sys, time
+import json, sys
 import yaml, ryaml, yaml_rs, pyyaml_rs
+sys.path.insert(0, sys.argv[4])
+from perdoc import best_us_per_text
 texts = json.load(open(sys.argv[1]))
 scalars = json.loads(sys.argv[2])
 rounds = int(sys.argv[3])
@@ -61,16 +62,9 @@ parsers = {
     "yaml-rs (Rust)": yaml_rs.loads,
     "pyyaml-rs (Rust)": pyyaml_rs.safe_load,
 }
-gc.disable()
 out = {"us_per_doc": {}, "reads": {}}
 for name, parse in parsers.items():
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for text in texts:
-            parse(text)
-        best = min(best, (time.perf_counter() - started) / len(texts) * 1e6)
-    out["us_per_doc"][name] = best
+    out["us_per_doc"][name] = best_us_per_text(parse, texts, rounds)
     reads = {}
     for doc in scalars:
         try:
@@ -97,21 +91,10 @@ def ours(texts: list[str], rounds: int) -> dict[str, float]:
         for _ in yaml.parse(text, Loader=yaml.CSafeLoader):
             pass
 
-    found = {}
-    gc.disable()
-    for name, parse in (
-        ("libyaml events only (no values)", events),
-        ("gitopsd build_plain (libyaml events)", build_plain),
-    ):
-        best = float("inf")
-        for _ in range(rounds):
-            started = time.perf_counter()
-            for text in texts:
-                parse(text)
-            best = min(best, (time.perf_counter() - started) / len(texts) * 1e6)
-        found[name] = best
-    gc.enable()
-    return found
+    return {
+        "libyaml events only (no values)": best_us_per_text(events, texts, rounds),
+        "gitopsd build_plain (libyaml events)": best_us_per_text(build_plain, texts, rounds),
+    }
 
 
 def main() -> int:
@@ -130,8 +113,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gitopsd-yamlalt-") as work:
         source = Path(work) / "texts.json"
         source.write_text(json.dumps(texts))
-        done = subprocess.run([str(python), "-c", CHILD, str(source), json.dumps(list(SCALARS)), str(opts.rounds)],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        argv = [str(python), "-c", CHILD, str(source), json.dumps(list(SCALARS)), str(opts.rounds), str(BENCH)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         say(done.stderr[-3000:])
         return 2
