@@ -30,9 +30,10 @@ from gitopsd.reconcile.canonical import canonical_json
 from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.reconcile.speccache import Keys, Parsed, SpecCache
 from gitopsd.source.mirror import Source
+from gitopsd.spec import prebuild
 from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems
 from gitopsd.spec.layout import REPO_SPEC
-from gitopsd.spec.load import check_models, load_model
+from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, repository_paths
@@ -256,20 +257,27 @@ class DesiredLoader:
         """What loading each of `paths` gives, from the cache where it knows the blob, else parsed (and then
         given to the cache)."""
         known = self.cache.parsed({p: files[p] for p in paths}) if self.cache is not None else {}
-        out: dict[str, Parsed] = {}
-        fresh: dict[str, tuple[str, Parsed]] = {}
-        for path in paths:
-            parsed = known.get(path)
-            if parsed is None:
-                try:
-                    parsed = Parsed(load_model(self._read(files, path), path))
-                except SpecError as exc:
-                    parsed = Parsed(None, tuple(exc.problems))
-                fresh[path] = (files[path], parsed)
-            out[path] = parsed
-        if self.cache is not None and fresh:
-            self.cache.store_parsed(fresh, keep=files.values())
-        return out
+        out: dict[str, Parsed] = dict(known)
+        unknown = [p for p in paths if p not in known]
+        with prebuild.helper(unknown, lambda p: self._read(files, p)) as helper:  # a second core, on a cold load
+            for path in unknown:
+                if path not in helper.paths:
+                    out[path] = self._parsed(files, path, None)
+            built = helper.results()
+        for path in helper.paths:
+            out[path] = self._parsed(files, path, model_of_plain(built.get(path)))
+        if self.cache is not None and unknown:
+            self.cache.store_parsed({p: (files[p], out[p]) for p in unknown}, keep=files.values())
+        return {p: out[p] for p in paths}
+
+    def _parsed(self, files: Mapping[str, str], path: str, model: ModelSpec | None) -> Parsed:
+        """What loading `path` gives: `model` when a plain document of it already validated, else from its text."""
+        if model is not None:
+            return Parsed(model)
+        try:
+            return Parsed(load_model(self._read(files, path), path))
+        except SpecError as exc:
+            return Parsed(None, tuple(exc.problems))
 
     def _escapes(self, commit: str, path: str, spec: ModelSpec, train: ResolvedTrain) -> list[SpecProblem]:
         """The model's workdir, requirements and repository data must not lead outside the repository."""

@@ -32,9 +32,9 @@ from gitopsd.spec.fields import API_VERSION
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, choose_backend
 from gitopsd.spec.text import forbidden_char, unsafe_values
 from gitopsd.spec.yamlbound import BoundedLoader, Refused
-from gitopsd.spec.yamlplain import build_plain
+from gitopsd.spec.yamlplain import Plain, build_plain
 
-__all__ = ["check_models", "load_model", "load_repository"]
+__all__ = ["check_models", "load_model", "load_repository", "model_of_plain"]
 
 Spec = TypeVar("Spec", bound=BaseModel)
 
@@ -157,14 +157,26 @@ def _load(text: str, file: str, cls: type[Spec]) -> Spec:
         raise SpecError([SpecProblem(file=file, line=exc.line, field="", message=exc.message)]) from None
 
 
+def model_of_plain(plain: Plain | None) -> ModelSpec | None:
+    """The model a plain document (`build_plain`, perhaps built by another process) validates to; None when its
+    file must be loaded from its text (`load_model`), which explains every problem with its line."""
+    return _of_plain(plain, ModelSpec)
+
+
+def _of_plain(plain: Plain | None, cls: type[Spec]) -> Spec | None:
+    if plain is None or plain.suspect or not isinstance(plain.value, dict) or plain.value.get("kind") != _kind_of(cls):
+        return None
+    try:
+        return cls.model_validate(plain.value)
+    except ValidationError:
+        return None
+
+
 def _load_bounded(text: str, file: str, cls: type[Spec]) -> Spec:
     kind = _kind_of(cls)
-    plain = build_plain(text)
-    if plain is not None and not plain.suspect and isinstance(plain.value, dict) and plain.value.get("kind") == kind:
-        try:
-            return cls.model_validate(plain.value)
-        except ValidationError:
-            pass  # the careful path below explains every problem with its line
+    fast = _of_plain(build_plain(text), cls)
+    if fast is not None:
+        return fast
     duplicates = False
     try:
         data = yaml.load(text, Loader=_FastLoader)

@@ -1,0 +1,127 @@
+"""Run by the tests of `gitopsd.spec.prebuild` in a process of its own, which has one thread as a command has (the
+helper is only ever forked from such a process): load a commit with the helper and without it, and print, as
+JSON, whether both gave the same state or the same problems, and what the helper built.
+
+    python -m tests.prebuild_probe REPO MIRROR COMMIT [HOW]
+
+HOW makes the helper misbehave (`killed`, `garbage`, `short`, `mistyped`) or tests a load that stops early
+(`early`); without it the helper works as it does in gitopsd.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from gitopsd.errors import SpecError
+from gitopsd.reconcile import desired
+from gitopsd.reconcile.desired import DesiredLoader
+from gitopsd.source.mirror import Source
+from gitopsd.spec import prebuild
+from gitopsd.spec.load import load_model
+from gitopsd.spec.schema import ModelSpec
+from gitopsd.spec.yamlplain import Plain
+
+
+def _killed(paths: Sequence[str], read: Callable[[str], str], out: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+
+
+def _garbage(paths: Sequence[str], read: Callable[[str], str], out: int) -> None:
+    os.write(out, b"\xff\x00 not marshal")
+
+
+def _short(paths: Sequence[str], read: Callable[[str], str], out: int) -> None:
+    os.write(out, marshal.dumps([None]))
+
+
+def _mistyped(paths: Sequence[str], read: Callable[[str], str], out: int) -> None:
+    os.write(out, marshal.dumps([({"kind": "Model"}, "yes")] * len(paths)))
+
+
+MISBEHAVING = {"killed": _killed, "garbage": _garbage, "short": _short, "mistyped": _mistyped}
+
+
+def outcome(source: Source, commit: str) -> object:
+    """Everything a loaded state holds (its models in their order), or the problems of a rejected commit."""
+    try:
+        state = DesiredLoader(source).load(commit)
+    except SpecError as exc:
+        return [str(p) for p in exc.problems]
+    models = [
+        (name, m.path, m.spec, m.spec.model_fields_set, m.train, m.code_tree, m.run_key, m.spec_digest)
+        for name, m in state.models.items()
+    ]
+    return state.commit, state.repo, models
+
+
+def early(source: Source, commit: str) -> dict[str, object]:
+    """A load that stops while its helper still works: the helper is killed and reaped at once."""
+    prebuild._build = lambda paths, read, out: time.sleep(60)
+    start = time.monotonic()
+    pid = None
+    try:
+        with prebuild.helper([f"models/m{i}.yaml" for i in range(prebuild.MIN_FILES)], lambda p: "") as helper:
+            pid = helper.pid
+            raise RuntimeError("the load stops")
+    except RuntimeError:
+        pass
+    try:
+        os.kill(pid or 0, 0)
+        reaped = False
+    except ProcessLookupError:
+        reaped = True
+    return {"started": pid is not None, "reaped": reaped, "seconds": time.monotonic() - start}
+
+
+def main() -> None:
+    repo, mirror, commit, *how = sys.argv[1:]
+    source = Source(repo, Path(mirror))
+    prebuild.MIN_FILES = 4
+    if how == ["early"]:
+        print(json.dumps(early(source, commit)))
+        return
+    built: list[int] = []
+    real = prebuild.Helper.results
+
+    def results(self: prebuild.Helper) -> Mapping[str, Plain | None]:
+        out = real(self)
+        if self.pid is not None:  # a helper was forked
+            built.append(sum(1 for plain in out.values() if plain is not None))
+        return out
+
+    prebuild.Helper.results = results  # type: ignore[method-assign]
+    from_text: list[str] = []
+
+    def counted(text: str, file: str) -> ModelSpec:
+        from_text.append(file)
+        return load_model(text, file)
+
+    vars(desired)["load_model"] = counted  # the name the loader calls
+    if how:
+        prebuild._build = MISBEHAVING[how[0]]
+    helped = outcome(source, commit)
+    helped_from_text = len(from_text)
+    prebuild.MIN_FILES = 10**9
+    alone = outcome(source, commit)
+    report = {
+        "same": helped == alone,
+        "built": built,
+        "from_text": [helped_from_text, len(from_text) - helped_from_text],
+        "threads": threading.active_count(),
+        "problems": alone if isinstance(alone, list) else None,
+        "helper_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024,
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Attack cases: hostile spec files in the share of a cold load's forked helper (`gitopsd.spec.prebuild`).
+
+The helper reads and builds a share of the spec files of a large commit in a second process. Whatever a file
+holds, the helper works within the same bounds as the loader (it gives up on an alias at once, so a bomb never
+expands there), and what it hands back only ever saves this process the work of building a plain document:
+every model is still validated here, and every file the helper did not build cleanly is loaded from its text.
+So the commit is refused with exactly the problems, files and lines of a load without a helper, and the helper's
+memory stays that of the process it was forked from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gitopsd.source.mirror import Source
+from tests.conftest import GitRepo
+from tests.security.test_spec_input import bomb
+from tests.test_prebuild import MODELS, model_file, probe
+
+HOSTILE = {
+    "zz-bomb": ("  labels: {team: prebuild}\n", "  labels:\n" + bomb("block")),
+    "zz-deep": ("team: prebuild", "team: " + "[" * 100 + "]" * 100),
+    "zz-loop": ("labels: {team: prebuild}", "labels: &x {a: *x}"),
+    "zz-number": ("team: prebuild", "team: " + "9" * 5000),
+    "zz-escape": ("team: prebuild", 'team: "\\u001b]0;owned\\u0007"'),
+}
+
+
+def test_hostile_files_in_the_helpers_share_are_refused_as_without_it(demo_repo: GitRepo, tmp_path: Path) -> None:
+    for index in range(MODELS):
+        demo_repo.write(f"models/many/m{index:02}.yaml", model_file(f"m{index:02}", index + 1))
+    for name, (old, new) in HOSTILE.items():  # named to sort last: the helper's share
+        demo_repo.write(f"models/many/{name}.yaml", model_file(name, 1).replace(old, new))
+    (demo_repo.path / "models/many/zz-utf8.yaml").write_bytes(b"\xff\xfe" + model_file("zz-utf8", 1).encode())
+    commit = demo_repo.commit("Hostile files among many")
+    mirror = tmp_path / "mirror.git"
+    Source(str(demo_repo.path), mirror).fetch()
+    report = probe(demo_repo, mirror, commit)
+    assert report["same"]
+    problems = "\n".join(report["problems"])
+    for name in [*HOSTILE, "zz-utf8"]:
+        assert f"models/many/{name}.yaml:" in problems, problems
+    assert "YAML aliases expand this document to more than 100000 values" in problems
+    assert report["built"] == [MODELS - (MODELS + len(HOSTILE) + 2) // 2 + 1]  # its plain files, none of these
+    assert report["helper_peak_mib"] < 256, "the helper's memory grew with a hostile file"

@@ -1,0 +1,135 @@
+"""A cold load with the forked helper (`gitopsd.spec.prebuild`) gives exactly the state, or exactly the problems,
+of a load without it, and a helper that fails, is killed or is left behind costs nothing but time.
+
+The helper is only forked from a process with one thread, as a command is; pytest's process may have others, so
+each load runs in a process of its own (`tests/prebuild_probe.py`), from a real repository and mirror.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitopsd.source.mirror import Source
+from gitopsd.spec import prebuild
+from tests.conftest import GitRepo
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = 40
+
+
+def model_file(name: str, epochs: int) -> str:
+    return f"""\
+apiVersion: gitopsd/v1
+kind: Model
+metadata:
+  name: {name}
+  labels: {{team: prebuild}}
+spec:
+  train:
+    command: python3 train.py --epochs {epochs}
+    workdir: src
+    env: {{SEED: "{epochs}"}}
+    resources: {{memory: 1Gi}}
+  outputs:
+    artifact: model.json
+"""
+
+
+def with_anchor(name: str) -> str:
+    """Valid, but not plain (an anchor): only the careful path loads it."""
+    return model_file(name, 2).replace("labels: {team", "labels: &labels {team")
+
+
+def probe(repo: GitRepo, mirror: Path, commit: str, *how: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.prebuild_probe", str(repo.path), str(mirror), commit, *how],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+@pytest.fixture
+def many(demo_repo: GitRepo, tmp_path: Path) -> tuple[GitRepo, Path, str]:
+    """A repository of `MODELS` more models and one that is not plain, and its mirror."""
+    for index in range(MODELS):
+        demo_repo.write(f"models/many/m{index:02}.yaml", model_file(f"m{index:02}", index + 1))
+    demo_repo.write("models/many/zz-anchored.yaml", with_anchor("anchored"))  # last: in the helper's share
+    commit = demo_repo.commit("Many models")
+    mirror = tmp_path / "mirror.git"
+    Source(str(demo_repo.path), mirror).fetch()
+    return demo_repo, mirror, commit
+
+
+def test_a_load_with_the_helper_is_the_load_without_it(many: tuple[GitRepo, Path, str]) -> None:
+    repo, mirror, commit = many
+    report = probe(repo, mirror, commit)
+    assert report["threads"] == 1
+    assert report["problems"] is None  # the commit is valid
+    assert report["same"]
+    # 42 files: the demo's model, m00-m39, zz-anchored. The helper's share is the last ones, and it built all but
+    # the one that is not plain; this process loaded the others and that one from their text, and all without it.
+    share = int(42 * prebuild.SHARE)
+    assert report["built"] == [share - 1]
+    assert report["from_text"] == [42 - share + 1, 42]
+
+
+def test_a_bad_commit_gets_the_same_problems_with_the_helper(many: tuple[GitRepo, Path, str], tmp_path: Path) -> None:
+    repo, mirror, _ = many
+    repo.edit("models/many/m30.yaml", "memory: 1Gi", "memory: lots")
+    repo.edit("models/many/m33.yaml", "    workdir: src\n", "    workdir: src\n    workdir: elsewhere\n")
+    repo.edit("models/many/m36.yaml", "python3 train.py", "python3 train.py\x07")
+    repo.edit("models/many/m37.yaml", "team: prebuild", 'team: "x\\u001b[2J"')  # a label the terminal would obey
+    (repo.path / "models/many/m39.yaml").write_bytes(model_file("m39", 1).encode().replace(b"m39", b"m\xff39"))
+    commit = repo.commit("Five bad files in the helper's share")
+    Source(str(repo.path), mirror).fetch()
+    report = probe(repo, mirror, commit)
+    assert report["same"]
+    problems = "\n".join(report["problems"])
+    for file in ("m30", "m33", "m36", "m37", "m39"):
+        assert f"models/many/{file}.yaml" in problems
+    assert report["built"]
+
+
+@pytest.mark.parametrize("how", ["killed", "garbage", "short", "mistyped"])
+def test_a_helper_that_fails_leaves_its_files_to_the_loader(many: tuple[GitRepo, Path, str], how: str) -> None:
+    repo, mirror, commit = many
+    report = probe(repo, mirror, commit, how)
+    assert report["problems"] is None
+    assert report["same"]
+    assert report["built"] == [0]  # nothing it said was used
+
+
+def test_a_load_that_stops_early_kills_and_reaps_its_helper(many: tuple[GitRepo, Path, str]) -> None:
+    repo, mirror, commit = many
+    report = probe(repo, mirror, commit, "early")
+    assert report["started"]
+    assert report["reaped"]
+    assert report["seconds"] < 30  # not the minute the helper would sleep
+
+
+def test_no_helper_with_another_thread_alive_or_one_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prebuild, "_cpus", lambda: 2)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    assert prebuild.worth_it(prebuild.MIN_FILES)
+    assert not prebuild.worth_it(prebuild.MIN_FILES - 1)
+    monkeypatch.setattr(prebuild, "_cpus", lambda: 1)
+    assert not prebuild.worth_it(prebuild.MIN_FILES)
+    monkeypatch.setattr(prebuild, "_cpus", lambda: 2)
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    assert not prebuild.worth_it(prebuild.MIN_FILES)
+
+
+def test_below_the_bound_the_loader_gets_a_helper_of_nothing() -> None:
+    with prebuild.helper(["models/a.yaml"], lambda p: "") as helper:
+        assert helper.pid is None
+        assert helper.paths == frozenset()
+        assert helper.results() == {}
