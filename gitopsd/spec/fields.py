@@ -9,6 +9,7 @@ kinds of spec file from these types.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from collections.abc import Callable
@@ -189,7 +190,10 @@ def _command(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
 def _relative(value: str, root: str) -> str:
+    """`value` as a normal relative path under `root`, or a problem. Remembered (a bounded cache: a repository
+    cannot grow it) because ten thousand models name the same few workdirs and output files three times each."""
     if not value:
         raise problem(f"empty path: give a path relative to the {root}")
     if "\\" in value or "\x00" in value:
