@@ -4,7 +4,7 @@ JSON, whether both gave the same state or the same problems, and what the helper
 
     python -m tests.prebuild_probe REPO MIRROR COMMIT [HOW]
 
-HOW makes the helper misbehave (`killed`, `garbage`, `short`, `mistyped`) or tests a load that stops early
+HOW makes the helper misbehave (`killed`, `garbage`, `short`, `mistyped`, `terminated`) or tests a load that stops early
 (`early`); without it the helper works as it does in gitopsd.
 """
 
@@ -47,7 +47,18 @@ def _mistyped(paths: Sequence[str], read: Callable[[str], str], out: int) -> Non
     os.write(out, marshal.dumps([({"kind": "Model"}, "yes")] * len(paths)))
 
 
-MISBEHAVING = {"killed": _killed, "garbage": _garbage, "short": _short, "mistyped": _mistyped}
+def _terminated(paths: Sequence[str], read: Callable[[str], str], out: int) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # as `kill` of the process group would
+    time.sleep(60)
+
+
+MISBEHAVING = {
+    "killed": _killed,
+    "garbage": _garbage,
+    "short": _short,
+    "mistyped": _mistyped,
+    "terminated": _terminated,
+}
 
 
 def outcome(source: Source, commit: str) -> object:
@@ -106,6 +117,8 @@ def main() -> None:
         return load_model(text, file)
 
     vars(desired)["load_model"] = counted  # the name the loader calls
+    # A handler, as the daemon has: one that ran in the helper would say so on the stderr both processes share.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.write(2, f"SIGTERM handled in {os.getpid()}\n".encode()))
     if how:
         prebuild._build = MISBEHAVING[how[0]]
     helped = outcome(source, commit)

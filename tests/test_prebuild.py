@@ -54,6 +54,7 @@ def probe(repo: GitRepo, mirror: Path, commit: str, *how: str) -> dict[str, Any]
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
+    report["stderr"] = done.stderr
     return report
 
 
@@ -99,13 +100,14 @@ def test_a_bad_commit_gets_the_same_problems_with_the_helper(many: tuple[GitRepo
     assert report["built"]
 
 
-@pytest.mark.parametrize("how", ["killed", "garbage", "short", "mistyped"])
+@pytest.mark.parametrize("how", ["killed", "garbage", "short", "mistyped", "terminated"])
 def test_a_helper_that_fails_leaves_its_files_to_the_loader(many: tuple[GitRepo, Path, str], how: str) -> None:
     repo, mirror, commit = many
     report = probe(repo, mirror, commit, how)
     assert report["problems"] is None
     assert report["same"]
     assert report["built"] == [0]  # nothing it said was used
+    assert "SIGTERM handled" not in report["stderr"]  # a signal ends the helper; the loader's handler never runs there
 
 
 def test_a_load_that_stops_early_kills_and_reaps_its_helper(many: tuple[GitRepo, Path, str]) -> None:

@@ -114,16 +114,20 @@ def helper(paths: Sequence[str], read: Callable[[str], str]) -> Iterator[Helper]
         yield Helper((), None, None)
         return
     share = list(paths[len(paths) - int(len(paths) * SHARE) :])
+    into, out = os.pipe()
     try:
-        into, out = os.pipe()
         pid = os.fork()
     except OSError as exc:
+        os.close(into)
+        os.close(out)
         log.debug("spec prebuild helper not started: %s", exc)
         yield Helper((), None, None)
         return
     if pid == 0:  # pragma: no cover - the helper: coverage does not follow a fork
         code = 1
         try:
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a signal ends the helper, never runs
+                signal.signal(signum, signal.SIG_DFL)  # a handler of this process in it
             os.close(into)
             _build(share, read, out)
             code = 0
