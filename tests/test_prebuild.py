@@ -19,27 +19,10 @@ import pytest
 from gitopsd.source.mirror import Source
 from gitopsd.spec import prebuild
 from tests.conftest import GitRepo
+from tests.test_speccache import model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = 40
-
-
-def model_file(name: str, epochs: int) -> str:
-    return f"""\
-apiVersion: gitopsd/v1
-kind: Model
-metadata:
-  name: {name}
-  labels: {{team: prebuild}}
-spec:
-  train:
-    command: python3 train.py --epochs {epochs}
-    workdir: src
-    env: {{SEED: "{epochs}"}}
-    resources: {{memory: 1Gi}}
-  outputs:
-    artifact: model.json
-"""
 
 
 def with_anchor(name: str) -> str:
@@ -88,7 +71,7 @@ def test_a_bad_commit_gets_the_same_problems_with_the_helper(many: tuple[GitRepo
     repo.edit("models/many/m30.yaml", "memory: 1Gi", "memory: lots")
     repo.edit("models/many/m33.yaml", "    workdir: src\n", "    workdir: src\n    workdir: elsewhere\n")
     repo.edit("models/many/m36.yaml", "python3 train.py", "python3 train.py\x07")
-    repo.edit("models/many/m37.yaml", "team: prebuild", 'team: "x\\u001b[2J"')  # a label the terminal would obey
+    repo.edit("models/many/m37.yaml", "team: cache", 'team: "x\\u001b[2J"')  # a label the terminal would obey
     (repo.path / "models/many/m39.yaml").write_bytes(model_file("m39", 1).encode().replace(b"m39", b"m\xff39"))
     commit = repo.commit("Five bad files in the helper's share")
     Source(str(repo.path), mirror).fetch()

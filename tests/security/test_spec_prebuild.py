@@ -15,14 +15,15 @@ from pathlib import Path
 from gitopsd.source.mirror import Source
 from tests.conftest import GitRepo
 from tests.security.test_spec_input import bomb
-from tests.test_prebuild import MODELS, model_file, probe
+from tests.test_prebuild import MODELS, probe
+from tests.test_speccache import model_file
 
 HOSTILE = {
-    "zz-bomb": ("  labels: {team: prebuild}\n", "  labels:\n" + bomb("block")),
-    "zz-deep": ("team: prebuild", "team: " + "[" * 100 + "]" * 100),
-    "zz-loop": ("labels: {team: prebuild}", "labels: &x {a: *x}"),
-    "zz-number": ("team: prebuild", "team: " + "9" * 5000),
-    "zz-escape": ("team: prebuild", 'team: "\\u001b]0;owned\\u0007"'),
+    "zz-bomb": ("  labels: {team: cache}\n", "  labels:\n" + bomb("block")),
+    "zz-deep": ("team: cache", "team: " + "[" * 100 + "]" * 100),
+    "zz-loop": ("labels: {team: cache}", "labels: &x {a: *x}"),
+    "zz-number": ("team: cache", "team: " + "9" * 5000),
+    "zz-escape": ("team: cache", 'team: "\\u001b]0;owned\\u0007"'),
 }
 
 
