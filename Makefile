@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 # Editable installs read gitopsd from this tree, so tests and the demo run the code being edited (a plain .pth
 # path entry: pyproject.toml's package-dir keeps setuptools from installing an import hook instead). Where
 # PYTHONDONTWRITEBYTECODE is set (many containers and CI runners) nothing would write the tree's bytecode and
-# every command would compile what it imports (about 20 ms a start): compile it at install and before `bench`.
-BYTECODE := $(BIN)/python -m compileall -q gitopsd backends/nvidia/gitopsd_nvidia backends/slurm/gitopsd_slurm
+# every command would compile what it imports (about 20 ms a start): compile it at install and before `bench`;
+# not the demo repository's template (cli/demo), which is copied, never imported.
+BYTECODE := $(BIN)/python -m compileall -q -x '/cli/demo/' gitopsd backends/nvidia/gitopsd_nvidia backends/slurm/gitopsd_slurm
 DEMO_DIR ?= demo
 export GITOPSD_STATE_DIR ?= $(CURDIR)/$(DEMO_DIR)/state
 
