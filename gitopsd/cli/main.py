@@ -120,8 +120,8 @@ def init(ctx: Context, directory: Path, ci_only: bool) -> None:
 @command("validate", arg("path", optional=True, type=Path, default="."))
 def validate(ctx: Context, path: Path) -> None:
     """Check the spec files of a working tree (default: the current directory); exit 1 on any problem."""
+    from gitopsd.backends.settingcheck import backend_setting_problems
     from gitopsd.errors import SpecError
-    from gitopsd.reconcile.desired import backend_setting_problems
     from gitopsd.spec.worktree import load_tree
 
     try:

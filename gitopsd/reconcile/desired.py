@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
-from gitopsd.backends.protocol import check_settings
-from gitopsd.errors import PermanentError, SpecError, SpecProblem
+from gitopsd.backends.settingcheck import backend_setting_problems
+from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.reconcile.canonical import canonical_json
 from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.reconcile.speccache import Keys, Parsed, SpecCache
@@ -135,20 +135,6 @@ class PerModel(Generic[T]):
             }
             self._source = desired
         return self._values
-
-
-def backend_setting_problems(repo: RepositorySpec, file: str = REPO_SPEC) -> list[SpecProblem]:
-    """What each installed backend plugin says is wrong with its settings in `repo` (nothing for plugins that
-    are not installed here or have no settings check)."""
-    problems: list[SpecProblem] = []
-    for name, config in sorted(repo.backends.items()):
-        try:
-            check_settings(repo.backend_type(name), name=name, settings=config.settings)
-        except PermanentError as exc:
-            problems.append(SpecProblem(file=file, line=None, field=f"backends.{name}.settings", message=str(exc)))
-        except Exception as exc:  # a plugin's bug must not reject a commit; constructing it will say more
-            log.warning("backend %s: settings check failed: %s", name, exc)
-    return problems
 
 
 class DesiredLoader:
