@@ -4,7 +4,8 @@ JSON, whether both gave the same state or the same problems, and what the helper
 
     python -m tests.prebuild_probe REPO MIRROR COMMIT [HOW]
 
-HOW makes the helper misbehave (`killed`, `garbage`, `short`, `mistyped`, `terminated`) or tests a load that stops early
+HOW `tree` compares `gitopsd validate`'s reading of the working tree REPO instead; any other HOW makes the
+helper misbehave (`killed`, `garbage`, `short`, `mistyped`, `terminated`) or tests a load that stops early
 (`early`); without it the helper works as it does in gitopsd.
 """
 
@@ -28,6 +29,7 @@ from gitopsd.source.mirror import Source
 from gitopsd.spec import prebuild
 from gitopsd.spec.load import load_model
 from gitopsd.spec.schema import ModelSpec
+from gitopsd.spec.worktree import load_tree
 from gitopsd.spec.yamlplain import Plain
 
 
@@ -93,10 +95,25 @@ def early(source: Source, commit: str) -> dict[str, object]:
     return {"started": pid is not None, "reaped": reaped, "seconds": time.monotonic() - start}
 
 
+def tree_outcome(root: Path) -> object:
+    """What `gitopsd validate` makes of a working tree: its specs in their order, or its problems."""
+    try:
+        specs = load_tree(root)
+    except SpecError as exc:
+        return [str(p) for p in exc.problems]
+    return specs.repo, [(rel, m, m.model_fields_set) for rel, m in specs.models.items()]
+
+
 def main() -> None:
     repo, mirror, commit, *how = sys.argv[1:]
     source = Source(repo, Path(mirror))
     prebuild.MIN_FILES = 4
+    if how == ["tree"]:  # the working tree, as `gitopsd validate` reads it
+        helped = tree_outcome(Path(repo))
+        prebuild.MIN_FILES = 10**9
+        alone = tree_outcome(Path(repo))
+        print(json.dumps({"same": helped == alone, "problems": alone if isinstance(alone, list) else None}))
+        return
     if how == ["early"]:
         print(json.dumps(early(source, commit)))
         return

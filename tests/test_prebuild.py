@@ -83,6 +83,21 @@ def test_a_bad_commit_gets_the_same_problems_with_the_helper(many: tuple[GitRepo
     assert report["built"]
 
 
+def test_validate_reads_a_working_tree_with_the_helper_as_without_it(many: tuple[GitRepo, Path, str]) -> None:
+    repo, mirror, commit = many
+    report = probe(repo, mirror, commit, "tree")
+    assert report["problems"] is None
+    assert report["same"]
+    repo.edit("models/many/m30.yaml", "memory: 1Gi", "memory: lots")
+    repo.edit("models/many/m37.yaml", "team: cache", 'team: "x\\u001b[2J"')
+    (repo.path / "models/many/m39.yaml").write_bytes(b"\xff" + repo.read("models/many/m39.yaml").encode())
+    report = probe(repo, mirror, commit, "tree")
+    assert report["same"]
+    problems = "\n".join(report["problems"])
+    for file in ("m30", "m37", "m39"):
+        assert f"models/many/{file}.yaml" in problems
+
+
 @pytest.mark.parametrize("how", ["killed", "garbage", "short", "mistyped", "terminated"])
 def test_a_helper_that_fails_leaves_its_files_to_the_loader(many: tuple[GitRepo, Path, str], how: str) -> None:
     repo, mirror, commit = many

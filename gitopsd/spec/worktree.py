@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gitopsd.errors import SpecError, SpecProblem
+from gitopsd.spec import prebuild
 from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems, too_many_entries, too_many_files
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
-from gitopsd.spec.load import check_models, load_model
+from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
-from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, repository_paths, resolve_train
+from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, repository_paths
 
 
 def _leaves(root: Path, rel: str) -> bool:
@@ -53,29 +53,47 @@ def _submodule(root: Path, rel: str, declared: set[str]) -> str | None:
     return None
 
 
-def _spec_paths(root: Path, limits: SpecLimits) -> Iterator[Path]:
-    """gitops.yaml and the model files, in order; stops with a SpecError past `limits.max_files` spec files or
+def _spec_paths(root: Path, limits: SpecLimits) -> tuple[list[str], set[str]]:
+    """gitops.yaml and the model files, as paths relative to `root` in order (by path components), and those of
+    them with a symbolic link on the way (the file itself, or models/): only those can lead outside the tree, as
+    the walk never enters a linked directory. A SpecError past `limits.max_files` spec files or
     `limits.max_entries` files and directories under models/."""
-    if (root / REPO_SPEC).is_file():
-        yield root / REPO_SPEC
+    found: list[str] = [REPO_SPEC] if (root / REPO_SPEC).is_file() else []
+    linked = {REPO_SPEC} if found and os.path.islink(root / REPO_SPEC) else set()
     spec_dir = root / SPEC_DIR
     if not spec_dir.is_dir():
-        return
-    found: list[Path] = []
-    for walked, path in enumerate(spec_dir.rglob("*"), start=1):
-        if walked > limits.max_entries:
-            raise too_many_entries(limits)
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            found.append(path)
-            if len(found) >= limits.max_files:
-                raise too_many_files(limits)
-    yield from sorted(found)
+        return found, linked
+    spec_dir_linked = os.path.islink(spec_dir)
+    models: list[str] = []
+    walked = 0
+    stack = [SPEC_DIR]
+    while stack:
+        here = stack.pop()
+        try:
+            listing = os.scandir(root / here)
+        except PermissionError:  # as pathlib's walk did: a directory nobody may list holds no spec for anyone
+            continue
+        with listing as entries:
+            for entry in entries:
+                walked += 1
+                if walked > limits.max_entries:
+                    raise too_many_entries(limits)
+                rel = f"{here}/{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                elif os.path.splitext(entry.name)[1] in (".yaml", ".yml") and entry.is_file():
+                    models.append(rel)
+                    if entry.is_symlink() or spec_dir_linked:
+                        linked.add(rel)
+                    if len(models) >= limits.max_files:
+                        raise too_many_files(limits)
+    return found + sorted(models, key=lambda rel: rel.split("/")), linked
 
 
-def _read(root: Path, rel: str, limits: SpecLimits) -> str:
+def _read(root: Path, rel: str, limits: SpecLimits, *, linked: bool = True) -> str:
     """A spec file's text, never read past its bound; one that is a symbolic link out of the tree is refused
-    and never read."""
-    if _leaves(root, rel):
+    and never read (`linked`: whether a link may be on its way, see `_spec_paths`)."""
+    if linked and _leaves(root, rel):
         raise SpecError([SpecProblem(file=rel, line=None, field="", message=(
             "a symbolic link that leads outside the repository: refused, not read"))])  # fmt: skip
     with (root / rel).open("rb") as handle:  # never more than the bound, even if the file grows meanwhile
@@ -86,30 +104,60 @@ def _read(root: Path, rel: str, limits: SpecLimits) -> str:
     return decode_spec(data, rel)
 
 
-def _path_problems(
-    root: Path, rel: str, train: ResolvedTrain, model: ModelSpec, declared: set[str]
-) -> list[SpecProblem]:
-    """What is wrong with the repository paths a model names: links out, submodules, a missing workdir or
-    requirements file."""
-    problems: list[SpecProblem] = []
-    flagged: set[str] = set()
-    for field, where in repository_paths(model, train):
-        if _leaves(root, where):
-            message = f"{where!r} leads outside the repository through a symbolic link: refused"
-        elif (sub := _submodule(root, where, declared)) is not None:
-            message = f"{sub!r} is a Git submodule, which gitopsd does not check out (commit its files instead)"
-        else:
-            continue
-        problems.append(SpecProblem(file=rel, line=None, field=field, message=message))
-        flagged.add(field)
-    if "spec.train.workdir" not in flagged and not (root / train.workdir).is_dir():
-        message = f"directory {train.workdir!r} does not exist"
-        problems.append(SpecProblem(file=rel, line=None, field="spec.train.workdir", message=message))
-    requirements = train.requirements
-    if requirements and "spec.train.python.requirements" not in flagged and not (root / requirements).is_file():
-        message = f"file {requirements!r} does not exist"
-        problems.append(SpecProblem(file=rel, line=None, field="spec.train.python.requirements", message=message))
-    return problems
+class _Paths:
+    """What the checks of the repository paths models name ask of the file system, asked once per path: ten
+    thousand models name the same few workdirs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.declared = _submodules(root)
+        self._leaves: dict[str, bool] = {}
+        self._submodules: dict[str, str | None] = {}
+        self._dirs: dict[str, bool] = {}
+        self._files: dict[str, bool] = {}
+
+    def leaves(self, rel: str) -> bool:
+        if rel not in self._leaves:
+            self._leaves[rel] = _leaves(self.root, rel)
+        return self._leaves[rel]
+
+    def submodule(self, rel: str) -> str | None:
+        if rel not in self._submodules:
+            self._submodules[rel] = _submodule(self.root, rel, self.declared)
+        return self._submodules[rel]
+
+    def is_dir(self, rel: str) -> bool:
+        if rel not in self._dirs:
+            self._dirs[rel] = (self.root / rel).is_dir()
+        return self._dirs[rel]
+
+    def is_file(self, rel: str) -> bool:
+        if rel not in self._files:
+            self._files[rel] = (self.root / rel).is_file()
+        return self._files[rel]
+
+    def problems(self, rel: str, train: ResolvedTrain, model: ModelSpec) -> list[SpecProblem]:
+        """What is wrong with the repository paths a model names: links out, submodules, a missing workdir or
+        requirements file."""
+        problems: list[SpecProblem] = []
+        flagged: set[str] = set()
+        for field, where in repository_paths(model, train):
+            if self.leaves(where):
+                message = f"{where!r} leads outside the repository through a symbolic link: refused"
+            elif (sub := self.submodule(where)) is not None:
+                message = f"{sub!r} is a Git submodule, which gitopsd does not check out (commit its files instead)"
+            else:
+                continue
+            problems.append(SpecProblem(file=rel, line=None, field=field, message=message))
+            flagged.add(field)
+        if "spec.train.workdir" not in flagged and not self.is_dir(train.workdir):
+            message = f"directory {train.workdir!r} does not exist"
+            problems.append(SpecProblem(file=rel, line=None, field="spec.train.workdir", message=message))
+        requirements = train.requirements
+        if requirements and "spec.train.python.requirements" not in flagged and not self.is_file(requirements):
+            message = f"file {requirements!r} does not exist"
+            problems.append(SpecProblem(file=rel, line=None, field="spec.train.python.requirements", message=message))
+        return problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,8 +173,8 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
     limits = limits or SpecLimits()
     if not root.is_dir():
         raise SpecError([SpecProblem(file=str(root), line=None, field="", message="not a directory")])
-    paths = list(_spec_paths(root, limits))
-    sizes = {path.relative_to(root).as_posix(): path.stat().st_size for path in paths}
+    paths, linked = _spec_paths(root, limits)
+    sizes = {rel: os.stat(root / rel).st_size for rel in paths}
     problems = size_problems(sizes, limits)
     refused = {p.file for p in problems}
     if any(p.file not in sizes for p in problems):  # the whole set is over a bound: read none of it
@@ -134,18 +182,31 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
     repo = RepositorySpec.default()
     repo_text: str | None = None
     models: dict[str, ModelSpec] = {}
-    for path in paths:
-        rel = path.relative_to(root).as_posix()
-        if rel in refused:
-            continue
+
+    def read(rel: str) -> str:
+        return _read(root, rel, limits, linked=rel in linked)
+
+    def load(rel: str, model: ModelSpec | None) -> None:
         try:
-            text = _read(root, rel, limits)
-            if rel == REPO_SPEC:
-                repo_text = text
-            else:
-                models[rel] = load_model(text, rel)
+            models[rel] = model if model is not None else load_model(read(rel), rel)
         except SpecError as exc:
             problems.extend(exc.problems)
+
+    readable = [rel for rel in paths if rel not in refused]
+    # A second core builds the last half of a large tree's files (`spec.prebuild`); every model is validated here.
+    with prebuild.helper([rel for rel in readable if rel != REPO_SPEC], read) as helper:
+        for rel in readable:
+            if rel == REPO_SPEC:
+                try:
+                    repo_text = read(rel)
+                except SpecError as exc:
+                    problems.extend(exc.problems)
+            elif rel not in helper.paths:
+                load(rel, None)
+        built = helper.results()
+    for rel in readable:  # the helper's share is the last files: the models keep the order of their paths
+        if rel in helper.paths:
+            load(rel, model_of_plain(built.get(rel)))
     if REPO_SPEC not in refused and not any(p.file == REPO_SPEC for p in problems):
         try:
             repo = load_repository_for(operator, repo_text, REPO_SPEC)
@@ -158,9 +219,9 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
             problems.extend(exc.problems)
         problems.extend(data_problems(models, operator))
     if not problems:
-        declared = _submodules(root)
+        checked, resolver = _Paths(root), TrainResolver(repo)
         for rel, model in models.items():
-            problems.extend(_path_problems(root, rel, resolve_train(model, repo, file=rel), model, declared))
+            problems.extend(checked.problems(rel, resolver.resolve(model, file=rel), model))
     if problems:
         raise SpecError(problems)
     return TreeSpecs(repo=repo, models=models)

@@ -91,6 +91,21 @@ def test_a_spec_file_linked_out_of_the_working_tree_is_never_read(
         (demo_repo.path / spec).unlink()
 
 
+def test_a_models_directory_linked_out_of_the_working_tree_is_never_read(
+    demo_repo: GitRepo, state_dir: Path, canary: Canary, tmp_path: Path
+) -> None:
+    """Every file under a linked models/ leads outside, and `validate` refuses each one unread."""
+    outside = tmp_path / "outside-models"
+    (demo_repo.path / "models").rename(outside)
+    (outside / "secret.yaml").write_text(f"kind: Model\nmetadata: {{name: {canary.file_secret}}}\n")
+    _link(demo_repo, "models", str(outside))
+    done = gitopsd(state_dir, "validate", str(demo_repo.path), check=False)
+    assert done.returncode == 1
+    for spec in ("models/blobs.yaml", "models/secret.yaml"):
+        assert f"{spec}: a symbolic link that leads outside the repository: refused, not read" in done.stderr
+    canary.assert_not_in(done.stdout, done.stderr)
+
+
 def test_a_link_that_stays_inside_the_repository_is_fine(demo_repo: GitRepo, state_dir: Path) -> None:
     (demo_repo.path / "data" / "blobs.csv").rename(demo_repo.path / "data" / "blobs-v1.csv")
     _link(demo_repo, "data/blobs.csv", "blobs-v1.csv")
