@@ -6,6 +6,7 @@ spec. This script builds the repository of `bench/run.py` (10,000 suspended mode
 committed with pygit2), then times the real `gitopsd` command, each measurement a few runs, and reports medians:
 
 - `plan`, cold: a state directory that does not exist (a fresh CI runner), so nothing is cached;
+- `validate` of a checkout of the repository: the other check a pull request runs (no target);
 - `reconcile --once` and `plan` on a warm state directory, nothing changed; `reconcile --once` also with an
   operator configuration (`--config`, the `local` backend with settings, output limits), in its own state
   directory; `plan` also as a pull-request comment (`--format markdown`) and as piped JSON, which time the
@@ -160,9 +161,12 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
     def run(what: str, index: int, *args: str) -> None:
         found.setdefault((what, index), []).append(timed([commands[index], "--state-dir", *args], env))
 
+    tree = work / "tree"  # a pull request's checkout, for `gitopsd validate`
+    subprocess.run(["git", "clone", "-q", url, str(tree)], check=True)
     for attempt in range(runs):
         for i in range(len(commands)):
             run("cold", i, str(work / f"fresh{i}-{attempt}"), "plan", "--repo", url)
+            run("validate", i, str(work / f"fresh{i}-{attempt}"), "validate", str(tree))
     for i, state in enumerate(states):
         for _ in range(2):  # untimed: the first pass fills the state directory (and its cache)
             timed([commands[i], "--state-dir", state, "reconcile", "--once", "--repo", url], env)
@@ -193,6 +197,7 @@ def measure(commands: list[str], models: int, runs: int, work: Path) -> list[Row
             run("first reconcile", i, state, "reconcile", "--once")
     names: dict[str, tuple[str, int | None]] = {
         "cold": (f"`plan`, cold (no state dir), {models} specs", 1000),
+        "validate": (f"`validate` of a working tree, {models} specs", None),
         "warm reconcile": ("`reconcile --once`, warm, nothing changed", 150),
         "warm configured": ("`reconcile --once`, warm, nothing changed, with an operator configuration", 150),
         "warm plan": ("`plan`, warm, nothing changed", 150),
