@@ -34,10 +34,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import pygit2
+from typing import TYPE_CHECKING
 
 from gitopsd.source.signatures import Problem, SignatureChecker
+
+if TYPE_CHECKING:  # a policy is read with the operator's configuration, which `gitopsd validate` also reads
+    import pygit2
 
 APPLIED_REF = "refs/gitopsd/applied"
 MAX_LISTED = 5
@@ -87,6 +89,8 @@ class Verdict:
 
 def describe(repo: pygit2.Repository, commit: str) -> str:
     """`abcdef123456 "subject"`, the subject cut to one printable line (it is written by the pusher)."""
+    import pygit2
+
     obj = repo.get(commit)
     subject = obj.message.splitlines()[0] if isinstance(obj, pygit2.Commit) and obj.message else ""
     shown = "".join(ch if ch.isprintable() else "?" for ch in subject[:72])
@@ -95,6 +99,8 @@ def describe(repo: pygit2.Repository, commit: str) -> str:
 
 def new_commits(repo: pygit2.Repository, tip: str, trusted: Sequence[str], limit: int) -> list[str]:
     """Commits reachable from `tip` and from none of `trusted`, oldest first; at most `limit` + 1 of them."""
+    import pygit2
+
     walker = repo.walk(pygit2.Oid(hex=tip), pygit2.enums.SortMode.TOPOLOGICAL)
     for commit in trusted:
         walker.hide(pygit2.Oid(hex=commit))
@@ -158,6 +164,8 @@ class CommitVerifier:
         return tuple(stamps)
 
     def _verify(self, repo: pygit2.Repository, applied: str | None, tip: str) -> Verdict:
+        import pygit2
+
         since = self.policy.since
         trusted: list[str] = []
         if applied is not None:
@@ -222,6 +230,8 @@ class CommitVerifier:
 
 def _keep(repo: pygit2.Repository, commit: str) -> None:
     """Point `refs/gitopsd/applied` at `commit`, so no gc removes it after a force-push (fetch never prunes it)."""
+    import pygit2
+
     try:
         current = repo.references.get(APPLIED_REF)
         if current is None or str(current.target) != commit:
