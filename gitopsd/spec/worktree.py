@@ -7,6 +7,7 @@ problem at once. Sizes are taken from the file system before a file is read, and
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -109,32 +110,11 @@ class _Paths:
     thousand models name the same few workdirs."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.declared = _submodules(root)
-        self._leaves: dict[str, bool] = {}
-        self._submodules: dict[str, str | None] = {}
-        self._dirs: dict[str, bool] = {}
-        self._files: dict[str, bool] = {}
-
-    def leaves(self, rel: str) -> bool:
-        if rel not in self._leaves:
-            self._leaves[rel] = _leaves(self.root, rel)
-        return self._leaves[rel]
-
-    def submodule(self, rel: str) -> str | None:
-        if rel not in self._submodules:
-            self._submodules[rel] = _submodule(self.root, rel, self.declared)
-        return self._submodules[rel]
-
-    def is_dir(self, rel: str) -> bool:
-        if rel not in self._dirs:
-            self._dirs[rel] = (self.root / rel).is_dir()
-        return self._dirs[rel]
-
-    def is_file(self, rel: str) -> bool:
-        if rel not in self._files:
-            self._files[rel] = (self.root / rel).is_file()
-        return self._files[rel]
+        declared = _submodules(root)
+        self.leaves = functools.cache(lambda rel: _leaves(root, rel))
+        self.submodule = functools.cache(lambda rel: _submodule(root, rel, declared))
+        self.is_dir = functools.cache(lambda rel: (root / rel).is_dir())
+        self.is_file = functools.cache(lambda rel: (root / rel).is_file())
 
     def problems(self, rel: str, train: ResolvedTrain, model: ModelSpec) -> list[SpecProblem]:
         """What is wrong with the repository paths a model names: links out, submodules, a missing workdir or
