@@ -89,6 +89,24 @@ def test_validate_of_a_working_tree_imports_no_git_library_and_no_reconciler(tmp
     assert {"gitopsd.reconcile.desired", "gitopsd.reconcile.speccache", "gitopsd.source.mirror"}.isdisjoint(modules)
 
 
+def test_a_command_without_an_operator_configuration_skips_its_schema(tmp_path: Path) -> None:
+    """The configuration's pydantic models take about 20 ms to build; a plan on the built-in default (a CI
+    runner's) has no file for them to read. With a file, they are what reads it."""
+    from gitopsd.cli.scaffold import init_demo
+
+    init_demo(tmp_path / "repo")
+    done, modules = _run(["plan", "--repo", str(tmp_path / "repo")], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "blobs: trains: new model" in done.stdout, done.stdout
+    assert "gitopsd.reconcile.reconciler" in modules  # it really planned
+    assert "gitopsd.daemon.config" not in modules
+    config = tmp_path / "operator.toml"
+    config.write_text('[backends.local]\ntype = "local"\n')
+    done, modules = _run(["--config", str(config), "plan", "--repo", str(tmp_path / "repo")], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gitopsd.daemon.config" in modules
+
+
 def test_status_logs_nothing_so_it_skips_the_logging_setup(tmp_path: Path) -> None:
     """`status` is declared `logs=False`: the logging set-up (with its URL redaction) is left out. That is safe
     only while nothing status runs can log, i.e. imports `logging` at all: on a state directory with a status, an

@@ -73,14 +73,14 @@ def settled_setup(ctx: Context) -> str | None:
 def _configuration(ctx: Context) -> tuple[DaemonConfig | None, RepositoryConfig | None]:
     """The operator's configuration file (loaded once, its [environment] exported), and its repository whose
     state directory this is, if any."""
-    from gitopsd.daemon.config import apply_environment, load_config
-    from gitopsd.errors import GitopsdError
-
     if ctx.loaded_config is not None:
         return ctx.loaded_config
     path = configuration_path(ctx)
     found: tuple[DaemonConfig | None, RepositoryConfig | None] = (None, None)
-    if path is not None:
+    if path is not None:  # the configuration's schema is imported only for a file (20 ms of every command)
+        from gitopsd.daemon.config import apply_environment, load_config
+        from gitopsd.errors import GitopsdError
+
         try:
             config = load_config(path)
             apply_environment(config)
