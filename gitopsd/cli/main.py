@@ -206,6 +206,7 @@ def _reconciler(ctx: Context, repo: str | None, branch: str | None, verify: Veri
             verify=verify,
             limits=output_limits(ctx),
             setup=settled_setup(ctx),
+            on_busy=lambda holder: echo(f"waiting for {holder}, which is in a pass of {directory}", err=True),
         )
     except PermanentError as exc:
         fail(str(exc))
@@ -310,7 +311,8 @@ def reconcile(
     verify_gpg_keyring: Path | None,
     verify_since: str | None,
 ) -> None:
-    """Fetch the repository and move actual state towards what it declares."""
+    """Fetch the repository and move actual state towards what it declares. One pass at a time per state
+    directory: while the daemon (or another reconcile) is in one, this waits for it."""
     from gitopsd.cli.common import configuration_path
     from gitopsd.reconcile.quickpass import quick_reconcile
 

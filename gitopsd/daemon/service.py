@@ -245,7 +245,7 @@ class Daemon:
         def make() -> Reconciler | Leased:
             inner = Reconciler(state_dir=state_dir, url=repo.url, branch=repo.branch, operator=operator,
                                verify=verify, limits=limits, fence=elector.fence if elector else None,
-                               setup=setup)  # fmt: skip
+                               setup=setup, role="daemon")  # fmt: skip
             return Leased(inner, elector) if elector is not None else inner
 
         worker = Worker(

@@ -3,7 +3,9 @@
 Each repository has one worker thread and one queue of depth one: a trigger that arrives while a pass runs
 becomes exactly one more pass, so ten pushes in a second cost one or two passes and the last one sees the
 newest commit. Triggers only enqueue; only the worker reconciles. While runs are in flight the worker also
-passes on its own, backing off from 2 s to 30 s, so finished jobs are collected without any trigger.
+passes on its own, backing off from 2 s to 30 s, so finished jobs are collected without any trigger. When
+another process is in a pass of the same state directory (a `gitopsd reconcile` beside the daemon,
+`reconcile.passlock`), the worker says so once and tries again every second, never blocking its thread on it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gitopsd.errors import GitopsdError, retry_delay
+from gitopsd.reconcile.passlock import PassBusy
 
 log = logging.getLogger("gitopsd")
 
 FOLLOW_UP_MIN_S = 2.0
 FOLLOW_UP_MAX_S = 30.0
+BUSY_RETRY_S = 1.0
 
 
 class PassLike(Protocol):
@@ -66,6 +70,7 @@ class Worker:
         self._stop = threading.Event()
         self._pending: str | None = "startup"
         self._retry = threading.Event()
+        self._busy_said = False  # whether the pass another process holds up was logged
         self.first_pass = threading.Event()
         self.last_beat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name=f"reconcile-{name}", daemon=True)
@@ -102,6 +107,7 @@ class Worker:
         reconciler: Reconciling | None = None
         follow_up: float | None = None
         due = float("inf")
+        held_up: str | None = None  # the trigger of a pass another process's pass held up
         try:
             reconciler = self._start()
             while reconciler is not None and not self._stop.is_set():
@@ -112,9 +118,13 @@ class Worker:
                     reconciler.retry_stalled()
                     trigger = trigger or "reload"
                 if trigger is None and time.monotonic() >= due:
-                    trigger = "runs"
+                    trigger = held_up or "runs"
                 if trigger is not None:
-                    active, retry_at = self._pass(reconciler, trigger)
+                    done = self._pass(reconciler, trigger)
+                    if done is None:  # held up: the same pass again in a moment
+                        held_up, due = trigger, time.monotonic() + BUSY_RETRY_S
+                        continue
+                    held_up, (active, retry_at) = None, done
                     self.first_pass.set()
                     follow_up = (min((follow_up or FOLLOW_UP_MIN_S / 1.5) * 1.5, FOLLOW_UP_MAX_S)
                                  if active else None)  # fmt: skip
@@ -148,16 +158,24 @@ class Worker:
                     self._stop.wait(min(until - time.monotonic(), self._beat_s))
         return None
 
-    def _pass(self, reconciler: Reconciling, trigger: str) -> tuple[int, float | None]:
-        """One pass; returns its runs in flight and when failed work falls due again (or None)."""
+    def _pass(self, reconciler: Reconciling, trigger: str) -> tuple[int, float | None] | None:
+        """One pass; returns its runs in flight and when failed work falls due again (or None), or None when
+        another process's pass in the same state directory held it up."""
         started = time.monotonic()
         try:
             result = reconciler.reconcile(trigger)
+        except PassBusy as exc:
+            if not self._busy_said:
+                log.info("repository %s: %s; this daemon's pass waits for it (tried again every %.0f s)",
+                         self.name, exc, BUSY_RETRY_S)  # fmt: skip
+                self._busy_said = True
+            return None
         except Exception as exc:  # unknown errors are transient: log, report, try again on the next trigger
             log.exception("repository %s: pass failed: %s", self.name, exc)
             self._on_pass(PassReport(repository=self.name, trigger=trigger, seconds=time.monotonic() - started,
                                      result=None, error=str(exc)))  # fmt: skip
             return 1, None
+        self._busy_said = False
         self._on_pass(PassReport(repository=self.name, trigger=trigger, seconds=time.monotonic() - started,
                                  result=result))  # fmt: skip
         return int(result.active), getattr(result, "retry_at", None)

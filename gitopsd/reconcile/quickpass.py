@@ -26,7 +26,9 @@ full pass exactly as before. It applies only where everything the full pass read
 Then it does what the full pass does on that shortcut: it writes the source row (fetched commit, time,
 trigger `cli`, no error) to state.db and sweeps the store's stale uploads. What it skips is harmless: the parse
 cache is not opened (it is an optimisation only) and the mirror is not touched (it already equals the remote).
-`gitopsd plan` asks the same question (`settled_record`, `settled_source`: they only read) of the databases,
+It takes no pass lock (`passlock.py`): it acts on nothing it read, and a pass of another process in progress
+has either changed what the fingerprint covers (then this is not settled, and the full pass waits for the lock)
+or not yet. `gitopsd plan` asks the same question (`settled_record`, `settled_source`: they only read) of the databases,
 opened read-only.
 """
 

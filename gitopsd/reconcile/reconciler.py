@@ -29,6 +29,7 @@ from gitopsd.reconcile.launch import Launcher
 from gitopsd.reconcile.observe import Observer
 from gitopsd.reconcile.outbox import Entry, Outbox
 from gitopsd.reconcile.outputs import OutputLimits
+from gitopsd.reconcile.passlock import PassLock
 from gitopsd.reconcile.planner import Action, Actual, Cancel, Failure, Submit, Wait, Want, plan
 from gitopsd.reconcile.speccache import SpecCache, state_key
 from gitopsd.reconcile.state import RunRecord, SourceRow, StateStore
@@ -125,6 +126,8 @@ class Reconciler:
         spec_cache: SpecCache | Literal["own"] | None = "own",
         settled_pass: bool = True,
         setup: str | None = None,
+        role: str = "reconcile",
+        on_busy: Callable[[str], None] | None = None,
     ) -> None:
         """`operator`: the operator's backends and store (default: one local backend, a file store here).
         `verify`: the operator's signed-commit policy; None applies commits without checking signatures.
@@ -135,11 +138,14 @@ class Reconciler:
         `settled_pass`: a first pass may skip loading the commit when the state directory's settled-pass record
         (`reconcile/settled.py`) shows that a full pass would do nothing; False always runs the full pass.
         `setup`: when `operator` and `limits` come from an operator's configuration file, that file's
-        `DaemonConfig.settled_setup`, the record's operator part (which `quickpass` can compute too)."""
-        self.state_dir, self._configured = state_dir, setup
+        `DaemonConfig.settled_setup`, the record's operator part (which `quickpass` can compute too).
+        `role` and `on_busy`: who this process is, and what it does when another process is in a pass in this
+        state directory (`reconcile.passlock`): None raises `PassBusy`; a callable is told who, once, and the pass
+        waits for it."""
+        self.state_dir, self._configured, self._on_busy = state_dir, setup, on_busy
         self.operator = operator or Operator()
         self.branch = branch
-        self.paths = Paths(root=state_dir)
+        self.paths, self.pass_lock = Paths(root=state_dir), PassLock(state_dir, role)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateStore(self.paths.state_db)
         self._registry_checked = False
@@ -219,7 +225,14 @@ class Reconciler:
     def reconcile(self, trigger: str = "cli", *, dry_run: bool = False, at: str | None = None) -> PassResult:
         """One pass. With `dry_run`, return the plan without applying it or recording anything; with `at` too,
         plan that commit (already in the mirror: `gitopsd plan --branch REF`) instead of the fetched branch tip;
-        `at` is for dry runs only (a pass applies the branch it follows)."""
+        `at` is for dry runs only (a pass applies the branch it follows). A pass that applies holds the state
+        directory's pass lock (`reconcile.passlock`) throughout; a dry run takes none."""
+        if dry_run:
+            return self._pass(trigger, dry_run=True, at=at)
+        with self.pass_lock.held(self._on_busy):
+            return self._pass(trigger, dry_run=False, at=None)
+
+    def _pass(self, trigger: str, *, dry_run: bool, at: str | None) -> PassResult:
         row = self.state.source() or SourceRow(url=self.source.url, branch=self.branch)
         row = _with(row, branch=self.branch, trigger=trigger)
         if not self._registry_checked and not dry_run:

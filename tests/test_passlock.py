@@ -1,0 +1,132 @@
+"""One applying pass at a time per state directory: the lock itself, two `gitopsd reconcile` at once, and the
+daemon beside a command's pass."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gitopsd.reconcile.passlock import LOCK_NAME, PassBusy, PassLock, holder_of
+from gitopsd.reconcile.reconciler import Reconciler
+from tests.conftest import GIT_ENV, GitRepo
+from tests.test_daemon import start_daemon
+
+
+def test_a_second_holder_is_told_who_holds_the_lock_or_waits_until_it_is_free(tmp_path: Path) -> None:
+    first, second = PassLock(tmp_path, "daemon"), PassLock(tmp_path, "reconcile")
+    told: list[str] = []
+    entered = threading.Event()
+
+    def waiting_pass() -> None:
+        with second.held(wait=told.append):
+            entered.set()
+
+    with first.held():
+        busy = rf"a pass of pid {os.getpid()} \(gitopsd run\) is in progress"
+        with pytest.raises(PassBusy, match=busy), second.held():
+            pass
+        waiter = threading.Thread(target=waiting_pass)
+        waiter.start()
+        time.sleep(0.3)  # it has tried several times by now
+        assert not entered.is_set()
+        assert told == [f"pid {os.getpid()} (gitopsd run)"]  # said once, however long it waits
+    waiter.join(5)
+    assert entered.is_set()
+    assert told == [f"pid {os.getpid()} (gitopsd run)"]
+    assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()} reconcile\n"  # the last holder's
+
+
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        (b"", "another process"),
+        (b"not a pid\n", "another process"),
+        (b"4242 reconcile\n", "pid 4242 (gitopsd reconcile)"),
+        (b"4242 \x1b[31mred\n", "pid 4242 (gitopsd)"),
+        (b"4242 daemon\x07 and more\n", "pid 4242 (gitopsd)"),
+        (b"\xff\xfe 1\n", "another process"),
+    ],
+)
+def test_who_holds_the_lock_is_only_ever_a_pid_and_a_known_role(tmp_path: Path, content: bytes, shown: str) -> None:
+    (tmp_path / LOCK_NAME).write_bytes(content)
+    assert holder_of(tmp_path / LOCK_NAME) == shown
+
+
+def test_a_holder_killed_mid_pass_leaves_no_lock_behind(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from gitopsd.reconcile.passlock import PassLock\n"
+        "with PassLock(Path(sys.argv[1]), 'reconcile').held():\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with pytest.raises(PassBusy, match=rf"pid {holder.pid} \(gitopsd reconcile\)"), PassLock(tmp_path, "daemon").held():
+        pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with PassLock(tmp_path, "daemon").held():  # at once: the kernel dropped it with the process
+        pass
+
+
+def _gitopsd(state: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPSD_")} | GIT_ENV
+    return subprocess.Popen([sys.executable, "-m", "gitopsd", "--state-dir", str(state), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _runs(state: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True) as conn:
+        return list(conn.execute("SELECT run_key, id FROM runs ORDER BY created_at"))
+
+
+def test_reconciles_started_together_after_a_commit_train_it_once(demo_repo: GitRepo, tmp_path: Path) -> None:
+    """Each would find no run for the new run key; only one may act on that."""
+    state = tmp_path / "state"
+    settle = _gitopsd(state, "reconcile", "--wait", "--repo", str(demo_repo.path))
+    assert settle.wait(120) == 0, settle.stderr.read() if settle.stderr else ""
+    demo_repo.edit("models/blobs.yaml", 'SEED: "7"', 'SEED: "8"')
+    demo_repo.commit("another seed: a new run key")
+    before = len(_runs(state))
+    lock = PassLock(state, "daemon")
+    with lock.held():  # as a daemon in a pass would: every command waits, then they go at once
+        commands = [_gitopsd(state, "reconcile", "--once") for _ in range(3)]
+        time.sleep(1.5)
+        assert all(c.poll() is None for c in commands), "a command did not wait for the pass in progress"
+    outputs = [c.communicate(timeout=120) for c in commands]
+    assert [c.returncode for c in commands] == [0, 0, 0], outputs
+    for _, err in outputs:
+        assert f"waiting for pid {os.getpid()} (gitopsd run), which is in a pass of {state}" in err
+    runs = _runs(state)[before:]
+    assert len(runs) == 1, runs  # the others found it in flight, or already trained
+
+
+def test_the_daemon_holds_its_pass_until_a_command_has_finished_its_own(tmp_path: Path) -> None:
+    with start_daemon(tmp_path) as daemon:
+        lock = PassLock(daemon.state_dir / "demo", "reconcile")
+        with lock.held():
+            commit = daemon.push("a commit that arrives while a command is in a pass")
+            time.sleep(3)  # the daemon tried about three times meanwhile
+            assert daemon.source().get("fetched_commit") != commit
+            waits = [line for line in daemon.log_lines() if "waits for it" in line.get("message", "")]
+            assert len(waits) == 1, waits
+            assert f"a pass of pid {os.getpid()} (gitopsd reconcile) is in progress" in waits[0]["message"]
+        deadline = time.monotonic() + 10
+        while daemon.source().get("fetched_commit") != commit:
+            assert time.monotonic() < deadline, "the daemon never passed after the lock was free"
+            time.sleep(0.05)
+        assert daemon.source()["trigger"] == "push"  # the pass it held up, not a poll
+
+
+def test_a_dry_run_takes_no_lock(reconciler: Reconciler) -> None:
+    """`gitopsd plan` works on a scratch copy: a daemon's long pass must not hold up a pull request's plan."""
+    with PassLock(reconciler.state_dir, "daemon").held():
+        result = reconciler.reconcile("plan", dry_run=True)
+    assert not result.error and len(result.actions) == 1
