@@ -3,6 +3,7 @@ daemon beside a command's pass."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gitopsd.errors import PermanentError
 from gitopsd.reconcile.passlock import LOCK_NAME, PassBusy, PassLock, holder_of
 from gitopsd.reconcile.reconciler import Reconciler
 from tests.conftest import GIT_ENV, GitRepo
@@ -74,6 +76,26 @@ def test_a_holder_killed_mid_pass_leaves_no_lock_behind(tmp_path: Path) -> None:
     holder.wait()
     with PassLock(tmp_path, "daemon").held():  # at once: the kernel dropped it with the process
         pass
+
+
+def test_a_filesystem_without_flock_is_named_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lustre mounted with -o noflock answers ENOSYS: every pass would fail, so the message must say why and
+    what to do (the one thing faked here is the filesystem's answer)."""
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr("gitopsd.reconcile.passlock.fcntl.flock", no_flock)
+    said = r"cannot lock .*pass\.lock: Function not implemented; .*-o localflock"
+    with pytest.raises(PermanentError, match=said), PassLock(tmp_path, "reconcile").held():
+        pass
+
+
+def test_a_lock_file_that_cannot_be_opened_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / LOCK_NAME).symlink_to(tmp_path / "elsewhere")  # never followed
+    with pytest.raises(PermanentError, match=r"cannot open .*pass\.lock: "), PassLock(tmp_path, "reconcile").held():
+        pass
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def _gitopsd(state: Path, *args: str) -> subprocess.Popen[str]:

@@ -51,7 +51,10 @@ class PassLock:
     def held(self, wait: Callable[[str], None] | None = None) -> Iterator[None]:
         """Hold the lock for the block. When another process holds it: without `wait`, raise PassBusy; with it,
         call `wait(holder)` once and block until the lock is free (polling, so a signal still interrupts)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise PermanentError(f"cannot open {self.path}: {exc.strerror}") from None
         try:
             pause, told = _POLL_S[0], False
             while not _try_lock(fd, self.path):
@@ -75,7 +78,10 @@ def _try_lock(fd: int, path: Path) -> bool:
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
             return False
-        raise PermanentError(f"cannot lock {path}: {exc.strerror}") from None
+        raise PermanentError(
+            f"cannot lock {path}: {exc.strerror}; the state directory must be on a filesystem that supports flock "
+            "(a local disk, NFS, or Lustre mounted with -o flock or -o localflock)"
+        ) from None
     return True
 
 
