@@ -130,6 +130,22 @@ def test_reconciles_started_together_after_a_commit_train_it_once(demo_repo: Git
     assert len(runs) == 1, runs  # the others found it in flight, or already trained
 
 
+def test_a_training_started_by_a_pass_does_not_hold_the_lock(demo_repo: GitRepo, tmp_path: Path) -> None:
+    """The lock ends with its pass, not with what the pass started: a training outlives it by hours."""
+    demo_repo.edit("models/blobs.yaml", "command: python3 train.py", "command: sleep 60; python3 train.py")
+    demo_repo.commit("a long training")
+    state = tmp_path / "state"
+    started = _gitopsd(state, "reconcile", "--once", "--repo", str(demo_repo.path))
+    out, err = started.communicate(timeout=120)
+    assert started.returncode == 0 and "1 run(s) in flight" in out, err
+    with PassLock(state, "daemon").held():  # free at once, with the training running
+        pass
+    demo_repo.git("rm", "-q", "models/blobs.yaml")  # and the training is stopped, not left to sleep on
+    demo_repo.commit("blobs goes")
+    stopped = _gitopsd(state, "reconcile", "--wait", "--timeout", "60")
+    assert stopped.wait(120) == 0
+
+
 def test_the_daemon_holds_its_pass_until_a_command_has_finished_its_own(tmp_path: Path) -> None:
     with start_daemon(tmp_path) as daemon:
         lock = PassLock(daemon.state_dir / "demo", "reconcile")
