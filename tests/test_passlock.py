@@ -46,6 +46,19 @@ def test_a_second_holder_is_told_who_holds_the_lock_or_waits_until_it_is_free(tm
     assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()} reconcile\n"  # the last holder's
 
 
+def test_a_waiter_gives_up_at_its_deadline_and_says_how_long_it_waited(tmp_path: Path) -> None:
+    told: list[str] = []
+    with PassLock(tmp_path, "daemon").held():
+        start = time.monotonic()
+        with (
+            pytest.raises(PassBusy, match=r"in progress in this state directory; gave up waiting for it after 0 s"),
+            PassLock(tmp_path, "reconcile").held(wait=told.append, until=start + 0.4),
+        ):
+            pass
+        assert 0.4 <= time.monotonic() - start < 1.5
+    assert len(told) == 1
+
+
 @pytest.mark.parametrize(
     ("content", "shown"),
     [
@@ -128,6 +141,24 @@ def test_reconciles_started_together_after_a_commit_train_it_once(demo_repo: Git
         assert f"waiting for pid {os.getpid()} (gitopsd run), which is in a pass of {state}" in err
     runs = _runs(state)[before:]
     assert len(runs) == 1, runs  # the others found it in flight, or already trained
+
+
+def test_a_reconcile_waits_no_longer_than_its_timeout(demo_repo: GitRepo, tmp_path: Path) -> None:
+    """A pass that hangs (a stuck filesystem, a hung sbatch) must not hang every cron job and CI step behind it."""
+    state = tmp_path / "state"
+    state.mkdir()
+    with PassLock(state, "daemon").held():
+        start = time.monotonic()
+        waiting = _gitopsd(state, "reconcile", "--once", "--timeout", "2", "--repo", str(demo_repo.path))
+        out, err = waiting.communicate(timeout=60)
+        took = time.monotonic() - start
+    assert waiting.returncode == 1, (out, err)
+    assert f"waiting for pid {os.getpid()} (gitopsd run), which is in a pass of {state}" in err
+    assert (f"error: a pass of pid {os.getpid()} (gitopsd run) is in progress in this state directory; gave up "
+            "waiting for it after 2 s") in err  # fmt: skip
+    assert "Traceback" not in err
+    assert took < 30
+    assert not _runs(state), "nothing was submitted"
 
 
 def test_a_training_started_by_a_pass_does_not_hold_the_lock(demo_repo: GitRepo, tmp_path: Path) -> None:

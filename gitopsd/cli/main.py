@@ -182,7 +182,12 @@ def _policy(allowed_signers: Path | None, gpg_keyring: Path | None, since: str |
         raise UsageError(str(exc)) from None
 
 
-def _reconciler(ctx: Context, repo: str | None, branch: str | None, verify: VerifyPolicy | None = None) -> Reconciler:
+def _reconciler(
+    ctx: Context, repo: str | None, branch: str | None, verify: VerifyPolicy | None = None, *, timeout: float
+) -> Reconciler:
+    """The reconciler of this state directory; a pass waits at most `timeout` seconds for another process's."""
+    import time
+
     from gitopsd.errors import PermanentError
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.reconcile.state import StateStore
@@ -207,6 +212,7 @@ def _reconciler(ctx: Context, repo: str | None, branch: str | None, verify: Veri
             limits=output_limits(ctx),
             setup=settled_setup(ctx),
             on_busy=lambda holder: echo(f"waiting for {holder}, which is in a pass of {directory}", err=True),
+            busy_until=time.monotonic() + timeout,
         )
     except PermanentError as exc:
         fail(str(exc))
@@ -298,7 +304,14 @@ def _explain(action: Action, desired: Any) -> str:
         "--once", dest="mode", action="store_const", const="once", default="once", help="One pass, then exit (default)."
     ),
     opt("--wait", dest="mode", action="store_const", const="wait", help="Pass until every run has finished."),
-    opt("--timeout", type=float, default=3600, show_default=True, help="Seconds --wait waits at most."),
+    opt(
+        "--timeout",
+        type=float,
+        default=3600,
+        show_default=True,
+        help="Seconds to wait at most: for the runs to finish (--wait), and for another process's pass of this "
+        "state directory to end.",
+    ),
     *VERIFY_OPTIONS,
 )
 def reconcile(
@@ -312,7 +325,7 @@ def reconcile(
     verify_since: str | None,
 ) -> None:
     """Fetch the repository and move actual state towards what it declares. One pass at a time per state
-    directory: while the daemon (or another reconcile) is in one, this waits for it."""
+    directory: while the daemon (or another reconcile) is in one, this waits for it (at most --timeout)."""
     from gitopsd.cli.common import configuration_path
     from gitopsd.reconcile.quickpass import quick_reconcile
 
@@ -331,7 +344,7 @@ def reconcile(
         check_runs_dirs(operator(ctx))
     except PermanentError as exc:
         fail(str(exc))
-    rec = _reconciler(ctx, repo, branch, policy)
+    rec = _reconciler(ctx, repo, branch, policy, timeout=timeout)
     try:
         result = rec.reconcile_until_settled(timeout_s=timeout) if mode == "wait" else rec.reconcile("cli")
     finally:

@@ -33,8 +33,9 @@ _POLL_S = (0.02, 0.5)  # a waiter's first and longest pause between tries
 class PassBusy(TransientError):
     """Another process is in the middle of a pass in this state directory."""
 
-    def __init__(self, holder: str) -> None:
-        super().__init__(f"a pass of {holder} is in progress in this state directory")
+    def __init__(self, holder: str, *, waited_s: float | None = None) -> None:
+        tail = f"; gave up waiting for it after {waited_s:.0f} s" if waited_s is not None else ""
+        super().__init__(f"a pass of {holder} is in progress in this state directory{tail}")
         self.holder = holder
 
 
@@ -48,22 +49,23 @@ class PassLock:
         self.role = role
 
     @contextmanager
-    def held(self, wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    def held(self, wait: Callable[[str], None] | None = None, until: float | None = None) -> Iterator[None]:
         """Hold the lock for the block. When another process holds it: without `wait`, raise PassBusy; with it,
-        call `wait(holder)` once and block until the lock is free (polling, so a signal still interrupts)."""
+        call `wait(holder)` once and block until the lock is free (polling, so a signal still interrupts), or
+        until `time.monotonic()` reaches `until`, then raise PassBusy."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise PermanentError(f"cannot open {self.path}: {exc.strerror}") from None
         try:
-            pause, told = _POLL_S[0], False
+            pause, told, since = _POLL_S[0], False, time.monotonic()
             while not _try_lock(fd, self.path):
-                if wait is None:
-                    raise PassBusy(holder_of(self.path))
+                if wait is None or (until is not None and time.monotonic() >= until):
+                    raise PassBusy(holder_of(self.path), waited_s=None if wait is None else time.monotonic() - since)
                 if not told:
                     wait(holder_of(self.path))
                     told = True
-                time.sleep(pause)
+                time.sleep(pause if until is None else max(0.0, min(pause, until - time.monotonic())))
                 pause = min(pause * 2, _POLL_S[1])
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {self.role}\n".encode(), 0)

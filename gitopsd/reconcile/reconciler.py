@@ -128,6 +128,7 @@ class Reconciler:
         setup: str | None = None,
         role: str = "reconcile",
         on_busy: Callable[[str], None] | None = None,
+        busy_until: float | None = None,
     ) -> None:
         """`operator`: the operator's backends and store (default: one local backend, a file store here).
         `verify`: the operator's signed-commit policy; None applies commits without checking signatures.
@@ -141,8 +142,8 @@ class Reconciler:
         `DaemonConfig.settled_setup`, the record's operator part (which `quickpass` can compute too).
         `role` and `on_busy`: who this process is, and what it does when another process is in a pass in this
         state directory (`reconcile.passlock`): None raises `PassBusy`; a callable is told who, once, and the pass
-        waits for it."""
-        self.state_dir, self._configured, self._on_busy = state_dir, setup, on_busy
+        waits for it, until `busy_until` (`time.monotonic()`; None: as long as it takes)."""
+        self.state_dir, self._configured, self._on_busy = state_dir, setup, (on_busy, busy_until)
         self.operator = operator or Operator()
         self.branch = branch
         self.paths, self.pass_lock = Paths(root=state_dir), PassLock(state_dir, role)
@@ -229,7 +230,7 @@ class Reconciler:
         directory's pass lock (`reconcile.passlock`) throughout; a dry run takes none."""
         if dry_run:
             return self._pass(trigger, dry_run=True, at=at)
-        with self.pass_lock.held(self._on_busy):
+        with self.pass_lock.held(*self._on_busy):
             return self._pass(trigger, dry_run=False, at=None)
 
     def _pass(self, trigger: str, *, dry_run: bool, at: str | None) -> PassResult:
