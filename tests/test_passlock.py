@@ -194,6 +194,50 @@ def test_the_daemon_holds_its_pass_until_a_command_has_finished_its_own(tmp_path
         assert daemon.source()["trigger"] == "push"  # the pass it held up, not a poll
 
 
+class _HeldUp:
+    """A reconciler whose passes another process holds up until `free` is set; then it passes."""
+
+    def __init__(self) -> None:
+        self.free = threading.Event()
+        self.triggers: list[str] = []
+
+    def reconcile(self, trigger: str = "cli") -> object:
+        self.triggers.append(trigger)
+        if not self.free.is_set():
+            raise PassBusy("pid 4242 (gitopsd reconcile)")
+        return type("Result", (), {"active": 0})()
+
+    def retry_stalled(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_long_hold_up_is_said_again_every_while_and_never_counted_as_a_pass(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gitopsd.daemon import triggers
+
+    monkeypatch.setattr(triggers, "BUSY_RETRY_S", 0.05)
+    monkeypatch.setattr(triggers, "HELD_UP_SAY_S", 0.5)
+    held, reports = _HeldUp(), list[triggers.PassReport]()
+    worker = triggers.Worker("demo", lambda: held, on_pass=reports.append)
+    with caplog.at_level("INFO", logger="gitopsd"):
+        worker.start()
+        time.sleep(1.3)
+        assert not reports and not worker.first_pass.is_set()
+        held.free.set()
+        assert worker.first_pass.wait(5)
+        worker.stop(5)
+    said = [r for r in caplog.records if "pid 4242 (gitopsd reconcile)" in r.getMessage()]
+    assert said[0].levelname == "INFO" and "waits for it" in said[0].getMessage()
+    assert 2 <= len(said) <= 4, [r.getMessage() for r in said]  # at 0 s, then every 0.5 s: not every try
+    assert all(r.levelname == "WARNING" and "has waited for it for" in r.getMessage() for r in said[1:])
+    assert len(held.triggers) > 10  # tried about every 0.05 s
+    assert set(held.triggers) == {"startup"} and [r.trigger for r in reports] == ["startup"]
+
+
 def test_a_dry_run_takes_no_lock(reconciler: Reconciler) -> None:
     """`gitopsd plan` works on a scratch copy: a daemon's long pass must not hold up a pull request's plan."""
     with PassLock(reconciler.state_dir, "daemon").held():

@@ -5,7 +5,8 @@ becomes exactly one more pass, so ten pushes in a second cost one or two passes 
 newest commit. Triggers only enqueue; only the worker reconciles. While runs are in flight the worker also
 passes on its own, backing off from 2 s to 30 s, so finished jobs are collected without any trigger. When
 another process is in a pass of the same state directory (a `gitopsd reconcile` beside the daemon,
-`reconcile.passlock`), the worker says so once and tries again every second, never blocking its thread on it.
+`reconcile.passlock`), the worker says so (and again every five minutes while it lasts) and tries again every
+second, never blocking its thread on it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger("gitopsd")
 FOLLOW_UP_MIN_S = 2.0
 FOLLOW_UP_MAX_S = 30.0
 BUSY_RETRY_S = 1.0
+HELD_UP_SAY_S = 300.0
 
 
 class PassLike(Protocol):
@@ -70,7 +72,8 @@ class Worker:
         self._stop = threading.Event()
         self._pending: str | None = "startup"
         self._retry = threading.Event()
-        self._busy_said = False  # whether the pass another process holds up was logged
+        self._held_since: float | None = None  # since when another process's pass holds this worker's up
+        self._held_said = 0.0  # when that was last logged
         self.first_pass = threading.Event()
         self.last_beat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name=f"reconcile-{name}", daemon=True)
@@ -165,17 +168,21 @@ class Worker:
         try:
             result = reconciler.reconcile(trigger)
         except PassBusy as exc:
-            if not self._busy_said:
+            if self._held_since is None:
+                self._held_since = self._held_said = started
                 log.info("repository %s: %s; this daemon's pass waits for it (tried again every %.0f s)",
                          self.name, exc, BUSY_RETRY_S)  # fmt: skip
-                self._busy_said = True
+            elif started - self._held_said >= HELD_UP_SAY_S:  # a long wait is said again, not only at its start
+                self._held_said = started
+                log.warning("repository %s: %s; this daemon's pass has waited for it for %.0f s", self.name, exc,
+                            started - self._held_since)  # fmt: skip
             return None
         except Exception as exc:  # unknown errors are transient: log, report, try again on the next trigger
             log.exception("repository %s: pass failed: %s", self.name, exc)
             self._on_pass(PassReport(repository=self.name, trigger=trigger, seconds=time.monotonic() - started,
                                      result=None, error=str(exc)))  # fmt: skip
             return 1, None
-        self._busy_said = False
+        self._held_since = None
         self._on_pass(PassReport(repository=self.name, trigger=trigger, seconds=time.monotonic() - started,
                                  result=result))  # fmt: skip
         return int(result.active), getattr(result, "retry_at", None)
