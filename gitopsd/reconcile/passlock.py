@@ -9,8 +9,9 @@ however it ends, so a crash never leaves a stale one. A dry run (`gitopsd plan`)
 scratch copy of the databases and writes nothing here.
 
 The holder writes its pid and role into the file, only so that whoever waits can say for whom. What a waiter
-does is its own choice: a command waits and says so once (`wait`); the daemon's worker does not block its
-thread on another process's pass, it is told (`PassBusy`) and tries again a moment later.
+does is its own choice: a command waits, says so once (`wait`) and gives up at its deadline (`until`); the
+daemon's worker does not block its thread on another process's pass, it is told (`PassBusy`) and tries again
+a moment later.
 """
 
 from __future__ import annotations
