@@ -194,6 +194,23 @@ def test_the_daemon_holds_its_pass_until_a_command_has_finished_its_own(tmp_path
         assert daemon.source()["trigger"] == "push"  # the pass it held up, not a poll
 
 
+def test_a_reconcile_beside_the_daemon_needs_the_daemons_configuration(tmp_path: Path) -> None:
+    """Without it, the command's pass would judge the daemon's commit by the built-in configuration."""
+    with start_daemon(tmp_path) as daemon:
+        repo_dir = daemon.state_dir / "demo"
+        alone = _gitopsd(repo_dir, "reconcile", "--once")
+        out, err = alone.communicate(timeout=60)
+        assert alone.returncode == 1, (out, err)
+        assert (f"error: {repo_dir} is a repository of the running daemon (pid {daemon.process.pid}), which "
+                "reconciles it with its own configuration: use `gitopsd trigger`") in err  # fmt: skip
+        assert "Traceback" not in err
+        assert daemon.source()["error"] == ""  # nothing of the refused pass was recorded
+        configured = _gitopsd(repo_dir, "--config", str(daemon.config), "reconcile", "--once")
+        out, err = configured.communicate(timeout=60)
+        assert configured.returncode == 0, (out, err)
+        assert out.startswith(f"commit {daemon.source()['applied_commit'][:12]}: "), out  # the daemon's commit
+
+
 class _HeldUp:
     """A reconciler whose passes another process holds up until `free` is set; then it passes."""
 

@@ -103,6 +103,27 @@ def refuse_beside_a_lease(ctx: Context, command: str) -> None:
              "`gitopsd status` to see which host is active")  # fmt: skip
 
 
+def refuse_without_the_daemons_configuration(ctx: Context, command: str) -> None:
+    """Refuse a command that would pass in a repository's state directory that a running daemon serves, when it
+    was not given the configuration that names that directory: its backends, store and limits would not be the
+    daemon's, so its pass would reject the daemon's commit as asking for unknown backends (and say so in the
+    status until the daemon's next pass), or register elsewhere."""
+    from gitopsd.daemon.instance import serving_daemon
+
+    _, repo = _configuration(ctx)
+    if repo is not None:
+        return
+    directory = state_dir(ctx)
+    pid = serving_daemon(directory.parent)
+    if pid is None:
+        return
+    who = f"the running daemon (pid {pid})" if pid else "a running daemon"
+    fail(
+        f"{directory} is a repository of {who}, which reconciles it with its own configuration: use `gitopsd "
+        f"trigger` to ask it for a pass now, or give `gitopsd {command}` that configuration (--config FILE)"
+    )
+
+
 def fail(message: str) -> NoReturn:
     """Print `message` (any URL in it without credentials) and exit 1."""
     from gitopsd.cli.console import echo

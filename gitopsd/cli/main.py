@@ -335,11 +335,12 @@ def reconcile(
         echo(f"commit {commit[:12]}: 0 action(s), 0 run(s) in flight")  # settled: what the full pass says
         return
     policy = _policy(verify_allowed_signers, verify_gpg_keyring, verify_since)
-    from gitopsd.cli.common import refuse_beside_a_lease
+    from gitopsd.cli.common import refuse_beside_a_lease, refuse_without_the_daemons_configuration
     from gitopsd.errors import PermanentError
     from gitopsd.reconcile.launch import check_runs_dirs
 
     refuse_beside_a_lease(ctx, "reconcile")
+    refuse_without_the_daemons_configuration(ctx, "reconcile")
     try:
         check_runs_dirs(operator(ctx))
     except PermanentError as exc:
