@@ -194,7 +194,7 @@ def test_the_daemon_holds_its_pass_until_a_command_has_finished_its_own(tmp_path
         assert daemon.source()["trigger"] == "push"  # the pass it held up, not a poll
 
 
-def test_a_reconcile_beside_the_daemon_needs_the_daemons_configuration(tmp_path: Path) -> None:
+def test_a_reconcile_or_plan_beside_the_daemon_needs_the_daemons_configuration(tmp_path: Path) -> None:
     """Without it, the command's pass would judge the daemon's commit by the built-in configuration."""
     with start_daemon(tmp_path) as daemon:
         repo_dir = daemon.state_dir / "demo"
@@ -205,10 +205,24 @@ def test_a_reconcile_beside_the_daemon_needs_the_daemons_configuration(tmp_path:
                 "reconciles it with its own configuration: use `gitopsd trigger`") in err  # fmt: skip
         assert "Traceback" not in err
         assert daemon.source()["error"] == ""  # nothing of the refused pass was recorded
+        other = tmp_path / "other.toml"  # a configuration, but not one that names this state directory
+        other.write_text(f'state_dir = "{tmp_path / "elsewhere"}"\n[[repositories]]\nname = "demo"\nurl = "x"\n')
+        elsewhere = _gitopsd(repo_dir, "--config", str(other), "reconcile", "--once")
+        out, err = elsewhere.communicate(timeout=60)
+        assert elsewhere.returncode == 1 and "its own configuration" in err, (out, err)
         configured = _gitopsd(repo_dir, "--config", str(daemon.config), "reconcile", "--once")
         out, err = configured.communicate(timeout=60)
         assert configured.returncode == 0, (out, err)
         assert out.startswith(f"commit {daemon.source()['applied_commit'][:12]}: "), out  # the daemon's commit
+        planned = _gitopsd(repo_dir, "plan")  # a plan judges by a configuration too
+        out, err = planned.communicate(timeout=60)
+        assert planned.returncode == 1, (out, err)
+        assert (f"error: {repo_dir} is a repository of the running daemon (pid {daemon.process.pid}), which "
+                "reconciles it with its own configuration: give `gitopsd plan` that configuration") in err  # fmt: skip
+        planned = _gitopsd(repo_dir, "--config", str(daemon.config), "plan")
+        out, err = planned.communicate(timeout=60)
+        assert planned.returncode == 0, (out, err)
+        assert "(1 unchanged model(s) not shown)" in out, out
 
 
 class _HeldUp:

@@ -419,3 +419,22 @@ def test_the_quick_path_finds_the_configured_store_as_the_configuration_does(tmp
         config = load_config(path)
         found = configsource.plain(path, tmp_path / "quick")
         assert found is not None and found.store == config.operator_for(config.repositories[0]).registry.artifacts
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('state_dir = "/srv/gitopsd"\n[[repositories]]\nname = "demo"\nurl = "x"\n', True),
+        ('state_dir = "/srv/gitopsd"\n[[repositories]]\nname = "other"\nurl = "x"\n', False),
+        ('[[repositories]]\nname = "demo"\nurl = "x"\n', False),  # no state_dir: it serves no directory
+        ('state_dir = "gitopsd"\n[[repositories]]\nname = "demo"\nurl = "x"\n', None),  # relative: not told here
+        ("state_dir = [", None),  # not TOML: whoever loads it says why
+        ('state_dir = "/srv/gitopsd"\nrepositories = 3\n', None),
+    ],
+)
+def test_whether_a_configuration_names_a_state_directory_is_told_without_its_schema(
+    tmp_path: Path, text: str, named: bool | None
+) -> None:
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(text)
+    assert configsource.names_state_dir(config, Path("/srv/gitopsd/demo")) is named

@@ -104,23 +104,27 @@ def refuse_beside_a_lease(ctx: Context, command: str) -> None:
 
 
 def refuse_without_the_daemons_configuration(ctx: Context, command: str) -> None:
-    """Refuse a command that would pass in a repository's state directory that a running daemon serves, when it
-    was not given the configuration that names that directory: its backends, store and limits would not be the
-    daemon's, so its pass would reject the daemon's commit as asking for unknown backends (and say so in the
-    status until the daemon's next pass), or register elsewhere."""
+    """Refuse a command that would pass (or plan a pass) in a repository's state directory that a running daemon
+    serves, when it was not given the configuration that names that directory: its backends, store and limits
+    would not be the daemon's, so it would judge the daemon's commit invalid for asking for backends it does not
+    know (a `reconcile` would say so in the status until the daemon's next pass), or register elsewhere."""
     from gitopsd.daemon.instance import serving_daemon
 
-    _, repo = _configuration(ctx)
-    if repo is not None:
-        return
     directory = state_dir(ctx)
     pid = serving_daemon(directory.parent)
     if pid is None:
         return
+    path = configuration_path(ctx)
+    if path is not None:
+        from gitopsd.reconcile.configsource import names_state_dir
+
+        if names_state_dir(path, directory) is not False:
+            return
     who = f"the running daemon (pid {pid})" if pid else "a running daemon"
+    instead = "use `gitopsd trigger` to ask it for a pass now, or " if command == "reconcile" else ""
     fail(
-        f"{directory} is a repository of {who}, which reconciles it with its own configuration: use `gitopsd "
-        f"trigger` to ask it for a pass now, or give `gitopsd {command}` that configuration (--config FILE)"
+        f"{directory} is a repository of {who}, which reconciles it with its own configuration: {instead}give "
+        f"`gitopsd {command}` that configuration (--config FILE)"
     )
 
 

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gitopsd.cli.args import Context, UsageError
-from gitopsd.cli.common import fail, operator, output_limits, state_dir, verify_policy
+from gitopsd.cli.common import (
+    fail,
+    operator,
+    output_limits,
+    refuse_without_the_daemons_configuration,
+    state_dir,
+    verify_policy,
+)
 from gitopsd.cli.console import echo
 from gitopsd.cli.jsonstream import indent_for, stdout
 from gitopsd.errors import printable_lines
@@ -71,6 +78,7 @@ def plan_command(
     """Print the plan in `fmt` and exit with its code (0 fine; 1 invalid or refused). `verified`: a signature
     policy was given on the command line (`policy`, once parsed)."""
     directory = state_dir(ctx)
+    refuse_without_the_daemons_configuration(ctx, "plan")
     known = _known_source(directory)
     given = repo
     if repo is None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SECRET_REF", "Plain", "plain", "setup_of"]
+__all__ = ["SECRET_REF", "Plain", "names_state_dir", "plain", "setup_of"]
 
 #: A value that names a secret instead of holding it.
 SECRET_REF = r"^(file:|env:|credential:).+"
@@ -95,6 +95,22 @@ def plain(path: Path, state_dir: Path) -> Plain | None:
     name = None if mine is None else str(mine.get("name"))
     repository = None if mine is None else (str(mine.get("url")), mine.get("branch"))
     return Plain(setup=setup_of(path, text, name), store=store, repository=repository)
+
+
+def names_state_dir(path: Path, state_dir: Path) -> bool | None:
+    """Whether the configuration at `path` has a repository entry whose state directory is `state_dir`, read
+    with `tomllib` alone (its schema would cost a settled `plan` 100 ms of imports); None when that cannot be
+    told here (unreadable, not TOML, a relative `state_dir`): whoever loads it then says what is wrong."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+        repositories = doc.get("repositories", [])
+        if not isinstance(repositories, list):
+            return None
+        return _serving(doc.get("state_dir"), [r for r in repositories if isinstance(r, dict)], state_dir) is not None
+    except (OSError, ValueError, _Refused):
+        return None
 
 
 class _Refused(Exception):
