@@ -187,9 +187,9 @@ def _everything_shown(daemon: RunningDaemon) -> dict[str, str]:
                        ("wide", ["status", *config, "--wide"])):  # fmt: skip
         done = subprocess.run([sys.executable, "-m", "gitopsd", *args], capture_output=True, text=True, check=True)
         shown[name] = done.stdout + done.stderr
-    for args in (["lineage", "blobs@1"], ["registry", "--json"], ["history", "blobs"], ["plan"]):
-        done = gitopsd(daemon.state_dir / "demo", *args, check=False)
-        shown[args[0]] = done.stdout + done.stderr
+    for args in (["lineage", "blobs@1"], ["registry", "--json"], ["history", "blobs"], [*config, "plan"]):
+        done = gitopsd(daemon.state_dir / "demo", *args, check=False)  # a plan judges by the daemon's config
+        shown[args[-1] if args[-1] == "plan" else args[0]] = done.stdout + done.stderr
     return shown
 
 
