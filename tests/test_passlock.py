@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gitopsd.errors import PermanentError
-from gitopsd.reconcile.passlock import LOCK_NAME, PassBusy, PassLock, holder_of
+from gitopsd.reconcile.passlock import LOCK_NAME, PassBusy, PassLock
 from gitopsd.reconcile.reconciler import Reconciler
 from tests.conftest import GIT_ENV, GitRepo
 from tests.test_daemon import start_daemon
@@ -57,22 +57,6 @@ def test_a_waiter_gives_up_at_its_deadline_and_says_how_long_it_waited(tmp_path:
             pass
         assert 0.4 <= time.monotonic() - start < 1.5
     assert len(told) == 1
-
-
-@pytest.mark.parametrize(
-    ("content", "shown"),
-    [
-        (b"", "another process"),
-        (b"not a pid\n", "another process"),
-        (b"4242 reconcile\n", "pid 4242 (gitopsd reconcile)"),
-        (b"4242 \x1b[31mred\n", "pid 4242 (gitopsd)"),
-        (b"4242 daemon\x07 and more\n", "pid 4242 (gitopsd)"),
-        (b"\xff\xfe 1\n", "another process"),
-    ],
-)
-def test_who_holds_the_lock_is_only_ever_a_pid_and_a_known_role(tmp_path: Path, content: bytes, shown: str) -> None:
-    (tmp_path / LOCK_NAME).write_bytes(content)
-    assert holder_of(tmp_path / LOCK_NAME) == shown
 
 
 def test_a_holder_killed_mid_pass_leaves_no_lock_behind(tmp_path: Path) -> None:

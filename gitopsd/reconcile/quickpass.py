@@ -28,8 +28,8 @@ trigger `cli`, no error) to state.db and sweeps the store's stale uploads. What 
 cache is not opened (it is an optimisation only) and the mirror is not touched (it already equals the remote).
 It takes no pass lock (`passlock.py`): it acts on nothing it read, and a pass of another process in progress
 has either changed what the fingerprint covers (then this is not settled, and the full pass waits for the lock)
-or not yet. `gitopsd plan` asks the same question (`settled_record`, `settled_source`: they only read) of the databases,
-opened read-only.
+or not yet. `gitopsd plan` asks the same question (`settled_record`, `settled_source`: they only read) of the
+databases, opened read-only.
 """
 
 from __future__ import annotations

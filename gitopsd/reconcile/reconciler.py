@@ -143,10 +143,11 @@ class Reconciler:
         `role` and `on_busy`: who this process is, and what it does when another process is in a pass in this
         state directory (`reconcile.passlock`): None raises `PassBusy`; a callable is told who, once, and the pass
         waits for it, until `busy_until` (`time.monotonic()`; None: as long as it takes)."""
-        self.state_dir, self._configured, self._on_busy = state_dir, setup, (on_busy, busy_until)
+        self.state_dir, self._configured, self.paths = state_dir, setup, Paths(root=state_dir)
+        # the lock on passes, and what a pass does while another process's holds it (`reconcile.passlock`)
+        self.pass_lock, self._when_busy = PassLock(state_dir, role), (on_busy, busy_until)
         self.operator = operator or Operator()
         self.branch = branch
-        self.paths, self.pass_lock = Paths(root=state_dir), PassLock(state_dir, role)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateStore(self.paths.state_db)
         self._registry_checked = False
@@ -230,7 +231,7 @@ class Reconciler:
         directory's pass lock (`reconcile.passlock`) throughout; a dry run takes none."""
         if dry_run:
             return self._pass(trigger, dry_run=True, at=at)
-        with self.pass_lock.held(*self._on_busy):
+        with self.pass_lock.held(*self._when_busy):
             return self._pass(trigger, dry_run=False, at=None)
 
     def _pass(self, trigger: str, *, dry_run: bool, at: str | None) -> PassResult:
