@@ -28,6 +28,7 @@ import pygit2
 from gitopsd.errors import PermanentError, SourceUnavailable, printable
 from gitopsd.source.credentials import EnvCredentials
 from gitopsd.source.redact import redact_text, redact_url
+from gitopsd.source.specfiles import spec_blobs
 from gitopsd.source.ssh import SshGitError, is_ssh_url, list_heads, run_git
 from gitopsd.source.treepath import escape
 from gitopsd.source.urls import is_git_repository as _is_git_repository
@@ -36,8 +37,8 @@ from gitopsd.source.urls import is_git_repository as _is_git_repository
 from gitopsd.source.urls import is_local_url as is_local_url  # noqa: PLC0414
 from gitopsd.source.urls import local_path as local_path  # noqa: PLC0414
 from gitopsd.source.urls import normalise_url as normalise_url  # noqa: PLC0414
-from gitopsd.spec.bounds import SpecLimits, too_many_entries, too_many_files
-from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR, is_spec_path
+from gitopsd.spec.bounds import SpecLimits
+from gitopsd.spec.layout import is_spec_path
 from gitopsd.units import format_size
 
 _EXECUTABLE = 0o100755
@@ -241,34 +242,9 @@ class Source:
         return obj.data if isinstance(obj, pygit2.Blob) else None
 
     def spec_files(self, commit: str, limits: SpecLimits | None = None) -> dict[str, str]:
-        """Spec file path -> blob id for `gitops.yaml` and every `models/**/*.y(a)ml` blob in the commit.
-
-        A SpecError as soon as there are more than `limits.max_files`, or the walk has met more than
-        `limits.max_entries` files and directories (it stops there).
-        """
-        limits = limits or SpecLimits()
-        most, walked = limits.max_files, 0
-        tree = self._tree(commit)
-        found: dict[str, str] = {}
-        if REPO_SPEC in tree and isinstance(tree[REPO_SPEC], pygit2.Blob):
-            found[REPO_SPEC] = str(tree[REPO_SPEC].id)
-        if SPEC_DIR not in tree or not isinstance(tree[SPEC_DIR], pygit2.Tree):
-            return found
-        stack: list[tuple[pygit2.Tree, str]] = [(tree[SPEC_DIR], SPEC_DIR)]  # type: ignore[list-item]
-        while stack:
-            current, prefix = stack.pop()
-            walked += len(current)
-            if walked > limits.max_entries:
-                raise too_many_entries(limits)
-            for entry in current:
-                path = f"{prefix}/{entry.name}"
-                if entry.filemode == _TREE:
-                    stack.append((self.repo[entry.id], path))  # type: ignore[arg-type]
-                elif entry.filemode != _COMMIT and is_spec_path(path):
-                    found[path] = str(entry.id)
-                    if len(found) > most:
-                        raise too_many_files(limits)
-        return found
+        """Spec file path -> blob id for `gitops.yaml` and every `models/**/*.y(a)ml` blob in the commit
+        (`spec_blobs`)."""
+        return spec_blobs(self.repo, self._tree(commit), limits or SpecLimits())
 
     def blob_size(self, blob_id: str) -> int:
         """The size of a blob in bytes, from its header: the content is not read."""
@@ -467,3 +443,4 @@ class Source:
             raise SourceUnavailable(
                 f"cannot export blob {blob_id} from the mirror of {self.shown}: {redact_text(error)}"
             )
+
