@@ -59,11 +59,35 @@ def test_a_load_with_the_helper_is_the_load_without_it(many: tuple[GitRepo, Path
     assert report["threads"] == 1
     assert report["problems"] is None  # the commit is valid
     assert report["same"]
-    # 42 files: the demo's model, m00-m39, zz-anchored. The helper's share is the last ones, and it built all but
-    # the one that is not plain; this process loaded the others and that one from their text, and all without it.
-    share = int(42 * prebuild.SHARE)
-    assert report["built"] == [share - 1]
-    assert report["from_text"] == [42 - share + 1, 42]
+    # 42 files: the demo's model, m00-m39, zz-anchored. The loader waited until the helper had taken all of them:
+    # it built all but the one that is not plain, which was loaded here from its text, and all without it.
+    assert report["built"] == [41]
+    assert report["from_text"] == [1, 42]
+
+
+def test_the_loader_and_the_helper_meet_where_they_do(many: tuple[GitRepo, Path, str]) -> None:
+    repo, mirror, commit = many
+    for _ in range(3):
+        report = probe(repo, mirror, commit, "race")
+        assert report["same"]
+        (built,), (from_text, alone) = report["built"], report["from_text"]
+        # every file once: built by the helper, or loaded here (those it had not reached, and the anchored one)
+        assert built + from_text == alone == 42
+        assert from_text >= 1
+
+
+def test_a_helper_started_before_the_load_is_taken_over(many: tuple[GitRepo, Path, str]) -> None:
+    repo, mirror, commit = many
+    report = probe(repo, mirror, commit, "offered")
+    del report["stderr"]
+    assert report == {"same": True, "taken": True, "pids": 1, "reaped": True, "started": True}
+
+
+def test_a_helper_started_for_other_blobs_is_stopped_and_not_used(many: tuple[GitRepo, Path, str]) -> None:
+    repo, mirror, commit = many
+    report = probe(repo, mirror, commit, "stale")
+    del report["stderr"]
+    assert report == {"same": True, "taken": False, "pids": 1, "reaped": True, "started": True}
 
 
 def test_a_bad_commit_gets_the_same_problems_with_the_helper(many: tuple[GitRepo, Path, str], tmp_path: Path) -> None:
@@ -104,7 +128,8 @@ def test_a_helper_that_fails_leaves_its_files_to_the_loader(many: tuple[GitRepo,
     report = probe(repo, mirror, commit, how)
     assert report["problems"] is None
     assert report["same"]
-    assert report["built"] == [0]  # nothing it said was used
+    assert report["built"] == [0]  # it had taken every file, and nothing it said was used
+    assert report["from_text"] == [42, 42]
     assert "SIGTERM handled" not in report["stderr"]  # a signal ends the helper; the loader's handler never runs there
 
 
@@ -129,7 +154,8 @@ def test_no_helper_with_another_thread_alive_or_one_cpu(monkeypatch: pytest.Monk
 
 
 def test_below_the_bound_the_loader_gets_a_helper_of_nothing() -> None:
-    with prebuild.helper(["models/a.yaml"], lambda p: "") as helper:
+    with prebuild.helper(["models/a.yaml", "models/b.yaml"], lambda p: "") as helper:
         assert helper.pid is None
-        assert helper.paths == frozenset()
+        assert list(helper.mine()) == ["models/a.yaml", "models/b.yaml"]
+        assert helper.taken == 2
         assert helper.results() == {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from contextlib import closing
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +78,24 @@ def plan_command(
     """Print the plan in `fmt` and exit with its code (0 fine; 1 invalid or refused). `verified`: a signature
     policy was given on the command line (`policy`, once parsed)."""
     directory = state_dir(ctx)
+    # the first commit the plan loads whole: the base when one is given, else the head
+    with _early_helper(directory, repo, base or branch or "HEAD"):
+        _plan_command(ctx, directory, repo=repo, branch=branch, base=base, fmt=fmt, policy=policy, verified=verified,
+                      explain=explain)  # fmt: skip
+
+
+def _plan_command(
+    ctx: Context,
+    directory: Path,
+    *,
+    repo: str | None,
+    branch: str | None,
+    base: str | None,
+    fmt: str,
+    policy: VerifyPolicy | None,
+    verified: bool,
+    explain: Callable[[Action, DesiredState | None], str],
+) -> None:
     refuse_without_the_daemons_configuration(ctx, "plan")
     known = _known_source(directory)
     given = repo
@@ -102,6 +120,52 @@ def plan_command(
         # (and a full plan's two commits) would be scanned by its first collection, on the way out (3-9 ms).
         del outcome
     raise SystemExit(code)
+
+
+def _early_helper(directory: Path, repo: str | None, ref: str) -> AbstractContextManager[None]:
+    """On a state directory with no parse cache (a fresh CI runner), a helper that starts building the spec files
+    of REF of a local repository now, before the plan imports its heavy modules (`spec.prebuild`); the load of
+    that commit takes it over, and this process loads only the files the helper has not reached. Nothing where
+    the state directory has a cache, the repository is remote, REF is not found, or the commit has too few spec
+    files or too many: the load then goes as without it."""
+    from gitopsd.reconcile.statekey import KEY_FILE
+
+    if repo is None or (directory / KEY_FILE).exists():  # no key, no cache (`reconcile/speccache.py`)
+        return nullcontext()
+    from gitopsd.source.urls import local_path, normalise_url
+
+    local = local_path(normalise_url(repo))
+    if local is None:
+        return nullcontext()
+    import pygit2
+
+    from gitopsd.errors import GitopsdError
+    from gitopsd.source.specfiles import spec_blobs
+    from gitopsd.spec import prebuild
+    from gitopsd.spec.bounds import SpecLimits, decode_spec
+    from gitopsd.spec.layout import REPO_SPEC
+
+    limits = SpecLimits()
+    try:
+        lookup = pygit2.Repository(str(local), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        commit = lookup[_resolve(lookup, ref, str(local), remote=False)]
+        blobs = spec_blobs(lookup, commit.peel(pygit2.Tree), limits)
+    except (pygit2.GitError, KeyError, ValueError, GitopsdError):
+        return nullcontext()  # the plan says what is wrong when it gets there
+    blobs.pop(REPO_SPEC, None)
+    if not prebuild.worth_it(len(blobs)):
+        return nullcontext()
+    odb, sizes = lookup.odb, dict[str, int]()
+
+    def read(rel: str) -> str:  # in the helper only, which reads nothing the loader would refuse by its size
+        if not sizes:
+            sizes.update((path, odb.read_header(pygit2.Oid(hex=blob))[1]) for path, blob in blobs.items())
+            sizes[""] = sum(sizes.values())
+        if sizes[""] > limits.max_total_bytes or sizes[rel] > limits.max_file_bytes:
+            raise ValueError(f"{rel}: over a bound")
+        return decode_spec(odb.read(pygit2.Oid(hex=blobs[rel]))[1], rel)
+
+    return prebuild.offer(prebuild.start(sorted(blobs), read), blobs)
 
 
 def _print(

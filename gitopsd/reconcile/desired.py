@@ -245,12 +245,12 @@ class DesiredLoader:
         known = self.cache.parsed({p: files[p] for p in paths}) if self.cache is not None else {}
         out: dict[str, Parsed] = dict(known)
         unknown = [p for p in paths if p not in known]
-        with prebuild.helper(unknown, lambda p: self._read(files, p)) as helper:  # a second core, on a cold load
-            for path in unknown:
-                if path not in helper.paths:
-                    out[path] = self._parsed(files, path, None)
+        # a second core, on a cold load: it builds the files from the last one backwards until it meets this process
+        with prebuild.helper(unknown, lambda p: self._read(files, p), {p: files[p] for p in unknown}) as helper:
+            for path in helper.mine():
+                out[path] = self._parsed(files, path, None)
             built = helper.results()
-        for path in helper.paths:
+        for path in unknown[helper.taken :]:
             out[path] = self._parsed(files, path, model_of_plain(built.get(path)))
         if self.cache is not None and unknown:
             self.cache.store_parsed({p: (files[p], out[p]) for p in unknown}, keep=files.values())

@@ -173,20 +173,20 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
             problems.extend(exc.problems)
 
     readable = [rel for rel in paths if rel not in refused]
-    # A second core builds the last half of a large tree's files (`spec.prebuild`); every model is validated here.
-    with prebuild.helper([rel for rel in readable if rel != REPO_SPEC], read) as helper:
-        for rel in readable:
-            if rel == REPO_SPEC:
-                try:
-                    repo_text = read(rel)
-                except SpecError as exc:
-                    problems.extend(exc.problems)
-            elif rel not in helper.paths:
-                load(rel, None)
+    if REPO_SPEC in readable:
+        try:
+            repo_text = read(REPO_SPEC)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    # A second core builds a large tree's files from the last one backwards until it meets this process
+    # (`spec.prebuild`); every model is validated here, and the models keep the order of their paths.
+    files = [rel for rel in readable if rel != REPO_SPEC]
+    with prebuild.helper(files, read) as helper:
+        for rel in helper.mine():
+            load(rel, None)
         built = helper.results()
-    for rel in readable:  # the helper's share is the last files: the models keep the order of their paths
-        if rel in helper.paths:
-            load(rel, model_of_plain(built.get(rel)))
+    for rel in files[helper.taken :]:
+        load(rel, model_of_plain(built.get(rel)))
     if REPO_SPEC not in refused and not any(p.file == REPO_SPEC for p in problems):
         try:
             repo = load_repository_for(operator, repo_text, REPO_SPEC)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gitopsd.source.mirror import Source
 from tests.conftest import GitRepo
 from tests.security.test_spec_input import bomb
+from tests.test_plan_cold import add_models, plan
 from tests.test_prebuild import MODELS, probe
 from tests.test_speccache import model_file
 
@@ -30,7 +33,7 @@ HOSTILE = {
 def test_hostile_files_in_the_helpers_share_are_refused_as_without_it(demo_repo: GitRepo, tmp_path: Path) -> None:
     for index in range(MODELS):
         demo_repo.write(f"models/many/m{index:02}.yaml", model_file(f"m{index:02}", index + 1))
-    for name, (old, new) in HOSTILE.items():  # named to sort last: the helper's share
+    for name, (old, new) in HOSTILE.items():  # named to sort last: the first files the helper takes
         demo_repo.write(f"models/many/{name}.yaml", model_file(name, 1).replace(old, new))
     (demo_repo.path / "models/many/zz-utf8.yaml").write_bytes(b"\xff\xfe" + model_file("zz-utf8", 1).encode())
     commit = demo_repo.commit("Hostile files among many")
@@ -42,5 +45,42 @@ def test_hostile_files_in_the_helpers_share_are_refused_as_without_it(demo_repo:
     for name in [*HOSTILE, "zz-utf8"]:
         assert f"models/many/{name}.yaml:" in problems, problems
     assert "YAML aliases expand this document to more than 100000 values" in problems
-    assert report["built"] == [MODELS - (MODELS + len(HOSTILE) + 2) // 2 + 1]  # its plain files, none of these
+    # the loader waited for the helper: it built every plain file (the demo's, the MODELS, and the escape, which is
+    # plain YAML that validation here refuses), and none of the others
+    assert report["built"] == [MODELS + 2]
     assert report["helper_peak_mib"] < 256, "the helper's memory grew with a hostile file"
+
+
+@pytest.fixture
+def large(demo_repo: GitRepo) -> GitRepo:
+    return add_models(demo_repo)
+
+
+def test_a_cold_plans_early_helper_refuses_hostile_files_as_one_core_does(large: GitRepo, tmp_path: Path) -> None:
+    """The helper `gitopsd plan` starts before its load reads the repository itself, and what it makes of a
+    hostile file never changes a problem."""
+    for name, (old, new) in HOSTILE.items():
+        large.write(f"models/many/{name}.yaml", model_file(name, 1).replace(old, new))
+    (large.path / "models/many/zz-utf8.yaml").write_bytes(b"\xff\xfe" + model_file("zz-utf8", 1).encode())
+    large.commit("Hostile files among many")
+    helped = plan(tmp_path / "a", "--repo", str(large.path))
+    alone = plan(tmp_path / "b", "--repo", str(large.path), cpus=1)
+    assert "the load takes over the helper started before it" in helped.stderr
+    assert helped.returncode == alone.returncode == 1
+    assert helped.stdout == alone.stdout
+    assert helped.stderr.splitlines()[-len(HOSTILE) - 1 :] == alone.stderr.splitlines()[-len(HOSTILE) - 1 :]
+    for name in [*HOSTILE, "zz-utf8"]:
+        assert f"models/many/{name}.yaml:" in helped.stderr
+
+
+def test_a_file_over_the_size_bound_leaves_a_cold_plans_early_helper_unused(large: GitRepo, tmp_path: Path) -> None:
+    """A file over the bound is refused unread, so the loader does not load the files the early helper works on
+    (which never reads that one): it stops and reaps it, and the commit is refused as by one core."""
+    large.write("models/many/zz-huge.yaml", model_file("zz-huge", 1) + "#" * (300 * 1024) + "\n")
+    large.commit("A file over the bound among many")
+    helped = plan(tmp_path / "a", "--repo", str(large.path))
+    alone = plan(tmp_path / "b", "--repo", str(large.path), cpus=1)
+    assert "the load takes over the helper started before it" not in helped.stderr
+    assert helped.returncode == alone.returncode == 1
+    assert helped.stdout == alone.stdout
+    assert "models/many/zz-huge.yaml: the file is" in helped.stderr
