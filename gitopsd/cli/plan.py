@@ -80,46 +80,30 @@ def plan_command(
     directory = state_dir(ctx)
     # the first commit the plan loads whole: the base when one is given, else the head
     with _early_helper(directory, repo, base or branch or "HEAD"):
-        _plan_command(ctx, directory, repo=repo, branch=branch, base=base, fmt=fmt, policy=policy, verified=verified,
-                      explain=explain)  # fmt: skip
+        refuse_without_the_daemons_configuration(ctx, "plan")
+        known = _known_source(directory)
+        given = repo
+        if repo is None:
+            if known is None:
+                raise UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
+            repo = known.url
+        # The cyclic collector is off for the whole plan (two commits' models, the dry run, or a settled plan's ten
+        # thousand rows and entries; the report): a plan makes no reference cycles worth collecting and uploads
+        # nothing, and the scans would be about a tenth of a cold plan and of a settled one.
+        with collector_paused():
+            outcome = None
+            if base is None:  # JSON lists every model; the text and markdown faces only count the quiet ones
+                outcome = _settled_plan(ctx, directory, known, given, branch, verified=verified, brief=fmt != "json")
+            if outcome is None:
+                import tempfile
 
-
-def _plan_command(
-    ctx: Context,
-    directory: Path,
-    *,
-    repo: str | None,
-    branch: str | None,
-    base: str | None,
-    fmt: str,
-    policy: VerifyPolicy | None,
-    verified: bool,
-    explain: Callable[[Action, DesiredState | None], str],
-) -> None:
-    refuse_without_the_daemons_configuration(ctx, "plan")
-    known = _known_source(directory)
-    given = repo
-    if repo is None:
-        if known is None:
-            raise UsageError(f"no repository is tracked in {directory} yet: give --repo URL|PATH")
-        repo = known.url
-    # The cyclic collector is off for the whole plan (two commits' models, the dry run, or a settled plan's ten
-    # thousand rows and entries; the report): a plan makes no reference cycles worth collecting and uploads
-    # nothing, and the scans would be about a tenth of a cold plan and of a settled one.
-    with collector_paused():
-        outcome = None
-        if base is None:  # JSON lists every model; the text and markdown faces only count the quiet ones
-            outcome = _settled_plan(ctx, directory, known, given, branch, verified=verified, brief=fmt != "json")
-        if outcome is None:
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch:
-                outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
-        code = _print(outcome, fmt, against_state=base is None, explain=explain)
-        # Freed here, by reference counting: alive when the collector resumed, the plan's ten thousand entries
-        # (and a full plan's two commits) would be scanned by its first collection, on the way out (3-9 ms).
-        del outcome
-    raise SystemExit(code)
+                with tempfile.TemporaryDirectory(prefix="gitopsd-plan-") as scratch:
+                    outcome = _plan(ctx, Path(scratch), directory, known, repo, branch, base, policy)
+            code = _print(outcome, fmt, against_state=base is None, explain=explain)
+            # Freed here, by reference counting: alive when the collector resumed, the plan's ten thousand entries
+            # (and a full plan's two commits) would be scanned by its first collection, on the way out (3-9 ms).
+            del outcome
+        raise SystemExit(code)
 
 
 def _early_helper(directory: Path, repo: str | None, ref: str) -> AbstractContextManager[None]:

@@ -443,4 +443,3 @@ class Source:
             raise SourceUnavailable(
                 f"cannot export blob {blob_id} from the mirror of {self.shown}: {redact_text(error)}"
             )
-
