@@ -74,8 +74,9 @@ class Helper:
         self.taken = 0  # files this process took (the first ones)
 
     def mine(self) -> Iterator[str]:
-        """The files this process loads itself, in order: all of them without a helper (or once it has failed),
-        else those before the first one the helper has taken. Each is claimed before it is yielded."""
+        """The files this process loads itself, in order: all of them without a helper, else those before the
+        first one the helper has taken (should the helper then fail, `results` is empty and the caller loads the
+        rest from their text). Each is claimed before it is yielded."""
         counts = self._counts
         for index, path in enumerate(self.order):
             if counts is not None:
