@@ -43,13 +43,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gitopsd.spec.yamlplain import Plain
 
-__all__ = ["MIN_FILES", "Helper", "helper", "offer", "start", "worth_it"]
+__all__ = ["MAX_NODES", "MIN_FILES", "Helper", "helper", "offer", "start", "worth_it"]
 
 log = logging.getLogger("gitopsd")
 
 #: Fewer files not yet parsed than this are all loaded in this process: the fork, the hand-over and the second
 #: validation pass would cost about what the helper saves.
 MIN_FILES = 1000
+
+#: The most nodes the helper holds in the documents it has built before it stops taking files. Every one of them
+#: waits in its memory until the two meet, while this process builds, validates and drops one document at a
+#: time; so a hostile commit of files within every bound but of 85,000 nodes each (a list of short strings)
+#: made the helper's memory grow with each file: 60 of them, 401 MiB at its peak, against 178 MiB with this
+#: budget (it took 24 of them). A real spec file has 30 to 100 nodes, so a real commit never comes near it.
+MAX_NODES = 2_000_000
 
 #: The two counts in the shared page: files this process has taken from the front, and the index of the first
 #: file the helper has taken from the back (the number of files while it has taken none).
@@ -224,12 +231,13 @@ def helper(
 
 def _build(paths: Sequence[str], read: Callable[[str], str], out: int, counts: memoryview) -> None:  # pragma: no cover
     """The helper's work: the plain document of each file, as (value, suspect) or None, from the last file
-    backwards until it reaches those this process took; then (first file built, documents in order) to `out`."""
+    backwards until it reaches those this process took (or holds `MAX_NODES`: this process loads the rest); then
+    (first file built, documents in order) to `out`."""
     from gitopsd.spec.yamlplain import build_plain  # here: a helper offered early need not wait for PyYAML
 
     built: list[tuple[object, bool] | None] = []
-    first = len(paths)
-    while first > 0 and first - 1 >= counts[_TAKEN]:
+    first, nodes = len(paths), 0
+    while first > 0 and first - 1 >= counts[_TAKEN] and nodes <= MAX_NODES:
         first -= 1
         counts[_HELPER_FROM] = first
         try:
@@ -237,6 +245,7 @@ def _build(paths: Sequence[str], read: Callable[[str], str], out: int, counts: m
         except Exception:  # unreadable, not UTF-8: this process reads it again and says why
             plain = None
         built.append(None if plain is None else (plain.value, plain.suspect))
+        nodes += plain.nodes if plain is not None else 0
     built.reverse()
     data = memoryview(marshal.dumps((first, built)))
     while data:

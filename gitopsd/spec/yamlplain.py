@@ -56,14 +56,15 @@ class _NotPlain(Exception):
 
 
 class Plain:
-    """A plain document's value, and whether any of its strings or integers needs the full check of
-    `gitopsd.spec.text.unsafe_values` (False: that check would find nothing)."""
+    """A plain document's value, whether any of its strings or integers needs the full check of
+    `gitopsd.spec.text.unsafe_values` (False: that check would find nothing), and how many nodes it has."""
 
-    __slots__ = ("suspect", "value")
+    __slots__ = ("nodes", "suspect", "value")
 
-    def __init__(self, value: Any, suspect: bool) -> None:
+    def __init__(self, value: Any, suspect: bool, nodes: int = 0) -> None:
         self.value = value
         self.suspect = suspect
+        self.nodes = nodes
 
 
 class _Builder:
@@ -100,7 +101,7 @@ class _Builder:
         value = self.value(get(), 1)
         if type(get()) is not DocumentEndEvent or type(get()) is not StreamEndEvent:
             raise _NotPlain  # more than one document
-        return Plain(value, self.suspect)
+        return Plain(value, self.suspect, self.nodes)
 
     def value(self, event: Event | None, depth: int) -> Any:
         self.nodes += 1

@@ -84,3 +84,23 @@ def test_a_file_over_the_size_bound_leaves_a_cold_plans_early_helper_unused(larg
     assert helped.returncode == alone.returncode == 1
     assert helped.stdout == alone.stdout
     assert "models/many/zz-huge.yaml: the file is" in helped.stderr
+
+
+def test_the_helper_stops_taking_files_once_it_holds_its_node_budget(demo_repo: GitRepo, tmp_path: Path) -> None:
+    """Files within every bound but of many nodes each: this process builds, validates and drops them one by one,
+    while the helper holds what it built until the two meet. So it stops at its node budget (`MAX_NODES`; 50,000
+    in this probe) and leaves the rest to this process, which refuses each file as it would without a helper."""
+    wide = "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: NAME}\nspec: [" + ",".join(["ab"] * 10_000) + "]\n"
+    files = 20
+    for index in range(files):
+        demo_repo.write(f"models/wide/w{index:02}.yaml", wide.replace("NAME", f"w{index:02}"))
+    commit = demo_repo.commit("Wide files")
+    mirror = tmp_path / "mirror.git"
+    Source(str(demo_repo.path), mirror).fetch()
+    report = probe(demo_repo, mirror, commit, "budget")
+    assert report["same"]
+    problems = "\n".join(report["problems"])
+    for index in range(files):
+        assert f"models/wide/w{index:02}.yaml:" in problems
+    # each file has about 10,010 nodes: the helper takes files until it holds more than 50,000, so five
+    assert report["built"] == [5]
