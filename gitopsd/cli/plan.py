@@ -121,12 +121,14 @@ def _early_helper(directory: Path, repo: str | None, ref: str) -> AbstractContex
     local = local_path(normalise_url(repo))
     if local is None:
         return nullcontext()
+    import functools
+
     import pygit2
 
     from gitopsd.errors import GitopsdError
     from gitopsd.source.specfiles import spec_blobs
     from gitopsd.spec import prebuild
-    from gitopsd.spec.bounds import SpecLimits, decode_spec
+    from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems
     from gitopsd.spec.layout import REPO_SPEC
 
     limits = SpecLimits()
@@ -139,13 +141,16 @@ def _early_helper(directory: Path, repo: str | None, ref: str) -> AbstractContex
     blobs.pop(REPO_SPEC, None)
     if not prebuild.worth_it(len(blobs)):
         return nullcontext()
-    odb, sizes = lookup.odb, dict[str, int]()
+    odb = lookup.odb
+
+    @functools.cache
+    def refused() -> set[str]:  # the loader's rule: a file over its bound is not read, nor any when all together are
+        sizes = {path: odb.read_header(pygit2.Oid(hex=blob))[1] for path, blob in blobs.items()}
+        over = {problem.file for problem in size_problems(sizes, limits)}
+        return set(blobs) if over - sizes.keys() else over
 
     def read(rel: str) -> str:  # in the helper only, which reads nothing the loader would refuse by its size
-        if not sizes:
-            sizes.update((path, odb.read_header(pygit2.Oid(hex=blob))[1]) for path, blob in blobs.items())
-            sizes[""] = sum(sizes.values())
-        if sizes[""] > limits.max_total_bytes or sizes[rel] > limits.max_file_bytes:
+        if rel in refused():
             raise ValueError(f"{rel}: over a bound")
         return decode_spec(odb.read(pygit2.Oid(hex=blobs[rel]))[1], rel)
 

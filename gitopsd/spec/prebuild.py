@@ -117,12 +117,11 @@ class Helper:
             return {}
         first, built = said
         log.debug("spec prebuild helper built %d of %d files; this process loaded %d", count - first, count, self.taken)
-        out: dict[str, Plain | None] = dict.fromkeys(self.order[self.taken : first])
-        for path, item in zip(self.order[first:], built, strict=True):
-            good = isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bool)
-            out[path] = Plain(item[0], item[1]) if good else None
-        for path in self.order[: self.taken]:  # where the two met: this process loaded it
-            out.pop(path, None)
+        out: dict[str, Plain | None] = dict.fromkeys(self.order[self.taken : first])  # none reached (if any)
+        for index, item in enumerate(built, start=first):
+            if index >= self.taken:  # where the two met, this process loaded the file itself
+                good = isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bool)
+                out[self.order[index]] = Plain(item[0], item[1]) if good else None
         return out
 
     def close(self) -> None:
