@@ -188,9 +188,9 @@ def main() -> None:
     prebuild.Helper.results = results  # type: ignore[method-assign]
     from_text: list[str] = []
 
-    def counted(text: str, file: str) -> ModelSpec:
+    def counted(text: str, file: str, plain: Plain | None = None) -> ModelSpec:
         from_text.append(file)
-        return load_model(text, file)
+        return load_model(text, file, plain)
 
     vars(desired)["load_model"] = counted  # the name the loader calls
     # A handler, as the daemon has: one that ran in the helper would say so on the stderr both processes share.

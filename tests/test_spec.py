@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.model import Resources
 from gitopsd.spec.fields import API_VERSION
-from gitopsd.spec.load import check_models, load_model, load_repository
+from gitopsd.spec.load import MAX_FILE_PROBLEMS, check_models, load_model, load_repository
 from gitopsd.spec.operator import Operator, OperatorBackend
 from gitopsd.spec.resolve import load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, json_schema, resolve_train
@@ -170,6 +170,37 @@ def test_paths_are_normalised() -> None:
 def test_data_locations(uri: str) -> None:
     text = MINIMAL_MODEL.format(name="m") + f"  data:\n    - {{uri: '{uri}', sha256: {SHA}}}\n"
     assert load_model(text, "m.yaml").spec.data[0].uri == uri
+
+
+_NUMBERS = "".join(f"      K{index:03d}: {index}\n" for index in range(100))
+_CONTROLS = "".join(f'      K{index:03d}: "a\\u001bb"\n' for index in range(100))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(model_text(env="\n" + _NUMBERS), id="numbers"),
+        pytest.param(model_text(env="\n" + _NUMBERS).replace("kind: Model\n", ""), id="numbers, no kind"),
+        pytest.param(model_text(env="\n" + _NUMBERS, command="y"), id="numbers and a repeated key"),
+        pytest.param(model_text(env="\n" + _CONTROLS), id="control characters"),
+        pytest.param(model_text(env="\n" + _NUMBERS + _NUMBERS.replace("K", "L")), id="numbers and repeated keys"),
+    ],
+)
+def test_a_file_lists_its_first_problems_with_their_lines_and_says_it_has_more(text: str) -> None:
+    """Each listed problem costs a line lookup and is kept, logged and stored: a file lists MAX_FILE_PROBLEMS."""
+    problems = model_problems(text)
+    assert len(problems) == MAX_FILE_PROBLEMS + 1
+    assert all(p.line is not None for p in problems[:-1]), problems
+    assert sum(p.field.startswith("spec.train.env.") for p in problems) >= MAX_FILE_PROBLEMS - 1  # and `kind`
+    assert str(problems[-1]) == (
+        f"models/m.yaml: this file has more problems than the {MAX_FILE_PROBLEMS} shown; fix these and check it again"
+    )
+
+
+def test_a_file_with_as_many_problems_as_are_shown_says_no_more() -> None:
+    problems = model_problems(model_text(env="\n" + _NUMBERS[: _NUMBERS.index("K020")].rstrip(" ")))
+    assert len(problems) == MAX_FILE_PROBLEMS
+    assert all("more problems" not in p.message for p in problems)
 
 
 def test_yaml_anchors_aliases_and_merge_keys_work() -> None:

@@ -17,6 +17,7 @@ from gitopsd.reconcile.desired import DesiredLoader, DesiredState
 from gitopsd.reconcile.speccache import CACHE_FILE, KEY_FILE, SpecCache
 from gitopsd.source.mirror import Source
 from gitopsd.spec.load import load_model
+from gitopsd.spec.yamlplain import Plain
 from tests.conftest import GitRepo
 
 MODEL = "models/blobs.yaml"
@@ -57,9 +58,9 @@ class Counting:
         self.paths: list[str] = []
         real = load_model
 
-        def counted(text: str, file: str) -> object:
+        def counted(text: str, file: str, plain: Plain | None = None) -> object:
             self.paths.append(file)
-            return real(text, file)
+            return real(text, file, plain)
 
         monkeypatch.setattr(desired_module, "load_model", counted)
 

@@ -37,6 +37,7 @@ from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, repository_paths
+from gitopsd.spec.yamlplain import Plain
 
 T = TypeVar("T")
 log = logging.getLogger("gitopsd")
@@ -251,17 +252,18 @@ class DesiredLoader:
                 out[path] = self._parsed(files, path, None)
             built = helper.results()
         for path in unknown[helper.taken :]:
-            out[path] = self._parsed(files, path, model_of_plain(built.get(path)))
+            out[path] = self._parsed(files, path, built.get(path))
         if self.cache is not None and unknown:
             self.cache.store_parsed({p: (files[p], out[p]) for p in unknown}, keep=files.values())
         return {p: out[p] for p in paths}
 
-    def _parsed(self, files: Mapping[str, str], path: str, model: ModelSpec | None) -> Parsed:
-        """What loading `path` gives: `model` when a plain document of it already validated, else from its text."""
+    def _parsed(self, files: Mapping[str, str], path: str, plain: Plain | None) -> Parsed:
+        """What loading `path` gives; `plain`: what the helper built of it, if it did (`spec.prebuild`)."""
+        model = model_of_plain(plain)
         if model is not None:
             return Parsed(model)
         try:
-            return Parsed(load_model(self._read(files, path), path))
+            return Parsed(load_model(self._read(files, path), path, plain))
         except SpecError as exc:
             return Parsed(None, tuple(exc.problems))
 

@@ -15,6 +15,7 @@ character into a value.
 from __future__ import annotations
 
 import difflib
+import itertools
 import types
 import weakref
 from collections import defaultdict
@@ -59,23 +60,13 @@ _EXPECTED = {
 }
 
 
-class _DuplicateKey(Exception):
-    """Raised by the fast loader so that the careful path can report every duplicate with its line."""
+class _LinesOnly(yaml.CSafeLoader):
+    """Composes a document that the plain walk has read (`yamlplain`) only for the lines of its nodes: nothing
+    that locates a problem reads a scalar's tag, so none is resolved (a Python call per scalar, most of the
+    cost of composing a file of many values)."""
 
-
-class _FastLoader(BoundedLoader):
-    """The bounded loader, refusing mappings that repeat a key instead of keeping the last value."""
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, MappingNode):
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                if isinstance(key_node, ScalarNode) and key_node.tag != _MERGE_TAG:
-                    key = key_node.value if key_node.tag == _STR_TAG else self.construct_object(key_node)
-                    if key in seen:
-                        raise _DuplicateKey
-                    seen.add(key)
-        return super().construct_mapping(node, deep)
+    def resolve(self, kind: type[Node], value: object, implicit: object) -> str:
+        return ""
 
 
 def load_repository(text: str, file: str = "gitops.yaml") -> RepositorySpec:
@@ -83,10 +74,14 @@ def load_repository(text: str, file: str = "gitops.yaml") -> RepositorySpec:
     return _load(text, file, RepositorySpec)
 
 
-def load_model(text: str, file: str) -> ModelSpec:
-    """Parse and validate one model file (kind Model)."""
-    return _load(text, file, ModelSpec)
+def load_model(text: str, file: str, plain: Plain | None = None) -> ModelSpec:
+    """Parse and validate one model file (kind Model). `plain`: what `build_plain` made of `text`, when a
+    helper already built it (`spec.prebuild`); else it is built here."""
+    return _load(text, file, ModelSpec, plain)
 
+
+#: Problems shown for one file: a hostile file can hold a hundred thousand, each costing a lookup of its line.
+MAX_FILE_PROBLEMS = 20
 
 #: How many other files a problem about a model name used twice names.
 _OTHERS_SHOWN = 3
@@ -150,9 +145,9 @@ def lines_in(text: str | None) -> Callable[[str], int | None]:
 # ---- the two paths --------------------------------------------------------------------------------
 
 
-def _load(text: str, file: str, cls: type[Spec]) -> Spec:
+def _load(text: str, file: str, cls: type[Spec], plain: Plain | None = None) -> Spec:
     try:
-        return _load_bounded(text, file, cls)
+        return _load_bounded(text, file, cls, plain or build_plain(text))
     except Refused as exc:
         raise SpecError([SpecProblem(file=file, line=exc.line, field="", message=exc.message)]) from None
 
@@ -172,43 +167,55 @@ def _of_plain(plain: Plain | None, cls: type[Spec]) -> Spec | None:
         return None
 
 
-def _load_bounded(text: str, file: str, cls: type[Spec]) -> Spec:
+def _load_bounded(text: str, file: str, cls: type[Spec], plain: Plain | None) -> Spec:
     kind = _kind_of(cls)
-    fast = _of_plain(build_plain(text), cls)
-    if fast is not None:
-        return fast
-    duplicates = False
+    errors: list[ErrorDetails] = []
+    if plain is not None and not plain.suspect and isinstance(plain.value, dict) and plain.value.get("kind") == kind:
+        try:
+            return cls.model_validate(plain.value)
+        except ValidationError as exc:
+            errors = exc.errors()
+    # The careful path: the document is composed for its lines. When the plain walk went through it, its values
+    # are that walk's (what the loader would construct) and nothing is left to check but lines: within bounds, no
+    # repeated key. Otherwise they are constructed from a parse of their own (constructing merge keys rewrites
+    # the nodes, whose lines must stay those of the text) and the composition checks the bounds again.
     try:
-        data = yaml.load(text, Loader=_FastLoader)
-    except _DuplicateKey:
-        duplicates = True
+        data = plain.value if plain is not None else yaml.load(text, Loader=BoundedLoader)
+        root = yaml.compose(text, Loader=_LinesOnly if plain is not None else BoundedLoader)
     except yaml.YAMLError as exc:
         raise SpecError([_syntax_problem(exc, file)]) from None
+    duplicates = [] if plain is not None else list(itertools.islice(_duplicate_keys(root, file), MAX_FILE_PROBLEMS + 1))
     unsafe: list[tuple[tuple[int | str, ...], str]] = []
-    errors: list[ErrorDetails] = []
-    if not duplicates and isinstance(data, dict) and data.get("kind") == kind:
-        unsafe = list(unsafe_values(data, kind))
-        if not unsafe:
+    if isinstance(data, dict) and data.get("kind") == kind:
+        if plain is None or plain.suspect:
+            unsafe = list(itertools.islice(unsafe_values(data, kind), MAX_FILE_PROBLEMS + 1))
+        if not duplicates and not unsafe and not errors:
             try:
                 return cls.model_validate(data)
             except ValidationError as exc:
                 errors = exc.errors()
-    else:
-        data = yaml.load(text, Loader=BoundedLoader) if duplicates else data
-        if isinstance(data, dict) and data.get("kind") == kind:
-            unsafe = list(unsafe_values(data, kind))
-    root = yaml.compose(text, Loader=BoundedLoader)
-    problems = list(_duplicate_keys(root, file))
-    located = [_unsafe_problem(root, file, loc, message) for loc, message in unsafe]
-    problems.extend(located)
+    located = [_unsafe_problem(root, file, loc, message) for loc, message in unsafe[:MAX_FILE_PROBLEMS]]
+    problems = duplicates[:MAX_FILE_PROBLEMS] + located
     covered = {p.field for p in located}
     problems.extend(
         p for p in _document_problems(root, data, file=file, cls=cls, errors=errors) if p.field not in covered
     )
-    if not problems:  # duplicates were the only doubt and there are none after all
+    if not problems:  # nothing the careful path can name (as a valid document would be): let pydantic say so
         return cls.model_validate(data)
-    problems.sort(key=lambda p: (p.line is None, p.line or 0, p.field))
-    raise SpecError(list(dict.fromkeys(problems)))
+    more = _more_problems(file)
+    cut = len(duplicates) > MAX_FILE_PROBLEMS or len(unsafe) > MAX_FILE_PROBLEMS or more in problems
+    problems = sorted(
+        dict.fromkeys(p for p in problems if p != more), key=lambda p: (p.line is None, p.line or 0, p.field)
+    )
+    if cut or len(problems) > MAX_FILE_PROBLEMS:
+        problems = [*problems[:MAX_FILE_PROBLEMS], more]
+    raise SpecError(problems)
+
+
+def _more_problems(file: str) -> SpecProblem:
+    """The last problem of a file with more than `MAX_FILE_PROBLEMS`."""
+    message = f"this file has more problems than the {MAX_FILE_PROBLEMS} shown; fix these and check it again"
+    return SpecProblem(file=file, line=None, field="", message=message)
 
 
 def _unsafe_problem(root: Node | None, file: str, loc: tuple[int | str, ...], message: str) -> SpecProblem:
@@ -241,9 +248,13 @@ def _document_problems(
             cls.model_validate(data)
         except ValidationError as exc:
             errors = exc.errors()
+    more = [_more_problems(file)] if len(errors) > MAX_FILE_PROBLEMS else []  # each located costs a lookup
+    errors = errors[:MAX_FILE_PROBLEMS]
     # "unknown key 'comand'; did you mean 'command'?" already says that 'command' is missing
     typos = {(*e["loc"][:-1], _suggestion(cls, tuple(e["loc"]))) for e in errors if e["type"] == "extra_forbidden"}
-    return [_problem(e, root, file, cls) for e in errors if e["type"] != "missing" or tuple(e["loc"]) not in typos]
+    return [
+        _problem(e, root, file, cls) for e in errors if e["type"] != "missing" or tuple(e["loc"]) not in typos
+    ] + more
 
 
 def _wrong_kind(found: object, kind: str) -> str:

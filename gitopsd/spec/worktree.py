@@ -22,6 +22,7 @@ from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
 from gitopsd.spec.resolve import data_problems, load_repository_for
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, repository_paths
+from gitopsd.spec.yamlplain import Plain
 
 
 def _leaves(root: Path, rel: str) -> bool:
@@ -166,9 +167,10 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
     def read(rel: str) -> str:
         return _read(root, rel, limits, linked=rel in linked)
 
-    def load(rel: str, model: ModelSpec | None) -> None:
+    def load(rel: str, plain: Plain | None) -> None:  # `plain`: what the helper built of the file, if it did
         try:
-            models[rel] = model if model is not None else load_model(read(rel), rel)
+            model = model_of_plain(plain)
+            models[rel] = model if model is not None else load_model(read(rel), rel, plain)
         except SpecError as exc:
             problems.extend(exc.problems)
 
@@ -186,7 +188,7 @@ def load_tree(root: Path, operator: Operator | None = None, limits: SpecLimits |
             load(rel, None)
         built = helper.results()
     for rel in files[helper.taken :]:
-        load(rel, model_of_plain(built.get(rel)))
+        load(rel, built.get(rel))
     if REPO_SPEC not in refused and not any(p.file == REPO_SPEC for p in problems):
         try:
             repo = load_repository_for(operator, repo_text, REPO_SPEC)
