@@ -86,12 +86,39 @@ class SpecProblem:
         return f"{where}:{field} {printable(self.message)}"
 
 
+#: Problems one SpecError lists. A hostile commit can hold millions (a thousand files, each with a mapping of
+#: ten thousand wrong values); each is kept in memory, logged, and stored in the source row that `status` shows.
+MAX_PROBLEMS = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Unshown(SpecProblem):
+    """The line that stands for the problems a SpecError does not list (so that one built from another's
+    problems counts them again rather than hiding its count)."""
+
+    problems: int
+    files: int
+
+
 class SpecError(PermanentError):
-    """One or more spec files are invalid; the whole commit is rejected."""
+    """One or more spec files are invalid; the whole commit is rejected. At most `MAX_PROBLEMS` problems are
+    listed, then one line that counts the others; `total` counts them all."""
 
     def __init__(self, problems: list[SpecProblem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        shown = [p for p in problems if not isinstance(p, _Unshown)]
+        unshown = [p for p in problems if isinstance(p, _Unshown)]
+        hidden, files = sum(p.problems for p in unshown), sum(p.files for p in unshown)
+        first = unshown[0].file if unshown else ""
+        if len(shown) > MAX_PROBLEMS:
+            over, shown = shown[MAX_PROBLEMS:], shown[:MAX_PROBLEMS]
+            hidden, files, first = hidden + len(over), files + len({p.file for p in over}), over[0].file
+        self.total = len(shown) + hidden
+        if hidden:
+            message = f"{hidden} more problem(s) in {files} file(s), from this one on, are not shown; fix those above"
+            message += " first"
+            shown.append(_Unshown(file=first, line=None, field="", message=message, problems=hidden, files=files))
+        self.problems = shown
+        super().__init__("\n".join(str(p) for p in shown))
 
 
 #: OS errors that retrying cannot mend: the operator must change a permission, a path or a mount.

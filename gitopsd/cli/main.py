@@ -132,7 +132,7 @@ def validate(ctx: Context, path: Path) -> None:
     except SpecError as exc:
         for problem in exc.problems:
             echo(str(problem), err=True)
-        fail(f"{len(exc.problems)} problem(s) in {path}")
+        fail(f"{exc.total} problem(s) in {path}")
     names = ", ".join(sorted(m.name for m in specs.models.values())) or "none"
     echo(f"{path}: valid; {len(specs.models)} model(s): {names}")
 

@@ -438,7 +438,7 @@ def _base_state(rec: Reconciler, base: str | None) -> tuple[DesiredState | None,
     try:
         return rec.loader.load(base), []
     except SpecError as exc:
-        why = f"is invalid ({len(exc.problems)} problem(s))"
+        why = f"is invalid ({exc.total} problem(s))"
     except GitopsdError as exc:
         why = f"cannot be read ({exc})"
     return None, [f"base commit {base[:12]} {why}: every model of the head is shown as new"]
