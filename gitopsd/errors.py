@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Iterable
 
 #: Characters that would break or forge a line of a log, a terminal or a status page, and lone surrogates,
 #: which no UTF-8 log, database or terminal can hold (a file name that is not UTF-8 decodes to them).
@@ -100,6 +101,11 @@ class _Unshown(SpecProblem):
     files: int
 
 
+def problem_count(problems: Iterable[SpecProblem]) -> int:
+    """How many problems a SpecError's list stands for: its line that counts the unlisted ones counts them."""
+    return sum(p.problems if isinstance(p, _Unshown) else 1 for p in problems)
+
+
 class SpecError(PermanentError):
     """One or more spec files are invalid; the whole commit is rejected. At most `MAX_PROBLEMS` problems are
     listed, then one line that counts the others; `total` counts them all."""
@@ -112,7 +118,7 @@ class SpecError(PermanentError):
         if len(shown) > MAX_PROBLEMS:
             over, shown = shown[MAX_PROBLEMS:], shown[:MAX_PROBLEMS]
             hidden, files, first = hidden + len(over), files + len({p.file for p in over}), over[0].file
-        self.total = len(shown) + hidden
+        self.total = len(shown) + hidden  # = problem_count(self.problems)
         if hidden:
             message = f"{hidden} more problem(s) in {files} file(s), from this one on, are not shown; fix those above"
             message += " first"

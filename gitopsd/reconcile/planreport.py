@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from gitopsd.errors import SpecProblem, printable
+from gitopsd.errors import SpecProblem, printable, problem_count
 from gitopsd.reconcile.changeplan import AliasChange, ChangePlan, Entry, Totals, Verdict
 from gitopsd.source.redact import redact_text
 
@@ -146,7 +146,8 @@ def render_text(plan: ChangePlan) -> str:
     if plan.error:
         lines.append(f"  ! {term(plan.error)}")
     if plan.problems:
-        lines.append(f"  ! the head commit is invalid: {len(plan.problems)} problem(s) in its spec files, listed above")
+        count = problem_count(plan.problems)
+        lines.append(f"  ! the head commit is invalid: {count} problem(s) in its spec files, listed above")
     quiet, paused = plan.omitted
     for entry in plan.entries:  # ten thousand in a large plan: each step here is paid per model
         if not entry.interesting:
@@ -338,7 +339,7 @@ def _invalid(plan: ChangePlan) -> list[str]:
     if plan.error:
         lines += [md(plan.error), ""]
     if plan.problems:
-        lines += [f"{len(plan.problems)} problem(s) in the spec files:", ""]
+        lines += [f"{problem_count(plan.problems)} problem(s) in the spec files:", ""]
     return lines
 
 

@@ -579,6 +579,8 @@ def test_files_full_of_wrong_values_are_refused_in_a_bounded_report(tracked: Tra
     hidden = 40 * (MAX_FILE_PROBLEMS + 1) - MAX_PROBLEMS
     assert f"{hidden} more problem(s) in " in lines[-2]
     assert lines[-1] == f"error: {40 * (MAX_FILE_PROBLEMS + 1)} problem(s) in {tracked.repo.path}"
+    planned = gitopsd(tracked.state, "plan", check=False)
+    assert f"invalid: {40 * (MAX_FILE_PROBLEMS + 1)} problem(s) in its spec files, listed above" in planned.stdout
     done, peak_mib = measured(tracked.state, tmp_path, "validate", str(tracked.repo.path))
     assert done.returncode == 1 and len(done.stderr) < 100_000
     assert peak_mib < 150, peak_mib
