@@ -27,11 +27,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from report import render
+from report import command_options, render
 from run import gitopsd_command
 from specload import BenchError, Row, Sample, row, sampled, say, timed
-
-OUT_DIR = Path(__file__).resolve().parent / "out"
 
 REPOSITORY = "apiVersion: gitopsd/v1\nkind: Repository\nbackends:\n  local: {}\n"
 
@@ -118,9 +116,8 @@ def measure(gitopsd: str, runs: int, work: Path) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=3, help="runs of each command (default 3)")
-    parser.add_argument("--gitopsd", help="the gitopsd command to time (default: the one beside this Python)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--out", type=Path, default=OUT_DIR / "declared.json", help="where the JSON goes")
+    command_options(parser, "declared.json")
     args = parser.parse_args(argv)
     try:
         gitopsd = args.gitopsd or gitopsd_command()

@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import render  # noqa: E402
+from report import command_options, render  # noqa: E402
 
 #: Bytes of one spec file, under the 256 KiB bound of one file.
 FILE_BYTES = 230 * 1024
@@ -90,10 +90,9 @@ def timed(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gitopsd", help="the console script to measure (default: the one beside this python)")
     parser.add_argument("--files", type=int, default=20, help="spec files of each tree (default 20)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each command (default 3)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "refusal.json")
+    command_options(parser, "refusal.json")
     opts = parser.parse_args()
     gitopsd = opts.gitopsd or str(Path(sys.executable).parent / "gitopsd")
     samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}

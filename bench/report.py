@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 
 def render(rows: list[tuple[str, str, str, str]]) -> str:
     rows = [("benchmark", "measured", "target", "result"), *rows]
@@ -14,3 +17,10 @@ def render(rows: list[tuple[str, str, str, str]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def command_options(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options of a benchmark that times the `gitopsd` command: which one, and where its JSON goes."""
+    parser.add_argument("--gitopsd", help="the gitopsd command to time (default: the one beside this Python)")
+    default = Path(__file__).resolve().parent / "out" / out
+    parser.add_argument("--out", type=Path, default=default, help=f"where the JSON goes (default bench/out/{out})")

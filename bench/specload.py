@@ -41,10 +41,9 @@ from pathlib import Path
 
 import pygit2
 from history import HISTORY_PER_MODEL, add_history
-from report import render
+from report import command_options, render
 from run import BRANCH, BenchRepo, gitopsd_command, model_name, model_yaml
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
 _BLOB = pygit2.enums.FileMode.BLOB
 _TREE = pygit2.enums.FileMode.TREE
 
@@ -222,10 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--models", type=int, default=10_000, help="model specs (default 10000)")
     parser.add_argument("--runs", type=int, default=5, help="runs of each command (default 5)")
-    parser.add_argument("--gitopsd", help="the gitopsd command to time (default: the one beside this Python)")
     parser.add_argument("--against", help="another gitopsd command, timed alternately with it (rows marked)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--out", type=Path, default=OUT_DIR / "specload.json", help="where the JSON goes")
+    command_options(parser, "specload.json")
     args = parser.parse_args(argv)
     gitopsd = args.gitopsd or gitopsd_command()
     load = [os.getloadavg()[0]]

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import render  # noqa: E402
+from report import command_options, render  # noqa: E402
 
 TARGET_S = 0.045
 
@@ -86,10 +86,9 @@ def check(name: str, done: subprocess.CompletedProcess[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gitopsd", help="the console script to measure (default: the one beside this python)")
     parser.add_argument("--rounds", type=int, default=30, help="timed runs of each case (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "startup.json")
+    command_options(parser, "startup.json")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     opts = parser.parse_args()
     script = Path(opts.gitopsd or Path(sys.executable).parent / "gitopsd")
