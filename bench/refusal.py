@@ -8,7 +8,8 @@ process, read with `wait4`, so the benchmark's own memory does not count):
 - valid: each file's `env` is a mapping of about 13,000 quoted values (what loading such files costs);
 - wrong values: the same mapping with the values unquoted, so that every one of them is a problem;
 - unknown key: each file holds a list of about 39,000 numbers under a key the schema does not know (one
-  problem, in a document of many values).
+  problem, in a document of many values);
+- over the bound: each file holds a flow list of about 118,000 numbers, more values than a spec file may have.
 
 A refusal has no target of its own; the ratio to the valid tree is the figure to watch (each invalid file is
 composed once more for its lines, and only its first problems are located: `docs/design-notes.md`). The
@@ -55,6 +56,9 @@ def spec_text(kind: str, name: str) -> str:
     if kind == "unknown key":
         values = (FILE_BYTES - 300) // 6
         return HEAD.format(name=name, body="") + "  junk:\n" + "  - 1\n" * values
+    if kind == "over the bound":
+        values = (FILE_BYTES - 300) // 2
+        return HEAD.format(name=name, body="") + "  junk: [" + "1," * values + "1]\n"
     values = (FILE_BYTES - 300) // 18
     quote = '"' if kind == "valid" else ""
     body = "    env:\n" + "".join(f"      K{i:05d}: {quote}v{quote}\n" for i in range(values))
@@ -63,7 +67,7 @@ def spec_text(kind: str, name: str) -> str:
     return HEAD.format(name=name, body=body)
 
 
-KINDS = ("valid", "wrong values", "unknown key")
+KINDS = ("valid", "wrong values", "unknown key", "over the bound")
 
 
 def build(gitopsd: str, root: Path, kind: str, files: int) -> Path:

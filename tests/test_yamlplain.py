@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gitopsd.errors import SpecError
 from gitopsd.spec import load
 from gitopsd.spec.text import unsafe_values
-from gitopsd.spec.yamlbound import MAX_DEPTH, BoundedLoader
+from gitopsd.spec.yamlbound import MAX_DEPTH, MAX_EXPANDED_NODES, BoundedLoader, Refused
 from gitopsd.spec.yamlplain import build_plain
 
 PLAIN = """\
@@ -174,3 +174,20 @@ def test_tags_are_resolved_exactly_as_the_loader_resolves_them(text: str, implic
         assert _Builder(parser).tag_of(text, implicit) == parser.resolve(ScalarNode, text, implicit)  # type: ignore[no-untyped-call]
     finally:
         parser.dispose()
+
+
+def test_a_document_past_the_value_bound_is_refused_at_the_value_that_crosses_it() -> None:
+    """A mapping, its key, a list and its items: the walk refuses what the careful path would, at the first
+    value past the bound, where the careful path would compose the whole file first."""
+    at_the_bound = "a:\n" + "- 1\n" * (MAX_EXPANDED_NODES - 3)
+    plain = build_plain(at_the_bound)
+    assert plain is not None and plain.nodes == MAX_EXPANDED_NODES
+    past = at_the_bound + "- 2\n"
+    with pytest.raises(Refused) as walked:
+        build_plain(past)
+    assert (walked.value.line, walked.value.message) == (
+        MAX_EXPANDED_NODES - 1,
+        f"this document has more than {MAX_EXPANDED_NODES} values; a spec file may have at most that many",
+    )
+    with pytest.raises(Refused, match="this document has more than"):
+        yaml.compose(past, Loader=BoundedLoader)

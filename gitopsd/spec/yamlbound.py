@@ -18,7 +18,15 @@ from __future__ import annotations
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["MAX_DEPTH", "MAX_EXPANDED_CHARS", "MAX_EXPANDED_NODES", "MAX_NUMBER_CHARS", "BoundedLoader", "Refused"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EXPANDED_CHARS",
+    "MAX_EXPANDED_NODES",
+    "MAX_NUMBER_CHARS",
+    "BoundedLoader",
+    "Refused",
+    "too_many_values",
+]
 
 #: Values (scalars, lists, mappings) of one document, each alias counted as a copy of what it refers to.
 MAX_EXPANDED_NODES = 100_000
@@ -41,6 +49,13 @@ class Refused(Exception):
 
 def _line(node: Node) -> int:
     return node.start_mark.line + 1
+
+
+def too_many_values(line: int) -> Refused:
+    """The refusal of a document with more than `MAX_EXPANDED_NODES` values and no alias among them; `line`:
+    where the count crosses the bound."""
+    message = f"this document has more than {MAX_EXPANDED_NODES} values; a spec file may have at most that many"
+    return Refused(message, line)
 
 
 def _children(node: Node) -> list[Node]:
@@ -68,8 +83,7 @@ def _check_tree(root: Node) -> bool:
             return False
         seen.add(id(node))
         if len(seen) > MAX_EXPANDED_NODES:
-            message = f"this document has more than {MAX_EXPANDED_NODES} values; a spec file may have at most that many"
-            raise Refused(message, _line(node))
+            raise too_many_values(_line(node))
         value = node.value
         if isinstance(value, list) and value:
             if depth >= MAX_DEPTH:

@@ -10,9 +10,12 @@ nodes and depth and notes every string or integer that might break the rules of 
 
 It only ever answers for documents whose meaning is beyond doubt. Whatever it does not handle itself (an alias,
 a merge key, a tag other than str, int, float, bool and null, a non-scalar key, a repeated key, a number longer
-than the bounds allow, a document near a bound, a syntax error) makes it return None, and the caller loads the
-document through the careful path, which gives the same values and every error with its file, line and field.
-So this module can make loading faster but never changes what a document means or which ones are refused.
+than the bounds allow, nesting near the depth bound, a syntax error) makes it return None, and the caller loads
+the document through the careful path, which gives the same values and every error with its file, line and
+field. So this module can make loading faster but never changes what a document means or which ones are
+refused. The one refusal it makes itself is one the careful path would make too: a document that goes on past
+`MAX_EXPANDED_NODES` values with no alias among them has more values than a spec file may have, whatever
+follows; the walk stops there and names the line, where the careful path would compose the whole file first.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from yaml.events import (
 from yaml.nodes import ScalarNode
 
 from gitopsd.spec.text import MAX_INTEGER, MAX_TEXT_CHARS, suspect_text
-from gitopsd.spec.yamlbound import MAX_DEPTH, MAX_EXPANDED_NODES, MAX_NUMBER_CHARS
+from gitopsd.spec.yamlbound import MAX_DEPTH, MAX_EXPANDED_NODES, MAX_NUMBER_CHARS, too_many_values
 
 __all__ = ["Plain", "build_plain"]
 
@@ -103,10 +106,10 @@ class _Builder:
             raise _NotPlain  # more than one document
         return Plain(value, self.suspect, self.nodes)
 
-    def value(self, event: Event | None, depth: int) -> Any:
+    def value(self, event: Any, depth: int) -> Any:
         self.nodes += 1
-        if self.nodes >= MAX_EXPANDED_NODES:
-            raise _NotPlain  # near the bound: the careful path says where it is crossed
+        if self.nodes > MAX_EXPANDED_NODES:
+            raise _over_the_bound(event)
         kind = type(event)
         if kind is ScalarEvent:
             return self.scalar(event)
@@ -134,6 +137,8 @@ class _Builder:
             if type(event) is not ScalarEvent:
                 raise _NotPlain  # a key that is a list, a mapping or an alias
             self.nodes += 1
+            if self.nodes > MAX_EXPANDED_NODES:
+                raise _over_the_bound(event)
             key = self.scalar(event)
             if key in data:
                 raise _NotPlain  # a repeated key: the careful path names every one with its line
@@ -164,8 +169,15 @@ class _Builder:
         raise _NotPlain  # merge keys, timestamps, over-long numbers
 
 
+def _over_the_bound(event: Any) -> Exception:
+    """The refusal of a document whose value or key `event` is one more than a spec file may have."""
+    return too_many_values(event.start_mark.line + 1)
+
+
 def build_plain(text: str) -> Plain | None:
-    """The value of `text` if it is a plain document (see the module's docstring), else None."""
+    """The value of `text` if it is a plain document (see the module's docstring), else None. A document whose
+    values up to the bound were all plain and that has more is refused here (`Refused`, with the line where the
+    count crosses the bound): with no alias among them, the careful path would refuse it too, only later."""
     parser = yaml.CSafeLoader(text)
     try:
         return _Builder(parser).document()

@@ -462,6 +462,8 @@ def test_after_every_alias_bomb_the_same_process_serves_a_healthy_repository(tmp
         ("  labels: {a: 1" + ":59" * 40_000 + "}\n", "an integer of 120001 characters"),
         ("  labels: {a: " + "9" * 5000 + "}\n", "an integer of 5000 characters"),
         ("  labels: {a: 0x" + "f" * 5000 + "}\n", "numbers in a spec have at most 64"),
+        ("  labels: {a: [" + "1," * 100_000 + "1]}\n", "this document has more than 100000 values"),
+        ("  labels: {a: [" + "1," * 100_000 + "1]}\n  b: [1\n", "this document has more than 100000 values"),
     ],
 )
 def test_other_costly_yaml_is_refused_with_its_line(text: str, expected: str) -> None:
