@@ -118,13 +118,17 @@ class SpecError(PermanentError):
         if len(shown) > MAX_PROBLEMS:
             over, shown = shown[MAX_PROBLEMS:], shown[:MAX_PROBLEMS]
             hidden, files, first = hidden + len(over), files + len({p.file for p in over}), over[0].file
-        self.total = len(shown) + hidden  # = problem_count(self.problems)
         if hidden:
             message = f"{hidden} more problem(s) in {files} file(s), from this one on, are not shown; fix those above"
             message += " first"
             shown.append(_Unshown(file=first, line=None, field="", message=message, problems=hidden, files=files))
         self.problems = shown
         super().__init__("\n".join(str(p) for p in shown))
+
+    @property
+    def total(self) -> int:
+        """How many problems the commit has, listed or counted."""
+        return problem_count(self.problems)
 
 
 #: OS errors that retrying cannot mend: the operator must change a permission, a path or a mount.

@@ -147,7 +147,7 @@ def lines_in(text: str | None) -> Callable[[str], int | None]:
 
 def _load(text: str, file: str, cls: type[Spec], plain: Plain | None = None) -> Spec:
     try:
-        return _load_bounded(text, file, cls, plain or build_plain(text))
+        return _load_bounded(text, file, cls, build_plain(text) if plain is None else plain)
     except Refused as exc:
         raise SpecError([SpecProblem(file=file, line=exc.line, field="", message=exc.message)]) from None
 
@@ -159,22 +159,25 @@ def model_of_plain(plain: Plain | None) -> ModelSpec | None:
 
 
 def _of_plain(plain: Plain | None, cls: type[Spec]) -> Spec | None:
+    return _validated_plain(plain, cls)[0]
+
+
+def _validated_plain(plain: Plain | None, cls: type[Spec]) -> tuple[Spec | None, list[ErrorDetails]]:
+    """The model a plain document validates to, or pydantic's errors about it; (None, []) when it is not a plain
+    document of the kind (None, suspect strings, not a mapping, another kind): the careful path decides."""
     if plain is None or plain.suspect or not isinstance(plain.value, dict) or plain.value.get("kind") != _kind_of(cls):
-        return None
+        return None, []
     try:
-        return cls.model_validate(plain.value)
-    except ValidationError:
-        return None
+        return cls.model_validate(plain.value), []
+    except ValidationError as exc:
+        return None, exc.errors()
 
 
 def _load_bounded(text: str, file: str, cls: type[Spec], plain: Plain | None) -> Spec:
     kind = _kind_of(cls)
-    errors: list[ErrorDetails] = []
-    if plain is not None and not plain.suspect and isinstance(plain.value, dict) and plain.value.get("kind") == kind:
-        try:
-            return cls.model_validate(plain.value)
-        except ValidationError as exc:
-            errors = exc.errors()
+    model, errors = _validated_plain(plain, cls)
+    if model is not None:
+        return model
     # The careful path: the document is composed for its lines. When the plain walk went through it, its values
     # are that walk's (what the loader would construct) and nothing is left to check but lines: within bounds, no
     # repeated key. Otherwise they are constructed from a parse of their own (constructing merge keys rewrites

@@ -39,7 +39,7 @@ from yaml.events import (
 from yaml.nodes import ScalarNode
 
 from gitopsd.spec.text import MAX_INTEGER, MAX_TEXT_CHARS, suspect_text
-from gitopsd.spec.yamlbound import MAX_DEPTH, MAX_EXPANDED_NODES, MAX_NUMBER_CHARS, too_many_values
+from gitopsd.spec.yamlbound import MAX_DEPTH, MAX_EXPANDED_NODES, MAX_NUMBER_CHARS, Refused, too_many_values
 
 __all__ = ["Plain", "build_plain"]
 
@@ -169,7 +169,7 @@ class _Builder:
         raise _NotPlain  # merge keys, timestamps, over-long numbers
 
 
-def _over_the_bound(event: Any) -> Exception:
+def _over_the_bound(event: Any) -> Refused:
     """The refusal of a document whose value or key `event` is one more than a spec file may have."""
     return too_many_values(event.start_mark.line + 1)
 
