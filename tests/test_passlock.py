@@ -101,6 +101,17 @@ def _gitopsd(state: Path, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+def _stderr_until(command: subprocess.Popen[str], text: str) -> str:
+    """What `command` wrote to stderr up to the first line that holds `text`, or up to its end."""
+    assert command.stderr is not None
+    read = ""
+    while line := command.stderr.readline():
+        read += line
+        if text in line:
+            break
+    return read
+
+
 def _runs(state: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True) as conn:
         return list(conn.execute("SELECT run_key, id FROM runs ORDER BY created_at"))
@@ -115,14 +126,15 @@ def test_reconciles_started_together_after_a_commit_train_it_once(demo_repo: Git
     demo_repo.commit("another seed: a new run key")
     before = len(_runs(state))
     lock = PassLock(state, "daemon")
+    waiting = f"waiting for pid {os.getpid()} (gitopsd run), which is in a pass of {state}"
     with lock.held():  # as a daemon in a pass would: every command waits, then they go at once
-        commands = [_gitopsd(state, "reconcile", "--once") for _ in range(3)]
-        time.sleep(1.5)
+        commands = [_gitopsd(state, "reconcile", "--once", "--timeout", "120") for _ in range(3)]
+        # released only once each has said that it waits (a loaded machine may take seconds to start one)
+        said = [_stderr_until(c, waiting) for c in commands]
         assert all(c.poll() is None for c in commands), "a command did not wait for the pass in progress"
     outputs = [c.communicate(timeout=120) for c in commands]
     assert [c.returncode for c in commands] == [0, 0, 0], outputs
-    for _, err in outputs:
-        assert f"waiting for pid {os.getpid()} (gitopsd run), which is in a pass of {state}" in err
+    assert all(waiting in before for before in said), said
     runs = _runs(state)[before:]
     assert len(runs) == 1, runs  # the others found it in flight, or already trained
 
