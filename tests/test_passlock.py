@@ -134,7 +134,7 @@ def test_reconciles_started_together_after_a_commit_train_it_once(demo_repo: Git
         assert all(c.poll() is None for c in commands), "a command did not wait for the pass in progress"
     outputs = [c.communicate(timeout=120) for c in commands]
     assert [c.returncode for c in commands] == [0, 0, 0], outputs
-    assert all(waiting in before for before in said), said
+    assert all(waiting in err for err in said), said
     runs = _runs(state)[before:]
     assert len(runs) == 1, runs  # the others found it in flight, or already trained
 
