@@ -261,7 +261,8 @@ class Reconciler:
         backends, unavailable = self.observer.backends(desired, runs)
         settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
         if not runs and not dry_run and settled == self._settled and self.troubles.clock() < self._retry_at:
-            return PassResult(commit=commit, actions=(), active=0, error=row.error)
+            due = None if self._retry_at == float("inf") else self._retry_at  # a daemon still passes then
+            return PassResult(commit=commit, actions=(), active=0, error=row.error, retry_at=due)
         views = self.observer.observe(runs, desired, backends, unavailable, record=not dry_run)
         wants, bases, rebased = self._effective_wants(desired, backends)
         keys = {name: want.run_key for name, want in wants.items()}  # what the registry and the runs are asked
