@@ -55,7 +55,7 @@ def test_a_waiter_gives_up_at_its_deadline_and_says_how_long_it_waited(tmp_path:
             PassLock(tmp_path, "reconcile").held(wait=told.append, until=start + 0.4),
         ):
             pass
-        assert 0.4 <= time.monotonic() - start < 1.5
+        assert 0.4 <= time.monotonic() - start < 5, "it gave up at its deadline"
     assert len(told) == 1
 
 

@@ -149,10 +149,10 @@ def test_a_fifo_as_metrics_file_does_not_hang(state_dir: Path) -> None:
     started = time.monotonic()
     doc = run_metrics(ctx_of(state_dir), "r", "good")
     assert doc is not None and doc["series"] == {}
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30, "no writer ever opens the FIFO: a read would wait for ever"
 
 
-def test_a_huge_line_is_dropped_as_it_streams_in_bounded_memory_and_time(state_dir: Path) -> None:
+def test_a_huge_line_is_dropped_as_it_streams_in_bounded_memory_and_calls(state_dir: Path) -> None:
     metrics = state_dir / "runs" / "good" / "out" / "metrics.jsonl"
     with metrics.open("ab") as handle:
         chunk = b'"' + b"x" * (1 << 20)
@@ -163,10 +163,10 @@ def test_a_huge_line_is_dropped_as_it_streams_in_bounded_memory_and_time(state_d
     ctx = ctx_of(state_dir)
     tracemalloc.start()
     try:
-        for _ in range(20):
-            started = time.monotonic()
+        calls = 0
+        while calls < 20:
+            calls += 1
             doc = run_metrics(ctx, "r", "good")
-            assert time.monotonic() - started < 3, "one call reads at most READ_BYTES"
             assert doc is not None
             if doc["offset"] == metrics.stat().st_size:
                 break
@@ -174,6 +174,7 @@ def test_a_huge_line_is_dropped_as_it_streams_in_bounded_memory_and_time(state_d
     finally:
         tracemalloc.stop()
     assert peak < 24 * 1024 * 1024, f"peak {peak} bytes: a line over the limit is never held whole"
+    assert calls > metrics.stat().st_size // metricsfile.READ_BYTES, "one call reads at most READ_BYTES"
     assert doc is not None and doc["series"]["acc"] == [[1.0, 0.5], [2.0, 0.75]]
 
 
@@ -182,11 +183,9 @@ def test_many_lines_are_read_a_bounded_slice_per_call(state_dir: Path) -> None:
     with metrics.open("a") as handle:
         for step in range(2, 300_002):
             handle.write(f'{{"step": {step}, "acc": 0.5, "loss": 1.0}}\n')
-    ctx = ctx_of(state_dir)
-    started = time.monotonic()
-    first = run_metrics(ctx, "r", "good", points=100)
-    assert time.monotonic() - started < 5
+    first = run_metrics(ctx_of(state_dir), "r", "good", points=100)
     assert first is not None and first["offset"] < metrics.stat().st_size, "not all of it in one call"
+    assert first["offset"] <= metricsfile.READ_BYTES
     assert all(len(points) <= 100 for points in first["series"].values())
 
 
