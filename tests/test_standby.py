@@ -11,6 +11,7 @@ Slurm variant of this test is tests/slurm/test_slurm_standby.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -182,7 +183,9 @@ def kill_active_mid_training_and_take_over(site: Site, *, job_seen: Callable[[st
     shown = login2.status()
     assert "active: this daemon on login2 holds the lease (generation 2" in shown.stdout, shown.stdout
     log = login2.log.read_text()
-    assert "is now active, lease generation 2" in log and "was not renewed for" in log
+    # Why it took over: the lease stood still for longer than ttl + skew, or (when the standby's first read of the
+    # last renewal came late, as on a loaded machine) the lease's own expiry passed first; either says the holder.
+    assert re.search(r"is now active, lease generation 2: the lease of .+? (was not renewed for|expired) \d+ s", log)
     return str(run_id)
 
 
