@@ -340,3 +340,23 @@ def test_a_signed_record_of_the_wrong_shape_is_ignored(tmp_path: Path, payload: 
     mac = settled._mac(key, generation, text)
     (tmp_path / settled.RECORD_FILE).write_text(json.dumps({"generation": generation, "payload": payload, "mac": mac}))
     assert settled.read(tmp_path, key, generation) is None
+
+
+def test_a_model_its_backend_refuses_leaves_no_record_since_the_host_may_change(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local backend refuses a model that asks for more CPUs than the host has. That answer is the host's,
+    not the commit's or the configuration's: the same state directory on a bigger host (or after an upgrade)
+    must train the model at once, not skip the pass on a record written where it could not run."""
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    pair.repo.edit(MODEL, "    env:\n", "    resources: {cpus: 8}\n    env:\n")
+    pair.repo.commit("Eight CPUs")
+    for _ in range(3):
+        assert pair.probe() == (False, False)  # refused each time, and never settled for a new process
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    rec = pair.new("quick")
+    try:
+        result = rec.reconcile()
+    finally:
+        rec.close()
+    assert [type(a).__name__ for a in result.actions] == ["Submit"]

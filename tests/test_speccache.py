@@ -246,6 +246,49 @@ def test_the_cache_forgets_blobs_no_commit_needs_once_it_has_grown(
     assert rows <= 2 * 5 + 2 + 1
 
 
+def test_an_invalid_blob_moved_to_new_paths_does_not_pile_up(
+    repo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's problems are kept by blob and path: the same invalid blob at ever new paths, commit after commit,
+    is forgotten at the paths no commit has any more, although the blob itself is still in use."""
+    monkeypatch.setattr(speccache, "SLACK_ROWS", 2)
+    source, state = source_of(repo, tmp_path), tmp_path / "state"
+    invalid = "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: broken}\nspec: {}\n"
+    for round_ in range(6):
+        if round_:
+            repo.git("rm", "-rq", "models/broken")
+        for index in range(4):
+            repo.write(f"models/broken/r{round_}/f{index}.yaml", invalid)
+        commit = repo.commit(f"The same invalid file at four new paths ({round_})")
+        source.fetch()
+        with pytest.raises(SpecError):
+            cached_loader(source, state).load(commit)
+    with sqlite3.connect(state / CACHE_FILE) as conn:
+        paths = {path for (path,) in conn.execute("SELECT path FROM parsed WHERE ok = 0")}
+        (rows,) = conn.execute("SELECT count(*) FROM parsed").fetchone()
+    assert rows <= 2 * 10 + 2 + 4
+    assert paths >= {f"models/broken/r5/f{index}.yaml" for index in range(4)}
+    assert not any(path.startswith(("models/broken/r0/", "models/broken/r1/")) for path in paths)
+
+
+def test_a_daemons_loader_forgets_the_run_keys_of_code_trees_no_model_has_any_more(
+    repo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One loader, only incremental loads (a daemon's life): each commit that changes the shared code tree gives
+    every model a new run key, and the cache keeps about those of the models now, not one set per commit."""
+    monkeypatch.setattr(speccache, "SLACK_ROWS", 2)
+    source, state = source_of(repo, tmp_path), tmp_path / "state"
+    loader = cached_loader(source, state)
+    for round_ in range(8):
+        repo.write("src/noise.txt", f"{round_}\n")
+        commit = repo.commit(f"The code changes ({round_})")
+        source.fetch()
+        models = len(loader.load(commit).models)
+    with sqlite3.connect(state / CACHE_FILE) as conn:
+        (rows,) = conn.execute("SELECT count(*) FROM keyed").fetchone()
+    assert models == 5 and rows <= 2 * models + 2 + models
+
+
 def test_problems_restored_from_the_cache_are_the_problems_stored(tmp_path: Path) -> None:
     cache = SpecCache.open(tmp_path, writable=True)
     assert cache is not None
@@ -254,7 +297,7 @@ def test_problems_restored_from_the_cache_are_the_problems_stored(tmp_path: Path
         SpecProblem(file="models/a.yaml", line=None, field="", message="binary content"),
     )
     blob = "a" * 40
-    cache.store_parsed({"models/a.yaml": (blob, speccache.Parsed(None, problems))})
+    cache.store_parsed({"models/a.yaml": (blob, 200, speccache.Parsed(None, problems))})
     assert cache.parsed({"models/a.yaml": blob}) == {"models/a.yaml": speccache.Parsed(None, problems)}
     assert cache.parsed({"models/b.yaml": blob}) == {}
     cache.close()
@@ -297,7 +340,7 @@ def test_a_cache_another_process_holds_locked_costs_only_the_write(repo: GitRepo
         blocker.close()
     assert loader.cache.parsed({MODEL: blob_of(repo, MODEL)}) == {}  # nothing was stored while it was locked
     problem = SpecProblem(file=MODEL, line=1, field="", message="x")
-    loader.cache.store_parsed({MODEL: (blob_of(repo, MODEL), speccache.Parsed(None, (problem,)))})
+    loader.cache.store_parsed({MODEL: (blob_of(repo, MODEL), 500, speccache.Parsed(None, (problem,)))})
     assert loader.cache.parsed({MODEL: blob_of(repo, MODEL)})  # and the cache is still in use afterwards
 
 

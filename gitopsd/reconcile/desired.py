@@ -138,6 +138,47 @@ class PerModel(Generic[T]):
         return self._values
 
 
+class _KeyBook:
+    """The run keys and spec digests of one load, through the parse cache where there is one: looked up by a
+    digest of everything they are computed from, computed and stored where the cache does not know them."""
+
+    def __init__(self, cache: SpecCache | None, context: str, before: Mapping[str, str], *, incremental: bool) -> None:
+        self.cache = cache
+        self.context = context  # what a key depends on beyond the spec, the code tree and the requirements
+        self.before = before  # path -> what its key was looked up by, in the load before
+        self.incremental = incremental
+        self.now: dict[str, str] = {}
+        self.fresh: dict[str, Keys] = {}
+        self._all: dict[str, Keys] | None = None
+
+    def unchanged(self, path: str) -> None:
+        """The model of `path` keeps its keys from the load before."""
+        if path in self.before:
+            self.now[path] = self.before[path]
+
+    def keys(
+        self, path: str, blob: str, spec: ModelSpec, train: ResolvedTrain, code_tree: str, requirements: str | None
+    ) -> tuple[str, str]:
+        if self.cache is None:
+            return keys_for(spec, train, code_tree, requirements)
+        keyed_by = self.now[path] = digest([blob, self.context, code_tree, requirements])
+        if self.incremental:  # the few models that changed, looked up one by one
+            known = self.cache.keys([keyed_by]).get(keyed_by)
+        else:
+            self._all = self.cache.keys() if self._all is None else self._all
+            known = self._all.get(keyed_by)
+        if known is None:
+            known = self.fresh[keyed_by] = Keys(*keys_for(spec, train, code_tree, requirements))
+        return known.run_key, known.spec_digest
+
+    def store(self) -> None:
+        """Give the cache the keys it did not know, pruned by the keys of every model of this commit, the unchanged
+        ones too: a daemon's loader makes only incremental loads, and a commit that changes a shared code tree
+        gives each model a new key."""
+        if self.cache is not None and self.fresh:
+            self.cache.store_keys(self.fresh, keep=self.now.values())
+
+
 class DesiredLoader:
     """Loads desired state from a `Source`, caching the last good commit and re-parsing only what changed.
 
@@ -163,6 +204,7 @@ class DesiredLoader:
         self._sizes: dict[str, int] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._inputs: dict[str, tuple[str | None, ...]] = {}
+        self._keyed_by: dict[str, str] = {}  # path -> what its run key is cached by (`SpecCache.keys`)
         self._rejected: tuple[str, SpecError] | None = None
         self._escape_commit: str | None = None
         self._escape_seen: dict[str, str | None] = {}
@@ -225,7 +267,7 @@ class DesiredLoader:
                     problems.extend(backend_setting_problems(repo))
         specs = {p: s for p, s in self._specs.items() if p in files}
         paths = [p for p in sorted(changed) if p != REPO_SPEC and p in files and p not in unread]
-        for path, parsed in self._load_models(files, paths).items():
+        for path, parsed in self._load_models(files, sizes, paths).items():
             if parsed.model is not None:
                 specs[path] = parsed.model
             else:
@@ -240,7 +282,7 @@ class DesiredLoader:
             raise SpecError(problems)
         return files, sizes, specs, repo
 
-    def _load_models(self, files: Mapping[str, str], paths: list[str]) -> dict[str, Parsed]:
+    def _load_models(self, files: Mapping[str, str], sizes: Mapping[str, int], paths: list[str]) -> dict[str, Parsed]:
         """What loading each of `paths` gives, from the cache where it knows the blob, else parsed (and then
         given to the cache)."""
         known = self.cache.parsed({p: files[p] for p in paths}) if self.cache is not None else {}
@@ -254,7 +296,7 @@ class DesiredLoader:
         for path in unknown[helper.taken :]:
             out[path] = self._parsed(files, path, built.get(path))
         if self.cache is not None and unknown:
-            self.cache.store_parsed({p: (files[p], out[p]) for p in unknown}, keep=files.values())
+            self.cache.store_parsed({p: (files[p], sizes[p], out[p]) for p in unknown}, keep=files)
         return {p: out[p] for p in paths}
 
     def _parsed(self, files: Mapping[str, str], path: str, plain: Plain | None) -> Parsed:
@@ -307,9 +349,7 @@ class DesiredLoader:
         # what a run key depends on beyond the spec, the code tree and the requirements: the repository's
         # configuration and the settings the operator lets it choose, as `resolve_train` reads them
         context = digest({"repo": repo_digest, "keyed": {n: repo.keyed_settings(n) for n in sorted(repo.backends)}})
-        cached_keys: dict[str, Keys] | None = None
-        fresh_keys: dict[str, Keys] = {}
-        used_keys: list[str] = []
+        book = _KeyBook(self.cache, context, self._keyed_by, incremental=bool(previous))
         models: dict[str, DesiredModel] = {}
         inputs_now: dict[str, tuple[str | None, ...]] = {}
         problems: list[SpecProblem] = []
@@ -327,24 +367,13 @@ class DesiredLoader:
             inputs = inputs_now[path] = (files[path], repo_digest, code_tree, requirements)
             if old is not None and self._inputs.get(path) == inputs:
                 models[old.name] = old
+                book.unchanged(path)
                 continue
             escapes = self._escapes(commit, path, spec, train)
             if escapes:
                 problems.extend(escapes)
                 continue
-            if self.cache is None:
-                run_key, spec_digest = keys_for(spec, train, code_tree, requirements)
-            else:
-                keyed_by = digest([files[path], context, code_tree, requirements])
-                used_keys.append(keyed_by)
-                if previous:  # an incremental load: the few models that changed, looked up one by one
-                    known = self.cache.keys([keyed_by]).get(keyed_by)
-                else:
-                    cached_keys = self.cache.keys() if cached_keys is None else cached_keys
-                    known = cached_keys.get(keyed_by)
-                if known is None:
-                    known = fresh_keys[keyed_by] = Keys(*keys_for(spec, train, code_tree, requirements))
-                run_key, spec_digest = known.run_key, known.spec_digest
+            run_key, spec_digest = book.keys(path, files[path], spec, train, code_tree, requirements)
             models[spec.name] = DesiredModel(
                 name=spec.name,
                 path=path,
@@ -356,7 +385,7 @@ class DesiredLoader:
             )
         if problems:
             raise SpecError(problems)
-        if self.cache is not None and fresh_keys:
-            self.cache.store_keys(fresh_keys, keep=used_keys if not previous else ())  # a full load: prune
+        book.store()
         self._inputs = inputs_now
+        self._keyed_by = book.now
         return models

@@ -201,7 +201,8 @@ class Reconciler:
         self._over_budget: dict[str, str] = {}  # models the budgets refused in the last pass, and why
         self._budget_look: float | None = None  # when a budget refusal must be looked at again
         self._admitted: dict[tuple[str, Resources], tuple[Backend | None, str | None]] = {}
-        self._refused_for: tuple[DesiredState, dict[str, str]] | None = None
+        # the models refused at plan time (by their backend, the caps or policy) and whether their backend refused any
+        self._refused_for: tuple[DesiredState, dict[str, str], bool] | None = None
         self._last_based: dict[str, Want] = {}
         self._alias_state = self.aliases.current()
         self._alias_seen: dict[str, tuple[tuple[tuple[str, str], ...], int]] = {}
@@ -371,12 +372,16 @@ class Reconciler:
         done: bool,
     ) -> None:
         """After a full pass that applied: when it was `quiet` (nothing tried, no run in flight, no alias moved),
-        the daemon's settled state; when moreover it planned nothing for the fetched commit (`done`) and nothing
-        falls due later, a settled-pass record for the next process, else none."""
+        the daemon's settled state; when moreover it planned nothing for the fetched commit (`done`), nothing
+        falls due later and no backend refuses a model, a settled-pass record for the next process, else none."""
         if quiet:
             self._settled = (desired.commit, tuple(sorted(unavailable.items())), self.state.last_event())
             self._retry_at = float("inf") if retry_at is None else retry_at
-        last = quiet and done and retry_at is None and not self._over_budget and not row.error
+        # A backend's refusal is not settled for good: its answer (the host's CPUs and memory, a cluster's nodes,
+        # a plugin's abilities) may change with nothing in the repository or the configuration changing. The
+        # caps' and policy's refusals follow from the configuration, which the record's fingerprint covers.
+        backend_refused = self._refused_for is not None and self._refused_for[0] is desired and self._refused_for[2]
+        last = quiet and done and retry_at is None and not self._over_budget and not backend_refused and not row.error
         signing = self._settled_key(create=True) if last else None
         if signing is None:
             settled.forget(self.state_dir)
@@ -431,12 +436,14 @@ class Reconciler:
                 log.warning("backend %s: admit failed: %s", key[0], exc)
         if fresh or self._refused_for is None or self._refused_for[0] is not desired:
             refused = {name: why for name, key in asks.items() if (why := self._admitted.get(key, (None, None))[1])}
+            unable = {name: why for name, m in desired.models.items() if (why := _no_checkpoint(m, backends))}
+            by_backend = bool(refused or unable)
             refused.update({name: why for name, why in self._caps_view.of(desired).items() if why})
             refused.update(
                 {name: why for name, why in self._policy_view.of(desired).items() if why and name not in refused}
             )
-            refused.update({name: why for name, m in desired.models.items() if (why := _no_checkpoint(m, backends))})
-            self._refused_for = (desired, refused)
+            refused.update(unable)
+            self._refused_for = (desired, refused, by_backend)
         return self._refused_for[1]
 
     def _over_caps(self, model: DesiredModel) -> str | None:

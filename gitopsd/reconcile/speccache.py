@@ -8,6 +8,10 @@ or the problems it had (by blob and path, since every problem names its file). A
 run key and spec digest of a model by everything they are computed from (the blob, the repository's
 configuration as resolved for the operator, the Git ids of the code tree and of the requirements file).
 
+It grows with the repository, not with its history: an entry whose value is many times its blob's size (YAML
+aliases spelled out) is not kept, and once the cache holds well beyond twice the files of the commit just
+loaded, entries of other files go.
+
 It is an optimisation only: a missing, locked, corrupt, truncated or foreign cache, or any entry that does not
 check out, is a miss, and the blob is parsed as if there were no cache. Trust comes from two things:
 
@@ -58,6 +62,9 @@ CACHE_FILE = "speccache.db"
 FORMAT = 1
 #: Rows kept beyond twice the spec files of the last commit stored, before the cache forgets old blobs.
 SLACK_ROWS = 1000
+#: An entry is kept only when its value is at most this many times its blob's size, plus `GROWTH_SLACK` bytes.
+MAX_GROWTH = 4
+GROWTH_SLACK = 4096
 BUSY_TIMEOUT_MS = 2000
 #: Up to this many blobs are looked up one query per 500; more, and the whole generation is read at once.
 FEW = 2000
@@ -229,28 +236,41 @@ class SpecCache:
                     out[path] = parsed
         return out
 
-    def store_parsed(self, fresh: Mapping[str, tuple[str, Parsed]], keep: Iterable[str] = ()) -> None:
-        """Remember `fresh` (path -> (blob id, what loading it gave)); then, when the cache has grown well beyond
-        the blobs of `keep` (the commit just loaded), forget the others."""
+    def store_parsed(self, fresh: Mapping[str, tuple[str, int, Parsed]], keep: Mapping[str, str] | None = None) -> None:
+        """Remember `fresh` (path -> (blob id, its size in bytes, what loading it gave)); then, when the cache has
+        grown well beyond the files of `keep` (path -> blob id: the commit just loaded), forget every entry that
+        is not of one of them.
+
+        An entry whose value is far larger than its blob is not kept: YAML aliases let a few bytes name a long
+        value many times over, which a parse shares but a model's JSON spells out at each use, so such a file
+        would cost the cache (and each restore) hundreds of times its size. It is parsed again instead."""
         if self._conn is None or not self.writable or not fresh:
             return
         rows = []
-        for path, (blob, parsed) in fresh.items():
+        for path, (blob, size, parsed) in fresh.items():
             if parsed.model is not None:
                 where, ok, payload = "", 1, parsed.model.model_dump_json(by_alias=True, exclude_unset=True)
             else:
                 problems = [[p.file, p.line, p.field, p.message] for p in parsed.problems]
                 where, ok, payload = path, 0, json.dumps(problems)
+            if len(payload) > MAX_GROWTH * size + GROWTH_SLACK:
+                continue
             mac = _mac(self._key, self.generation, "parsed", blob, where, str(ok), payload)
             rows.append((self.generation, blob, where, ok, payload, mac))
-        kept = set(keep)
         try:
             with self._transaction() as conn:
                 conn.executemany("INSERT OR REPLACE INTO parsed VALUES (?, ?, ?, ?, ?, ?)", rows)
                 (count,) = conn.execute("SELECT count(*) FROM parsed").fetchone()
-                if kept and count > 2 * len(kept) + SLACK_ROWS:
-                    old = [(b,) for (b,) in conn.execute("SELECT DISTINCT blob FROM parsed") if b not in kept]
-                    conn.executemany("DELETE FROM parsed WHERE blob = ?", old)
+                if keep and count > 2 * len(keep) + SLACK_ROWS:
+                    # a model is kept by blob alone (path ""), a file's problems by blob and path: the same
+                    # invalid blob at ever new paths must not pile up behind a blob that is still in use
+                    blobs, files = set(keep.values()), set(keep.items())
+                    old = [
+                        (b, where)
+                        for b, where in conn.execute("SELECT DISTINCT blob, path FROM parsed")
+                        if not (b in blobs if where == "" else (where, b) in files)
+                    ]
+                    conn.executemany("DELETE FROM parsed WHERE blob = ? AND path = ?", old)
         except sqlite3.Error as exc:
             self._failed("storing", exc)
 

@@ -128,3 +128,27 @@ def test_a_hostile_cache_file_is_not_read_by_plan_either(tracked: tuple[GitRepo,
     done = gitopsd(state, "plan", check=False)
     assert done.returncode == 1 and problem in done.stderr and "Traceback" not in done.stdout + done.stderr
     assert cache_files() == before  # no journal either: the cache is opened read-only, in rollback mode
+
+
+def test_yaml_aliases_cannot_blow_a_small_file_up_in_the_cache(demo_repo: GitRepo, tmp_path: Path) -> None:
+    """An anchored 4,000-character value named 300 times: 7 KB of YAML, 1.2 MB as the model's JSON. The spec is
+    valid and planned as usual, but the cache does not keep its spelled-out copy (200 such files would be a
+    quarter of a gigabyte of cache, and of memory at each restore): the file is parsed again instead."""
+    value = "A" * 4000
+    env = "\n".join([f'      K0: &v "{value}"', *(f"      K{i}: *v" for i in range(1, 300))])
+    demo_repo.write(
+        "models/aliased.yaml",
+        "apiVersion: gitopsd/v1\nkind: Model\nmetadata: {name: aliased}\nspec:\n  suspend: true\n  train:\n"
+        f"    command: python3 train.py\n    workdir: src\n    env:\n{env}\n  outputs: {{artifact: model.json}}\n",
+    )
+    demo_repo.commit("Aliases")
+    state = tmp_path / "state"
+    for _ in range(2):
+        output = reconcile(state, demo_repo)
+        assert "rejected" not in output
+    with sqlite3.connect(state / CACHE_FILE) as conn:
+        (largest,) = conn.execute("SELECT max(length(payload)) FROM parsed").fetchone()
+    assert largest < 10_000  # the demo's own model is cached; the aliased one is not
+    assert (state / CACHE_FILE).stat().st_size < 200_000
+    done = gitopsd(state, "plan", "--format", "json", check=False)
+    assert done.returncode == 0 and '"aliased"' in done.stdout
