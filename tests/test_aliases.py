@@ -166,14 +166,31 @@ def test_promote_commits_the_alias_in_a_local_clone_and_keeps_comments(
                       check=False)  # fmt: skip
     assert refused.returncode == 1 and "blobs@9 is not a registered version" in refused.stderr
 
+    original = demo_repo.read(MODEL)
+    bad = gitopsd(state_dir, "promote", "blobs@1", "--alias", "Production", "--clone", str(demo_repo.path),
+                  check=False)  # fmt: skip
+    assert bad.returncode == 1 and f"{MODEL}:" in bad.stderr and "spec.aliases.Production" in bad.stderr
+    assert demo_repo.read(MODEL) == original, "a refused edit is put back"
+    demo_repo.edit(MODEL, "team: demo", "team: edited")
+    dirty = gitopsd(state_dir, "promote", "blobs@1", "--alias", "production", "--clone", str(demo_repo.path),
+                    check=False)  # fmt: skip
+    assert dirty.returncode == 1 and f"{MODEL} has changes not committed" in dirty.stderr
+    demo_repo.write(MODEL, original)
+    demo_repo.write("src/notes.txt", "staged, not for this commit\n")
+    demo_repo.git("add", "src/notes.txt")
+    assert demo_repo.git("rev-parse", "HEAD") == before
+
     done = gitopsd(state_dir, "promote", "blobs@1", "--alias", "production", "--clone", str(demo_repo.path))
     assert "not pushed" in done.stdout
     assert demo_repo.git("rev-parse", "HEAD^") == before
     assert demo_repo.git("log", "-1", "--format=%s") == "Promote blobs@1 to production"
+    assert demo_repo.git("diff", "--numstat", "HEAD^", "HEAD") == f"2\t0\t{MODEL}", "the alias lines and nothing else"
     spec = demo_repo.read(MODEL)
     assert "# One model: a logistic-regression classifier" in spec, "comments survive the edit"
     assert "production: 1" in spec
-    assert demo_repo.git("status", "--porcelain") == ""
+    assert demo_repo.git("status", "--porcelain") == "A  src/notes.txt", "what else was staged stays staged"
+    demo_repo.git("rm", "-q", "--cached", "src/notes.txt")
+    (demo_repo.path / "src/notes.txt").unlink()
 
     reconciler.reconcile_until_settled(timeout_s=60)
     assert _aliases(state_dir)["aliases"] == {"production": 1}
