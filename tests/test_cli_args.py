@@ -117,6 +117,10 @@ def test_the_state_dir_comes_from_the_environment_unless_given(tmp_path: Path) -
     assert given.returncode == 3 and f"nothing reconciled yet in {tmp_path / 'flag'} " in given.stdout
     empty = _gitopsd(["status"], {"GITOPSD_STATE_DIR": "", "XDG_STATE_HOME": str(tmp_path / "xdg")}, tmp_path)
     assert empty.returncode == 3 and f"in {tmp_path / 'xdg' / 'gitopsd'} " in empty.stdout  # empty: unset
+    for xdg in ("", "relative"):  # the XDG spec: an empty value is unset, a relative one is ignored
+        home = {"GITOPSD_STATE_DIR": "", "XDG_STATE_HOME": xdg, "HOME": str(tmp_path / "home")}
+        done = _gitopsd(["status"], home, tmp_path)
+        assert done.returncode == 3 and f"in {tmp_path / 'home' / '.local' / 'state' / 'gitopsd'} " in done.stdout
 
 
 def test_gitopsd_config_satisfies_runs_required_config(tmp_path: Path) -> None:

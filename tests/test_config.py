@@ -45,6 +45,24 @@ def test_errors_name_the_toml_path(tmp_path: Path, extra: str, where: str) -> No
         load_config(_write(tmp_path, BASE + extra + "\n"))
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (BASE + 'pol_interval = "5m"\n', "repositories[0].pol_interval: unknown key (did you mean 'poll_interval'?)"),
+        ('[backend.local]\ntype = "local"\n', "backend: unknown key (did you mean 'backends'?)"),
+        ("[http]\nlisten = '127.0.0.1:9'\nzzz = 1\n", "http.zzz: unknown key\n"),
+        (BASE.replace('"/var/lib/gitopsd"', '"state"'), "state_dir: 'state': expected an absolute path"),
+        ('data_roots = ["data"]\n' + BASE, "data_roots[0]: 'data': expected an absolute path\n"),
+        (BASE + 'data_roots = ["/data"]\n', "repositories[0].data_roots: not a key of this table (keys after"),
+    ],
+)
+def test_a_mistake_is_said_in_the_operators_words(tmp_path: Path, text: str, said: str) -> None:
+    """A typo gets the nearest known key, and a check's own message comes without pydantic's "Value error, "."""
+    with pytest.raises(PermanentError) as caught:
+        load_config(_write(tmp_path, text))
+    assert f"gitopsd.toml: {said}" in str(caught.value) + "\n"
+
+
 def test_a_plain_secret_is_refused_and_never_echoed(tmp_path: Path) -> None:
     with pytest.raises(PermanentError) as raised:
         load_config(_write(tmp_path, BASE + '[repositories.webhooks]\ngithub = "hunter2"\n'))

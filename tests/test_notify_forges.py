@@ -246,7 +246,7 @@ def write(tmp_path: Path, text: str) -> Path:
     [
         (
             '[[notifications]]\nname = "gh"\nkind = "github"\ntoken = "env:T"\n',
-            "notifications[0]: Value error, kind 'github' needs `project`",
+            "notifications[0]: kind 'github' needs `project`",
         ),
         (
             '[[notifications]]\nname = "gh"\nkind = "github"\nproject = "octo/models"\ntoken = "ghp_plain"\n',
@@ -254,7 +254,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ),
         (
             '[[notifications]]\nname = "s"\nkind = "slack"\nurl = "https://hooks.slack.com/services/T/B/X"\n',
-            "notifications[0]: Value error, kind 'slack' needs `url`, the incoming-webhook URL by reference",
+            "notifications[0]: kind 'slack' needs `url`, the incoming-webhook URL by reference",
         ),
         (
             '[[notifications]]\nname = "w"\nkind = "webhook"\nurl = "https://h.example/"\n',

@@ -57,6 +57,20 @@ def test_an_unknown_ref_is_one_clear_line_and_exit_1(demo_repo: GitRepo, state_d
     done = gitopsd(state_dir, "plan", "--repo", str(demo_repo.path), "--base", "--upload-pack=touch /tmp/x",
                    "--format", "json", check=False)  # fmt: skip
     assert done.returncode == 1 and json.loads(done.stdout)["valid"] is False
+    done = gitopsd(state_dir, "plan", "--repo", str(demo_repo.path), "--base", "no-such-base", check=False)
+    assert done.returncode == 1
+    assert "cannot plan against --base no-such-base: 'no-such-base' is not a branch" in done.stderr, "not the head"
+
+
+def test_a_repository_with_no_commits_is_said_to_have_none(tmp_path: Path) -> None:
+    empty = GitRepo(tmp_path / "empty")
+    empty.path.mkdir()
+    empty.git("init", "-q")
+    for state, command in ((tmp_path / "a", "plan"), (tmp_path / "b", "reconcile")):
+        done = gitopsd(state, command, "--repo", str(empty.path), check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert f"{empty.path} has no commits yet: commit and push a first one" in done.stderr
+        assert "None" not in done.stderr
 
 
 def test_an_invalid_head_says_file_line_and_field_in_every_format(demo_repo: GitRepo, state_dir: Path) -> None:

@@ -414,14 +414,14 @@ max_gpus = 8
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ('[[policies]]\nteam = "t"\npaths = ["../x"]\n', "policies[0].paths[0]: Value error, '../x': no empty"),
+        ('[[policies]]\nteam = "t"\npaths = ["../x"]\n', "policies[0].paths[0]: '../x': no empty"),
         ('[[policies]]\nteam = "t"\n[[policies]]\nteam = "u"\nrepositories = ["beta"]\n',
          "policies[1].repositories[0]: 'beta' is not declared in [[repositories]] (declared: alpha)"),
         ('[[policies]]\nteam = "t"\nbackends = ["local", "slurm"]\n',
          "policies[0].backends[1]: 'slurm' is not declared in [backends] (declared: local)"),
         ('[[policies]]\nteam = "t"\nmax_gpu_hours_per_week = -1\n', "policies[0].max_gpu_hours_per_week: Input"),
         ('[[policies]]\nteam = "t"\nmax_timeout = "forever"\n', "policies[0].max_timeout:"),
-        ('[[policies]]\nteam = "t"\nmax_gpu = 1\n', "policies[0].max_gpu: Extra inputs are not permitted"),
+        ('[[policies]]\nteam = "t"\nmax_gpu = 1\n', "policies[0].max_gpu: unknown key (did you mean 'max_gpus'?)"),
         ('[[policies]]\npaths = ["models/**"]\n', "policies[0].team: Field required"),
     ],
 )  # fmt: skip

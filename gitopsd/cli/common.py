@@ -15,8 +15,16 @@ if TYPE_CHECKING:
     from gitopsd.source.verify import VerifyPolicy
     from gitopsd.spec.operator import Operator
 
-DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "gitopsd"
-DEFAULT_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "gitopsd" / "config.toml"
+
+def xdg_dir(variable: str, default: Path) -> Path:
+    """An XDG base directory: the variable's value when it is an absolute path, else `default` (the XDG spec
+    treats an empty value as unset and tells programs to ignore a relative one)."""
+    value = os.environ.get(variable, "")
+    return Path(value) if os.path.isabs(value) else default
+
+
+DEFAULT_STATE_DIR = xdg_dir("XDG_STATE_HOME", Path.home() / ".local" / "state") / "gitopsd"
+DEFAULT_CONFIG = xdg_dir("XDG_CONFIG_HOME", Path.home() / ".config") / "gitopsd" / "config.toml"
 
 
 def state_dir(ctx: Context) -> Path:

@@ -55,7 +55,9 @@ PROBE_DIR = ".gitopsd-doctor"
 
 
 def _config_home() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    from gitopsd.cli.common import xdg_dir
+
+    return xdg_dir("XDG_CONFIG_HOME", Path.home() / ".config")
 
 
 def default_config() -> Path | None:

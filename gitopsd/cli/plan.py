@@ -35,7 +35,7 @@ from gitopsd.cli.common import (
 )
 from gitopsd.cli.console import echo
 from gitopsd.cli.jsonstream import indent_for, stdout
-from gitopsd.errors import printable_lines
+from gitopsd.errors import GitopsdError, printable_lines
 from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.source.redact import redact_text
 
@@ -338,6 +338,8 @@ def _resolve(repo: pygit2.Repository, ref: str, where: str, *, remote: bool) -> 
             return str(obj.peel(pygit2.Commit).id)
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
             continue
+    if not any(name.startswith(("refs/heads/", "refs/remotes/", "refs/tags/")) for name in repo.references):
+        raise SourceUnavailable(f"{where} has no commits yet: commit and push a first one")
     kinds = "a branch or a commit id" if remote else "a branch, a remote-tracking branch, a tag or a commit id"
     raise SourceUnavailable(f"{ref!r} is not {kinds} of {where}")
 
@@ -379,8 +381,9 @@ def _plan(
                                          head_label=head_label, problems=exc.problems)  # fmt: skip
             return _Planned(plan=invalid, passed=False)
         except GitopsdError as exc:
+            what = f"against --base {base_ref}" if isinstance(exc, _BaseUnknown) else head_label
             invalid = changeplan.invalid(base_commit=base, head_commit=head, base_label=base_label,
-                                         head_label=head_label, error=f"cannot plan {head_label}: {exc}")  # fmt: skip
+                                         head_label=head_label, error=f"cannot plan {what}: {exc}")  # fmt: skip
             return _Planned(plan=invalid, passed=False)
         result = rec.reconcile("plan", dry_run=True, at=head)
         if result.error:
@@ -403,6 +406,10 @@ def _plan(
         rec.close()
 
 
+class _BaseUnknown(GitopsdError):
+    """--base names nothing the repository has."""
+
+
 def _commits(
     rec: Reconciler, directory: Path, url: str, head_ref: str, base_ref: str | None, applied: str | None
 ) -> tuple[str, str | None]:
@@ -410,6 +417,7 @@ def _commits(
     directory's mirror and a local repository's own objects; a remote one is fetched into it."""
     import pygit2
 
+    from gitopsd.errors import GitopsdError
     from gitopsd.source.mirror import local_path, normalise_url
 
     local = local_path(normalise_url(url))
@@ -424,7 +432,10 @@ def _commits(
     lookup = pygit2.Repository(str(local), pygit2.enums.RepositoryOpenFlag.NO_SEARCH) if local else rec.source.repo
     where, remote = rec.source.shown, local is None
     head = _resolve(lookup, head_ref, where, remote=remote)
-    base = _resolve(lookup, base_ref, where, remote=remote) if base_ref else applied
+    try:
+        base = _resolve(lookup, base_ref, where, remote=remote) if base_ref else applied
+    except GitopsdError as exc:
+        raise _BaseUnknown(str(exc)) from exc
     return head, base
 
 

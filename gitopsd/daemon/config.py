@@ -297,6 +297,14 @@ class DaemonConfig(_Config):
         "limits alone (see docs/policy.md).",
     )
 
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r}: expected an absolute path (a relative one would follow the directory "
+                             "gitopsd is started in)")  # fmt: skip
+        return value
+
     @field_validator("policies")
     @classmethod
     def _policies_name_what_exists(cls, policies: list[PolicyRule], info: ValidationInfo) -> list[PolicyRule]:
@@ -437,10 +445,46 @@ def load_config(path: Path) -> DaemonConfig:
     try:
         config = DaemonConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{path}: {_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{path}: {_where(e['loc'])}: {_said(e['type'], e['loc'], e['msg'])}" for e in exc.errors()]
         raise PermanentError("\n".join(lines)) from None
     config._source = (path, text)
     return config
+
+
+def _said(kind: str, loc: tuple[int | str, ...], message: str) -> str:
+    """A problem in the operator's words: an unknown key with the nearest known one, a check's own message without
+    pydantic's "Value error, " before it."""
+    if kind == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        import difflib
+
+        known = _known_keys()
+        if loc[-1] in known:  # TOML puts every key after a [table] header into that table
+            return "not a key of this table (keys after a [table] header belong to it: move this one above it)"
+        near = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.75)
+        return "unknown key" + (f" (did you mean {near[0]!r}?)" if near else "")
+    return message.removeprefix("Value error, ")
+
+
+def _known_keys() -> set[str]:
+    """Every key a configuration table may have, at any depth."""
+    keys: set[str] = set()
+    todo: list[type[BaseModel]] = [DaemonConfig]
+    seen: set[type[BaseModel]] = set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            keys.add(info.alias or name)
+            todo.extend(_models_in(info.annotation))
+    return keys
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -178,7 +178,14 @@ class Source:
         try:
             target = self.repo.references[str(ref)].resolve().target
         except (KeyError, pygit2.InvalidSpecError) as exc:
-            known = ", ".join(n.removeprefix("refs/heads/") for n in self._local_heads()) or "none"
+            known = ", ".join(n.removeprefix("refs/heads/") for n in self._local_heads())
+            if not known:
+                raise SourceUnavailable(f"{self.shown} has no commits yet: commit and push a first one") from exc
+            if branch is None:
+                default = str(ref).removeprefix("refs/heads/")
+                raise SourceUnavailable(
+                    f"the default branch of {self.shown} ({default}) has no commits: give --branch (branches: {known})"
+                ) from exc
             raise SourceUnavailable(f"branch {branch!r} not found in {self.shown} (branches: {known})") from exc
         return str(target)
 

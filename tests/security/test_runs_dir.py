@@ -34,7 +34,7 @@ def test_an_operator_cannot_open_runs_dir_to_repositories(tmp_path: Path) -> Non
     with pytest.raises(PermanentError) as caught:
         load_config(config)
     assert str(caught.value) == (
-        f"{config}: backends.hpc.allow: Value error, 'runs_dir' is a path on the operator's hosts: a repository may "
+        f"{config}: backends.hpc.allow: 'runs_dir' is a path on the operator's hosts: a repository may "
         "never set it, remove it from allow"
     )
 
