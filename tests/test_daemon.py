@@ -282,6 +282,30 @@ def test_a_secret_that_cannot_be_resolved_at_start_is_one_line_and_a_failure(tmp
     ]
 
 
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ("max_paralel = 2", "backend 'local': unknown setting(s) max_paralel (known: max_parallel, "),
+        ('max_parallel = "lots"', "backend 'local' setting max_parallel: expected a positive integer, got 'lots'"),
+        ('confine = "maybe"', "backend 'local' setting confine: expected true or false, got 'maybe'"),
+    ],
+)
+def test_a_bad_backend_setting_of_the_operator_stops_the_start_naming_it(
+    tmp_path: Path, settings: str, said: str
+) -> None:
+    """The operator's typo is the operator's: the daemon does not start, rather than ignore it or blame every
+    repository's next commit for it."""
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[[repositories]]\nname = "demo"\nurl = "{tmp_path}"\n'
+                      f'[backends.local]\ntype = "local"\nsettings = {{ {settings} }}\n')  # fmt: skip
+    for command in (["run", "--config", str(config)], ["doctor", "--config", str(config)]):
+        done = subprocess.run([sys.executable, "-m", "gitopsd", *command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"error: {config}: backends.local.settings: {said}"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state").exists()
+
+
 def test_a_rotated_webhook_secret_file_is_read_again_on_sighup(tmp_path: Path) -> None:
     from tests.test_webhooks import delivery
 

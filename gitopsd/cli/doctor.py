@@ -66,6 +66,7 @@ def doctor(
         fail("no configuration: give --config FILE (or install one with `make install-user`)")
     try:
         config = load_config(path)
+        config.check_backend_settings(path)
     except GitopsdError as exc:
         fail(str(exc))
     checks = list(gather(config, path, probe_wait=None if no_probe else probe_wait, units=units))

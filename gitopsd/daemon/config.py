@@ -407,7 +407,22 @@ class DaemonConfig(_Config):
             raise PermanentError(f"{path}: state_dir: required by `gitopsd run`")
         if not self.repositories:
             raise PermanentError(f"{path}: repositories: `gitopsd run` needs at least one [[repositories]]")
+        self.check_backend_settings(path)
         return self
+
+    def check_backend_settings(self, path: Path) -> None:
+        """Let each installed backend plugin refuse its settings here (PermanentError naming the file and each
+        backend), before any pass meets them: a typo or a bad value is the operator's, not a repository's."""
+        from gitopsd.backends.protocol import check_settings
+
+        problems = []
+        for name, backend in sorted(self.backends.items()):
+            try:
+                check_settings(backend.plugin(name), name=name, settings=backend.settings)
+            except PermanentError as exc:
+                problems.append(f"{path}: backends.{name}.settings: {exc}")
+        if problems:
+            raise PermanentError("\n".join(problems))
 
 
 def _nested(a: str, b: str) -> bool:

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from gitopsd.backends.local import landlock
+from gitopsd.backends.local.confine import KEYS as CONFINE_KEYS
 from gitopsd.backends.local.confine import ConfineSettings, Probe, parse_settings, refusal
 from gitopsd.errors import BackendUnavailable, PermanentError
 
 #: The largest value of each numeric setting: far above any real need, finite so no repository asks for more.
 _MOST = {"max_parallel": 10_000, "grace_s": 3_600, "memory_poll_s": 3_600}
+#: Every setting the backend reads.
+KNOWN = ("max_parallel", "grace_s", "memory_poll_s", *CONFINE_KEYS)
 
 
 def positive(settings: Mapping[str, Any], key: str, default: float, *, backend: str, integer: bool) -> Any:
@@ -33,10 +36,15 @@ def positive(settings: Mapping[str, Any], key: str, default: float, *, backend: 
 
 
 def check_settings(*, name: str, settings: Mapping[str, Any]) -> None:
-    """Refuse bad numeric settings (PermanentError), as the backend's constructor does."""
+    """Refuse (PermanentError) a setting the backend does not know (a typo would otherwise be ignored), a bad
+    number or a bad confinement setting, as the backend's constructor does."""
+    unknown = sorted(set(settings) - set(KNOWN))
+    if unknown:
+        raise PermanentError(f"backend {name!r}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(KNOWN)})")
     positive(settings, "max_parallel", 1, backend=name, integer=True)
     positive(settings, "grace_s", 5.0, backend=name, integer=False)
     positive(settings, "memory_poll_s", 1.0, backend=name, integer=False)
+    parse_settings(settings, backend=name)
 
 
 def check_host(name: str, confinement: ConfineSettings, probe: Callable[[], Probe]) -> None:
