@@ -123,6 +123,11 @@ def test_the_state_dir_comes_from_the_environment_unless_given(tmp_path: Path) -
         assert done.returncode == 3 and f"in {tmp_path / 'home' / '.local' / 'state' / 'gitopsd'} " in done.stdout
 
 
+def test_a_state_dir_that_cannot_be_created_is_one_line_naming_it_not_an_unexpected_error(tmp_path: Path) -> None:
+    done = _gitopsd(["--state-dir", "/proc/gitopsd-nowhere", "reconcile", "--repo", str(tmp_path)], {}, tmp_path)
+    assert (done.returncode, done.stderr.strip()) == (1, "error: /proc/gitopsd-nowhere: No such file or directory")
+
+
 def test_gitopsd_config_satisfies_runs_required_config(tmp_path: Path) -> None:
     missing = _gitopsd(["run"], {}, tmp_path)
     assert missing.returncode == 2 and "--config" in _error_line(missing.stderr)

@@ -523,14 +523,23 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         from gitopsd.errors import GitopsdError
 
-        if "-v" in args or "--verbose" in args:
+        verbose = "-v" in args or "--verbose" in args
+        if verbose:
             import traceback
 
             traceback.print_exc()
-        what = str(exc) if isinstance(exc, GitopsdError) else f"{type(exc).__name__}: {exc}"
+        # a file the command cannot use (missing, not allowed, a read-only file system) is the host's, not a bug
+        host = isinstance(exc, OSError) and exc.filename is not None and bool(exc.strerror)
+        if isinstance(exc, GitopsdError):
+            what = str(exc)
+        elif isinstance(exc, OSError) and host:
+            what = f"{exc.filename}: {exc.strerror}" + (f" ({exc.filename2})" if exc.filename2 else "")
+        else:
+            what = f"{type(exc).__name__}: {exc}"
         echo(f"error: {what}", err=True)
-        if not isinstance(exc, GitopsdError):
-            echo("(an unexpected error; run with --verbose for the traceback)", err=True)
+        if not isinstance(exc, GitopsdError) and not host:
+            later = "please report it with the traceback above" if verbose else "run with --verbose for the traceback"
+            echo(f"(an unexpected error; {later})", err=True)
         raise SystemExit(1) from None
 
 
