@@ -73,6 +73,18 @@ def test_a_repository_with_no_commits_is_said_to_have_none(tmp_path: Path) -> No
         assert "None" not in done.stderr
 
 
+def test_a_mistyped_repo_that_never_applied_can_be_corrected_but_an_applied_one_is_kept(
+    demo_repo: GitRepo, state_dir: Path, tmp_path: Path
+) -> None:
+    typo = gitopsd(state_dir, "reconcile", "--once", "--repo", str(tmp_path / "no-such-repo"), check=False)
+    assert typo.returncode == 1
+    fixed = gitopsd(state_dir, "reconcile", "--once", "--repo", str(demo_repo.path))
+    assert "now tracking" in fixed.stderr and "which never applied a commit here" in fixed.stderr
+    assert f"repository {demo_repo.path} " in gitopsd(state_dir, "status", check=False).stdout
+    other = gitopsd(state_dir, "reconcile", "--once", "--repo", str(tmp_path / "another"), check=False)
+    assert other.returncode == 1 and f"already tracks {demo_repo.path}; use another --state-dir" in other.stderr
+
+
 def test_an_invalid_head_says_file_line_and_field_in_every_format(demo_repo: GitRepo, state_dir: Path) -> None:
     demo_repo.git("checkout", "-q", "-b", "typo")
     demo_repo.edit(MODEL, "  train:\n", "  train:\n    gpu: 1\n")

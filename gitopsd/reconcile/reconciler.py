@@ -154,13 +154,7 @@ class Reconciler:
         self.registry = Registry(self.paths.registry_db)
         self.source = Source(url, self.paths.mirror)
         self.url = self.source.url
-        known = self.state.source()
-        if known is not None and known.url != self.source.url:
-            self.close()
-            raise PermanentError(
-                f"state directory {state_dir} already tracks {redact_url(known.url)}; "
-                f"use another --state-dir for {self.source.shown}"
-            )
+        self._follow_this_repository()
         self._spec_cache = SpecCache.open(state_dir, writable=True) if spec_cache == "own" else spec_cache
         self.loader = DesiredLoader(self.source, self.operator, cache=self._spec_cache)
         self.verifier = CommitVerifier(verify) if verify is not None else None
@@ -327,6 +321,23 @@ class Reconciler:
             else:
                 self._setup = [self.operator.model_dump_json(), repr(self.limits)]
         return self._setup
+
+    def _follow_this_repository(self) -> None:
+        """Refuse a state directory that tracks another repository (PermanentError), unless that one never
+        applied a commit here (a mistyped --repo): nothing is lost by following this one instead."""
+        known = self.state.source()
+        if known is None or known.url == self.source.url:
+            return
+        if known.applied_commit is None and not self.state.ever_ran() and self.registry.empty():
+            log.warning("state directory %s: now tracking %s instead of %s, which never applied a commit here",
+                        self.state_dir, self.source.shown, redact_url(known.url))  # fmt: skip
+            self.state.set_source(SourceRow(url=self.source.url, branch=self.branch))
+            return
+        self.close()
+        raise PermanentError(
+            f"state directory {self.state_dir} already tracks {redact_url(known.url)}; "
+            f"use another --state-dir for {self.source.shown}"
+        )
 
     def _settled_key(self, *, create: bool) -> tuple[bytes, str] | None:
         """The state directory's MAC key and the code's generation, or None when the record cannot be used."""

@@ -407,6 +407,10 @@ class StateStore:
         row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return RunRecord.from_row(row) if row else None
 
+    def ever_ran(self) -> bool:
+        """Whether any run was ever recorded here (one index step)."""
+        return self.conn.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+
     def active_runs(self) -> list[RunRecord]:
         rows = self.conn.execute(
             "SELECT * FROM runs WHERE phase NOT IN ('Registered', 'Failed', 'Cancelled') ORDER BY created_at, id"
