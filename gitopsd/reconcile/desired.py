@@ -31,7 +31,7 @@ from gitopsd.reconcile.gcpause import collector_paused
 from gitopsd.reconcile.speccache import Keys, Parsed, SpecCache
 from gitopsd.source.mirror import Source
 from gitopsd.spec import prebuild
-from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems
+from gitopsd.spec.bounds import DATA_HASH_BYTES, SpecLimits, decode_spec, size_problems
 from gitopsd.spec.layout import REPO_SPEC
 from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
@@ -205,6 +205,9 @@ class DesiredLoader:
         self._specs: dict[str, ModelSpec] = {}
         self._inputs: dict[str, tuple[str | None, ...]] = {}
         self._keyed_by: dict[str, str] = {}  # path -> what its run key is cached by (`SpecCache.keys`)
+        self._data_digests: dict[str, str | None] = {}  # blob id -> its sha256 (None: too large to hash here)
+        self._data_commit: str | None = None  # the commit `_data_paths` is of
+        self._data_paths: dict[str, str | None] = {}  # data path -> `_data_digest`
         self._rejected: tuple[str, SpecError] | None = None
         self._escape_commit: str | None = None
         self._escape_seen: dict[str, str | None] = {}
@@ -325,6 +328,41 @@ class DesiredLoader:
             self._escape_seen[rel] = self.source.escape(commit, rel)
         return self._escape_seen[rel]
 
+    def _data_problems(
+        self, commit: str, path: str, spec: ModelSpec, object_id: Callable[[str], str | None]
+    ) -> list[SpecProblem]:
+        """Repository data a model names must be in the commit, with the digest its spec pins: said when the
+        commit is loaded (by `plan` and the daemon), not when a run is submitted. A file over `DATA_HASH_BYTES`, or
+        behind a symbolic link, is hashed when its run is submitted, as data outside the repository is; each blob
+        is hashed once."""
+        problems = []
+        for i, item in enumerate(spec.spec.data):
+            if "://" in item.uri:
+                continue
+            if object_id(item.uri) is None:
+                problems.append(SpecProblem(file=path, line=None, field=f"spec.data[{i}].uri",
+                                            message=f"file {item.uri!r} does not exist at this commit"))  # fmt: skip
+                continue
+            actual = self._data_digest(commit, item.uri)
+            if actual is not None and actual != item.sha256:
+                message = f"{item.uri} has sha256 {actual}, but the spec says {item.sha256}"
+                problems.append(SpecProblem(file=path, line=None, field=f"spec.data[{i}].sha256", message=message))
+        return problems
+
+    def _data_digest(self, commit: str, rel: str) -> str | None:
+        """The sha256 of the plain file `rel` of `commit`, if it is one of at most `DATA_HASH_BYTES`: looked up once
+        per path of a commit (many models name the same file), hashed once per blob."""
+        if self._data_commit != commit:
+            self._data_commit, self._data_paths = commit, {}
+        if rel not in self._data_paths:
+            blob = self.source.file_blob(commit, rel)
+            if blob is not None and blob not in self._data_digests:
+                if len(self._data_digests) >= 10_000:  # a daemon's life: bounded, however many blobs it meets
+                    self._data_digests.clear()
+                self._data_digests[blob] = self.source.blob_sha256(blob, DATA_HASH_BYTES)
+            self._data_paths[rel] = None if blob is None else self._data_digests[blob]
+        return self._data_paths[rel]
+
     @staticmethod
     def _missing(path: str, train: ResolvedTrain, code_tree: str | None) -> list[SpecProblem]:
         if code_tree is None:
@@ -369,7 +407,7 @@ class DesiredLoader:
                 models[old.name] = old
                 book.unchanged(path)
                 continue
-            escapes = self._escapes(commit, path, spec, train)
+            escapes = self._escapes(commit, path, spec, train) or self._data_problems(commit, path, spec, object_id)
             if escapes:
                 problems.extend(escapes)
                 continue

@@ -41,6 +41,7 @@ from gitopsd.spec.bounds import SpecLimits
 from gitopsd.spec.layout import is_spec_path
 from gitopsd.units import format_size
 
+_FILE = 0o100644
 _EXECUTABLE = 0o100755
 _LINK = 0o120000
 _TREE = 0o040000
@@ -257,6 +258,23 @@ class Source:
         """The size of a blob in bytes, from its header: the content is not read."""
         _, size = self.repo.odb.read_header(pygit2.Oid(hex=blob_id))
         return int(size)
+
+    def file_blob(self, commit: str, path: str) -> str | None:
+        """The blob id of `path` in `commit` when it is a plain file (not a directory, a symbolic link or a
+        submodule), else None."""
+        try:
+            entry = self._tree(commit)[path]
+        except KeyError:
+            return None
+        return str(entry.id) if entry.filemode in (_FILE, _EXECUTABLE) else None
+
+    def blob_sha256(self, blob_id: str, most: int) -> str | None:
+        """The sha256 of the content of a blob of at most `most` bytes; None for a larger one."""
+        if self.blob_size(blob_id) > most:
+            return None
+        import hashlib
+
+        return hashlib.sha256(self.blob_bytes(blob_id)).hexdigest()
 
     def blob_bytes(self, blob_id: str) -> bytes:
         """The whole content of a blob (check `blob_size` first: this reads it all into memory).

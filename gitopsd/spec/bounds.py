@@ -23,6 +23,9 @@ __all__ = ["SpecLimits", "decode_spec", "size_problems", "too_many_entries", "to
 
 _KIB = 1024
 _MIB = 1024 * _KIB
+#: Repository data up to this size is checked against the digest its spec pins when a commit or a working tree is
+#: loaded (`validate`, `plan`, the daemon); a larger file when its run is submitted.
+DATA_HASH_BYTES = 64 * _MIB
 
 
 def _size(count: int) -> str:

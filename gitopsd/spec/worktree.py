@@ -8,15 +8,24 @@ problem at once. Sizes are taken from the file system before a file is read, and
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from gitopsd.errors import SpecError, SpecProblem
 from gitopsd.spec import prebuild
-from gitopsd.spec.bounds import SpecLimits, decode_spec, size_problems, too_many_entries, too_many_files
+from gitopsd.spec.bounds import (
+    DATA_HASH_BYTES,
+    SpecLimits,
+    decode_spec,
+    size_problems,
+    too_many_entries,
+    too_many_files,
+)
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
 from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
@@ -106,6 +115,23 @@ def _read(root: Path, rel: str, limits: SpecLimits, *, linked: bool = True) -> s
     return decode_spec(data, rel)
 
 
+def _sha256(path: Path) -> str | None:
+    """The sha256 of a file of at most `DATA_HASH_BYTES`, read in blocks; None for a larger or unreadable one (its
+    run's submission checks it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there meanwhile must not hang the check
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        facts = os.fstat(fd)
+        if not stat.S_ISREG(facts.st_mode) or facts.st_size > DATA_HASH_BYTES:
+            return None
+        try:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError:
+            return None
+
+
 class _Paths:
     """What the checks of the repository paths models name ask of the file system, asked once per path: ten
     thousand models name the same few workdirs."""
@@ -116,6 +142,7 @@ class _Paths:
         self.submodule = functools.cache(lambda rel: _submodule(root, rel, declared))
         self.is_dir = functools.cache(lambda rel: (root / rel).is_dir())
         self.is_file = functools.cache(lambda rel: (root / rel).is_file())
+        self.sha256 = functools.cache(lambda rel: _sha256(root / rel))
 
     def problems(self, rel: str, train: ResolvedTrain, model: ModelSpec) -> list[SpecProblem]:
         """What is wrong with the repository paths a model names: links out, submodules, a missing workdir or
@@ -138,6 +165,15 @@ class _Paths:
         if requirements and "spec.train.python.requirements" not in flagged and not self.is_file(requirements):
             message = f"file {requirements!r} does not exist"
             problems.append(SpecProblem(file=rel, line=None, field="spec.train.python.requirements", message=message))
+        for i, item in enumerate(model.spec.data):
+            if "://" in item.uri or f"spec.data[{i}].uri" in flagged:
+                continue
+            if not self.is_file(item.uri):
+                message = f"file {item.uri!r} does not exist"
+                problems.append(SpecProblem(file=rel, line=None, field=f"spec.data[{i}].uri", message=message))
+            elif (actual := self.sha256(item.uri)) is not None and actual != item.sha256:
+                message = f"{item.uri} has sha256 {actual}, but the spec says {item.sha256}"
+                problems.append(SpecProblem(file=rel, line=None, field=f"spec.data[{i}].sha256", message=message))
         return problems
 
 

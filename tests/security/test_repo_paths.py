@@ -189,3 +189,12 @@ def test_a_file_that_many_data_entries_name_through_links_is_hashed_once(
     os.symlink("other.bin", tmp_path / "data" / "link7.bin")
     with pytest.raises(PermanentError, match=f"data data/link7.bin has sha256 {other}, but the spec says {big}"):
         launch.check_data(model, tmp_path)
+
+
+def test_a_fifo_in_place_of_data_is_refused_without_waiting_for_a_writer(demo_repo: GitRepo, state_dir: Path) -> None:
+    """`validate` hashes a working tree's data against its pinned digest: a FIFO there must not block it."""
+    (demo_repo.path / "data" / "blobs.csv").unlink()
+    os.mkfifo(demo_repo.path / "data" / "blobs.csv")
+    done = gitopsd(state_dir, "validate", str(demo_repo.path), check=False, timeout=60)
+    assert done.returncode == 1
+    assert f"{MODEL}: spec.data[0].uri: file 'data/blobs.csv' does not exist" in done.stderr
