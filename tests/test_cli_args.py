@@ -52,6 +52,25 @@ def test_an_option_of_a_command_shows_that_commands_usage(capsys: pytest.Capture
     assert "gitopsd status: error: unrecognized arguments: --bogus" in done.stderr
 
 
+def test_a_top_option_given_after_the_command_says_where_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    done = invoke(capsys, ["plan", "--config", "operator.toml"])
+    assert done.exit_code == 2
+    assert _error_line(done.stderr).endswith(
+        "unrecognized arguments: --config operator.toml (--config goes before the command: gitopsd --config ... plan)"
+    )
+
+
+def test_the_operators_configuration_given_before_the_command_must_exist_and_serves_doctor(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    done = invoke(capsys, ["--config", str(tmp_path / "missing.toml"), "status"])
+    assert done.exit_code == 2 and "--config" in _error_line(done.stderr) and "does not exist" in done.stderr
+    config = tmp_path / "gitopsd.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    done = _gitopsd(["--config", str(config), "doctor", "--no-probe"], {}, tmp_path)
+    assert done.stdout.startswith(f"gitopsd doctor: {config}\n"), done.stderr
+
+
 def test_a_path_that_must_exist_is_checked_before_the_command_runs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

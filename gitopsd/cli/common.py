@@ -132,7 +132,7 @@ def refuse_without_the_daemons_configuration(ctx: Context, command: str) -> None
     instead = "use `gitopsd trigger` to ask it for a pass now, or " if command == "reconcile" else ""
     fail(
         f"{directory} is a repository of {who}, which reconciles it with its own configuration: {instead}give "
-        f"`gitopsd {command}` that configuration (--config FILE)"
+        f"`gitopsd {command}` that configuration (`gitopsd --config FILE {command}`, or GITOPSD_CONFIG)"
     )
 
 

@@ -61,7 +61,7 @@ def doctor(
     from gitopsd.daemon.config import load_config
     from gitopsd.errors import GitopsdError
 
-    path = config_path or default_config()
+    path = config_path or ctx.config or default_config()  # `gitopsd --config FILE doctor` too
     if path is None:
         fail("no configuration: give --config FILE (or install one with `make install-user`)")
     try:

@@ -46,7 +46,7 @@ TOP_OPTIONS = (
         "--config",
         dest="_config",
         metavar="FILE",
-        type=path_arg(dir_okay=False),
+        type=path_arg(exists=True, dir_okay=False),
         envvar="GITOPSD_CONFIG",
         help="The operator's configuration: backends, artifact store, limits (default: "
         "$XDG_CONFIG_HOME/gitopsd/config.toml if it exists, else one local backend) [env: GITOPSD_CONFIG].",
@@ -554,7 +554,10 @@ def _run(args: list[str]) -> None:
         where = (
             cmd.path if cmd is not None else " ".join(filter(None, [namespace._name, getattr(namespace, "_sub", None)]))
         )
-        subparser(parser, where).error(f"unrecognized arguments: {' '.join(extras)}")
+        top = [flag for flag in ("--state-dir", "--config", "-v", "--verbose") if flag in extras]
+        verb = "goes" if len(top) == 1 else "go"
+        hint = f" ({', '.join(top)} {verb} before the command: gitopsd {top[0]} ... {where})" if top else ""
+        subparser(parser, where).error(f"unrecognized arguments: {' '.join(extras)}{hint}")
     if cmd is None:  # `gitopsd` or `gitopsd GROUP` alone: the help, as a usage error
         shown = subparser(parser, namespace._name) if namespace._name else parser
         shown.print_help(sys.stderr)
