@@ -128,6 +128,16 @@ def test_bad_commit_is_rejected_whole(
     assert words.lower() in checked.stderr.lower()
 
 
+def test_validate_of_a_folder_that_is_not_a_repositorys_root_says_so(demo_repo: GitRepo, state_dir: Path) -> None:
+    """Run from models/ (or any folder without the layout), validate would find nothing to refuse: it says where
+    to run instead of passing."""
+    for folder in (demo_repo.path / "models", demo_repo.path / "src"):
+        done = gitopsd(state_dir, "validate", str(folder), check=False)
+        assert done.returncode == 1
+        assert done.stderr.strip() == (f"error: {folder} has neither gitops.yaml nor models/: give the root of the "
+                                       "repository's working tree")  # fmt: skip
+
+
 def test_versions_are_immutable_and_tampering_is_detected(
     demo_repo: GitRepo, reconciler: Reconciler, state_dir: Path
 ) -> None:

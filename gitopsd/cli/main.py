@@ -122,8 +122,11 @@ def validate(ctx: Context, path: Path) -> None:
     """Check the spec files of a working tree (default: the current directory); exit 1 on any problem."""
     from gitopsd.backends.settingcheck import backend_setting_problems
     from gitopsd.errors import SpecError
+    from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
     from gitopsd.spec.worktree import load_tree
 
+    if path.is_dir() and not (path / REPO_SPEC).exists() and not (path / SPEC_DIR).exists():
+        fail(f"{path} has neither {REPO_SPEC} nor {SPEC_DIR}/: give the root of the repository's working tree")
     try:
         specs = load_tree(path, operator(ctx))
         problems = backend_setting_problems(specs.repo)
