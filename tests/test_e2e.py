@@ -128,6 +128,17 @@ def test_bad_commit_is_rejected_whole(
     assert words.lower() in checked.stderr.lower()
 
 
+def test_reconcile_wait_fails_when_a_training_fails_past_its_retries(demo_repo: GitRepo, state_dir: Path) -> None:
+    """`gitopsd reconcile --wait && ...` in a CI job: a training that failed for good must fail the job."""
+    demo_repo.edit(MODEL, "command: python3 train.py", "command: python3 -c 'raise SystemExit(3)' && python3 train.py")
+    demo_repo.commit("A training that fails")
+    done = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", check=False)
+    assert done.returncode == 1
+    said = done.stderr.splitlines()
+    assert "1 model(s) stalled, which waiting cannot mend:" in said
+    assert any(line.startswith("  blobs: TrainingFailed: ") and "exit code 3" in line for line in said), said
+
+
 def test_validate_of_a_folder_that_is_not_a_repositorys_root_says_so(demo_repo: GitRepo, state_dir: Path) -> None:
     """Run from models/ (or any folder without the layout), validate would find nothing to refuse: it says where
     to run instead of passing."""

@@ -152,7 +152,9 @@ def test_static_limits_refuse_in_plan_and_daemon_and_name_the_rule(
     planned = done.stdout
     assert "  ! seg: refused at plan time: team vision: 2 GPUs > 1 allowed per model (policies[0])" in planned
     assert "+ train tag" in planned
-    gitopsd(state_dir, "--config", str(config), "reconcile", "--repo", str(demo_repo.path), "--wait")
+    done = gitopsd(state_dir, "--config", str(config), "reconcile", "--repo", str(demo_repo.path), "--wait",
+                   check=False)  # fmt: skip
+    assert done.returncode == 1 and "  seg: PolicyDenied: " in done.stderr, "a CI job that waited fails on it"
     seg = model_status(state_dir, "seg")
     assert (seg["condition"], seg["reason"]) == ("Stalled", "PolicyDenied")
     assert "2 GPUs > 1 allowed per model (policies[0])" in seg["message"]

@@ -349,8 +349,11 @@ def reconcile(
     except PermanentError as exc:
         fail(str(exc))
     rec = _reconciler(ctx, repo, branch, policy, timeout=timeout)
+    stalled: list[str] = []
     try:
         result = rec.reconcile_until_settled(timeout_s=timeout) if mode == "wait" else rec.reconcile("cli")
+        if mode == "wait" and not result.error and not result.active:
+            stalled = _stalled(rec)
     finally:
         rec.close()
     if result.error:
@@ -359,8 +362,24 @@ def reconcile(
 
         echo(printable_lines(redact_text(result.error)), err=True)  # it may quote a remote's words
     echo(f"commit {(result.commit or 'none')[:12]}: {len(result.actions)} action(s), {result.active} run(s) in flight")
-    if result.error or (mode == "wait" and result.active):
+    for line in stalled:
+        echo(line, err=True)
+    if result.error or (mode == "wait" and result.active) or stalled:
         raise SystemExit(1)
+
+
+def _stalled(rec: Reconciler) -> list[str]:
+    """What `reconcile --wait` ends with when a model is stalled (a training failed past its retries, a policy
+    refused it...): a line per model, and a last one saying so; nothing when none is. Waiting longer cannot mend
+    a stalled model, and a CI job that waited must not pass for one that trained."""
+    from gitopsd.errors import printable
+    from gitopsd.model import ConditionType
+
+    found = sorted((name, c) for name, c in rec.state.conditions().items() if c.type is ConditionType.STALLED)
+    lines = [printable(f"  {name}: {c.reason}: {c.message}") for name, c in found[:20]]
+    if len(found) > 20:
+        lines.append(f"  ... and {len(found) - 20} more (gitopsd status)")
+    return [f"{len(found)} model(s) stalled, which waiting cannot mend:", *lines] if found else []
 
 
 @command(

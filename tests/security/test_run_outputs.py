@@ -246,7 +246,8 @@ def test_an_output_that_would_block_or_never_end_fails_the_run_and_the_pass_goes
 ) -> None:
     add_hostile_model(demo_repo, script, artifact=artifact)
     # The real CLI in a child process: a pass that hung would end the test with TimeoutExpired, not hang it.
-    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120)
+    done = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", check=False, timeout=120)
+    assert done.returncode == 1 and f"  {HOSTILE}: OutputRefused: " in done.stderr, "--wait says what stalled"
     assert_refused(state_dir, canary, *fragments)
     assert "0 action(s)" in gitopsd(state_dir, "reconcile", timeout=60).stdout
 
@@ -259,8 +260,8 @@ def test_a_file_a_training_names_with_escape_sequences_never_reaches_a_terminal_
     script = ("good_metrics()\nos.makedirs(os.path.join(out, 'model'))\n"
               "os.mkfifo(os.path.join(out, 'model', '\\x1b]0;owned\\x07\\x1b[2J'))\n")  # fmt: skip
     add_hostile_model(demo_repo, script, artifact="model")
-    logged = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120).stderr
-    assert "is a FIFO" in logged and "\x1b" not in logged, "the log line about it is escaped too"
+    logged = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", check=False, timeout=120).stderr
+    assert "is a FIFO" in logged and "\x1b" not in logged, "the log line about it, and the stalled line, are escaped"
     assert_refused(state_dir, canary, "is a FIFO (named pipe)")
     for args in (("status",), ("status", "--wide")):
         shown = on_a_terminal(state_dir, *args)
@@ -296,7 +297,8 @@ def test_a_2_gib_metrics_file_is_refused_by_its_size_without_being_read(
 ) -> None:
     script = "artifact()\ngood_metrics()\nos.truncate(metrics, 2 << 30)\n"  # sparse: no disk, no time
     add_hostile_model(demo_repo, script)
-    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", timeout=120)
+    done = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait", check=False, timeout=120)
+    assert done.returncode == 1 and f"  {HOSTILE}: " in done.stderr
     assert_refused(
         state_dir,
         canary,
