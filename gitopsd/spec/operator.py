@@ -143,7 +143,8 @@ def refusals(backends: Mapping[str, Any], operator: Operator) -> list[Refusal]:
         mine = operator.backends.get(name)
         if mine is None:
             offered = ", ".join(sorted(operator.backends)) or "none"
-            found.append(Refusal(field=at, message=f"backend {name!r} is not offered by {OPERATOR_FILE} ({offered})"))
+            message = f"backend {name!r} is not offered by {OPERATOR_FILE} (it offers: {offered})"
+            found.append(Refusal(field=at, message=message))
             continue
         if declared.type is not None and declared.type != mine.plugin(name):
             why = f"backend {name!r} is of type {mine.plugin(name)!r} in {OPERATOR_FILE}, not {declared.type!r}"
