@@ -67,8 +67,8 @@ def test_the_operators_configuration_given_before_the_command_must_exist_and_ser
     assert done.exit_code == 2 and "--config" in _error_line(done.stderr) and "does not exist" in done.stderr
     config = tmp_path / "gitopsd.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
-    done = _gitopsd(["--config", str(config), "doctor", "--no-probe"], {}, tmp_path)
-    assert done.stdout.startswith(f"gitopsd doctor: {config}\n"), done.stderr
+    ran = _gitopsd(["--config", str(config), "doctor", "--no-probe"], {}, tmp_path)
+    assert ran.stdout.startswith(f"gitopsd doctor: {config}\n"), ran.stderr
 
 
 def test_a_path_that_must_exist_is_checked_before_the_command_runs(
