@@ -94,7 +94,7 @@ def trigger(ctx: Context, repo_name: str | None, config_path: Path | None, url: 
         with urllib.request.build_opener(NoRedirect()).open(request, timeout=10) as answer:
             doc = json.loads(answer.read())
     except urllib.error.HTTPError as exc:
-        said = exc.read().decode(errors="replace").strip()
+        said = _said(exc.read(4096))
         hint = ""
         if exc.code == 401:
             hint = (" (set GITOPSD_API_TOKEN to the daemon's http.token, or give --config of a daemon with "
@@ -102,9 +102,30 @@ def trigger(ctx: Context, repo_name: str | None, config_path: Path | None, url: 
         fail(f"{redact_url(target)}: {exc.code} {said}{hint}")
         raise
     except OSError as exc:
-        fail(f"cannot reach the daemon at {redact_url(url)}: {exc}")
+        fail(f"cannot reach the daemon at {redact_url(url)}: {_why(exc)} (is `gitopsd run` running, listening there?)")
         raise
     echo("triggered: " + ", ".join(doc["triggered"]))
+
+
+def _said(body: bytes) -> str:
+    """What the API's error answer says: its {"error": "..."}, else the text, escaped for a terminal."""
+    import contextlib
+    import json
+
+    from gitopsd.errors import printable
+
+    said = body.decode(errors="replace").strip()
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        said = str(json.loads(said)["error"])
+    return printable(said)
+
+
+def _why(exc: OSError) -> object:
+    """Why a request never got an answer, in words ("Connection refused", not "<urlopen error [Errno 111]...>")."""
+    import urllib.error
+
+    why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return why.strerror if isinstance(why, OSError) and why.strerror else why
 
 
 def _base_url(listen: str) -> str:

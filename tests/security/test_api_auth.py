@@ -254,6 +254,7 @@ def test_gitopsd_trigger_sends_the_token(tmp_path: Path, canary: Canary) -> None
         assert by_env.returncode == 0 and "triggered: demo" in by_env.stdout, by_env.stderr
         without = _trigger(daemon, "--url", daemon.url)
         assert without.returncode == 1 and "401" in without.stderr and "GITOPSD_API_TOKEN" in without.stderr
+        assert '{"error"' not in without.stderr, "the API's answer in words, not its JSON"
         wrong = _trigger(daemon, "--url", daemon.url, token=canary.token)
         assert wrong.returncode == 1 and "401" in wrong.stderr
         canary.assert_not_in(wrong.stdout, wrong.stderr)
@@ -261,6 +262,9 @@ def test_gitopsd_trigger_sends_the_token(tmp_path: Path, canary: Canary) -> None
         unreadable = _trigger(daemon, "--config", str(daemon.config))
         assert unreadable.returncode == 1 and "GITOPSD_API_TOKEN" in unreadable.stderr
         assert "Traceback" not in unreadable.stderr
+    gone = _trigger(daemon, "--url", daemon.url, token=daemon.token)  # the daemon has stopped
+    assert gone.returncode == 1 and "Connection refused (is `gitopsd run` running" in gone.stderr
+    assert "urlopen" not in gone.stderr
 
 
 def test_unknown_webhook_paths_add_no_time_series_to_metrics(tmp_path: Path) -> None:
