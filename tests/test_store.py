@@ -258,6 +258,8 @@ def test_open_store_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
         open_store("https://example.org/x", tmp_path)
     with pytest.raises(PermanentError, match="absolute local directory"):
         open_store("file://relative/dir", tmp_path)
+    with pytest.raises(PermanentError, match=r"'/srv/store' has no scheme: write file:///srv/store for a local"):
+        open_store("/srv/store", tmp_path)
 
 
 def test_file_stores_never_import_boto3(tmp_path: Path) -> None:

@@ -43,6 +43,9 @@ def open_store(
             endpoint_url=endpoint_url,
             object_lock_days=object_lock_days,
         )
+    if not parsed.scheme:
+        raise PermanentError(f"artifact store URI {uri!r} has no scheme: write file://{uri} for a local directory "
+                             "(an absolute one), or s3://bucket/prefix")  # fmt: skip
     if parsed.scheme != "file":
         raise PermanentError(
             f"artifact store URI {uri!r} has an unknown scheme {parsed.scheme!r}: "
