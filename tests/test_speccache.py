@@ -370,3 +370,25 @@ def test_the_collector_paused_for_a_load_is_back_afterwards_even_when_the_commit
         assert not gc.isenabled()  # whoever turned it off keeps it off
     finally:
         gc.enable()
+
+
+def test_a_data_file_is_hashed_once_per_state_directory(
+    repo: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new process (a new loader) reads the digest of a data blob from the cache instead of hashing it again;
+    the demo's model checks `data/blobs.csv` against the sha256 its spec pins."""
+    source, state = source_of(repo, tmp_path), tmp_path / "state"
+    head = repo.git("rev-parse", "HEAD")
+    hashed: list[str] = []
+    real = Source.blob_sha256
+
+    def counted(self: Source, blob: str, most: int) -> str | None:
+        hashed.append(blob)
+        return real(self, blob, most)
+
+    monkeypatch.setattr(Source, "blob_sha256", counted)
+    for _ in range(3):
+        assert outcome(lambda: cached_loader(source, state).load(head)) == outcome(
+            lambda: DesiredLoader(source).load(head)
+        )
+    assert hashed == [blob_of(repo, "data/blobs.csv")] * 4  # the cached loader once, each uncached one

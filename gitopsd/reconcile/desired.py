@@ -208,6 +208,7 @@ class DesiredLoader:
         self._data_digests: dict[str, str | None] = {}  # blob id -> its sha256 (None: too large to hash here)
         self._data_commit: str | None = None  # the commit `_data_paths` is of
         self._data_paths: dict[str, str | None] = {}  # data path -> `_data_digest`
+        self._fresh_digests: dict[str, str] = {}  # blob id -> sha256, hashed by this load, for the cache
         self._rejected: tuple[str, SpecError] | None = None
         self._escape_commit: str | None = None
         self._escape_seen: dict[str, str | None] = {}
@@ -359,7 +360,12 @@ class DesiredLoader:
             if blob is not None and blob not in self._data_digests:
                 if len(self._data_digests) >= 10_000:  # a daemon's life: bounded, however many blobs it meets
                     self._data_digests.clear()
-                self._data_digests[blob] = self.source.blob_sha256(blob, DATA_HASH_BYTES)
+                known = self.cache.digest(blob) if self.cache is not None else None
+                if known is None:
+                    known = self.source.blob_sha256(blob, DATA_HASH_BYTES)
+                    if known is not None:
+                        self._fresh_digests[blob] = known
+                self._data_digests[blob] = known
             self._data_paths[rel] = None if blob is None else self._data_digests[blob]
         return self._data_paths[rel]
 
@@ -424,6 +430,9 @@ class DesiredLoader:
         if problems:
             raise SpecError(problems)
         book.store()
+        if self.cache is not None and self._fresh_digests:
+            self.cache.store_digests(self._fresh_digests)
+        self._fresh_digests = {}
         self._inputs = inputs_now
         self._keyed_by = book.now
         return models

@@ -8,9 +8,12 @@ or the problems it had (by blob and path, since every problem names its file). A
 run key and spec digest of a model by everything they are computed from (the blob, the repository's
 configuration as resolved for the operator, the Git ids of the code tree and of the requirements file).
 
+A third table keeps the sha256 of each repository data file the loader checked against its spec (by blob id), so
+that a file is hashed once per state directory, not once per process.
+
 It grows with the repository, not with its history: an entry whose value is many times its blob's size (YAML
-aliases spelled out) is not kept, and once the cache holds well beyond twice the files of the commit just
-loaded, entries of other files go.
+aliases spelled out) is not kept, once the cache holds well beyond twice the files of the commit just loaded,
+entries of other files go, and the digests start again past `MAX_DIGESTS`.
 
 It is an optimisation only: a missing, locked, corrupt, truncated or foreign cache, or any entry that does not
 check out, is a miss, and the blob is parsed as if there were no cache. Trust comes from two things:
@@ -62,6 +65,8 @@ CACHE_FILE = "speccache.db"
 FORMAT = 1
 #: Rows kept beyond twice the spec files of the last commit stored, before the cache forgets old blobs.
 SLACK_ROWS = 1000
+#: The most data digests kept (a hash each, about 200 bytes a row).
+MAX_DIGESTS = 100_000
 #: An entry is kept only when its value is at most this many times its blob's size, plus `GROWTH_SLACK` bytes.
 MAX_GROWTH = 4
 GROWTH_SLACK = 4096
@@ -86,6 +91,13 @@ CREATE TABLE IF NOT EXISTS keyed (
     spec_digest TEXT NOT NULL,
     mac BLOB NOT NULL,
     PRIMARY KEY (generation, inputs)
+);
+CREATE TABLE IF NOT EXISTS digests (
+    generation TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    mac BLOB NOT NULL,
+    PRIMARY KEY (generation, blob)
 );
 """
 
@@ -167,6 +179,7 @@ class SpecCache:
             with self._transaction() as conn:
                 conn.execute("DELETE FROM parsed WHERE generation != ?", (self.generation,))
                 conn.execute("DELETE FROM keyed WHERE generation != ?", (self.generation,))
+                conn.execute("DELETE FROM digests WHERE generation != ?", (self.generation,))
         except sqlite3.Error as exc:
             self._failed("cleaning", exc)
 
@@ -310,6 +323,38 @@ class SpecCache:
         except sqlite3.Error as exc:
             self._failed("storing", exc)
 
+    # ---- repository data digests ---------------------------------------------------------------------------
+
+    def digest(self, blob: str) -> str | None:
+        """The sha256 of the content of data blob `blob`, if the cache knows it (each repository data file is
+        hashed once per state directory, not once per process)."""
+        if self._conn is None:
+            return None
+        try:
+            row = self._conn.execute(
+                "SELECT sha256, mac FROM digests WHERE generation = ? AND blob = ?", (self.generation, blob)
+            ).fetchone()
+        except sqlite3.Error:  # a cache written before this table (read-only): a miss, the rest still serves
+            return None
+        if row is None or not isinstance(row[0], str) or not isinstance(row[1], bytes):
+            return None
+        sha256, mac = row
+        return sha256 if hmac.compare_digest(mac, _mac(self._key, self.generation, "digest", blob, sha256)) else None
+
+    def store_digests(self, fresh: Mapping[str, str]) -> None:
+        """Remember the sha256 of each data blob of `fresh`; past `MAX_DIGESTS` rows, start again from these."""
+        if self._conn is None or not self.writable or not fresh:
+            return
+        rows = [(self.generation, b, d, _mac(self._key, self.generation, "digest", b, d)) for b, d in fresh.items()]
+        try:
+            with self._transaction() as conn:
+                (count,) = conn.execute("SELECT count(*) FROM digests").fetchone()
+                if count + len(rows) > MAX_DIGESTS:
+                    conn.execute("DELETE FROM digests")
+                conn.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            self._failed("storing", exc)
+
 
 def _prepared(db: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -318,6 +363,7 @@ def _prepared(db: Path) -> sqlite3.Connection:
         conn.executescript(_SCHEMA)
         conn.execute("SELECT generation, blob, path, ok, payload, mac FROM parsed LIMIT 1").fetchall()
         conn.execute("SELECT generation, inputs, run_key, spec_digest, mac FROM keyed LIMIT 1").fetchall()
+        conn.execute("SELECT generation, blob, sha256, mac FROM digests LIMIT 1").fetchall()
     except sqlite3.Error:
         conn.close()
         raise

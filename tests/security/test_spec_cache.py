@@ -152,3 +152,23 @@ def test_yaml_aliases_cannot_blow_a_small_file_up_in_the_cache(demo_repo: GitRep
     assert (state / CACHE_FILE).stat().st_size < 200_000
     done = gitopsd(state, "plan", "--format", "json", check=False)
     assert done.returncode == 0 and '"aliased"' in done.stdout
+
+
+def test_a_data_digest_forged_without_the_key_never_makes_changed_data_pass(demo_repo: GitRepo, tmp_path: Path) -> None:
+    """The cache remembers each data blob's sha256. An entry claiming that changed data still has the pinned
+    digest, written without the state directory's key, does not verify: the blob is hashed and the change is
+    refused. (A verified entry is trusted like the rest of the cache, whose key only the state directory's owner
+    holds; a run's submission hashes its exported data again in any case.)"""
+    state = tmp_path / "state"
+    reconcile(state, demo_repo)
+    pinned = hashlib.sha256((demo_repo.path / "data/blobs.csv").read_bytes()).hexdigest()
+    with (demo_repo.path / "data/blobs.csv").open("a") as data:
+        data.write("0.5,0.5,1\n")
+    demo_repo.commit("Changed data, the digest not")
+    blob = blob_of(demo_repo, "data/blobs.csv")
+    generation = speccache.generation()
+    forged = hashlib.blake2b("\0".join([generation, "digest", blob, pinned]).encode(), key=b"k" * 32, digest_size=32)
+    with sqlite3.connect(state / CACHE_FILE) as conn:
+        conn.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", (generation, blob, pinned, forged.digest()))
+    output = reconcile(state, demo_repo)
+    assert "spec.data[0].sha256" in output and "rejected" in output
