@@ -57,3 +57,19 @@ def test_data_over_the_hashing_bound_is_left_to_the_submission(
         load_tree(demo_repo.path)
     monkeypatch.setattr(worktree, "DATA_HASH_BYTES", 10)
     load_tree(demo_repo.path)  # too large to hash here: its run's submission checks it
+
+
+def test_a_change_of_data_alone_is_checked_against_the_applied_commit(demo_repo: GitRepo, state_dir: Path) -> None:
+    """Loaded incrementally from the applied commit (the daemon, a plan with a state directory), a model whose
+    spec, code and requirements did not change is still checked again when its data file did."""
+    gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), "--wait")  # blobs@1, the commit applied
+    applied = demo_repo.git("rev-parse", "HEAD")
+    with (demo_repo.path / DATA).open("a") as data:
+        data.write("0.5,0.5,1\n")
+    demo_repo.commit("More data, the digest forgotten")
+    plan = gitopsd(state_dir, "plan", check=False)
+    assert plan.returncode == 1 and f"{MODEL}: spec.data[0].sha256: {DATA} has sha256 " in plan.stderr
+    base = gitopsd(state_dir, "plan", "--base", applied, check=False)
+    assert base.returncode == 1 and "spec.data[0].sha256" in base.stderr
+    reconcile = gitopsd(state_dir, "reconcile", "--once", check=False)
+    assert "spec.data[0].sha256" in reconcile.stderr and "rejected" in reconcile.stderr

@@ -408,7 +408,9 @@ class DesiredLoader:
                 # a path through a link or a submodule is missing from the tree: say why, not only that
                 problems.extend(self._escapes(commit, path, spec, train) or self._missing(path, train, code_tree))
                 continue
-            inputs = inputs_now[path] = (files[path], repo_digest, code_tree, requirements)
+            # the blobs of its repository data too: a commit that changes only a data file is checked again
+            data = tuple(object_id(d.uri) for d in spec.spec.data if "://" not in d.uri)
+            inputs = inputs_now[path] = (files[path], repo_digest, code_tree, requirements, *data)
             if old is not None and self._inputs.get(path) == inputs:
                 models[old.name] = old
                 book.unchanged(path)
