@@ -79,13 +79,32 @@ def test_a_damaged_state_database_is_one_line_naming_it_and_verbose_shows_the_tr
     assert f"cannot read {state_dir / 'state.db'}" in quiet.stderr
 
 
-def test_verbose_shows_the_traceback_of_an_unexpected_error(demo_repo: GitRepo, tmp_path: Path) -> None:
+def test_an_error_of_the_host_is_one_line_and_verbose_shows_its_traceback(demo_repo: GitRepo, tmp_path: Path) -> None:
     state_dir = tmp_path / ("x" * 300)  # an operating-system error gitopsd has no words of its own for
     quiet = gitopsd(state_dir, "reconcile", "--repo", str(demo_repo.path), check=False)
     loud = gitopsd(state_dir, "--verbose", "reconcile", "--repo", str(demo_repo.path), check=False)
     assert quiet.returncode == loud.returncode == 1
-    assert "Traceback" not in quiet.stderr and "File name too long" in quiet.stderr and "--verbose" in quiet.stderr
+    assert quiet.stderr.strip() == f"error: {state_dir}: File name too long", "the file and why: not a bug of ours"
     assert "Traceback" in loud.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_a_hint_and_verbose_shows_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gitopsd.cli import main as cli
+
+    def broken(args: list[str]) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_run", broken)
+    for args, hint in ((["status"], "run with --verbose for the traceback"),
+                       (["-v", "status"], "please report it with the traceback above")):  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(args)
+        said = capsys.readouterr().err
+        assert stopped.value.code == 1
+        assert said.endswith(f"error: RuntimeError: a bug\n(an unexpected error; {hint})\n"), said
+        assert ("Traceback" in said) == (args[0] == "-v")
 
 
 def test_a_healthy_repository_still_works_after_all_that(demo_repo: GitRepo, tmp_path: Path) -> None:
