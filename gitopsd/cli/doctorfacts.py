@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gitopsd.cli.common import xdg_dir
 from gitopsd.cli.doctorcore import (
     Check,
     ProbeFacts,
@@ -55,8 +56,6 @@ PROBE_DIR = ".gitopsd-doctor"
 
 
 def _config_home() -> Path:
-    from gitopsd.cli.common import xdg_dir
-
     return xdg_dir("XDG_CONFIG_HOME", Path.home() / ".config")
 
 

@@ -354,7 +354,7 @@ def _plan(
     base_ref: str | None,
     policy: VerifyPolicy | None,
 ) -> _Planned:
-    from gitopsd.errors import GitopsdError, PermanentError, SpecError
+    from gitopsd.errors import PermanentError, SpecError
     from gitopsd.reconcile import changeplan
     from gitopsd.reconcile.reconciler import Reconciler
     from gitopsd.reconcile.speccache import SpecCache
@@ -417,7 +417,6 @@ def _commits(
     directory's mirror and a local repository's own objects; a remote one is fetched into it."""
     import pygit2
 
-    from gitopsd.errors import GitopsdError
     from gitopsd.source.mirror import local_path, normalise_url
 
     local = local_path(normalise_url(url))

@@ -413,14 +413,10 @@ class DaemonConfig(_Config):
     def check_backend_settings(self, path: Path) -> None:
         """Let each installed backend plugin refuse its settings here (PermanentError naming the file and each
         backend), before any pass meets them: a typo or a bad value is the operator's, not a repository's."""
-        from gitopsd.backends.protocol import check_settings
+        from gitopsd.backends.settingcheck import setting_problems
 
-        problems = []
-        for name, backend in sorted(self.backends.items()):
-            try:
-                check_settings(backend.plugin(name), name=name, settings=backend.settings)
-            except PermanentError as exc:
-                problems.append(f"{path}: backends.{name}.settings: {exc}")
+        offered = ((name, backend.plugin(name), backend.settings) for name, backend in self.backends.items())
+        problems = [f"{path}: backends.{name}.settings: {message}" for name, message in setting_problems(offered)]
         if problems:
             raise PermanentError("\n".join(problems))
 

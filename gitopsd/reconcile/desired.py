@@ -35,7 +35,7 @@ from gitopsd.spec.bounds import DATA_HASH_BYTES, SpecLimits, decode_spec, size_p
 from gitopsd.spec.layout import REPO_SPEC
 from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
-from gitopsd.spec.resolve import data_problems, load_repository_for
+from gitopsd.spec.resolve import data_problems, load_repository_for, repository_data_problems
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, repository_paths
 from gitopsd.spec.yamlplain import Plain
 
@@ -332,23 +332,15 @@ class DesiredLoader:
     def _data_problems(
         self, commit: str, path: str, spec: ModelSpec, object_id: Callable[[str], str | None]
     ) -> list[SpecProblem]:
-        """Repository data a model names must be in the commit, with the digest its spec pins: said when the
-        commit is loaded (by `plan` and the daemon), not when a run is submitted. A file over `DATA_HASH_BYTES`, or
-        behind a symbolic link, is hashed when its run is submitted, as data outside the repository is; each blob
-        is hashed once."""
-        problems = []
-        for i, item in enumerate(spec.spec.data):
-            if "://" in item.uri:
-                continue
-            if object_id(item.uri) is None:
-                problems.append(SpecProblem(file=path, line=None, field=f"spec.data[{i}].uri",
-                                            message=f"file {item.uri!r} does not exist at this commit"))  # fmt: skip
-                continue
-            actual = self._data_digest(commit, item.uri)
-            if actual is not None and actual != item.sha256:
-                message = f"{item.uri} has sha256 {actual}, but the spec says {item.sha256}"
-                problems.append(SpecProblem(file=path, line=None, field=f"spec.data[{i}].sha256", message=message))
-        return problems
+        """`repository_data_problems` of a model at `commit`: each blob hashed once (`_data_digest`)."""
+
+        def exists(rel: str) -> bool:
+            return object_id(rel) is not None
+
+        def digest(rel: str) -> str | None:
+            return self._data_digest(commit, rel)
+
+        return repository_data_problems(path, spec, exists, digest, where=" at this commit")
 
     def _data_digest(self, commit: str, rel: str) -> str | None:
         """The sha256 of the plain file `rel` of `commit`, if it is one of at most `DATA_HASH_BYTES`: looked up once

@@ -8,7 +8,7 @@ set the value, like any other problem in the file, and the whole commit is rejec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from gitopsd.errors import SpecError, SpecProblem
@@ -63,6 +63,34 @@ def data_problems(models: Mapping[str, ModelSpec], operator: Operator) -> list[S
                 problems.append(SpecProblem(file=path, line=None, field=f"spec.data[{i}].uri", message=(
                     f"{item.uri} is outside the data directories the operator allows ({roots}): set data_roots "
                     "in the operator's configuration, or keep the file in the repository")))  # fmt: skip
+    return problems
+
+
+def repository_data_problems(
+    file: str,
+    model: ModelSpec,
+    exists: Callable[[str], bool],
+    digest: Callable[[str], str | None],
+    *,
+    where: str = "",
+    skip: Collection[str] = (),
+) -> list[SpecProblem]:
+    """Repository data `model` (of spec file `file`) names that does not exist, or whose content has another
+    sha256 than its spec pins: said when a change is reviewed, not when its run is submitted. `exists` and
+    `digest` look at a working tree or a commit (`where` says which in the message); `digest` is None for a file
+    not hashed there (too large, behind a link), which its run's submission checks. `skip`: fields already
+    refused for another reason."""
+    problems = []
+    for i, item in enumerate(model.spec.data):
+        field = f"spec.data[{i}].uri"
+        if "://" in item.uri or field in skip:
+            continue
+        if not exists(item.uri):
+            problems.append(SpecProblem(file=file, line=None, field=field,
+                                        message=f"file {item.uri!r} does not exist{where}"))  # fmt: skip
+        elif (actual := digest(item.uri)) is not None and actual != item.sha256:
+            message = f"{item.uri} has sha256 {actual}, but the spec says {item.sha256}"
+            problems.append(SpecProblem(file=file, line=None, field=f"spec.data[{i}].sha256", message=message))
     return problems
 
 

@@ -29,7 +29,7 @@ from gitopsd.spec.bounds import (
 from gitopsd.spec.layout import REPO_SPEC, SPEC_DIR
 from gitopsd.spec.load import check_models, load_model, model_of_plain
 from gitopsd.spec.operator import Operator
-from gitopsd.spec.resolve import data_problems, load_repository_for
+from gitopsd.spec.resolve import data_problems, load_repository_for, repository_data_problems
 from gitopsd.spec.schema import ModelSpec, RepositorySpec, ResolvedTrain, TrainResolver, repository_paths
 from gitopsd.spec.yamlplain import Plain
 
@@ -165,16 +165,7 @@ class _Paths:
         if requirements and "spec.train.python.requirements" not in flagged and not self.is_file(requirements):
             message = f"file {requirements!r} does not exist"
             problems.append(SpecProblem(file=rel, line=None, field="spec.train.python.requirements", message=message))
-        for i, item in enumerate(model.spec.data):
-            if "://" in item.uri or f"spec.data[{i}].uri" in flagged:
-                continue
-            if not self.is_file(item.uri):
-                message = f"file {item.uri!r} does not exist"
-                problems.append(SpecProblem(file=rel, line=None, field=f"spec.data[{i}].uri", message=message))
-            elif (actual := self.sha256(item.uri)) is not None and actual != item.sha256:
-                message = f"{item.uri} has sha256 {actual}, but the spec says {item.sha256}"
-                problems.append(SpecProblem(file=rel, line=None, field=f"spec.data[{i}].sha256", message=message))
-        return problems
+        return problems + repository_data_problems(rel, model, self.is_file, self.sha256, skip=flagged)
 
 
 @dataclass(frozen=True, kw_only=True)
